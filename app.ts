@@ -1,0 +1,92 @@
+import { randomUUID } from 'node:crypto'
+import Fastify, { type FastifyServerOptions } from 'fastify'
+import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
+import type { Config } from './config.ts'
+import authPlugin from './plugins/auth.ts'
+import cacheAsidePlugin from './plugins/cache-aside.ts'
+import databasePlugin from './plugins/database.ts'
+import errorsPlugin from './plugins/errors.ts'
+import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
+import openapiPlugin from './plugins/openapi.ts'
+import redisPlugin from './plugins/redis.ts'
+import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
+import { authRoutes } from './routes/auth/index.ts'
+import { healthRoutes } from './routes/health/index.ts'
+import { usersRoutes } from './routes/users/index.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export interface BuildOptions {
+  /** Overrides Fastify's logger (tests pass a stream to capture lines, or false). */
+  logger?: FastifyServerOptions['logger']
+  /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
+  metrics?: Metrics
+}
+
+const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
+
+export async function buildApp (config: Config, options: BuildOptions = {}) {
+  const app = Fastify({
+    logger: options.logger ?? {
+      level: config.LOG_LEVEL,
+      mixin: traceLogFields,
+      redact: ['req.headers.authorization', 'req.headers.cookie']
+    },
+    bodyLimit: config.BODY_LIMIT_BYTES,
+    trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
+    requestTimeout: config.REQUEST_TIMEOUT_MS,
+    // The caller's request id is kept when it is safe to log and echo; anything else gets a fresh one.
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const header = request.headers['x-request-id']
+      return typeof header === 'string' && safeRequestId.test(header) ? header : randomUUID()
+    },
+    routerOptions: { maxParamLength: 200 }
+  }).withTypeProvider<ZodTypeProvider>()
+
+  app.setValidatorCompiler(validatorCompiler)
+  app.setSerializerCompiler(serializerCompiler)
+  app.decorate('config', config)
+  // Only JSON is accepted; without this a text/plain body would reach validation instead of getting 415.
+  app.removeContentTypeParser('text/plain')
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id)
+  })
+
+  // Order matters and is meant to be read top to bottom: cross-cutting concerns, then data, then routes.
+  const metrics = options.metrics ?? createMetrics()
+  await app.register(errorsPlugin)
+  await app.register(metricsPlugin, { metrics })
+  await app.register(tracingPlugin)
+  await app.register(openapiPlugin)
+  await app.register(databasePlugin, {
+    url: config.DATABASE_URL,
+    max: config.DATABASE_POOL_MAX,
+    idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
+    connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
+    observeQuery: ({ operation, table, durationMs, failed }) => {
+      metrics.dbQueryDuration.observe({ statement: table === '' ? operation : `${operation} ${table}`, outcome: failed ? 'error' : 'ok' }, durationMs / 1000)
+    }
+  })
+  await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS })
+  await app.register(authPlugin, {
+    secret: config.JWT_SECRET,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+    ttlSeconds: config.JWT_TTL_S
+  })
+
+  await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
+
+  await app.register(healthRoutes)
+  await app.register(authRoutes)
+  await app.register(usersRoutes)
+
+  return app
+}
+
+export type App = Awaited<ReturnType<typeof buildApp>>

@@ -1,0 +1,108 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod'
+import { STATUS_CODES } from 'node:http'
+
+export interface FieldError {
+  path: string
+  message: string
+}
+
+/** An expected failure that maps one-to-one onto an RFC 9457 problem response. */
+export class ProblemError extends Error {
+  readonly status: number
+  readonly type: string
+  readonly errors: FieldError[] | undefined
+  readonly headers: Record<string, string> | undefined
+
+  constructor (status: number, type: string, detail: string, options: { errors?: FieldError[], headers?: Record<string, string>, cause?: unknown } = {}) {
+    super(detail, { cause: options.cause })
+    this.name = 'ProblemError'
+    this.status = status
+    this.type = type
+    this.errors = options.errors
+    this.headers = options.headers
+  }
+}
+
+export const badRequest = (detail: string, errors?: FieldError[]) => new ProblemError(400, 'validation_error', detail, { errors })
+export const unauthorized = (detail = 'Missing or invalid credentials.', cause?: unknown) =>
+  new ProblemError(401, 'unauthorized', detail, { headers: { 'www-authenticate': 'Bearer' }, cause })
+export const forbidden = (detail = 'You may not act on this resource.') => new ProblemError(403, 'forbidden', detail)
+export const notFound = (detail = 'Resource not found.') => new ProblemError(404, 'not_found', detail)
+export const conflict = (type: string, detail: string) => new ProblemError(409, type, detail)
+export const unprocessable = (type: string, detail: string) => new ProblemError(422, type, detail)
+export const serviceUnavailable = (dependency: string, cause?: unknown) =>
+  new ProblemError(503, 'dependency_unavailable', `A dependency is unavailable (${dependency}); retry shortly.`, { headers: { 'retry-after': '1' }, cause })
+
+const TYPE_BASE = 'https://ledger-api.dev/problems/'
+
+// Fastify's own client errors keep their status, but get our wording: their messages can echo internals.
+const fastifyClientErrors: Record<string, [number, string, string]> = {
+  FST_ERR_CTP_EMPTY_JSON_BODY: [400, 'malformed_body', 'The JSON body is empty.'],
+  FST_ERR_CTP_INVALID_JSON_BODY: [400, 'malformed_body', 'The body is not valid JSON.'],
+  FST_ERR_CTP_BODY_TOO_LARGE: [413, 'body_too_large', 'The body is larger than the configured limit.'],
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, 'unsupported_media_type', 'Send the body as application/json.'],
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, 'malformed_body', 'Content-Length does not match the body.'],
+  FST_ERR_CTP_INVALID_TYPE: [415, 'unsupported_media_type', 'Send the body as application/json.'],
+  FST_ERR_RESPONSE_SERIALIZATION: [500, 'internal_error', 'An unexpected error occurred.']
+}
+
+function fieldPath (instancePath: string): string {
+  return instancePath.replace(/^\//, '').replaceAll('/', '.')
+}
+
+function toProblem (error: FastifyError | ProblemError | Error): ProblemError {
+  if (error instanceof ProblemError) return error
+  const fastifyError = error as FastifyError
+  if (hasZodFastifySchemaValidationErrors(fastifyError)) {
+    const context = fastifyError.validationContext ?? 'body'
+    const errors = fastifyError.validation.map((issue) => ({
+      path: fieldPath(issue.instancePath) || context,
+      message: issue.message ?? 'is invalid'
+    }))
+    return badRequest(`The request ${context} is invalid.`, errors)
+  }
+  if (isResponseSerializationError(fastifyError)) {
+    return new ProblemError(500, 'internal_error', 'An unexpected error occurred.', { cause: error })
+  }
+  const known = fastifyError.code !== undefined ? fastifyClientErrors[fastifyError.code] : undefined
+  if (known !== undefined) return new ProblemError(known[0], known[1], known[2], { cause: error })
+  // Body parser errors without a Fastify code (for example a SyntaxError from JSON.parse) carry a 4xx statusCode.
+  const status = fastifyError.statusCode
+  if (status !== undefined && status >= 400 && status < 500) {
+    return new ProblemError(status, 'client_error', STATUS_CODES[status] ?? 'Bad request.', { cause: error })
+  }
+  return new ProblemError(500, 'internal_error', 'An unexpected error occurred.', { cause: error })
+}
+
+export function sendProblem (request: FastifyRequest, reply: FastifyReply, problem: ProblemError) {
+  if (problem.headers !== undefined) reply.headers(problem.headers)
+  return reply
+    .code(problem.status)
+    .type('application/problem+json')
+    .send({
+      type: TYPE_BASE + problem.type,
+      title: STATUS_CODES[problem.status] ?? 'Error',
+      status: problem.status,
+      detail: problem.message,
+      instance: request.url.split('?')[0],
+      ...(problem.errors !== undefined ? { errors: problem.errors } : {})
+    })
+}
+
+async function errorsPlugin (app: FastifyInstance) {
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const problem = toProblem(error)
+    if (problem.status >= 500) {
+      request.log.error({ err: error }, 'request failed')
+    } else {
+      request.log.info({ status: problem.status, type: problem.type }, 'request refused')
+    }
+    return sendProblem(request, reply, problem)
+  })
+
+  app.setNotFoundHandler((request, reply) => sendProblem(request, reply, notFound('No such route.')))
+}
+
+export default fp(errorsPlugin, { name: 'errors' })

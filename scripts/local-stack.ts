@@ -1,0 +1,37 @@
+import { execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+const stackScript = fileURLToPath(new URL('./stack.sh', import.meta.url))
+
+export interface StackEnv {
+  DATABASE_URL: string
+  DATABASE_DIRECT_URL: string
+  REDIS_URL: string
+  STACK_DIR: string
+}
+
+/** Runs scripts/stack.sh; its progress goes to our stderr, its stdout is returned. */
+export function stack (...args: string[]): string {
+  return execFileSync('bash', [stackScript, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+}
+
+/** Brings the project-local PostgreSQL, PgBouncer and Redis up (idempotent) and returns their URLs. */
+export function localStackUp (): StackEnv {
+  stack('up')
+  const env: Record<string, string> = {}
+  for (const line of stack('env').split('\n')) {
+    const match = /^([A-Z_]+)=(.*)$/.exec(line.trim())
+    if (match?.[1] !== undefined && match[2] !== undefined) env[match[1]] = match[2].replace(/^['"]|['"]$/g, '')
+  }
+  for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'REDIS_URL', 'STACK_DIR']) {
+    if (env[key] === undefined) throw new Error(`stack.sh env did not print ${key}`)
+  }
+  return env as unknown as StackEnv
+}
+
+/** The same URL pointing at another database (the test suite uses its own). */
+export function withDatabase (url: string, database: string): string {
+  const parsed = new URL(url)
+  parsed.pathname = `/${database}`
+  return parsed.toString()
+}

@@ -1,0 +1,21 @@
+// `npm start`: with DATABASE_URL and REDIS_URL set it uses them; otherwise it brings up the project-local
+// stack first. Either way it migrates, then serves.
+import { localStackUp } from './local-stack.ts'
+import { migrate } from './migrate.ts'
+
+if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
+  const env = localStackUp()
+  process.env.DATABASE_URL ||= env.DATABASE_URL
+  process.env.DATABASE_DIRECT_URL ||= env.DATABASE_DIRECT_URL
+  process.env.REDIS_URL ||= env.REDIS_URL
+}
+
+try {
+  const result = await migrate(process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL || '', (line) => console.error(line))
+  console.error(`migrations: ${result.applied.length} applied, ${result.skipped} already in place`)
+} catch (error) {
+  console.error('migrate failed:', error instanceof Error ? error.message : error)
+  process.exit(1)
+}
+
+await import('../server.ts')

@@ -1,0 +1,39 @@
+// `npm test` (after lint and type-check): brings up the project-local stack unless DATABASE_URL and REDIS_URL
+// are set, gives the suite a fresh database of its own and a Redis database index of its own, migrates it,
+// then runs tap. Arguments after `--` go to tap (for example a single test file).
+import { spawnSync } from 'node:child_process'
+import { Redis } from 'ioredis'
+import postgres from 'postgres'
+import { localStackUp, withDatabase } from './local-stack.ts'
+import { migrate } from './migrate.ts'
+
+const TEST_DATABASE = 'ledger_test'
+const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'test' }
+
+if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
+  const stack = localStackUp()
+  // The test database is recreated on every run so no run depends on what an earlier one left behind.
+  const admin = postgres(stack.DATABASE_DIRECT_URL, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`drop database if exists ${TEST_DATABASE} with (force)`)
+  await admin.unsafe(`create database ${TEST_DATABASE}`)
+  await admin.end()
+  env.DATABASE_URL = withDatabase(stack.DATABASE_URL, TEST_DATABASE)
+  env.DATABASE_DIRECT_URL = withDatabase(stack.DATABASE_DIRECT_URL, TEST_DATABASE)
+  const redisUrl = new URL(stack.REDIS_URL)
+  redisUrl.pathname = '/1'
+  env.REDIS_URL = redisUrl.toString()
+  // Fault tests stop and start these processes; they only run against a stack this script controls.
+  env.LEDGER_LOCAL_STACK = '1'
+}
+
+await migrate(env.DATABASE_DIRECT_URL || env.DATABASE_URL || '')
+const redis = new Redis(env.REDIS_URL ?? '')
+await redis.flushdb()
+redis.disconnect()
+
+const args = process.argv.slice(2)
+const main = spawnSync('tap', args, { stdio: 'inherit', env })
+if (main.status !== 0 || args.length > 0) process.exit(main.status ?? 1)
+// Fault tests stop and restart shared processes, so they run after the main suite, one file at a time.
+const faults = spawnSync('tap', ['--jobs=1', '--exclude=', '--include=test/faults/**/*.test.ts'], { stdio: 'inherit', env })
+process.exit(faults.status ?? 1)

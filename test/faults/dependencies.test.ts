@@ -1,0 +1,48 @@
+// Fault tests stop and start real processes of the local stack, so they run alone, one file at a time,
+// after the main suite (see scripts/test.ts).
+import t from 'tap'
+import { buildTestApp, createUser, hasLocalStack, stackService } from '../helper.ts'
+
+const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
+
+t.test('ready names the dependency that is down and recovers without a restart', { skip }, async (t) => {
+  const app = await buildTestApp(t)
+  await app.ready()
+
+  for (const service of ['redis', 'pgbouncer'] as const) {
+    stackService('stop', service)
+    try {
+      const down = await app.inject({ method: 'GET', url: '/health/ready' })
+      t.equal(down.statusCode, 503, `${service} down: 503`)
+      const checks = down.json().checks
+      t.equal(checks[service === 'pgbouncer' ? 'postgres' : 'redis'], 'down', `${service} is named`)
+      t.equal(checks[service === 'pgbouncer' ? 'redis' : 'postgres'], 'ok', 'the other is still ok')
+    } finally {
+      stackService('start', service)
+    }
+    // The clients reconnect by themselves; give them a bounded moment to do it.
+    let status = 0
+    for (let attempt = 0; attempt < 50 && status !== 200; attempt++) {
+      status = (await app.inject({ method: 'GET', url: '/health/ready' })).statusCode
+      if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    t.equal(status, 200, `${service} back: 200 again`)
+  }
+})
+
+t.test('with Redis stopped, reads are served from PostgreSQL', { skip }, async (t) => {
+  const app = await buildTestApp(t)
+  const alice = await createUser(app, { name: 'Alice' })
+  const bob = await createUser(app)
+  const before = (await app.metrics.dependencyErrors.get()).values.reduce((sum, v) => sum + v.value, 0)
+  stackService('stop', 'redis')
+  try {
+    const response = await app.inject({ method: 'GET', url: `/users/${alice.id}`, headers: { authorization: bob.authorization } })
+    t.equal(response.statusCode, 200)
+    t.equal(response.json().name, 'Alice')
+    const after = (await app.metrics.dependencyErrors.get()).values.reduce((sum, v) => sum + v.value, 0)
+    t.ok(after > before, 'the cache failure is counted')
+  } finally {
+    stackService('start', 'redis')
+  }
+})

@@ -1,0 +1,96 @@
+import { createHmac, randomBytes } from 'node:crypto'
+import { execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { W3CTraceContextPropagator } from '@opentelemetry/core'
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
+import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
+import type { FastifyServerOptions, InjectOptions } from 'fastify'
+import postgres from 'postgres'
+import { buildApp, type App } from '../app.ts'
+import { loadConfig, type Config } from '../config.ts'
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+export const spanExporter = new InMemorySpanExporter()
+new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spanExporter)] })
+  .register({ propagator: new W3CTraceContextPropagator() })
+
+export function testConfig (overrides: Record<string, string> = {}): Config {
+  return loadConfig({ ...process.env, LOG_LEVEL: 'silent', ...overrides })
+}
+
+/** Builds the app exactly as the server does, against the test stack, and closes it when the test ends. */
+export async function buildTestApp (t: Teardown, overrides: Record<string, string> = {}, options: { logger?: FastifyServerOptions['logger'] } = {}): Promise<App> {
+  const app = await buildApp(testConfig(overrides), options)
+  t.teardown(() => app.close())
+  return app
+}
+
+/** A direct SQL client for assertions on database state, closed when the test ends. */
+export function testSql (t: Teardown) {
+  const sql = postgres(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '', { max: 2, onnotice: () => {} })
+  t.teardown(() => sql.end({ timeout: 5 }))
+  return sql
+}
+
+/**
+ * Sends one request inside a fresh trace (W3C traceparent) and returns the response with exactly the spans
+ * that request produced, so tests can count database spans without interference from anything else.
+ */
+export async function injectTraced (app: App, options: InjectOptions) {
+  const traceId = randomBytes(16).toString('hex')
+  const parentId = randomBytes(8).toString('hex')
+  const response = await app.inject({ ...options, headers: { ...options.headers, traceparent: `00-${traceId}-${parentId}-01` } })
+  // The server span ends in onResponse, which may run just after inject resolves.
+  await new Promise((resolve) => setImmediate(resolve))
+  const spans = spanExporter.getFinishedSpans().filter((span) => span.spanContext().traceId === traceId)
+  return { response, spans, traceId }
+}
+
+export const dbSpans = (spans: ReadableSpan[]) => spans.filter((span) => span.attributes['db.system'] === 'postgresql')
+
+const base64url = (value: string | Buffer) => Buffer.from(value).toString('base64url')
+
+/** Signs arbitrary JWTs by hand, for the tokens a real attacker would send (alg none, wrong key, no exp). */
+export function forgeToken (header: Record<string, unknown>, payload: Record<string, unknown>, secret?: string): string {
+  const head = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(payload))}`
+  if (secret === undefined) return `${head}.`
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`
+}
+
+const stackScript = fileURLToPath(new URL('../scripts/stack.sh', import.meta.url))
+
+/** Stops or starts one service of the project-local stack (only when scripts/test.ts started it). */
+export function stackService (action: 'start' | 'stop', service: 'postgres' | 'pgbouncer' | 'redis') {
+  execFileSync('bash', [stackScript, action, service], { stdio: ['ignore', 'ignore', 'inherit'] })
+}
+
+export const hasLocalStack = process.env.LEDGER_LOCAL_STACK === '1'
+
+export function uniqueEmail (label = 'user') {
+  return `${label}-${randomBytes(6).toString('hex')}@example.test`
+}
+
+export interface TestUser {
+  id: string
+  email: string
+  name: string
+  password: string
+  token: string
+  authorization: string
+}
+
+/** Signs a new user up through the API and logs them in; every test makes its own users. */
+export async function createUser (app: App, options: { name?: string, tier?: 'standard' | 'pro' } = {}): Promise<TestUser> {
+  const email = uniqueEmail()
+  const password = 'correct horse battery staple'
+  const name = options.name ?? 'Test User'
+  const signup = await app.inject({ method: 'POST', url: '/users', payload: { email, name, password } })
+  if (signup.statusCode !== 201) throw new Error(`signup failed: ${signup.statusCode} ${signup.body}`)
+  const { id } = signup.json() as { id: string }
+  // Tiers are not self-service; a test that needs another tier gets a token for it directly.
+  const token = options.tier !== undefined
+    ? (await app.issueToken({ id, tier: options.tier })).accessToken
+    : (await app.inject({ method: 'POST', url: '/auth/token', payload: { email, password } })).json().accessToken as string
+  return { id, email, name, password, token, authorization: `Bearer ${token}` }
+}
