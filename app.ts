@@ -11,12 +11,14 @@ import openapiPlugin from './plugins/openapi.ts'
 import redisPlugin from './plugins/redis.ts'
 import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
 import { authRoutes } from './routes/auth/index.ts'
+import { createCursorCodec, type CursorCodec } from './routes/common/cursor.ts'
 import { healthRoutes } from './routes/health/index.ts'
 import { usersRoutes } from './routes/users/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config
+    cursors: CursorCodec
   }
 }
 
@@ -51,6 +53,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
   app.decorate('config', config)
+  app.decorate('cursors', createCursorCodec(config.JWT_SECRET))
   // Only JSON is accepted; without this a text/plain body would reach validation instead of getting 415.
   app.removeContentTypeParser('text/plain')
   app.addHook('onSend', async (request, reply) => {
