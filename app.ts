@@ -11,8 +11,10 @@ import openapiPlugin from './plugins/openapi.ts'
 import redisPlugin from './plugins/redis.ts'
 import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
 import { authRoutes } from './routes/auth/index.ts'
+import { balancesRoutes } from './routes/balances/index.ts'
 import { createCursorCodec, type CursorCodec } from './routes/common/cursor.ts'
 import { healthRoutes } from './routes/health/index.ts'
+import { transactionsRoutes } from './routes/transactions/index.ts'
 import { usersRoutes } from './routes/users/index.ts'
 
 declare module 'fastify' {
@@ -88,6 +90,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(healthRoutes)
   await app.register(authRoutes)
   await app.register(usersRoutes)
+  await app.register(transactionsRoutes)
+  await app.register(balancesRoutes)
 
   return app
 }

@@ -48,6 +48,19 @@ const fastifyClientErrors: Record<string, [number, string, string]> = {
   FST_ERR_RESPONSE_SERIALIZATION: [500, 'internal_error', 'An unexpected error occurred.']
 }
 
+// Failures that mean "a dependency cannot serve right now", not "this request is wrong": connection errors from
+// postgres.js and the network, PgBouncer/PostgreSQL refusing or dropping connections (class 08, 57P0x, 53300),
+// and our own guard rails firing (statement_timeout 57014, lock_timeout 55P03). The client should retry.
+const unavailableCodes = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300', '57014', '55P03', '40001', '40P01'
+])
+
+export function isUnavailableError (error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && (unavailableCodes.has(code) || code.startsWith('08'))
+}
+
 function fieldPath (instancePath: string): string {
   return instancePath.replace(/^\//, '').replaceAll('/', '.')
 }
@@ -66,6 +79,7 @@ function toProblem (error: FastifyError | ProblemError | Error): ProblemError {
   if (isResponseSerializationError(fastifyError)) {
     return new ProblemError(500, 'internal_error', 'An unexpected error occurred.', { cause: error })
   }
+  if (isUnavailableError(error)) return serviceUnavailable('database', error)
   const known = fastifyError.code !== undefined ? fastifyClientErrors[fastifyError.code] : undefined
   if (known !== undefined) return new ProblemError(known[0], known[1], known[2], { cause: error })
   // Body parser errors without a Fastify code (for example a SyntaxError from JSON.parse) carry a 4xx statusCode.
@@ -94,7 +108,9 @@ export function sendProblem (request: FastifyRequest, reply: FastifyReply, probl
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const problem = toProblem(error)
-    if (problem.status >= 500) {
+    if (problem.status === 503) {
+      request.log.warn({ err: error }, 'dependency unavailable')
+    } else if (problem.status >= 500) {
       request.log.error({ err: error }, 'request failed')
     } else {
       request.log.info({ status: problem.status, type: problem.type }, 'request refused')

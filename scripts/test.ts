@@ -7,7 +7,13 @@ import postgres from 'postgres'
 import { localStackUp, withDatabase } from './local-stack.ts'
 import { migrate } from './migrate.ts'
 
-const TEST_DATABASE = 'ledger_test'
+// Overridable so two suites can run side by side on one stack (for example two checkouts).
+const TEST_DATABASE = process.env.LEDGER_TEST_DATABASE ?? 'ledger_test'
+const TEST_REDIS_DB = process.env.LEDGER_TEST_REDIS_DB ?? '1'
+if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DATABASE) || !/^\d{1,2}$/.test(TEST_REDIS_DB)) {
+  console.error('LEDGER_TEST_DATABASE must be a plain lower-case identifier and LEDGER_TEST_REDIS_DB a database number')
+  process.exit(2)
+}
 const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'test' }
 
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
@@ -20,7 +26,7 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   env.DATABASE_URL = withDatabase(stack.DATABASE_URL, TEST_DATABASE)
   env.DATABASE_DIRECT_URL = withDatabase(stack.DATABASE_DIRECT_URL, TEST_DATABASE)
   const redisUrl = new URL(stack.REDIS_URL)
-  redisUrl.pathname = '/1'
+  redisUrl.pathname = `/${TEST_REDIS_DB}`
   env.REDIS_URL = redisUrl.toString()
   // Fault tests stop and start these processes; they only run against a stack this script controls.
   env.LEDGER_LOCAL_STACK = '1'

@@ -1,0 +1,14 @@
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
+import { z } from 'zod'
+import { commonErrors } from '../common/schemas.ts'
+import { listBalances } from './queries.ts'
+
+const BalancesSchema = z.object({
+  data: z.array(z.object({ currency: z.string(), balance: z.number().int() }))
+}).meta({ id: 'Balances' })
+
+export const balancesRoutes: FastifyPluginAsyncZod = async (app) => {
+  app.get('/balances', {
+    schema: { tags: ['money'], summary: "The caller's balance in each currency", response: { 200: BalancesSchema, ...commonErrors } }
+  }, async (request) => ({ data: await listBalances(app.db, request.user.id) }))
+}

@@ -1,0 +1,81 @@
+import { createHash } from 'node:crypto'
+import type { Sql } from '../../plugins/database.ts'
+import { toMinorUnits } from '../common/money.ts'
+import type { CreateTransactionBody, Transaction } from './schemas.ts'
+
+interface TransactionRow {
+  id: string
+  kind: Transaction['kind']
+  amount: string
+  currency: string
+  from_user_id: string | null
+  to_user_id: string | null
+  description: string | null
+  created_at: Date
+}
+
+export const toTransaction = (row: TransactionRow): Transaction => ({
+  id: row.id,
+  kind: row.kind,
+  amount: toMinorUnits(row.amount),
+  currency: row.currency,
+  fromUserId: row.from_user_id,
+  toUserId: row.to_user_id,
+  description: row.description,
+  createdAt: row.created_at.toISOString()
+})
+
+/** What makes two requests "the same" for an idempotency key: every field of the body, in a fixed order. */
+export function requestFingerprint (body: CreateTransactionBody): string {
+  const canonical = JSON.stringify([body.kind, body.amount, body.currency, body.toUserId ?? null, body.description ?? null])
+  return createHash('sha256').update(canonical).digest('base64url')
+}
+
+export type PostOutcome =
+  | { outcome: 'created' | 'replayed', transaction: Transaction }
+  | { outcome: 'mismatch' }
+
+/**
+ * One statement, one round trip: post_transaction() (sql/003_ledger.sql) claims the key, locks balances in user
+ * id order, checks funds, writes the transaction, its entries and the balances, atomically.
+ */
+export async function postTransaction (sql: Sql, userId: string, key: string, body: CreateTransactionBody): Promise<PostOutcome> {
+  const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch' })[]>`
+    select * from post_transaction(
+      ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount},
+      ${body.currency}, ${body.toUserId ?? null}, ${body.description ?? null}
+    )`
+  if (row === undefined) throw new Error('post_transaction returned no row')
+  if (row.outcome === 'mismatch') return { outcome: 'mismatch' }
+  return { outcome: row.outcome, transaction: toTransaction(row) }
+}
+
+/**
+ * A page of the transactions that touch `userId`, newest first: a backward range scan of entries' primary key
+ * (user_id, transaction_id) joined to transactions by primary key, so its cost does not depend on table size.
+ */
+export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
+  return sql<TransactionRow[]>`
+    select t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
+      from entries e
+      join transactions t on t.id = e.transaction_id
+     where e.user_id = ${userId}
+       ${before === undefined ? sql`` : sql`and e.transaction_id < ${before}`}
+     order by e.transaction_id desc
+     limit ${limit}`
+}
+
+export async function listTransactions (sql: Sql, userId: string, limit: number, before?: string) {
+  // One row more than asked tells whether another page exists without a count query.
+  const rows = await transactionsPageQuery(sql, userId, limit + 1, before)
+  const page = rows.slice(0, limit).map(toTransaction)
+  return { page, hasMore: rows.length > limit }
+}
+
+export async function findTransaction (sql: Sql, userId: string, id: string): Promise<Transaction | null> {
+  const [row] = await sql<TransactionRow[]>`
+    select id, kind, amount, currency, from_user_id, to_user_id, description, created_at
+      from transactions
+     where id = ${id} and (from_user_id = ${userId} or to_user_id = ${userId})`
+  return row === undefined ? null : toTransaction(row)
+}

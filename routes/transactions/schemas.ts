@@ -1,0 +1,64 @@
+import { z } from 'zod'
+import { CursorParamSchema } from '../common/cursor.ts'
+import { AmountSchema, CurrencySchema } from '../common/money.ts'
+
+// PostgreSQL text cannot hold NUL, and control characters in a description only cause trouble downstream.
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const printable = (value: string) => !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(value)
+
+export const TransactionKindSchema = z.enum(['deposit', 'withdrawal', 'transfer'])
+
+export const CreateTransactionBodySchema = z.object({
+  kind: TransactionKindSchema,
+  amount: AmountSchema,
+  currency: CurrencySchema,
+  toUserId: z.uuid().optional(),
+  description: z.string().max(500).refine(printable, { message: 'must not contain control characters' }).optional()
+}).strict().superRefine((body, ctx) => {
+  if (body.kind === 'transfer' && body.toUserId === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['toUserId'], message: 'is required for a transfer' })
+  }
+  if (body.kind !== 'transfer' && body.toUserId !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['toUserId'], message: `must not be sent with a ${body.kind}` })
+  }
+})
+
+export const IdempotencyHeadersSchema = z.object({
+  // Visible ASCII only: the key is echoed in logs and compared byte for byte.
+  'idempotency-key': z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
+})
+
+export const TransactionSchema = z.object({
+  id: z.string(),
+  kind: TransactionKindSchema,
+  amount: z.number().int(),
+  currency: z.string(),
+  fromUserId: z.uuid().nullable(),
+  toUserId: z.uuid().nullable(),
+  description: z.string().nullable(),
+  createdAt: z.iso.datetime()
+}).meta({ id: 'Transaction' })
+
+export const TransactionPageSchema = z.object({
+  data: z.array(TransactionSchema),
+  nextCursor: z.string().nullable()
+}).meta({ id: 'TransactionPage' })
+
+export const ListTransactionsQuerySchema = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  cursor: CursorParamSchema.optional()
+}).strict()
+
+// Transaction ids are positive int8 values sent as decimal strings. The range check compares strings (equal
+// lengths compare like numbers) because Zod runs refinements even after a failed regex, and must not throw.
+const INT8_MAX = '9223372036854775807'
+const TransactionIdSchema = z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be a transaction id')
+  .refine((id) => id.length < INT8_MAX.length || (id.length === INT8_MAX.length && id <= INT8_MAX), { message: 'must be a transaction id' })
+
+export const TransactionIdParamsSchema = z.object({ id: TransactionIdSchema }).strict()
+
+/** Where a page ends: the id of its last (oldest) transaction. */
+export const TransactionCursorSchema = z.object({ before: TransactionIdSchema }).strict()
+
+export type CreateTransactionBody = z.infer<typeof CreateTransactionBodySchema>
+export type Transaction = z.infer<typeof TransactionSchema>

@@ -1,0 +1,146 @@
+-- Money is integer minor units. The upper bound keeps every amount and balance exactly representable as a
+-- JSON number (2^53 - 1), so no layer ever rounds.
+create domain money_minor as bigint check (value >= 0 and value <= 9007199254740991);
+
+create table transactions (
+  id bigint generated always as identity primary key,
+  kind text not null check (kind in ('deposit', 'withdrawal', 'transfer')),
+  amount money_minor not null check (amount > 0),
+  currency char(3) not null check (currency ~ '^[A-Z]{3}$'),
+  from_user_id uuid references users (id),
+  to_user_id uuid references users (id),
+  description text check (length(description) <= 500),
+  created_at timestamptz not null default now(),
+  -- Which side a kind touches is a rule of the ledger, not only of the API.
+  check (
+    (kind = 'deposit' and from_user_id is null and to_user_id is not null) or
+    (kind = 'withdrawal' and from_user_id is not null and to_user_id is null) or
+    (kind = 'transfer' and from_user_id is not null and to_user_id is not null and from_user_id <> to_user_id)
+  )
+);
+
+-- One row per user a transaction touches, keyed so that "newest transactions of user U" is one backward range
+-- scan of this primary key, whatever the table size.
+create table entries (
+  user_id uuid not null references users (id),
+  transaction_id bigint not null references transactions (id),
+  delta bigint not null check (delta <> 0),
+  primary key (user_id, transaction_id)
+);
+
+create table balances (
+  user_id uuid not null references users (id),
+  currency char(3) not null check (currency ~ '^[A-Z]{3}$'),
+  balance money_minor not null default 0,
+  primary key (user_id, currency)
+);
+
+create table idempotency_keys (
+  user_id uuid not null references users (id),
+  key text not null check (length(key) between 1 and 255),
+  fingerprint text not null,
+  transaction_id bigint not null references transactions (id) deferrable initially deferred,
+  created_at timestamptz not null default now(),
+  primary key (user_id, key)
+);
+
+create type posted_transaction as (
+  outcome text,
+  id bigint,
+  kind text,
+  amount bigint,
+  currency char(3),
+  from_user_id uuid,
+  to_user_id uuid,
+  description text,
+  created_at timestamptz
+);
+
+-- The whole money write is one statement from the client, so a request costs one round trip through PgBouncer
+-- and is atomic by construction: any raise rolls back the key claim, the balances and the rows together.
+--   outcome 'created'  : a new transaction was written
+--   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
+--   outcome 'mismatch' : the key was used before with a different request
+-- Errors raised: LDG01 insufficient_funds, LDG02 recipient_not_found.
+create function post_transaction(
+  p_user_id uuid,
+  p_key text,
+  p_fingerprint text,
+  p_kind text,
+  p_amount bigint,
+  p_currency char(3),
+  p_to_user_id uuid,
+  p_description text
+) returns posted_transaction
+language plpgsql
+as $$
+declare
+  v_id bigint := nextval(pg_get_serial_sequence('transactions', 'id'));
+  v_from uuid;
+  v_to uuid;
+  v_existing idempotency_keys%rowtype;
+  v_debited int;
+  v_result posted_transaction;
+begin
+  -- Claim the key first. A concurrent request with the same key blocks here on the primary key until the
+  -- first one commits, then sees its row and replays it: the same key never produces two transactions.
+  insert into idempotency_keys (user_id, key, fingerprint, transaction_id)
+  values (p_user_id, p_key, p_fingerprint, v_id)
+  on conflict (user_id, key) do nothing;
+
+  if not found then
+    select * into v_existing from idempotency_keys where user_id = p_user_id and key = p_key;
+    if v_existing.fingerprint <> p_fingerprint then
+      v_result.outcome := 'mismatch';
+      return v_result;
+    end if;
+    select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
+      into v_result from transactions t where t.id = v_existing.transaction_id;
+    return v_result;
+  end if;
+
+  case p_kind
+    when 'deposit' then v_to := p_user_id;
+    when 'withdrawal' then v_from := p_user_id;
+    else v_from := p_user_id; v_to := p_to_user_id;
+  end case;
+
+  if v_to is not null and v_to <> p_user_id and not exists (select 1 from users where id = v_to) then
+    raise exception 'recipient_not_found' using errcode = 'LDG02';
+  end if;
+
+  -- Lock every balance row this write touches in one fixed order (by user id), so two opposite transfers
+  -- wait for each other instead of deadlocking.
+  perform 1 from balances
+   where currency = p_currency and user_id in (v_from, v_to)
+   order by user_id
+   for update;
+
+  if v_from is not null then
+    update balances set balance = balance - p_amount
+     where user_id = v_from and currency = p_currency and balance >= p_amount;
+    get diagnostics v_debited = row_count;
+    if v_debited = 0 then
+      raise exception 'insufficient_funds' using errcode = 'LDG01';
+    end if;
+  end if;
+
+  if v_to is not null then
+    insert into balances (user_id, currency, balance) values (v_to, p_currency, p_amount)
+    on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance;
+  end if;
+
+  insert into transactions (id, kind, amount, currency, from_user_id, to_user_id, description)
+  overriding system value
+  values (v_id, p_kind, p_amount, p_currency, v_from, v_to, p_description)
+  returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, created_at
+  into v_result;
+
+  insert into entries (user_id, transaction_id, delta)
+  select user_id, v_id, delta
+    from (values (v_from, -p_amount), (v_to, p_amount)) as e (user_id, delta)
+   where user_id is not null;
+
+  return v_result;
+end
+$$;
