@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# ledger-api image. Node 24 runs the TypeScript sources directly (type stripping): there is no build step,
+# so the image is just production dependencies plus the runtime sources.
+#
+#   docker build -t ledger-api .
+#   docker run --rm -p 3000:3000 -e DATABASE_URL=... -e DATABASE_DIRECT_URL=... -e REDIS_URL=... -e JWT_SECRET=... ledger-api
+#
+# compose.yaml runs it next to PostgreSQL, PgBouncer and Redis.
+
+# ---- deps: production node_modules only --------------------------------------------------------------------
+FROM node:24-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --omit=dev also leaves out the `node` devDependency (an npm-packaged Node for older machines); the image
+# already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run.
+RUN --mount=type=cache,target=/root/.npm \
+    npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
+# ---- runtime ----------------------------------------------------------------------------------------------------
+FROM node:24-bookworm-slim AS runtime
+ENV NODE_ENV=production \
+    HOST=0.0.0.0 \
+    PORT=3000
+WORKDIR /app
+
+# Everything stays owned by root and is only readable by the `node` user that runs the process:
+# the app never writes to its own directory.
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json app.ts server.ts config.ts ./
+COPY plugins ./plugins
+COPY routes ./routes
+COPY sql ./sql
+# start.ts imports local-stack.ts, which is only used when DATABASE_URL or REDIS_URL is missing
+# (the local stack script itself is deliberately not in the image).
+COPY scripts/start.ts scripts/migrate.ts scripts/local-stack.ts ./scripts/
+
+USER node
+EXPOSE 3000
+
+# Liveness only: readiness (PostgreSQL and Redis reachable) is the orchestrator's business (compose checks
+# /health/ready), and a dependency outage must not get the container killed.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+
+# server.ts handles SIGTERM itself (close-with-grace): stop accepting, finish in-flight requests, close pools, exit 0.
+STOPSIGNAL SIGTERM
+# Migrates (through DATABASE_DIRECT_URL when set, else DATABASE_URL), then serves.
+# `node server.ts` serves only; `node scripts/migrate.ts` migrates only.
+CMD ["node", "scripts/start.ts"]
