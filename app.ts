@@ -8,6 +8,7 @@ import databasePlugin from './plugins/database.ts'
 import errorsPlugin from './plugins/errors.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
+import rateLimitPlugin from './plugins/rate-limit.ts'
 import redisPlugin from './plugins/redis.ts'
 import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
 import { authRoutes } from './routes/auth/index.ts'
@@ -87,7 +88,17 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
 
+  // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).
   await app.register(healthRoutes)
+  await app.register(rateLimitPlugin, {
+    tiers: {
+      standard: { capacity: config.RATE_LIMIT_STANDARD_CAPACITY, refillPerSecond: config.RATE_LIMIT_STANDARD_REFILL_PER_S },
+      pro: { capacity: config.RATE_LIMIT_PRO_CAPACITY, refillPerSecond: config.RATE_LIMIT_PRO_REFILL_PER_S }
+    },
+    publicTier: { capacity: config.RATE_LIMIT_PUBLIC_CAPACITY, refillPerSecond: config.RATE_LIMIT_PUBLIC_REFILL_PER_S },
+    failOpen: config.RATE_LIMIT_FAIL_OPEN
+  })
+
   await app.register(authRoutes)
   await app.register(usersRoutes)
   await app.register(transactionsRoutes)

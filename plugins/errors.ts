@@ -117,8 +117,6 @@ async function errorsPlugin (app: FastifyInstance) {
     }
     return sendProblem(request, reply, problem)
   })
-
-  app.setNotFoundHandler((request, reply) => sendProblem(request, reply, notFound('No such route.')))
 }
 
 export default fp(errorsPlugin, { name: 'errors' })

@@ -26,6 +26,12 @@ export function createMetrics () {
       labelNames: ['dependency', 'operation'] as const,
       registers: [registry]
     }),
+    rateLimitDecisions: new Counter({
+      name: 'ledger_rate_limit_decisions_total',
+      help: 'Rate-limit decisions by tier (standard, pro, public) and decision (admitted, rejected).',
+      labelNames: ['tier', 'decision'] as const,
+      registers: [registry]
+    }),
     dbQueryDuration: new Histogram({
       name: 'ledger_db_query_duration_seconds',
       help: 'SQL statement duration by statement name (operation and first table).',

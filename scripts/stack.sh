@@ -539,7 +539,13 @@ admin_users = $DB_USER
 stats_users = $DB_USER
 default_pool_size = 10
 max_client_conn = 2000
+;; The API's own pools are small; this caps what every client together can hold on the server.
 max_db_connections = 20
+;; While PostgreSQL is down a client would wait 120 s for a server connection by default; fail fast instead so
+;; the API answers 503 within seconds and recovers by itself when the server is back.
+query_wait_timeout = 10
+server_connect_timeout = 3
+server_login_retry = 1
 ;; Transaction pooling: nothing session-level survives a transaction anyway.
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options,search_path,application_name

@@ -15,8 +15,15 @@ export const spanExporter = new InMemorySpanExporter()
 new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spanExporter)] })
   .register({ propagator: new W3CTraceContextPropagator() })
 
+// Tests create many users from one address and send bursts; limits are lifted unless a test sets them.
+const generousLimits = {
+  RATE_LIMIT_STANDARD_CAPACITY: '100000',
+  RATE_LIMIT_PRO_CAPACITY: '100000',
+  RATE_LIMIT_PUBLIC_CAPACITY: '100000'
+}
+
 export function testConfig (overrides: Record<string, string> = {}): Config {
-  return loadConfig({ ...process.env, LOG_LEVEL: 'silent', ...overrides })
+  return loadConfig({ ...process.env, LOG_LEVEL: 'silent', ...generousLimits, ...overrides })
 }
 
 /** Builds the app exactly as the server does, against the test stack, and closes it when the test ends. */
@@ -81,16 +88,17 @@ export interface TestUser {
 }
 
 /** Signs a new user up through the API and logs them in; every test makes its own users. */
-export async function createUser (app: App, options: { name?: string, tier?: 'standard' | 'pro' } = {}): Promise<TestUser> {
+export async function createUser (app: App, options: { name?: string, tier?: 'standard' | 'pro', remoteAddress?: string } = {}): Promise<TestUser> {
   const email = uniqueEmail()
   const password = 'correct horse battery staple'
   const name = options.name ?? 'Test User'
-  const signup = await app.inject({ method: 'POST', url: '/users', payload: { email, name, password } })
+  const remoteAddress = options.remoteAddress ?? '127.0.0.1'
+  const signup = await app.inject({ method: 'POST', url: '/users', remoteAddress, payload: { email, name, password } })
   if (signup.statusCode !== 201) throw new Error(`signup failed: ${signup.statusCode} ${signup.body}`)
   const { id } = signup.json() as { id: string }
   // Tiers are not self-service; a test that needs another tier gets a token for it directly.
   const token = options.tier !== undefined
     ? (await app.issueToken({ id, tier: options.tier })).accessToken
-    : (await app.inject({ method: 'POST', url: '/auth/token', payload: { email, password } })).json().accessToken as string
+    : (await app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })).json().accessToken as string
   return { id, email, name, password, token, authorization: `Bearer ${token}` }
 }

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import { unauthorized } from '../../plugins/errors.ts'
+import { publicRouteRateLimit } from '../../plugins/rate-limit.ts'
 import { ProblemSchema } from '../common/schemas.ts'
 import { decoyHash, verifyPassword } from '../users/password.ts'
 import { findCredentials } from '../users/queries.ts'
@@ -21,7 +22,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, config } = app
 
   app.post('/auth/token', {
-    config: { public: true },
+    config: { public: true, rateLimit: publicRouteRateLimit('login') },
     schema: {
       tags: ['auth'],
       summary: 'Log in: exchange email and password for a bearer token',

@@ -24,12 +24,12 @@ async function check (probe: () => Promise<unknown>): Promise<'ok' | 'down'> {
 
 export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health/live', {
-    config: { public: true },
+    config: { public: true, rateLimit: false },
     schema: { tags: ['operations'], summary: 'Liveness: the process is running', response: { 200: z.object({ status: z.literal('ok') }) } }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/health/ready', {
-    config: { public: true },
+    config: { public: true, rateLimit: false },
     schema: {
       tags: ['operations'],
       summary: 'Readiness: PostgreSQL (through PgBouncer) and Redis answer',

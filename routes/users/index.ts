@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-
 import { conflict, forbidden, notFound } from '../../plugins/errors.ts'
+import { publicRouteRateLimit } from '../../plugins/rate-limit.ts'
 import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
 import { hashPassword } from './password.ts'
 import { findPublicUser, findUser, insertUser, updateUser } from './queries.ts'
@@ -15,7 +15,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   const cachedPublicUser = (id: string) => cache.get(USER_CACHE, id, config.CACHE_TTL_S, () => findPublicUser(db, id))
 
   app.post('/users', {
-    config: { public: true },
+    config: { public: true, rateLimit: publicRouteRateLimit('signup') },
     schema: {
       tags: ['users'],
       summary: 'Sign up',

@@ -46,3 +46,24 @@ t.test('with Redis stopped, reads are served from PostgreSQL', { skip }, async (
     stackService('start', 'redis')
   }
 })
+
+t.test('with Redis stopped the rate limiter fails open and counts it, or fails closed when configured', { skip }, async (t) => {
+  const open = await buildTestApp(t, { RATE_LIMIT_STANDARD_CAPACITY: '60' })
+  const closed = await buildTestApp(t, { RATE_LIMIT_STANDARD_CAPACITY: '60', RATE_LIMIT_FAIL_OPEN: 'false' })
+  const user = await createUser(open)
+  await closed.ready()
+  const failures = async () => (await open.metrics.dependencyErrors.get()).values
+    .filter((v) => v.labels.operation === 'rate_limit').reduce((sum, v) => sum + v.value, 0)
+  const before = await failures()
+  stackService('stop', 'redis')
+  try {
+    const served = await open.inject({ method: 'GET', url: '/balances', headers: { authorization: user.authorization } })
+    t.equal(served.statusCode, 200, 'fail open: the request is served')
+    t.ok(await failures() > before, 'the failure is counted')
+    const refused = await closed.inject({ method: 'GET', url: '/balances', headers: { authorization: user.authorization } })
+    t.equal(refused.statusCode, 503, 'fail closed: 503')
+    t.match(refused.headers['content-type'], /problem\+json/)
+  } finally {
+    stackService('start', 'redis')
+  }
+})

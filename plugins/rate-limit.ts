@@ -1,0 +1,178 @@
+import fastifyRateLimit, { type FastifyRateLimitStore, type RateLimitOptions } from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Redis, Result } from 'ioredis'
+import type { AuthUser } from './auth.ts'
+import { notFound, ProblemError, sendProblem, serviceUnavailable } from './errors.ts'
+import type { Metrics } from './metrics.ts'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Tokens one request to this route takes from the caller's bucket (default 1): writes can cost more. */
+    rateLimitCost?: number
+  }
+}
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    tokenBucket: (key: string, capacity: number, refillPerMs: number, cost: number) => Result<[number, string, number], Context>
+  }
+}
+
+/**
+ * One bucket is one Redis hash {tokens, ts}. Refill is computed from Redis's own clock (TIME), so every API
+ * process on every machine agrees, and the whole read-refill-take-write runs atomically inside Redis. One key
+ * per call keeps it valid on Redis Cluster. An idle bucket expires once it would be full again anyway.
+ * Returns {allowed, tokens left, ms until `cost` tokens are available (0 when allowed)}.
+ */
+const TOKEN_BUCKET_LUA = `
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = math.ceil((cost - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
+return { allowed, tostring(tokens), wait }
+`
+
+export interface TokenBucketResult {
+  allowed: boolean
+  /** Whole tokens left after this request. */
+  remaining: number
+  /** Milliseconds until the request could pass (refused) or until the bucket is full again (allowed). */
+  resetMs: number
+}
+
+export interface TokenBucket {
+  take: (key: string, capacity: number, refillPerSecond: number, cost?: number) => Promise<TokenBucketResult>
+}
+
+export function createTokenBucket (redis: Redis, keyPrefix = 'rl:'): TokenBucket {
+  if (typeof redis.tokenBucket !== 'function') {
+    // defineCommand sends EVALSHA and falls back to EVAL (loading the script) only when Redis lacks it.
+    redis.defineCommand('tokenBucket', { numberOfKeys: 1, lua: TOKEN_BUCKET_LUA })
+  }
+  return {
+    async take (key, capacity, refillPerSecond, cost = 1) {
+      const refillPerMs = refillPerSecond / 1000
+      const [allowed, tokensText, waitMs] = await redis.tokenBucket(`${keyPrefix}${key}`, capacity, refillPerMs, cost)
+      const tokens = Number(tokensText)
+      return {
+        allowed: allowed === 1,
+        remaining: Math.floor(tokens),
+        resetMs: allowed === 1 ? Math.ceil((capacity - tokens) / refillPerMs) : waitMs
+      }
+    }
+  }
+}
+
+export interface Tier {
+  capacity: number
+  refillPerSecond: number
+}
+
+export interface RateLimitPluginOptions {
+  tiers: Record<string, Tier>
+  /** Limit of the public routes (signup, login), per client IP and per route. */
+  publicTier: Tier
+  failOpen: boolean
+}
+
+/** The route config that turns a public route's limit into a per-IP one. */
+export const publicRouteRateLimit = (group: string): RateLimitOptions => ({
+  groupId: group,
+  keyGenerator: (request: FastifyRequest) => `ip:${request.ip}:`
+})
+
+// @fastify/jwt decorates every request with `user: null` until a token is verified (public routes, 404s).
+const callerOf = (request: FastifyRequest): AuthUser | undefined => (request.user as AuthUser | null) ?? undefined
+const tierOf = (request: FastifyRequest) => callerOf(request)?.tier ?? 'public'
+
+async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOptions) {
+  const bucket = createTokenBucket(app.redis)
+  const metrics: Metrics = app.metrics
+  const tierFor = (request: FastifyRequest): Tier => {
+    const caller = callerOf(request)
+    return caller === undefined || request.routeOptions.config?.public === true
+      ? options.publicTier
+      : options.tiers[caller.tier] ?? options.publicTier
+  }
+
+  let lastLogged = 0
+  const redisFailed = (error: unknown) => {
+    metrics.dependencyErrors.inc({ dependency: 'redis', operation: 'rate_limit' })
+    const now = Date.now()
+    if (now - lastLogged > 10_000) {
+      lastLogged = now
+      app.log.warn({ err: error, failOpen: options.failOpen }, 'rate limiter cannot reach redis')
+    }
+  }
+
+  // @fastify/rate-limit owns the hooks and headers; this store gives it token-bucket answers in the shape it
+  // expects: `current` above `max` means refused, `ttl` is when to come back (Retry-After / RateLimit-Reset).
+  class TokenBucketStore implements FastifyRateLimitStore {
+    private readonly cost: number
+    // The plugin constructs the root store with its own options; route children pass their cost.
+    constructor (_pluginOptions?: unknown, cost = 1) { this.cost = cost }
+
+    incr (key: string, callback: (error: Error | null, result?: { current: number, ttl: number }) => void, timeWindow: number, max: number) {
+      const refillPerSecond = max / (timeWindow / 1000)
+      bucket.take(key, max, refillPerSecond, this.cost).then((result) => {
+        callback(null, { current: result.allowed ? max - result.remaining : max + 1, ttl: result.resetMs })
+      }, (error: unknown) => {
+        redisFailed(error)
+        if (options.failOpen) callback(null, { current: 0, ttl: 0 })
+        else callback(serviceUnavailable('rate limiter', error))
+      })
+    }
+
+    child (routeOptions: { config?: { rateLimitCost?: number } }) {
+      return new TokenBucketStore(undefined, routeOptions.config?.rateLimitCost ?? 1)
+    }
+  }
+
+  await app.register(fastifyRateLimit, {
+    global: true,
+    hook: 'onRequest',
+    store: TokenBucketStore,
+    enableDraftSpec: true,
+    // Failures are handled inside the store (fail open or 503), never by the plugin's own fallback.
+    skipOnError: false,
+    keyGenerator: (request) => {
+      const caller = callerOf(request)
+      return caller === undefined ? `ip:${request.ip}` : `user:${caller.id}`
+    },
+    // The plugin's window/max pair carries the bucket's shape: capacity = max, refill = max per window.
+    max: (request) => tierFor(request).capacity,
+    timeWindow: (request) => {
+      const tier = tierFor(request)
+      return Math.round(tier.capacity / tier.refillPerSecond * 1000)
+    },
+    onExceeding: (request) => { metrics.rateLimitDecisions.inc({ tier: tierOf(request), decision: 'admitted' }) },
+    onExceeded: (request) => { metrics.rateLimitDecisions.inc({ tier: tierOf(request), decision: 'rejected' }) },
+    errorResponseBuilder: (request, context) => new ProblemError(429, 'rate_limited',
+      `Too many requests; retry in ${Math.max(1, Math.ceil(context.ttl / 1000))} s.`)
+  })
+
+  // Unknown URLs cost a token too: unlimited 404s would let a client map the API for free.
+  app.setNotFoundHandler({ preHandler: app.rateLimit() }, (request, reply) => sendProblem(request, reply, notFound('No such route.')))
+}
+
+export default fp(rateLimitPlugin, { name: 'rate-limit', dependencies: ['redis', 'metrics', 'auth', 'errors'] })
