@@ -14,6 +14,7 @@ import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
 import { authRoutes } from './routes/auth/index.ts'
 import { balancesRoutes } from './routes/balances/index.ts'
 import { createCursorCodec, type CursorCodec } from './routes/common/cursor.ts'
+import { feedRoutes } from './routes/feed/index.ts'
 import { healthRoutes } from './routes/health/index.ts'
 import { transactionsRoutes } from './routes/transactions/index.ts'
 import { usersRoutes } from './routes/users/index.ts'
@@ -101,6 +102,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(authRoutes)
   await app.register(usersRoutes)
+  await app.register(feedRoutes)
   await app.register(transactionsRoutes)
   await app.register(balancesRoutes)
 

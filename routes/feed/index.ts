@@ -1,0 +1,72 @@
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
+
+import type { CursorCodec } from '../common/cursor.ts'
+import { notFound } from '../../plugins/errors.ts'
+import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import { insertPost, loadFeedPage, type FeedPageResult } from './queries.ts'
+import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
+
+export const FEED_CACHE = 'feed'
+
+/** Binds a feed cursor to this list and this caller: a cursor from anyone else's feed is a 400. */
+export const feedCursorScope = (userId: string) => `feed:${userId}`
+
+export function decodeFeedCursor (cursors: CursorCodec, userId: string, cursor: string | undefined): FeedPosition | undefined {
+  return cursor === undefined ? undefined : cursors.decode(feedCursorScope(userId), cursor, FeedPositionSchema)
+}
+
+export function toFeedPage (cursors: CursorCodec, userId: string, result: FeedPageResult): FeedPage {
+  return {
+    data: result.posts,
+    nextCursor: result.next === null ? null : cursors.encode(feedCursorScope(userId), result.next)
+  }
+}
+
+export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { db, cache, config, cursors } = app
+
+  app.post('/posts', {
+    schema: {
+      tags: ['feed'],
+      summary: 'Post on a feed (yours by default); you are the author',
+      body: CreatePostBodySchema,
+      response: { 201: PostSchema, 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const feedUserId = request.body.userId ?? request.user.id
+    const post = await insertPost(db, { feedUserId, authorId: request.user.id, body: request.body.body })
+    if (post === null) throw notFound('User not found.')
+    // After the commit, so a reader that misses the cache next loads a page that includes this post.
+    await cache.invalidate(FEED_CACHE, feedUserId)
+    return reply.code(201).send(post)
+  })
+
+  app.get('/feed', {
+    schema: {
+      tags: ['feed'],
+      summary: 'Your feed, newest first, with each post\'s author',
+      querystring: FeedQuerySchema,
+      response: { 200: FeedPageSchema, ...commonErrors }
+    }
+  }, async (request) => {
+    const userId = request.user.id
+    const { limit, cursor } = request.query
+    const after = decodeFeedCursor(cursors, userId, cursor)
+    const load = async () => toFeedPage(cursors, userId, await loadFeedPage(db, userId, limit, after))
+
+    // Only the first page at the default limit is cached, under `feed:<userId>`: that is what nearly every
+    // client asks for, and a single key per feed means a new post invalidates exactly one key. Caching other
+    // limits (or later pages) would need every variant found and deleted on each write; they are one index
+    // range scan each, so they go to the database.
+    //
+    // The TTL is short (FEED_CACHE_TTL_S, 30 s by default; the cache plugin adds jitter): a feed is read
+    // often and must look fresh. New posts on the feed invalidate the key, but changes to an author's name or
+    // avatar do not (that would mean deleting every feed the author ever posted on), so the TTL is what
+    // bounds how long a renamed author still shows under the old name.
+    if (after === undefined && limit === FEED_DEFAULT_LIMIT) {
+      // The loader never returns null (an empty feed is an empty page); `?? load()` only satisfies the type.
+      return (await cache.get(FEED_CACHE, userId, config.FEED_CACHE_TTL_S, load)) ?? load()
+    }
+    return load()
+  })
+}
