@@ -1,16 +1,17 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
 import type { Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import databasePlugin from './plugins/database.ts'
-import errorsPlugin from './plugins/errors.ts'
+import errorsPlugin, { isUnavailableError } from './plugins/errors.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
 import redisPlugin from './plugins/redis.ts'
-import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
+import tracingPlugin from './plugins/tracing.ts'
+import underPressurePlugin from './plugins/under-pressure.ts'
 import { authRoutes } from './routes/auth/index.ts'
 import { balancesRoutes } from './routes/balances/index.ts'
 import { createCursorCodec, type CursorCodec } from './routes/common/cursor.ts'
@@ -39,12 +40,13 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: options.logger ?? {
       level: config.LOG_LEVEL,
-      mixin: traceLogFields,
       redact: ['req.headers.authorization', 'req.headers.cookie']
     },
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
     requestTimeout: config.REQUEST_TIMEOUT_MS,
+    // plugins/tracing.ts logs each request itself, with its trace and span ids on every line.
+    logController: new LogController({ disableRequestLogging: true }),
     // The caller's request id is kept when it is safe to log and echo; anything else gets a fresh one.
     requestIdHeader: false,
     genReqId: (request) => {
@@ -67,16 +69,27 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // Order matters and is meant to be read top to bottom: cross-cutting concerns, then data, then routes.
   const metrics = options.metrics ?? createMetrics()
   await app.register(errorsPlugin)
-  await app.register(metricsPlugin, { metrics })
+  metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
+  await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
   await app.register(tracingPlugin)
+  await app.register(underPressurePlugin, {
+    maxEventLoopDelayMs: config.PRESSURE_MAX_EVENT_LOOP_DELAY_MS,
+    maxHeapUsedMb: config.PRESSURE_MAX_HEAP_USED_MB,
+    retryAfterS: 5
+  })
   await app.register(openapiPlugin)
   await app.register(databasePlugin, {
     url: config.DATABASE_URL,
     max: config.DATABASE_POOL_MAX,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
-    observeQuery: ({ operation, table, durationMs, failed }) => {
-      metrics.dbQueryDuration.observe({ statement: table === '' ? operation : `${operation} ${table}`, outcome: failed ? 'error' : 'ok' }, durationMs / 1000)
+    observeQuery: {
+      started: () => metrics.dbStatementsInFlight.inc(),
+      finished: ({ operation, table, durationMs, error }) => {
+        metrics.dbStatementsInFlight.dec()
+        metrics.dbQueryDuration.observe({ statement: table === '' ? operation : `${operation} ${table}`, outcome: error === undefined ? 'ok' : 'error' }, durationMs / 1000)
+        if (isUnavailableError(error)) metrics.dependencyErrors.inc({ dependency: 'postgres', operation })
+      }
     }
   })
   await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS })

@@ -50,6 +50,9 @@ export const configSchema = z.object({
   RATE_LIMIT_PUBLIC_REFILL_PER_S: z.coerce.number().positive().default(20 / 60),
   RATE_LIMIT_FAIL_OPEN: boolean.default(true),
 
+  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: z.coerce.number().int().min(0).default(1000),
+  PRESSURE_MAX_HEAP_USED_MB: z.coerce.number().int().min(0).default(0),
+
   PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
   METRICS_TOKEN: z.string().min(16).optional()
 }).transform((env, ctx) => {

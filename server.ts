@@ -1,3 +1,5 @@
+// Telemetry first, so the tracer provider exists before the app creates a span.
+import { telemetry } from './telemetry.ts'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig } from './config.ts'
@@ -18,6 +20,8 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err !== undefined) app.log.error({ err }, 'closing after an uncaught error')
   else app.log.info({ signal }, 'closing')
   await app.close()
+  // A collector that is down must not turn a clean shutdown into a failed one.
+  await telemetry.shutdown().catch((error: unknown) => app.log.warn({ err: error }, 'telemetry flush failed'))
 })
 
 // Slow clients must not hold sockets forever.

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
 import type { Metrics } from './metrics.ts'
+import { traceRedis } from './tracing.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -40,7 +41,7 @@ export function createCacheAside (redis: Redis, metrics: Metrics, options: Cache
     const fullKey = redisKey(cache, key)
     let cached: string | null = null
     try {
-      cached = await redis.get(fullKey)
+      cached = await traceRedis('GET', `cache get ${cache}`, () => redis.get(fullKey))
     } catch (error) {
       failed(error, 'cache_get')
     }
@@ -54,7 +55,7 @@ export function createCacheAside (redis: Redis, metrics: Metrics, options: Cache
     if (value !== null && !flight.stale) {
       const ttl = Math.round(ttlSeconds * (1 + Math.random() * options.jitter))
       try {
-        await redis.set(fullKey, JSON.stringify(value), 'EX', ttl)
+        await traceRedis('SET', `cache set ${cache}`, () => redis.set(fullKey, JSON.stringify(value), 'EX', ttl))
       } catch (error) {
         failed(error, 'cache_set')
       }
@@ -85,7 +86,7 @@ export function createCacheAside (redis: Redis, metrics: Metrics, options: Cache
         inFlight.delete(fullKey)
       }
       try {
-        await redis.del(fullKey)
+        await traceRedis('DEL', `cache invalidate ${cache}`, () => redis.del(fullKey))
       } catch (error) {
         // The write already committed; a stale entry now lives at most one TTL. Count it so it is seen.
         failed(error, 'cache_invalidate')

@@ -14,8 +14,10 @@ declare module 'fastify' {
 export type Sql = postgres.Sql
 export type TransactionSql = postgres.TransactionSql
 
+/** Hooks for metrics: called when a statement is sent and when it is answered. */
 export interface QueryObserver {
-  (event: { operation: string, table: string, durationMs: number, failed: boolean }): void
+  started: () => void
+  finished: (event: { operation: string, table: string, durationMs: number, error: unknown }) => void
 }
 
 export interface DatabaseOptions {
@@ -23,7 +25,6 @@ export interface DatabaseOptions {
   max: number
   idleTimeoutS: number
   connectTimeoutS: number
-  /** Called after every statement; the metrics plugin hangs its histogram here. */
   observeQuery?: QueryObserver
 }
 
@@ -58,6 +59,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
   const execute = query.handler
   query.handler = (q) => {
     const started = performance.now()
+    observe?.started()
     const span = tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes })
     const settle = (error: unknown) => {
       const text = q.statement?.string ?? (typeof q.strings === 'string' ? q.strings : q.strings.join('$?'))
@@ -70,7 +72,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
         if (typeof code === 'string') span.setAttribute('db.response.status_code', code)
       }
       span.end()
-      observe?.({ operation, table, durationMs: performance.now() - started, failed: error !== undefined })
+      observe?.finished({ operation, table, durationMs: performance.now() - started, error })
     }
     const resolve = q.resolve
     const reject = q.reject

@@ -1,29 +1,41 @@
-import type { FastifyInstance } from 'fastify'
+import { timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { unauthorized } from './errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
     metrics: Metrics
+  }
+  interface FastifyRequest {
+    inFlightCounted: boolean
   }
 }
 
 /** Every metric the service exports, on a registry of its own so two apps in one process do not collide. */
 export function createMetrics () {
   const registry = new Registry()
+  // Process metrics: event loop lag, heap, RSS, GC, handles.
   collectDefaultMetrics({ register: registry })
   return {
     registry,
+    httpRequestDuration: new Histogram({
+      name: 'ledger_http_request_duration_seconds',
+      help: 'HTTP request duration by method, route template and status code.',
+      labelNames: ['method', 'route', 'status_code'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      registers: [registry]
+    }),
+    httpInFlight: new Gauge({
+      name: 'ledger_http_requests_in_flight',
+      help: 'Requests received and not yet answered.',
+      registers: [registry]
+    }),
     cacheRequests: new Counter({
       name: 'ledger_cache_requests_total',
       help: 'Cache-aside lookups by cache name and result (hit, miss).',
       labelNames: ['cache', 'result'] as const,
-      registers: [registry]
-    }),
-    dependencyErrors: new Counter({
-      name: 'ledger_dependency_errors_total',
-      help: 'Failed calls to a dependency (redis, postgres) by operation.',
-      labelNames: ['dependency', 'operation'] as const,
       registers: [registry]
     }),
     rateLimitDecisions: new Counter({
@@ -32,11 +44,29 @@ export function createMetrics () {
       labelNames: ['tier', 'decision'] as const,
       registers: [registry]
     }),
+    dependencyErrors: new Counter({
+      name: 'ledger_dependency_errors_total',
+      help: 'Failed calls to a dependency (redis, postgres) by operation.',
+      labelNames: ['dependency', 'operation'] as const,
+      registers: [registry]
+    }),
     dbQueryDuration: new Histogram({
       name: 'ledger_db_query_duration_seconds',
-      help: 'SQL statement duration by statement name (operation and first table).',
+      help: 'SQL statement duration (including time queued for a pooled connection) by statement name.',
       labelNames: ['statement', 'outcome'] as const,
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers: [registry]
+    }),
+    // postgres.js exposes no pool statistics, so the pool is observed from the statements sent through it:
+    // in use = min(in flight, max), waiting = the rest. A transaction holds its connection between statements.
+    dbStatementsInFlight: new Gauge({
+      name: 'ledger_db_statements_in_flight',
+      help: 'SQL statements sent and not yet answered (running or queued for a pooled connection).',
+      registers: [registry]
+    }),
+    dbPoolMax: new Gauge({
+      name: 'ledger_db_pool_max_connections',
+      help: 'The most connections this process opens to PgBouncer.',
       registers: [registry]
     })
   }
@@ -44,8 +74,47 @@ export function createMetrics () {
 
 export type Metrics = ReturnType<typeof createMetrics>
 
-async function metricsPlugin (app: FastifyInstance, options: { metrics: Metrics }) {
-  app.decorate('metrics', options.metrics)
+export interface MetricsOptions {
+  metrics: Metrics
+  /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
+  token?: string | undefined
 }
 
-export default fp(metricsPlugin, { name: 'metrics' })
+function tokenMatches (request: FastifyRequest, token: string): boolean {
+  const given = Buffer.from(request.headers.authorization ?? '')
+  const expected = Buffer.from(`Bearer ${token}`)
+  return given.length === expected.length && timingSafeEqual(given, expected)
+}
+
+async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
+  const { metrics } = options
+  app.decorate('metrics', metrics)
+  app.decorateRequest('inFlightCounted', false)
+
+  app.addHook('onRequest', async (request) => {
+    request.inFlightCounted = true
+    metrics.httpInFlight.inc()
+  })
+  const done = (request: FastifyRequest) => {
+    if (!request.inFlightCounted) return
+    request.inFlightCounted = false
+    metrics.httpInFlight.dec()
+  }
+  app.addHook('onResponse', async (request, reply) => {
+    done(request)
+    // The route template, never the raw URL: ids in paths would make a label per user.
+    const route = request.routeOptions.url ?? 'unmatched'
+    metrics.httpRequestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
+  })
+  app.addHook('onRequestAbort', async (request) => { done(request) })
+
+  app.get('/metrics', {
+    config: { public: true, pressureExempt: true },
+    schema: { hide: true }
+  }, async (request, reply) => {
+    if (options.token !== undefined && !tokenMatches(request, options.token)) throw unauthorized('Send the metrics token.')
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics())
+  })
+}
+
+export default fp(metricsPlugin, { name: 'metrics', dependencies: ['errors'] })

@@ -5,6 +5,7 @@ import type { Redis, Result } from 'ioredis'
 import type { AuthUser } from './auth.ts'
 import { notFound, ProblemError, sendProblem, serviceUnavailable } from './errors.ts'
 import type { Metrics } from './metrics.ts'
+import { traceRedis } from './tracing.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -72,7 +73,8 @@ export function createTokenBucket (redis: Redis, keyPrefix = 'rl:'): TokenBucket
   return {
     async take (key, capacity, refillPerSecond, cost = 1) {
       const refillPerMs = refillPerSecond / 1000
-      const [allowed, tokensText, waitMs] = await redis.tokenBucket(`${keyPrefix}${key}`, capacity, refillPerMs, cost)
+      const [allowed, tokensText, waitMs] = await traceRedis('EVALSHA', 'rate-limit token bucket', () =>
+        redis.tokenBucket(`${keyPrefix}${key}`, capacity, refillPerMs, cost))
       const tokens = Number(tokensText)
       return {
         allowed: allowed === 1,

@@ -9,12 +9,26 @@ declare module 'fastify' {
 }
 
 const tracer = trace.getTracer('ledger-api/http')
+const redisTracer = trace.getTracer('ledger-api/redis')
 
-/** Pino mixin: every log line written inside a traced request carries its trace and span ids. */
-export function traceLogFields () {
-  const spanContext = trace.getActiveSpan()?.spanContext()
-  if (spanContext === undefined || !trace.isSpanContextValid(spanContext)) return {}
-  return { trace_id: spanContext.traceId, span_id: spanContext.spanId }
+/**
+ * A client span around one Redis command group (cache read, cache write, rate-limit script), named and
+ * attributed per the database semantic conventions. Keys and values stay out of it: they carry user ids and data.
+ */
+export async function traceRedis<T> (operation: string, summary: string, run: () => Promise<T>): Promise<T> {
+  return redisTracer.startActiveSpan(summary, {
+    kind: SpanKind.CLIENT,
+    attributes: { 'db.system': 'redis', 'db.system.name': 'redis', 'db.operation.name': operation }
+  }, async (span) => {
+    try {
+      return await run()
+    } catch (error) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message })
+      throw error
+    } finally {
+      span.end()
+    }
+  })
 }
 
 async function tracingPlugin (app: FastifyInstance) {
@@ -36,10 +50,16 @@ async function tracingPlugin (app: FastifyInstance) {
       }
     }, parent)
     request.span = span
+    // A child logger rather than a mixin: hooks such as onResponse run outside the span's async context, and
+    // every line of the request must still carry its ids.
+    const { traceId, spanId } = span.spanContext()
+    request.log = request.log.child({ trace_id: traceId, span_id: spanId })
+    request.log.info({ req: request }, 'incoming request')
     context.with(trace.setSpan(parent, span), done)
   })
 
   app.addHook('onResponse', async (request, reply) => {
+    request.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
     const span = request.span
     if (span === undefined) return
     span.setAttribute('http.response.status_code', reply.statusCode)

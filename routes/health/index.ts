@@ -24,7 +24,7 @@ async function check (probe: () => Promise<unknown>): Promise<'ok' | 'down'> {
 
 export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health/live', {
-    config: { public: true, rateLimit: false },
+    config: { public: true, rateLimit: false, pressureExempt: true },
     schema: { tags: ['operations'], summary: 'Liveness: the process is running', response: { 200: z.object({ status: z.literal('ok') }) } }
   }, async () => ({ status: 'ok' as const }))
 
