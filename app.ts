@@ -4,8 +4,9 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fas
 import type { Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
-import databasePlugin from './plugins/database.ts'
-import errorsPlugin, { isUnavailableError } from './plugins/errors.ts'
+import databasePlugin, { readRouter } from './plugins/database.ts'
+import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
+import gracefulClosePlugin from './plugins/graceful-close.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
@@ -44,7 +45,20 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     },
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
+    // Slow clients (slowloris) are cut: Node only enforces these when it checks its connections, every 30 s by
+    // default, and its header timeout is 60 s unless set when the server is created, so all three are set here.
     requestTimeout: config.REQUEST_TIMEOUT_MS,
+    http: {
+      requestTimeout: config.REQUEST_TIMEOUT_MS,
+      headersTimeout: Math.min(config.REQUEST_TIMEOUT_MS, 10_000),
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(config.REQUEST_TIMEOUT_MS / 4))
+    },
+    // Errors raised by the router before any hook (bad percent-encoding, an over-long path parameter) get the
+    // same problem+json as everything else, without echoing the path.
+    frameworkErrors: (error, request, reply) => {
+      const status = error.statusCode === 414 ? 414 : 400
+      return sendProblem(request, reply, new ProblemError(status, 'malformed_url', status === 414 ? 'A path parameter is too long.' : 'The URL is malformed.', { cause: error }))
+    },
     // plugins/tracing.ts logs each request itself, with its trace and span ids on every line.
     logController: new LogController({ disableRequestLogging: true }),
     // The caller's request id is kept when it is safe to log and echo; anything else gets a fresh one.
@@ -53,7 +67,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
       const header = request.headers['x-request-id']
       return typeof header === 'string' && safeRequestId.test(header) ? header : randomUUID()
     },
-    routerOptions: { maxParamLength: 200 }
+    routerOptions: { maxParamLength: 200 },
+    // plugins/graceful-close.ts answers while closing, in problem+json with Retry-After.
+    return503OnClosing: false
   }).withTypeProvider<ZodTypeProvider>()
 
   app.setValidatorCompiler(validatorCompiler)
@@ -69,6 +85,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // Order matters and is meant to be read top to bottom: cross-cutting concerns, then data, then routes.
   const metrics = options.metrics ?? createMetrics()
   await app.register(errorsPlugin)
+  await app.register(gracefulClosePlugin)
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
   await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
   await app.register(tracingPlugin)
@@ -80,6 +97,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(openapiPlugin)
   await app.register(databasePlugin, {
     url: config.DATABASE_URL,
+    replicaUrl: config.DATABASE_REPLICA_URL,
     max: config.DATABASE_POOL_MAX,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
@@ -92,7 +110,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
       }
     }
   })
-  await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS })
+  await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
+  await app.register(readRouter, { windowS: config.READ_YOUR_WRITES_S })
   await app.register(authPlugin, {
     secret: config.JWT_SECRET,
     issuer: config.JWT_ISSUER,

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import { z } from 'zod'
 
 // Used only outside production, so `npm start` works on a fresh machine; production must set JWT_SECRET.
@@ -12,20 +13,47 @@ const url = (protocols: string[]) => z.string().refine((value) => {
     return false
   }
 }, { message: `must be a URL starting with ${protocols.join(' or ')}//` })
+const hostPort = /^[A-Za-z0-9.-]+:\d{1,5}$/
 
-export const configSchema = z.object({
+/**
+ * PgBouncer's server-side cap in the local stack, compose and deploy/k8s (max_db_connections = 20). With several
+ * workers and no DATABASE_POOL_MAX, each worker gets an equal share of it, so workers x pool stays at 20 client
+ * connections: queueing then happens in each worker's pool, not in PgBouncer, and PostgreSQL never sees more.
+ */
+export const PGBOUNCER_SERVER_CONNECTIONS = 20
+export const DEFAULT_POOL_MAX = 10
+export const defaultPoolMax = (workers: number) =>
+  workers > 1 ? Math.max(2, Math.floor(PGBOUNCER_SERVER_CONNECTIONS / workers)) : DEFAULT_POOL_MAX
+
+const schema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // API processes on this machine behind one port (node:cluster): `auto` is one per core. 1 (the default) runs
+  // the server in this process, exactly as before.
+  WORKERS: z.union([
+    z.literal('auto').transform(() => availableParallelism()),
+    z.coerce.number().int().min(1).max(256)
+  ], { error: 'must be auto or a whole number from 1 to 256' }).default(1),
+  // With WORKERS > 1 the primary serves the metrics of every worker summed on this port (0: off).
+  METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(0),
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DATABASE_DIRECT_URL: url(['postgres:', 'postgresql:']).optional(),
-  DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(100).default(10),
+  // Per process. Unset: 10, or with several workers their share of PgBouncer's 20 (see defaultPoolMax).
+  DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(100).optional(),
   DATABASE_IDLE_TIMEOUT_S: z.coerce.number().int().min(0).default(30),
   DATABASE_CONNECT_TIMEOUT_S: z.coerce.number().int().min(1).max(60).default(5),
+  // Optional streaming replica for list and feed reads; the caller's reads stay on the primary for
+  // READ_YOUR_WRITES_S seconds after each of their writes.
+  DATABASE_REPLICA_URL: url(['postgres:', 'postgresql:']).optional(),
+  READ_YOUR_WRITES_S: z.coerce.number().int().min(1).max(3600).default(5),
 
   REDIS_URL: url(['redis:', 'rediss:']),
+  // Redis Cluster seed nodes (host:port, comma-separated). When set the client runs in cluster mode; REDIS_URL,
+  // which then defaults to the first node, only contributes its credentials and rediss: (TLS).
+  REDIS_CLUSTER_NODES: list.pipe(z.array(z.string().regex(hostPort, 'must be host:port')).min(1)).optional(),
   REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(10).max(60_000).default(500),
 
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -54,12 +82,26 @@ export const configSchema = z.object({
 
   PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
   METRICS_TOKEN: z.string().min(16).optional()
-}).transform((env, ctx) => {
+})
+
+export const configSchema = z.preprocess((input) => {
+  // In cluster mode REDIS_URL may be left out: the first seed node stands in for it.
+  const env = input as Record<string, unknown>
+  if (typeof env.REDIS_CLUSTER_NODES === 'string' && env.REDIS_URL === undefined) {
+    const first = env.REDIS_CLUSTER_NODES.split(',').map((s) => s.trim()).find(Boolean)
+    if (first !== undefined) return { ...env, REDIS_URL: `redis://${first}` }
+  }
+  return env
+}, schema).transform((env, ctx) => {
   if (env.JWT_SECRET === undefined && env.NODE_ENV === 'production') {
     ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'is required when NODE_ENV=production' })
     return z.NEVER
   }
-  return { ...env, JWT_SECRET: env.JWT_SECRET ?? DEV_JWT_SECRET }
+  return {
+    ...env,
+    JWT_SECRET: env.JWT_SECRET ?? DEV_JWT_SECRET,
+    DATABASE_POOL_MAX: env.DATABASE_POOL_MAX ?? defaultPoolMax(env.WORKERS)
+  }
 })
 
 export type Config = z.output<typeof configSchema>

@@ -1,8 +1,9 @@
-// Telemetry first, so the tracer provider exists before the app creates a span.
-import { telemetry } from './telemetry.ts'
-import closeWithGrace from 'close-with-grace'
-import { buildApp } from './app.ts'
-import { ConfigError, loadConfig } from './config.ts'
+// The only file that listens. With WORKERS=1 (the default) this process is the server; with WORKERS > 1 (or
+// `auto`, one per core) it becomes the node:cluster primary (cluster.ts), and every worker it forks runs this
+// same file and serves on the same port.
+import cluster from 'node:cluster'
+import { fileURLToPath } from 'node:url'
+import { ConfigError, loadConfig, type Config } from './config.ts'
 
 let config
 try {
@@ -13,19 +14,55 @@ try {
   process.exit(1)
 }
 
-const app = await buildApp(config)
+if (cluster.isPrimary && config.WORKERS > 1) {
+  const { runPrimary } = await import('./cluster.ts')
+  runPrimary({
+    workers: config.WORKERS,
+    exec: fileURLToPath(import.meta.url),
+    logLevel: config.LOG_LEVEL,
+    metricsPort: config.METRICS_PORT,
+    host: config.HOST,
+    metricsToken: config.METRICS_TOKEN
+  })
+} else {
+  await serve(config)
+}
 
-// SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close pools (onClose hooks), exit 0.
-closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
-  if (err !== undefined) app.log.error({ err }, 'closing after an uncaught error')
-  else app.log.info({ signal }, 'closing')
-  await app.close()
-  // A collector that is down must not turn a clean shutdown into a failed one.
-  await telemetry.shutdown().catch((error: unknown) => app.log.warn({ err: error }, 'telemetry flush failed'))
-})
+async function serve (config: Config) {
+  // Telemetry first, so the tracer provider exists before the app creates a span.
+  const { telemetry } = await import('./telemetry.ts')
+  const { default: closeWithGrace } = await import('close-with-grace')
+  const { buildApp } = await import('./app.ts')
 
-// Slow clients must not hold sockets forever.
-app.server.headersTimeout = 10_000
-app.server.keepAliveTimeout = 72_000
+  const app = await buildApp(config)
 
-await app.listen({ host: config.HOST, port: config.PORT })
+  // SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close pools (onClose hooks), exit 0.
+  const grace = closeWithGrace({
+    delay: 10_000,
+    // A worker gets the primary's SIGTERM and, from a terminal, the process group's SIGINT as well: a repeat
+    // must not cut its drain short. The primary turns a second signal to itself into SIGKILL.
+    ...(cluster.isWorker ? { onSecondSignal: (signal: string) => app.log.info({ signal }, 'already closing') } : {})
+  }, async ({ signal, err }) => {
+    if (err !== undefined) app.log.error({ err }, 'closing after an uncaught error')
+    else app.log.info({ signal }, 'closing')
+    await app.close()
+    // A collector that is down must not turn a clean shutdown into a failed one.
+    await telemetry.shutdown().catch((error: unknown) => app.log.warn({ err: error }, 'telemetry flush failed'))
+  })
+
+  if (cluster.isWorker) {
+    // The primary sums every worker's metrics for METRICS_PORT; this answers its requests over IPC.
+    // Constructing an AggregatorRegistry is what installs prom-client's responder in a worker.
+    const { AggregatorRegistry } = await import('prom-client')
+    const responder = new AggregatorRegistry()
+    AggregatorRegistry.setRegistries([app.metrics.registry])
+    app.addHook('onClose', async () => { responder.clear() })
+    // The primary is gone (killed): nobody hands us connections any more, so drain and leave.
+    process.once('disconnect', () => grace.close())
+  }
+
+  // Longer than the usual load balancer idle timeout (60 s), so the balancer, not us, closes idle connections.
+  app.server.keepAliveTimeout = 72_000
+
+  await app.listen({ host: config.HOST, port: config.PORT })
+}

@@ -1,7 +1,9 @@
+import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
+import type { Result } from 'ioredis'
 import type { Metrics } from './metrics.ts'
+import type { RedisClient } from './redis.ts'
 import { traceRedis } from './tracing.ts'
 
 declare module 'fastify' {
@@ -10,10 +12,41 @@ declare module 'fastify' {
   }
 }
 
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    cacheFill: (key: string, lease: string, value: string, ttlSeconds: number) => Result<number, Context>
+    cacheRelease: (key: string, lease: string) => Result<number, Context>
+  }
+}
+
+/**
+ * Leases make invalidation hold across processes. A reader that misses puts a lease (a unique token) in the
+ * entry's own key before loading, and stores its value only if the key still holds that lease (compare-and-set in
+ * Lua, one key: valid on Redis Cluster). An invalidation from any process deletes the key, lease included, so a
+ * load that began before someone else's write can no longer put the old value back afterwards. Values are JSON,
+ * which never starts with NUL, so a lease can never be mistaken for one.
+ */
+const LEASE_PREFIX = '\u0000lease:'
+const FILL_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+`
+const RELEASE_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`
+
 export interface CacheAsideOptions {
   /** Fraction of the TTL added at random (0.1 = up to +10 %), so keys written together expire apart. */
   jitter: number
   keyPrefix?: string
+  /** How long a reader's lease lasts (ms): a load slower than this is served but not stored. */
+  leaseMs?: number
 }
 
 export interface CacheAside {
@@ -25,10 +58,15 @@ export interface CacheAside {
   invalidate: (cache: string, key: string) => Promise<void>
 }
 
-export function createCacheAside (redis: Redis, metrics: Metrics, options: CacheAsideOptions, onError: (error: unknown, operation: string) => void): CacheAside {
+export function createCacheAside (redis: RedisClient, metrics: Metrics, options: CacheAsideOptions, onError: (error: unknown, operation: string) => void): CacheAside {
   const prefix = options.keyPrefix ?? 'cache:'
+  const leaseMs = options.leaseMs ?? 10_000
   // Concurrent misses for one key inside this process share one load: a burst on a cold key costs one query.
   const inFlight = new Map<string, { promise: Promise<unknown>, stale: boolean }>()
+  if (typeof redis.cacheFill !== 'function') {
+    redis.defineCommand('cacheFill', { numberOfKeys: 1, lua: FILL_LUA })
+    redis.defineCommand('cacheRelease', { numberOfKeys: 1, lua: RELEASE_LUA })
+  }
 
   const redisKey = (cache: string, key: string) => `${prefix}${cache}:${key}`
 
@@ -37,30 +75,65 @@ export function createCacheAside (redis: Redis, metrics: Metrics, options: Cache
     onError(error, operation)
   }
 
+  async function takeLease (cache: string, fullKey: string): Promise<string | undefined> {
+    const lease = `${LEASE_PREFIX}${randomUUID()}`
+    try {
+      const taken = await traceRedis('SET', `cache lease ${cache}`, () => redis.set(fullKey, lease, 'PX', leaseMs, 'NX'))
+      return taken === 'OK' ? lease : undefined
+    } catch (error) {
+      failed(error, 'cache_lease')
+      return undefined
+    }
+  }
+
   async function load<T> (cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>, flight: { stale: boolean }): Promise<T | null> {
     const fullKey = redisKey(cache, key)
     let cached: string | null = null
+    let reachable = true
     try {
       cached = await traceRedis('GET', `cache get ${cache}`, () => redis.get(fullKey))
     } catch (error) {
+      reachable = false
       failed(error, 'cache_get')
     }
-    if (cached !== null) {
+    if (cached !== null && !cached.startsWith(LEASE_PREFIX)) {
       metrics.cacheRequests.inc({ cache, result: 'hit' })
       return JSON.parse(cached) as T
     }
     metrics.cacheRequests.inc({ cache, result: 'miss' })
-    const value = await loader()
-    // An invalidation while we were loading means our value may predate the write: serve it, do not store it.
-    if (value !== null && !flight.stale) {
-      const ttl = Math.round(ttlSeconds * (1 + Math.random() * options.jitter))
-      try {
-        await traceRedis('SET', `cache set ${cache}`, () => redis.set(fullKey, JSON.stringify(value), 'EX', ttl))
-      } catch (error) {
-        failed(error, 'cache_set')
-      }
+    // Someone else's lease means another process is loading: load too, but leave storing to the lease holder.
+    // With Redis unreachable there is nothing to store into either.
+    const lease = reachable && cached === null ? await takeLease(cache, fullKey) : undefined
+    let value: T | null
+    try {
+      value = await loader()
+    } catch (error) {
+      if (lease !== undefined) await release(cache, fullKey, lease)
+      throw error
+    }
+    if (lease === undefined) return value
+    // An invalidation while we were loading means our value may predate the write: serve it, do not store it
+    // (in this process the flag says so; from another process the deleted lease does).
+    if (value === null || flight.stale) {
+      await release(cache, fullKey, lease)
+      return value
+    }
+    const ttl = Math.round(ttlSeconds * (1 + Math.random() * options.jitter))
+    try {
+      await traceRedis('EVALSHA', `cache set ${cache}`, () => redis.cacheFill(fullKey, lease, JSON.stringify(value), ttl))
+    } catch (error) {
+      failed(error, 'cache_set')
     }
     return value
+  }
+
+  async function release (cache: string, fullKey: string, lease: string) {
+    try {
+      await traceRedis('EVALSHA', `cache release ${cache}`, () => redis.cacheRelease(fullKey, lease))
+    } catch (error) {
+      // The lease expires by itself within leaseMs.
+      failed(error, 'cache_release')
+    }
   }
 
   return {

@@ -2,10 +2,18 @@ import { SpanKind, SpanStatusCode, trace, type Attributes } from '@opentelemetry
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import postgres from 'postgres'
+import type { Metrics } from './metrics.ts'
+import type { RedisClient } from './redis.ts'
+import { traceRedis } from './tracing.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
+    /** The primary (through PgBouncer): every write, and every read that must see the latest commit. */
     db: Sql
+    /** The read replica's pool, or null when DATABASE_REPLICA_URL is unset. */
+    dbReplica: Sql | null
+    /** Routes list and feed reads to the replica, except a caller's own reads just after they wrote. */
+    reads: ReadRouter
   }
 }
 
@@ -22,6 +30,8 @@ export interface QueryObserver {
 
 export interface DatabaseOptions {
   url: string
+  /** A streaming replica for reads that tolerate a little lag; its pool has the same size and timeouts. */
+  replicaUrl?: string | undefined
   max: number
   idleTimeoutS: number
   connectTimeoutS: number
@@ -106,9 +116,9 @@ export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attribute
   })
 }
 
-export function createSql (options: DatabaseOptions): Sql {
-  const url = new URL(options.url)
-  const sql = postgres(options.url, {
+export function createSql (options: DatabaseOptions, url = options.url): Sql {
+  const parsed = new URL(url)
+  const sql = postgres(url, {
     // PgBouncer 1.18 in transaction mode cannot keep prepared statements across transactions.
     prepare: false,
     max: options.max,
@@ -116,24 +126,146 @@ export function createSql (options: DatabaseOptions): Sql {
     connect_timeout: options.connectTimeoutS,
     // A connection lives at most this long so that a PgBouncer or PostgreSQL restart is absorbed gradually.
     max_lifetime: 60 * 30,
+    // The default reconnect backoff grows to 20 s and is shared by the whole pool, so after a short PgBouncer
+    // outage queued queries would wait on a timer instead of failing fast (503) or recovering: keep it short.
+    backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 0.5),
+    // The type catalog query postgres.js runs on each new connection drops its promise on failure, and during a
+    // database restart that rejection is unhandled and takes the process down. The app uses no array or custom
+    // types that would need it.
+    fetch_types: false,
     onnotice: () => {},
     connection: { application_name: 'ledger-api' }
   })
   return instrumentSql(sql, {
     'db.system': 'postgresql',
     'db.system.name': 'postgresql',
-    'db.namespace': url.pathname.slice(1),
-    'server.address': url.hostname,
-    'server.port': Number(url.port || 5432)
+    'db.namespace': parsed.pathname.slice(1),
+    'server.address': parsed.hostname,
+    'server.port': Number(parsed.port || 5432)
   }, options.observeQuery)
 }
 
 async function databasePlugin (app: FastifyInstance, options: DatabaseOptions) {
   const sql = createSql(options)
+  const replica = options.replicaUrl === undefined ? null : createSql(options, options.replicaUrl)
   app.decorate('db', sql)
+  app.decorate('dbReplica', replica)
   app.addHook('onClose', async () => {
-    await sql.end({ timeout: 5 })
+    await Promise.all([sql.end({ timeout: 5 }), replica?.end({ timeout: 5 })])
   })
 }
 
 export default fp(databasePlugin, { name: 'database' })
+
+// ---- read replica routing ------------------------------------------------------------------------------------
+
+export interface ReadRouter {
+  /**
+   * Runs a read for `userId`'s request on the replica, or on the primary when there is no replica, when the user
+   * wrote within the read-your-writes window (or that cannot be checked), or when the replica is unreachable.
+   */
+  read: <T>(userId: string, query: (sql: Sql) => Promise<T>) => Promise<T>
+  /** Records that `userId` just committed a write; call it before answering the write. No-op without a replica. */
+  wrote: (userId: string) => Promise<void>
+}
+
+export interface ReadRouterOptions {
+  primary: Sql
+  replica: Sql | null
+  redis: RedisClient
+  /** How long after a write the writer's reads stay on the primary (should exceed the replica's usual lag). */
+  windowMs: number
+  keyPrefix?: string
+  onError: (error: unknown, dependency: 'redis' | 'replica', operation: string) => void
+}
+
+// A replica that cannot serve right now: connection failures, a server shutting down or out of slots, and
+// 40001, which on a hot standby means "canceled due to conflict with recovery". A statement timeout is not here:
+// a read too slow for the replica would be as slow on the primary.
+const replicaUnavailable = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300', '40001'
+])
+const isReplicaUnavailable = (error: unknown) => {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && (replicaUnavailable.has(code) || code.startsWith('08'))
+}
+
+/**
+ * Read-your-writes across processes: a write leaves `ryw:<userId>` in Redis for the window (one key, so fine on
+ * Redis Cluster), and a read checks it before choosing the replica. The writing process also remembers it in
+ * memory, so its own next read needs no Redis round trip. Everything fails towards the primary: Redis down means
+ * "maybe wrote recently", a replica down means "read the primary". Without a replica nothing here touches Redis.
+ */
+export function createReadRouter (options: ReadRouterOptions): ReadRouter {
+  const { primary, replica, redis, windowMs } = options
+  const prefix = options.keyPrefix ?? 'ryw:'
+  const recent = new Map<string, number>()
+
+  const remember = (userId: string, until: number) => {
+    recent.set(userId, until)
+    // Bounded by writers per window; swept when it grows, so an idle process does not hold old entries forever.
+    if (recent.size > 10_000) {
+      const now = Date.now()
+      for (const [id, expiry] of recent) if (expiry <= now) recent.delete(id)
+    }
+  }
+
+  async function wroteRecently (userId: string): Promise<boolean> {
+    const until = recent.get(userId)
+    if (until !== undefined) {
+      if (until > Date.now()) return true
+      recent.delete(userId)
+    }
+    try {
+      return await traceRedis('EXISTS', 'read-your-writes check', () => redis.exists(`${prefix}${userId}`)) === 1
+    } catch (error) {
+      options.onError(error, 'redis', 'read_your_writes_check')
+      return true
+    }
+  }
+
+  return {
+    async read (userId, query) {
+      if (replica === null || await wroteRecently(userId)) return query(primary)
+      try {
+        return await query(replica)
+      } catch (error) {
+        if (!isReplicaUnavailable(error)) throw error
+        options.onError(error, 'replica', 'read')
+        return query(primary)
+      }
+    },
+    async wrote (userId) {
+      if (replica === null) return
+      remember(userId, Date.now() + windowMs)
+      try {
+        await traceRedis('SET', 'read-your-writes mark', () => redis.set(`${prefix}${userId}`, '1', 'PX', windowMs))
+      } catch (error) {
+        // This process still remembers; other processes fall back to the primary only if Redis is down for them too.
+        options.onError(error, 'redis', 'read_your_writes_mark')
+      }
+    }
+  }
+}
+
+async function readRouterPlugin (app: FastifyInstance, options: { windowS: number }) {
+  const metrics: Metrics = app.metrics
+  let lastLogged = 0
+  app.decorate('reads', createReadRouter({
+    primary: app.db,
+    replica: app.dbReplica,
+    redis: app.redis,
+    windowMs: options.windowS * 1000,
+    onError: (error, dependency, operation) => {
+      metrics.dependencyErrors.inc({ dependency: dependency === 'replica' ? 'postgres_replica' : 'redis', operation })
+      const now = Date.now()
+      if (now - lastLogged > 10_000) {
+        lastLogged = now
+        app.log.warn({ err: error, operation }, dependency === 'replica' ? 'read replica unavailable, read the primary' : 'read-your-writes check failed, read the primary')
+      }
+    }
+  }))
+}
+
+export const readRouter = fp(readRouterPlugin, { name: 'read-router', dependencies: ['database', 'redis', 'metrics'] })

@@ -1,10 +1,11 @@
 import fastifyRateLimit, { type FastifyRateLimitStore, type RateLimitOptions } from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Redis, Result } from 'ioredis'
+import type { Result } from 'ioredis'
 import type { AuthUser } from './auth.ts'
 import { notFound, ProblemError, sendProblem, serviceUnavailable } from './errors.ts'
 import type { Metrics } from './metrics.ts'
+import type { RedisClient } from './redis.ts'
 import { traceRedis } from './tracing.ts'
 
 declare module 'fastify' {
@@ -23,7 +24,8 @@ declare module 'ioredis' {
 /**
  * One bucket is one Redis hash {tokens, ts}. Refill is computed from Redis's own clock (TIME), so every API
  * process on every machine agrees, and the whole read-refill-take-write runs atomically inside Redis. One key
- * per call keeps it valid on Redis Cluster. An idle bucket expires once it would be full again anyway.
+ * per call keeps it valid on Redis Cluster: a bucket lives on one master, so one clock decides it (ioredis routes
+ * the EVALSHA by its key's slot). An idle bucket expires once it would be full again anyway.
  * Returns {allowed, tokens left, ms until `cost` tokens are available (0 when allowed)}.
  */
 const TOKEN_BUCKET_LUA = `
@@ -65,7 +67,7 @@ export interface TokenBucket {
   take: (key: string, capacity: number, refillPerSecond: number, cost?: number) => Promise<TokenBucketResult>
 }
 
-export function createTokenBucket (redis: Redis, keyPrefix = 'rl:'): TokenBucket {
+export function createTokenBucket (redis: RedisClient, keyPrefix = 'rl:'): TokenBucket {
   if (typeof redis.tokenBucket !== 'function') {
     // defineCommand sends EVALSHA and falls back to EVAL (loading the script) only when Redis lacks it.
     redis.defineCommand('tokenBucket', { numberOfKeys: 1, lua: TOKEN_BUCKET_LUA })

@@ -1,28 +1,101 @@
-import fastifyRedis from '@fastify/redis'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { Redis } from 'ioredis'
+import { Cluster, Redis, type ClusterNode } from 'ioredis'
+
+/**
+ * One Redis, or a Redis Cluster (REDIS_CLUSTER_NODES). Both share ioredis's command interface, so the cache,
+ * the rate limiter and the health check are written once. Keys are cluster-ready: every command and every Lua
+ * call touches exactly one key (rate-limit buckets, cache entries, read-your-writes marks); a future script that
+ * needs two keys must hash-tag them into one slot (`rl:{user:<id>}` and `ryw:{user:<id>}`).
+ */
+export type RedisClient = Redis | Cluster
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    redis: RedisClient
+  }
+}
 
 export interface RedisOptions {
   url: string
   commandTimeoutMs: number
+  /** Seed nodes (host:port); when set the client runs in cluster mode. */
+  clusterNodes?: string[] | undefined
 }
+
+const CONNECT_TIMEOUT_MS = 2000
+const reconnectDelay = (attempt: number) => Math.min(attempt * 100, 2000)
 
 /**
  * ioredis's defaults queue commands and retry for a long time while Redis is down, which turns an outage into
  * hung requests. These settings make every command fail fast so callers can fall back (cache) or fail open
  * (rate limit), while the client keeps reconnecting in the background.
  */
-export function createRedis (options: RedisOptions): Redis {
+export function createRedis (options: RedisOptions): RedisClient {
+  if (options.clusterNodes !== undefined && options.clusterNodes.length > 0) return createCluster(options.clusterNodes, options)
   return new Redis(options.url, {
-    connectTimeout: 2000,
+    connectTimeout: CONNECT_TIMEOUT_MS,
     commandTimeout: options.commandTimeoutMs,
     maxRetriesPerRequest: 1,
     enableOfflineQueue: false,
     enableAutoPipelining: true,
-    retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
-    // Without a connection at boot the app still starts; @fastify/redis waits only for the first 'ready'.
+    retryStrategy: reconnectDelay,
+    // Without a connection at boot the app still starts; the plugin waits only for the first 'ready'.
     lazyConnect: false
+  })
+}
+
+function toClusterNode (hostPort: string): ClusterNode {
+  const separator = hostPort.lastIndexOf(':')
+  return { host: hostPort.slice(0, separator), port: Number(hostPort.slice(separator + 1)) }
+}
+
+/**
+ * The same fail-fast behaviour in cluster mode. Two differences from a single Redis: `enableOfflineQueue` is a
+ * cluster option (the cluster refuses commands until it has the slot map), and per-node settings such as
+ * `commandTimeout` go under `redisOptions` (node connections queue while reconnecting, but the timeout still
+ * bounds every command). Credentials and TLS come from REDIS_URL; a cluster has no database index.
+ */
+function createCluster (nodes: string[], options: RedisOptions): Cluster {
+  const url = new URL(options.url)
+  return new Cluster(nodes.map(toClusterNode), {
+    enableOfflineQueue: false,
+    enableAutoPipelining: true,
+    clusterRetryStrategy: reconnectDelay,
+    slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
+    redisOptions: {
+      connectTimeout: CONNECT_TIMEOUT_MS,
+      commandTimeout: options.commandTimeoutMs,
+      maxRetriesPerRequest: 1,
+      ...(url.username !== '' ? { username: decodeURIComponent(url.username) } : {}),
+      ...(url.password !== '' ? { password: decodeURIComponent(url.password) } : {}),
+      ...(url.protocol === 'rediss:' ? { tls: {} } : {})
+    },
+    lazyConnect: false
+  })
+}
+
+/**
+ * Resolves once the client is ready (what @fastify/redis did, whose decorator type only knows a single Redis).
+ * Refused connections are waited out while the client reconnects (Fastify's plugin timeout bounds the wait); an
+ * error Redis itself returns (wrong password), an unknown host or the client giving up fails the boot.
+ */
+function whenReady (client: RedisClient): Promise<void> {
+  if (client.status === 'ready') return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const cleanup = () => {
+      client.off('ready', onReady)
+      client.off('error', onError)
+      client.off('end', onEnd)
+    }
+    const onReady = () => { cleanup(); resolve() }
+    const onEnd = () => { cleanup(); reject(new Error('redis connection ended before it was ready')) }
+    const onError = (error: Error) => {
+      if (error.name === 'ReplyError' || (error as NodeJS.ErrnoException).code === 'ENOTFOUND') { cleanup(); reject(error) }
+    }
+    client.on('ready', onReady)
+    client.on('error', onError)
+    client.on('end', onEnd)
   })
 }
 
@@ -37,12 +110,13 @@ async function redisPlugin (app: FastifyInstance, options: RedisOptions) {
       app.log.warn({ err: error }, 'redis connection error')
     }
   })
-  await app.register(fastifyRedis, { client, closeClient: false })
+  app.decorate<RedisClient>('redis', client)
   app.addHook('onClose', async () => {
     // quit() waits for Redis to answer; during an outage that would never happen, so fall back to disconnect.
     await Promise.race([client.quit().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
     client.disconnect()
   })
+  await whenReady(client)
 }
 
 export default fp(redisPlugin, { name: 'redis' })

@@ -6,12 +6,17 @@
 #
 # Usage: bash scripts/stack.sh up|down|status|env
 #        bash scripts/stack.sh start|stop|restart postgres|pgbouncer|redis
+#        bash scripts/stack.sh replica up|down|status|env
+#        bash scripts/stack.sh cluster up|down|status|env
 #
 # Environment:
 #   LEDGER_STACK_DIR      stack folder (default: <repo>/.stack)
-#   STACK_PG_PORT         PostgreSQL port (default 55432)
-#   STACK_PGBOUNCER_PORT  PgBouncer port  (default 56432)
-#   STACK_REDIS_PORT      Redis port      (default 56379)
+#   STACK_PG_PORT         PostgreSQL port (default 61432)
+#   STACK_PGBOUNCER_PORT  PgBouncer port  (default 62432)
+#   STACK_REDIS_PORT      Redis port      (default 61379)
+#   STACK_PG_REPLICA_PORT         streaming replica port (default 61433), `replica` only
+#   STACK_REDIS_CLUSTER_PORT      first Redis Cluster node port (default 57001), `cluster` only
+#   STACK_REDIS_CLUSTER_REPLICAS  replicas per cluster master, 0 or 1 (default 1: 3 masters + 3 replicas)
 #
 # Progress goes to stderr so that `eval "$(bash scripts/stack.sh env)"` and
 # similar captures only ever see the machine-readable output.
@@ -29,9 +34,15 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 PROJECT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
 readonly SCRIPT_DIR PROJECT
 
-PG_PORT=${STACK_PG_PORT:-55432}
-PGB_PORT=${STACK_PGBOUNCER_PORT:-56432}
-REDIS_PORT=${STACK_REDIS_PORT:-56379}
+# Defaults sit above Linux's ephemeral port range (32768-60999), so an outgoing connection's local port can
+# never be holding one of them when a service (re)starts.
+PG_PORT=${STACK_PG_PORT:-61432}
+PGB_PORT=${STACK_PGBOUNCER_PORT:-62432}
+REDIS_PORT=${STACK_REDIS_PORT:-61379}
+# The optional extras (`replica`, `cluster`); validated only by their own commands.
+REPLICA_PORT=${STACK_PG_REPLICA_PORT:-61433}
+CLUSTER_PORT=${STACK_REDIS_CLUSTER_PORT:-57001}
+CLUSTER_REPLICAS=${STACK_REDIS_CLUSTER_REPLICAS:-1}
 
 # Every connection below passes host/port/user/db explicitly; libpq settings
 # inherited from the caller's shell (e.g. PGSSLMODE=require, PGOPTIONS) would
@@ -55,6 +66,8 @@ readonly SVC_USER
 STACK_DIR=""
 LINK_PATH="" # set when $PROJECT/.stack has to be a symlink to STACK_DIR
 PG_DATA=""
+REPLICA_DATA=""
+CLUSTER_DIR=""
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() {
@@ -66,13 +79,23 @@ usage() {
   cat >&2 <<'EOF'
 usage: bash scripts/stack.sh up|down|status|env
        bash scripts/stack.sh start|stop|restart postgres|pgbouncer|redis
+       bash scripts/stack.sh replica up|down|status|env
+       bash scripts/stack.sh cluster up|down|status|env
 
   up       start whatever is not running (idempotent), wait until all accept connections
-  down     stop the processes named in the stack's pid files
+  down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
   status   one line per service: name, running/stopped, pid, port
   env      DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL / STACK_DIR lines for eval or .env
 
-env: LEDGER_STACK_DIR, STACK_PG_PORT (55432), STACK_PGBOUNCER_PORT (56432), STACK_REDIS_PORT (56379)
+  replica up     clone the running primary (pg_basebackup -R) and start it as a streaming hot standby
+  replica down   stop the replica and delete its data (the next `replica up` clones again)
+  replica env    DATABASE_REPLICA_URL=... (straight to the replica, database ledger)
+  cluster up     start a Redis Cluster: 3 masters, plus 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0
+  cluster down   stop its nodes and delete their folder (a cluster holds nothing persistent here)
+  cluster env    REDIS_CLUSTER_NODES=host:port,...
+
+env: LEDGER_STACK_DIR, STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379),
+     STACK_PG_REPLICA_PORT (61433), STACK_REDIS_CLUSTER_PORT (57001), STACK_REDIS_CLUSTER_REPLICAS (1)
 EOF
 }
 
@@ -95,6 +118,7 @@ port_of_var() {
     STACK_PG_PORT) printf '%s\n' "$PG_PORT" ;;
     STACK_PGBOUNCER_PORT) printf '%s\n' "$PGB_PORT" ;;
     STACK_REDIS_PORT) printf '%s\n' "$REDIS_PORT" ;;
+    STACK_PG_REPLICA_PORT) printf '%s\n' "$REPLICA_PORT" ;;
   esac
 }
 
@@ -103,6 +127,7 @@ port_var_of() {
     postgres) echo STACK_PG_PORT ;;
     pgbouncer) echo STACK_PGBOUNCER_PORT ;;
     redis) echo STACK_REDIS_PORT ;;
+    replica) echo STACK_PG_REPLICA_PORT ;;
   esac
 }
 
@@ -146,6 +171,8 @@ resolve_stack_dir() {
     STACK_DIR=$PROJECT/.stack
   fi
   PG_DATA=$STACK_DIR/pg/data
+  REPLICA_DATA=$STACK_DIR/pg/replica
+  CLUSTER_DIR=$STACK_DIR/redis-cluster
 }
 
 ensure_service_user() {
@@ -295,6 +322,8 @@ pidfile_of() {
     postgres) printf '%s\n' "$PG_DATA/postmaster.pid" ;;
     pgbouncer) printf '%s\n' "$STACK_DIR/run/pgbouncer.pid" ;;
     redis) printf '%s\n' "$STACK_DIR/run/redis.pid" ;;
+    replica) printf '%s\n' "$REPLICA_DATA/postmaster.pid" ;;
+    cluster-*) printf '%s\n' "$CLUSTER_DIR/${1#cluster-}/redis.pid" ;;
   esac
 }
 
@@ -302,7 +331,8 @@ logfile_of() { printf '%s\n' "$STACK_DIR/log/$1.log"; }
 
 proc_name_of() {
   case $1 in
-    redis) echo redis-server ;;
+    redis | cluster-*) echo redis-server ;;
+    replica) echo postgres ;;
     *) echo "$1" ;;
   esac
 }
@@ -625,6 +655,313 @@ start_redis() {
 }
 
 # ---------------------------------------------------------------------------
+# Streaming replica (optional): `replica up|down|status|env`
+# ---------------------------------------------------------------------------
+
+validate_port_value() {
+  local var=$1 port=$2
+  if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
+    die "$var=$port is not a valid TCP port"
+  fi
+}
+
+validate_replica_port() {
+  validate_port_value STACK_PG_REPLICA_PORT "$REPLICA_PORT"
+  [[ $REPLICA_PORT != "$PG_PORT" && $REPLICA_PORT != "$PGB_PORT" && $REPLICA_PORT != "$REDIS_PORT" ]] ||
+    die "STACK_PG_REPLICA_PORT must differ from the stack's other ports"
+}
+
+replica_ready() {
+  [[ $(psql_at "$REPLICA_PORT" postgres -tAc 'select pg_is_in_recovery()') == t ]]
+}
+
+# The replica's own settings: everything else (pg_hba, postgresql.conf with its include_dir) comes from the
+# primary through pg_basebackup. initdb's pg_hba already trusts replication connections from 127.0.0.1, and
+# PostgreSQL 15's defaults (wal_level = replica, max_wal_senders = 10) let the primary stream without a restart.
+write_replica_conf() {
+  mkdir -p "$REPLICA_DATA/conf.d"
+  cat >"$REPLICA_DATA/conf.d/ledger-stack.conf" <<EOF
+# Generated by scripts/stack.sh (replica) on every start; edits are overwritten.
+listen_addresses = '127.0.0.1'
+port = $REPLICA_PORT
+unix_socket_directories = '${STACK_DIR//\'/\'\'}/run'
+max_connections = 100
+shared_buffers = 128MB
+shared_preload_libraries = 'pg_stat_statements'
+hot_standby = on
+# Tell the primary which rows replica queries still need, so vacuum does not cancel them (SQLSTATE 40001).
+hot_standby_feedback = on
+EOF
+  if ((IS_ROOT)); then
+    chown -R "$SVC_USER:" "$REPLICA_DATA/conf.d"
+  fi
+}
+
+start_replica() {
+  local pid running_port basebackup
+  live_pid postgres >/dev/null || die "postgres (the primary) is not running; run: bash scripts/stack.sh up"
+  if pid=$(live_pid replica); then
+    running_port=$(sed -n 4p "$REPLICA_DATA/postmaster.pid")
+    [[ $running_port == "$REPLICA_PORT" ]] ||
+      die "the replica (pid $pid) is running on port $running_port but STACK_PG_REPLICA_PORT is $REPLICA_PORT; run: bash scripts/stack.sh replica down"
+    log "replica already running (pid $pid)"
+  else
+    ensure_port_free replica
+    if [[ ! -f $REPLICA_DATA/standby.signal ]]; then
+      basebackup=$(pg_tool pg_basebackup) || die "pg_basebackup not found (it ships with the PostgreSQL server package)"
+      rm -rf "$REPLICA_DATA"
+      log "cloning the primary (127.0.0.1:$PG_PORT) into $REPLICA_DATA with pg_basebackup"
+      run_as "$basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -D "$REPLICA_DATA" \
+        --write-recovery-conf --wal-method=stream --checkpoint=fast >"$(logfile_of replica-basebackup)" 2>&1 || {
+        tail -n 30 "$(logfile_of replica-basebackup)" >&2
+        rm -rf "$REPLICA_DATA"
+        die "pg_basebackup failed"
+      }
+    fi
+    write_replica_conf
+    log "starting the replica on 127.0.0.1:$REPLICA_PORT (streaming from :$PG_PORT)"
+    run_as "$PG_CTL" -D "$REPLICA_DATA" -l "$(logfile_of replica)" -w -t "$READY_TIMEOUT" start >&2 || {
+      tail_log replica
+      die "the replica failed to start"
+    }
+  fi
+  wait_ready replica replica_ready
+}
+
+# A replica is disposable: stopping it also deletes it, so the next `replica up` starts from a fresh clone and
+# never from data that no longer matches the primary.
+stop_replica() {
+  local pid
+  if pid=$(live_pid replica); then
+    log "stopping the replica (pid $pid)"
+    run_as "$PG_CTL" -D "$REPLICA_DATA" -m fast -w -t "$STOP_TIMEOUT" stop >&2 ||
+      run_as "$PG_CTL" -D "$REPLICA_DATA" -m immediate -w -t "$STOP_TIMEOUT" stop >&2 || true
+    wait_gone replica "$pid" || {
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_gone replica "$pid" || die "could not stop the replica (pid $pid)"
+    }
+  fi
+  rm -rf "$REPLICA_DATA"
+}
+
+cmd_replica() {
+  local pid
+  validate_replica_port
+  case ${1:-} in
+    up)
+      prepare_for_start
+      start_replica
+      printf 'replica up: 127.0.0.1:%s streaming from 127.0.0.1:%s\n' "$REPLICA_PORT" "$PG_PORT"
+      ;;
+    down)
+      if prepare_for_stop; then stop_replica; fi
+      log "replica down"
+      ;;
+    status)
+      resolve_stack_dir
+      if pid=$(live_pid replica); then
+        printf '%-10s %-8s pid=%-8s port=%s\n' replica running "$pid" "$REPLICA_PORT"
+      else
+        printf '%-10s %-8s pid=%-8s port=%s\n' replica stopped - "$REPLICA_PORT"
+      fi
+      ;;
+    env)
+      printf 'DATABASE_REPLICA_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$REPLICA_PORT/ledger"
+      ;;
+    *)
+      usage
+      exit 2
+      ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------
+# Redis Cluster (optional): `cluster up|down|status|env`
+# ---------------------------------------------------------------------------
+
+cluster_size() { echo $((3 * (1 + CLUSTER_REPLICAS))); }
+
+cluster_ports() {
+  local i n
+  n=$(cluster_size)
+  for ((i = 0; i < n; i++)); do echo $((10#$CLUSTER_PORT + i)); done
+}
+
+# The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535.
+bus_port_of() {
+  if (($1 + 10000 <= 65535)); then echo $(($1 + 10000)); else echo $(($1 - 10000)); fi
+}
+
+validate_cluster_ports() {
+  local port
+  [[ $CLUSTER_REPLICAS =~ ^[01]$ ]] || die "STACK_REDIS_CLUSTER_REPLICAS must be 0 or 1"
+  validate_port_value STACK_REDIS_CLUSTER_PORT "$CLUSTER_PORT"
+  ((10#$CLUSTER_PORT + $(cluster_size) - 1 <= 65535 && 10#$CLUSTER_PORT > 10000)) ||
+    die "STACK_REDIS_CLUSTER_PORT=$CLUSTER_PORT must leave room for $(cluster_size) nodes and lie above 10000"
+  for port in $(cluster_ports); do
+    [[ $port != "$PG_PORT" && $port != "$PGB_PORT" && $port != "$REDIS_PORT" && $port != "$REPLICA_PORT" ]] ||
+      die "the cluster's ports ($CLUSTER_PORT and up) overlap the stack's other ports"
+  done
+}
+
+cli_at() { "$REDIS_CLI" -h 127.0.0.1 -p "$1" "${@:2}"; }
+
+cluster_node_ready() { [[ $(cli_at "$1" ping 2>/dev/null) == PONG ]]; }
+
+cluster_state_ok() {
+  local port
+  for port in $(cluster_ports); do
+    cli_at "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+wait_cluster_ok() {
+  local i
+  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+    cluster_state_ok && return 0
+    sleep 0.1
+  done
+  die "the Redis Cluster did not reach cluster_state:ok within ${READY_TIMEOUT}s (logs: $CLUSTER_DIR/*/redis.log)"
+}
+
+start_cluster_node() {
+  local port=$1 dir=$CLUSTER_DIR/$1 bus pid
+  bus=$(bus_port_of "$port")
+  if pid=$(live_pid "cluster-$port"); then
+    log "cluster node :$port already running (pid $pid)"
+    return 0
+  fi
+  port_in_use "$port" && die "port $port on 127.0.0.1 (wanted by a cluster node) is already in use; set STACK_REDIS_CLUSTER_PORT"
+  port_in_use "$bus" && die "port $bus on 127.0.0.1 (cluster bus of :$port) is already in use; set STACK_REDIS_CLUSTER_PORT"
+  mkdir -p "$dir"
+  if ((IS_ROOT)); then
+    chown "$SVC_USER:" "$CLUSTER_DIR" "$dir"
+  fi
+  run_as "$REDIS_SERVER" --daemonize yes --bind 127.0.0.1 --port "$port" \
+    --cluster-enabled yes --cluster-port "$bus" --cluster-config-file "$dir/nodes.conf" \
+    --cluster-node-timeout 5000 --save "" --appendonly no --dir "$dir" \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --unixsocket "" >&2 || {
+    tail -n 30 "$dir/redis.log" >&2 || true
+    die "cluster node :$port failed to start"
+  }
+}
+
+# Fails early when the daemon is gone: redis-server --daemonize returns before it binds its port.
+wait_cluster_node() {
+  local port=$1 i
+  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+    cluster_node_ready "$port" && return 0
+    if ((i >= 20)) && ! live_pid "cluster-$port" >/dev/null; then
+      return 1
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+start_cluster() {
+  local port nodes=() assigned
+  for port in $(cluster_ports); do
+    start_cluster_node "$port"
+    nodes+=("127.0.0.1:$port")
+  done
+  for port in $(cluster_ports); do
+    wait_cluster_node "$port" && continue
+    # These ports sit in Linux's ephemeral range, so a passing outgoing connection can hold one for a moment:
+    # one more try before giving up.
+    log "cluster node :$port did not come up; retrying once"
+    start_cluster_node "$port"
+    wait_cluster_node "$port" || {
+      tail -n 20 "$CLUSTER_DIR/$port/redis.log" >&2 || true
+      die "cluster node :$port did not answer within ${READY_TIMEOUT}s"
+    }
+  done
+  if cluster_state_ok; then
+    log "redis cluster already formed"
+    return 0
+  fi
+  assigned=$(cli_at "$CLUSTER_PORT" cluster info | tr -d '\r' | sed -n 's/^cluster_slots_assigned:\([0-9]*\)$/\1/p')
+  if [[ $assigned != 0 ]]; then
+    # Formed earlier and still settling (or a node restarted): wait, do not form it twice.
+    wait_cluster_ok
+    return 0
+  fi
+  log "forming a Redis Cluster of ${#nodes[@]} nodes (replicas per master: $CLUSTER_REPLICAS)"
+  "$REDIS_CLI" --cluster create "${nodes[@]}" --cluster-replicas "$CLUSTER_REPLICAS" --cluster-yes \
+    >"$CLUSTER_DIR/create.log" 2>&1 || {
+    tail -n 30 "$CLUSTER_DIR/create.log" >&2
+    die "redis-cli --cluster create failed"
+  }
+  wait_cluster_ok
+}
+
+# The cluster holds nothing persistent: stopping it also deletes its folder (nodes.conf included), so the next
+# `cluster up` forms a fresh one.
+# Goes by the node folders that exist, not by STACK_REDIS_CLUSTER_PORT, so a plain `down` also finds a cluster
+# that was started on other ports.
+cluster_node_ports() {
+  local dir
+  for dir in "$CLUSTER_DIR"/*/; do
+    dir=${dir%/}
+    [[ ${dir##*/} =~ ^[0-9]+$ ]] && echo "${dir##*/}"
+  done
+  return 0
+}
+
+stop_cluster() {
+  local port pid
+  [[ -d $CLUSTER_DIR ]] || return 0
+  for port in $(cluster_node_ports); do
+    if pid=$(live_pid "cluster-$port"); then
+      log "stopping cluster node :$port (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for port in $(cluster_node_ports); do
+    if pid=$(live_pid "cluster-$port"); then
+      wait_gone "cluster-$port" "$pid" || {
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "cluster-$port" "$pid" || die "could not stop cluster node :$port (pid $pid)"
+      }
+    fi
+  done
+  rm -rf "$CLUSTER_DIR"
+}
+
+cmd_cluster() {
+  local port pid
+  validate_cluster_ports
+  case ${1:-} in
+    up)
+      prepare_for_start
+      start_cluster
+      printf 'cluster up: %s nodes from 127.0.0.1:%s\n' "$(cluster_size)" "$CLUSTER_PORT"
+      ;;
+    down)
+      if prepare_for_stop; then stop_cluster; fi
+      log "cluster down"
+      ;;
+    status)
+      resolve_stack_dir
+      for port in $(cluster_ports); do
+        if pid=$(live_pid "cluster-$port"); then
+          printf '%-10s %-8s pid=%-8s port=%s\n' cluster running "$pid" "$port"
+        else
+          printf '%-10s %-8s pid=%-8s port=%s\n' cluster stopped - "$port"
+        fi
+      done
+      ;;
+    env)
+      printf 'REDIS_CLUSTER_NODES=%s\n' "$(cluster_ports | sed 's/^/127.0.0.1:/' | paste -sd, -)"
+      ;;
+    *)
+      usage
+      exit 2
+      ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------
 
@@ -727,6 +1064,9 @@ main() {
         exit 2
       }
       if prepare_for_stop; then
+        # The optional extras first (the replica streams from postgres); nothing to do when they never ran.
+        stop_cluster
+        if [[ -d $REPLICA_DATA ]]; then stop_replica; fi
         # Reverse order: clients of a service go away before the service.
         for svc in redis pgbouncer postgres; do stop_service "$svc"; done
       fi
@@ -755,6 +1095,13 @@ main() {
     status)
       resolve_stack_dir
       cmd_status
+      ;;
+    replica | cluster)
+      (($# == 2)) || {
+        usage
+        exit 2
+      }
+      "cmd_$cmd" "$2"
       ;;
     env)
       resolve_stack_dir

@@ -23,7 +23,7 @@ export function toFeedPage (cursors: CursorCodec, userId: string, result: FeedPa
 }
 
 export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
-  const { db, cache, config, cursors } = app
+  const { db, cache, config, cursors, reads } = app
 
   app.post('/posts', {
     schema: {
@@ -38,6 +38,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     if (post === null) throw notFound('User not found.')
     // After the commit, so a reader that misses the cache next loads a page that includes this post.
     await cache.invalidate(FEED_CACHE, feedUserId)
+    await reads.wrote(request.user.id)
     return reply.code(201).send(post)
   })
 
@@ -63,10 +64,13 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     // often and must look fresh. New posts on the feed invalidate the key, but changes to an author's name or
     // avatar do not (that would mean deleting every feed the author ever posted on), so the TTL is what
     // bounds how long a renamed author still shows under the old name.
+    //
+    // With a read replica, the cached page is still loaded from the primary: a fill from a lagging replica right
+    // after an invalidation would put the old page back for a whole TTL. Other pages may come from the replica.
     if (after === undefined && limit === FEED_DEFAULT_LIMIT) {
       // The loader never returns null (an empty feed is an empty page); `?? load()` only satisfies the type.
       return (await cache.get(FEED_CACHE, userId, config.FEED_CACHE_TTL_S, load)) ?? load()
     }
-    return load()
+    return reads.read(userId, async (sql) => toFeedPage(cursors, userId, await loadFeedPage(sql, userId, limit, after)))
   })
 }

@@ -1,0 +1,110 @@
+// The rate limiter and the cache against a real Redis Cluster: `stack.sh cluster up` starts redis-server processes
+// in cluster mode on 127.0.0.1 and joins them with `redis-cli --cluster create`; the app runs with
+// REDIS_CLUSTER_NODES, so ioredis runs in cluster mode (slot routing, EVALSHA by key, MOVED handling).
+// LEDGER_TEST_REDIS_CLUSTER_NODES points the test at a cluster someone else runs instead.
+import { Cluster } from 'ioredis'
+import t from 'tap'
+import { buildApp, type App } from '../../app.ts'
+import { createUser, hasLocalStack, testConfig } from '../helper.ts'
+import { parseEnvLines, runStackScript } from './support.ts'
+
+let nodes = process.env.LEDGER_TEST_REDIS_CLUSTER_NODES ?? ''
+let skip: string | false = false
+let started = false
+if (nodes === '') {
+  if (!hasLocalStack) {
+    skip = 'needs the local stack (scripts/test.ts) to start a Redis Cluster, or LEDGER_TEST_REDIS_CLUSTER_NODES'
+  } else {
+    try {
+      // A cluster someone started by hand is used and left running; one started here is removed at the end.
+      started = !/\brunning\b/.test(runStackScript('cluster', 'status'))
+      runStackScript('cluster', 'up')
+      nodes = parseEnvLines(runStackScript('cluster', 'env')).REDIS_CLUSTER_NODES ?? ''
+    } catch (error) {
+      skip = `could not start a Redis Cluster with scripts/stack.sh: ${String((error as { stderr?: unknown }).stderr ?? error).trim().split('\n').slice(-3).join(' | ')}`
+    }
+  }
+}
+
+const apps: App[] = []
+t.teardown(async () => {
+  await Promise.all(apps.map((app) => app.close()))
+  if (started) runStackScript('cluster', 'down')
+})
+
+async function clusterApp () {
+  const app = await buildApp(testConfig({
+    REDIS_CLUSTER_NODES: nodes,
+    RATE_LIMIT_STANDARD_CAPACITY: '20',
+    RATE_LIMIT_STANDARD_REFILL_PER_S: '0.001'
+  }))
+  apps.push(app)
+  await app.ready()
+  return app
+}
+
+const get = (app: App, authorization: string, url: string) => app.inject({ method: 'GET', url, headers: { authorization } })
+
+t.test('the client runs in cluster mode and readiness pings through it', { skip }, async (t) => {
+  const app = await clusterApp()
+  t.ok(app.redis instanceof Cluster, 'an ioredis Cluster')
+  const masters = (app.redis as Cluster).nodes('master').length
+  t.ok(masters >= 3, `${masters} masters`)
+  const ready = await app.inject({ method: 'GET', url: '/health/ready' })
+  t.equal(ready.statusCode, 200)
+  t.same(ready.json().checks, { postgres: 'ok', redis: 'ok' })
+})
+
+t.test('the token bucket admits exactly its capacity under 100 concurrent requests, across two app instances', { skip }, async (t) => {
+  const [one, two] = [await clusterApp(), await clusterApp()]
+  const user = await createUser(one)
+  const responses = await Promise.all(Array.from({ length: 100 }, (_, i) => get(i % 2 === 0 ? one : two, user.authorization, '/balances')))
+  t.equal(responses.filter((r) => r.statusCode === 200).length, 20, 'exactly the capacity')
+  t.equal(responses.filter((r) => r.statusCode === 429).length, 80)
+  const refused = responses.find((r) => r.statusCode === 429)!
+  t.equal(refused.headers['ratelimit-limit'], '20')
+  t.ok(Number(refused.headers['retry-after']) >= 1)
+  t.equal(await one.redis.exists(`rl:user:${user.id}`), 1, 'the bucket is one key in the cluster')
+})
+
+t.test('buckets of different users spread over the masters (one key per script call)', { skip }, async (t) => {
+  const app = await clusterApp()
+  const users = await Promise.all(Array.from({ length: 12 }, () => createUser(app)))
+  for (const user of users) t.equal((await get(app, user.authorization, '/balances')).statusCode, 200)
+  const cluster = app.redis as Cluster
+  const owners = await Promise.all(users.map(async (user) => {
+    const key = `rl:user:${user.id}`
+    t.equal(await cluster.exists(key), 1)
+    // The slot map ioredis routes by: its first node is the slot's master.
+    return cluster.slots[await cluster.cluster('KEYSLOT', key)]?.[0]
+  }))
+  const perMaster = new Map<string, number>()
+  for (const owner of owners) perMaster.set(String(owner), (perMaster.get(String(owner)) ?? 0) + 1)
+  t.ok(perMaster.size >= 2, `buckets per master: ${JSON.stringify(Object.fromEntries(perMaster))}`)
+})
+
+t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post invalidates its page', { skip }, async (t) => {
+  const app = await clusterApp()
+  const alice = await createUser(app, { name: 'Alice' })
+  const bob = await createUser(app)
+  const counts = async () => Object.fromEntries((await app.metrics.cacheRequests.get()).values
+    .filter((v) => v.labels.cache === 'user').map((v) => [v.labels.result, v.value]))
+
+  t.equal((await get(app, bob.authorization, `/users/${alice.id}`)).json().name, 'Alice')
+  t.same(await counts(), { miss: 1 }, 'a miss')
+  t.match(JSON.parse(await app.redis.get(`cache:user:${alice.id}`) ?? 'null'), { id: alice.id, name: 'Alice' }, 'stored in the cluster')
+  t.equal((await get(app, bob.authorization, `/users/${alice.id}`)).json().name, 'Alice')
+  t.same(await counts(), { miss: 1, hit: 1 }, 'then a hit')
+
+  const patch = await app.inject({ method: 'PATCH', url: `/users/${alice.id}`, headers: { authorization: alice.authorization }, payload: { name: 'Alicia' } })
+  t.equal(patch.statusCode, 200)
+  t.equal(await app.redis.exists(`cache:user:${alice.id}`), 0, 'the write deleted the entry')
+  t.equal((await get(app, bob.authorization, `/users/${alice.id}`)).json().name, 'Alicia', 'the next read loads the new name')
+  t.same(await counts(), { miss: 2, hit: 1 })
+
+  t.same((await get(app, bob.authorization, '/feed')).json().data, [], 'an empty feed, cached')
+  t.ok(await app.redis.exists(`cache:feed:${bob.id}`))
+  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: alice.authorization }, payload: { body: 'hi Bob', userId: bob.id } })
+  t.equal(post.statusCode, 201)
+  t.same((await get(app, bob.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi Bob'], 'the post shows at once')
+})

@@ -1,0 +1,98 @@
+// Shared by the test/scale files: real server processes (server.ts, also as a node:cluster primary) and the
+// stack's optional extras (a streaming replica, a Redis Cluster). Everything binds 127.0.0.1 and is bounded in time.
+import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+import { createServer as createNetServer } from 'node:net'
+import type { Readable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+const stackScript = fileURLToPath(new URL('../../scripts/stack.sh', import.meta.url))
+const serverScript = fileURLToPath(new URL('../../server.ts', import.meta.url))
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function pickFreePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer().listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')))
+    })
+    server.on('error', reject)
+  })
+}
+
+export interface ApiProcess {
+  port: number
+  url: string
+  child: ChildProcessByStdio<null, Readable, Readable>
+  /** Everything the process wrote so far (stdout and stderr, in arrival order). */
+  output: () => string
+  /** Resolves with the exit code (null when killed by a signal) once the process is gone. */
+  exited: Promise<number | null>
+}
+
+/**
+ * Starts `server.ts` as its own process (with WORKERS > 1 that is the cluster primary) against the test stack,
+ * waits until /health/ready answers 200, and stops it when the test ends: SIGTERM, then SIGKILL after 15 s.
+ */
+export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
+  const port = await pickFreePort()
+  const child = spawn(process.execPath, [serverScript], {
+    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const running = () => child.exitCode === null && child.signalCode === null
+  t.teardown(async () => {
+    if (!running()) return
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+    await exited
+    clearTimeout(timer)
+  })
+  const url = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + (options.timeoutMs ?? 30_000)
+  while (Date.now() < deadline && running()) {
+    const status = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(2000) }).then((r) => r.status, () => 0)
+    if (status === 200) return { port, url, child, output: () => output, exited }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  if (running()) child.kill('SIGKILL')
+  throw new Error(`server.ts did not become ready on port ${port}: ${output.slice(-2000)}`)
+}
+
+/** Pids of the live processes whose parent is `pid` (Linux /proc), such as a cluster primary's workers. */
+export function childPids (pid: number): number[] {
+  const children: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      // Fields after the command name (which may hold spaces): state, ppid, ...
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (Number(ppid) === pid && state !== 'Z') children.push(Number(entry))
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return children
+}
+
+/** Runs `bash scripts/stack.sh ...args` (bounded to two minutes) and returns its stdout. */
+export function runStackScript (...args: string[]): string {
+  return execFileSync('bash', [stackScript, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 })
+}
+
+/** `KEY=value` lines (as `stack.sh ... env` prints them) as an object. */
+export function parseEnvLines (text: string): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const line of text.split('\n')) {
+    const match = /^([A-Z_]+)=(.*)$/.exec(line.trim())
+    if (match?.[1] !== undefined && match[2] !== undefined) env[match[1]] = match[2].replace(/^['"]|['"]$/g, '')
+  }
+  return env
+}
