@@ -36,6 +36,14 @@ declare module 'fastify' {
   }
 }
 
+function authorizationHeaderCount (rawHeaders: string[]): number {
+  let count = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length === 13 && rawHeaders[i]!.toLowerCase() === 'authorization') count++
+  }
+  return count
+}
+
 export interface AuthOptions {
   secret: string
   issuer: string
@@ -71,6 +79,10 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     // Unknown routes have no options; they fall through to the 404 handler without revealing anything.
     if (request.routeOptions.url === undefined || request.routeOptions.config.public === true) return
     const header = request.headers.authorization
+    // Node keeps the first of two Authorization headers; a proxy that keeps the last would authorize someone else.
+    if (header !== undefined && authorizationHeaderCount(request.raw.rawHeaders) > 1) {
+      throw unauthorized('Send exactly one Authorization header.')
+    }
     if (header === undefined || !/^Bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(header)) {
       throw unauthorized('Send Authorization: Bearer <token>.')
     }

@@ -100,7 +100,8 @@ export function sendProblem (request: FastifyRequest, reply: FastifyReply, probl
       title: STATUS_CODES[problem.status] ?? 'Error',
       status: problem.status,
       detail: problem.message,
-      instance: request.url.split('?')[0],
+      // Only for a matched route: an unmatched or malformed URL is the client's text and is not echoed back.
+      instance: request.routeOptions.url === undefined ? undefined : request.url.split('?')[0],
       ...(problem.errors !== undefined ? { errors: problem.errors } : {})
     })
 }

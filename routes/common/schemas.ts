@@ -18,6 +18,8 @@ export const commonErrors = {
   503: ProblemSchema
 }
 
-export const UserIdSchema = z.uuid()
+// PostgreSQL compares UUIDs case-insensitively; normalising here makes every comparison, cache key and
+// invalidation in the app agree with the database on which user an id names.
+export const UserIdSchema = z.uuid().toLowerCase()
 
-export const IdParamsSchema = z.object({ id: z.uuid() }).strict()
+export const IdParamsSchema = z.object({ id: UserIdSchema }).strict()

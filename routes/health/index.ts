@@ -25,7 +25,7 @@ async function check (probe: () => Promise<unknown>): Promise<'ok' | 'down'> {
 export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health/live', {
     config: { public: true, rateLimit: false, pressureExempt: true },
-    schema: { tags: ['operations'], summary: 'Liveness: the process is running', response: { 200: z.object({ status: z.literal('ok') }) } }
+    schema: { tags: ['operations'], summary: 'Liveness: the process is running', security: [], response: { 200: z.object({ status: z.literal('ok') }) } }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/health/ready', {
@@ -33,6 +33,7 @@ export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
     schema: {
       tags: ['operations'],
       summary: 'Readiness: PostgreSQL (through PgBouncer) and Redis answer',
+      security: [],
       response: { 200: ReadySchema, 503: ReadySchema }
     }
   }, async (request, reply) => {

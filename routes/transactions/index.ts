@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { badRequest, notFound, ProblemError, unprocessable } from '../../plugins/errors.ts'
+import { badRequest, notFound, ProblemError, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { findTransaction, listTransactions, postTransaction } from './queries.ts'
 import {
@@ -7,14 +7,19 @@ import {
   TransactionIdParamsSchema, TransactionPageSchema, TransactionSchema
 } from './schemas.ts'
 
-// SQLSTATEs raised by post_transaction() (sql/003_ledger.sql) for refusals that are the client's to fix.
+const transferToSelf = () => badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
+
+// SQLSTATEs raised by post_transaction() (sql/006_post_transaction_refusals.sql) for refusals that are the client's to fix.
 const ledgerRefusals: Record<string, () => ProblemError> = {
   LDG01: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.'),
-  LDG02: () => notFound('The recipient does not exist.')
+  LDG02: () => notFound('The recipient does not exist.'),
+  LDG03: () => unprocessable('balance_limit_exceeded', 'The recipient balance would pass the largest amount the ledger holds.'),
+  LDG04: () => unauthorized('The account this token was issued for no longer exists.'),
+  LDG05: transferToSelf
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
-  const { db, cursors } = app
+  const { db, cursors, reads } = app
 
   app.post('/transactions', {
     schema: {
@@ -26,7 +31,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     }
   }, async (request, reply) => {
     const { body, user } = request
-    if (body.toUserId === user.id) throw badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
+    // Checked here to skip a round trip; post_transaction() refuses it too (LDG05), whatever the caller sends.
+    if (body.toUserId === user.id) throw transferToSelf()
     let result
     try {
       result = await postTransaction(db, user.id, request.headers['idempotency-key'], body)
@@ -38,6 +44,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       throw unprocessable('idempotency_key_reused', 'This Idempotency-Key was already used with a different request.')
     }
     if (result.outcome === 'replayed') reply.header('idempotent-replayed', 'true')
+    // Before answering, so the caller's next list read (on any API process) goes to the primary, not a replica.
+    else await reads.wrote(user.id)
     return reply.code(201).header('location', `/transactions/${result.transaction.id}`).send(result.transaction)
   })
 
@@ -52,7 +60,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     const { limit, cursor } = request.query
     const scope = `transactions:${request.user.id}`
     const before = cursor === undefined ? undefined : cursors.decode(scope, cursor, TransactionCursorSchema).before
-    const { page, hasMore } = await listTransactions(db, request.user.id, limit, before)
+    const { page, hasMore } = await reads.read(request.user.id, (sql) => listTransactions(sql, request.user.id, limit, before))
     const last = page.at(-1)
     return { data: page, nextCursor: hasMore && last !== undefined ? cursors.encode(scope, { before: last.id }) : null }
   })

@@ -1,10 +1,8 @@
 import { z } from 'zod'
 import { CursorParamSchema } from '../common/cursor.ts'
 import { AmountSchema, CurrencySchema } from '../common/money.ts'
-
-// PostgreSQL text cannot hold NUL, and control characters in a description only cause trouble downstream.
-// eslint-disable-next-line no-control-regex -- matching control characters is the point
-const printable = (value: string) => !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(value)
+import { UserIdSchema } from '../common/schemas.ts'
+import { MULTI_LINE } from '../common/text.ts'
 
 export const TransactionKindSchema = z.enum(['deposit', 'withdrawal', 'transfer'])
 
@@ -12,8 +10,8 @@ export const CreateTransactionBodySchema = z.object({
   kind: TransactionKindSchema,
   amount: AmountSchema,
   currency: CurrencySchema,
-  toUserId: z.uuid().optional(),
-  description: z.string().max(500).refine(printable, { message: 'must not contain control characters' }).optional()
+  toUserId: UserIdSchema.optional(),
+  description: z.string().max(500).refine(MULTI_LINE.check, { message: MULTI_LINE.message }).optional()
 }).strict().superRefine((body, ctx) => {
   if (body.kind === 'transfer' && body.toUserId === undefined) {
     ctx.addIssue({ code: 'custom', path: ['toUserId'], message: 'is required for a transfer' })

@@ -1,17 +1,17 @@
 import { z } from 'zod'
-
-// Control characters have no place in names or e-mail addresses; refusing them keeps logs and UIs sane.
-// eslint-disable-next-line no-control-regex -- matching control characters is the point
-const noControlChars = (value: string) => !/[\u0000-\u001f\u007f]/.test(value)
+import { SINGLE_LINE } from '../common/text.ts'
 
 export const EmailSchema = z.string().trim().max(254).pipe(z.email()).transform((email) => email.toLowerCase())
 
-export const NameSchema = z.string().trim().min(1).max(100).refine(noControlChars, { message: 'must not contain control characters' })
+export const NameSchema = z.string().trim().min(1).max(100).refine(SINGLE_LINE.check, { message: SINGLE_LINE.message })
 
-export const AvatarUrlSchema = z.url({ protocol: /^https?$/, hostname: z.regexes.domain }).max(2048).nullable()
+export const AvatarUrlSchema = z.url({ protocol: /^https?$/, hostname: z.regexes.domain }).max(2048)
+  .refine(SINGLE_LINE.check, { message: SINGLE_LINE.message }).nullable()
 
 // The upper bound keeps a huge password from turning the KDF into a denial of service.
+// Well-formed only: two different ill-formed passwords would otherwise hash the same.
 export const PasswordSchema = z.string().min(12, 'must be at least 12 characters').max(256)
+  .refine((value) => value.isWellFormed(), { message: 'must be well-formed Unicode' })
 
 export const SignupBodySchema = z.object({
   email: EmailSchema,

@@ -1,0 +1,103 @@
+-- post_transaction() refuses, with its own SQLSTATEs, three cases that used to surface as constraint errors
+-- (500s): a caller whose user row is gone (LDG04), a transfer to oneself however the id was spelled (LDG05), and
+-- a credit past the largest balance (LDG03). Same signature and semantics otherwise; see 003_ledger.sql.
+-- Errors raised: LDG01 insufficient_funds, LDG02 recipient_not_found, LDG03 balance_limit_exceeded,
+-- LDG04 caller_not_found, LDG05 transfer_to_self.
+create or replace function post_transaction(
+  p_user_id uuid,
+  p_key text,
+  p_fingerprint text,
+  p_kind text,
+  p_amount bigint,
+  p_currency char(3),
+  p_to_user_id uuid,
+  p_description text
+) returns posted_transaction
+language plpgsql
+as $$
+declare
+  v_id bigint := nextval(pg_get_serial_sequence('transactions', 'id'));
+  v_from uuid;
+  v_to uuid;
+  v_existing idempotency_keys%rowtype;
+  v_debited int;
+  v_result posted_transaction;
+begin
+  -- The token may outlive its user; without this the key claim below would fail on its foreign key (a 500).
+  if not exists (select 1 from users where id = p_user_id) then
+    raise exception 'caller_not_found' using errcode = 'LDG04';
+  end if;
+
+  -- Claim the key first. A concurrent request with the same key blocks here on the primary key until the
+  -- first one commits, then sees its row and replays it: the same key never produces two transactions.
+  insert into idempotency_keys (user_id, key, fingerprint, transaction_id)
+  values (p_user_id, p_key, p_fingerprint, v_id)
+  on conflict (user_id, key) do nothing;
+
+  if not found then
+    select * into v_existing from idempotency_keys where user_id = p_user_id and key = p_key;
+    if v_existing.fingerprint <> p_fingerprint then
+      v_result.outcome := 'mismatch';
+      return v_result;
+    end if;
+    select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
+      into v_result from transactions t where t.id = v_existing.transaction_id;
+    return v_result;
+  end if;
+
+  case p_kind
+    when 'deposit' then v_to := p_user_id;
+    when 'withdrawal' then v_from := p_user_id;
+    else v_from := p_user_id; v_to := p_to_user_id;
+  end case;
+
+  if v_from = v_to then
+    raise exception 'transfer_to_self' using errcode = 'LDG05';
+  end if;
+
+  if v_to is not null and v_to <> p_user_id and not exists (select 1 from users where id = v_to) then
+    raise exception 'recipient_not_found' using errcode = 'LDG02';
+  end if;
+
+  -- Lock every balance row this write touches in one fixed order (by user id), so two opposite transfers
+  -- wait for each other instead of deadlocking.
+  perform 1 from balances
+   where currency = p_currency and user_id in (v_from, v_to)
+   order by user_id
+   for update;
+
+  if v_from is not null then
+    update balances set balance = balance - p_amount
+     where user_id = v_from and currency = p_currency and balance >= p_amount;
+    get diagnostics v_debited = row_count;
+    if v_debited = 0 then
+      raise exception 'insufficient_funds' using errcode = 'LDG01';
+    end if;
+  end if;
+
+  -- A credit that would take the balance past the money_minor bound is the client's problem, not a 500.
+  if v_to is not null and exists (
+    select 1 from balances where user_id = v_to and currency = p_currency and balance > 9007199254740991 - p_amount
+  ) then
+    raise exception 'balance_limit_exceeded' using errcode = 'LDG03';
+  end if;
+
+  if v_to is not null then
+    insert into balances (user_id, currency, balance) values (v_to, p_currency, p_amount)
+    on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance;
+  end if;
+
+  insert into transactions (id, kind, amount, currency, from_user_id, to_user_id, description)
+  overriding system value
+  values (v_id, p_kind, p_amount, p_currency, v_from, v_to, p_description)
+  returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, created_at
+  into v_result;
+
+  insert into entries (user_id, transaction_id, delta)
+  select user_id, v_id, delta
+    from (values (v_from, -p_amount), (v_to, p_amount)) as e (user_id, delta)
+   where user_id is not null;
+
+  return v_result;
+end
+$$;

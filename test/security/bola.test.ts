@@ -1,0 +1,275 @@
+// Issue 9, broken object level and object property level authorization: user B against every id route of user
+// A, cursors carried across users and lists, mass assignment in every body, and no response that carries a
+// password hash or someone else's email.
+import t from 'tap'
+import type { App } from '../../app.ts'
+import { buildTestApp, createUser, testSql, uniqueEmail, type TestUser } from '../helper.ts'
+import { assertProblem, assertTablesIntact, ResponseRecorder, snapshotUser, TEST_CURRENCY } from './support.ts'
+
+type TestSql = ReturnType<typeof testSql>
+
+/** User A with a profile, money (a deposit and a transfer to C) and more than one page of posts and transactions. */
+async function setUpVictim (app: App, recorder: ResponseRecorder, sql: TestSql) {
+  const a = await createUser(app, { name: 'Alice Victim' })
+  const b = await createUser(app, { name: 'Bob Attacker' })
+  const c = await createUser(app, { name: 'Carol Third' })
+  await recorder.send(a, { method: 'PATCH', url: `/users/${a.id}`, payload: { avatarUrl: 'https://cdn.example.test/alice.png' } })
+  const transactionIds: string[] = []
+  for (const [index, payload] of [
+    { kind: 'deposit', amount: 10_000, currency: TEST_CURRENCY, description: 'salary' },
+    { kind: 'transfer', amount: 2_500, currency: TEST_CURRENCY, toUserId: c.id, description: 'rent' },
+    { kind: 'withdrawal', amount: 500, currency: TEST_CURRENCY }
+  ].entries()) {
+    const response = await recorder.send(a, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `victim-${index}` }, payload })
+    if (response.statusCode !== 201) throw new Error(`setup transaction: ${response.statusCode} ${response.body}`)
+    transactionIds.push(response.json().id)
+  }
+  for (let i = 0; i < 3; i++) {
+    const response = await recorder.send(a, { method: 'POST', url: '/posts', payload: { body: `alice private-ish post ${i}` } })
+    if (response.statusCode !== 201) throw new Error(`setup post: ${response.statusCode}`)
+  }
+  return { a, b, c, transactionIds, before: await snapshotUser(sql, a.id) }
+}
+
+t.test('user B against every id route of user A', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const { a, b, c, transactionIds, before } = await setUpVictim(app, recorder, sql)
+
+  // GET /users/:id: A's public profile only, whether or not A's own (email-bearing) view was read first.
+  const own = await recorder.send(a, { method: 'GET', url: `/users/${a.id}` })
+  t.equal(own.json().email, a.email, 'A sees their own email')
+  for (const round of ['after A read it', 'from the cache']) {
+    const seen = await recorder.send(b, { method: 'GET', url: `/users/${a.id}` })
+    t.equal(seen.statusCode, 200, `B can read A's public profile (${round})`)
+    t.same(Object.keys(seen.json()).sort(), ['avatarUrl', 'createdAt', 'id', 'name'], `B sees only public fields (${round})`)
+    t.notOk('email' in seen.json(), `no email for B (${round})`)
+  }
+  const ownAgain = await recorder.send(a, { method: 'GET', url: `/users/${a.id}` })
+  t.equal(ownAgain.json().email, a.email, 'A still sees their email after B filled the cache')
+  const upper = await recorder.send(b, { method: 'GET', url: `/users/${a.id.toUpperCase()}` })
+  t.notOk('email' in upper.json(), 'an upper-case spelling of A\'s id gives B no email either')
+
+  // PATCH /users/:id of A: 403 for every body B can send, and nothing changes.
+  for (const payload of [{ name: 'Pwned' }, { avatarUrl: 'https://evil.example.test/x.png' }, { avatarUrl: null }, { name: 'Pwned', avatarUrl: null }]) {
+    const response = await recorder.send(b, { method: 'PATCH', url: `/users/${a.id}`, payload })
+    assertProblem(t, response, 403, `B patches A with ${JSON.stringify(payload)}`)
+  }
+  const upperPatch = await recorder.send(b, { method: 'PATCH', url: `/users/${a.id.toUpperCase()}`, payload: { name: 'Pwned' } })
+  assertProblem(t, upperPatch, 403, 'B patches A through an upper-case id')
+  const afterPatch = await recorder.send(b, { method: 'GET', url: `/users/${a.id}` })
+  t.equal(afterPatch.json().name, 'Alice Victim', 'A\'s name is unchanged, in the cache too')
+
+  // GET /transactions/:id of A's transactions: 404, exactly like an id that does not exist.
+  const missing = await recorder.send(b, { method: 'GET', url: '/transactions/9223372036854775807' })
+  assertProblem(t, missing, 404, 'B reads a transaction id that does not exist')
+  for (const id of transactionIds) {
+    const response = await recorder.send(b, { method: 'GET', url: `/transactions/${id}` })
+    assertProblem(t, response, 404, `B reads A's transaction ${id}`)
+    t.same({ ...response.json(), instance: undefined }, { ...missing.json(), instance: undefined }, `A's transaction ${id} looks exactly like a missing one`)
+    t.equal((await recorder.send(a, { method: 'GET', url: `/transactions/${id}` })).statusCode, 200, `A reads their transaction ${id}`)
+  }
+  // C is a party of the transfer only.
+  t.equal((await recorder.send(c, { method: 'GET', url: `/transactions/${transactionIds[1]}` })).statusCode, 200, 'the transfer\'s recipient can read it')
+  t.equal((await recorder.send(c, { method: 'GET', url: `/transactions/${transactionIds[0]}` })).statusCode, 404, 'but not A\'s deposit')
+
+  // Lists are the caller's own, whatever B adds to the query.
+  const bList = await recorder.send(b, { method: 'GET', url: '/transactions' })
+  t.same(bList.json(), { data: [], nextCursor: null }, 'B\'s transaction list is empty')
+  assertProblem(t, await recorder.send(b, { method: 'GET', url: `/transactions?userId=${a.id}` }), 400, 'B asks /transactions for userId=A')
+  assertProblem(t, await recorder.send(b, { method: 'GET', url: `/feed?userId=${a.id}` }), 400, 'B asks /feed for userId=A')
+  const bFeed = await recorder.send(b, { method: 'GET', url: '/feed' })
+  t.same(bFeed.json(), { data: [], nextCursor: null }, 'B\'s feed is empty')
+  const bBalances = await recorder.send(b, { method: 'GET', url: `/balances?userId=${a.id}&user_id=${a.id}` })
+  t.same(bBalances.json(), { data: [] }, 'B\'s balances stay B\'s whatever the query says')
+
+  t.same(await snapshotUser(sql, a.id), before, 'A is untouched by everything B tried')
+  recorder.assertNoLeaks(t, [a, b, c])
+})
+
+t.test('cursors from A\'s pages are 400 for B, and cursors never cross lists', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const { a, b, before } = await setUpVictim(app, recorder, sql)
+  // B has pages of their own too, so a 400 is about the cursor and not about an empty list.
+  for (let i = 0; i < 2; i++) {
+    await recorder.send(b, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `b-${i}` }, payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY } })
+    await recorder.send(b, { method: 'POST', url: '/posts', payload: { body: `bob ${i}` } })
+  }
+  const aTransactions = (await recorder.send(a, { method: 'GET', url: '/transactions?limit=1' })).json()
+  const aFeed = (await recorder.send(a, { method: 'GET', url: '/feed?limit=1' })).json()
+  const bTransactions = (await recorder.send(b, { method: 'GET', url: '/transactions?limit=1' })).json()
+  const bFeed = (await recorder.send(b, { method: 'GET', url: '/feed?limit=1' })).json()
+  for (const page of [aTransactions, aFeed, bTransactions, bFeed]) t.type(page.nextCursor, 'string', 'each list has a next page')
+
+  const aTx = encodeURIComponent(aTransactions.nextCursor)
+  const aPost = encodeURIComponent(aFeed.nextCursor)
+  t.equal((await recorder.send(a, { method: 'GET', url: `/transactions?limit=1&cursor=${aTx}` })).statusCode, 200, 'A can follow their own transaction cursor')
+  t.equal((await recorder.send(a, { method: 'GET', url: `/feed?limit=1&cursor=${aPost}` })).statusCode, 200, 'A can follow their own feed cursor')
+  assertProblem(t, await recorder.send(b, { method: 'GET', url: `/transactions?limit=1&cursor=${aTx}` }), 400, 'B uses A\'s transaction cursor')
+  assertProblem(t, await recorder.send(b, { method: 'GET', url: `/feed?limit=1&cursor=${aPost}` }), 400, 'B uses A\'s feed cursor')
+  assertProblem(t, await recorder.send(a, { method: 'GET', url: `/feed?cursor=${aTx}` }), 400, 'a transaction cursor on the feed')
+  assertProblem(t, await recorder.send(a, { method: 'GET', url: `/transactions?cursor=${aPost}` }), 400, 'a feed cursor on transactions')
+  assertProblem(t, await recorder.send(b, { method: 'GET', url: `/feed?cursor=${aTx}` }), 400, 'B uses A\'s transaction cursor on the feed')
+
+  // Hand-made cursors: A's position re-encoded with B's signature, a flipped bit, and a forged position.
+  const [aBody] = String(aTransactions.nextCursor).split('.')
+  const [, bSignature] = String(bTransactions.nextCursor).split('.')
+  const position = JSON.parse(Buffer.from(aBody ?? '', 'base64url').toString()) as { before: string }
+  const forged = Buffer.from(JSON.stringify({ before: '9223372036854775807' })).toString('base64url')
+  const tampered: Record<string, string> = {
+    'A\'s position with B\'s signature': `${aBody}.${bSignature}`,
+    'forged position, B\'s signature': `${forged}.${bSignature}`,
+    'flipped signature': `${aBody}.${String(bSignature).slice(0, -1)}${String(bSignature).endsWith('A') ? 'B' : 'A'}`,
+    'no signature': `${aBody}.A`,
+    'SQL in the position': `${Buffer.from(JSON.stringify({ before: '1 OR 1=1' })).toString('base64url')}.${bSignature}`
+  }
+  t.match(position.before, /^\d+$/, 'the cursor is opaque to clients but decodes to a position')
+  for (const [label, cursor] of Object.entries(tampered)) {
+    assertProblem(t, await recorder.send(b, { method: 'GET', url: `/transactions?cursor=${encodeURIComponent(cursor)}` }), 400, `B sends ${label}`)
+  }
+  t.same(await snapshotUser(sql, a.id), before, 'A is untouched')
+  recorder.assertNoLeaks(t, [a, b])
+})
+
+t.test('B may post on A\'s feed (B is the author) but changes nothing else of A', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const { a, b, before } = await setUpVictim(app, recorder, sql)
+  const posted = await recorder.send(b, { method: 'POST', url: '/posts', payload: { body: 'hello Alice', userId: a.id } })
+  t.equal(posted.statusCode, 201, 'B can post on A\'s feed (by design)')
+  t.equal(posted.json().userId, a.id)
+  t.equal(posted.json().author.id, b.id, 'the author is B, not A')
+  t.equal(posted.json().author.name, 'Bob Attacker')
+  const [row] = await sql<{ author_id: string, user_id: string }[]>`select author_id, user_id from posts where id = ${posted.json().id}`
+  t.same(row, { author_id: b.id, user_id: a.id }, 'stored with B as the author')
+  const feed = await recorder.send(a, { method: 'GET', url: '/feed' })
+  t.equal(feed.json().data[0].author.id, b.id, 'A sees B\'s post, attributed to B')
+
+  // Everything else of A is as before: the snapshot minus the one new post on A's feed.
+  const after = await snapshotUser(sql, a.id)
+  t.same({ ...after, posts: undefined }, { ...before, posts: undefined }, 'A\'s profile, money and keys are unchanged')
+  t.same((after.posts as { id: string }[]).filter((p) => p.id !== posted.json().id), before.posts, 'A\'s own posts are unchanged')
+  // There is no route to edit or delete a post.
+  for (const method of ['PATCH', 'DELETE', 'PUT'] as const) {
+    const response = await recorder.send(b, { method, url: `/posts/${posted.json().id}`, payload: { body: 'edited' } })
+    t.equal(response.statusCode, 404, `${method} /posts/:id does not exist`)
+  }
+  recorder.assertNoLeaks(t, [a, b])
+})
+
+t.test('mass assignment: privileged fields in every body are 400 and change nothing', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const { a, b, before } = await setUpVictim(app, recorder, sql)
+  const bBefore = await snapshotUser(sql, b.id)
+  const privileged: Record<string, unknown> = {
+    tier: 'pro',
+    role: 'admin',
+    isAdmin: true,
+    balance: 1_000_000_000,
+    id: a.id,
+    userId: a.id,
+    createdAt: '2000-01-01T00:00:00.000Z',
+    updatedAt: '2000-01-01T00:00:00.000Z',
+    fromUserId: a.id,
+    authorId: a.id,
+    passwordHash: 'scrypt$1024$8$1$AAAA$BBBB',
+    password_hash: 'scrypt$1024$8$1$AAAA$BBBB',
+    email: a.email,
+    password: 'a brand new password'
+  }
+  let number = 0
+  const routes: { label: string, caller: TestUser | null, method: 'POST' | 'PATCH', url: string, base: Record<string, unknown>, allowed: string[], idempotent?: boolean }[] = [
+    { label: 'PATCH /users/:id (own)', caller: b, method: 'PATCH', url: `/users/${b.id}`, base: { name: 'Bob Renamed' }, allowed: [] },
+    { label: 'POST /users', caller: null, method: 'POST', url: '/users', base: { email: '', name: 'Mallory', password: 'long enough password' }, allowed: ['email', 'password'] },
+    { label: 'POST /auth/token', caller: null, method: 'POST', url: '/auth/token', base: { email: b.email, password: b.password }, allowed: ['email', 'password'] },
+    { label: 'POST /posts', caller: b, method: 'POST', url: '/posts', base: { body: 'mass assignment' }, allowed: ['userId'] },
+    { label: 'POST /transactions', caller: b, method: 'POST', url: '/transactions', base: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY }, allowed: [], idempotent: true }
+  ]
+  const signupEmails: string[] = []
+  for (const route of routes) {
+    for (const [field, value] of Object.entries(privileged)) {
+      if (route.allowed.includes(field)) continue
+      const base = route.url === '/users' ? { ...route.base, email: uniqueEmail('mass') } : route.base
+      if (route.url === '/users') signupEmails.push(String(base.email))
+      const headers = route.idempotent === true ? { 'idempotency-key': `mass-${++number}` } : {}
+      const response = await recorder.send(route.caller, { method: route.method, url: route.url, headers, payload: { ...base, [field]: value } })
+      assertProblem(t, response, 400, `${route.label} with ${field}`)
+      const errors = (response.json().errors ?? []) as { path: string, message: string }[]
+      t.ok(errors.some((e) => e.message.includes(`"${field}"`)), `${route.label} with ${field}: the refusal names the field`)
+    }
+  }
+  // Prototype pollution through the JSON parser.
+  for (const raw of ['{"name":"Bob Proto","__proto__":{"tier":"pro"}}', '{"name":"Bob Proto","constructor":{"prototype":{"tier":"pro"}}}']) {
+    const response = await recorder.send(b, { method: 'PATCH', url: `/users/${b.id}`, headers: { 'content-type': 'application/json' }, payload: raw })
+    assertProblem(t, response, 400, `PATCH with ${raw.slice(20, 40)}`)
+  }
+  t.notOk(({} as Record<string, unknown>).tier, 'Object.prototype is not polluted')
+
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from users where email = any(${signupEmails})`
+  t.equal(count, 0, 'no mass-assigned signup created a user')
+  t.same(await snapshotUser(sql, b.id), bBefore, 'B\'s own row (tier, email, hash, timestamps), money and posts are unchanged')
+  t.same(await snapshotUser(sql, a.id), before, 'A is unchanged')
+  const login = await recorder.send(null, { method: 'POST', url: '/auth/token', payload: { email: b.email, password: b.password } })
+  const claims = JSON.parse(Buffer.from(String(login.json().accessToken).split('.')[1] ?? '', 'base64url').toString()) as { tier: string, sub: string }
+  t.same({ tier: claims.tier, sub: claims.sub }, { tier: 'standard', sub: b.id }, 'B still gets a standard token for B')
+  await assertTablesIntact(t, sql)
+  recorder.assertNoLeaks(t, [a, b])
+})
+
+t.test('idempotency keys are per user: B reusing A\'s key gets B\'s own transaction', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const a = await createUser(app)
+  const b = await createUser(app)
+  const body = { kind: 'deposit', amount: 700, currency: TEST_CURRENCY, description: 'same key, same body' }
+  const first = await recorder.send(a, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'shared-key' }, payload: body })
+  const second = await recorder.send(b, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'shared-key' }, payload: body })
+  t.equal(first.statusCode, 201)
+  t.equal(second.statusCode, 201)
+  t.not(second.json().id, first.json().id, 'B does not get A\'s transaction back')
+  t.equal(second.headers['idempotent-replayed'], undefined, 'B\'s request is not a replay')
+  t.equal(second.json().toUserId, b.id, 'B\'s deposit is B\'s')
+  const different = await recorder.send(b, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'shared-key' }, payload: { ...body, amount: 1 } })
+  assertProblem(t, different, 422, 'B reusing the key with another body is judged against B\'s own use')
+  const balances = await sql<{ user_id: string, balance: string }[]>`
+    select user_id, balance::text from balances where user_id in (${a.id}, ${b.id}) and currency = ${TEST_CURRENCY} order by balance`
+  t.same(balances.map((r) => r.balance), ['700', '700'], 'each has exactly one deposit')
+  recorder.assertNoLeaks(t, [a, b])
+})
+
+t.test('ids that differ only in letter case reach the same row but not the same cache entry', async (t) => {
+  // UUIDs are case-insensitive in PostgreSQL; the Redis keys (user:<id>, feed:<id>) and the self checks compare
+  // the id as typed. These are not authorization bypasses (each check still fails closed) but stale data and a 500.
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const a = await createUser(app, { name: 'Case Owner' })
+  const b = await createUser(app)
+  const upper = a.id.toUpperCase()
+
+  await recorder.send(b, { method: 'GET', url: `/users/${upper}` })
+  await recorder.send(a, { method: 'PATCH', url: `/users/${a.id}`, payload: { name: 'Case Renamed' } })
+  const stale = await recorder.send(b, { method: 'GET', url: `/users/${upper}` })
+  t.equal(stale.json().name, 'Case Renamed', `the profile read through an upper-case id is fresh after PATCH (got ${stale.json().name})`)
+
+  await recorder.send(a, { method: 'GET', url: '/feed' })
+  const post = await recorder.send(b, { method: 'POST', url: '/posts', payload: { body: 'upper-case feed id', userId: upper } })
+  t.equal(post.statusCode, 201)
+  const feed = await recorder.send(a, { method: 'GET', url: '/feed' })
+  t.ok(feed.json().data.some((p: { id: string }) => p.id === post.json().id), 'a post made with an upper-case feed id is on the owner\'s next feed read')
+
+  const funded = await recorder.send(a, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'case-fund' }, payload: { kind: 'deposit', amount: 100, currency: TEST_CURRENCY } })
+  t.equal(funded.statusCode, 201)
+  const self = await recorder.send(a, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'case-self' }, payload: { kind: 'transfer', amount: 5, currency: TEST_CURRENCY, toUserId: upper } })
+  t.ok(self.statusCode === 400 || self.statusCode === 422, `a transfer to yourself spelled in upper case is refused, not a 5xx (got ${self.statusCode})`)
+  const [{ balance } = { balance: '' }] = await sql<{ balance: string }[]>`select balance::text from balances where user_id = ${a.id} and currency = ${TEST_CURRENCY}`
+  t.equal(balance, '100', 'the failed self-transfer wrote nothing')
+  recorder.assertNoLeaks(t, [a, b])
+})

@@ -1,0 +1,386 @@
+// Issue 9, property-based fuzzing: for every operation in GET /openapi.json (generated from the same Zod schemas
+// that validate requests), fast-check builds requests from the operation's own parameter and body schemas, mixes
+// valid values, boundary values, attack payloads and wrong types, and checks on every response that there is no
+// 5xx, no leaked hash or foreign email, and no effect on a victim user whose data is snapshotted around each route.
+//
+// Runs per route: LEDGER_FUZZ_RUNS (default 150). Seed: LEDGER_FUZZ_SEED (default fixed, so the suite is
+// repeatable; set another number to explore, and rerun a failure with the seed fast-check prints).
+import { randomUUID } from 'node:crypto'
+import fc from 'fast-check'
+import t from 'tap'
+import type { InjectOptions, LightMyRequestResponse } from 'fastify'
+import type { App } from '../../app.ts'
+import { hashPassword } from '../../routes/users/password.ts'
+import { buildTestApp, createUser, testSql, type TestUser } from '../helper.ts'
+import { INJECTION_STRINGS, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
+
+const RUNS = Number(process.env.LEDGER_FUZZ_RUNS ?? 150)
+const SEED = Number(process.env.LEDGER_FUZZ_SEED ?? 20_251_125)
+const MAX_SAFE = Number.MAX_SAFE_INTEGER
+
+interface JsonSchema {
+  type?: string
+  properties?: Record<string, JsonSchema>
+  required?: string[]
+  enum?: unknown[]
+  pattern?: string
+  format?: string
+  minLength?: number
+  maxLength?: number
+  minimum?: number
+  maximum?: number
+  exclusiveMinimum?: number
+  anyOf?: JsonSchema[]
+  items?: JsonSchema
+}
+interface Parameter { in: 'path' | 'query' | 'header', name: string, required?: boolean, schema: JsonSchema }
+interface Operation {
+  parameters?: Parameter[]
+  requestBody?: { content: Record<string, { schema: JsonSchema }> }
+  security?: unknown[]
+}
+type OpenApi = { paths: Record<string, Record<string, Operation>> }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Arbitraries from JSON Schema (the subset z.toJSONSchema emits for these routes)
+
+const MASS_ASSIGNMENT_KEYS = ['tier', 'role', 'balance', 'id', 'createdAt', 'fromUserId', 'authorId', 'passwordHash', 'email', 'userId', 'isAdmin']
+
+/** Values of the wrong kind for any field: attack strings, wrong JSON types, random JSON. */
+const junk: fc.Arbitrary<unknown> = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom(...Object.values(INJECTION_STRINGS)) },
+  { weight: 2, arbitrary: fc.constantFrom(...Object.values(WRONG_TYPES)) },
+  { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 2 }) },
+  { weight: 2, arbitrary: fc.string({ unit: 'binary', maxLength: 40 }) },
+  { weight: 1, arbitrary: fc.oneof(fc.integer(), fc.double(), fc.constantFrom(-1, 0, 2 ** 53, 1e308, -0)) }
+)
+
+/** Characters that storage layers and validators get wrong: NUL, lone surrogates, BOM, NEL, bidi controls. */
+const trickyText = (minLength: number, maxLength: number) => fc.string({
+  minLength,
+  maxLength,
+  unit: fc.constantFrom('a', 'Z', ' ', '\u0000', '\ud800', '\udfff', '\ufeff', '\u0085', '\u202e', '\u200b', '\t', '\n', '😀', 'é', "'", '"', '\\', '$')
+})
+
+function textArb (schema: JsonSchema): fc.Arbitrary<string> {
+  const min = schema.minLength ?? 0
+  const max = schema.maxLength ?? 64
+  const short = Math.min(max, Math.max(min, 80))
+  const bounded = (arb: fc.Arbitrary<string>) => arb.filter((s) => s.length >= min && s.length <= max)
+  if (schema.format === 'uuid') return fc.uuid()
+  if (schema.format === 'uri') return fc.webUrl({ validSchemes: ['https', 'http'], withQueryParameters: true, withFragments: true })
+  if (schema.pattern !== undefined) return bounded(fc.stringMatching(new RegExp(schema.pattern), { size: 'small' }))
+  return fc.oneof(
+    { weight: 4, arbitrary: fc.string({ minLength: min, maxLength: short, unit: 'grapheme' }) },
+    { weight: 2, arbitrary: fc.string({ minLength: min, maxLength: short }) },
+    { weight: 1, arbitrary: fc.string({ minLength: min, maxLength: short, unit: 'binary' }) },
+    { weight: 2, arbitrary: trickyText(min, Math.min(short, 24)) },
+    // The boundaries themselves, and one past them.
+    { weight: 1, arbitrary: fc.constantFrom('x'.repeat(Math.max(min, 1)), 'x'.repeat(max), 'é'.repeat(max), 'x'.repeat(max + 1), ...(min > 0 ? ['x'.repeat(min - 1)] : [])) }
+  )
+}
+
+function validArb (schema: JsonSchema): fc.Arbitrary<unknown> {
+  if (schema.anyOf !== undefined) return fc.oneof(...schema.anyOf.map(validArb))
+  if (schema.enum !== undefined) return fc.constantFrom(...schema.enum)
+  switch (schema.type) {
+    case 'string': return textArb(schema)
+    case 'integer':
+    case 'number': {
+      const low = schema.minimum ?? (schema.exclusiveMinimum !== undefined ? schema.exclusiveMinimum + 1 : -1000)
+      const high = schema.maximum ?? MAX_SAFE
+      return fc.oneof(
+        { weight: 6, arbitrary: fc.integer({ min: Math.max(low, -(2 ** 31)), max: Math.min(high, 1_000_000) }) },
+        { weight: 1, arbitrary: fc.constantFrom(low, high, low - 1, high + 1, low + 0.5) }
+      )
+    }
+    case 'boolean': return fc.boolean()
+    case 'null': return fc.constant(null)
+    case 'array': return fc.array(validArb(schema.items ?? {}), { maxLength: 4 })
+    case 'object': return objectArb(schema, {})
+    default: return fc.jsonValue({ maxDepth: 1 })
+  }
+}
+
+/** Mostly the hint (values that reach the handler: real ids, real currencies), sometimes the schema's own values. */
+function fieldArb (schema: JsonSchema, hint: fc.Arbitrary<unknown> | undefined): fc.Arbitrary<unknown> {
+  return hint === undefined ? validArb(schema) : fc.oneof({ weight: 3, arbitrary: hint }, { weight: 1, arbitrary: validArb(schema) })
+}
+
+type Slot = { present: false } | { present: true, value: unknown }
+
+/** A field's value, or its absence. `clean` slots never hold junk: they make the requests that reach the handler. */
+function slotArb (schema: JsonSchema, required: boolean, hint: fc.Arbitrary<unknown> | undefined, clean = false): fc.Arbitrary<Slot> {
+  if (clean) {
+    const present = (hint ?? validArb(schema)).map((value): Slot => ({ present: true, value }))
+    return required ? present : fc.oneof(present, fc.constant<Slot>({ present: false }))
+  }
+  return fc.oneof(
+    { weight: required ? 14 : 6, arbitrary: fieldArb(schema, hint).map((value): Slot => ({ present: true, value })) },
+    { weight: 2, arbitrary: junk.map((value): Slot => ({ present: true, value })) },
+    { weight: required ? 1 : 6, arbitrary: fc.constant<Slot>({ present: false }) }
+  )
+}
+
+/** Half the objects are "clean" (hinted values, no junk, no extra keys), half mix in junk, gaps and extra keys. */
+function objectArb (schema: JsonSchema, hints: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<Record<string, unknown>> {
+  return fc.oneof(objectVariantArb(schema, hints, true), objectVariantArb(schema, hints, false))
+}
+
+function objectVariantArb (schema: JsonSchema, hints: Record<string, fc.Arbitrary<unknown>>, clean: boolean): fc.Arbitrary<Record<string, unknown>> {
+  const names = Object.keys(schema.properties ?? {})
+  const slots = names.map((name) => slotArb(schema.properties?.[name] ?? {}, schema.required?.includes(name) ?? false, hints[name], clean))
+  const extras = clean
+    ? fc.constant<[string, unknown][]>([])
+    : fc.oneof(
+      { weight: 4, arbitrary: fc.constant<[string, unknown][]>([]) },
+      { weight: 1, arbitrary: fc.array(fc.tuple(fc.oneof(fc.constantFrom(...MASS_ASSIGNMENT_KEYS), fc.string({ maxLength: 12 })), junk), { minLength: 1, maxLength: 2 }) }
+    )
+  return fc.tuple(fc.tuple(...slots), extras).map(([values, extra]) => {
+    const object: Record<string, unknown> = {}
+    // defineProperty, so a generated "__proto__" key is sent as a key and not swallowed as a prototype.
+    const put = (key: string, value: unknown) => Object.defineProperty(object, key, { value, enumerable: true, writable: true, configurable: true })
+    for (const [key, value] of extra) put(key, value)
+    values.forEach((slot, i) => { if (slot.present) put(names[i] ?? '', slot.value) })
+    return object
+  })
+}
+
+const asText = (value: unknown) => (typeof value === 'string' ? value : JSON.stringify(value) ?? '')
+
+interface FuzzRequest { method: string, url: string, headers: Record<string, string>, body: unknown, hasBody: boolean }
+
+/** One operation's requests: path, query, header parameters and body, each from its schema plus hints. */
+function requestArb (method: string, path: string, operation: Operation, hints: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<FuzzRequest> {
+  const parameters = operation.parameters ?? []
+  const pathParameters = parameters.filter((p) => p.in === 'path')
+  const queryParameters = parameters.filter((p) => p.in === 'query')
+  const headerParameters = parameters.filter((p) => p.in === 'header')
+  const pathArb = fc.tuple(...pathParameters.map((p) => fc.oneof(
+    { weight: 8, arbitrary: fieldArb(p.schema, hints[`path:${p.name}`]) },
+    { weight: 2, arbitrary: junk }
+  ).map(asText)))
+  const queryArb = fc.tuple(
+    fc.tuple(...queryParameters.map((p) => slotArb(p.schema, p.required ?? false, hints[`query:${p.name}`]))),
+    fc.oneof({ weight: 8, arbitrary: fc.constant<[string, unknown][]>([]) }, { weight: 1, arbitrary: fc.array(fc.tuple(fc.oneof(fc.constantFrom('userId', 'user_id', 'limit', 'cursor'), fc.string({ maxLength: 8 })), junk), { minLength: 1, maxLength: 2 }) })
+  )
+  const headerArb = fc.tuple(...headerParameters.map((p) => slotArb(p.schema, p.required ?? false, hints[`header:${p.name}`])))
+  const bodySchema = operation.requestBody?.content['application/json']?.schema
+  const bodyArb: fc.Arbitrary<unknown> = bodySchema === undefined
+    ? fc.constant(undefined)
+    : fc.oneof({ weight: 14, arbitrary: objectArb(bodySchema, hints) }, { weight: 1, arbitrary: junk })
+
+  return fc.tuple(pathArb, queryArb, headerArb, bodyArb).map(([pathValues, [querySlots, extraQuery], headerSlots, body]) => {
+    let url = path
+    pathParameters.forEach((p, i) => { url = url.replace(`{${p.name}}`, encodeURIComponent(pathValues[i] ?? '')) })
+    const search = new URLSearchParams()
+    querySlots.forEach((slot, i) => { if (slot.present) search.append(queryParameters[i]?.name ?? '', asText(slot.value)) })
+    for (const [key, value] of extraQuery) search.append(key, asText(value))
+    const query = search.toString()
+    const headers: Record<string, string> = {}
+    headerSlots.forEach((slot, i) => { if (slot.present) headers[headerParameters[i]?.name ?? ''] = asText(slot.value) })
+    return { method: method.toUpperCase(), url: query === '' ? url : `${url}?${query}`, headers, body, hasBody: bodySchema !== undefined }
+  })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The world: an attacker who sends everything, a recipient they may pay or post to, and a victim never targeted
+// by a write (only read attempts), whose data must not change.
+
+interface World {
+  app: App
+  attacker: TestUser
+  recipient: TestUser
+  victim: TestUser
+  victimTransactionIds: string[]
+  victimCursors: string[]
+  attackerTransactionIds: string[]
+  attackerCursors: string[]
+}
+
+/** createUser gives every user the same password; the victim and recipient get their own, so the attacker's is no key to them. */
+async function withOwnPassword (app: App, user: TestUser, password: string): Promise<TestUser> {
+  await app.db`update users set password_hash = ${await hashPassword(password, app.config.PASSWORD_HASH_COST)} where id = ${user.id}`
+  return { ...user, password }
+}
+
+async function setUpWorld (app: App): Promise<World> {
+  const attacker = await createUser(app, { name: 'Fuzz Attacker' })
+  const recipient = await withOwnPassword(app, await createUser(app, { name: 'Fuzz Recipient' }), `recipient-${randomUUID()}`)
+  const victim = await withOwnPassword(app, await createUser(app, { name: 'Fuzz Victim' }), `victim-${randomUUID()}`)
+  const post = (user: TestUser, url: string, payload: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    app.inject({ method: 'POST', url, headers: { authorization: user.authorization, ...headers }, payload })
+  const get = async (user: TestUser, url: string) => (await app.inject({ method: 'GET', url, headers: { authorization: user.authorization } })).json()
+  const victimTransactionIds: string[] = []
+  const attackerTransactionIds: string[] = []
+  for (const [index, body] of [{ kind: 'deposit', amount: 50_000, currency: TEST_CURRENCY }, { kind: 'withdrawal', amount: 10, currency: TEST_CURRENCY }, { kind: 'transfer', amount: 100, currency: TEST_CURRENCY, toUserId: recipient.id }].entries()) {
+    victimTransactionIds.push((await post(victim, '/transactions', body, { 'idempotency-key': `victim-${index}` })).json().id)
+  }
+  for (const [index, currency] of ['USD', 'EUR', TEST_CURRENCY].entries()) {
+    attackerTransactionIds.push((await post(attacker, '/transactions', { kind: 'deposit', amount: 1_000_000, currency }, { 'idempotency-key': `attacker-${index}` })).json().id)
+  }
+  for (let i = 0; i < 3; i++) {
+    await post(victim, '/posts', { body: `victim post ${i}` })
+    await post(attacker, '/posts', { body: `attacker post ${i}` })
+  }
+  await app.inject({ method: 'PATCH', url: `/users/${victim.id}`, headers: { authorization: victim.authorization }, payload: { avatarUrl: 'https://cdn.example.test/victim.png' } })
+  const cursors = async (user: TestUser) => [(await get(user, '/transactions?limit=1')).nextCursor, (await get(user, '/feed?limit=1')).nextCursor] as string[]
+  return { app, attacker, recipient, victim, victimTransactionIds, victimCursors: await cursors(victim), attackerTransactionIds, attackerCursors: await cursors(attacker) }
+}
+
+function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unknown>> {
+  const { attacker, recipient, victim } = world
+  const currency = fc.constantFrom('USD', 'EUR', 'JPY', TEST_CURRENCY)
+  const common = {
+    'query:limit': fc.integer({ min: 1, max: 60 }),
+    'query:cursor': fc.constantFrom(...world.victimCursors, ...world.attackerCursors),
+    // Mostly fresh keys (so bodies reach the ledger), sometimes a reused one (replay or mismatch).
+    'header:idempotency-key': fc.oneof({ weight: 4, arbitrary: fc.uuid() }, { weight: 1, arbitrary: fc.constantFrom('fuzz-1', 'fuzz-2', 'fuzz-3') })
+  }
+  switch (route) {
+    case 'POST /users': return {
+      email: fc.oneof(
+        { weight: 4, arbitrary: fc.uuid().map((id) => `fuzz-${id}@example.test`) },
+        { weight: 1, arbitrary: fc.emailAddress() },
+        { weight: 1, arbitrary: fc.constantFrom(victim.email, victim.email.toUpperCase(), ` ${victim.email} `) }
+      ),
+      name: fc.constantFrom('Fuzz Signup', 'Ünïcödé Nâme', '名前'),
+      password: fc.constantFrom('a long enough password', '            ')
+    }
+    case 'POST /auth/token': return {
+      email: fc.constantFrom(victim.email, attacker.email, recipient.email, attacker.email.toUpperCase()),
+      password: fc.constantFrom(attacker.password, `${victim.password}!`, victim.password.slice(0, -1), '')
+    }
+    case 'GET /users/{id}': return { 'path:id': fc.constantFrom(attacker.id, victim.id, recipient.id, victim.id.toUpperCase(), attacker.id.toUpperCase()) }
+    case 'PATCH /users/{id}': return {
+      'path:id': fc.oneof({ weight: 3, arbitrary: fc.constant(attacker.id) }, { weight: 2, arbitrary: fc.constantFrom(victim.id, recipient.id, victim.id.toUpperCase(), attacker.id.toUpperCase()) }),
+      name: fc.oneof(fc.constantFrom('Fuzz Renamed', ' padded name ', 'Ünïcödé'), fc.string({ minLength: 1, maxLength: 20, unit: 'grapheme' }), trickyText(1, 12)),
+      avatarUrl: fc.oneof(
+        fc.webUrl({ validSchemes: ['https'] }),
+        fc.tuple(fc.webUrl({ validSchemes: ['https'] }), trickyText(1, 6)).map(([url, tail]) => `${url}/${tail}`),
+        fc.constant(null)
+      )
+    }
+    case 'POST /posts': return { userId: fc.constantFrom(attacker.id, recipient.id, recipient.id.toUpperCase()) }
+    case 'POST /transactions': return {
+      ...common,
+      amount: fc.integer({ min: 1, max: 100_000 }),
+      currency,
+      toUserId: fc.constantFrom(recipient.id, attacker.id, recipient.id.toUpperCase(), attacker.id.toUpperCase())
+    }
+    case 'GET /transactions/{id}': return { 'path:id': fc.constantFrom(...world.victimTransactionIds, ...world.attackerTransactionIds) }
+    default: return common
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// What must hold for each response
+
+/** What Zod's z.url() keeps of an avatar URL: trimmed, without tab, CR and LF (the WHATWG URL rules). */
+const normalizedUrl = (value: unknown) => (typeof value === 'string' ? value.trim().replace(/[\t\n\r]/g, '') : value)
+
+function checkResponse (world: World, route: string, request: FuzzRequest, response: LightMyRequestResponse): string | undefined {
+  const { attacker, victim, recipient } = world
+  const status = response.statusCode
+  if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
+  if (response.body.includes('scrypt$')) return 'a password hash in the response'
+  for (const other of [victim, recipient]) {
+    if (response.body.toLowerCase().includes(other.email)) return `${other === victim ? 'the victim' : 'the recipient'}'s email in the response`
+  }
+  if (status >= 300) {
+    // Reads and writes aimed at the victim must fail closed.
+    if (route === 'PATCH /users/{id}' && request.url.toLowerCase().includes(victim.id) && ![400, 403].includes(status)) return `PATCH of the victim gave ${status}`
+    return undefined
+  }
+  const json = response.json() as Record<string, unknown>
+  const body = request.body as Record<string, unknown>
+  switch (route) {
+    case 'GET /users/me': return json.id === attacker.id ? undefined : 'GET /users/me returned someone else'
+    case 'GET /users/{id}': return 'email' in json && json.id !== attacker.id ? 'an email on someone else\'s profile' : undefined
+    case 'PATCH /users/{id}': {
+      if (json.id !== attacker.id) return `PATCH changed ${String(json.id)}`
+      if (typeof body.name === 'string' && json.name !== body.name.trim()) return 'the name did not round-trip'
+      if ('avatarUrl' in body && json.avatarUrl !== normalizedUrl(body.avatarUrl)) return 'the avatarUrl did not round-trip'
+      return undefined
+    }
+    case 'POST /users': {
+      if (json.name !== String(body.name).trim()) return 'the signup name did not round-trip'
+      return json.email === String(body.email).trim().toLowerCase() ? undefined : 'the email did not round-trip'
+    }
+    case 'POST /posts': {
+      const author = json.author as { id: string }
+      if (author.id !== attacker.id) return 'a post authored by someone else'
+      if (json.userId === victim.id) return 'a post landed on the victim\'s feed'
+      return json.body === body.body ? undefined : 'the post body did not round-trip'
+    }
+    case 'GET /feed': return (json.data as { userId: string }[]).every((p) => p.userId === attacker.id) ? undefined : 'someone else\'s post in the feed'
+    case 'POST /transactions':
+    case 'GET /transactions/{id}': {
+      if (json.fromUserId !== attacker.id && json.toUserId !== attacker.id) return 'a transaction that does not touch the caller'
+      if (json.toUserId === victim.id || json.fromUserId === victim.id) return 'a transaction touching the victim'
+      if (route === 'POST /transactions' && response.headers['idempotent-replayed'] === undefined) {
+        for (const field of ['kind', 'amount', 'currency'] as const) if (json[field] !== body[field]) return `${field} did not round-trip`
+        if (json.description !== (body.description ?? null)) return 'the description did not round-trip'
+      }
+      return undefined
+    }
+    case 'GET /transactions': {
+      const page = json.data as { fromUserId: string | null, toUserId: string | null }[]
+      if (world.victimCursors.some((c) => request.url.includes(encodeURIComponent(c)))) return 'the victim\'s cursor was accepted'
+      return page.every((tx) => tx.fromUserId === attacker.id || tx.toUserId === attacker.id) ? undefined : 'someone else\'s transaction in the list'
+    }
+    case 'POST /auth/token': return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
+    default: return undefined
+  }
+}
+
+const describe = (request: FuzzRequest) =>
+  `${request.method} ${request.url.slice(0, 300)} headers=${JSON.stringify(request.headers).slice(0, 200)} body=${String(JSON.stringify(request.body)).slice(0, 400)}`
+
+t.test('every operation of the OpenAPI document, fuzzed from its own schemas', async (t) => {
+  const app = await buildTestApp(t, { PASSWORD_HASH_COST: '1024' })
+  const sql = testSql(t)
+  const world = await setUpWorld(app)
+  const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as OpenApi
+  const operations = Object.entries(doc.paths)
+    .filter(([path]) => !path.startsWith('/health'))
+    .flatMap(([path, methods]) => Object.entries(methods).map(([method, operation]) => ({ route: `${method.toUpperCase()} ${path}`, method, path, operation })))
+  t.ok(operations.length >= 11, `${operations.length} operations to fuzz`)
+  t.comment(`fast-check seed ${SEED}, ${RUNS} runs per operation`)
+
+  const victimBefore = await snapshotUser(sql, world.victim.id)
+  for (const { route, method, path, operation } of operations) {
+    await t.test(route, async (t) => {
+      const statuses: Record<string, number> = {}
+      const isPublic = Array.isArray(operation.security) && operation.security.length === 0
+      const arbitrary = requestArb(method, path, operation, hintsFor(world, route))
+      await fc.assert(fc.asyncProperty(arbitrary, async (request) => {
+        const options: InjectOptions = {
+          method: request.method as InjectOptions['method'],
+          url: request.url,
+          headers: { ...request.headers, ...(isPublic ? {} : { authorization: world.attacker.authorization }), ...(request.hasBody ? { 'content-type': 'application/json' } : {}) },
+          ...(request.hasBody && request.body !== undefined ? { payload: JSON.stringify(request.body) } : {})
+        }
+        let response: LightMyRequestResponse
+        try {
+          response = await app.inject(options)
+        } catch {
+          return true // refused by the HTTP layer before reaching the app (invalid header bytes)
+        }
+        const group = `${Math.floor(response.statusCode / 100)}xx`
+        statuses[group] = (statuses[group] ?? 0) + 1
+        if (response.statusCode >= 500) throw new Error(`${response.statusCode} ${response.body} for ${describe(request)}`)
+        const problem = checkResponse(world, route, request, response)
+        if (problem !== undefined) throw new Error(`${problem}: ${response.statusCode} ${response.body.slice(0, 300)} for ${describe(request)}`)
+        return true
+      }), { numRuns: RUNS, seed: SEED })
+      t.comment(`${route}: ${JSON.stringify(statuses)}`)
+      t.equal(statuses['5xx'] ?? 0, 0, `${route}: no 5xx in ${RUNS} runs`)
+      t.ok((statuses['2xx'] ?? 0) > 0, `${route}: some generated requests were valid and reached the handler`)
+      if ((operation.parameters ?? []).length > 0 || operation.requestBody !== undefined) {
+        t.ok((statuses['4xx'] ?? 0) > 0, `${route}: some generated requests were invalid`)
+      }
+      t.same(await snapshotUser(sql, world.victim.id), victimBefore, `${route}: the victim's profile, money, posts and keys are unchanged`)
+    })
+  }
+})

@@ -1,0 +1,370 @@
+// Issue 9, injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
+// shared payload table. Each payload is refused with a 400 (401 for credentials) or stored as inert text that
+// comes back byte for byte, from the API and from the database; afterwards every table is intact and the row
+// counts of this test's own users are exactly what the accepted requests explain. Never a 5xx.
+import t, { type Test } from 'tap'
+import type { LightMyRequestResponse } from 'fastify'
+import { buildTestApp, createUser, testSql, uniqueEmail } from '../helper.ts'
+import {
+  assertProblem, assertTablesIntact, INJECTION_STRINGS, ResponseRecorder, snapshotUser, TEST_CURRENCY, WRONG_TYPES
+} from './support.ts'
+
+// A fast KDF keeps the many signups of this file quick; the cost does not change what is validated.
+const FAST_HASH = { PASSWORD_HASH_COST: '1024' }
+const PASSWORD = 'correct horse battery staple'
+
+// eslint-disable-next-line no-control-regex -- control characters are what the name rule refuses
+const hasControl = (value: string) => /[\u0000-\u001f\u007f]/.test(value)
+// eslint-disable-next-line no-control-regex -- the description rule keeps tab, LF and CR
+const hasDescriptionControl = (value: string) => /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(value)
+const codePoints = (value: string) => [...value].length
+
+/** What the contract says about each text field, so every payload has one exact expected outcome. */
+const accepts = {
+  name: (v: string) => v.trim() === v && v.length >= 1 && v.length <= 100 && !hasControl(v) && v.isWellFormed(),
+  password: (v: string) => v.length >= 12 && v.length <= 256,
+  postBody: (v: string) => v.length >= 1 && codePoints(v) <= 5000 && !v.includes('\u0000') && v.isWellFormed(),
+  description: (v: string) => v.length <= 500 && !hasDescriptionControl(v) && v.isWellFormed(),
+  idempotencyKey: (v: string) => /^[\x21-\x7e]{1,255}$/.test(v)
+}
+
+const noServerError = (tap: Test, response: LightMyRequestResponse, label: string) =>
+  tap.ok(response.statusCode < 500, `${label}: no 5xx (got ${response.statusCode})`)
+
+t.test('JSON string fields: each payload is a 400 or stored byte for byte; tables and row counts intact', async (t) => {
+  const app = await buildTestApp(t, FAST_HASH)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const caller = await createUser(app, { name: 'Injection Caller' })
+  const bystander = await createUser(app, { name: 'Bystander' })
+  const bystanderBefore = await snapshotUser(sql, bystander.id)
+
+  const funded = await recorder.send(caller, {
+    method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'fund' }, payload: { kind: 'deposit', amount: 1_000_000, currency: TEST_CURRENCY }
+  })
+  t.equal(funded.statusCode, 201)
+  let transactionsWritten = 1
+  let postsWritten = 0
+  const signups: { id: string, email: string }[] = []
+  let keyNumber = 0
+
+  for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
+    // POST /users: name (stored), email (stored lower-cased), password (stored only as a hash).
+    const nameEmail = uniqueEmail('inj-name')
+    const byName = await recorder.send(null, { method: 'POST', url: '/users', payload: { email: nameEmail, name: payload, password: PASSWORD } })
+    if (accepts.name(payload)) {
+      t.equal(byName.statusCode, 201, `signup name "${label}" is stored`)
+      t.equal(byName.json().name, payload, `signup name "${label}" comes back as sent`)
+      const [row] = await sql<{ name: string }[]>`select name from users where email = ${nameEmail}`
+      t.equal(row?.name, payload, `signup name "${label}" is in the database byte for byte`)
+      signups.push({ id: byName.json().id, email: nameEmail })
+    } else {
+      assertProblem(t, byName, 400, `signup name "${label}"`)
+    }
+
+    for (const email of [payload, `${payload}@example.test`]) {
+      const byEmail = await recorder.send(null, { method: 'POST', url: '/users', payload: { email, name: 'Email Probe', password: PASSWORD } })
+      noServerError(t, byEmail, `signup email "${label}"`)
+      if (byEmail.statusCode === 201) {
+        const [row] = await sql<{ email: string }[]>`select email from users where id = ${byEmail.json().id}`
+        t.equal(row?.email, email.toLowerCase(), `signup email "${label}" is stored as sent (lower-cased)`)
+        signups.push({ id: byEmail.json().id, email: email.toLowerCase() })
+      } else {
+        t.ok([400, 409].includes(byEmail.statusCode), `signup email "${label}" is refused (${byEmail.statusCode})`)
+      }
+    }
+
+    const passwordEmail = uniqueEmail('inj-password')
+    const byPassword = await recorder.send(null, { method: 'POST', url: '/users', payload: { email: passwordEmail, name: 'Password Probe', password: payload } })
+    if (accepts.password(payload)) {
+      t.equal(byPassword.statusCode, 201, `signup password "${label}" is accepted`)
+      signups.push({ id: byPassword.json().id, email: passwordEmail })
+      const [row] = await sql<{ password_hash: string }[]>`select password_hash from users where email = ${passwordEmail}`
+      t.match(row?.password_hash, /^scrypt\$/, `password "${label}" is stored only as a hash`)
+      t.notOk(row?.password_hash.includes(payload), `password "${label}" is not in the stored hash`)
+      const login = await recorder.send(null, { method: 'POST', url: '/auth/token', payload: { email: passwordEmail, password: payload } })
+      t.equal(login.statusCode, 200, `password "${label}" logs in exactly as sent`)
+      const truncated = payload.split('\u0000')[0] ?? ''
+      if (truncated !== payload && truncated.length > 0) {
+        const cut = await recorder.send(null, { method: 'POST', url: '/auth/token', payload: { email: passwordEmail, password: truncated } })
+        t.equal(cut.statusCode, 401, `password "${label}" is not truncated at the NUL byte`)
+      }
+    } else {
+      assertProblem(t, byPassword, 400, `signup password "${label}"`)
+    }
+
+    // POST /auth/token: payloads as email or password never log anyone in.
+    for (const credentials of [{ email: payload, password: PASSWORD }, { email: caller.email, password: payload }]) {
+      const login = await recorder.send(null, { method: 'POST', url: '/auth/token', payload: credentials })
+      assertProblem(t, login, [400, 401], `login with "${label}"`)
+    }
+
+    // PATCH /users/:id (own): name and avatarUrl.
+    const patchName = await recorder.send(caller, { method: 'PATCH', url: `/users/${caller.id}`, payload: { name: payload } })
+    if (accepts.name(payload)) {
+      t.equal(patchName.statusCode, 200, `patch name "${label}" is stored`)
+      t.equal(patchName.json().name, payload, `patch name "${label}" comes back as sent`)
+      const [row] = await sql<{ name: string }[]>`select name from users where id = ${caller.id}`
+      t.equal(row?.name, payload, `patch name "${label}" is in the database byte for byte`)
+    } else {
+      assertProblem(t, patchName, 400, `patch name "${label}"`)
+    }
+    for (const avatarUrl of [payload, `https://cdn.example.test/${payload}`]) {
+      const patchAvatar = await recorder.send(caller, { method: 'PATCH', url: `/users/${caller.id}`, payload: { avatarUrl } })
+      if (avatarUrl.includes('\u0000') && avatarUrl.startsWith('https:')) {
+        // A URL parser accepts NUL (it percent-encodes it), but the raw string is stored: PostgreSQL refuses it.
+        t.ok(patchAvatar.statusCode < 500, `avatarUrl "${label}": no 5xx (got ${patchAvatar.statusCode})`)
+        continue
+      }
+      noServerError(t, patchAvatar, `avatarUrl "${label}"`)
+      if (patchAvatar.statusCode === 200) {
+        const [row] = await sql<{ avatar_url: string }[]>`select avatar_url from users where id = ${caller.id}`
+        t.equal(patchAvatar.json().avatarUrl, row?.avatar_url, `avatarUrl "${label}": the API returns what is stored`)
+        t.notOk(hasControl(row?.avatar_url ?? ''), `avatarUrl "${label}": no control character is stored`)
+        // Zod's z.url() trims and drops tab/CR/LF (the WHATWG URL rules); anything else is kept byte for byte.
+        if (!/[\t\n\r]/.test(avatarUrl)) t.equal(row?.avatar_url, avatarUrl, `avatarUrl "${label}" is in the database byte for byte`)
+        t.match(avatarUrl, /^https:\/\//, `only an https URL is accepted as avatar ("${label}")`)
+      } else {
+        assertProblem(t, patchAvatar, 400, `avatarUrl "${label}"`)
+      }
+    }
+
+    // POST /posts: body (stored) and userId (an id).
+    const post = await recorder.send(caller, { method: 'POST', url: '/posts', payload: { body: payload } })
+    if (accepts.postBody(payload)) {
+      t.equal(post.statusCode, 201, `post body "${label}" is stored`)
+      t.equal(post.json().body, payload, `post body "${label}" comes back as sent`)
+      const [row] = await sql<{ body: string }[]>`select body from posts where id = ${post.json().id}`
+      t.equal(row?.body, payload, `post body "${label}" is in the database byte for byte`)
+      postsWritten++
+    } else {
+      assertProblem(t, post, 400, `post body "${label}"`)
+    }
+    const postUser = await recorder.send(caller, { method: 'POST', url: '/posts', payload: { body: 'x', userId: payload } })
+    assertProblem(t, postUser, 400, `post userId "${label}"`)
+
+    // POST /transactions: description (stored); kind, currency, toUserId (enumerations and ids).
+    const key = `inj-${++keyNumber}`
+    const described = await recorder.send(caller, {
+      method: 'POST', url: '/transactions', headers: { 'idempotency-key': key }, payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: payload }
+    })
+    if (accepts.description(payload)) {
+      t.equal(described.statusCode, 201, `description "${label}" is stored`)
+      t.equal(described.json().description, payload, `description "${label}" comes back as sent`)
+      const [row] = await sql<{ description: string }[]>`select description from transactions where id = ${described.json().id}`
+      t.equal(row?.description, payload, `description "${label}" is in the database byte for byte`)
+      transactionsWritten++
+    } else {
+      assertProblem(t, described, 400, `description "${label}"`)
+    }
+    for (const field of ['kind', 'currency', 'toUserId'] as const) {
+      const body = { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: bystander.id, [field]: payload }
+      const response = await recorder.send(caller, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: body })
+      assertProblem(t, response, 400, `transaction ${field} "${label}"`)
+    }
+  }
+
+  // Wrong JSON types where a string is expected, and numbers sent as strings: always a 400, nothing written.
+  const stringFields: { label: string, url: string, method: 'POST' | 'PATCH', base: Record<string, unknown>, field: string, headers?: Record<string, string> }[] = [
+    { label: 'signup email', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'email' },
+    { label: 'signup name', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'name' },
+    { label: 'signup password', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'password' },
+    { label: 'login email', method: 'POST', url: '/auth/token', base: { email: caller.email, password: PASSWORD }, field: 'email' },
+    { label: 'login password', method: 'POST', url: '/auth/token', base: { email: caller.email, password: PASSWORD }, field: 'password' },
+    { label: 'patch name', method: 'PATCH', url: `/users/${caller.id}`, base: { name: 'n' }, field: 'name' },
+    { label: 'patch avatarUrl', method: 'PATCH', url: `/users/${caller.id}`, base: { avatarUrl: 'https://cdn.example.test/a.png' }, field: 'avatarUrl' },
+    { label: 'post body', method: 'POST', url: '/posts', base: { body: 'x' }, field: 'body' },
+    { label: 'post userId', method: 'POST', url: '/posts', base: { body: 'x', userId: caller.id }, field: 'userId' },
+    ...(['kind', 'currency', 'description', 'toUserId', 'amount'] as const).map((field) => ({
+      label: `transaction ${field}`, method: 'POST' as const, url: '/transactions', base: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: bystander.id }, field
+    }))
+  ]
+  for (const target of stringFields) {
+    for (const [typeLabel, value] of Object.entries(WRONG_TYPES)) {
+      // avatarUrl: null is the documented way to clear the avatar.
+      if (target.field === 'avatarUrl' && value === null) continue
+      // A number is the right type for amount (a valid transfer); wrong types there are the other values.
+      if (target.field === 'amount' && typeof value === 'number') continue
+      const headers = target.url === '/transactions' ? { 'idempotency-key': `type-${++keyNumber}` } : {}
+      const response = await recorder.send(target.url === '/users' || target.url === '/auth/token' ? null : caller, {
+        method: target.method, url: target.url, headers, payload: { ...target.base, [target.field]: value }
+      })
+      assertProblem(t, response, 400, `${target.label} as ${typeLabel}`)
+    }
+  }
+  for (const amount of ['100', '1e2', '0x10', ' 100', '100.0', '', '9007199254740993']) {
+    const response = await recorder.send(caller, {
+      method: 'POST', url: '/transactions', headers: { 'idempotency-key': `amount-${++keyNumber}` }, payload: { kind: 'deposit', amount, currency: TEST_CURRENCY }
+    })
+    assertProblem(t, response, 400, `amount as the string "${amount}"`)
+  }
+
+  // Afterwards: every table exists; this test's users have exactly the rows the accepted requests explain.
+  await assertTablesIntact(t, sql)
+  const [{ count: callerTransactions } = { count: -1 }] = await sql<{ count: number }[]>`
+    select count(*)::int as count from transactions where from_user_id = ${caller.id} or to_user_id = ${caller.id}`
+  t.equal(callerTransactions, transactionsWritten, 'the caller has exactly the transactions that got a 201')
+  const [{ count: callerPosts } = { count: -1 }] = await sql<{ count: number }[]>`
+    select count(*)::int as count from posts where author_id = ${caller.id}`
+  t.equal(callerPosts, postsWritten, 'the caller has exactly the posts that got a 201')
+  const [{ balance } = { balance: '' }] = await sql<{ balance: string }[]>`
+    select balance::text from balances where user_id = ${caller.id} and currency = ${TEST_CURRENCY}`
+  t.equal(balance, String(1_000_000 + transactionsWritten - 1), 'the balance is the sum of the accepted deposits')
+  const ids = signups.map((s) => s.id)
+  const rows = await sql<{ id: string, email: string }[]>`select id, email from users where id = any(${ids}::uuid[]) order by email`
+  t.same(rows.map((r) => r.email).sort(), signups.map((s) => s.email).sort(), 'exactly the accepted signups exist')
+  const [{ count: refusedSignups } = { count: -1 }] = await sql<{ count: number }[]>`
+    select count(*)::int as count from users where email like 'inj-type-%'`
+  t.equal(refusedSignups, 0, 'no wrongly typed signup created a user')
+  t.same(await snapshotUser(sql, bystander.id), bystanderBefore, 'the bystander is untouched')
+  recorder.assertNoLeaks(t, [caller, bystander])
+})
+
+t.test('query parameters: payloads in limit, cursor and unknown names are 400; ignored elsewhere', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const caller = await createUser(app)
+  for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
+    const value = encodeURIComponent(payload)
+    for (const list of ['/transactions', '/feed']) {
+      for (const name of ['limit', 'cursor']) {
+        assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?${name}=${value}` }), 400, `${list} ${name}="${label}"`)
+      }
+      assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?${value}=1` }), 400, `${list} unknown parameter "${label}"`)
+      assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?limit=1&limit=${value}` }), 400, `${list} repeated limit "${label}"`)
+    }
+    // Routes without a query schema ignore parameters: they never select another user's data through them.
+    const balances = await recorder.send(caller, { method: 'GET', url: `/balances?userId=${value}&user_id=${value}` })
+    t.equal(balances.statusCode, 200, `/balances ignores userId="${label}"`)
+    t.same(balances.json(), { data: [] }, `/balances with "${label}" is still the caller's (empty) balances`)
+    const me = await recorder.send(caller, { method: 'GET', url: `/users/me?id=${value}` })
+    t.equal(me.json().id, caller.id, `/users/me with id="${label}" is still the caller`)
+  }
+  await assertTablesIntact(t, sql)
+  recorder.assertNoLeaks(t, [caller])
+})
+
+t.test('path parameters: payloads in :id are refused, never a 5xx and never a match', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const caller = await createUser(app)
+  const before = await snapshotUser(sql, caller.id)
+  const urls = ['/users/', '/transactions/']
+  for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
+    for (const prefix of urls) {
+      const url = prefix + encodeURIComponent(payload)
+      const response = await recorder.send(caller, { method: 'GET', url })
+      noServerError(t, response, `GET ${prefix}:id "${label}"`)
+      // 400 from the schema; 404 for a well-formed id that does not exist; 414 past maxParamLength (200).
+      t.ok([400, 404, 414].includes(response.statusCode), `GET ${prefix}:id "${label}" is refused (${response.statusCode})`)
+    }
+    const patch = await recorder.send(caller, { method: 'PATCH', url: `/users/${encodeURIComponent(payload)}`, payload: { name: 'Changed' } })
+    t.ok([400, 404, 414].includes(patch.statusCode), `PATCH /users/:id "${label}" is refused (${patch.statusCode})`)
+  }
+  // SQL-looking text that is a valid id shape is still just an id.
+  assertProblem(t, await recorder.send(caller, { method: 'GET', url: '/transactions/1%20OR%201=1' }), 400, 'transaction id with OR')
+  assertProblem(t, await recorder.send(caller, { method: 'GET', url: '/users/00000000-0000-0000-0000-000000000000%27%20OR%20%271%27=%271' }), 400, 'user id with OR')
+  t.same(await snapshotUser(sql, caller.id), before, 'no PATCH through a crafted id changed the caller')
+  await assertTablesIntact(t, sql)
+})
+
+t.test('headers: payloads in Authorization, Idempotency-Key, X-Request-Id, Content-Type and trace headers', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const recorder = new ResponseRecorder(app)
+  const caller = await createUser(app)
+  let created = 0
+  let number = 0
+  /** Values a real HTTP parser would refuse (CR, LF, NUL) may be refused by inject itself; both are fine. */
+  const sendHeader = async (options: Parameters<ResponseRecorder['send']>[1], label: string) => {
+    try {
+      return await recorder.send(caller, options)
+    } catch (error) {
+      t.comment(`${label}: refused before reaching the app (${(error as Error).message})`)
+      return undefined
+    }
+  }
+
+  for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
+    for (const authorization of [payload, `Bearer ${payload}`, `Bearer ${payload}.${payload}.${payload}`]) {
+      const response = await sendHeader({ method: 'GET', url: '/balances', headers: { authorization } }, `authorization "${label}"`)
+      if (response !== undefined) assertProblem(t, response, 401, `authorization "${label}"`)
+    }
+
+    const key = `${payload}`
+    const deposit = await sendHeader({
+      method: 'POST', url: '/transactions', headers: { 'idempotency-key': key }, payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: `key ${++number}` }
+    }, `idempotency-key "${label}"`)
+    if (deposit !== undefined) {
+      if (accepts.idempotencyKey(payload)) {
+        t.equal(deposit.statusCode, 201, `idempotency-key "${label}" is accepted`)
+        const [row] = await sql<{ key: string }[]>`select key from idempotency_keys where user_id = ${caller.id} and transaction_id = ${deposit.json().id}`
+        t.equal(row?.key, payload, `idempotency-key "${label}" is stored byte for byte`)
+        created++
+      } else {
+        assertProblem(t, deposit, 400, `idempotency-key "${label}"`)
+      }
+    }
+
+    const traced = await sendHeader({ method: 'GET', url: '/balances', headers: { 'x-request-id': payload } }, `x-request-id "${label}"`)
+    if (traced !== undefined) {
+      t.equal(traced.statusCode, 200, `x-request-id "${label}" does not break the request`)
+      const echoed = String(traced.headers['x-request-id'])
+      if (/^[A-Za-z0-9._:-]{1,128}$/.test(payload)) t.equal(echoed, payload, `safe x-request-id "${label}" is echoed`)
+      else t.match(echoed, /^[0-9a-f-]{36}$/, `unsafe x-request-id "${label}" is replaced by a generated id`)
+    }
+
+    const typed = await sendHeader({ method: 'POST', url: '/posts', headers: { 'content-type': payload }, payload: JSON.stringify({ body: 'typed' }) }, `content-type "${label}"`)
+    if (typed !== undefined) assertProblem(t, typed, [400, 415], `content-type "${label}"`)
+    const charset = await sendHeader({ method: 'POST', url: '/posts', headers: { 'content-type': `application/json; charset=${payload}` }, payload: JSON.stringify({ body: 'charset' }) }, `charset "${label}"`)
+    if (charset !== undefined) {
+      noServerError(t, charset, `content-type charset "${label}"`)
+      if (charset.statusCode === 201) t.equal(charset.json().body, 'charset', `charset "${label}" does not alter the body`)
+    }
+
+    const headers = { traceparent: payload, tracestate: payload, baggage: payload, 'x-forwarded-for': payload, accept: payload, 'accept-language': payload }
+    const other = await sendHeader({ method: 'GET', url: '/balances', headers }, `trace and proxy headers "${label}"`)
+    if (other !== undefined) t.equal(other.statusCode, 200, `trace/proxy/accept headers "${label}" are ignored safely`)
+  }
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from transactions where to_user_id = ${caller.id}`
+  t.equal(count, created, 'exactly the accepted idempotency keys wrote a transaction')
+  await assertTablesIntact(t, sql)
+  recorder.assertNoLeaks(t, [caller])
+})
+
+t.test('text that cannot be stored byte for byte is refused, not silently altered', async (t) => {
+  // Unpaired UTF-16 surrogates are valid in JSON text ("\ud800") but cannot be encoded as UTF-8: the driver
+  // replaces them with U+FFFD. Post bodies refuse them (routes/feed/schemas.ts); names and descriptions do not.
+  const app = await buildTestApp(t, FAST_HASH)
+  const sql = testSql(t)
+  const caller = await createUser(app)
+  const lone = 'a\ud800b'
+  const send = (method: 'POST' | 'PATCH', url: string, body: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    app.inject({ method, url, headers: { authorization: caller.authorization, 'content-type': 'application/json', ...headers }, payload: JSON.stringify(body) })
+
+  const post = await send('POST', '/posts', { body: lone })
+  assertProblem(t, post, 400, 'post body with an unpaired surrogate (the reference behaviour)')
+
+  const patch = await send('PATCH', `/users/${caller.id}`, { name: lone })
+  const [user] = await sql<{ name: string }[]>`select name from users where id = ${caller.id}`
+  t.ok(patch.statusCode === 400 || (patch.statusCode === 200 && user?.name === lone),
+    `a name with an unpaired surrogate is refused or kept exactly (got ${patch.statusCode}, stored ${JSON.stringify(user?.name)})`)
+
+  const signup = await app.inject({ method: 'POST', url: '/users', payload: JSON.stringify({ email: uniqueEmail('inj-lone'), name: lone, password: PASSWORD }), headers: { 'content-type': 'application/json' } })
+  t.ok(signup.statusCode === 400 || (signup.statusCode === 201 && signup.json().name === lone),
+    `a signup name with an unpaired surrogate is refused or kept exactly (got ${signup.statusCode} ${JSON.stringify(signup.json().name)})`)
+
+  const deposit = await send('POST', '/transactions', { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: lone }, { 'idempotency-key': 'lone-1' })
+  const stored = deposit.statusCode === 201
+    ? (await sql<{ description: string }[]>`select description from transactions where id = ${deposit.json().id}`)[0]?.description
+    : undefined
+  t.ok(deposit.statusCode === 400 || stored === lone,
+    `a description with an unpaired surrogate is refused or kept exactly (got ${deposit.statusCode}, stored ${JSON.stringify(stored)})`)
+  if (deposit.statusCode === 201) {
+    // The idempotency fingerprint hashes the string as sent; the stored row holds U+FFFD instead.
+    const replay = await send('POST', '/transactions', { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: 'a\ufffdb' }, { 'idempotency-key': 'lone-1' })
+    t.comment(`retrying with the description the API returned gives ${replay.statusCode} (422 = the stored text no longer matches its own key)`)
+  }
+})
