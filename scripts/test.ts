@@ -16,13 +16,10 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DATABASE) || !/^\d{1,2}$/.test(TEST_RED
 }
 const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'test' }
 
+let adminUrl: string | undefined
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   const stack = localStackUp()
-  // The test database is recreated on every run so no run depends on what an earlier one left behind.
-  const admin = postgres(stack.DATABASE_DIRECT_URL, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`drop database if exists ${TEST_DATABASE} with (force)`)
-  await admin.unsafe(`create database ${TEST_DATABASE}`)
-  await admin.end()
+  adminUrl = stack.DATABASE_DIRECT_URL
   env.DATABASE_URL = withDatabase(stack.DATABASE_URL, TEST_DATABASE)
   env.DATABASE_DIRECT_URL = withDatabase(stack.DATABASE_DIRECT_URL, TEST_DATABASE)
   const redisUrl = new URL(stack.REDIS_URL)
@@ -32,14 +29,28 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   env.LEDGER_LOCAL_STACK = '1'
 }
 
-await migrate(env.DATABASE_DIRECT_URL || env.DATABASE_URL || '')
-const redis = new Redis(env.REDIS_URL ?? '')
-await redis.flushdb()
-redis.disconnect()
+/**
+ * A fresh, migrated test database and an empty Redis database, so no phase depends on what an earlier run or
+ * phase left behind (the fault phase's whole-ledger checks must not scan the main phase's 2M-row test data).
+ */
+async function freshState () {
+  if (adminUrl !== undefined) {
+    const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    await admin.unsafe(`drop database if exists ${TEST_DATABASE} with (force)`)
+    await admin.unsafe(`create database ${TEST_DATABASE}`)
+    await admin.end()
+  }
+  await migrate(env.DATABASE_DIRECT_URL || env.DATABASE_URL || '')
+  const redis = new Redis(env.REDIS_URL ?? '')
+  await redis.flushdb()
+  redis.disconnect()
+}
 
 const args = process.argv.slice(2)
+await freshState()
 const main = spawnSync('tap', args, { stdio: 'inherit', env })
 if (main.status !== 0 || args.length > 0) process.exit(main.status ?? 1)
 // Fault tests stop and restart shared processes, so they run after the main suite, one file at a time.
+await freshState()
 const faults = spawnSync('tap', ['--jobs=1', '--exclude=', '--include=test/faults/**/*.test.ts'], { stdio: 'inherit', env })
 process.exit(faults.status ?? 1)

@@ -1,0 +1,771 @@
+// Shared machinery of the fault tests (test/faults/*.test.ts): controlling the real processes of the local
+// stack, a bounded load generator that records what every client saw, and the ledger checks run after a fault.
+// Every target is on 127.0.0.1; every loop is bounded in count and time.
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import type postgres from 'postgres'
+import type { App } from '../../app.ts'
+import type { TestUser } from '../helper.ts'
+
+export { sleep }
+
+/**
+ * Resolves with `undefined` after `ms`, without keeping the process alive: for racing a bounded wait against
+ * an event, so that a won race leaves no timer that tap would sit out at the end of the file.
+ */
+export const deadline = (ms: number): Promise<undefined> => sleep(ms, undefined, { ref: false })
+
+export type Service = 'postgres' | 'pgbouncer' | 'redis'
+
+const stackScript = fileURLToPath(new URL('../../scripts/stack.sh', import.meta.url))
+
+const execFileAsync = promisify(execFile)
+
+// If the test process dies between a stop and its start (a crash, tap ending a failed test early), the service
+// is started again on the way out, so the next file and the next run find the stack up.
+const stoppedByUs = new Set<Service>()
+process.on('exit', () => {
+  for (const service of stoppedByUs) {
+    try { execFileSync('bash', [stackScript, 'start', service], { stdio: 'ignore', timeout: 60_000 }) } catch {}
+  }
+})
+
+/**
+ * Runs scripts/stack.sh start|stop|restart SERVICE and resolves with how long it took (ms). The script inherits
+ * LEDGER_STACK_DIR / STACK_*_PORT, so it acts on the stack scripts/test.ts brought up for this run. Unlike
+ * helper.ts's stackService() it does not block the event loop, so load keeps flowing (and the under-pressure
+ * plugin does not shed requests because of the test itself) while a service stops or starts.
+ */
+export async function stackControl (action: 'start' | 'stop' | 'restart', service: Service): Promise<number> {
+  const started = performance.now()
+  if (action !== 'start') stoppedByUs.add(service)
+  try {
+    await execFileAsync('bash', [stackScript, action, service], { timeout: 90_000 })
+    if (action !== 'stop') stoppedByUs.delete(service)
+  } catch (error) {
+    const stderr = (error as { stderr?: string }).stderr ?? ''
+    throw new Error(`stack.sh ${action} ${service} failed: ${stderr.trim().split('\n').slice(-5).join(' | ')}`, { cause: error })
+  }
+  return Math.round(performance.now() - started)
+}
+
+let stackDirCache: string | undefined
+
+/** The stack folder of the running stack, as `stack.sh env` reports it. */
+export function stackDir (): string {
+  if (stackDirCache !== undefined) return stackDirCache
+  const out = execFileSync('bash', [stackScript, 'env'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+  const line = out.split('\n').find((l) => l.startsWith('STACK_DIR='))
+  if (line === undefined) throw new Error('stack.sh env did not print STACK_DIR')
+  stackDirCache = line.slice('STACK_DIR='.length).replace(/^'|'$/g, '')
+  return stackDirCache
+}
+
+/** The pid of a running stack service, from its pid file. */
+export function servicePid (service: Service): number {
+  const file = service === 'postgres'
+    ? join(stackDir(), 'pg', 'data', 'postmaster.pid')
+    : join(stackDir(), 'run', `${service}.pid`)
+  const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
+  if (!Number.isInteger(pid) || pid <= 1) throw new Error(`no valid pid in ${file}`)
+  return pid
+}
+
+// A test that dies while Redis is SIGSTOPped must not leave it frozen for the next file or the next engineer.
+const frozen = new Set<number>()
+process.on('exit', () => {
+  for (const pid of frozen) {
+    try { process.kill(pid, 'SIGCONT') } catch {}
+  }
+})
+
+/** SIGSTOP a service: it keeps its sockets open but answers nothing. Always pair with thaw() in a finally. */
+export function freeze (service: Service): number {
+  const pid = servicePid(service)
+  frozen.add(pid)
+  process.kill(pid, 'SIGSTOP')
+  return pid
+}
+
+export function thaw (pid: number) {
+  try { process.kill(pid, 'SIGCONT') } finally { frozen.delete(pid) }
+}
+
+/** A TCP port that was free on 127.0.0.1 a moment ago. */
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')))
+    })
+  })
+}
+
+/** Polls `probe` until it returns true; resolves with the elapsed ms, or -1 once `timeoutMs` has passed. */
+export async function waitFor (probe: () => Promise<boolean>, timeoutMs: number, intervalMs = 100): Promise<number> {
+  const started = performance.now()
+  while (performance.now() - started < timeoutMs) {
+    try {
+      if (await probe()) return Math.round(performance.now() - started)
+    } catch {}
+    await sleep(intervalMs)
+  }
+  return -1
+}
+
+/**
+ * Waits (bounded) until the app's readiness probe passes: a test starts from a healthy stack even when an earlier
+ * file's outage is still clearing (PgBouncer refuses logins for a moment after PostgreSQL comes back).
+ */
+export async function untilReady (app: App, timeoutMs = 15_000): Promise<number> {
+  const ms = await waitFor(async () => (await app.inject({ method: 'GET', url: '/health/ready' })).statusCode === 200, timeoutMs, 200)
+  if (ms < 0) throw new Error(`the stack was not ready within ${timeoutMs} ms`)
+  return ms
+}
+
+const projectRoot = fileURLToPath(new URL('../../', import.meta.url))
+
+export interface ServerProcess {
+  child: ChildProcess
+  baseUrl: string
+  /** Resolves when the process exits. */
+  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  running: () => boolean
+  /** What the process wrote (stdout and stderr; the first and last 20 kB), for failure messages. */
+  output: () => string
+  /** SIGKILLs the process if it still runs; for teardown. */
+  kill: () => Promise<void>
+  /** How long it took from spawn to a first answer on /health/live. */
+  startupMs: number
+}
+
+/**
+ * Starts the real server (server.ts, as in production: close-with-grace, telemetry) on a free port of 127.0.0.1
+ * with the test database and Redis from process.env, and waits (bounded) until /health/live answers.
+ */
+export async function startServer (env: Record<string, string> = {}): Promise<ServerProcess> {
+  const port = await freePort()
+  const spawnedAt = performance.now()
+  const child = spawn(process.execPath, ['server.ts'], {
+    cwd: projectRoot,
+    env: {
+      ...process.env,
+      HOST: '127.0.0.1',
+      PORT: String(port),
+      LOG_LEVEL: 'warn',
+      RATE_LIMIT_STANDARD_CAPACITY: '100000',
+      RATE_LIMIT_PRO_CAPACITY: '100000',
+      RATE_LIMIT_PUBLIC_CAPACITY: '100000',
+      // As in helper.ts's testConfig(): a busy machine must not turn the fault under test into load shedding.
+      PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
+      ...env
+    },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  // The first and the last 20 kB: the first error line and how the process ended both survive a noisy log.
+  let head = ''
+  let tail = ''
+  const keep = (chunk: Buffer) => {
+    const text = chunk.toString()
+    if (head.length < 20_000) head += text.slice(0, 20_000 - head.length)
+    tail = (tail + text).slice(-20_000)
+  }
+  child.stdout?.on('data', keep)
+  child.stderr?.on('data', keep)
+  let done = false
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => { done = true; resolve({ code, signal }) })
+  })
+  const server: ServerProcess = {
+    child,
+    baseUrl: `http://127.0.0.1:${port}`,
+    exited,
+    running: () => !done,
+    output: () => head.length < 20_000 ? head : `${head}\n[...]\n${tail}`,
+    kill: async () => {
+      if (!done) child.kill('SIGKILL')
+      await exited
+    },
+    startupMs: -1
+  }
+  const ms = await waitFor(async () => {
+    if (done) return true // stop waiting; reported below
+    return (await fetch(`${server.baseUrl}/health/live`, { signal: AbortSignal.timeout(1000) })).status === 200
+  }, 20_000, 100)
+  if (ms < 0 || done) {
+    await server.kill()
+    throw new Error(`server.ts did not come up on port ${port}:\n${server.output()}`)
+  }
+  server.startupMs = Math.round(performance.now() - spawnedAt)
+  return server
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Clients: one request shape for app.inject and for fetch against a real server
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface Request {
+  method: 'GET' | 'POST' | 'PATCH'
+  url: string
+  authorization?: string
+  idempotencyKey?: string
+  body?: unknown
+}
+
+export interface Response {
+  /** 0 when no HTTP response arrived (connection refused or reset, client timeout). */
+  status: number
+  headers: Record<string, string | undefined>
+  body: unknown
+  error?: string
+  ms: number
+}
+
+export type Send = (request: Request) => Promise<Response>
+
+const headersOf = (request: Request): Record<string, string> => ({
+  ...(request.authorization !== undefined ? { authorization: request.authorization } : {}),
+  ...(request.idempotencyKey !== undefined ? { 'idempotency-key': request.idempotencyKey } : {}),
+  ...(request.body !== undefined ? { 'content-type': 'application/json' } : {})
+})
+
+/** Requests through app.inject: the whole Fastify stack, without sockets. */
+export const injectSender = (app: App): Send => async (request) => {
+  const started = performance.now()
+  const response = await app.inject({
+    method: request.method,
+    url: request.url,
+    headers: headersOf(request),
+    ...(request.body !== undefined ? { payload: JSON.stringify(request.body) } : {})
+  })
+  let body: unknown
+  try { body = response.json() } catch { body = response.body }
+  const headers: Record<string, string | undefined> = {}
+  for (const [name, value] of Object.entries(response.headers)) headers[name] = value === undefined ? undefined : String(value)
+  return { status: response.statusCode, headers, body, ms: performance.now() - started }
+}
+
+/** Requests over HTTP to a real server on 127.0.0.1, each bounded by `timeoutMs`. */
+export const fetchSender = (baseUrl: string, timeoutMs = 15_000): Send => async (request) => {
+  const started = performance.now()
+  try {
+    const response = await fetch(new URL(request.url, baseUrl), {
+      method: request.method,
+      headers: headersOf(request),
+      body: request.body !== undefined ? JSON.stringify(request.body) : undefined,
+      signal: AbortSignal.timeout(timeoutMs)
+    })
+    const text = await response.text()
+    let body: unknown
+    try { body = JSON.parse(text) } catch { body = text }
+    return { status: response.status, headers: Object.fromEntries(response.headers), body, ms: performance.now() - started }
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string } }).cause
+    return { status: 0, headers: {}, body: undefined, error: cause?.code ?? (error as Error).name, ms: performance.now() - started }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Money requests with their client-side record, and a bounded mixed load
+// ---------------------------------------------------------------------------------------------------------------
+
+export type Kind = 'deposit' | 'withdrawal' | 'transfer'
+
+/** One Idempotency-Key as the client saw it: every attempt's status, and the transaction id it was given. */
+export interface PostRecord {
+  userId: string
+  key: string
+  kind: Kind
+  amount: number
+  toUserId?: string
+  statuses: number[]
+  /** The transaction id from the first 201. */
+  id?: string
+  /** A later attempt with the same key answered 201 with a different id (a second transaction). */
+  conflictingId?: string
+  /** Some 201 for this key carried Idempotent-Replayed. */
+  replayed: boolean
+  /** The first 201 this key ever got was a replay: an earlier attempt had committed but its client saw an error. */
+  committedDespiteError: boolean
+}
+
+export interface Sample {
+  phase: string
+  route: string
+  status: number
+  ms: number
+  /** performance.now() when the answer (or the error) arrived. */
+  endedAt: number
+  error?: string
+  /** For a 503: whether it carried Retry-After. */
+  retryAfter?: boolean
+  /** For an error status: whether the body was application/problem+json, as the contract requires. */
+  problem?: boolean
+}
+
+export const CURRENCY = 'USD'
+
+/** Sends ledger writes and reads for a fixed set of users and records what each client saw. */
+export class LedgerClient {
+  readonly posts = new Map<string, PostRecord>()
+  readonly samples: Sample[] = []
+  phase = 'before'
+  private readonly send: Send
+  readonly users: TestUser[]
+
+  constructor (send: Send, users: TestUser[]) {
+    this.send = send
+    this.users = users
+  }
+
+  async request (route: string, request: Request): Promise<Response> {
+    const phase = this.phase
+    const response = await this.send(request)
+    this.samples.push({
+      phase,
+      route,
+      status: response.status,
+      ms: response.ms,
+      endedAt: performance.now(),
+      ...(response.error !== undefined ? { error: response.error } : {}),
+      ...(response.status === 503 ? { retryAfter: response.headers['retry-after'] !== undefined } : {}),
+      ...(response.status >= 400 ? { problem: /^application\/problem\+json/.test(response.headers['content-type'] ?? '') } : {})
+    })
+    return response
+  }
+
+  /** Sends (or resends) the POST for a record, keeping its key and body. */
+  async attempt (record: PostRecord): Promise<Response> {
+    const user = this.users.find((u) => u.id === record.userId)
+    if (user === undefined) throw new Error('unknown user')
+    const body = { kind: record.kind, amount: record.amount, currency: CURRENCY, ...(record.toUserId !== undefined ? { toUserId: record.toUserId } : {}) }
+    const response = await this.request('POST /transactions', {
+      method: 'POST', url: '/transactions', authorization: user.authorization, idempotencyKey: record.key, body
+    })
+    record.statuses.push(response.status)
+    if (response.status === 201) {
+      const id = (response.body as { id?: unknown }).id
+      const replayed = response.headers['idempotent-replayed'] === 'true'
+      if (typeof id === 'string') {
+        if (record.id === undefined) {
+          record.id = id
+          record.committedDespiteError = replayed
+        } else if (record.id !== id) record.conflictingId = id
+      }
+      if (replayed) record.replayed = true
+    }
+    return response
+  }
+
+  async post (user: TestUser, kind: Kind, amount: number, toUserId?: string): Promise<Response> {
+    const record: PostRecord = { userId: user.id, key: `fault-${randomUUID()}`, kind, amount, statuses: [], replayed: false, committedDespiteError: false }
+    if (toUserId !== undefined) record.toUserId = toUserId
+    this.posts.set(record.key, record)
+    return await this.attempt(record)
+  }
+
+  /** One step of a mixed workload: writes of every kind and the main reads, in a fixed rotation. */
+  async step (i: number): Promise<Response> {
+    const n = this.users.length
+    const user = this.users[i % n] as TestUser
+    const other = this.users[(i + 1) % n] as TestUser
+    const amount = 1 + ((i * 7919) % 5000)
+    switch (i % 8) {
+      case 0: case 4: return await this.post(user, 'deposit', amount + 1000)
+      case 1: return await this.request('GET /balances', { method: 'GET', url: '/balances', authorization: user.authorization })
+      case 2: return await this.post(user, 'withdrawal', 1 + (amount % 300))
+      case 3: return await this.request('GET /users/:id', { method: 'GET', url: `/users/${other.id}`, authorization: user.authorization })
+      case 5: return await this.request('GET /transactions', { method: 'GET', url: '/transactions?limit=5', authorization: user.authorization })
+      case 6: return await this.post(user, 'transfer', 1 + (amount % 200), other.id)
+      default: return await this.request('GET /feed', { method: 'GET', url: '/feed', authorization: user.authorization })
+    }
+  }
+
+  /**
+   * Runs `workers` concurrent loops of step() until stop() is called, `maxRequests` were sent, `maxMs` passed or
+   * `while` returns false, whichever comes first. `gapMs` between a worker's requests keeps the rate bounded even when every answer
+   * is an instant 503.
+   */
+  startLoad (options: { workers: number, maxRequests: number, maxMs: number, gapMs: number, while?: () => boolean }): { stop: () => Promise<void> } {
+    const state = { stopped: false, sent: 0 }
+    const endAt = performance.now() + options.maxMs
+    const more = options.while ?? (() => true)
+    const worker = async () => {
+      while (!state.stopped && state.sent < options.maxRequests && performance.now() < endAt && more()) {
+        await this.step(state.sent++)
+        await sleep(options.gapMs)
+      }
+    }
+    const running = Promise.all(Array.from({ length: options.workers }, worker))
+    return { stop: async () => { state.stopped = true; await running } }
+  }
+
+  /**
+   * Resends, with the same key and body, every POST that has no final answer yet (no 201, 422 or 404), until it
+   * gets one; bounded by `attempts` per key. Returns how many keys were retried.
+   */
+  async retryUnanswered (attempts = 20, delayMs = 250): Promise<number> {
+    const pending = [...this.posts.values()].filter((record) => !record.statuses.some(isFinal))
+    for (const record of pending) {
+      for (let attempt = 0; attempt < attempts; attempt++) {
+        const response = await this.attempt(record)
+        if (isFinal(response.status)) break
+        await sleep(delayMs)
+      }
+    }
+    return pending.length
+  }
+
+  /** Status counts, overall and per phase, and latency figures, for the README. */
+  figures () {
+    const byPhase: Record<string, { requests: number, statuses: Record<string, number>, maxMs: number }> = {}
+    for (const sample of this.samples) {
+      const phase = byPhase[sample.phase] ??= { requests: 0, statuses: {}, maxMs: 0 }
+      phase.requests++
+      const label = sample.status === 0 ? `network:${sample.error ?? 'error'}` : String(sample.status)
+      phase.statuses[label] = (phase.statuses[label] ?? 0) + 1
+      phase.maxMs = Math.max(phase.maxMs, Math.round(sample.ms))
+    }
+    const posts = [...this.posts.values()]
+    return {
+      requests: this.samples.length,
+      maxLatencyMs: Math.round(Math.max(0, ...this.samples.map((s) => s.ms))),
+      phases: byPhase,
+      writes: posts.length,
+      writesApplied: posts.filter((p) => p.id !== undefined).length,
+      writesRetried: posts.filter((p) => p.statuses.length > 1).length,
+      // The first answer was an error but the write had committed; the retry got the original back.
+      writesCommittedDespiteError: posts.filter((p) => p.committedDespiteError).length
+    }
+  }
+}
+
+const isFinal = (status: number) => status === 201 || status === 422 || status === 404
+
+// ---------------------------------------------------------------------------------------------------------------
+// Ledger checks
+// ---------------------------------------------------------------------------------------------------------------
+
+type Sql = postgres.Sql
+
+export interface LedgerCheck {
+  users: number
+  transactions: number
+  idempotencyKeys: number
+  /** Keys of these users pointing to the same transaction (each key must own its own). */
+  sharedTransactions: number
+  /** Transactions initiated by these users that no idempotency key points to. */
+  transactionsWithoutKey: number
+  /** Transactions whose entries do not match their kind and amount (missing, extra, wrong sign or size). */
+  badEntries: number
+  /** (user, currency) pairs where balance, sum of entries and sum of transactions disagree. */
+  balanceMismatches: Array<{ userId: string, currency: string, balance: string, entries: string, transactions: string }>
+  /** Per currency, for these users together: sum of balances and deposits minus withdrawals (transfers stay inside). */
+  totals: Record<string, { balances: string, depositsMinusWithdrawals: string, transfersAcross: string }>
+}
+
+/**
+ * The double-entry invariants for a set of users, straight from PostgreSQL: every balance equals the sum of that
+ * user's entries and of the transactions that touch them; together the balances equal deposits minus
+ * withdrawals; one idempotency key per transaction and one transaction per key.
+ */
+export async function checkLedger (sql: Sql, userIds: string[]): Promise<LedgerCheck> {
+  const [counts] = await sql<Array<{ transactions: string, keys: string, distinct_tx: string, without_key: string }>>`
+    select
+      (select count(*) from transactions t where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])) as transactions,
+      (select count(*) from idempotency_keys k where k.user_id = any(${userIds}::uuid[])) as keys,
+      (select count(distinct k.transaction_id) from idempotency_keys k where k.user_id = any(${userIds}::uuid[])) as distinct_tx,
+      (select count(*) from transactions t
+        where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])
+          and not exists (select 1 from idempotency_keys k
+                           where k.transaction_id = t.id and k.user_id = coalesce(t.from_user_id, t.to_user_id))) as without_key`
+  const [entries] = await sql<Array<{ bad: string }>>`
+    select count(*) as bad from transactions t
+     where (t.from_user_id = any(${userIds}::uuid[]) or t.to_user_id = any(${userIds}::uuid[]))
+       and (
+         (select count(*) from entries e where e.transaction_id = t.id)
+           <> (t.from_user_id is not null)::int + (t.to_user_id is not null)::int
+         or (t.from_user_id is not null and not exists (select 1 from entries e
+               where e.transaction_id = t.id and e.user_id = t.from_user_id and e.delta = -t.amount))
+         or (t.to_user_id is not null and not exists (select 1 from entries e
+               where e.transaction_id = t.id and e.user_id = t.to_user_id and e.delta = t.amount))
+       )`
+  const mismatches = await sql<Array<{ user_id: string, currency: string, balance: string, entries: string, transactions: string }>>`
+    with pairs as (
+      select user_id, currency from balances where user_id = any(${userIds}::uuid[])
+      union
+      select e.user_id, t.currency from entries e join transactions t on t.id = e.transaction_id
+       where e.user_id = any(${userIds}::uuid[])
+    )
+    select p.user_id, p.currency,
+      coalesce((select b.balance from balances b where b.user_id = p.user_id and b.currency = p.currency), 0)::text as balance,
+      coalesce((select sum(e.delta) from entries e join transactions t on t.id = e.transaction_id
+                 where e.user_id = p.user_id and t.currency = p.currency), 0)::text as entries,
+      (coalesce((select sum(t.amount) from transactions t where t.to_user_id = p.user_id and t.currency = p.currency), 0)
+        - coalesce((select sum(t.amount) from transactions t where t.from_user_id = p.user_id and t.currency = p.currency), 0))::text as transactions
+    from pairs p`
+  const totals = await sql<Array<{ currency: string, balances: string, net: string, across: string }>>`
+    select c.currency,
+      coalesce((select sum(balance) from balances where user_id = any(${userIds}::uuid[]) and currency = c.currency), 0)::text as balances,
+      (coalesce((select sum(amount) from transactions where kind = 'deposit' and to_user_id = any(${userIds}::uuid[]) and currency = c.currency), 0)
+        - coalesce((select sum(amount) from transactions where kind = 'withdrawal' and from_user_id = any(${userIds}::uuid[]) and currency = c.currency), 0))::text as net,
+      coalesce((select sum(amount) from transactions where kind = 'transfer' and currency = c.currency
+                 and (from_user_id = any(${userIds}::uuid[])) <> (to_user_id = any(${userIds}::uuid[]))), 0)::text as across
+    from (select distinct currency from balances where user_id = any(${userIds}::uuid[])) c`
+  return {
+    users: userIds.length,
+    transactions: Number(counts?.transactions),
+    idempotencyKeys: Number(counts?.keys),
+    sharedTransactions: Number(counts?.keys) - Number(counts?.distinct_tx),
+    transactionsWithoutKey: Number(counts?.without_key),
+    badEntries: Number(entries?.bad),
+    balanceMismatches: mismatches
+      .filter((m) => m.balance !== m.entries || m.balance !== m.transactions)
+      .map((m) => ({ userId: m.user_id, currency: m.currency.trim(), balance: m.balance, entries: m.entries, transactions: m.transactions })),
+    totals: Object.fromEntries(totals.map((row) => [row.currency.trim(), { balances: row.balances, depositsMinusWithdrawals: row.net, transfersAcross: row.across }]))
+  }
+}
+
+/** tap's per-assertion options. */
+export interface Extra { todo?: string | boolean }
+type MessageExtra = [] | [string] | [string, Extra]
+
+interface Assert {
+  equal (found: unknown, wanted: unknown, ...message: MessageExtra): unknown
+  same (found: unknown, wanted: unknown, ...message: MessageExtra): unknown
+}
+
+/** Asserts every invariant of checkLedger(). */
+export function assertLedger (t: Assert, check: LedgerCheck) {
+  t.equal(check.transactions, check.idempotencyKeys, 'ledger: one transaction per idempotency key (counts equal)')
+  t.equal(check.sharedTransactions, 0, 'ledger: no two keys share a transaction')
+  t.equal(check.transactionsWithoutKey, 0, 'ledger: every transaction has its key')
+  t.equal(check.badEntries, 0, 'ledger: entries match every transaction (kind, sign, amount)')
+  t.same(check.balanceMismatches, [], 'ledger: balance = sum of entries = sum of transactions, per user and currency')
+  for (const [currency, total] of Object.entries(check.totals)) {
+    t.equal(total.transfersAcross, '0', `ledger: ${currency} transfers stay between the test users`)
+    t.equal(total.balances, total.depositsMinusWithdrawals, `ledger: ${currency} balances sum to deposits minus withdrawals`)
+  }
+}
+
+export interface Reconciliation {
+  /** Writes the client saw succeed (201). */
+  acknowledged: number
+  /** Acknowledged writes missing from the database, or stored with another id, kind or amount. */
+  rowsLost: number
+  /** Keys whose retries were answered with a second, different transaction. */
+  duplicated: number
+  /** Transactions in the database for keys the client never saw succeed. */
+  committedUnacknowledged: number
+  /** Per user: the balance the client's 201s add up to versus the stored one (only mismatches). */
+  balanceMismatches: Array<{ userId: string, expected: number, stored: number }>
+}
+
+/** Compares what clients were told (201s with ids) with what PostgreSQL holds for the same keys. */
+export async function reconcile (sql: Sql, records: Iterable<PostRecord>, userIds: string[]): Promise<Reconciliation> {
+  const rows = await sql<Array<{ user_id: string, key: string, id: string, kind: string, amount: string, from_user_id: string | null, to_user_id: string | null }>>`
+    select k.user_id, k.key, t.id, t.kind, t.amount::text, t.from_user_id, t.to_user_id
+      from idempotency_keys k join transactions t on t.id = k.transaction_id
+     where k.user_id = any(${userIds}::uuid[])`
+  const stored = new Map(rows.map((row) => [`${row.user_id}/${row.key}`, row]))
+  const expected = new Map(userIds.map((id) => [id, 0]))
+  const add = (userId: string | null | undefined, delta: number) => {
+    if (userId !== null && userId !== undefined && expected.has(userId)) expected.set(userId, (expected.get(userId) ?? 0) + delta)
+  }
+  let acknowledged = 0
+  let rowsLost = 0
+  let duplicated = 0
+  let committedUnacknowledged = 0
+  for (const record of records) {
+    const row = stored.get(`${record.userId}/${record.key}`)
+    if (record.conflictingId !== undefined) duplicated++
+    if (record.id === undefined) {
+      if (row !== undefined) committedUnacknowledged++
+      continue
+    }
+    acknowledged++
+    if (row === undefined || row.id !== record.id || row.kind !== record.kind || Number(row.amount) !== record.amount) {
+      rowsLost++
+      continue
+    }
+    const from = record.kind === 'deposit' ? undefined : record.userId
+    const to = record.kind === 'deposit' ? record.userId : record.toUserId
+    add(from, -record.amount)
+    add(to, record.amount)
+  }
+  const balances = await sql<Array<{ user_id: string, balance: string }>>`
+    select user_id, balance::text from balances where user_id = any(${userIds}::uuid[]) and currency = ${CURRENCY}`
+  const storedBalance = new Map(balances.map((row) => [row.user_id, Number(row.balance)]))
+  const balanceMismatches = [...expected]
+    .map(([userId, value]) => ({ userId, expected: value, stored: storedBalance.get(userId) ?? 0 }))
+    .filter((m) => m.expected !== m.stored)
+  return { acknowledged, rowsLost, duplicated, committedUnacknowledged, balanceMismatches }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The outage scenario shared by the PgBouncer and PostgreSQL tests
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The assertions the scenario uses; tap's Test satisfies it. */
+export interface TestLike extends Assert {
+  ok (value: unknown, ...message: MessageExtra): unknown
+  comment (...args: unknown[]): unknown
+}
+
+/**
+ * Records unhandled promise rejections instead of letting tap fail the file on the first one, so a test can
+ * count them and assert on them. In server.ts, close-with-grace turns any such rejection into a shutdown
+ * (exit 1): each one would take the whole API process down. Call restore() in a finally.
+ */
+export function captureUnhandledRejections () {
+  const saved = process.listeners('unhandledRejection')
+  process.removeAllListeners('unhandledRejection')
+  const reasons: unknown[] = []
+  const record = (reason: unknown) => { reasons.push(reason) }
+  process.on('unhandledRejection', record)
+  return {
+    reasons,
+    restore () {
+      process.removeListener('unhandledRejection', record)
+      for (const listener of saved) process.on('unhandledRejection', listener)
+    }
+  }
+}
+
+/** A short, log-safe description of a rejection reason. */
+export const describeReason = (reason: unknown) => {
+  const error = reason as { code?: unknown, message?: unknown } | null
+  return `${String(error?.code ?? '')} ${String(error?.message ?? reason)}`.trim()
+}
+
+export interface OutageOptions {
+  fault: string
+  service: 'pgbouncer' | 'postgres'
+  /** How long the service stays down while load runs. */
+  outageMs: number
+  /** No request may take longer than this, fault or not. */
+  latencyBoundMs: number
+  app: App
+  users: TestUser[]
+  sql: Sql
+}
+
+const ALLOWED_STATUSES = new Set([200, 201, 422, 503])
+
+/**
+ * Runs a bounded mixed load through app.inject, stops `service` in the middle of it, starts it again, and checks
+ * what a client needs: answers stay fast (503 with Retry-After, never a hang or a 500), the API recovers by
+ * itself, every write retried with its Idempotency-Key lands exactly once, and the ledger still balances.
+ */
+export async function outageUnderLoad (t: TestLike, options: OutageOptions) {
+  const unhandled = captureUnhandledRejections()
+  try {
+    return await runOutage(t, options, unhandled.reasons)
+  } finally {
+    unhandled.restore()
+  }
+}
+
+async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknown[]) {
+  const { app, users, sql, service } = options
+  const client = new LedgerClient(injectSender(app), users)
+  // Funds first, so most withdrawals and transfers of the load succeed.
+  for (const user of users) {
+    const funded = await client.post(user, 'deposit', 1_000_000)
+    t.equal(funded.status, 201, 'initial deposit')
+  }
+  const ready = (label: string) => client.request(label, { method: 'GET', url: '/health/ready' })
+  const load = client.startLoad({ workers: 8, maxRequests: 6000, maxMs: 45_000, gapMs: 10 })
+  let readyDuringOutage: Response | undefined
+  let stopMs = -1
+  let startMs = -1
+  let recoveryMs = -1
+  try {
+    try {
+      await sleep(700)
+      client.phase = 'outage'
+      stopMs = await stackControl('stop', service)
+      // Sent once the process is gone, so it reflects the outage itself.
+      ;[readyDuringOutage] = await Promise.all([ready('GET /health/ready'), sleep(options.outageMs)])
+    } finally {
+      startMs = await stackControl('start', service)
+    }
+    client.phase = 'recovery'
+    const user = users[0] as TestUser
+    recoveryMs = await waitFor(async () => (await client.request('GET /balances', {
+      method: 'GET', url: '/balances', authorization: user.authorization
+    })).status === 200, 25_000, 100)
+    client.phase = 'after'
+    await sleep(1000)
+  } finally {
+    await load.stop()
+  }
+  const readyAfter = await ready('GET /health/ready')
+
+  // Every write that got no final answer is resent with the same key and body until it gets one.
+  const retried = await client.retryUnanswered()
+  // Writes first answered with an error and then applied: once more, they must replay the same transaction.
+  const recovered = [...client.posts.values()].filter((p) => p.id !== undefined && p.statuses[0] !== 201).slice(0, 50)
+  let replayedSame = 0
+  for (const record of recovered) {
+    const response = await client.attempt(record)
+    if (response.status === 201 && response.headers['idempotent-replayed'] === 'true' &&
+      (response.body as { id?: unknown }).id === record.id) replayedSame++
+  }
+
+  const userIds = users.map((u) => u.id)
+  const reconciliation = await reconcile(sql, client.posts.values(), userIds)
+  const ledger = await checkLedger(sql, userIds)
+  const figures = client.figures()
+  const outage = figures.phases.outage ?? { requests: 0, statuses: {}, maxMs: 0 }
+  const samples = client.samples
+  t.comment(JSON.stringify({
+    fault: options.fault,
+    outageMs: options.outageMs,
+    stopMs,
+    startMs,
+    recoveryMs,
+    requestsDuringFault: outage.requests,
+    errorsDuringFaultByStatus: Object.fromEntries(Object.entries(outage.statuses).filter(([status]) => !status.startsWith('2'))),
+    ...figures,
+    retriedKeys: retried,
+    rowsLost: reconciliation.rowsLost,
+    duplicated: reconciliation.duplicated,
+    committedUnacknowledged: reconciliation.committedUnacknowledged,
+    ledgerTransactions: ledger.transactions,
+    unhandledRejections: unhandled.length
+  }))
+
+  const unexpected = samples.filter((s) => !ALLOWED_STATUSES.has(s.status))
+  t.same(unexpected.slice(0, 5), [], 'every answer is 200, 201, 422 or 503: never a 500, never a dropped request')
+  t.equal(samples.filter((s) => s.status === 503 && s.retryAfter !== true && !s.route.startsWith('GET /health')).length, 0,
+    'every 503 of an API route carries Retry-After')
+  t.equal(samples.filter((s) => s.status >= 400 && s.problem !== true && !s.route.startsWith('GET /health')).length, 0,
+    'every error of an API route is application/problem+json')
+  const slow = samples.filter((s) => s.ms >= options.latencyBoundMs)
+  t.same(slow.slice(0, 5), [], `every request answered in < ${options.latencyBoundMs} ms (no hang)`)
+  t.ok((outage.statuses['503'] ?? 0) > 0, 'the outage was seen by clients as 503s')
+  t.equal(readyDuringOutage?.status, 503, 'ready: 503 during the outage')
+  t.equal((readyDuringOutage?.body as { checks?: { postgres?: string } } | undefined)?.checks?.postgres, 'down', 'ready names postgres as down')
+  t.ok(recoveryMs >= 0, `recovered by itself, without an app restart (${recoveryMs} ms after the restart)`)
+  t.ok(recoveryMs >= 0 && recoveryMs < 3000, `recovered within 3 s of the restart (${recoveryMs} ms)`)
+  t.same(unhandled.map(describeReason).slice(0, 3), [], 'no unhandled rejection (server.ts would exit on it)')
+  t.ok(samples.some((s) => s.phase === 'after' && s.status === 201), 'writes succeed again after recovery')
+  t.equal(readyAfter.status, 200, 'ready: 200 after recovery')
+  t.equal([...client.posts.values()].filter((p) => !p.statuses.some(isFinal)).length, 0, 'every retried write got a final answer')
+  t.equal(replayedSame, recovered.length, 'a key retried after the outage replays its one transaction (same id, Idempotent-Replayed)')
+  t.equal(reconciliation.rowsLost, 0, 'no acknowledged write is lost')
+  t.equal(reconciliation.duplicated, 0, 'no key produced two transactions')
+  t.equal(reconciliation.committedUnacknowledged, 0, 'nothing is in the ledger that the client was not finally told about')
+  t.same(reconciliation.balanceMismatches, [], 'balances equal what the acknowledged writes add up to')
+  assertLedger(t, ledger)
+  return { client, figures, reconciliation, ledger }
+}
