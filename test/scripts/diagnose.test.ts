@@ -1,0 +1,126 @@
+// scripts/diagnose.ts run as its own process against the test stack (DATABASE_URL, DATABASE_DIRECT_URL and
+// REDIS_URL of the test run) and a test server on a real port.
+import { execFile } from 'node:child_process'
+import { createServer, type AddressInfo } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import type { App } from '../../app.ts'
+import { feedNPlusOneRoutes } from '../../routes/feed/n-plus-one.ts'
+import type { Diagnosis } from '../../scripts/diagnose.ts'
+import { buildTestApp, createUser } from '../helper.ts'
+
+const script = fileURLToPath(new URL('../../scripts/diagnose.ts', import.meta.url))
+const database = new URL(process.env.DATABASE_URL ?? 'postgres://x/unknown').pathname.slice(1)
+
+function diagnose (args: string[]): Promise<{ code: number, stdout: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [script, ...args], { timeout: 60_000, env: process.env }, (error, stdout) => {
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout })
+    })
+  })
+}
+
+/** A loopback port that refuses connections: one the system just handed out and that is closed again. */
+async function closedPort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+async function listen (app: App) {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+}
+
+t.test('--json has every section with live content, and names an N+1', async (t) => {
+  const app = await buildTestApp(t)
+  await app.register(feedNPlusOneRoutes)
+  const api = await listen(app)
+  const owner = await createUser(app)
+  const authors = [owner, await createUser(app), await createUser(app)]
+  for (let i = 0; i < 10; i++) {
+    const author = authors[i % authors.length]!
+    const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: author.authorization }, payload: { body: `post ${i}`, userId: owner.id } })
+    t.equal(post.statusCode, 201)
+  }
+  // The N+1 loader: per page one list query returning 10 posts, then one author lookup per post.
+  for (let i = 0; i < 5; i++) {
+    const page = await app.inject({ method: 'GET', url: '/bench/feed-n-plus-one', headers: { authorization: owner.authorization } })
+    t.equal(page.statusCode, 200)
+  }
+  // A miss and a hit in each cache.
+  for (let i = 0; i < 2; i++) {
+    await app.inject({ method: 'GET', url: '/feed', headers: { authorization: owner.authorization } })
+    await app.inject({ method: 'GET', url: `/users/${authors[1]!.id}`, headers: { authorization: owner.authorization } })
+  }
+
+  const run = await diagnose(['--json', '--api', api, '--top', '50'])
+  t.equal(run.code, 0)
+  const d = JSON.parse(run.stdout) as Diagnosis
+
+  t.ok(d.connections.ok, JSON.stringify(d.connections))
+  if (d.connections.ok) {
+    t.ok(d.connections.maxConnections > 0)
+    t.ok(d.connections.groups.some((g) => g.database === database && g.connections > 0), 'the app\'s server connections are listed')
+  }
+
+  t.ok(d.statements.ok, JSON.stringify(d.statements))
+  if (d.statements.ok) {
+    t.equal(d.statements.database, database)
+    t.ok(d.statements.byCalls.length > 0 && d.statements.byTotalTime.length > 0)
+    const lookup = d.statements.byCalls.find((s) => /select name, avatar_url from users where id = \$1/.test(s.query))
+    t.ok(lookup !== undefined && lookup.calls >= 50, 'the per-author lookup ran once per post')
+    t.ok(lookup?.nPlusOne !== undefined, 'and is flagged as the +1 of an N+1')
+    t.ok(d.statements.hints.some((hint) => hint.startsWith('N+1? select name, avatar_url from users')), d.statements.hints.join('\n'))
+    t.ok(d.statements.byCalls.every((s) => s.meanMs >= 0 && s.rowsPerCall >= 0))
+  }
+
+  t.ok(d.pgbouncer.ok, JSON.stringify(d.pgbouncer))
+  if (d.pgbouncer.ok) {
+    t.match(d.pgbouncer.version, /^PgBouncer /)
+    const pool = d.pgbouncer.pools.find((p) => p.database === database)
+    t.ok(pool !== undefined, 'the test database has a pool')
+    t.equal(pool?.poolMode, 'transaction')
+    t.ok(d.pgbouncer.stats.some((s) => s.database === database && s.xacts > 0))
+  }
+
+  t.ok(d.redis.ok, JSON.stringify(d.redis))
+  if (d.redis.ok) {
+    t.type(d.redis.hitRatio, 'number')
+    t.ok(d.redis.hitRatio! >= 0 && d.redis.hitRatio! <= 1)
+    t.ok(d.redis.usedMemoryHuman.length > 0)
+    t.type(d.redis.maxmemory, 'number')
+  }
+
+  t.ok(d.api.ok, JSON.stringify(d.api))
+  if (d.api.ok) {
+    t.ok(d.api.requests >= 20)
+    t.equal(d.api.status5xx, 0)
+    t.same(d.api.caches.feed, { hits: 1, misses: 1, hitRatio: 0.5 })
+    t.same(d.api.caches.user, { hits: 1, misses: 1, hitRatio: 0.5 })
+    t.ok(d.api.routes.some((r) => r.route === 'POST /posts' && r.requests === 10))
+  }
+})
+
+t.test('a section whose server is down says so, and the others still answer', async (t) => {
+  const port = await closedPort()
+  const down = ['--direct-url', `postgres://ledger@127.0.0.1:${port}/ledger`, '--redis-url', `redis://127.0.0.1:${port}`, '--api', `http://127.0.0.1:${port}`]
+
+  const json = await diagnose(['--json', ...down])
+  t.equal(json.code, 0)
+  const d = JSON.parse(json.stdout) as Diagnosis
+  for (const name of ['connections', 'statements', 'redis', 'api'] as const) {
+    const section = d[name]
+    t.ok(!section.ok && /ECONNREFUSED/.test(section.error), `${name}: ${JSON.stringify(section)}`)
+  }
+  t.ok(d.pgbouncer.ok, 'PgBouncer comes from DATABASE_URL, which is up')
+
+  const text = await diagnose(down)
+  t.equal(text.code, 0)
+  t.match(text.stdout, /^== 1\. PostgreSQL connections .*\n {2}unavailable: .*ECONNREFUSED/m)
+  t.match(text.stdout, /^== 4\. Redis \(INFO\)\n {2}unavailable: .*ECONNREFUSED/m)
+  t.match(text.stdout, /^== 5\. API metrics \(GET \/metrics\)\n {2}unavailable: .*ECONNREFUSED/m)
+  t.match(text.stdout, /^== 3\. PgBouncer \(SHOW POOLS, SHOW STATS\) {2}\(postgres:.*\n {2}PgBouncer 1\.\d+/m)
+})
