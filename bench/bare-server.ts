@@ -1,0 +1,22 @@
+// Baseline (a): the fastest a Fastify 5 route can answer on this machine: constant JSON, no plugins, no logger,
+// in a process of its own, driven by the same autocannon settings as the API. Ratios against it show what the
+// API's plugins, auth, rate limiting and I/O cost. Stops on SIGTERM/SIGINT, when the parent goes away, and after
+// BENCH_SERVER_MAX_S seconds.
+import Fastify from 'fastify'
+
+const app = Fastify({ logger: false })
+const body = { id: '00000000-0000-4000-8000-000000000000', name: 'Bare Fastify', avatarUrl: null, createdAt: '2026-01-01T00:00:00.000Z' }
+
+app.get('/', async () => body)
+
+const stop = () => { app.close().finally(() => process.exit(0)).catch(() => {}) }
+process.once('SIGTERM', stop)
+process.once('SIGINT', stop)
+process.once('disconnect', stop)
+setTimeout(stop, Number(process.env.BENCH_SERVER_MAX_S ?? 1800) * 1000).unref()
+
+app.server.keepAliveTimeout = 72_000
+const port = Number(process.env.PORT ?? 0)
+await app.listen({ host: '127.0.0.1', port })
+const address = app.server.address()
+process.send?.({ listening: typeof address === 'object' && address !== null ? address.port : port })

@@ -1,0 +1,211 @@
+// Results as data (JSON), as Markdown tables (printed and saved, ready to paste into the README) and the checks
+// that make `--quick` a CI smoke test.
+import type { LoadResult, Percentiles } from './load.ts'
+import type { SampleResult } from './samplers.ts'
+
+export interface RunRecord {
+  id: string
+  scenario: string
+  label: string
+  connections: number
+  overallRate?: number
+  load: LoadResult
+  samples: SampleResult | undefined
+  /** Sampled together with another run (side-by-side instances): CPU per request is not its own. */
+  sharedSamples?: boolean
+  notes: string[]
+}
+
+export interface BaselineRecord {
+  id: string
+  label: string
+  tool: 'autocannon' | 'pgbench' | 'redis-benchmark'
+  connections: number
+  rps: number
+  latency: Percentiles | undefined
+  errors: number
+  samples: SampleResult | undefined
+  details: Record<string, unknown>
+}
+
+export interface Comparison {
+  id: string
+  label: string
+  measured: string
+  reference: string
+  measuredValue: number
+  referenceValue: number
+  /** measured / reference, or a value in the target's own unit when `unit` says so. */
+  value: number
+  unit: 'ratio' | 'req/s' | 'ms' | 'count'
+  target: { op: '>=' | '<=' | '<' | '==', value: number } | undefined
+  met: boolean | undefined
+  note: string
+}
+
+export function compare (c: Omit<Comparison, 'met'>): Comparison {
+  let met: boolean | undefined
+  if (c.target !== undefined && Number.isFinite(c.value)) {
+    const { op, value } = c.target
+    met = op === '>=' ? c.value >= value : op === '<=' ? c.value <= value : op === '<' ? c.value < value : c.value === value
+  }
+  return { ...c, met }
+}
+
+const n0 = (v: number) => Math.round(v).toLocaleString('en-US')
+/** Counts and req/s as integers; small values (CPU ms) with their decimals. */
+const num = (v: number) => Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
+// Saved JSON turns NaN (a percentile a tool does not report) into null.
+const ms = (v: number | null) => v === null || !Number.isFinite(v) ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)
+const fmtValue = (c: Comparison) => c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : n0(c.value)
+const fmtTarget = (c: Comparison) => c.target === undefined
+  ? '(info)'
+  : `${c.target.op} ${c.unit === 'ratio' ? `${c.target.value}x` : c.unit === 'ms' ? `${c.target.value} ms` : c.unit === 'req/s' ? `${n0(c.target.value)} req/s` : c.target.value}`
+
+function statusText (codes: Record<string, number>): string {
+  const bad = Object.entries(codes).filter(([code]) => !code.startsWith('2'))
+  return bad.length === 0 ? '0' : bad.map(([code, count]) => `${code}: ${n0(count)}`).join(', ')
+}
+
+function cpuText (cpu: Record<string, number> | undefined): string {
+  if (cpu === undefined) return ''
+  const order = ['api', 'postgres', 'pgbouncer', 'redis', 'bench', 'others']
+  return order.filter((k) => cpu[k] !== undefined).map((k) => `${k} ${cpu[k]!.toFixed(2)}`).join(' / ')
+}
+
+/** CPU milliseconds per request: of the API process alone, and of the whole stack (API, PostgreSQL, PgBouncer, Redis). */
+export function cpuPerRequest (samples: SampleResult | undefined, rps: number): { api: number, db: number, stack: number } | undefined {
+  if (samples === undefined || rps <= 0) return undefined
+  const c = samples.cpu
+  const db = (c.postgres ?? 0) + (c.pgbouncer ?? 0)
+  return { api: (c.api ?? 0) * 1000 / rps, db: db * 1000 / rps, stack: ((c.api ?? 0) + db + (c.redis ?? 0)) * 1000 / rps }
+}
+
+const cpuCell = (samples: SampleResult | undefined, rps: number) => {
+  const per = cpuPerRequest(samples, rps)
+  return per === undefined ? '' : `${per.api.toFixed(2)} / ${per.db.toFixed(2)} / ${per.stack.toFixed(2)}`
+}
+
+function table (header: string[], rows: string[][]): string {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`]
+  for (const row of rows) lines.push(`| ${row.join(' | ')} |`)
+  return lines.join('\n')
+}
+
+export interface Report {
+  meta: Record<string, unknown>
+  runs: RunRecord[]
+  baselines: BaselineRecord[]
+  comparisons: Comparison[]
+  failures: string[]
+}
+
+export function markdown (report: Report): string {
+  const { runs, baselines, comparisons } = report
+  const out: string[] = []
+  const meta = report.meta as { date: string, mode: string, commit?: string, sizes: Record<string, number>, machine: Record<string, unknown> }
+  out.push(`## ledger-api benchmark: ${meta.date} (${meta.mode}${meta.commit ? `, commit ${String(meta.commit).slice(0, 10)}` : ''})`)
+  out.push('')
+  out.push(`Data: ${n0(meta.sizes.users ?? 0)} users, ${n0(meta.sizes.bigUserTransactions ?? 0)} transactions on one user, ${n0(meta.sizes.posts ?? 0)} posts. ` +
+    `Machine: ${String(meta.machine.cpus)} cores, load average ${String(meta.machine.loadavg)} at start (other work shares these cores, so compare ratios, not absolutes).`)
+  out.push('')
+  out.push('### Scenarios')
+  out.push('')
+  out.push('CPU ms per request = CPU seconds used during the run / requests: `api` the API process, `db` PostgreSQL + PgBouncer, `stack` both plus Redis. ' +
+    'Unlike req/s, it barely depends on how much of the machine other work took, so it is the fairer cost comparison on a shared machine.')
+  out.push('')
+  out.push(table(
+    ['scenario', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'socket err / timeouts', 'peak PG conns', 'peak API RSS MB', 'cache hit share (app / Redis INFO)', 'CPU ms per request: api / db / stack', 'CPU cores: api / postgres / pgbouncer / redis / bench / others'],
+    runs.map((r) => {
+      const s = r.samples
+      const caches = s === undefined
+        ? ''
+        : Object.entries(s.appCache).filter(([, c]) => c.hit + c.miss > 0).map(([name, c]) => `${name} ${((c.hitShare ?? 0) * 100).toFixed(0)}%`).join(', ') || '-'
+      const redisShare = s?.redis.hitShare === null || s?.redis.hitShare === undefined ? '-' : `${(s.redis.hitShare * 100).toFixed(0)}%`
+      return [
+        r.label,
+        `${r.connections}${r.overallRate === undefined ? '' : ` @${r.overallRate}/s`}`,
+        n0(r.load.rps),
+        ms(r.load.latency.p50),
+        ms(r.load.latency.p99),
+        ms(r.load.latency.max),
+        statusText(r.load.statusCodes),
+        `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`,
+        s === undefined ? '' : String(s.peakPgConnections),
+        s === undefined ? '' : s.peakApiRssMb.toFixed(0),
+        s === undefined ? '' : `${caches} / ${redisShare}`,
+        r.sharedSamples === true ? '(shared with the run above)' : cpuCell(s, r.load.rps),
+        r.sharedSamples === true ? '' : cpuText(s?.cpu)
+      ]
+    })
+  ))
+  out.push('')
+  out.push('### Baselines (same run, same machine)')
+  out.push('')
+  out.push(table(
+    ['baseline', 'tool', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'CPU ms per request: server / db / stack', 'CPU cores: server / postgres / pgbouncer / redis / bench / others'],
+    baselines.map((b) => [
+      b.label, b.tool, String(b.connections), n0(b.rps),
+      b.latency === undefined ? '' : ms(b.latency.p50),
+      b.latency === undefined ? '' : ms(b.latency.p99),
+      b.latency === undefined ? '' : ms(b.latency.max),
+      String(b.errors),
+      cpuCell(b.samples, b.rps),
+      cpuText(b.samples?.cpu)
+    ])
+  ))
+  out.push('')
+  out.push('### Ratios and targets')
+  out.push('')
+  out.push(table(
+    ['check', 'measured', 'reference', 'result', 'target', 'met', 'note'],
+    comparisons.map((c) => [
+      c.label,
+      `${c.measured}: ${c.unit === 'ms' ? `${ms(c.measuredValue)} ms` : num(c.measuredValue)}`,
+      c.reference === '' ? '' : `${c.reference}: ${c.unit === 'ms' ? `${ms(c.referenceValue)} ms` : num(c.referenceValue)}`,
+      fmtValue(c),
+      fmtTarget(c),
+      c.met === undefined ? '' : c.met ? 'yes' : '**no**',
+      c.note
+    ])
+  ))
+  const routed = runs.filter((r) => Object.keys(r.load.perRoute).length > 1)
+  if (routed.length > 0) {
+    out.push('')
+    out.push('### Per route (client-side latency; server-side mean from the API\'s own histogram)')
+    out.push('')
+    const rows: string[][] = []
+    for (const r of routed) {
+      for (const [route, stats] of Object.entries(r.load.perRoute)) {
+        const server = Object.entries(r.samples?.serverRoutes ?? {})
+          .filter(([key]) => key.startsWith(`${route.split(' ').slice(0, 2).join(' ')} `))
+        const count = server.reduce((s, [, v]) => s + v.count, 0)
+        const mean = count === 0 ? undefined : server.reduce((s, [, v]) => s + v.meanMs * v.count, 0) / count
+        rows.push([r.label, route, n0(stats.count / r.load.durationS), ms(stats.p50), ms(stats.p99), ms(stats.max), statusText(stats.statusCodes), mean === undefined ? '' : ms(mean)])
+      }
+    }
+    out.push(table(['scenario', 'route', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'server mean ms'], rows))
+  }
+  const notes = runs.filter((r) => r.notes.length > 0)
+  if (notes.length > 0 || report.failures.length > 0) {
+    out.push('')
+    out.push('### Notes')
+    out.push('')
+    for (const r of notes) for (const note of r.notes) out.push(`- ${r.label}: ${note}`)
+    for (const failure of report.failures) out.push(`- FAILURE: ${failure}`)
+  }
+  return out.join('\n') + '\n'
+}
+
+/** What fails `--quick` in CI: socket errors, timeouts and 5xx anywhere (never speed). */
+export function smokeFailures (runs: RunRecord[], baselines: BaselineRecord[]): string[] {
+  const failures: string[] = []
+  for (const r of runs) {
+    const fivexx = Object.entries(r.load.statusCodes).filter(([code]) => code.startsWith('5')).reduce((s, [, v]) => s + v, 0)
+    if (r.load.errors > 0) failures.push(`${r.label}: ${r.load.errors} socket errors (${r.load.timeouts} timeouts)`)
+    if (fivexx > 0) failures.push(`${r.label}: ${fivexx} responses with status 5xx (${statusText(r.load.statusCodes)})`)
+    if (r.load.requests === 0) failures.push(`${r.label}: no request completed`)
+  }
+  for (const b of baselines) if (b.tool === 'autocannon' && b.errors > 0) failures.push(`${b.label}: ${b.errors} socket errors`)
+  return failures
+}

@@ -1,0 +1,184 @@
+// Where the bench runs and what it runs on: the stack (from the environment, or the project-local one brought up
+// like `npm start` does), a dedicated database recreated on every run, and set-based seed data.
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import postgres from 'postgres'
+import { localStackUp, withDatabase } from '../../scripts/local-stack.ts'
+import { migrate } from '../../scripts/migrate.ts'
+import { seedUsers, seedUserTransactions } from '../../scripts/seed.ts'
+
+export interface BenchEnv {
+  /** Through PgBouncer, to the bench database: what the API uses. */
+  databaseUrl: string
+  /** Straight to PostgreSQL, bench database: seeding, cursors. */
+  directUrl: string
+  /** Straight to PostgreSQL, maintenance database: drop/create, sampling pg_stat_activity. */
+  adminUrl: string
+  redisUrl: string
+  database: string
+  /** Set when the project-local stack is used: lets the bench read process ids for CPU accounting. */
+  stackDir: string | undefined
+}
+
+export function resolveEnv (database: string, redisDb: number, log: (line: string) => void): BenchEnv {
+  let databaseUrl = process.env.DATABASE_URL
+  let directUrl = process.env.DATABASE_DIRECT_URL
+  let redisUrl = process.env.REDIS_URL
+  let stackDir: string | undefined
+  if (!databaseUrl || !redisUrl) {
+    log('DATABASE_URL/REDIS_URL not set: bringing up the project-local stack (scripts/stack.sh up)')
+    const stack = localStackUp()
+    databaseUrl = stack.DATABASE_URL
+    directUrl = stack.DATABASE_DIRECT_URL
+    redisUrl = stack.REDIS_URL
+    stackDir = stack.STACK_DIR
+  }
+  if (!directUrl) {
+    log('DATABASE_DIRECT_URL not set: using DATABASE_URL for administration (drop/create may fail through a pooler)')
+    directUrl = databaseUrl
+  }
+  const redis = new URL(redisUrl)
+  redis.pathname = `/${redisDb}`
+  return {
+    databaseUrl: withDatabase(databaseUrl, database),
+    directUrl: withDatabase(directUrl, database),
+    adminUrl: withDatabase(directUrl, 'postgres'),
+    redisUrl: redis.toString(),
+    database,
+    stackDir
+  }
+}
+
+export function readPid (file: string): number | undefined {
+  if (!existsSync(file)) return undefined
+  const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined
+}
+
+export function stackPids (stackDir: string | undefined) {
+  if (stackDir === undefined) return {}
+  return {
+    postmasterPid: readPid(join(stackDir, 'pg', 'data', 'postmaster.pid')),
+    pgbouncerPid: readPid(join(stackDir, 'run', 'pgbouncer.pid'))
+  }
+}
+
+export async function recreateDatabase (env: BenchEnv) {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(env.database)) throw new Error(`bad database name ${env.database}`)
+  const admin = postgres(env.adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    await admin.unsafe(`drop database if exists ${env.database} with (force)`)
+    await admin.unsafe(`create database ${env.database}`)
+  } finally {
+    await admin.end()
+  }
+  await migrate(env.directUrl)
+}
+
+export interface SeedSizes {
+  users: number
+  bigUserTransactions: number
+  smallUserTransactions: number
+  posts: number
+  /** Users that exist only to be read once each (cache misses). */
+  profileUsers: number
+}
+
+export interface SeedResult {
+  pool: string[]
+  abuserId: string
+  bigUserId: string
+  smallUserId: string
+  profileIds: string[]
+  depositPerUser: number
+  seconds: Record<string, number>
+}
+
+const DEPOSIT_PER_USER = 1_000_000_000_000
+
+/**
+ * Seeds with set-based statements (scripts/seed.ts helpers where they fit). Every seeded transaction is a deposit
+ * whose entries and balance are written with it, so the ledger invariant holds from the start.
+ */
+export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string) => void): Promise<SeedResult> {
+  const sql = postgres(env.directUrl, { max: 1, onnotice: () => {} })
+  const seconds: Record<string, number> = {}
+  const timed = async <T>(label: string, run: () => Promise<T>): Promise<T> => {
+    const started = performance.now()
+    const value = await run()
+    seconds[label] = (performance.now() - started) / 1000
+    log(`seed: ${label} in ${seconds[label].toFixed(1)} s`)
+    return value
+  }
+  try {
+    await timed(`${sizes.users} users`, () => seedUsers(sql, sizes.users, 'pool'))
+    const [abuserId] = await seedUsers(sql, 1, 'abuser')
+    const [bigUserId] = await seedUsers(sql, 1, 'big')
+    const [smallUserId] = await seedUsers(sql, 1, 'small')
+    const profileIds = await timed(`${sizes.profileUsers} profile-only users`, () => seedUsers(sql, sizes.profileUsers, 'profile'))
+    if (abuserId === undefined || bigUserId === undefined || smallUserId === undefined) throw new Error('seedUsers returned no id')
+
+    await timed(`deposits for ${sizes.users} users`, () => sql.begin(async (tx) => {
+      await tx`set local statement_timeout = 0`
+      await tx`
+        with deposits as (
+          insert into transactions (kind, amount, currency, to_user_id, description)
+          select 'deposit', ${DEPOSIT_PER_USER}, 'USD', id, 'bench seed' from users where email like 'seed-pool-%'
+          returning id, to_user_id
+        )
+        insert into entries (user_id, transaction_id, delta)
+        select to_user_id, id, ${DEPOSIT_PER_USER} from deposits`
+      await tx`
+        insert into balances (user_id, currency, balance)
+        select id, 'USD', ${DEPOSIT_PER_USER} from users where email like 'seed-pool-%'
+        on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance`
+    }))
+
+    await timed(`${sizes.bigUserTransactions} transactions for one user`, () => seedUserTransactions(sql, bigUserId, sizes.bigUserTransactions))
+    await seedUserTransactions(sql, smallUserId, sizes.smallUserTransactions)
+
+    // Feeds: each pool user's feed gets posts/users posts, written by other pool users, spread over time.
+    await timed(`${sizes.posts} posts`, () => sql.begin(async (tx) => {
+      await tx`set local statement_timeout = 0`
+      await tx`
+        with pool as (select array_agg(id order by id) as ids, count(*)::int as n from users where email like 'seed-pool-%')
+        insert into posts (user_id, author_id, body, created_at)
+        select pool.ids[1 + g % pool.n], pool.ids[1 + ((g::bigint * 7919 + 13) % pool.n)::int],
+               'Bench post ' || g || ': ' || repeat('lorem ipsum ', 1 + g % 8),
+               now() - make_interval(secs => ${sizes.posts}::int - g)
+          from pool, generate_series(1, ${sizes.posts}::int) g`
+    }))
+
+    // pgbench picks users by number: this maps 1..N to the pool's ids.
+    await sql`create table bench_users (n int primary key, id uuid not null unique)`
+    await sql`insert into bench_users (n, id) select row_number() over (order by id), id from users where email like 'seed-pool-%'`
+
+    // Freshly written rows would otherwise get their hint bits and visibility map set during the first
+    // measured reads, and autovacuum would wake up mid-run.
+    await timed('vacuum analyze + checkpoint', async () => {
+      await sql.unsafe('vacuum analyze users, transactions, entries, balances, posts, idempotency_keys, bench_users')
+      await sql.unsafe('checkpoint').catch(() => {})
+    })
+    const ordered = await sql<{ id: string }[]>`select id from bench_users order by n`
+    return { pool: ordered.map((r) => r.id), abuserId, bigUserId, smallUserId, profileIds, depositPerUser: DEPOSIT_PER_USER, seconds }
+  } finally {
+    await sql.end()
+  }
+}
+
+/** Transaction ids at the given depths of a user's list (newest first): positions for deep cursors. */
+export async function idsAtDepths (env: BenchEnv, userId: string, depths: number[]): Promise<Array<{ depth: number, id: string }>> {
+  const sql = postgres(env.directUrl, { max: 1, onnotice: () => {} })
+  try {
+    const out = []
+    for (const depth of depths) {
+      const [row] = await sql<{ id: string }[]>`
+        select transaction_id::text as id from entries where user_id = ${userId}
+         order by transaction_id desc offset ${depth} limit 1`
+      if (row !== undefined) out.push({ depth, id: row.id })
+    }
+    return out
+  } finally {
+    await sql.end()
+  }
+}

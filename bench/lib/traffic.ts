@@ -1,0 +1,119 @@
+// Who sends what: tokens signed exactly as the API signs them (its own auth plugin on a throwaway Fastify
+// instance, same secret, issuer and audience), and the request factories autocannon calls before each request.
+import type autocannon from 'autocannon'
+import Fastify from 'fastify'
+import authPlugin, { type Tier } from '../../plugins/auth.ts'
+import errorsPlugin from '../../plugins/errors.ts'
+import { tagRoute } from './load.ts'
+
+export interface Caller {
+  id: string
+  token: string
+}
+
+export async function signTokens (options: { secret: string, issuer: string, audience: string, ttlSeconds: number }, users: Array<{ id: string, tier: Tier }>): Promise<string[]> {
+  const app = Fastify({ logger: false })
+  await app.register(errorsPlugin)
+  await app.register(authPlugin, options)
+  await app.ready()
+  try {
+    return users.map((user) => app.jwt.sign({ sub: user.id, tier: user.tier }))
+  } finally {
+    await app.close()
+  }
+}
+
+const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!
+
+export type MixedRoute = 'GET /users/:id' | 'GET /transactions' | 'GET /feed' | 'POST /transactions'
+export type PostKind = 'deposit' | 'withdrawal' | 'transfer'
+
+export interface TrafficWorld {
+  callers: Caller[]
+  /** Prefix that makes every Idempotency-Key of this run unique. */
+  keyPrefix: string
+}
+
+let keyCounter = 0
+
+function postTransaction (world: TrafficWorld, caller: Caller, kinds: readonly PostKind[]): Partial<autocannon.Request> {
+  const kind = pick(kinds)
+  const body: Record<string, unknown> = { kind, amount: 1 + Math.floor(Math.random() * 100), currency: 'USD' }
+  if (kind === 'transfer') {
+    let to = pick(world.callers)
+    while (to.id === caller.id) to = pick(world.callers)
+    body.toUserId = to.id
+  }
+  return {
+    method: 'POST',
+    path: '/transactions',
+    headers: {
+      authorization: `Bearer ${caller.token}`,
+      'content-type': 'application/json',
+      'idempotency-key': `${world.keyPrefix}-${++keyCounter}`
+    },
+    body: JSON.stringify(body)
+  }
+}
+
+function getRoute (route: Exclude<MixedRoute, 'POST /transactions'>, world: TrafficWorld, caller: Caller, query = ''): Partial<autocannon.Request> {
+  let path: string
+  if (route === 'GET /users/:id') {
+    // Someone else's profile: the caller's own is read from the database (it includes the email) and never cached.
+    let other = pick(world.callers)
+    while (other.id === caller.id) other = pick(world.callers)
+    path = `/users/${other.id}`
+  } else {
+    path = route === 'GET /feed' ? '/feed' : '/transactions'
+  }
+  return { method: 'GET', path: `${path}${query}`, headers: { authorization: `Bearer ${caller.token}` }, body: '' }
+}
+
+export const MIXED_WEIGHTS: ReadonlyArray<[MixedRoute, number]> = [
+  ['GET /users/:id', 0.3],
+  ['GET /transactions', 0.25],
+  ['GET /feed', 0.25],
+  ['POST /transactions', 0.2]
+]
+
+/** One request entry whose setupRequest draws a route by weight and a random caller, for every request. */
+export function mixedRequests (world: TrafficWorld, weights: ReadonlyArray<[MixedRoute, number]> = MIXED_WEIGHTS, kinds: readonly PostKind[] = ['deposit', 'withdrawal', 'transfer', 'transfer']): autocannon.Request[] {
+  const total = weights.reduce((sum, [, w]) => sum + w, 0)
+  return [{
+    setupRequest: (request, context) => {
+      let r = Math.random() * total
+      let route: MixedRoute = weights[0]![0]
+      for (const [name, weight] of weights) {
+        route = name
+        if ((r -= weight) < 0) break
+      }
+      tagRoute(context, route)
+      const caller = pick(world.callers)
+      const spec = route === 'POST /transactions' ? postTransaction(world, caller, kinds) : getRoute(route, world, caller)
+      return { ...request, ...spec } as autocannon.Request
+    }
+  }]
+}
+
+/** GET `path(caller)` with a random caller from `callers` on every request. */
+export function getRequests (callers: Caller[], path: (caller: Caller) => string, route: string): autocannon.Request[] {
+  return [{
+    setupRequest: (request, context) => {
+      tagRoute(context, route)
+      const caller = pick(callers)
+      return { ...request, method: 'GET', path: path(caller), headers: { authorization: `Bearer ${caller.token}` }, body: '' } as autocannon.Request
+    }
+  }]
+}
+
+/** GET the given paths in order, each once, as `caller` (a miss-only run: every id is new to the cache). */
+export function sequentialGets (caller: Caller, paths: string[], route: string): autocannon.Request[] {
+  let next = 0
+  return [{
+    setupRequest: (request, context) => {
+      tagRoute(context, route)
+      const path = paths[next++ % paths.length]!
+      return { ...request, method: 'GET', path, headers: { authorization: `Bearer ${caller.token}` }, body: '' } as autocannon.Request
+    }
+  }]
+}
