@@ -52,17 +52,24 @@ export async function postTransaction (sql: Sql, userId: string, key: string, bo
 
 /**
  * A page of the transactions that touch `userId`, newest first: a backward range scan of entries' primary key
- * (user_id, transaction_id) joined to transactions by primary key, so its cost does not depend on table size.
+ * (user_id, transaction_id) that stops after `limit` rows, then one primary-key lookup per row in transactions,
+ * so its cost does not depend on table size. The limit sits inside the subquery on purpose: with it outside,
+ * the planner may pick a merge join that walks transactions_pkey down from the newest row of the whole table
+ * (the cursor bounds entries, not transactions), reading millions of rows for a deep page.
  */
 export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
   return sql<TransactionRow[]>`
     select t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
-      from entries e
-      join transactions t on t.id = e.transaction_id
-     where e.user_id = ${userId}
-       ${before === undefined ? sql`` : sql`and e.transaction_id < ${before}`}
-     order by e.transaction_id desc
-     limit ${limit}`
+      from (
+        select e.transaction_id
+          from entries e
+         where e.user_id = ${userId}
+           ${before === undefined ? sql`` : sql`and e.transaction_id < ${before}`}
+         order by e.transaction_id desc
+         limit ${limit}
+      ) page
+      join transactions t on t.id = page.transaction_id
+     order by page.transaction_id desc`
 }
 
 export async function listTransactions (sql: Sql, userId: string, limit: number, before?: string) {
