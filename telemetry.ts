@@ -1,14 +1,14 @@
 // OpenTelemetry set-up, imported first by server.ts. Configured only by the standard OTEL_* variables:
 // OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name the service, OTEL_TRACES_SAMPLER(_ARG) sample, and
 // OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) turns on the OTLP/HTTP exporter. With no endpoint nothing
-// is exported, but spans still exist, so every log line keeps its trace and span ids.
+// is exported or recorded, but every request still gets trace and span ids, so every log line keeps them.
 // The app instruments itself (plugins/tracing.ts for requests, plugins/database.ts for SQL, the cache and rate
 // limiter for Redis), so no monkey-patching instrumentation is loaded.
 import { diag, DiagConsoleLogger, DiagLogLevel } from '@opentelemetry/api'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http'
 import { defaultResource, detectResources, envDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources'
-import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
+import { AlwaysOffSampler, BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 
 export function startTelemetry (env: NodeJS.ProcessEnv = process.env): NodeTracerProvider {
@@ -29,7 +29,10 @@ export function startTelemetry (env: NodeJS.ProcessEnv = process.env): NodeTrace
     .merge(resourceFromAttributes({ 'service.name': env.OTEL_SERVICE_NAME || 'ledger-api' }))
     .merge(detectResources({ detectors: [envDetector, processDetector] }))
 
-  const provider = new NodeTracerProvider({ resource, spanProcessors })
+  // With nowhere to send spans, recording them is wasted work on every request and query. Unsampled spans still
+  // carry fresh trace and span ids, so log correlation and traceparent propagation keep working.
+  const sampler = spanProcessors.length === 0 && !env.OTEL_TRACES_SAMPLER ? new AlwaysOffSampler() : undefined
+  const provider = new NodeTracerProvider({ resource, spanProcessors, ...(sampler === undefined ? {} : { sampler }) })
   provider.register({ propagator: new W3CTraceContextPropagator() })
   return provider
 }
