@@ -19,7 +19,7 @@ import { createCursorCodec } from '../routes/common/cursor.ts'
 import type { LatencyBar, ThroughputPair } from './lib/chart.ts'
 import { writeOutputs } from './lib/output.ts'
 import { Recorder, runLoad, summarize, tagRoute, type LoadResult } from './lib/load.ts'
-import { findPgbench, runPgbench, runRedisBenchmark, startNodeServer, waitReady, type NodeServer, type PgbenchResult } from './lib/processes.ts'
+import { findPgbench, runPgbench, runRedisBenchmark, startEntryServer, startNodeServer, waitReady, type NodeServer, type PgbenchResult } from './lib/processes.ts'
 import { compare, cpuPerRequest, smokeFailures, type BaselineRecord, type Comparison, type Report, type RunRecord } from './lib/report.ts'
 import { Sampler } from './lib/samplers.ts'
 import { idsAtDepths, recreateDatabase, resolveEnv, seed, stackPids, type SeedSizes } from './lib/setup.ts'
@@ -142,14 +142,14 @@ async function warmUp (specs: Array<{ connections: number, requests: autocannon.
 }
 
 /** Runs several autocannon instances side by side (optionally started `staggerMs` apart) under one sampler. */
-async function measure (specs: Array<{ connections: number, requests: autocannon.Request[], duration?: number, amount?: number, overallRate?: number, route: string }>, staggerMs = 0, recorder = new Recorder()): Promise<Measured> {
-  const s = sampler()
+async function measure (specs: Array<{ connections: number, requests: autocannon.Request[], duration?: number, amount?: number, overallRate?: number, route: string }>, staggerMs = 0, recorder = new Recorder(), server: NodeServer = api): Promise<Measured> {
+  const s = server === api ? sampler() : sampler({ pid: server.pid, metricsUrl: undefined })
   await s.start()
   const began = performance.now()
   const results = await Promise.all(specs.map(async (spec, i) => {
     if (staggerMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, staggerMs * i))
     return (await runLoad({
-      url: api.url,
+      url: server.url,
       connections: spec.connections,
       requests: spec.requests,
       defaultRoute: spec.route,
@@ -159,7 +159,7 @@ async function measure (specs: Array<{ connections: number, requests: autocannon
   }))
   const load = summarize(results, recorder, (performance.now() - began) / 1000)
   const samples = await s.stop()
-  if (api.child.exitCode !== null) throw new Error(`the API exited with ${api.child.exitCode} during a run`)
+  if (server.child.exitCode !== null) throw new Error(`the API exited with ${server.child.exitCode} during a run`)
   return { load, samples }
 }
 
@@ -291,6 +291,42 @@ async function mixedScenario () {
   await warmUp([{ connections: BIG_CONNECTIONS, requests }])
   record('mixed-1000', 'mixed-1000', 'mixed-1000', BIG_CONNECTIONS, await measure([{ connections: BIG_CONNECTIONS, requests, route: 'mixed' }]),
     ['mix: 30 % GET /users/:id (others), 25 % GET /transactions, 25 % GET /feed (default page, cached), 20 % POST /transactions (deposit/withdrawal/transfer)'])
+}
+
+/**
+ * Scale-out on one machine: the same mixed load against the real entry point, `node server.ts`, with WORKERS=1
+ * and WORKERS=2 (node:cluster), one after the other. On this 2-core machine the workers share the cores with
+ * PostgreSQL, PgBouncer, Redis and the load generator, so the speed-up says where the next limit is.
+ */
+async function workersScenario () {
+  const requests = mixedRequests(world)
+  const measured: RunRecord[] = []
+  for (const workers of [1, 2]) {
+    const server = await startEntryServer(here('../server.ts'), { ...serverEnv, WORKERS: String(workers) })
+    children.push(server)
+    try {
+      await warmUp([{ connections: BIG_CONNECTIONS, requests }], server.url)
+      measured.push(record(`mixed-workers-${workers}`, 'mixed-workers', `mixed-1000, server.ts WORKERS=${workers}`, BIG_CONNECTIONS,
+        await measure([{ connections: BIG_CONNECTIONS, requests, route: 'mixed' }], 0, new Recorder(), server),
+        [`node server.ts with WORKERS=${workers}${workers > 1 ? ' (node:cluster primary + workers, each with its own pool)' : ''}; the same mix as mixed-1000; API CPU and RSS columns show the primary process only`]))
+    } finally {
+      await server.stop()
+    }
+  }
+  const [one, two] = measured
+  if (one === undefined || two === undefined) return
+  comparisons.push(compare({
+    id: 'workers-speedup',
+    label: 'mixed-1000: WORKERS=2 vs WORKERS=1 (speed-up)',
+    measured: two.label,
+    reference: one.label,
+    measuredValue: two.load.rps,
+    referenceValue: one.load.rps,
+    value: two.load.rps / one.load.rps,
+    unit: 'ratio',
+    target: undefined,
+    note: 'both workers share 2 cores with PostgreSQL, PgBouncer, Redis and autocannon; see the CPU columns for who is busy'
+  }))
 }
 
 async function postScenario () {
@@ -564,7 +600,8 @@ const steps: Array<[string, () => Promise<void>]> = [
   ['user-cache', async () => { await bareBaseline(CONNECTIONS); await redisBaseline(); await userCacheScenario() }],
   ['feed', feedScenario],
   ['abuse', abuseScenario],
-  ['fixed-rate', fixedRateScenario]
+  ['fixed-rate', fixedRateScenario],
+  ['workers', workersScenario]
 ]
 try {
   for (const [id, step] of steps) {

@@ -51,6 +51,34 @@ export async function startNodeServer (file: string, env: NodeJS.ProcessEnv, nod
   return { child, pid: child.pid!, port, url: `http://127.0.0.1:${port}`, exited, stop }
 }
 
+/**
+ * Starts the real entry point (`node server.ts`, e.g. with WORKERS=2: a node:cluster primary and its workers) and
+ * resolves once it answers /health/ready. Stopped with SIGTERM, as a process manager would.
+ */
+export async function startEntryServer (file: string, env: NodeJS.ProcessEnv): Promise<NodeServer> {
+  const port = await freePort()
+  const child = spawn(process.execPath, [file], {
+    env: { ...env, PORT: String(port), HOST: '127.0.0.1' },
+    stdio: ['ignore', 'inherit', 'inherit']
+  })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const url = `http://127.0.0.1:${port}`
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+    await exited
+    clearTimeout(timer)
+  }
+  try {
+    await waitReady(url)
+  } catch (error) {
+    await stop()
+    throw error
+  }
+  return { child, pid: child.pid!, port, url, exited, stop }
+}
+
 export async function waitReady (url: string, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs
   let last = ''
