@@ -12,7 +12,7 @@
 // nothing). Everything it runs is read-only. The API is http://127.0.0.1:$PORT (3000) unless --api says otherwise.
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import { stack } from './local-stack.ts'
+import { readStackEnv } from './local-stack.ts'
 import {
   cacheCounts, closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql, fetchMetrics, int, metricSeries, ms, pct, ratio, reason, redact, sumBy,
   table, withTimeout, type CacheCounts, type MetricsSnapshot
@@ -588,16 +588,11 @@ export function resolveTargets (env: NodeJS.ProcessEnv, flags: Partial<Targets>)
     redisUrl: flags.redisUrl ?? (env.REDIS_URL || undefined)
   }
   if (targets.databaseUrl !== undefined && targets.redisUrl !== undefined) return targets
-  let printed = ''
+  let local: Record<string, string>
   try {
-    printed = stack('env')
+    local = readStackEnv()
   } catch {
     return targets
-  }
-  const local: Record<string, string> = {}
-  for (const line of printed.split('\n')) {
-    const match = /^([A-Z_]+)=(.*)$/.exec(line.trim())
-    if (match?.[1] !== undefined && match[2] !== undefined) local[match[1]] = match[2].replace(/^['"]|['"]$/g, '')
   }
   // The direct URL is only borrowed from the stack together with its PgBouncer URL, never mixed with another.
   const fromStack = targets.databaseUrl === undefined

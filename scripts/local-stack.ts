@@ -15,14 +15,20 @@ export function stack (...args: string[]): string {
   return execFileSync('bash', [stackScript, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
 }
 
-/** Brings the project-local PostgreSQL, PgBouncer and Redis up (idempotent) and returns their URLs. */
-export function localStackUp (): StackEnv {
-  stack('up')
+/** What `stack.sh env` prints, as variables (it does not start anything). */
+export function readStackEnv (): Record<string, string> {
   const env: Record<string, string> = {}
   for (const line of stack('env').split('\n')) {
     const match = /^([A-Z_]+)=(.*)$/.exec(line.trim())
     if (match?.[1] !== undefined && match[2] !== undefined) env[match[1]] = match[2].replace(/^['"]|['"]$/g, '')
   }
+  return env
+}
+
+/** Brings the project-local PostgreSQL, PgBouncer and Redis up (idempotent) and returns their URLs. */
+export function localStackUp (): StackEnv {
+  stack('up')
+  const env = readStackEnv()
   for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'REDIS_URL', 'STACK_DIR']) {
     if (env[key] === undefined) throw new Error(`stack.sh env did not print ${key}`)
   }

@@ -28,6 +28,17 @@ export function freePort (): Promise<number> {
   })
 }
 
+/** SIGTERM, then SIGKILL if the process is still there after `killAfterMs`; resolves when it has exited. */
+function stopper (child: ChildProcess, exited: Promise<number | null>, killAfterMs: number) {
+  return async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs)
+    await exited
+    clearTimeout(timer)
+  }
+}
+
 /** Starts `node file` with an IPC channel; resolves once it reports that it listens. */
 export async function startNodeServer (file: string, env: NodeJS.ProcessEnv, nodeArgs: string[] = [], startTimeoutMs = 60_000): Promise<NodeServer> {
   const port = await freePort()
@@ -41,14 +52,7 @@ export async function startNodeServer (file: string, env: NodeJS.ProcessEnv, nod
     child.once('message', () => { clearTimeout(timer); resolve() })
     exited.then((code) => { clearTimeout(timer); reject(new Error(`${file} exited with ${code} before listening`)) }).catch(() => {})
   })
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGTERM')
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
-    await exited
-    clearTimeout(timer)
-  }
-  return { child, pid: child.pid!, port, url: `http://127.0.0.1:${port}`, exited, stop }
+  return { child, pid: child.pid!, port, url: `http://127.0.0.1:${port}`, exited, stop: stopper(child, exited, 15_000) }
 }
 
 /**
@@ -63,13 +67,7 @@ export async function startEntryServer (file: string, env: NodeJS.ProcessEnv): P
   })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   const url = `http://127.0.0.1:${port}`
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGTERM')
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
-    await exited
-    clearTimeout(timer)
-  }
+  const stop = stopper(child, exited, 20_000)
   try {
     await waitReady(url)
   } catch (error) {
