@@ -11,7 +11,7 @@
 import postgres from 'postgres'
 import { feedPageQuery } from '../routes/feed/queries.ts'
 import { FEED_DEFAULT_LIMIT, type FeedPosition } from '../routes/feed/schemas.ts'
-import { localStackUp, withDatabase } from './local-stack.ts'
+import { localStackUp, recreateDatabase, withDatabase } from './local-stack.ts'
 import { migrate } from './migrate.ts'
 
 const USERS = 1000
@@ -84,13 +84,7 @@ async function main (): Promise<number> {
   let url = process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL
   if (!url) {
     const stack = localStackUp()
-    const admin = postgres(stack.DATABASE_DIRECT_URL, { max: 1, onnotice: () => {} })
-    try {
-      await admin.unsafe(`drop database if exists ${LOCAL_DATABASE} with (force)`)
-      await admin.unsafe(`create database ${LOCAL_DATABASE}`)
-    } finally {
-      await admin.end({ timeout: 5 })
-    }
+    await recreateDatabase(stack.DATABASE_DIRECT_URL, LOCAL_DATABASE)
     url = withDatabase(stack.DATABASE_DIRECT_URL, LOCAL_DATABASE)
   }
   const migrated = await migrate(url)

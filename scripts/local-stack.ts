@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import postgres from 'postgres'
 
 const stackScript = fileURLToPath(new URL('./stack.sh', import.meta.url))
 
@@ -33,6 +34,21 @@ export function localStackUp (): StackEnv {
     if (env[key] === undefined) throw new Error(`stack.sh env did not print ${key}`)
   }
   return env as unknown as StackEnv
+}
+
+/**
+ * Drops `database` (closing its connections) and creates it empty, over an admin connection to another database
+ * on the same server. The name goes in as an escaped identifier; only plain lower-case names are accepted.
+ */
+export async function recreateDatabase (adminUrl: string, database: string): Promise<void> {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(database)) throw new Error(`not a plain database name: ${database}`)
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    await admin`drop database if exists ${admin(database)} with (force)`
+    await admin`create database ${admin(database)}`
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
 }
 
 /** The same URL pointing at another database (the test suite uses its own). */

@@ -3,8 +3,7 @@
 // then runs tap. Arguments after `--` go to tap (for example a single test file).
 import { spawnSync } from 'node:child_process'
 import { Redis } from 'ioredis'
-import postgres from 'postgres'
-import { localStackUp, withDatabase } from './local-stack.ts'
+import { localStackUp, recreateDatabase, withDatabase } from './local-stack.ts'
 import { migrate } from './migrate.ts'
 
 // Overridable so two suites can run side by side on one stack (for example two checkouts).
@@ -34,12 +33,7 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
  * phase left behind (the fault phase's whole-ledger checks must not scan the main phase's 2M-row test data).
  */
 async function freshState () {
-  if (adminUrl !== undefined) {
-    const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
-    await admin.unsafe(`drop database if exists ${TEST_DATABASE} with (force)`)
-    await admin.unsafe(`create database ${TEST_DATABASE}`)
-    await admin.end()
-  }
+  if (adminUrl !== undefined) await recreateDatabase(adminUrl, TEST_DATABASE)
   await migrate(env.DATABASE_DIRECT_URL || env.DATABASE_URL || '')
   const redis = new Redis(env.REDIS_URL ?? '')
   await redis.flushdb()

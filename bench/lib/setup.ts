@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
-import { localStackUp, withDatabase } from '../../scripts/local-stack.ts'
+import { localStackUp, recreateDatabase as recreateDatabaseOn, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 import { seedUsers, seedUserTransactions } from '../../scripts/seed.ts'
 
@@ -64,14 +64,7 @@ export function stackPids (stackDir: string | undefined) {
 }
 
 export async function recreateDatabase (env: BenchEnv) {
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(env.database)) throw new Error(`bad database name ${env.database}`)
-  const admin = postgres(env.adminUrl, { max: 1, onnotice: () => {} })
-  try {
-    await admin.unsafe(`drop database if exists ${env.database} with (force)`)
-    await admin.unsafe(`create database ${env.database}`)
-  } finally {
-    await admin.end()
-  }
+  await recreateDatabaseOn(env.adminUrl, env.database)
   await migrate(env.directUrl)
 }
 
@@ -156,8 +149,8 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     // Freshly written rows would otherwise get their hint bits and visibility map set during the first
     // measured reads, and autovacuum would wake up mid-run.
     await timed('vacuum analyze + checkpoint', async () => {
-      await sql.unsafe('vacuum analyze users, transactions, entries, balances, posts, idempotency_keys, bench_users')
-      await sql.unsafe('checkpoint').catch(() => {})
+      await sql`vacuum analyze users, transactions, entries, balances, posts, idempotency_keys, bench_users`
+      await sql`checkpoint`.catch(() => {})
     })
     const ordered = await sql<{ id: string }[]>`select id from bench_users order by n`
     return { pool: ordered.map((r) => r.id), abuserId, bigUserId, smallUserId, profileIds, depositPerUser: DEPOSIT_PER_USER, seconds }
