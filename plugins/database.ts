@@ -2,6 +2,7 @@ import { SpanKind, SpanStatusCode, trace, type Attributes } from '@opentelemetry
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import postgres from 'postgres'
+import { isUnavailableError } from './errors.ts'
 import type { Metrics } from './metrics.ts'
 import type { RedisClient } from './redis.ts'
 import { traceRedis } from './tracing.ts'
@@ -179,17 +180,13 @@ export interface ReadRouterOptions {
   onError: (error: unknown, dependency: 'redis' | 'replica', operation: string) => void
 }
 
-// A replica that cannot serve right now: connection failures, a server shutting down or out of slots, and
-// 40001, which on a hot standby means "canceled due to conflict with recovery". A statement timeout is not here:
-// a read too slow for the replica would be as slow on the primary.
-const replicaUnavailable = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED',
-  'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300', '40001'
-])
-const isReplicaUnavailable = (error: unknown) => {
-  const code = (error as { code?: unknown } | null)?.code
-  return typeof code === 'string' && (replicaUnavailable.has(code) || code.startsWith('08'))
-}
+// A replica that cannot serve right now is what makes any dependency unavailable (errors.ts: connection failures,
+// a server shutting down or out of slots, and 40001, which on a hot standby means "canceled due to conflict with
+// recovery"), except our own guard rails firing: a read that hits the statement or lock timeout, or a deadlock,
+// would do the same on the primary, so it is not retried there.
+const sameOnPrimary = new Set(['57014', '55P03', '40P01'])
+const isReplicaUnavailable = (error: unknown) =>
+  isUnavailableError(error) && !sameOnPrimary.has(String((error as { code?: unknown }).code))
 
 /**
  * Read-your-writes across processes: a write leaves `ryw:<userId>` in Redis for the window (one key, so fine on
