@@ -4,51 +4,128 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 
-const migrationsDir = fileURLToPath(new URL('../sql/', import.meta.url))
-const migrationFile = /^(\d{3,})_[a-z0-9_]+\.sql$/
+const sqlDir = fileURLToPath(new URL('../sql/', import.meta.url))
+const versionedFile = /^(\d{3,})_[a-z0-9_]+\.sql$/
+const repeatableFile = /^[a-z0-9_]+\.sql$/
+/** First line of a versioned file whose statement cannot run in a transaction (CREATE INDEX CONCURRENTLY). */
+const NO_TRANSACTION = /^--\s*migrate:\s*no-transaction\b/
+
+/**
+ * Versioned files whose text changed after release without changing what they leave in a database that applied
+ * them; the old checksum is accepted and replaced by the new one. 003 lost post_transaction(), which moved to
+ * sql/functions/ (the function file re-creates the same function in such a database).
+ */
+const REBASELINED: Record<string, string[]> = {
+  '003_ledger.sql': ['fb5eeb3d3999f4500598142f80f48f6859d75fd135e8e9e0d3f01acc60560fb8']
+}
 
 export interface MigrationResult {
   applied: string[]
   skipped: number
 }
 
+export interface MigrateOptions {
+  /** The folder holding NNN_name.sql files and functions/ (tests point it elsewhere). */
+  dir?: string
+  /** Accepted old checksums of edited versioned files (see REBASELINED). */
+  rebaselined?: Record<string, string[]>
+}
+
+interface MigrationFile {
+  /** `NNN_name.sql` for versioned files, `functions/name.sql` for repeatable ones. */
+  version: string
+  text: string
+  checksum: string
+  repeatable: boolean
+  transactional: boolean
+}
+
+async function readMigrationFiles (sqlDir: string): Promise<MigrationFile[]> {
+  const load = async (version: string, repeatable: boolean): Promise<MigrationFile> => {
+    const text = await readFile(join(sqlDir, version), 'utf8')
+    return {
+      version,
+      text,
+      checksum: createHash('sha256').update(text).digest('hex'),
+      repeatable,
+      transactional: !NO_TRANSACTION.test(text)
+    }
+  }
+  const versioned = (await readdir(sqlDir)).filter((name) => versionedFile.test(name)).sort()
+  const functions = (await readdir(join(sqlDir, 'functions'))).filter((name) => repeatableFile.test(name)).sort()
+  const files = [
+    ...await Promise.all(versioned.map((name) => load(name, false))),
+    ...await Promise.all(functions.map((name) => load(`functions/${name}`, true)))
+  ]
+  const misplaced = files.find((file) => file.repeatable && !file.transactional)
+  if (misplaced !== undefined) throw new Error(`${misplaced.version}: a database function file always runs in the migration transaction`)
+  return files
+}
+
 /**
- * Applies sql/NNN_name.sql files in order, each once. Everything runs in ONE transaction holding a
- * transaction-scoped advisory lock: two processes starting at once serialize instead of racing, a failure
- * leaves the schema as it was, and it works even through PgBouncer in transaction mode (where a session lock
- * would be lost). An applied file whose contents changed is refused: history is append-only.
+ * Applies sql/NNN_name.sql files in order, each once, then re-applies every sql/functions/NAME.sql whose text
+ * changed since it was last applied (one file per database function, each a `create or replace`, so a function
+ * has exactly one definition to edit). Everything runs in transactions holding a transaction-scoped advisory
+ * lock: two processes starting at once serialize instead of racing, a failure leaves the schema as it was, and it
+ * works even through PgBouncer in transaction mode (where a session lock would be lost). An applied versioned file
+ * whose contents changed is refused: history is append-only.
+ *
+ * A versioned file whose first line is `-- migrate: no-transaction` holds one statement that PostgreSQL refuses
+ * inside a transaction (CREATE INDEX CONCURRENTLY): the files before it commit first, it runs on its own, and it is
+ * recorded afterwards. Write it to be safe to run twice (`if not exists`), since it runs outside the lock.
  */
-export async function migrate (url: string, log: (line: string) => void = () => {}): Promise<MigrationResult> {
-  const files = (await readdir(migrationsDir)).filter((name) => migrationFile.test(name)).sort()
+export async function migrate (url: string, log: (line: string) => void = () => {}, options: MigrateOptions = {}): Promise<MigrationResult> {
+  const rebaselined = options.rebaselined ?? REBASELINED
+  const files = await readMigrationFiles(options.dir ?? sqlDir)
   const sql = postgres(url, { max: 1, prepare: false, onnotice: () => {}, connect_timeout: 10 })
-  try {
-    return await sql.begin(async (tx) => {
-      await tx`select pg_advisory_xact_lock(hashtext('ledger-api:migrations'))`
-      await tx`
-        create table if not exists schema_migrations (
-          version text primary key,
-          checksum text not null,
-          applied_at timestamptz not null default now()
-        )`
-      const done = new Map((await tx<{ version: string, checksum: string }[]>`select version, checksum from schema_migrations`)
-        .map((row) => [row.version, row.checksum]))
-      const applied: string[] = []
-      for (const file of files) {
-        const text = await readFile(join(migrationsDir, file), 'utf8')
-        const checksum = createHash('sha256').update(text).digest('hex')
-        const previous = done.get(file)
-        if (previous !== undefined) {
-          if (previous !== checksum) throw new Error(`migration ${file} was changed after it was applied; add a new migration instead`)
-          continue
+  const applied: string[] = []
+
+  // One locked transaction that applies `batch` (whatever of it is still due); returns the first file left that
+  // must run outside a transaction, if any.
+  const runBatch = (batch: MigrationFile[]) => sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(hashtext('ledger-api:migrations'))`
+    await tx`
+      create table if not exists schema_migrations (
+        version text primary key,
+        checksum text not null,
+        applied_at timestamptz not null default now()
+      )`
+    const done = new Map((await tx<{ version: string, checksum: string }[]>`select version, checksum from schema_migrations`)
+      .map((row) => [row.version, row.checksum]))
+    for (const file of batch) {
+      const previous = done.get(file.version)
+      if (previous === file.checksum) continue
+      if (previous !== undefined && !file.repeatable) {
+        if (!rebaselined[file.version]?.includes(previous)) {
+          throw new Error(`migration ${file.version} was changed after it was applied; add a new migration instead`)
         }
-        // Migration files are trusted project files, never request input: unsafe() runs their multi-statement text.
-        await tx.unsafe(text)
-        await tx`insert into schema_migrations (version, checksum) values (${file}, ${checksum})`
-        applied.push(file)
-        log(`applied ${file}`)
+        await tx`update schema_migrations set checksum = ${file.checksum} where version = ${file.version}`
+        continue
       }
-      return { applied, skipped: files.length - applied.length }
-    })
+      if (!file.transactional) return file
+      // Migration files are trusted project files, never request input: unsafe() runs their multi-statement text.
+      await tx.unsafe(file.text)
+      await tx`
+        insert into schema_migrations (version, checksum) values (${file.version}, ${file.checksum})
+        on conflict (version) do update set checksum = excluded.checksum, applied_at = now()`
+      applied.push(file.version)
+      log(`applied ${file.version}`)
+    }
+    return undefined
+  })
+
+  try {
+    let remaining = files
+    for (;;) {
+      const outside = await runBatch(remaining)
+      if (outside === undefined) break
+      await sql.unsafe(outside.text)
+      await sql`insert into schema_migrations (version, checksum) values (${outside.version}, ${outside.checksum}) on conflict do nothing`
+      applied.push(outside.version)
+      log(`applied ${outside.version} (outside a transaction)`)
+      remaining = remaining.slice(remaining.indexOf(outside) + 1)
+    }
+    return { applied, skipped: files.length - applied.length }
   } finally {
     await sql.end({ timeout: 5 })
   }

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, notFound, ProblemError, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { findTransaction, listTransactions, postTransaction } from './queries.ts'
+import { findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
   TransactionIdParamsSchema, TransactionPageSchema, TransactionSchema
@@ -9,7 +9,7 @@ import {
 
 const transferToSelf = () => badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
 
-// SQLSTATEs raised by post_transaction() (sql/006_post_transaction_refusals.sql) for refusals that are the client's to fix.
+// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the client's to fix.
 const ledgerRefusals: Record<string, () => ProblemError> = {
   LDG01: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.'),
   LDG02: () => notFound('The recipient does not exist.'),
@@ -58,11 +58,11 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     }
   }, async (request) => {
     const { limit, cursor } = request.query
-    const scope = `transactions:${request.user.id}`
-    const before = cursor === undefined ? undefined : cursors.decode(scope, cursor, TransactionCursorSchema).before
-    const { page, hasMore } = await reads.read(request.user.id, (sql) => listTransactions(sql, request.user.id, limit, before))
-    const last = page.at(-1)
-    return { data: page, nextCursor: hasMore && last !== undefined ? cursors.encode(scope, { before: last.id }) : null }
+    const userId = request.user.id
+    const scope = `transactions:${userId}`
+    const before = cursors.position(scope, cursor, TransactionCursorSchema)?.before
+    const rows = await reads.read(userId, (sql) => transactionsPageQuery(sql, userId, limit, before))
+    return cursors.page(scope, rows, limit, toTransaction, (row) => ({ before: row.id }))
   })
 
   app.get('/transactions/:id', {

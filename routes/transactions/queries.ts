@@ -36,7 +36,7 @@ export type PostOutcome =
   | { outcome: 'mismatch' }
 
 /**
- * One statement, one round trip: post_transaction() (sql/003_ledger.sql) claims the key, locks balances in user
+ * One statement, one round trip: post_transaction() (sql/functions/post_transaction.sql) claims the key, locks balances in user
  * id order, checks funds, writes the transaction, its entries and the balances, atomically.
  */
 export async function postTransaction (sql: Sql, userId: string, key: string, body: CreateTransactionBody): Promise<PostOutcome> {
@@ -51,11 +51,12 @@ export async function postTransaction (sql: Sql, userId: string, key: string, bo
 }
 
 /**
- * A page of the transactions that touch `userId`, newest first: a backward range scan of entries' primary key
- * (user_id, transaction_id) that stops after `limit` rows, then one primary-key lookup per row in transactions,
- * so its cost does not depend on table size. The limit sits inside the subquery on purpose: with it outside,
- * the planner may pick a merge join that walks transactions_pkey down from the newest row of the whole table
- * (the cursor bounds entries, not transactions), reading millions of rows for a deep page.
+ * A page of the transactions that touch `userId`, newest first, plus one look-ahead row (see cursors.page): a
+ * backward range scan of entries' primary key (user_id, transaction_id) that stops after `limit + 1` rows, then
+ * one primary-key lookup per row in transactions, so its cost does not depend on table size. The limit sits
+ * inside the subquery on purpose: with it outside, the planner may pick a merge join that walks
+ * transactions_pkey down from the newest row of the whole table (the cursor bounds entries, not transactions),
+ * reading millions of rows for a deep page. Not executed until awaited, so scripts can EXPLAIN the same text.
  */
 export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
   return sql<TransactionRow[]>`
@@ -66,17 +67,10 @@ export function transactionsPageQuery (sql: Sql, userId: string, limit: number, 
          where e.user_id = ${userId}
            ${before === undefined ? sql`` : sql`and e.transaction_id < ${before}`}
          order by e.transaction_id desc
-         limit ${limit}
+         limit ${limit + 1}
       ) page
       join transactions t on t.id = page.transaction_id
      order by page.transaction_id desc`
-}
-
-export async function listTransactions (sql: Sql, userId: string, limit: number, before?: string) {
-  // One row more than asked tells whether another page exists without a count query.
-  const rows = await transactionsPageQuery(sql, userId, limit + 1, before)
-  const page = rows.slice(0, limit).map(toTransaction)
-  return { page, hasMore: rows.length > limit }
 }
 
 export async function findTransaction (sql: Sql, userId: string, id: string): Promise<Transaction | null> {

@@ -1,8 +1,11 @@
--- post_transaction() refuses, with its own SQLSTATEs, three cases that used to surface as constraint errors
--- (500s): a caller whose user row is gone (LDG04), a transfer to oneself however the id was spelled (LDG05), and
--- a credit past the largest balance (LDG03). Same signature and semantics otherwise; see 003_ledger.sql.
--- Errors raised: LDG01 insufficient_funds, LDG02 recipient_not_found, LDG03 balance_limit_exceeded,
--- LDG04 caller_not_found, LDG05 transfer_to_self.
+-- post_transaction(): the whole money write as one statement from the client, so a request costs one round trip
+-- through PgBouncer and is atomic by construction: any raise rolls back the key claim, the balances and the rows
+-- together. Re-applied by the migration runner whenever this file changes (scripts/migrate.ts).
+--   outcome 'created'  : a new transaction was written
+--   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
+--   outcome 'mismatch' : the key was used before with a different request
+-- Errors raised (the API maps each to a client error): LDG01 insufficient_funds, LDG02 recipient_not_found,
+-- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self.
 create or replace function post_transaction(
   p_user_id uuid,
   p_key text,
