@@ -4,18 +4,19 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fas
 import type { Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
-import databasePlugin, { readRouter } from './plugins/database.ts'
+import cursorsPlugin from './plugins/cursors.ts'
+import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
+import readRouterPlugin from './plugins/read-router.ts'
 import redisPlugin from './plugins/redis.ts'
 import tracingPlugin from './plugins/tracing.ts'
 import underPressurePlugin from './plugins/under-pressure.ts'
 import { authRoutes } from './routes/auth/index.ts'
 import { balancesRoutes } from './routes/balances/index.ts'
-import { createCursorCodec, type CursorCodec } from './routes/common/cursor.ts'
 import { feedRoutes } from './routes/feed/index.ts'
 import { healthRoutes } from './routes/health/index.ts'
 import { transactionsRoutes } from './routes/transactions/index.ts'
@@ -24,7 +25,6 @@ import { usersRoutes } from './routes/users/index.ts'
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config
-    cursors: CursorCodec
   }
 }
 
@@ -75,7 +75,6 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
   app.decorate('config', config)
-  app.decorate('cursors', createCursorCodec(config.JWT_SECRET))
   // Only JSON is accepted; without this a text/plain body would reach validation instead of getting 415.
   app.removeContentTypeParser('text/plain')
   app.addHook('onSend', async (request, reply) => {
@@ -111,7 +110,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     }
   })
   await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
-  await app.register(readRouter, { windowS: config.READ_YOUR_WRITES_S })
+  await app.register(readRouterPlugin, { windowS: config.READ_YOUR_WRITES_S })
   await app.register(authPlugin, {
     secret: config.JWT_SECRET,
     issuer: config.JWT_ISSUER,
@@ -120,6 +119,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   })
 
   await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
+  await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).
   await app.register(healthRoutes)

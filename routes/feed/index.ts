@@ -1,26 +1,20 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-
-import type { CursorCodec } from '../common/cursor.ts'
+import type { CursorCodec } from '../../plugins/cursors.ts'
 import { notFound } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { insertPost, loadFeedPage, type FeedPageResult } from './queries.ts'
+import { feedPageQuery, feedPositionOf, insertPost, toPost, type FeedRow } from './queries.ts'
 import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
 
 export const FEED_CACHE = 'feed'
 
 /** Binds a feed cursor to this list and this caller: a cursor from anyone else's feed is a 400. */
-export const feedCursorScope = (userId: string) => `feed:${userId}`
+const feedCursorScope = (userId: string) => `feed:${userId}`
 
-export function decodeFeedCursor (cursors: CursorCodec, userId: string, cursor: string | undefined): FeedPosition | undefined {
-  return cursor === undefined ? undefined : cursors.decode(feedCursorScope(userId), cursor, FeedPositionSchema)
-}
+export const feedPosition = (cursors: CursorCodec, userId: string, cursor: string | undefined): FeedPosition | undefined =>
+  cursors.position(feedCursorScope(userId), cursor, FeedPositionSchema)
 
-export function toFeedPage (cursors: CursorCodec, userId: string, result: FeedPageResult): FeedPage {
-  return {
-    data: result.posts,
-    nextCursor: result.next === null ? null : cursors.encode(feedCursorScope(userId), result.next)
-  }
-}
+export const feedPage = (cursors: CursorCodec, userId: string, rows: readonly FeedRow[], limit: number): FeedPage =>
+  cursors.page(feedCursorScope(userId), rows, limit, toPost, feedPositionOf)
 
 export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cache, config, cursors, reads } = app
@@ -52,8 +46,8 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request) => {
     const userId = request.user.id
     const { limit, cursor } = request.query
-    const after = decodeFeedCursor(cursors, userId, cursor)
-    const load = async () => toFeedPage(cursors, userId, await loadFeedPage(db, userId, limit, after))
+    const after = feedPosition(cursors, userId, cursor)
+    const load = async () => feedPage(cursors, userId, await feedPageQuery(db, userId, limit, after), limit)
 
     // Only the first page at the default limit is cached, under `feed:<userId>`: that is what nearly every
     // client asks for, and a single key per feed means a new post invalidates exactly one key. Caching other
@@ -71,6 +65,6 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       // The loader never returns null (an empty feed is an empty page); `?? load()` only satisfies the type.
       return (await cache.get(FEED_CACHE, userId, config.FEED_CACHE_TTL_S, load)) ?? load()
     }
-    return reads.read(userId, async (sql) => toFeedPage(cursors, userId, await loadFeedPage(sql, userId, limit, after)))
+    return reads.read(userId, async (sql) => feedPage(cursors, userId, await feedPageQuery(sql, userId, limit, after), limit))
   })
 }

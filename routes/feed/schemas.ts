@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { CursorParamSchema } from '../common/cursor.ts'
+import { CursorParamSchema } from '../../plugins/cursors.ts'
 import { UserIdSchema } from '../common/schemas.ts'
 
 export const POST_BODY_MAX_CHARS = 5000

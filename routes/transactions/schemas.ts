@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { CursorParamSchema } from '../common/cursor.ts'
+import { CursorParamSchema } from '../../plugins/cursors.ts'
 import { AmountSchema, CurrencySchema } from '../common/money.ts'
 import { UserIdSchema } from '../common/schemas.ts'
 import { MULTI_LINE } from '../common/text.ts'

@@ -12,11 +12,10 @@
 // nothing). Everything it runs is read-only. The API is http://127.0.0.1:$PORT (3000) unless --api says otherwise.
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import { readStackEnv } from './local-stack.ts'
-import {
-  cacheCounts, closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql, fetchMetrics, int, metricSeries, ms, pct, ratio, reason, redact, sumBy,
-  table, withTimeout, type CacheCounts, type MetricsSnapshot
-} from './lib-report.ts'
+import { readStackEnv } from '../local-stack.ts'
+import { closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql } from './diagnostic-sql.ts'
+import { int, ms, pct, ratio, reason, redact, table, withTimeout } from './format.ts'
+import { cacheCounts, fetchMetrics, metricSeries, sumBy, type CacheCounts, type MetricsSnapshot } from './prometheus.ts'
 
 const SECTION_TIMEOUT_MS = 10_000
 const QUERY_WIDTH = 72

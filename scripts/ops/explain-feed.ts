@@ -9,10 +9,10 @@
 // The statement explained is the one the API runs: feedPageQuery() from routes/feed/queries.ts, embedded as a
 // postgres.js fragment, so the text (and the parameter binding, prepare: false as behind PgBouncer) cannot drift.
 import postgres from 'postgres'
-import { feedPageQuery } from '../routes/feed/queries.ts'
-import { FEED_DEFAULT_LIMIT, type FeedPosition } from '../routes/feed/schemas.ts'
-import { localStackUp, recreateDatabase, withDatabase } from './local-stack.ts'
-import { migrate } from './migrate.ts'
+import { feedPageQuery } from '../../routes/feed/queries.ts'
+import { FEED_DEFAULT_LIMIT, type FeedPosition } from '../../routes/feed/schemas.ts'
+import { localStackUp, recreateDatabase, withDatabase } from '../local-stack.ts'
+import { migrate } from '../migrate.ts'
 
 const USERS = 1000
 const POSTS = 200_000

@@ -27,10 +27,9 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import {
-  cacheCounts, closeSql, describeCaches, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql, fetchMetrics, int, metricsDelta, ms, reason, sumBy, withTimeout,
-  type MetricsSnapshot
-} from './lib-report.ts'
+import { closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql } from './diagnostic-sql.ts'
+import { int, ms, reason, withTimeout } from './format.ts'
+import { cacheCounts, describeCaches, fetchMetrics, metricsDelta, sumBy, type MetricsSnapshot } from './prometheus.ts'
 
 const REQUEST_TIMEOUT_MS = 10_000
 /** The pg_sleep payload sleeps this long; an answer that much slower than the field's other payloads means it ran. */

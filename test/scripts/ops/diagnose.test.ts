@@ -1,15 +1,15 @@
-// scripts/diagnose.ts run as its own process against the test stack (DATABASE_URL, DATABASE_DIRECT_URL and
+// scripts/ops/diagnose.ts run as its own process against the test stack (DATABASE_URL, DATABASE_DIRECT_URL and
 // REDIS_URL of the test run) and a test server on a real port.
 import { execFile } from 'node:child_process'
 import { createServer, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import type { App } from '../../app.ts'
-import { feedNPlusOneRoutes } from '../../routes/feed/n-plus-one.ts'
-import type { Diagnosis } from '../../scripts/diagnose.ts'
-import { buildTestApp, createUser } from '../helper.ts'
+import type { App } from '../../../app.ts'
+import { feedNPlusOneRoutes } from '../../../bench/feed-n-plus-one.ts'
+import type { Diagnosis } from '../../../scripts/ops/diagnose.ts'
+import { buildTestApp, createUser } from '../../helper.ts'
 
-const script = fileURLToPath(new URL('../../scripts/diagnose.ts', import.meta.url))
+const script = fileURLToPath(new URL('../../../scripts/ops/diagnose.ts', import.meta.url))
 const database = new URL(process.env.DATABASE_URL ?? 'postgres://x/unknown').pathname.slice(1)
 
 function diagnose (args: string[]): Promise<{ code: number, stdout: string }> {

@@ -1,4 +1,4 @@
-// scripts/preflight.ts run as the operator runs it (its own process) against a test server on a real port: it
+// scripts/ops/preflight.ts run as the operator runs it (its own process) against a test server on a real port: it
 // passes on the app as built, and it fails on the right line for two deliberately broken builds, so the checklist
 // is shown able to fail.
 import { execFile } from 'node:child_process'
@@ -6,13 +6,13 @@ import type { AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { z } from 'zod'
-import type { App } from '../../app.ts'
-import { CursorParamSchema } from '../../routes/common/cursor.ts'
-import { commonErrors } from '../../routes/common/schemas.ts'
-import { tamper } from '../../scripts/preflight.ts'
-import { buildTestApp, createUser } from '../helper.ts'
+import type { App } from '../../../app.ts'
+import { CursorParamSchema } from '../../../plugins/cursors.ts'
+import { commonErrors } from '../../../routes/common/schemas.ts'
+import { tamper } from '../../../scripts/ops/preflight.ts'
+import { buildTestApp, createUser } from '../../helper.ts'
 
-const script = fileURLToPath(new URL('../../scripts/preflight.ts', import.meta.url))
+const script = fileURLToPath(new URL('../../../scripts/ops/preflight.ts', import.meta.url))
 
 interface Run { code: number, stdout: string, stderr: string }
 
