@@ -3,7 +3,8 @@
 # so the image is just production dependencies plus the runtime sources.
 #
 #   docker build -t ledger-api .
-#   docker run --rm -p 3000:3000 -e DATABASE_URL=... -e DATABASE_DIRECT_URL=... -e REDIS_URL=... -e JWT_SECRET=... ledger-api
+#   docker run --rm -e DATABASE_DIRECT_URL=... ledger-api node scripts/migrate.ts
+#   docker run --rm -p 3000:3000 -e DATABASE_URL=... -e REDIS_URL=... -e JWT_SECRET=... ledger-api
 #
 # compose.yaml runs it next to PostgreSQL, PgBouncer and Redis.
 
@@ -30,9 +31,9 @@ COPY package.json app.ts server.ts cluster.ts config.ts telemetry.ts ./
 COPY plugins ./plugins
 COPY routes ./routes
 COPY sql ./sql
-# start.ts imports local-stack.ts, which is only used when DATABASE_URL or REDIS_URL is missing
-# (the local stack script itself is deliberately not in the image).
-COPY scripts/start.ts scripts/migrate.ts scripts/local-stack.ts ./scripts/
+# The migration runner is its own command (compose's `migrate` service, deploy/k8s/migrate-job.yaml); no
+# local-stack code is in the image.
+COPY scripts/migrate.ts ./scripts/
 
 USER node
 EXPOSE 3000
@@ -44,6 +45,5 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
 
 # server.ts handles SIGTERM itself (close-with-grace): stop accepting, finish in-flight requests, close pools, exit 0.
 STOPSIGNAL SIGTERM
-# Migrates (through DATABASE_DIRECT_URL when set, else DATABASE_URL), then serves.
-# `node server.ts` serves only; `node scripts/migrate.ts` migrates only.
-CMD ["node", "scripts/start.ts"]
+# Serves only. Migrations run before a release as `node scripts/migrate.ts` (DATABASE_DIRECT_URL, else DATABASE_URL).
+CMD ["node", "server.ts"]

@@ -8,13 +8,6 @@ import type { Metrics } from './metrics.ts'
 import type { RedisClient } from './redis.ts'
 import { traceRedis } from './tracing.ts'
 
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** Tokens one request to this route takes from the caller's bucket (default 1): writes can cost more. */
-    rateLimitCost?: number
-  }
-}
-
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     tokenBucket: (key: string, capacity: number, refillPerMs: number, cost: number) => Result<[number, string, number], Context>
@@ -132,13 +125,9 @@ async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOp
   // @fastify/rate-limit owns the hooks and headers; this store gives it token-bucket answers in the shape it
   // expects: `current` above `max` means refused, `ttl` is when to come back (Retry-After / RateLimit-Reset).
   class TokenBucketStore implements FastifyRateLimitStore {
-    private readonly cost: number
-    // The plugin constructs the root store with its own options; route children pass their cost.
-    constructor (_pluginOptions?: unknown, cost = 1) { this.cost = cost }
-
     incr (key: string, callback: (error: Error | null, result?: { current: number, ttl: number }) => void, timeWindow: number, max: number) {
       const refillPerSecond = max / (timeWindow / 1000)
-      bucket.take(key, max, refillPerSecond, this.cost).then((result) => {
+      bucket.take(key, max, refillPerSecond).then((result) => {
         callback(null, { current: result.allowed ? max - result.remaining : max + 1, ttl: result.resetMs })
       }, (error: unknown) => {
         redisFailed(error)
@@ -147,8 +136,8 @@ async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOp
       })
     }
 
-    child (routeOptions: { config?: { rateLimitCost?: number } }) {
-      return new TokenBucketStore(undefined, routeOptions.config?.rateLimitCost ?? 1)
+    child () {
+      return new TokenBucketStore()
     }
   }
 

@@ -1,3 +1,4 @@
+import fastifyRedis from '@fastify/redis'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { Cluster, Redis, type ClusterNode } from 'ioredis'
@@ -9,12 +10,6 @@ import { Cluster, Redis, type ClusterNode } from 'ioredis'
  * needs two keys must hash-tag them into one slot (`rl:{user:<id>}` and `ryw:{user:<id>}`).
  */
 export type RedisClient = Redis | Cluster
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    redis: RedisClient
-  }
-}
 
 export interface RedisOptions {
   url: string
@@ -76,7 +71,7 @@ function createCluster (nodes: string[], options: RedisOptions): Cluster {
 }
 
 /**
- * Resolves once the client is ready (what @fastify/redis did, whose decorator type only knows a single Redis).
+ * Resolves once the client is ready (@fastify/redis waits like this only for the clients it creates itself).
  * Refused connections are waited out while the client reconnects (Fastify's plugin timeout bounds the wait); an
  * error Redis itself returns (wrong password), an unknown host or the client giving up fails the boot.
  */
@@ -110,7 +105,11 @@ async function redisPlugin (app: FastifyInstance, options: RedisOptions) {
       app.log.warn({ err: error }, 'redis connection error')
     }
   })
-  app.decorate<RedisClient>('redis', client)
+  // @fastify/redis decorates `app.redis` with the client made here. Its decorator is typed as a single Redis;
+  // in cluster mode it holds a Cluster, which shares the command interface every caller uses (callers take
+  // `RedisClient`, so nothing here relies on single-node-only methods). closeClient: false, because its close is
+  // a bare quit(), which never resolves while Redis is down.
+  await app.register(fastifyRedis, { client, closeClient: false })
   app.addHook('onClose', async () => {
     // quit() waits for Redis to answer; during an outage that would never happen, so fall back to disconnect.
     await Promise.race([client.quit().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])

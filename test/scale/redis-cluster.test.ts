@@ -5,6 +5,7 @@
 import { Cluster } from 'ioredis'
 import t from 'tap'
 import { buildApp, type App } from '../../app.ts'
+import type { RedisClient } from '../../plugins/redis.ts'
 import { createUser, hasLocalStack, testConfig } from '../helper.ts'
 import { parseEnvLines, runStackScript } from './support.ts'
 
@@ -48,7 +49,7 @@ const get = (app: App, authorization: string, url: string) => app.inject({ metho
 t.test('the client runs in cluster mode and readiness pings through it', { skip }, async (t) => {
   const app = await clusterApp()
   t.ok(app.redis instanceof Cluster, 'an ioredis Cluster')
-  const masters = (app.redis as Cluster).nodes('master').length
+  const masters = (app.redis as RedisClient as Cluster).nodes('master').length
   t.ok(masters >= 3, `${masters} masters`)
   const ready = await app.inject({ method: 'GET', url: '/health/ready' })
   t.equal(ready.statusCode, 200)
@@ -71,7 +72,7 @@ t.test('buckets of different users spread over the masters (one key per script c
   const app = await clusterApp()
   const users = await Promise.all(Array.from({ length: 12 }, () => createUser(app)))
   for (const user of users) t.equal((await get(app, user.authorization, '/balances')).statusCode, 200)
-  const cluster = app.redis as Cluster
+  const cluster = app.redis as RedisClient as Cluster
   const owners = await Promise.all(users.map(async (user) => {
     const key = `rl:user:${user.id}`
     t.equal(await cluster.exists(key), 1)
