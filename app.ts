@@ -13,6 +13,7 @@ import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
 import readRouterPlugin from './plugins/read-router.ts'
 import redisPlugin from './plugins/redis.ts'
+import revocationsPlugin from './plugins/revocations.ts'
 import tracingPlugin from './plugins/tracing.ts'
 import underPressurePlugin from './plugins/under-pressure.ts'
 import { authRoutes } from './routes/auth/index.ts'
@@ -111,6 +112,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   })
   await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
   await app.register(readRouterPlugin, { windowS: config.READ_YOUR_WRITES_S })
+  await app.register(revocationsPlugin, {
+    pollMs: config.REVOCATION_POLL_MS,
+    maxStalenessMs: config.REVOCATION_MAX_STALENESS_S * 1000,
+    maxTokenAgeS: 3600
+  })
   await app.register(authPlugin, {
     secret: config.JWT_SECRET,
     issuer: config.JWT_ISSUER,
@@ -126,7 +132,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(rateLimitPlugin, {
     tiers: {
       standard: { capacity: config.RATE_LIMIT_STANDARD_CAPACITY, refillPerSecond: config.RATE_LIMIT_STANDARD_REFILL_PER_S },
-      pro: { capacity: config.RATE_LIMIT_PRO_CAPACITY, refillPerSecond: config.RATE_LIMIT_PRO_REFILL_PER_S }
+      pro: { capacity: config.RATE_LIMIT_PRO_CAPACITY, refillPerSecond: config.RATE_LIMIT_PRO_REFILL_PER_S },
+      service: { capacity: config.RATE_LIMIT_SERVICE_CAPACITY, refillPerSecond: config.RATE_LIMIT_SERVICE_REFILL_PER_S }
     },
     publicTier: { capacity: config.RATE_LIMIT_PUBLIC_CAPACITY, refillPerSecond: config.RATE_LIMIT_PUBLIC_REFILL_PER_S },
     failOpen: config.RATE_LIMIT_FAIL_OPEN

@@ -73,12 +73,20 @@ const schema = z.object({
   RATE_LIMIT_STANDARD_REFILL_PER_S: z.coerce.number().positive().default(1),
   RATE_LIMIT_PRO_CAPACITY: z.coerce.number().int().min(1).default(600),
   RATE_LIMIT_PRO_REFILL_PER_S: z.coerce.number().positive().default(10),
+  // Service clients (back-office systems posting deposits and withdrawals in batches), per client id.
+  RATE_LIMIT_SERVICE_CAPACITY: z.coerce.number().int().min(1).default(6000),
+  RATE_LIMIT_SERVICE_REFILL_PER_S: z.coerce.number().positive().default(100),
   RATE_LIMIT_PUBLIC_CAPACITY: z.coerce.number().int().min(1).default(20),
   RATE_LIMIT_PUBLIC_REFILL_PER_S: z.coerce.number().positive().default(20 / 60),
   RATE_LIMIT_FAIL_OPEN: boolean.default(true),
 
   PRESSURE_MAX_EVENT_LOOP_DELAY_MS: z.coerce.number().int().min(0).default(1000),
   PRESSURE_MAX_HEAP_USED_MB: z.coerce.number().int().min(0).default(0),
+
+  // How often each process re-reads token revocations (a revoked client's tokens stop within about this long),
+  // and how long it may go without a successful read before it refuses tokens (503) rather than trust a stale list.
+  REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(1000).default(500),
+  REVOCATION_MAX_STALENESS_S: z.coerce.number().int().min(1).max(300).default(10),
 
   PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
   METRICS_TOKEN: z.string().min(16).optional()

@@ -2,27 +2,50 @@ import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { z } from 'zod'
-import { unauthorized } from './errors.ts'
+import { ProblemError, serviceUnavailable, unauthorized } from './errors.ts'
 
 export const tiers = ['standard', 'pro'] as const
 export type Tier = typeof tiers[number]
 
-export interface AuthUser {
-  id: string
-  tier: Tier
-}
+/** What a service client may be granted (contract: "Principals and tokens"). Users hold none of them. */
+export const scopes = ['funds:write', 'events:read'] as const
+export type Scope = typeof scopes[number]
 
-const claimsSchema = z.object({
-  sub: z.uuid(),
-  tier: z.enum(tiers),
-  iat: z.number().int(),
-  exp: z.number().int()
+export type PrincipalKind = 'user' | 'client'
+
+/**
+ * Who is calling. Users sign up and log in; service clients (back-office systems that settle real money) use
+ * OAuth 2.0 client credentials and act only within their scopes. Both are bearer tokens from this service.
+ */
+export type Principal =
+  | { kind: 'user', id: string, tier: Tier, scopes: readonly Scope[] }
+  | { kind: 'client', id: string, tier: 'service', scopes: readonly Scope[] }
+
+/** The subjects a revocation can name for this principal's tokens (plugins/revocations.ts). */
+export const revocationSubjects = (principal: Principal): string[] => [`${principal.kind}:${principal.id}`]
+
+const scopeClaim = z.string().max(200).transform((value, ctx) => {
+  const granted = value.split(' ').filter(Boolean)
+  if (!granted.every((scope): scope is Scope => (scopes as readonly string[]).includes(scope))) {
+    ctx.addIssue({ code: 'custom', message: 'unknown scope' })
+    return z.NEVER
+  }
+  return granted
 })
+
+// RFC 9068's JWT access token profile: a client-credentials token names its client in `client_id` (= `sub`).
+const claimsSchema = z.union([
+  z.object({ sub: z.uuid(), tier: z.enum(tiers), scope: scopeClaim, iat: z.number().int(), exp: z.number().int() })
+    .transform((c): Principal => ({ kind: 'user', id: c.sub, tier: c.tier, scopes: [] })),
+  z.object({ sub: z.uuid(), client_id: z.uuid(), scope: scopeClaim, iat: z.number().int(), exp: z.number().int() })
+    .refine((c) => c.client_id === c.sub && c.scope.length > 0)
+    .transform((c): Principal => ({ kind: 'client', id: c.sub, tier: 'service', scopes: c.scope }))
+])
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
-    payload: { sub: string, tier: Tier }
-    user: AuthUser
+    payload: { sub: string, scope: string, tier?: Tier, client_id?: string }
+    user: Principal
   }
 }
 
@@ -30,10 +53,41 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Routes are private by default; a route opts out with `config: { public: true }`. */
     public?: boolean
+    /** Who may call a private route: users only unless the route says otherwise. */
+    principals?: readonly PrincipalKind[]
+    /** The scope a token needs for this route (a 403 `insufficient_scope` without it). */
+    scope?: Scope
   }
   interface FastifyInstance {
-    issueToken: (user: AuthUser) => Promise<{ accessToken: string, tokenType: 'Bearer', expiresIn: number }>
+    issueToken: (user: { id: string, tier: Tier }) => Promise<AccessToken>
+    issueClientToken: (client: { id: string, scopes: readonly Scope[] }) => Promise<AccessToken & { scope: string }>
   }
+}
+
+export interface AccessToken {
+  accessToken: string
+  tokenType: 'Bearer'
+  expiresIn: number
+}
+
+/**
+ * 403 with RFC 6750's `insufficient_scope`: authenticated, but this token may not do this. Used by the route
+ * check below and by handlers whose rule depends on the body (a user may transfer, only a client may fund).
+ */
+export function insufficientScope (detail: string, scope?: Scope): ProblemError {
+  return new ProblemError(403, 'insufficient_scope', detail, {
+    headers: { 'www-authenticate': `Bearer error="insufficient_scope"${scope === undefined ? '' : `, scope="${scope}"`}` }
+  })
+}
+
+const USERS_ONLY: readonly PrincipalKind[] = ['user']
+
+/** The one place a route's principal and scope rules are checked. */
+export function authorize (principal: Principal, allowed: readonly PrincipalKind[] = USERS_ONLY, scope?: Scope): void {
+  if (!allowed.includes(principal.kind)) {
+    throw insufficientScope(principal.kind === 'client' ? 'This route is for users; service client tokens are refused.' : 'This route is for service clients.')
+  }
+  if (scope !== undefined && !principal.scopes.includes(scope)) throw insufficientScope(`This needs the ${scope} scope.`, scope)
 }
 
 function authorizationHeaderCount (rawHeaders: string[]): number {
@@ -51,10 +105,17 @@ export interface AuthOptions {
   ttlSeconds: number
 }
 
+/** How every token is signed; the bench signs its callers' tokens with the same options and claims. */
+export const signOptions = (options: AuthOptions) =>
+  ({ algorithm: 'HS256' as const, iss: options.issuer, aud: options.audience, expiresIn: options.ttlSeconds })
+export const userClaims = (user: { id: string, tier: Tier }) => ({ sub: user.id, tier: user.tier, scope: '' })
+export const clientClaims = (client: { id: string, scopes: readonly Scope[] }) =>
+  ({ sub: client.id, client_id: client.id, scope: client.scopes.join(' ') })
+
 async function authPlugin (app: FastifyInstance, options: AuthOptions) {
   await app.register(fastifyJwt, {
     secret: options.secret,
-    sign: { algorithm: 'HS256', iss: options.issuer, aud: options.audience, expiresIn: options.ttlSeconds },
+    sign: signOptions(options),
     verify: {
       // Pinning the algorithm is what refuses `alg: none` and key-confusion tokens.
       algorithms: ['HS256'],
@@ -64,15 +125,17 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
       maxAge: 3600,
       cache: 10_000
     },
-    formatUser: (payload) => {
-      const claims = claimsSchema.parse(payload)
-      return { id: claims.sub, tier: claims.tier }
-    }
+    formatUser: (payload) => claimsSchema.parse(payload)
   })
 
-  app.decorate('issueToken', async (user: AuthUser) => {
-    const accessToken = await app.jwt.sign({ sub: user.id, tier: user.tier })
+  app.decorate('issueToken', async (user: { id: string, tier: Tier }) => {
+    const accessToken = await app.jwt.sign(userClaims(user))
     return { accessToken, tokenType: 'Bearer' as const, expiresIn: options.ttlSeconds }
+  })
+  app.decorate('issueClientToken', async (client: { id: string, scopes: readonly Scope[] }) => {
+    const claims = clientClaims(client)
+    const accessToken = await app.jwt.sign(claims)
+    return { accessToken, tokenType: 'Bearer' as const, expiresIn: options.ttlSeconds, scope: claims.scope }
   })
 
   app.addHook('onRequest', async (request: FastifyRequest) => {
@@ -91,7 +154,11 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     } catch (error) {
       throw unauthorized('The token is invalid or expired.', error)
     }
+    if (app.revocations.isStale()) throw serviceUnavailable('token revocation list')
+    if (app.revocations.isRevoked(revocationSubjects(request.user))) throw unauthorized('The token was revoked.')
+    const { principals, scope } = request.routeOptions.config
+    authorize(request.user, principals, scope)
   })
 }
 
-export default fp(authPlugin, { name: 'auth', dependencies: ['errors'] })
+export default fp(authPlugin, { name: 'auth', dependencies: ['errors', 'revocations'] })

@@ -2,7 +2,7 @@ import fastifyRateLimit, { type FastifyRateLimitStore, type RateLimitOptions } f
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Result } from 'ioredis'
-import type { AuthUser } from './auth.ts'
+import type { Principal } from './auth.ts'
 import { notFound, ProblemError, sendProblem, serviceUnavailable } from './errors.ts'
 import type { Metrics } from './metrics.ts'
 import type { RedisClient } from './redis.ts'
@@ -99,7 +99,7 @@ export const publicRouteRateLimit = (group: string): RateLimitOptions => ({
 })
 
 // @fastify/jwt decorates every request with `user: null` until a token is verified (public routes, 404s).
-const callerOf = (request: FastifyRequest): AuthUser | undefined => (request.user as AuthUser | null) ?? undefined
+const callerOf = (request: FastifyRequest): Principal | undefined => (request.user as Principal | null) ?? undefined
 const tierOf = (request: FastifyRequest) => callerOf(request)?.tier ?? 'public'
 
 async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOptions) {
@@ -150,7 +150,7 @@ async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOp
     skipOnError: false,
     keyGenerator: (request) => {
       const caller = callerOf(request)
-      return caller === undefined ? `ip:${request.ip}` : `user:${caller.id}`
+      return caller === undefined ? `ip:${request.ip}` : `${caller.kind}:${caller.id}`
     },
     // The plugin's window/max pair carries the bucket's shape: capacity = max, refill = max per window.
     max: (request) => tierFor(request).capacity,

@@ -44,16 +44,4 @@ create table idempotency_keys (
   primary key (user_id, key)
 );
 
-create type posted_transaction as (
-  outcome text,
-  id bigint,
-  kind text,
-  amount bigint,
-  currency char(3),
-  from_user_id uuid,
-  to_user_id uuid,
-  description text,
-  created_at timestamptz
-);
-
 -- post_transaction(), the only writer of these tables, lives in sql/functions/post_transaction.sql.

@@ -8,6 +8,8 @@ import type { FastifyServerOptions, InjectOptions } from 'fastify'
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
+import type { Scope } from '../plugins/auth.ts'
+import { createServiceClient } from '../routes/auth/clients.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -103,4 +105,49 @@ export async function createUser (app: App, options: { name?: string, tier?: 'st
     ? (await app.issueToken({ id, tier: options.tier })).accessToken
     : (await app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })).json().accessToken as string
   return { id, email, name, password, token, authorization: `Bearer ${token}` }
+}
+
+export interface TestClient {
+  id: string
+  secret: string
+  scopes: Scope[]
+  token: string
+  authorization: string
+}
+
+/**
+ * A service client made the way the operator's `npm run clients -- create` makes one, with a token from the
+ * client-credentials grant. Money enters the ledger only through such a client.
+ */
+export async function createClient (app: App, scopes: Scope[] = ['funds:write'], name = 'test settlement system'): Promise<TestClient> {
+  const { client, secret } = await createServiceClient(app.db, name, scopes)
+  const response = await app.inject({
+    method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }
+  })
+  if (response.statusCode !== 200) throw new Error(`client token failed: ${response.statusCode} ${response.body}`)
+  const token = response.json().accessToken as string
+  return { id: client.id, secret, scopes, token, authorization: `Bearer ${token}` }
+}
+
+const fundingClients = new WeakMap<App, Promise<TestClient>>()
+
+/**
+ * Deposits `amount` to `user` through a service client (one per app, made on first use) and returns the response;
+ * throws unless it is a 201, since a test that funds a user relies on the money being there.
+ */
+export async function fund (app: App, user: { id: string }, amount: number, currency = 'USD', options: { client?: TestClient, reference?: string, key?: string } = {}) {
+  let client = options.client
+  if (client === undefined) {
+    const shared = fundingClients.get(app) ?? createClient(app)
+    fundingClients.set(app, shared)
+    client = await shared
+  }
+  const response = await app.inject({
+    method: 'POST',
+    url: '/transactions',
+    headers: { authorization: client.authorization, 'idempotency-key': options.key ?? randomBytes(12).toString('hex') },
+    payload: { kind: 'deposit', userId: user.id, amount, currency, reference: options.reference ?? `settlement-${randomBytes(8).toString('hex')}` }
+  })
+  if (response.statusCode !== 201) throw new Error(`funding failed: ${response.statusCode} ${response.body}`)
+  return response
 }

@@ -1,9 +1,9 @@
-// Who sends what: tokens signed exactly as the API signs them (its own auth plugin on a throwaway Fastify
-// instance, same secret, issuer and audience), and the request factories autocannon calls before each request.
+// Who sends what: tokens signed exactly as the API signs them (its signing options and claims on a throwaway
+// Fastify instance, same secret, issuer and audience), and the request factories autocannon calls before each request.
+import fastifyJwt from '@fastify/jwt'
 import type autocannon from 'autocannon'
 import Fastify from 'fastify'
-import authPlugin, { type Tier } from '../../plugins/auth.ts'
-import errorsPlugin from '../../plugins/errors.ts'
+import { signOptions, userClaims, type AuthOptions, type Tier } from '../../plugins/auth.ts'
 import { tagRoute } from './load.ts'
 
 export interface Caller {
@@ -11,13 +11,12 @@ export interface Caller {
   token: string
 }
 
-export async function signTokens (options: { secret: string, issuer: string, audience: string, ttlSeconds: number }, users: Array<{ id: string, tier: Tier }>): Promise<string[]> {
+export async function signTokens (options: AuthOptions, users: Array<{ id: string, tier: Tier }>): Promise<string[]> {
   const app = Fastify({ logger: false })
-  await app.register(errorsPlugin)
-  await app.register(authPlugin, options)
+  await app.register(fastifyJwt, { secret: options.secret, sign: signOptions(options) })
   await app.ready()
   try {
-    return users.map((user) => app.jwt.sign({ sub: user.id, tier: user.tier }))
+    return users.map((user) => app.jwt.sign(userClaims(user)))
   } finally {
     await app.close()
   }

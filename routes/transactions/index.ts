@@ -1,7 +1,8 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { badRequest, notFound, ProblemError, unauthorized, unprocessable } from '../../plugins/errors.ts'
+import { authorize, type PrincipalKind, type Scope } from '../../plugins/auth.ts'
+import { badRequest, conflict, notFound, ProblemError, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
+import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
   TransactionIdParamsSchema, TransactionPageSchema, TransactionSchema
@@ -9,34 +10,55 @@ import {
 
 const transferToSelf = () => badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
 
-// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the client's to fix.
+// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the caller's to fix.
 const ledgerRefusals: Record<string, () => ProblemError> = {
   LDG01: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.'),
-  LDG02: () => notFound('The recipient does not exist.'),
+  LDG02: () => notFound('The user does not exist.'),
   LDG03: () => unprocessable('balance_limit_exceeded', 'The recipient balance would pass the largest amount the ledger holds.'),
   LDG04: () => unauthorized('The account this token was issued for no longer exists.'),
-  LDG05: transferToSelf
+  LDG05: transferToSelf,
+  LDG06: () => unauthorized('The client was revoked.')
+}
+
+/** A reference another transaction of this client already holds: the database's unique index says so. */
+const isReferenceUsed = (error: unknown) =>
+  (error as { code?: string, constraint_name?: string }).code === '23505' &&
+  (error as { constraint_name?: string }).constraint_name === 'transactions_client_reference_key'
+
+// Who may post which kind: users move their own money; money enters and leaves only through service clients.
+const posters: Record<string, { principals: readonly PrincipalKind[], scope?: Scope }> = {
+  transfer: { principals: ['user'] },
+  deposit: { principals: ['client'], scope: 'funds:write' },
+  withdrawal: { principals: ['client'], scope: 'funds:write' }
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, reads } = app
 
   app.post('/transactions', {
+    config: { principals: ['user', 'client'] },
+    // Before validation, so a user's deposit is a 403 whatever else its body holds, and nothing is written.
+    preValidation: async (request) => {
+      const kind = (request.body as { kind?: unknown } | null)?.kind
+      const rule = typeof kind === 'string' && Object.hasOwn(posters, kind) ? posters[kind] : undefined
+      if (rule !== undefined) authorize(request.user, rule.principals, rule.scope)
+    },
     schema: {
       tags: ['money'],
-      summary: 'Move money: deposit, withdrawal or transfer, exactly once per Idempotency-Key',
+      summary: 'Move money exactly once per Idempotency-Key: a user transfers; a service client (funds:write) deposits or withdraws',
       headers: IdempotencyHeadersSchema,
       body: CreateTransactionBodySchema,
-      response: { 201: TransactionSchema, 404: ProblemSchema, 409: ProblemSchema, 422: ProblemSchema, ...commonErrors }
+      response: { 201: TransactionSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 422: ProblemSchema, ...commonErrors }
     }
   }, async (request, reply) => {
     const { body, user } = request
     // Checked here to skip a round trip; post_transaction() refuses it too (LDG05), whatever the caller sends.
-    if (body.toUserId === user.id) throw transferToSelf()
+    if (body.kind === 'transfer' && body.toUserId === user.id) throw transferToSelf()
     let result
     try {
-      result = await postTransaction(db, user.id, request.headers['idempotency-key'], body)
+      result = await postTransaction(db, user, request.headers['idempotency-key'], body)
     } catch (error) {
+      if (isReferenceUsed(error)) throw conflict('reference_used', 'This reference was already used by another transaction of this client; nothing was written.')
       const refusal = ledgerRefusals[(error as { code?: string }).code ?? '']
       throw refusal !== undefined ? refusal() : error
     }
@@ -50,31 +72,33 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   })
 
   app.get('/transactions', {
+    config: { principals: ['user', 'client'] },
     schema: {
       tags: ['money'],
-      summary: 'Transactions that touch the caller, newest first (cursor pagination)',
+      summary: 'Newest first (cursor pagination): for a user the transactions that touch them, for a client the ones it posted',
       querystring: ListTransactionsQuerySchema,
       response: { 200: TransactionPageSchema, ...commonErrors }
     }
   }, async (request) => {
     const { limit, cursor } = request.query
-    const userId = request.user.id
-    const scope = `transactions:${userId}`
+    const { kind, id } = request.user
+    const scope = kind === 'client' ? `transactions:client:${id}` : `transactions:${id}`
     const before = cursors.position(scope, cursor, TransactionCursorSchema)?.before
-    const rows = await reads.read(userId, (sql) => transactionsPageQuery(sql, userId, limit, before))
+    const rows = await reads.read(id, (sql) => kind === 'client' ? clientTransactionsPageQuery(sql, id, limit, before) : transactionsPageQuery(sql, id, limit, before))
     return cursors.page(scope, rows, limit, toTransaction, (row) => ({ before: row.id }))
   })
 
   app.get('/transactions/:id', {
+    config: { principals: ['user', 'client'] },
     schema: {
       tags: ['money'],
-      summary: 'One transaction that touches the caller',
+      summary: 'One transaction the caller could list',
       params: TransactionIdParamsSchema,
       response: { 200: TransactionSchema, 404: ProblemSchema, ...commonErrors }
     }
   }, async (request) => {
     // Someone else's transaction is "not found", never "forbidden": its existence is not revealed.
-    const transaction = await findTransaction(db, request.user.id, request.params.id)
+    const transaction = await findTransaction(db, request.user, request.params.id)
     if (transaction === null) throw notFound('Transaction not found.')
     return transaction
   })

@@ -11,6 +11,7 @@ interface TransactionRow {
   from_user_id: string | null
   to_user_id: string | null
   description: string | null
+  reference: string | null
   created_at: Date
 }
 
@@ -22,12 +23,20 @@ export const toTransaction = (row: TransactionRow): Transaction => ({
   fromUserId: row.from_user_id,
   toUserId: row.to_user_id,
   description: row.description,
+  reference: row.reference,
   createdAt: row.created_at.toISOString()
 })
 
-/** What makes two requests "the same" for an idempotency key: every field of the body, in a fixed order. */
+/**
+ * What makes two requests "the same" for an idempotency key: every field of the body, in a fixed order. A
+ * transfer's fingerprint has the same form as before funding moved to service clients, so keys stored then still
+ * replay.
+ */
 export function requestFingerprint (body: CreateTransactionBody): string {
-  const canonical = JSON.stringify([body.kind, body.amount, body.currency, body.toUserId ?? null, body.description ?? null])
+  const common = [body.kind, body.amount, body.currency]
+  const canonical = JSON.stringify(body.kind === 'transfer'
+    ? [...common, body.toUserId, body.description ?? null]
+    : [...common, null, body.description ?? null, body.userId, body.reference])
   return createHash('sha256').update(canonical).digest('base64url')
 }
 
@@ -35,15 +44,25 @@ export type PostOutcome =
   | { outcome: 'created' | 'replayed', transaction: Transaction }
   | { outcome: 'mismatch' }
 
+/** Who posts: a user (transfers from their own balance) or a service client (deposits and withdrawals). */
+export interface Poster {
+  kind: 'user' | 'client'
+  id: string
+}
+
 /**
- * One statement, one round trip: post_transaction() (sql/functions/post_transaction.sql) claims the key, locks balances in user
- * id order, checks funds, writes the transaction, its entries and the balances, atomically.
+ * One statement, one round trip: post_transaction() (sql/functions/post_transaction.sql) claims the key, checks
+ * the reference, locks balances in user id order, checks funds, writes the transaction, its entries and the
+ * balances, atomically.
  */
-export async function postTransaction (sql: Sql, userId: string, key: string, body: CreateTransactionBody): Promise<PostOutcome> {
+export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody): Promise<PostOutcome> {
+  const clientId = poster.kind === 'client' ? poster.id : null
+  const userId = body.kind === 'transfer' ? poster.id : body.userId
   const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch' })[]>`
     select * from post_transaction(
-      ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount},
-      ${body.currency}, ${body.toUserId ?? null}, ${body.description ?? null}
+      ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
+      ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
+      ${body.kind === 'transfer' ? null : body.reference}
     )`
   if (row === undefined) throw new Error('post_transaction returned no row')
   if (row.outcome === 'mismatch') return { outcome: 'mismatch' }
@@ -60,7 +79,7 @@ export async function postTransaction (sql: Sql, userId: string, key: string, bo
  */
 export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
   return sql<TransactionRow[]>`
-    select t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
+    select t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
       from (
         select e.transaction_id
           from entries e
@@ -73,10 +92,23 @@ export function transactionsPageQuery (sql: Sql, userId: string, limit: number, 
      order by page.transaction_id desc`
 }
 
-export async function findTransaction (sql: Sql, userId: string, id: string): Promise<Transaction | null> {
-  const [row] = await sql<TransactionRow[]>`
-    select id, kind, amount, currency, from_user_id, to_user_id, description, created_at
+/** A page of the transactions a service client posted, newest first, plus one look-ahead row. */
+export function clientTransactionsPageQuery (sql: Sql, clientId: string, limit: number, before?: string) {
+  return sql<TransactionRow[]>`
+    select id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
       from transactions
-     where id = ${id} and (from_user_id = ${userId} or to_user_id = ${userId})`
+     where client_id = ${clientId}
+       ${before === undefined ? sql`` : sql`and id < ${before}`}
+     order by id desc
+     limit ${limit + 1}`
+}
+
+/** One transaction the caller could list: one that touches the user, or one the client posted. */
+export async function findTransaction (sql: Sql, caller: Poster, id: string): Promise<Transaction | null> {
+  const [row] = await sql<TransactionRow[]>`
+    select id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
+      from transactions
+     where id = ${id}
+       and ${caller.kind === 'client' ? sql`client_id = ${caller.id}` : sql`(from_user_id = ${caller.id} or to_user_id = ${caller.id})`}`
   return row === undefined ? null : toTransaction(row)
 }

@@ -6,24 +6,39 @@ import { MULTI_LINE } from '../common/text.ts'
 
 export const TransactionKindSchema = z.enum(['deposit', 'withdrawal', 'transfer'])
 
-export const CreateTransactionBodySchema = z.object({
-  kind: TransactionKindSchema,
+const DescriptionSchema = z.string().max(500).refine(MULTI_LINE.check, { message: MULTI_LINE.message })
+
+// Idempotency keys and settlement references: echoed in logs and compared byte for byte, so visible ASCII only.
+const VisibleAsciiSchema = z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
+
+/** A user moves their own money to another user. */
+export const TransferBodySchema = z.object({
+  kind: z.literal('transfer'),
   amount: AmountSchema,
   currency: CurrencySchema,
-  toUserId: UserIdSchema.optional(),
-  description: z.string().max(500).refine(MULTI_LINE.check, { message: MULTI_LINE.message }).optional()
-}).strict().superRefine((body, ctx) => {
-  if (body.kind === 'transfer' && body.toUserId === undefined) {
-    ctx.addIssue({ code: 'custom', path: ['toUserId'], message: 'is required for a transfer' })
-  }
-  if (body.kind !== 'transfer' && body.toUserId !== undefined) {
-    ctx.addIssue({ code: 'custom', path: ['toUserId'], message: `must not be sent with a ${body.kind}` })
-  }
-})
+  toUserId: UserIdSchema,
+  description: DescriptionSchema.optional()
+}).strict().meta({ id: 'TransferRequest' })
+
+/** A service client with funds:write moves money into (deposit) or out of (withdrawal) a user's balance. */
+const fundingBody = <K extends 'deposit' | 'withdrawal'>(kind: K) => z.object({
+  kind: z.literal(kind),
+  userId: UserIdSchema,
+  amount: AmountSchema,
+  currency: CurrencySchema,
+  /** The external settlement id: unique per client across all its deposits and withdrawals. */
+  reference: VisibleAsciiSchema,
+  description: DescriptionSchema.optional()
+}).strict()
+
+export const CreateTransactionBodySchema = z.discriminatedUnion('kind', [
+  TransferBodySchema,
+  fundingBody('deposit').meta({ id: 'DepositRequest' }),
+  fundingBody('withdrawal').meta({ id: 'WithdrawalRequest' })
+])
 
 export const IdempotencyHeadersSchema = z.object({
-  // Visible ASCII only: the key is echoed in logs and compared byte for byte.
-  'idempotency-key': z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
+  'idempotency-key': VisibleAsciiSchema
 })
 
 export const TransactionSchema = z.object({
@@ -34,6 +49,8 @@ export const TransactionSchema = z.object({
   fromUserId: z.uuid().nullable(),
   toUserId: z.uuid().nullable(),
   description: z.string().nullable(),
+  /** The posting client's settlement reference (deposits and withdrawals); null for transfers. */
+  reference: z.string().nullable(),
   createdAt: z.iso.datetime()
 }).meta({ id: 'Transaction' })
 

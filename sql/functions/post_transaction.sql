@@ -1,12 +1,36 @@
 -- post_transaction(): the whole money write as one statement from the client, so a request costs one round trip
 -- through PgBouncer and is atomic by construction: any raise rolls back the key claim, the balances and the rows
--- together. Re-applied by the migration runner whenever this file changes (scripts/migrate.ts).
+-- together. Re-applied by the migration runner whenever this file changes (scripts/migrate.ts); the drops make
+-- a change of signature or result an ordinary edit of this file.
+--
+-- Who may move money how: a user (p_client_id null) transfers from their own balance (p_user_id) to another
+-- user; a service client deposits to or withdraws from a user's balance (p_user_id) with its settlement
+-- reference, unique per client (transactions_client_reference_key, so concurrent requests cannot both use it).
+-- Idempotency keys belong to whoever posted: the client, else the user.
 --   outcome 'created'  : a new transaction was written
 --   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
 --   outcome 'mismatch' : the key was used before with a different request
--- Errors raised (the API maps each to a client error): LDG01 insufficient_funds, LDG02 recipient_not_found,
--- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self.
-create or replace function post_transaction(
+-- Errors raised (the API maps each to a client error): LDG01 insufficient_funds, LDG02 user_not_found,
+-- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self, LDG06 client_revoked;
+-- 23505 on transactions_client_reference_key: the reference was used already.
+drop function if exists post_transaction;
+drop type if exists posted_transaction;
+
+create type posted_transaction as (
+  outcome text,
+  id bigint,
+  kind text,
+  amount bigint,
+  currency char(3),
+  from_user_id uuid,
+  to_user_id uuid,
+  description text,
+  reference text,
+  created_at timestamptz
+);
+
+create function post_transaction(
+  p_client_id uuid,
   p_user_id uuid,
   p_key text,
   p_fingerprint text,
@@ -14,36 +38,43 @@ create or replace function post_transaction(
   p_amount bigint,
   p_currency char(3),
   p_to_user_id uuid,
-  p_description text
+  p_description text,
+  p_reference text
 ) returns posted_transaction
 language plpgsql
 as $$
 declare
   v_id bigint := nextval(pg_get_serial_sequence('transactions', 'id'));
+  v_owner uuid := coalesce(p_client_id, p_user_id);
   v_from uuid;
   v_to uuid;
   v_existing idempotency_keys%rowtype;
   v_debited int;
   v_result posted_transaction;
 begin
-  -- The token may outlive its user; without this the key claim below would fail on its foreign key (a 500).
-  if not exists (select 1 from users where id = p_user_id) then
-    raise exception 'caller_not_found' using errcode = 'LDG04';
+  if p_client_id is null then
+    -- The token may outlive its user; without this a transfer would fail on a foreign key (a 500).
+    if not exists (select 1 from users where id = p_user_id) then
+      raise exception 'caller_not_found' using errcode = 'LDG04';
+    end if;
+  elsif not exists (select 1 from service_clients where id = p_client_id and revoked_at is null) then
+    -- Revocation reaches every API process within a second; the ledger itself never waits for that.
+    raise exception 'client_revoked' using errcode = 'LDG06';
   end if;
 
   -- Claim the key first. A concurrent request with the same key blocks here on the primary key until the
   -- first one commits, then sees its row and replays it: the same key never produces two transactions.
-  insert into idempotency_keys (user_id, key, fingerprint, transaction_id)
-  values (p_user_id, p_key, p_fingerprint, v_id)
-  on conflict (user_id, key) do nothing;
+  insert into idempotency_keys (principal_id, key, fingerprint, transaction_id)
+  values (v_owner, p_key, p_fingerprint, v_id)
+  on conflict (principal_id, key) do nothing;
 
   if not found then
-    select * into v_existing from idempotency_keys where user_id = p_user_id and key = p_key;
+    select * into v_existing from idempotency_keys where principal_id = v_owner and key = p_key;
     if v_existing.fingerprint <> p_fingerprint then
       v_result.outcome := 'mismatch';
       return v_result;
     end if;
-    select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.created_at
+    select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
       into v_result from transactions t where t.id = v_existing.transaction_id;
     return v_result;
   end if;
@@ -58,9 +89,23 @@ begin
     raise exception 'transfer_to_self' using errcode = 'LDG05';
   end if;
 
-  if v_to is not null and v_to <> p_user_id and not exists (select 1 from users where id = v_to) then
-    raise exception 'recipient_not_found' using errcode = 'LDG02';
+  -- The user a client names, or a transfer's recipient, must exist (the caller of a transfer was checked above).
+  if exists (
+    select 1 from (values (v_from), (v_to)) as side (user_id)
+     where side.user_id is not null
+       and not (p_client_id is null and side.user_id = p_user_id)
+       and not exists (select 1 from users u where u.id = side.user_id)
+  ) then
+    raise exception 'user_not_found' using errcode = 'LDG02';
   end if;
+
+  -- Written before the balances, so a reference another request already used fails here (its unique index
+  -- waits for that request to commit), before any balance row is locked.
+  insert into transactions (id, kind, amount, currency, from_user_id, to_user_id, description, client_id, reference)
+  overriding system value
+  values (v_id, p_kind, p_amount, p_currency, v_from, v_to, p_description, p_client_id, p_reference)
+  returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
+  into v_result;
 
   -- Lock every balance row this write touches in one fixed order (by user id), so two opposite transfers
   -- wait for each other instead of deadlocking.
@@ -89,12 +134,6 @@ begin
     insert into balances (user_id, currency, balance) values (v_to, p_currency, p_amount)
     on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance;
   end if;
-
-  insert into transactions (id, kind, amount, currency, from_user_id, to_user_id, description)
-  overriding system value
-  values (v_id, p_kind, p_amount, p_currency, v_from, v_to, p_description)
-  returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, created_at
-  into v_result;
 
   insert into entries (user_id, transaction_id, delta)
   select user_id, v_id, delta

@@ -1,13 +1,18 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { buildTestApp, createUser, dbSpans, injectTraced, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, dbSpans, fund, injectTraced, testSql, type TestClient, type TestUser } from '../helper.ts'
 import type { App } from '../../app.ts'
 
 type Sql = ReturnType<typeof testSql>
 
-function post (app: App, user: TestUser, payload: Record<string, unknown>, key: string = randomUUID()) {
-  return app.inject({ method: 'POST', url: '/transactions', headers: { authorization: user.authorization, 'idempotency-key': key }, payload })
+/** A user posts transfers; a service client posts deposits and withdrawals. */
+function post (app: App, caller: TestUser | TestClient, payload: Record<string, unknown>, key: string = randomUUID()) {
+  return app.inject({ method: 'POST', url: '/transactions', headers: { authorization: caller.authorization, 'idempotency-key': key }, payload })
 }
+
+/** A deposit or withdrawal body for `user`, with a fresh settlement reference unless one is given. */
+const funding = (kind: 'deposit' | 'withdrawal', user: TestUser, amount: number, extra: Record<string, unknown> = {}) =>
+  ({ kind, userId: user.id, amount, currency: 'USD', reference: `ref-${randomUUID()}`, ...extra })
 
 async function balance (sql: Sql, userId: string, currency = 'USD'): Promise<number | null> {
   const [row] = await sql`select balance from balances where user_id = ${userId} and currency = ${currency}`
@@ -35,21 +40,26 @@ async function assertLedgerBalanced (t: Test, sql: Sql, userIds: string[]) {
 t.test('deposit, withdrawal and transfer move exactly the amount', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
+  const processor = await createClient(app)
   const alice = await createUser(app)
   const bob = await createUser(app)
 
-  const deposit = await post(app, alice, { kind: 'deposit', amount: 10_000, currency: 'USD', description: 'salary' })
+  const deposit = await post(app, processor, funding('deposit', alice, 10_000, { description: 'salary', reference: 'bank-0001' }))
   t.equal(deposit.statusCode, 201)
   const created = deposit.json()
-  t.match(created, { kind: 'deposit', amount: 10_000, currency: 'USD', fromUserId: null, toUserId: alice.id, description: 'salary' })
+  t.match(created, { kind: 'deposit', amount: 10_000, currency: 'USD', fromUserId: null, toUserId: alice.id, description: 'salary', reference: 'bank-0001' })
   t.match(created.id, /^\d+$/)
   t.equal(deposit.headers.location, `/transactions/${created.id}`)
   t.equal(deposit.headers['idempotent-replayed'], undefined)
+  const [row] = await sql`select client_id, reference from transactions where id = ${created.id}`
+  t.same(row, { client_id: processor.id, reference: 'bank-0001' }, 'the deposit names the client that posted it')
 
-  t.equal((await post(app, alice, { kind: 'withdrawal', amount: 2_500, currency: 'USD' })).statusCode, 201)
+  const withdrawal = await post(app, processor, funding('withdrawal', alice, 2_500))
+  t.equal(withdrawal.statusCode, 201)
+  t.match(withdrawal.json(), { kind: 'withdrawal', fromUserId: alice.id, toUserId: null, amount: 2_500 })
   const transfer = await post(app, alice, { kind: 'transfer', amount: 1_000, currency: 'USD', toUserId: bob.id })
   t.equal(transfer.statusCode, 201)
-  t.match(transfer.json(), { fromUserId: alice.id, toUserId: bob.id, amount: 1_000 })
+  t.match(transfer.json(), { fromUserId: alice.id, toUserId: bob.id, amount: 1_000, reference: null })
 
   t.equal(await balance(sql, alice.id), 6_500)
   t.equal(await balance(sql, bob.id), 1_000)
@@ -62,40 +72,57 @@ t.test('deposit, withdrawal and transfer move exactly the amount', async (t) => 
 
 t.test('a money write is one database round trip', async (t) => {
   const app = await buildTestApp(t)
+  const processor = await createClient(app)
   const alice = await createUser(app)
-  const { response, spans } = await injectTraced(app, {
-    method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'deposit', amount: 5, currency: 'EUR' }
-  })
-  t.equal(response.statusCode, 201)
-  t.equal(dbSpans(spans).length, 1)
+  const bob = await createUser(app)
+  for (const [caller, payload] of [
+    [processor, funding('deposit', alice, 5, { currency: 'EUR' })],
+    [alice, { kind: 'transfer', amount: 5, currency: 'EUR', toUserId: bob.id }]
+  ] as const) {
+    const { response, spans } = await injectTraced(app, {
+      method: 'POST', url: '/transactions', headers: { authorization: caller.authorization, 'idempotency-key': randomUUID() }, payload
+    })
+    t.equal(response.statusCode, 201)
+    t.equal(dbSpans(spans).length, 1, `${payload.kind}: one statement`)
+  }
 })
 
 t.test('an overdraft is 422 and writes nothing', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
+  const processor = await createClient(app)
   const alice = await createUser(app)
   const bob = await createUser(app)
-  await post(app, alice, { kind: 'deposit', amount: 100, currency: 'USD' })
+  await fund(app, alice, 100, 'USD', { client: processor })
   const key = randomUUID()
-  for (const payload of [{ kind: 'withdrawal', amount: 101, currency: 'USD' }, { kind: 'transfer', amount: 101, currency: 'USD', toUserId: bob.id }, { kind: 'withdrawal', amount: 1, currency: 'EUR' }]) {
-    const response = await post(app, alice, payload, key)
+  const refusals: Array<[TestUser | TestClient, Record<string, unknown>]> = [
+    [processor, funding('withdrawal', alice, 101, { reference: 'payout-1' })],
+    [alice, { kind: 'transfer', amount: 101, currency: 'USD', toUserId: bob.id }],
+    [processor, funding('withdrawal', alice, 1, { currency: 'EUR', reference: 'payout-2' })]
+  ]
+  for (const [caller, payload] of refusals) {
+    const response = await post(app, caller, payload, key)
     t.equal(response.statusCode, 422, JSON.stringify(payload))
     t.equal(response.json().type, 'https://ledger-api.dev/problems/insufficient_funds')
   }
   t.equal(await balance(sql, alice.id), 100)
   t.equal(await balance(sql, bob.id), null)
   t.equal(await transactionCount(sql, alice.id), 1)
-  const [keys] = await sql`select count(*)::int as n from idempotency_keys where user_id = ${alice.id}`
-  t.equal(keys?.n, 1, 'the refused key was not kept, so a retry after a deposit can succeed')
-  t.equal((await post(app, alice, { kind: 'deposit', amount: 1_000, currency: 'USD' })).statusCode, 201)
-  t.equal((await post(app, alice, { kind: 'withdrawal', amount: 101, currency: 'USD' }, key)).statusCode, 201)
+  const [keys] = await sql`select count(*)::int as n from idempotency_keys where principal_id in (${alice.id}, ${processor.id})`
+  t.equal(keys?.n, 1, 'the refused keys were not kept (only the funding deposit\'s), so a retry after a deposit can succeed')
+  const [references] = await sql`select count(*)::int as n from transactions where client_id = ${processor.id} and reference like 'payout-%'`
+  t.equal(references?.n, 0, 'and neither were their references')
+  await fund(app, alice, 1_000, 'USD', { client: processor })
+  t.equal((await post(app, processor, funding('withdrawal', alice, 101, { reference: 'payout-1' }), key)).statusCode, 201)
+  t.equal((await post(app, alice, { kind: 'transfer', amount: 101, currency: 'USD', toUserId: bob.id }, key)).statusCode, 201)
 })
 
 t.test('bad transfers and bad money are refused before the database', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
+  const processor = await createClient(app)
   const alice = await createUser(app)
-  await post(app, alice, { kind: 'deposit', amount: 1_000, currency: 'USD' })
+  await fund(app, alice, 1_000, 'USD', { client: processor })
 
   const self = await post(app, alice, { kind: 'transfer', amount: 1, currency: 'USD', toUserId: alice.id })
   t.equal(self.statusCode, 400)
@@ -103,63 +130,86 @@ t.test('bad transfers and bad money are refused before the database', async (t) 
   const unknown = await post(app, alice, { kind: 'transfer', amount: 1, currency: 'USD', toUserId: randomUUID() })
   t.equal(unknown.statusCode, 404)
 
-  const invalid: Array<[string, Record<string, unknown>, string]> = [
-    ['float amount', { kind: 'deposit', amount: 10.5, currency: 'USD' }, 'amount'],
-    ['negative amount', { kind: 'deposit', amount: -1, currency: 'USD' }, 'amount'],
-    ['zero', { kind: 'deposit', amount: 0, currency: 'USD' }, 'amount'],
-    ['2^63', { kind: 'deposit', amount: 2 ** 63, currency: 'USD' }, 'amount'],
-    ['2^53', { kind: 'deposit', amount: 2 ** 53, currency: 'USD' }, 'amount'],
-    ['amount as string', { kind: 'deposit', amount: '100', currency: 'USD' }, 'amount'],
-    ['unknown currency', { kind: 'deposit', amount: 1, currency: 'XYZ' }, 'currency'],
-    ['lower-case currency', { kind: 'deposit', amount: 1, currency: 'usd' }, 'currency'],
-    ['unknown kind', { kind: 'refund', amount: 1, currency: 'USD' }, 'kind'],
-    ['transfer without recipient', { kind: 'transfer', amount: 1, currency: 'USD' }, 'toUserId'],
-    ['deposit with recipient', { kind: 'deposit', amount: 1, currency: 'USD', toUserId: randomUUID() }, 'toUserId'],
-    ['mass assignment fromUserId', { kind: 'deposit', amount: 1, currency: 'USD', fromUserId: randomUUID() }, ''],
-    ['mass assignment balance', { kind: 'deposit', amount: 1, currency: 'USD', balance: 1e9 }, ''],
-    ['NUL in description', { kind: 'deposit', amount: 1, currency: 'USD', description: 'a\u0000b' }, 'description']
+  const transfer = (extra: Record<string, unknown>) => ({ kind: 'transfer', amount: 1, currency: 'USD', toUserId: randomUUID(), ...extra })
+  const invalid: Array<[string, TestUser | TestClient, Record<string, unknown>, string]> = [
+    ['float amount', alice, transfer({ amount: 10.5 }), 'amount'],
+    ['negative amount', alice, transfer({ amount: -1 }), 'amount'],
+    ['zero', processor, funding('deposit', alice, 0), 'amount'],
+    ['2^63', processor, funding('deposit', alice, 2 ** 63), 'amount'],
+    ['2^53', processor, funding('deposit', alice, 2 ** 53), 'amount'],
+    ['amount as string', alice, transfer({ amount: '100' }), 'amount'],
+    ['unknown currency', processor, funding('deposit', alice, 1, { currency: 'XYZ' }), 'currency'],
+    ['lower-case currency', alice, transfer({ currency: 'usd' }), 'currency'],
+    ['unknown kind', alice, { kind: 'refund', amount: 1, currency: 'USD' }, 'kind'],
+    ['transfer without recipient', alice, { kind: 'transfer', amount: 1, currency: 'USD' }, 'toUserId'],
+    ['deposit without user', processor, { kind: 'deposit', amount: 1, currency: 'USD', reference: 'r-1' }, 'userId'],
+    ['deposit without reference', processor, { kind: 'deposit', userId: alice.id, amount: 1, currency: 'USD' }, 'reference'],
+    ['reference of 256 characters', processor, funding('deposit', alice, 1, { reference: 'r'.repeat(256) }), 'reference'],
+    ['reference with a space', processor, funding('deposit', alice, 1, { reference: 'bank 1' }), 'reference'],
+    ['reference with a control character', processor, funding('deposit', alice, 1, { reference: 'bank\u00001' }), 'reference'],
+    ['deposit with recipient', processor, funding('deposit', alice, 1, { toUserId: randomUUID() }), ''],
+    ['transfer with a reference', alice, transfer({ reference: 'r-2' }), ''],
+    ['mass assignment fromUserId', alice, transfer({ fromUserId: randomUUID() }), ''],
+    ['mass assignment balance', processor, funding('deposit', alice, 1, { balance: 1e9 }), ''],
+    ['NUL in description', alice, transfer({ description: 'a\u0000b' }), 'description']
   ]
-  for (const [name, payload, path] of invalid) {
-    const response = await post(app, alice, payload)
+  for (const [name, caller, payload, path] of invalid) {
+    const response = await post(app, caller, payload)
     t.equal(response.statusCode, 400, name)
     if (path !== '') t.ok(response.json().errors.some((e: { path: string }) => e.path === path), `${name} names ${path}`)
   }
-  const noKey = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization }, payload: { kind: 'deposit', amount: 1, currency: 'USD' } })
+  const noKey = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization }, payload: transfer({}) })
   t.equal(noKey.statusCode, 400)
   t.same(noKey.json().errors.map((e: { path: string }) => e.path), ['idempotency-key'])
-  const longKey = await post(app, alice, { kind: 'deposit', amount: 1, currency: 'USD' }, 'k'.repeat(256))
+  const longKey = await post(app, alice, transfer({}), 'k'.repeat(256))
   t.equal(longKey.statusCode, 400)
   t.equal(await transactionCount(sql, alice.id), 1, 'nothing was written')
   t.equal(await balance(sql, alice.id), 1_000)
 })
 
-t.test('idempotency: replay, mismatch, and per-user scope', async (t) => {
+t.test('idempotency: replay, mismatch, and per-principal scope', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
+  const processor = await createClient(app)
+  const otherProcessor = await createClient(app)
   const alice = await createUser(app)
   const bob = await createUser(app)
+  await fund(app, alice, 10_000, 'USD', { client: processor })
   const key = randomUUID()
-  const first = await post(app, alice, { kind: 'deposit', amount: 700, currency: 'USD' }, key)
-  const again = await post(app, alice, { kind: 'deposit', amount: 700, currency: 'USD' }, key)
+  const transfer = { kind: 'transfer', amount: 700, currency: 'USD', toUserId: bob.id }
+  const first = await post(app, alice, transfer, key)
+  t.equal(first.statusCode, 201)
+  const again = await post(app, alice, transfer, key)
   t.equal(again.statusCode, 201)
   t.equal(again.headers['idempotent-replayed'], 'true')
   t.same(again.json(), first.json(), 'the original response, same id')
-  const different = await post(app, alice, { kind: 'deposit', amount: 701, currency: 'USD' }, key)
+  const different = await post(app, alice, { ...transfer, amount: 701 }, key)
   t.equal(different.statusCode, 422)
   t.equal(different.json().type, 'https://ledger-api.dev/problems/idempotency_key_reused')
-  const bobSameKey = await post(app, bob, { kind: 'deposit', amount: 5, currency: 'USD' }, key)
-  t.equal(bobSameKey.statusCode, 201, 'keys are scoped per user')
-  t.not(bobSameKey.json().id, first.json().id)
-  t.equal(await balance(sql, alice.id), 700)
-  t.equal(await transactionCount(sql, alice.id), 1)
+
+  const deposit = funding('deposit', bob, 5)
+  const bobFunded = await post(app, processor, deposit, key)
+  t.equal(bobFunded.statusCode, 201, 'keys are scoped per principal: a client may use a key a user used')
+  t.not(bobFunded.json().id, first.json().id)
+  const replayed = await post(app, processor, deposit, key)
+  t.equal(replayed.headers['idempotent-replayed'], 'true')
+  t.same(replayed.json(), bobFunded.json(), 'a client\'s replay returns its deposit, reference included')
+  t.equal((await post(app, processor, { ...deposit, reference: 'another-ref' }, key)).statusCode, 422, 'same key, other reference: a different request')
+  t.equal((await post(app, otherProcessor, funding('deposit', bob, 6), key)).statusCode, 201, 'and per client')
+
+  t.equal(await balance(sql, alice.id), 9_300)
+  t.equal(await balance(sql, bob.id), 711)
+  t.equal(await transactionCount(sql, alice.id), 2)
 })
 
 t.test('50 concurrent requests with one key create exactly one transaction', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
+  const processor = await createClient(app)
   const alice = await createUser(app)
   const key = randomUUID()
-  const responses = await Promise.all(Array.from({ length: 50 }, () => post(app, alice, { kind: 'deposit', amount: 300, currency: 'USD' }, key)))
+  const deposit = funding('deposit', alice, 300)
+  const responses = await Promise.all(Array.from({ length: 50 }, () => post(app, processor, deposit, key)))
   const statuses = responses.map((r) => r.statusCode)
   t.ok(statuses.every((s) => s === 201 || s === 409), `only 201 or 409: ${[...new Set(statuses)].join(',')}`)
   t.equal(new Set(responses.filter((r) => r.statusCode === 201).map((r) => r.json().id)).size, 1, 'every success names the same transaction')
@@ -173,8 +223,8 @@ t.test('200 concurrent transfers back and forth: no deadlock, no negative balanc
   const sql = testSql(t)
   const alice = await createUser(app)
   const bob = await createUser(app)
-  await post(app, alice, { kind: 'deposit', amount: 1_000, currency: 'USD' })
-  await post(app, bob, { kind: 'deposit', amount: 1_000, currency: 'USD' })
+  await fund(app, alice, 1_000)
+  await fund(app, bob, 1_000)
   const responses = await Promise.all(Array.from({ length: 200 }, (_, i) => i % 2 === 0
     ? post(app, alice, { kind: 'transfer', amount: 37, currency: 'USD', toUserId: bob.id })
     : post(app, bob, { kind: 'transfer', amount: 41, currency: 'USD', toUserId: alice.id })))
@@ -193,7 +243,7 @@ t.test('pagination walks every row once, newest first, while rows are inserted',
   const alice = await createUser(app)
   const bob = await createUser(app)
   const ids: string[] = []
-  for (let i = 0; i < 23; i++) ids.push((await post(app, i % 3 === 0 ? bob : alice, i % 3 === 0 ? { kind: 'deposit', amount: 1, currency: 'USD' } : { kind: 'deposit', amount: i + 1, currency: 'USD' })).json().id)
+  for (let i = 0; i < 23; i++) ids.push((await fund(app, i % 3 === 0 ? bob : alice, i % 3 === 0 ? 1 : i + 1)).json().id)
   const aliceIds = ids.filter((_, i) => i % 3 !== 0).reverse()
 
   const seen: string[] = []
@@ -207,7 +257,7 @@ t.test('pagination walks every row once, newest first, while rows are inserted',
     seen.push(...body.data.map((tx) => tx.id))
     cursor = body.nextCursor
     // Newer rows arriving mid-walk must not shift or repeat what is left to read.
-    if (pages++ === 1) await post(app, alice, { kind: 'deposit', amount: 99, currency: 'USD' })
+    if (pages++ === 1) await fund(app, alice, 99)
   } while (cursor !== null)
   t.same(seen, aliceIds, 'each of the walk-start rows exactly once, newest first')
   t.equal(pages, Math.ceil(aliceIds.length / 5))
@@ -236,7 +286,7 @@ t.test("another user's transaction is 404", async (t) => {
   const alice = await createUser(app)
   const bob = await createUser(app)
   const carol = await createUser(app)
-  await post(app, alice, { kind: 'deposit', amount: 50, currency: 'USD' })
+  await fund(app, alice, 50)
   const transfer = (await post(app, alice, { kind: 'transfer', amount: 20, currency: 'USD', toUserId: bob.id })).json()
   for (const user of [alice, bob]) {
     const response = await app.inject({ method: 'GET', url: `/transactions/${transfer.id}`, headers: { authorization: user.authorization } })
@@ -251,5 +301,127 @@ t.test("another user's transaction is 404", async (t) => {
   for (const id of ['abc', '0', '99999999999999999999', "1' OR '1'='1"]) {
     const response = await app.inject({ method: 'GET', url: `/transactions/${encodeURIComponent(id)}`, headers: { authorization: carol.authorization } })
     t.equal(response.statusCode, 400, id)
+  }
+})
+
+t.test('users only transfer; money enters and leaves only through a client with funds:write', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const processor = await createClient(app)
+  const watcher = await createClient(app, ['events:read'])
+  const alice = await createUser(app)
+  const bob = await createUser(app)
+  await fund(app, alice, 500, 'USD', { client: processor })
+
+  const refused: Array<[string, TestUser | TestClient, Record<string, unknown>]> = [
+    ['a user deposit', alice, funding('deposit', alice, 9_007_199_254_740_991)],
+    ['a user deposit in the old shape', alice, { kind: 'deposit', amount: 100, currency: 'USD' }],
+    ['a user withdrawal', alice, funding('withdrawal', alice, 1)],
+    ['a client transfer', processor, { kind: 'transfer', amount: 1, currency: 'USD', toUserId: bob.id }],
+    ['a deposit without funds:write', watcher, funding('deposit', alice, 1)]
+  ]
+  for (const [name, caller, payload] of refused) {
+    const response = await post(app, caller, payload)
+    t.equal(response.statusCode, 403, name)
+    t.equal(response.json().type, 'https://ledger-api.dev/problems/insufficient_scope', name)
+    t.match(response.headers['www-authenticate'], /^Bearer error="insufficient_scope"/, name)
+  }
+  t.equal(await balance(sql, alice.id), 500, 'nothing was written')
+  t.equal(await transactionCount(sql, alice.id), 1)
+  t.equal(await transactionCount(sql, bob.id), 0)
+})
+
+t.test('a reference is used once per client, whatever the idempotency key, even under 20 concurrent requests', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const processor = await createClient(app)
+  const otherProcessor = await createClient(app)
+  const alice = await createUser(app)
+
+  const responses = await Promise.all(Array.from({ length: 20 }, () => post(app, processor, funding('deposit', alice, 250, { reference: 'settlement-42' }))))
+  const statuses = responses.map((r) => r.statusCode).sort()
+  t.same(statuses, [201, ...Array(19).fill(409)], 'exactly one 201, the rest 409')
+  const conflict = responses.find((r) => r.statusCode === 409)!
+  t.equal(conflict.json().type, 'https://ledger-api.dev/problems/reference_used')
+  t.equal(await balance(sql, alice.id), 250, 'credited once')
+
+  const withdrawal = await post(app, processor, funding('withdrawal', alice, 10, { reference: 'settlement-42' }))
+  t.equal(withdrawal.statusCode, 409, 'a deposit\'s reference cannot be reused by a withdrawal')
+  const elsewhere = await post(app, otherProcessor, funding('deposit', alice, 5, { reference: 'settlement-42' }))
+  t.equal(elsewhere.statusCode, 201, 'another client may use the same reference')
+  t.equal(await balance(sql, alice.id), 255)
+  const [row] = await sql`select count(*)::int as n from transactions where reference = 'settlement-42'`
+  t.equal(row?.n, 2)
+})
+
+t.test('a deposit or withdrawal for an unknown or deleted user is 404 and writes nothing', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const processor = await createClient(app)
+  const ghost = await createUser(app)
+  await sql`delete from users where id = ${ghost.id}`
+  for (const userId of [randomUUID(), ghost.id]) {
+    for (const kind of ['deposit', 'withdrawal'] as const) {
+      const response = await post(app, processor, { kind, userId, amount: 1, currency: 'USD', reference: `r-${randomUUID()}` })
+      t.equal(response.statusCode, 404, `${kind} for ${userId === ghost.id ? 'a deleted' : 'an unknown'} user`)
+    }
+  }
+  const [row] = await sql`select count(*)::int as n from transactions where client_id = ${processor.id}`
+  t.equal(row?.n, 0)
+  const [keys] = await sql`select count(*)::int as n from idempotency_keys where principal_id = ${processor.id}`
+  t.equal(keys?.n, 0, 'no key kept either')
+})
+
+t.test('a client lists and reads the transactions it posted, never users\' transfers', async (t) => {
+  const app = await buildTestApp(t)
+  const processor = await createClient(app)
+  const otherProcessor = await createClient(app)
+  const alice = await createUser(app)
+  const bob = await createUser(app)
+  const posted: string[] = []
+  for (let i = 0; i < 5; i++) posted.push((await post(app, processor, funding('deposit', i % 2 === 0 ? alice : bob, 100 + i))).json().id)
+  await fund(app, alice, 7, 'USD', { client: otherProcessor })
+  const transfer = (await post(app, alice, { kind: 'transfer', amount: 50, currency: 'USD', toUserId: bob.id })).json()
+
+  const seen: string[] = []
+  let cursor: string | null = null
+  do {
+    const url: string = `/transactions?limit=2${cursor === null ? '' : `&cursor=${cursor}`}`
+    const page = await app.inject({ method: 'GET', url, headers: { authorization: processor.authorization } })
+    t.equal(page.statusCode, 200)
+    seen.push(...page.json().data.map((tx: { id: string }) => tx.id))
+    cursor = page.json().nextCursor
+  } while (cursor !== null)
+  t.same(seen, [...posted].reverse(), 'its own deposits, newest first, over three pages')
+
+  const get = (caller: TestUser | TestClient, id: string) => app.inject({ method: 'GET', url: `/transactions/${id}`, headers: { authorization: caller.authorization } })
+  t.equal((await get(processor, posted[0]!)).statusCode, 200)
+  t.equal((await get(processor, transfer.id)).statusCode, 404, 'a users\' transfer is not the client\'s')
+  t.equal((await get(otherProcessor, posted[0]!)).statusCode, 404, 'nor another client\'s deposit')
+  const aliceSees = await get(alice, posted[0]!)
+  t.equal(aliceSees.statusCode, 200, 'the user sees the deposit to them')
+  t.equal(aliceSees.json().reference, (await get(processor, posted[0]!)).json().reference)
+
+  const userCursor = (await app.inject({ method: 'GET', url: '/transactions?limit=1', headers: { authorization: alice.authorization } })).json().nextCursor
+  const crossed = await app.inject({ method: 'GET', url: `/transactions?cursor=${userCursor}`, headers: { authorization: processor.authorization } })
+  t.equal(crossed.statusCode, 400, 'a user\'s cursor is refused on a client\'s list')
+})
+
+t.test('client tokens are refused on user-only routes', async (t) => {
+  const app = await buildTestApp(t)
+  const processor = await createClient(app, ['funds:write', 'events:read'])
+  const alice = await createUser(app)
+  const requests = [
+    { method: 'GET', url: '/balances' },
+    { method: 'GET', url: '/users/me' },
+    { method: 'GET', url: `/users/${alice.id}` },
+    { method: 'PATCH', url: `/users/${processor.id}`, payload: { name: 'Ledger Support' } },
+    { method: 'GET', url: '/feed' },
+    { method: 'POST', url: '/posts', payload: { body: 'your account is frozen' } }
+  ] as const
+  for (const request of requests) {
+    const response = await app.inject({ ...request, headers: { authorization: processor.authorization } })
+    t.equal(response.statusCode, 403, `${request.method} ${request.url}`)
+    t.equal(response.json().type, 'https://ledger-api.dev/problems/insufficient_scope')
   }
 })
