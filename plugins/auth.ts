@@ -35,7 +35,8 @@ const scopeClaim = z.string().max(200).transform((value, ctx) => {
 
 // RFC 9068's JWT access token profile: a client-credentials token names its client in `client_id` (= `sub`).
 const claimsSchema = z.union([
-  z.object({ sub: z.uuid(), tier: z.enum(tiers), scope: scopeClaim, iat: z.number().int(), exp: z.number().int() })
+  z.object({ sub: z.uuid(), tier: z.enum(tiers), scope: scopeClaim, client_id: z.never().optional(), iat: z.number().int(), exp: z.number().int() })
+    .refine((c) => c.scope.length === 0)
     .transform((c): Principal => ({ kind: 'user', id: c.sub, tier: c.tier, scopes: [] })),
   z.object({ sub: z.uuid(), client_id: z.uuid(), scope: scopeClaim, iat: z.number().int(), exp: z.number().int() })
     .refine((c) => c.client_id === c.sub && c.scope.length > 0)

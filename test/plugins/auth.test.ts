@@ -4,7 +4,7 @@ import { buildTestApp, forgeToken } from '../helper.ts'
 const userId = '00000000-0000-4000-8000-0000000000aa'
 const now = () => Math.floor(Date.now() / 1000)
 const claims = (overrides: Record<string, unknown> = {}) => ({
-  sub: userId, tier: 'standard', iat: now(), exp: now() + 300, iss: 'ledger-api', aud: 'ledger-api', ...overrides
+  sub: userId, tier: 'standard', scope: '', iat: now(), exp: now() + 300, iss: 'ledger-api', aud: 'ledger-api', ...overrides
 })
 
 async function appWithPrivateRoute (t: Parameters<typeof buildTestApp>[0]) {
