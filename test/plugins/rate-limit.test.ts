@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { buildTestApp, createUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser } from '../helper.ts'
 import { createTokenBucket } from '../../plugins/rate-limit.ts'
 import type { App } from '../../app.ts'
 
@@ -85,6 +85,22 @@ t.test('200 concurrent requests from one user admit exactly the capacity', async
   t.equal(ok, 60)
   t.equal(limited.length, 140)
   t.equal((await app.metrics.rateLimitDecisions.get()).values.find((v) => v.labels.decision === 'rejected' && v.labels.tier === 'standard')?.value, 140)
+})
+
+t.test('service clients have a tier of their own, keyed by client id', async (t) => {
+  const app = await buildTestApp(t, { RATE_LIMIT_SERVICE_CAPACITY: '30', RATE_LIMIT_SERVICE_REFILL_PER_S: '0.5' })
+  const client = await createClient(app)
+  const other = await createClient(app)
+  const user = await createUser(app)
+  const list = (authorization: string) => app.inject({ method: 'GET', url: '/transactions', headers: { authorization } })
+  const responses = await Promise.all(Array.from({ length: 35 }, () => list(client.authorization)))
+  t.equal(responses.filter((r) => r.statusCode === 200).length, 30, 'exactly the service capacity')
+  const refused = responses.find((r) => r.statusCode === 429)!
+  t.equal(refused.headers['ratelimit-limit'], '30')
+  t.ok(Number(refused.headers['retry-after']) >= 1)
+  t.equal((await list(other.authorization)).statusCode, 200, 'another client has its own bucket')
+  t.equal((await list(user.authorization)).headers['ratelimit-limit'], '100000', 'users keep their tier')
+  t.equal((await app.metrics.rateLimitDecisions.get()).values.find((v) => v.labels.decision === 'rejected' && v.labels.tier === 'service')?.value, 5)
 })
 
 t.test('two app instances sharing Redis share one bucket', async (t) => {
