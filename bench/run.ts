@@ -23,7 +23,7 @@ import { findPgbench, runPgbench, runRedisBenchmark, startEntryServer, startNode
 import { compare, cpuPerRequest, smokeFailures, type BaselineRecord, type Comparison, type Report, type RunRecord } from './lib/report.ts'
 import { Sampler } from './lib/samplers.ts'
 import { idsAtDepths, recreateDatabase, resolveEnv, seed, stackPids, type SeedSizes } from './lib/setup.ts'
-import { getRequests, mixedRequests, sequentialGets, signTokens, type Caller, type TrafficWorld } from './lib/traffic.ts'
+import { getRequests, mixedRequests, sequentialGets, signClientTokens, signTokens, type Caller, type TrafficWorld } from './lib/traffic.ts'
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 
@@ -102,6 +102,8 @@ const serverEnv: NodeJS.ProcessEnv = {
   // The per-user limit is not what these scenarios measure (pro tokens); `abuse` uses a standard-tier token.
   RATE_LIMIT_PRO_CAPACITY: '1000000',
   RATE_LIMIT_PRO_REFILL_PER_S: '1000000',
+  RATE_LIMIT_SERVICE_CAPACITY: '1000000',
+  RATE_LIMIT_SERVICE_REFILL_PER_S: '1000000',
   BENCH_SERVER_MAX_S: String(quick ? 900 : 3600)
 }
 const cpuProfDir = join(here('./results'), 'profiles')
@@ -131,7 +133,9 @@ const callers: Caller[] = seeded.pool.map((id, i) => ({ id, token: tokens[i]! })
 const abuser: Caller = { id: seeded.abuserId, token: tokens[seeded.pool.length]! }
 const bigUser: Caller = { id: seeded.bigUserId, token: tokens[seeded.pool.length + 1]! }
 const smallUser: Caller = { id: seeded.smallUserId, token: tokens[seeded.pool.length + 2]! }
-const world: TrafficWorld = { callers, keyPrefix: `bench-${Date.now().toString(36)}` }
+// Deposits and withdrawals come from the seeded settlement client, as in production; users only transfer.
+const [funderToken] = await signClientTokens(jwt, [{ id: seeded.clientId, scopes: ['funds:write'] }])
+const world: TrafficWorld = { callers, funder: { id: seeded.clientId, token: funderToken! }, keyPrefix: `bench-${Date.now().toString(36)}` }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers

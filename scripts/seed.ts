@@ -1,10 +1,12 @@
 // `npm run seed -- --users 5000 --user-transactions 2000000`: set-based seeding (generate_series, one
 // statement per table) so millions of rows take seconds, not hours. The balances it leaves satisfy the ledger
-// invariant: every seeded transaction is a deposit and the balance is credited with exactly their sum.
+// invariant: every seeded transaction is a deposit and the balance is credited with exactly their sum. Money
+// enters only through a service client, so the deposits name one (`seed settlement`) and a unique reference each.
 import { parseArgs } from 'node:util'
 import postgres from 'postgres'
 import { localStackUp } from './local-stack.ts'
 import { migrate } from './migrate.ts'
+import { createServiceClient } from '../routes/auth/clients.ts'
 import { hashPassword } from '../routes/users/password.ts'
 
 type Sql = postgres.Sql
@@ -22,17 +24,23 @@ export async function seedUsers (sql: Sql, count: number, run: string): Promise<
   return rows.map((row) => row.id)
 }
 
+/** The service client seeded deposits name; its secret is thrown away (nobody logs in as it). */
+export async function seedClient (sql: Sql, name = 'seed settlement'): Promise<string> {
+  return (await createServiceClient(sql, name, ['funds:write'])).client.id
+}
+
 /**
- * Gives `userId` `count` deposits of `amount` USD, with their entries and the matching balance, in one
- * transaction. Uses a session with no statement timeout: this is the one place allowed to run long.
+ * Gives `userId` `count` deposits of `amount` USD from `clientId`, with their entries and the matching balance,
+ * in one transaction. Uses a session with no statement timeout: this is the one place allowed to run long.
  */
-export async function seedUserTransactions (sql: Sql, userId: string, count: number, amount = 100): Promise<void> {
+export async function seedUserTransactions (sql: Sql, clientId: string, userId: string, count: number, amount = 100): Promise<void> {
   await sql.begin(async (tx) => {
     await tx`set local statement_timeout = 0`
     await tx`
       with inserted as (
-        insert into transactions (kind, amount, currency, to_user_id, description, created_at)
-        select 'deposit', ${amount}, 'USD', ${userId}, 'seed', now() - make_interval(secs => ${count}::int - g)
+        insert into transactions (kind, amount, currency, to_user_id, description, created_at, client_id, reference)
+        select 'deposit', ${amount}, 'USD', ${userId}, 'seed', now() - make_interval(secs => ${count}::int - g),
+               ${clientId}, 'seed-' || ${userId} || '-' || g
           from generate_series(1, ${count}::int) g
         returning id
       )
@@ -72,7 +80,7 @@ if (import.meta.main) {
     console.log(`seeded ${users} users in ${((performance.now() - started) / 1000).toFixed(1)} s (password: ${SEED_PASSWORD})`)
     if (transactions > 0) {
       started = performance.now()
-      await seedUserTransactions(sql, ids[0]!, transactions)
+      await seedUserTransactions(sql, await seedClient(sql), ids[0]!, transactions)
       console.log(`seeded ${transactions} transactions for user ${ids[0]} in ${((performance.now() - started) / 1000).toFixed(1)} s`)
     }
     console.log(JSON.stringify({ run, firstUserId: ids[0], users: ids.length }))

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import postgres from 'postgres'
 import { localStackUp, recreateDatabase as recreateDatabaseOn, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
-import { seedUsers, seedUserTransactions } from '../../scripts/seed.ts'
+import { seedClient, seedUsers, seedUserTransactions } from '../../scripts/seed.ts'
 
 export interface BenchEnv {
   /** Through PgBouncer, to the bench database: what the API uses. */
@@ -84,6 +84,8 @@ export interface SeedResult {
   smallUserId: string
   profileIds: string[]
   depositPerUser: number
+  /** The settlement client the seeded deposits name; the bench posts its deposits and withdrawals as it. */
+  clientId: string
   seconds: Record<string, number>
 }
 
@@ -110,13 +112,15 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     const [smallUserId] = await seedUsers(sql, 1, 'small')
     const profileIds = await timed(`${sizes.profileUsers} profile-only users`, () => seedUsers(sql, sizes.profileUsers, 'profile'))
     if (abuserId === undefined || bigUserId === undefined || smallUserId === undefined) throw new Error('seedUsers returned no id')
+    const clientId = await seedClient(sql, 'bench settlement')
 
     await timed(`deposits for ${sizes.users} users`, () => sql.begin(async (tx) => {
       await tx`set local statement_timeout = 0`
       await tx`
         with deposits as (
-          insert into transactions (kind, amount, currency, to_user_id, description)
-          select 'deposit', ${DEPOSIT_PER_USER}, 'USD', id, 'bench seed' from users where email like 'seed-pool-%'
+          insert into transactions (kind, amount, currency, to_user_id, description, client_id, reference)
+          select 'deposit', ${DEPOSIT_PER_USER}, 'USD', id, 'bench seed', ${clientId}, 'bench-' || id
+            from users where email like 'seed-pool-%'
           returning id, to_user_id
         )
         insert into entries (user_id, transaction_id, delta)
@@ -127,8 +131,8 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
         on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance`
     }))
 
-    await timed(`${sizes.bigUserTransactions} transactions for one user`, () => seedUserTransactions(sql, bigUserId, sizes.bigUserTransactions))
-    await seedUserTransactions(sql, smallUserId, sizes.smallUserTransactions)
+    await timed(`${sizes.bigUserTransactions} transactions for one user`, () => seedUserTransactions(sql, clientId, bigUserId, sizes.bigUserTransactions))
+    await seedUserTransactions(sql, clientId, smallUserId, sizes.smallUserTransactions)
 
     // Feeds: each pool user's feed gets posts/users posts, written by other pool users, spread over time.
     await timed(`${sizes.posts} posts`, () => sql.begin(async (tx) => {
@@ -153,7 +157,7 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
       await sql`checkpoint`.catch(() => {})
     })
     const ordered = await sql<{ id: string }[]>`select id from bench_users order by n`
-    return { pool: ordered.map((r) => r.id), abuserId, bigUserId, smallUserId, profileIds, depositPerUser: DEPOSIT_PER_USER, seconds }
+    return { pool: ordered.map((r) => r.id), abuserId, bigUserId, smallUserId, profileIds, depositPerUser: DEPOSIT_PER_USER, clientId, seconds }
   } finally {
     await sql.end()
   }

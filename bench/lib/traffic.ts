@@ -3,7 +3,7 @@
 import fastifyJwt from '@fastify/jwt'
 import type autocannon from 'autocannon'
 import Fastify from 'fastify'
-import { signOptions, userClaims, type AuthOptions, type Tier } from '../../plugins/auth.ts'
+import { clientClaims, signOptions, userClaims, type AuthOptions, type Scope, type Tier } from '../../plugins/auth.ts'
 import { tagRoute } from './load.ts'
 
 export interface Caller {
@@ -11,16 +11,19 @@ export interface Caller {
   token: string
 }
 
-export async function signTokens (options: AuthOptions, users: Array<{ id: string, tier: Tier }>): Promise<string[]> {
+async function sign<T> (options: AuthOptions, subjects: T[], claims: (subject: T) => { sub: string, scope: string }): Promise<string[]> {
   const app = Fastify({ logger: false })
   await app.register(fastifyJwt, { secret: options.secret, sign: signOptions(options) })
   await app.ready()
   try {
-    return users.map((user) => app.jwt.sign(userClaims(user)))
+    return subjects.map((subject) => app.jwt.sign(claims(subject)))
   } finally {
     await app.close()
   }
 }
+
+export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier: Tier }>) => sign(options, users, userClaims)
+export const signClientTokens = (options: AuthOptions, clients: Array<{ id: string, scopes: Scope[] }>) => sign(options, clients, clientClaims)
 
 const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!
 
@@ -29,27 +32,36 @@ export type PostKind = 'deposit' | 'withdrawal' | 'transfer'
 
 export interface TrafficWorld {
   callers: Caller[]
+  /** The service client that posts deposits and withdrawals for the callers. */
+  funder: Caller
   /** Prefix that makes every Idempotency-Key of this run unique. */
   keyPrefix: string
 }
 
 let keyCounter = 0
 
+/** A transfer from `caller` to another caller, or a deposit or withdrawal for `caller` posted by the funder. */
 function postTransaction (world: TrafficWorld, caller: Caller, kinds: readonly PostKind[]): Partial<autocannon.Request> {
   const kind = pick(kinds)
+  const key = `${world.keyPrefix}-${++keyCounter}`
   const body: Record<string, unknown> = { kind, amount: 1 + Math.floor(Math.random() * 100), currency: 'USD' }
+  let poster = caller
   if (kind === 'transfer') {
     let to = pick(world.callers)
     while (to.id === caller.id) to = pick(world.callers)
     body.toUserId = to.id
+  } else {
+    poster = world.funder
+    body.userId = caller.id
+    body.reference = key
   }
   return {
     method: 'POST',
     path: '/transactions',
     headers: {
-      authorization: `Bearer ${caller.token}`,
+      authorization: `Bearer ${poster.token}`,
       'content-type': 'application/json',
-      'idempotency-key': `${world.keyPrefix}-${++keyCounter}`
+      'idempotency-key': key
     },
     body: JSON.stringify(body)
   }

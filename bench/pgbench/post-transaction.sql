@@ -8,6 +8,6 @@
 \set b case when :b >= :a then :b + 1 else :b end
 \set amount random(1, 100)
 select * from post_transaction(
-  (select id from bench_users where n = :a), gen_random_uuid()::text, 'pgbench-post-transaction-fingerprint-0000000', 'transfer', :amount,
-  'USD', (select id from bench_users where n = :b), null
+  null, (select id from bench_users where n = :a), gen_random_uuid()::text, 'pgbench-post-transaction-fingerprint-0000000', 'transfer', :amount,
+  'USD', (select id from bench_users where n = :b), null, null
 );

@@ -4,7 +4,7 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
 import { buildTestApp, createUser, dbSpans, injectTraced, spanExporter, testSql } from '../helper.ts'
-import { seedUserTransactions } from '../../scripts/seed.ts'
+import { seedClient, seedUserTransactions } from '../../scripts/seed.ts'
 import { transactionsPageQuery } from '../../routes/transactions/queries.ts'
 
 const ROWS = Number(process.env.LEDGER_TEST_BIG_ROWS ?? 2_000_000)
@@ -18,7 +18,7 @@ t.test(`a page of a ${ROWS}-transaction account is one index range scan`, { time
   const sql = testSql(t)
   const whale = await createUser(app, { name: 'Whale' })
   const started = performance.now()
-  await seedUserTransactions(sql, whale.id, ROWS)
+  await seedUserTransactions(sql, await seedClient(sql), whale.id, ROWS)
   t.comment(`seeded ${ROWS} transactions in ${((performance.now() - started) / 1000).toFixed(1)} s`)
 
   const first = await injectTraced(app, { method: 'GET', url: '/transactions?limit=100', headers: { authorization: whale.authorization } })
