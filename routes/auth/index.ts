@@ -24,6 +24,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
   app.post('/auth/token', {
     config: { public: true, rateLimit: publicRouteRateLimit('login') },
     schema: {
+      operationId: 'issueToken',
       tags: ['auth'],
       summary: 'Log in: exchange email and password for a bearer token',
       security: [],

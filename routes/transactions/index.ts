@@ -23,6 +23,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.post('/transactions', {
     schema: {
+      operationId: 'createTransaction',
       tags: ['money'],
       summary: 'Move money: deposit, withdrawal or transfer, exactly once per Idempotency-Key',
       headers: IdempotencyHeadersSchema,
@@ -51,6 +52,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.get('/transactions', {
     schema: {
+      operationId: 'listTransactions',
       tags: ['money'],
       summary: 'Transactions that touch the caller, newest first (cursor pagination)',
       querystring: ListTransactionsQuerySchema,
@@ -67,6 +69,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.get('/transactions/:id', {
     schema: {
+      operationId: 'getTransaction',
       tags: ['money'],
       summary: 'One transaction that touches the caller',
       params: TransactionIdParamsSchema,
