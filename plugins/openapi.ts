@@ -37,7 +37,11 @@ export function withoutUnusedSchemas<D extends object> (document: D): D {
   return { ...document, components: { ...components, schemas: Object.fromEntries(Object.entries(schemas).filter(([name]) => used.has(name))) } }
 }
 
-/** The OpenAPI document is generated from the same Zod schemas that validate requests, so it cannot drift. */
+/**
+ * The OpenAPI document is generated from the same Zod schemas that validate requests, so it cannot drift. A copy is
+ * committed as openapi.json (`npm run openapi`), with the types scripts/ops uses; test/scripts/openapi.test.ts
+ * fails when they fall behind, and lints the document with Redocly (redocly.yaml).
+ */
 async function openapiPlugin (app: FastifyInstance) {
   await app.register(fastifySwagger, {
     openapi: {
