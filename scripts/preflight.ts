@@ -27,10 +27,12 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
+import createClient, { type Client } from 'openapi-fetch'
 import {
   cacheCounts, closeSql, describeCaches, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql, fetchMetrics, int, metricsDelta, ms, reason, sumBy, withTimeout,
   type MetricsSnapshot
 } from './lib-report.ts'
+import type { paths } from './ops/api-schema.d.ts'
 
 const REQUEST_TIMEOUT_MS = 10_000
 /** The pg_sleep payload sleeps this long; an answer that much slower than the field's other payloads means it ran. */
@@ -251,19 +253,30 @@ interface RequestSpec {
 
 const sleep = (msToWait: number) => new Promise((resolve) => setTimeout(resolve, msToWait))
 
+/** Seconds from a Retry-After header, when it holds a usable number. */
+function retryAfterOf (headers: Headers): number | undefined {
+  const seconds = Number(headers.get('retry-after') ?? Number.NaN)
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : undefined
+}
+
 /**
- * Sends one request. With `patienceMs`, a 429 is retried after its Retry-After for up to that long: the checks are
+ * Makes one attempt and, with `patienceMs`, retries a 429 after its Retry-After for up to that long: the checks are
  * about what a handler does with a request, so one that the rate limiter turned away has not been checked yet.
  */
-async function send (base: string, spec: RequestSpec, patienceMs = 0): Promise<Answer> {
+async function patiently<T extends { status: number, retryAfterS?: number | undefined }> (attempt: () => Promise<T>, patienceMs: number): Promise<T> {
   const deadline = performance.now() + patienceMs
   for (;;) {
-    const answer = await sendOnce(base, spec)
+    const answer = await attempt()
     if (answer.status !== 429 || answer.retryAfterS === undefined) return answer
     const waitMs = Math.max(answer.retryAfterS * 1000, 100)
     if (performance.now() + waitMs > deadline) return answer
     await sleep(waitMs)
   }
+}
+
+/** Sends one request built from the document (see patiently() for `patienceMs`). */
+async function send (base: string, spec: RequestSpec, patienceMs = 0): Promise<Answer> {
+  return patiently(() => sendOnce(base, spec), patienceMs)
 }
 
 async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
@@ -281,8 +294,8 @@ async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
     let body: unknown = text
     try { body = JSON.parse(text) } catch {}
     const answer: Answer = { status: response.status, body, text, ms: performance.now() - started }
-    const retryAfter = Number(response.headers.get('retry-after') ?? Number.NaN)
-    if (Number.isFinite(retryAfter) && retryAfter >= 0) answer.retryAfterS = retryAfter
+    const retryAfterS = retryAfterOf(response.headers)
+    if (retryAfterS !== undefined) answer.retryAfterS = retryAfterS
     return answer
   } catch (error) {
     return { status: 0, body: undefined, text: '', ms: performance.now() - started, error: reason(error) }
@@ -292,6 +305,44 @@ async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const said = (answer: Answer) => answer.error ?? `${answer.status}${isObject(answer.body) && typeof answer.body.detail === 'string' ? ` "${answer.body.detail}"` : ''}`
+
+// ---- the typed client, for the calls preflight makes by name -----------------------------------------------------
+
+/**
+ * Signing up, logging in and GET /users/me are fixed calls, made through a client typed from the committed document
+ * (scripts/ops/api-schema.d.ts, `npm run openapi`): a route that changes its path, body or answer breaks the type
+ * check here instead of a preflight run. Everything the checks derive from /openapi.json stays untyped (send()).
+ */
+export type Api = Client<paths>
+
+/** The typed client's fetch: each attempt has send()'s timeout, and a 429 is waited out as send() does. */
+async function patientFetch (request: Request): Promise<Response> {
+  const { response } = await patiently(async () => {
+    const answer = await fetch(request.clone(), { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
+    // Read within the timeout, and so that an answer that is retried is not left unread.
+    const response = new Response(await answer.arrayBuffer(), { status: answer.status, statusText: answer.statusText, headers: answer.headers })
+    return { status: response.status, retryAfterS: retryAfterOf(response.headers), response }
+  }, PATIENCE_MS)
+  return response
+}
+
+export function apiClient (base: string): Api {
+  // send() resolves paths against the origin too: a path in --url is not a prefix.
+  return createClient<paths>({ baseUrl: new URL(base).origin, fetch: patientFetch })
+}
+
+/** What a typed call answered, and the status and problem detail (or why nothing came back) as said() puts them. */
+interface Reply<T> { data: T | undefined, status: number, said: string }
+
+async function reply<T> (call: Promise<{ data?: T, error?: unknown, response: Response }>): Promise<Reply<T>> {
+  try {
+    const { data, error, response } = await call
+    const detail = isObject(error) && typeof error.detail === 'string' ? ` "${error.detail}"` : ''
+    return { data, status: response.status, said: `${response.status}${detail}` }
+  } catch (error) {
+    return { data: undefined, status: 0, said: reason(error) }
+  }
+}
 
 async function mapLimit<T, R> (items: T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array(items.length)
@@ -317,6 +368,7 @@ export interface Slot {
 
 export interface Context {
   doc: OpenApiDocument
+  api: Api
   schemas: Schemas
   examples: Examples
   base: string
@@ -534,8 +586,8 @@ export async function checkInjection (ctx: Context, ops: Operation[]): Promise<C
     }
   })
   // A payload that worked as SQL (DROP TABLE users) would show here, whatever the answers above said.
-  const after = await send(ctx.base, { method: 'GET', url: '/users/me', headers: bearer(ctx.token) }, PATIENCE_MS)
-  if (after.status !== 200) failures.push(`GET /users/me after the payloads -> ${said(after)} (expected 200)`)
+  const after = await reply(ctx.api.GET('/users/me', { headers: bearer(ctx.token) }))
+  if (after.status !== 200) failures.push(`GET /users/me after the payloads -> ${after.said} (expected 200)`)
   const codes = Object.entries(statuses).sort(([a], [b]) => Number(a) - Number(b)).map(([code, n]) => `${code}x${n}`).join(' ')
   const limited = statuses[429] ?? 0
   return {
@@ -707,20 +759,21 @@ export class SetupError extends Error {
   override name = 'SetupError'
 }
 
-async function authenticate (base: string, options: PreflightOptions): Promise<{ token: string, who: string }> {
+async function authenticate (api: Api, options: PreflightOptions): Promise<{ token: string, who: string }> {
   if (options.token !== undefined) return { token: options.token, who: 'from --token' }
   let credentials = options.login
   let who = credentials === undefined ? '' : credentials.email
   if (credentials === undefined) {
     if (options.readOnly) throw new SetupError('--read-only needs --token or --login (signing up a user is a write)')
     credentials = { email: `preflight-${randomBytes(6).toString('hex')}@example.test`, password: randomBytes(18).toString('base64url') }
-    const signup = await send(base, { method: 'POST', url: '/users', body: { ...credentials, name: 'Preflight' } }, PATIENCE_MS)
-    if (signup.status !== 201) throw new SetupError(`signing up ${credentials.email} -> ${said(signup)}`)
+    const signup = await reply(api.POST('/users', { body: { ...credentials, name: 'Preflight' } }))
+    if (signup.status !== 201) throw new SetupError(`signing up ${credentials.email} -> ${signup.said}`)
     who = `${credentials.email} signed up for this run`
   }
-  const login = await send(base, { method: 'POST', url: '/auth/token', body: credentials }, PATIENCE_MS)
-  const token = isObject(login.body) ? login.body.accessToken : undefined
-  if (login.status !== 200 || typeof token !== 'string') throw new SetupError(`logging in as ${credentials.email} -> ${said(login)}`)
+  const login = await reply(api.POST('/auth/token', { body: credentials }))
+  // Checked, not trusted: the server may be another version than the document the types were made from.
+  const token = login.data?.accessToken
+  if (login.status !== 200 || typeof token !== 'string') throw new SetupError(`logging in as ${credentials.email} -> ${login.said}`)
   return { token, who }
 }
 
@@ -732,11 +785,13 @@ export async function preflight (options: PreflightOptions): Promise<{ header: s
   }
   const doc = openapi.body as OpenApiDocument
   const ops = operationsOf(doc)
-  const { token, who } = await authenticate(base, options)
-  const me = await send(base, { method: 'GET', url: '/users/me', headers: bearer(token) }, PATIENCE_MS)
-  if (me.status !== 200 || !isObject(me.body) || typeof me.body.id !== 'string') throw new SetupError(`GET /users/me with the token -> ${said(me)}`)
+  const api = apiClient(base)
+  const { token, who } = await authenticate(api, options)
+  const me = await reply(api.GET('/users/me', { headers: bearer(token) }))
+  const userId = me.data?.id
+  if (me.status !== 200 || typeof userId !== 'string') throw new SetupError(`GET /users/me with the token -> ${me.said}`)
   const schemas = new Schemas(doc)
-  const ctx: Context = { doc, schemas, examples: new Examples(schemas), base, token, userId: me.body.id, readOnly: options.readOnly }
+  const ctx: Context = { doc, api, schemas, examples: new Examples(schemas), base, token, userId, readOnly: options.readOnly }
   const header = `preflight ${base}: ${doc.info?.title ?? 'API'} ${doc.info?.version ?? ''}, ${ops.length} operations; user ${who}, id ${ctx.userId}` +
     `${options.readOnly ? '; read-only' : '; writes allowed (a few rows, counted below)'}`
 

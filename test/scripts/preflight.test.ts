@@ -16,12 +16,14 @@ const script = fileURLToPath(new URL('../../scripts/preflight.ts', import.meta.u
 
 interface Run { code: number, stdout: string, stderr: string }
 
-/** Lists the app, runs preflight against it with a short load, and returns its exit code and output. */
-async function preflight (app: App, extra: string[] = []): Promise<Run> {
+/**
+ * Lists the app, runs preflight against it with a short load, and returns its exit code and output. It runs as a
+ * new user's token unless `auth` says otherwise (--login, or nothing: preflight then signs up a user of its own).
+ */
+async function preflight (app: App, extra: string[] = [], auth?: string[]): Promise<Run> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
-  const user = await createUser(app)
-  const args = [script, '--url', `http://127.0.0.1:${port}`, '--token', user.token, '--duration', '1', '--connections', '10', ...extra]
+  const args = [script, '--url', `http://127.0.0.1:${port}`, ...(auth ?? ['--token', (await createUser(app)).token]), '--duration', '1', '--connections', '10', ...extra]
   return new Promise((resolve) => {
     execFile(process.execPath, args, { timeout: 100_000, env: process.env }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr })
@@ -52,6 +54,20 @@ t.test('without --database-url the connection sampling is a SKIP, which does not
   t.equal(run.code, 0, 'exit 0', { stdout: run.stdout, stderr: run.stderr })
   t.equal(statuses(run.stdout)['5'], 'SKIP')
   t.match(run.stdout, /2 injection: .*\(GETs only: --read-only\)/)
+})
+
+t.test('without --token or --login it signs up a user of its own and logs in (through the typed client)', async (t) => {
+  const app = await buildTestApp(t)
+  const run = await preflight(app, [], [])
+  t.equal(run.code, 0, 'exit 0', { stdout: run.stdout, stderr: run.stderr })
+  t.match(run.stdout, /^preflight http:\/\/127\.0\.0\.1:\d+: ledger-api \d+\.\d+\.\d+, \d+ operations; user preflight-[0-9a-f]{12}@example\.test signed up for this run, id [0-9a-f-]{36}; writes allowed/m)
+})
+
+t.test('a wrong --login stops the run at setup with the API\'s own answer', async (t) => {
+  const app = await buildTestApp(t)
+  const run = await preflight(app, [], ['--login', 'nobody@example.test:not the password'])
+  t.equal(run.code, 1, 'exit 1', { stdout: run.stdout })
+  t.match(run.stdout, /^FAIL {2}0 setup: logging in as nobody@example\.test -> 401 "Wrong email or password\."$/m)
 })
 
 t.test('fails check 3 when a route documented as private answers without a token', async (t) => {
