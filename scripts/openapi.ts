@@ -3,15 +3,16 @@
 // scripts/ops/api-schema.d.ts (what the operator tools' typed client, openapi-fetch, is checked against).
 // test/scripts/openapi.test.ts fails when either file is behind the routes, or behind the other.
 //
-// The document is the app's own, from buildApp exactly as the server builds it. Building it waits for Redis (the
-// app does not start without it; PostgreSQL is not contacted), so without DATABASE_URL and REDIS_URL the local
-// stack is brought up first, as `npm start` does.
+// The document is the app's own, from buildApp exactly as the server builds it. That waits for Redis (the app does
+// not start without it), but never contacts PostgreSQL (postgres.js connects on the first query, and generating
+// the document runs none): without REDIS_URL the local stack's Redis alone is started, and without DATABASE_URL
+// the local stack's URL is used, only to satisfy the config.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import openapiTS, { astToString } from 'openapi-typescript'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig } from '../config.ts'
-import { localStackUp } from './local-stack.ts'
+import { readStackEnv, stack } from './local-stack.ts'
 
 export const documentFile = fileURLToPath(new URL('../openapi.json', import.meta.url))
 export const typesFile = fileURLToPath(new URL('./ops/api-schema.d.ts', import.meta.url))
@@ -32,7 +33,8 @@ export async function typesOf (document: string): Promise<string> {
 
 if (import.meta.main) {
   if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
-    const env = localStackUp()
+    if (!process.env.REDIS_URL) stack('start', 'redis')
+    const env = readStackEnv()
     process.env.DATABASE_URL ||= env.DATABASE_URL
     process.env.REDIS_URL ||= env.REDIS_URL
   }
