@@ -56,7 +56,10 @@ declare module 'fastify' {
     public?: boolean
     /** Who may call a private route: users only unless the route says otherwise. */
     principals?: readonly PrincipalKind[]
-    /** The scope a token needs for this route (a 403 `insufficient_scope` without it). */
+    /**
+     * The scope a service client's token needs for this route (a 403 `insufficient_scope` without it). Users hold
+     * no scopes: which routes they may call is the route's `principals`.
+     */
     scope?: Scope
   }
   interface FastifyInstance {
@@ -88,7 +91,9 @@ export function authorize (principal: Principal, allowed: readonly PrincipalKind
   if (!allowed.includes(principal.kind)) {
     throw insufficientScope(principal.kind === 'client' ? 'This route is for users; service client tokens are refused.' : 'This route is for service clients.')
   }
-  if (scope !== undefined && !principal.scopes.includes(scope)) throw insufficientScope(`This needs the ${scope} scope.`, scope)
+  if (scope !== undefined && principal.kind === 'client' && !principal.scopes.includes(scope)) {
+    throw insufficientScope(`This needs the ${scope} scope.`, scope)
+  }
 }
 
 function authorizationHeaderCount (rawHeaders: string[]): number {

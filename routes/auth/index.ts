@@ -42,6 +42,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
   app.post('/auth/token', {
     config: { public: true, rateLimit: publicRouteRateLimit('login') },
     schema: {
+      operationId: 'issueToken',
       tags: ['auth'],
       summary: 'Get an access token: a user logs in with email and password, a service client with client credentials',
       description: 'JSON, or application/x-www-form-urlencoded as RFC 6749 sends it. Limited per client IP for every grant.',

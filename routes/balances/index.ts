@@ -9,6 +9,6 @@ const BalancesSchema = z.object({
 
 export const balancesRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/balances', {
-    schema: { tags: ['money'], summary: "The caller's balance in each currency", response: { 200: BalancesSchema, ...commonErrors } }
+    schema: { operationId: 'listBalances', tags: ['money'], summary: "The caller's balance in each currency", response: { 200: BalancesSchema, ...commonErrors } }
   }, async (request) => ({ data: await listBalances(app.db, request.user.id) }))
 }

@@ -21,6 +21,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.post('/posts', {
     schema: {
+      operationId: 'createPost',
       tags: ['feed'],
       summary: 'Post on a feed (yours by default); you are the author',
       body: CreatePostBodySchema,
@@ -38,6 +39,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.get('/feed', {
     schema: {
+      operationId: 'getFeed',
       tags: ['feed'],
       summary: 'Your feed, newest first, with each post\'s author',
       querystring: FeedQuerySchema,

@@ -25,12 +25,13 @@ async function check (probe: () => Promise<unknown>): Promise<'ok' | 'down'> {
 export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health/live', {
     config: { public: true, rateLimit: false, pressureExempt: true },
-    schema: { tags: ['operations'], summary: 'Liveness: the process is running', security: [], response: { 200: z.object({ status: z.literal('ok') }) } }
+    schema: { operationId: 'getLiveness', tags: ['operations'], summary: 'Liveness: the process is running', security: [], response: { 200: z.object({ status: z.literal('ok') }) } }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/health/ready', {
     config: { public: true, rateLimit: false },
     schema: {
+      operationId: 'getReadiness',
       tags: ['operations'],
       summary: 'Readiness: PostgreSQL (through PgBouncer) and Redis answer',
       security: [],

@@ -36,7 +36,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, reads } = app
 
   app.post('/transactions', {
-    config: { principals: ['user', 'client'] },
+    config: { principals: ['user', 'client'], scope: 'funds:write' },
     // Before validation, so a user's deposit is a 403 whatever else its body holds, and nothing is written.
     preValidation: async (request) => {
       const kind = (request.body as { kind?: unknown } | null)?.kind
@@ -44,6 +44,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       if (rule !== undefined) authorize(request.user, rule.principals, rule.scope)
     },
     schema: {
+      operationId: 'createTransaction',
       tags: ['money'],
       summary: 'Move money exactly once per Idempotency-Key: a user transfers; a service client (funds:write) deposits or withdraws',
       headers: IdempotencyHeadersSchema,
@@ -74,6 +75,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/transactions', {
     config: { principals: ['user', 'client'] },
     schema: {
+      operationId: 'listTransactions',
       tags: ['money'],
       summary: 'Newest first (cursor pagination): for a user the transactions that touch them, for a client the ones it posted',
       querystring: ListTransactionsQuerySchema,
@@ -91,6 +93,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/transactions/:id', {
     config: { principals: ['user', 'client'] },
     schema: {
+      operationId: 'getTransaction',
       tags: ['money'],
       summary: 'One transaction the caller could list',
       params: TransactionIdParamsSchema,

@@ -18,7 +18,7 @@ export const TransferBodySchema = z.object({
   currency: CurrencySchema,
   toUserId: UserIdSchema,
   description: DescriptionSchema.optional()
-}).strict().meta({ id: 'TransferRequest' })
+}).strict().meta({ title: 'TransferRequest' })
 
 /** A service client with funds:write moves money into (deposit) or out of (withdrawal) a user's balance. */
 const fundingBody = <K extends 'deposit' | 'withdrawal'>(kind: K) => z.object({
@@ -33,8 +33,8 @@ const fundingBody = <K extends 'deposit' | 'withdrawal'>(kind: K) => z.object({
 
 export const CreateTransactionBodySchema = z.discriminatedUnion('kind', [
   TransferBodySchema,
-  fundingBody('deposit').meta({ id: 'DepositRequest' }),
-  fundingBody('withdrawal').meta({ id: 'WithdrawalRequest' })
+  fundingBody('deposit').meta({ title: 'DepositRequest' }),
+  fundingBody('withdrawal').meta({ title: 'WithdrawalRequest' })
 ])
 
 export const IdempotencyHeadersSchema = z.object({

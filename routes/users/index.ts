@@ -17,6 +17,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   app.post('/users', {
     config: { public: true, rateLimit: publicRouteRateLimit('signup') },
     schema: {
+      operationId: 'createUser',
       tags: ['users'],
       summary: 'Sign up',
       security: [],
@@ -31,7 +32,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   })
 
   app.get('/users/me', {
-    schema: { tags: ['users'], summary: 'The caller, with email', response: { 200: UserSchema, 404: ProblemSchema, ...commonErrors } }
+    schema: { operationId: 'getMe', tags: ['users'], summary: 'The caller, with email', response: { 200: UserSchema, 404: ProblemSchema, ...commonErrors } }
   }, async (request) => {
     const user = await findUser(db, request.user.id)
     if (user === null) throw notFound('User not found.')
@@ -40,6 +41,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.get('/users/:id', {
     schema: {
+      operationId: 'getUser',
       tags: ['users'],
       summary: 'A user profile (email only for the caller)',
       params: IdParamsSchema,
@@ -55,6 +57,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
 
   app.patch('/users/:id', {
     schema: {
+      operationId: 'updateUser',
       tags: ['users'],
       summary: 'Update your own name or avatar',
       params: IdParamsSchema,

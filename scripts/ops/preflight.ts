@@ -18,7 +18,8 @@
 //
 // Writes: a preflight runs against staging, where a few rows are acceptable, so writes are on unless --read-only.
 // Without --token/--login it signs up one user `preflight-<hex>@example.test`. Check 4 creates at most 2 rows per
-// list, and only when the list has fewer than 2 (posts on the preflight user's own feed, 1-cent deposits to it).
+// list, and only when the list has fewer than 2 (posts on the preflight user's own feed; 1-cent deposits to it from
+// the --client service client, since users cannot create money; without --client that list is a SKIP).
 // Check 2 sends its payloads to the write operations too: what they accept is stored as inert text (a handful of
 // users, posts and 1-cent deposits, all counted in the output). --read-only sends GETs only (plus the login).
 //
@@ -27,9 +28,11 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
+import createClient, { type Client } from 'openapi-fetch'
 import { closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql } from './diagnostic-sql.ts'
 import { int, ms, reason, withTimeout } from './format.ts'
 import { cacheCounts, describeCaches, fetchMetrics, metricsDelta, sumBy, type MetricsSnapshot } from './prometheus.ts'
+import type { paths } from './api-schema.d.ts'
 
 const REQUEST_TIMEOUT_MS = 10_000
 /** The pg_sleep payload sleeps this long; an answer that much slower than the field's other payloads means it ran. */
@@ -86,6 +89,7 @@ type SecurityRequirement = Record<string, string[]>
 interface Media { content?: Record<string, { schema?: JsonSchema }> }
 
 interface OperationObject {
+  operationId?: string
   security?: SecurityRequirement[]
   parameters?: Parameter[]
   requestBody?: Media & { required?: boolean }
@@ -250,19 +254,30 @@ interface RequestSpec {
 
 const sleep = (msToWait: number) => new Promise((resolve) => setTimeout(resolve, msToWait))
 
+/** Seconds from a Retry-After header, when it holds a usable number. */
+function retryAfterOf (headers: Headers): number | undefined {
+  const seconds = Number(headers.get('retry-after') ?? Number.NaN)
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : undefined
+}
+
 /**
- * Sends one request. With `patienceMs`, a 429 is retried after its Retry-After for up to that long: the checks are
+ * Makes one attempt and, with `patienceMs`, retries a 429 after its Retry-After for up to that long: the checks are
  * about what a handler does with a request, so one that the rate limiter turned away has not been checked yet.
  */
-async function send (base: string, spec: RequestSpec, patienceMs = 0): Promise<Answer> {
+async function patiently<T extends { status: number, retryAfterS?: number | undefined }> (attempt: () => Promise<T>, patienceMs: number): Promise<T> {
   const deadline = performance.now() + patienceMs
   for (;;) {
-    const answer = await sendOnce(base, spec)
+    const answer = await attempt()
     if (answer.status !== 429 || answer.retryAfterS === undefined) return answer
     const waitMs = Math.max(answer.retryAfterS * 1000, 100)
     if (performance.now() + waitMs > deadline) return answer
     await sleep(waitMs)
   }
+}
+
+/** Sends one request built from the document (see patiently() for `patienceMs`). */
+async function send (base: string, spec: RequestSpec, patienceMs = 0): Promise<Answer> {
+  return patiently(() => sendOnce(base, spec), patienceMs)
 }
 
 async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
@@ -280,8 +295,8 @@ async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
     let body: unknown = text
     try { body = JSON.parse(text) } catch {}
     const answer: Answer = { status: response.status, body, text, ms: performance.now() - started }
-    const retryAfter = Number(response.headers.get('retry-after') ?? Number.NaN)
-    if (Number.isFinite(retryAfter) && retryAfter >= 0) answer.retryAfterS = retryAfter
+    const retryAfterS = retryAfterOf(response.headers)
+    if (retryAfterS !== undefined) answer.retryAfterS = retryAfterS
     return answer
   } catch (error) {
     return { status: 0, body: undefined, text: '', ms: performance.now() - started, error: reason(error) }
@@ -291,6 +306,44 @@ async function sendOnce (base: string, spec: RequestSpec): Promise<Answer> {
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const said = (answer: Answer) => answer.error ?? `${answer.status}${isObject(answer.body) && typeof answer.body.detail === 'string' ? ` "${answer.body.detail}"` : ''}`
+
+// ---- the typed client, for the calls preflight makes by name -----------------------------------------------------
+
+/**
+ * Signing up, logging in and GET /users/me are fixed calls, made through a client typed from the committed document
+ * (scripts/ops/api-schema.d.ts, `npm run openapi`): a route that changes its path, body or answer breaks the type
+ * check here instead of a preflight run. Everything the checks derive from /openapi.json stays untyped (send()).
+ */
+export type Api = Client<paths>
+
+/** The typed client's fetch: each attempt has send()'s timeout, and a 429 is waited out as send() does. */
+async function patientFetch (request: Request): Promise<Response> {
+  const { response } = await patiently(async () => {
+    const answer = await fetch(request.clone(), { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
+    // Read within the timeout, and so that an answer that is retried is not left unread.
+    const response = new Response(await answer.arrayBuffer(), { status: answer.status, statusText: answer.statusText, headers: answer.headers })
+    return { status: response.status, retryAfterS: retryAfterOf(response.headers), response }
+  }, PATIENCE_MS)
+  return response
+}
+
+export function apiClient (base: string): Api {
+  // send() resolves paths against the origin too: a path in --url is not a prefix.
+  return createClient<paths>({ baseUrl: new URL(base).origin, fetch: patientFetch })
+}
+
+/** What a typed call answered, and the status and problem detail (or why nothing came back) as said() puts them. */
+interface Reply<T> { data: T | undefined, status: number, said: string }
+
+async function reply<T> (call: Promise<{ data?: T, error?: unknown, response: Response }>): Promise<Reply<T>> {
+  try {
+    const { data, error, response } = await call
+    const detail = isObject(error) && typeof error.detail === 'string' ? ` "${error.detail}"` : ''
+    return { data, status: response.status, said: `${response.status}${detail}` }
+  } catch (error) {
+    return { data: undefined, status: 0, said: reason(error) }
+  }
+}
 
 async function mapLimit<T, R> (items: T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array(items.length)
@@ -316,12 +369,18 @@ export interface Slot {
 
 export interface Context {
   doc: OpenApiDocument
+  api: Api
   schemas: Schemas
   examples: Examples
   base: string
   token: string
   userId: string
   readOnly: boolean
+  /**
+   * How to make an item of a list when the user's token may not (keyed by operationId), or why it cannot be made:
+   * users cannot create money, so only with --client is the transactions list filled (1-cent deposits).
+   */
+  creators: Record<string, (() => Promise<{ status: number, said: string }>) | string>
 }
 
 /** A valid request for `op`, with `override` (one slot and its value) applied on top. */
@@ -461,11 +520,20 @@ export async function checkPagination (ctx: Context, ops: Operation[]): Promise<
         skipped.push(`${op.key}: fewer than 2 items and ${ctx.readOnly ? '--read-only' : 'no operation in the document creates its items'}`)
         continue
       }
+      const create = ctx.creators[creator.operationId ?? ''] ??
+        (async () => { const answer = await send(ctx.base, buildRequest(ctx, creator), PATIENCE_MS); return { status: answer.status, said: said(answer) } })
+      if (typeof create === 'string') { skipped.push(`${op.key}: fewer than 2 items and ${create}`); continue }
       let made = 0
-      for (let i = 0; i < 2; i++) {
-        const answer = await send(ctx.base, buildRequest(ctx, creator), PATIENCE_MS)
+      let forbidden = false
+      for (let i = 0; i < 2 && !forbidden; i++) {
+        const answer = await create()
         if (answer.status >= 200 && answer.status < 300) made++
-        else failures.push(`${op.key}: creating an item with ${creator.key} -> ${said(answer)}`)
+        else if (answer.status === 403) forbidden = true
+        else failures.push(`${op.key}: creating an item with ${creator.key} -> ${answer.said}`)
+      }
+      if (forbidden) {
+        skipped.push(`${op.key}: fewer than 2 items and ${creator.key} is not the user's to call (403); --client id:secret lets a service client fill it`)
+        continue
       }
       created.push(`${made} via ${creator.key}`)
       first = await send(ctx.base, pageUrl(), PATIENCE_MS)
@@ -533,8 +601,8 @@ export async function checkInjection (ctx: Context, ops: Operation[]): Promise<C
     }
   })
   // A payload that worked as SQL (DROP TABLE users) would show here, whatever the answers above said.
-  const after = await send(ctx.base, { method: 'GET', url: '/users/me', headers: bearer(ctx.token) }, PATIENCE_MS)
-  if (after.status !== 200) failures.push(`GET /users/me after the payloads -> ${said(after)} (expected 200)`)
+  const after = await reply(ctx.api.GET('/users/me', { headers: bearer(ctx.token) }))
+  if (after.status !== 200) failures.push(`GET /users/me after the payloads -> ${after.said} (expected 200)`)
   const codes = Object.entries(statuses).sort(([a], [b]) => Number(a) - Number(b)).map(([code, n]) => `${code}x${n}`).join(' ')
   const limited = statuses[429] ?? 0
   return {
@@ -699,27 +767,47 @@ export interface PreflightOptions extends LoadOptions {
   url: string
   token?: string | undefined
   login?: { email: string, password: string } | undefined
+  /** A service client with funds:write: money enters the ledger only through one. */
+  client?: { id: string, secret: string } | undefined
   readOnly: boolean
+}
+
+/** 1-cent deposits to `userId` from the service client, for lists the user cannot fill alone. */
+async function fundingCreators (api: Api, client: { id: string, secret: string }, userId: string): Promise<Context['creators']> {
+  const grant = await reply(api.POST('/auth/token', { body: { grant_type: 'client_credentials', client_id: client.id, client_secret: client.secret } }))
+  const token = grant.data?.accessToken
+  if (grant.status !== 200 || typeof token !== 'string') throw new SetupError(`client credentials for ${client.id} -> ${grant.said}`)
+  return {
+    createTransaction: async () => {
+      const reference = `preflight-${randomBytes(8).toString('hex')}`
+      return reply(api.POST('/transactions', {
+        headers: bearer(token),
+        params: { header: { 'idempotency-key': reference } },
+        body: { kind: 'deposit', userId, amount: 1, currency: 'USD', reference, description: 'preflight' }
+      }))
+    }
+  }
 }
 
 export class SetupError extends Error {
   override name = 'SetupError'
 }
 
-async function authenticate (base: string, options: PreflightOptions): Promise<{ token: string, who: string }> {
+async function authenticate (api: Api, options: PreflightOptions): Promise<{ token: string, who: string }> {
   if (options.token !== undefined) return { token: options.token, who: 'from --token' }
   let credentials = options.login
   let who = credentials === undefined ? '' : credentials.email
   if (credentials === undefined) {
     if (options.readOnly) throw new SetupError('--read-only needs --token or --login (signing up a user is a write)')
     credentials = { email: `preflight-${randomBytes(6).toString('hex')}@example.test`, password: randomBytes(18).toString('base64url') }
-    const signup = await send(base, { method: 'POST', url: '/users', body: { ...credentials, name: 'Preflight' } }, PATIENCE_MS)
-    if (signup.status !== 201) throw new SetupError(`signing up ${credentials.email} -> ${said(signup)}`)
+    const signup = await reply(api.POST('/users', { body: { ...credentials, name: 'Preflight' } }))
+    if (signup.status !== 201) throw new SetupError(`signing up ${credentials.email} -> ${signup.said}`)
     who = `${credentials.email} signed up for this run`
   }
-  const login = await send(base, { method: 'POST', url: '/auth/token', body: credentials }, PATIENCE_MS)
-  const token = isObject(login.body) ? login.body.accessToken : undefined
-  if (login.status !== 200 || typeof token !== 'string') throw new SetupError(`logging in as ${credentials.email} -> ${said(login)}`)
+  const login = await reply(api.POST('/auth/token', { body: credentials }))
+  // Checked, not trusted: the server may be another version than the document the types were made from.
+  const token = login.data?.accessToken
+  if (login.status !== 200 || typeof token !== 'string') throw new SetupError(`logging in as ${credentials.email} -> ${login.said}`)
   return { token, who }
 }
 
@@ -731,11 +819,16 @@ export async function preflight (options: PreflightOptions): Promise<{ header: s
   }
   const doc = openapi.body as OpenApiDocument
   const ops = operationsOf(doc)
-  const { token, who } = await authenticate(base, options)
-  const me = await send(base, { method: 'GET', url: '/users/me', headers: bearer(token) }, PATIENCE_MS)
-  if (me.status !== 200 || !isObject(me.body) || typeof me.body.id !== 'string') throw new SetupError(`GET /users/me with the token -> ${said(me)}`)
+  const api = apiClient(base)
+  const { token, who } = await authenticate(api, options)
+  const me = await reply(api.GET('/users/me', { headers: bearer(token) }))
+  const userId = me.data?.id
+  if (me.status !== 200 || typeof userId !== 'string') throw new SetupError(`GET /users/me with the token -> ${me.said}`)
   const schemas = new Schemas(doc)
-  const ctx: Context = { doc, schemas, examples: new Examples(schemas), base, token, userId: me.body.id, readOnly: options.readOnly }
+  const creators = options.client === undefined
+    ? { createTransaction: 'only a service client can create money (--client id:secret lets one fund the user)' }
+    : options.readOnly ? {} : await fundingCreators(api, options.client, userId)
+  const ctx: Context = { doc, api, schemas, examples: new Examples(schemas), base, token, userId, readOnly: options.readOnly, creators }
   const header = `preflight ${base}: ${doc.info?.title ?? 'API'} ${doc.info?.version ?? ''}, ${ops.length} operations; user ${who}, id ${ctx.userId}` +
     `${options.readOnly ? '; read-only' : '; writes allowed (a few rows, counted below)'}`
 
@@ -761,10 +854,12 @@ export function renderResults (results: CheckResult[]): string {
   return lines.join('\n')
 }
 
-const usage = `usage: npm run preflight -- --url URL [--token T | --login email:password] [--database-url URL]
+const usage = `usage: npm run preflight -- --url URL [--token T | --login email:password] [--client id:secret] [--database-url URL]
                           [--duration S] [--connections N] [--max-db-connections N] [--metrics-token T] [--read-only]
   --url                 the running service, e.g. http://127.0.0.1:3000
   --token / --login     who to test as; neither: sign up a throwaway preflight-<hex>@example.test user (a write)
+  --client              a service client with funds:write that funds the user with 1-cent deposits when its
+                        transactions list is shorter than two pages' worth (without it that list is skipped)
   --database-url        direct PostgreSQL URL of the service's database: its connections are sampled during the load
   --duration S          load duration in seconds (default 30)
   --connections N       load connections (default 100)
@@ -780,6 +875,7 @@ if (import.meta.main) {
         url: { type: 'string' },
         token: { type: 'string' },
         login: { type: 'string' },
+        client: { type: 'string' },
         'database-url': { type: 'string' },
         duration: { type: 'string', default: '30' },
         connections: { type: 'string', default: '100' },
@@ -797,9 +893,11 @@ if (import.meta.main) {
   const connections = Number(values.connections)
   const maxDbConnections = Number(values['max-db-connections'])
   const colon = values.login?.indexOf(':') ?? -1
+  const clientColon = values.client?.indexOf(':') ?? -1
   const valid = values.url !== undefined && URL.canParse(values.url) && durationS > 0 && durationS <= 600 &&
     Number.isInteger(connections) && connections >= 1 && connections <= 1000 && Number.isInteger(maxDbConnections) && maxDbConnections >= 1 &&
-    !(values.token !== undefined && values.login !== undefined) && (values.login === undefined || colon > 0)
+    !(values.token !== undefined && values.login !== undefined) && (values.login === undefined || colon > 0) &&
+    (values.client === undefined || clientColon > 0)
   if (values.help || !valid) {
     console.error(usage)
     process.exit(values.help ? 0 : 2)
@@ -810,6 +908,7 @@ if (import.meta.main) {
       url: values.url!,
       token: values.token,
       login: values.login === undefined ? undefined : { email: values.login.slice(0, colon), password: values.login.slice(colon + 1) },
+      client: values.client === undefined ? undefined : { id: values.client.slice(0, clientColon), secret: values.client.slice(clientColon + 1) },
       databaseUrl: values['database-url'],
       durationS,
       connections,

@@ -10,18 +10,25 @@ import type { App } from '../../../app.ts'
 import { CursorParamSchema } from '../../../plugins/cursors.ts'
 import { commonErrors } from '../../../routes/common/schemas.ts'
 import { tamper } from '../../../scripts/ops/preflight.ts'
-import { buildTestApp, createUser } from '../../helper.ts'
+import { buildTestApp, createClient, createUser, testSql } from '../../helper.ts'
 
 const script = fileURLToPath(new URL('../../../scripts/ops/preflight.ts', import.meta.url))
 
 interface Run { code: number, stdout: string, stderr: string }
 
-/** Lists the app, runs preflight against it with a short load, and returns its exit code and output. */
-async function preflight (app: App, extra: string[] = []): Promise<Run> {
+/**
+ * Lists the app, runs preflight against it with a short load, and returns its exit code and output. It runs as a
+ * new user's token unless `auth` says otherwise (--login, or nothing: preflight then signs up a user of its own), and
+ * with a service client that funds the user unless `funding` is 'none'.
+ */
+async function preflight (app: App, extra: string[] = [], auth?: string[], funding: 'client' | 'none' = 'client'): Promise<Run> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
-  const user = await createUser(app)
-  const args = [script, '--url', `http://127.0.0.1:${port}`, '--token', user.token, '--duration', '1', '--connections', '10', ...extra]
+  const client = funding === 'client' ? await createClient(app) : undefined
+  const args = [
+    script, '--url', `http://127.0.0.1:${port}`, ...(auth ?? ['--token', (await createUser(app)).token]),
+    ...(client === undefined ? [] : ['--client', `${client.id}:${client.secret}`]), '--duration', '1', '--connections', '10', ...extra
+  ]
   return new Promise((resolve) => {
     execFile(process.execPath, args, { timeout: 100_000, env: process.env }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr })
@@ -46,12 +53,39 @@ t.test('passes against the app as built, every check with evidence', async (t) =
   t.match(run.stdout, /^preflight: 5 passed, 0 failed, 0 skipped$/m)
 })
 
+t.test('without --client the transactions list, which only a service client can fill, is a SKIP', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const run = await preflight(app, [], undefined, 'none')
+  t.equal(run.code, 0, 'a SKIP does not fail the run', { stdout: run.stdout, stderr: run.stderr })
+  t.equal(statuses(run.stdout)['4'], 'SKIP')
+  t.match(run.stdout, /^SKIP {2}4 pagination: 1 of 2 lists paginate \(GET \/feed\)/m)
+  t.match(run.stdout, /skipped: GET \/transactions: fewer than 2 items and only a service client can create money \(--client id:secret lets one fund the user\)/)
+  const userId = /, id ([0-9a-f-]{36});/.exec(run.stdout)?.[1] ?? ''
+  const [row] = await sql`select count(*)::int as n from transactions where to_user_id = ${userId} or from_user_id = ${userId}`
+  t.equal(row?.n, 0, 'and no money was created for the preflight user')
+})
+
 t.test('without --database-url the connection sampling is a SKIP, which does not fail the run', async (t) => {
   const app = await buildTestApp(t)
   const run = await preflight(app, ['--read-only'])
   t.equal(run.code, 0, 'exit 0', { stdout: run.stdout, stderr: run.stderr })
   t.equal(statuses(run.stdout)['5'], 'SKIP')
   t.match(run.stdout, /2 injection: .*\(GETs only: --read-only\)/)
+})
+
+t.test('without --token or --login it signs up a user of its own and logs in (through the typed client)', async (t) => {
+  const app = await buildTestApp(t)
+  const run = await preflight(app, [], [])
+  t.equal(run.code, 0, 'exit 0', { stdout: run.stdout, stderr: run.stderr })
+  t.match(run.stdout, /^preflight http:\/\/127\.0\.0\.1:\d+: ledger-api \d+\.\d+\.\d+, \d+ operations; user preflight-[0-9a-f]{12}@example\.test signed up for this run, id [0-9a-f-]{36}; writes allowed/m)
+})
+
+t.test('a wrong --login stops the run at setup with the API\'s own answer', async (t) => {
+  const app = await buildTestApp(t)
+  const run = await preflight(app, [], ['--login', 'nobody@example.test:not the password'])
+  t.equal(run.code, 1, 'exit 1', { stdout: run.stdout })
+  t.match(run.stdout, /^FAIL {2}0 setup: logging in as nobody@example\.test -> 401 "Wrong email or password\."$/m)
 })
 
 t.test('fails check 3 when a route documented as private answers without a token', async (t) => {
