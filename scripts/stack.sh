@@ -619,8 +619,8 @@ stack_runs_anything() {
 
 save_ports() {
   local var content tmp
-  content="# The ports this stack last started on: written by scripts/stack.sh, read by all its commands. STACK_*_PORT
-# variables override them; delete this file while the stack is down to have the next start choose again."$'\n'
+  content='# The ports this stack last started on: written by scripts/stack.sh, read by all its commands. STACK_*_PORT'$'\n'
+  content+='# variables override them; delete this file while the stack is down to have the next start choose again.'$'\n'
   for var in "${PORT_VARS[@]}"; do content+="$var=$(port_of_var "$var")"$'\n'; done
   if [[ -r $PORTS_FILE && "$(<"$PORTS_FILE")"$'\n' == "$content" ]]; then return 0; fi
   tmp=$PORTS_FILE.tmp.$$
