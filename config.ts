@@ -16,7 +16,8 @@ const url = (protocols: string[]) => z.string().refine((value) => {
 const hostPort = /^[A-Za-z0-9.-]+:\d{1,5}$/
 
 /**
- * PgBouncer's server-side cap in the local stack, compose and deploy/k8s (max_db_connections = 20). With several
+ * PgBouncer's server-side cap in the local stack, compose and deploy/k8s: max_db_connections in
+ * deploy/pgbouncer/pgbouncer.ini, which test/deploy/pgbouncer-settings.test.ts holds this constant to. With several
  * workers and no DATABASE_POOL_MAX, each worker gets an equal share of it, so workers x pool stays at 20 client
  * connections: queueing then happens in each worker's pool, not in PgBouncer, and PostgreSQL never sees more.
  */

@@ -4,7 +4,7 @@
 # production), and Redis. Everything listens on 127.0.0.1 on non-default ports
 # so it can coexist with a system PostgreSQL/Redis.
 #
-# Usage: bash scripts/stack.sh up|down|status|env
+# Usage: bash scripts/stack.sh up|down|status|env|pgbouncer-conf
 #        bash scripts/stack.sh start|stop|restart postgres|pgbouncer|redis
 #        bash scripts/stack.sh replica up|down|status|env
 #        bash scripts/stack.sh cluster up|down|status|env
@@ -17,6 +17,11 @@
 #   STACK_PG_REPLICA_PORT         streaming replica port (default 61433), `replica` only
 #   STACK_REDIS_CLUSTER_PORT      first Redis Cluster node port (default 57001), `cluster` only
 #   STACK_REDIS_CLUSTER_REPLICAS  replicas per cluster master, 0 or 1 (default 1: 3 masters + 3 replicas)
+# A port that is not set comes from the stack folder's `ports` file (what the stack last started on), else it is
+# the default, unless a default is held by something other than this stack (another clone's stack, say): then
+# every unset port comes from a block derived from the stack folder's path (see "Ports" below).
+#
+# PgBouncer's pooling settings come from deploy/pgbouncer/pgbouncer.ini (see write_pgbouncer_conf).
 #
 # Progress goes to stderr so that `eval "$(bash scripts/stack.sh env)"` and
 # similar captures only ever see the machine-readable output.
@@ -34,14 +39,12 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 PROJECT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
 readonly SCRIPT_DIR PROJECT
 
-# Defaults sit above Linux's ephemeral port range (32768-60999), so an outgoing connection's local port can
-# never be holding one of them when a service (re)starts.
-PG_PORT=${STACK_PG_PORT:-61432}
-PGB_PORT=${STACK_PGBOUNCER_PORT:-62432}
-REDIS_PORT=${STACK_REDIS_PORT:-61379}
-# The optional extras (`replica`, `cluster`); validated only by their own commands.
-REPLICA_PORT=${STACK_PG_REPLICA_PORT:-61433}
-CLUSTER_PORT=${STACK_REDIS_CLUSTER_PORT:-57001}
+# Filled by resolve_ports (see "Ports" below); the cluster's settings are validated only by its own commands.
+PG_PORT=""
+PGB_PORT=""
+REDIS_PORT=""
+REPLICA_PORT=""
+CLUSTER_PORT=""
 CLUSTER_REPLICAS=${STACK_REDIS_CLUSTER_REPLICAS:-1}
 
 # Every connection below passes host/port/user/db explicitly; libpq settings
@@ -77,7 +80,7 @@ die() {
 
 usage() {
   cat >&2 <<'EOF'
-usage: bash scripts/stack.sh up|down|status|env
+usage: bash scripts/stack.sh up|down|status|env|pgbouncer-conf
        bash scripts/stack.sh start|stop|restart postgres|pgbouncer|redis
        bash scripts/stack.sh replica up|down|status|env
        bash scripts/stack.sh cluster up|down|status|env
@@ -86,6 +89,7 @@ usage: bash scripts/stack.sh up|down|status|env
   down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
   status   one line per service: name, running/stopped, pid, port
   env      DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL / STACK_DIR lines for eval or .env
+  pgbouncer-conf  the pgbouncer.ini that `start pgbouncer` writes (starts nothing)
 
   replica up     clone the running primary (pg_basebackup -R) and start it as a streaming hot standby
   replica down   stop the replica and delete its data (the next `replica up` clones again)
@@ -96,31 +100,39 @@ usage: bash scripts/stack.sh up|down|status|env
 
 env: LEDGER_STACK_DIR, STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379),
      STACK_PG_REPLICA_PORT (61433), STACK_REDIS_CLUSTER_PORT (57001), STACK_REDIS_CLUSTER_REPLICAS (1)
+     Unset ports: the stack folder's `ports` file, else the defaults, else (a default held by another
+     process) a block of ports derived from the stack folder's path; `up` says which.
 EOF
 }
 
-validate_ports() {
-  local var port
-  for var in STACK_PG_PORT STACK_PGBOUNCER_PORT STACK_REDIS_PORT; do
-    port=$(port_of_var "$var")
-    if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
-      die "$var=$port is not a valid TCP port"
-    fi
-  done
-  # PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>, so equal ports
-  # would collide on the unix socket even before the TCP bind.
-  [[ $PG_PORT != "$PGB_PORT" && $PG_PORT != "$REDIS_PORT" && $PGB_PORT != "$REDIS_PORT" ]] ||
-    die "STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ"
+# ---------------------------------------------------------------------------
+# Port variables
+# ---------------------------------------------------------------------------
+
+readonly PORT_VARS=(STACK_PG_PORT STACK_PGBOUNCER_PORT STACK_REDIS_PORT STACK_PG_REPLICA_PORT STACK_REDIS_CLUSTER_PORT)
+readonly MAIN_PORT_VARS=(STACK_PG_PORT STACK_PGBOUNCER_PORT STACK_REDIS_PORT)
+
+# The shell variable holding the port that the STACK_* variable $1 names.
+shell_var_of() {
+  case $1 in
+    STACK_PG_PORT) echo PG_PORT ;;
+    STACK_PGBOUNCER_PORT) echo PGB_PORT ;;
+    STACK_REDIS_PORT) echo REDIS_PORT ;;
+    STACK_PG_REPLICA_PORT) echo REPLICA_PORT ;;
+    STACK_REDIS_CLUSTER_PORT) echo CLUSTER_PORT ;;
+  esac
 }
 
 port_of_var() {
-  case $1 in
-    STACK_PG_PORT) printf '%s\n' "$PG_PORT" ;;
-    STACK_PGBOUNCER_PORT) printf '%s\n' "$PGB_PORT" ;;
-    STACK_REDIS_PORT) printf '%s\n' "$REDIS_PORT" ;;
-    STACK_PG_REPLICA_PORT) printf '%s\n' "$REPLICA_PORT" ;;
-  esac
+  local name
+  name=$(shell_var_of "$1")
+  printf '%s\n' "${!name}"
 }
+
+set_port_of_var() { printf -v "$(shell_var_of "$1")" '%s' "$2"; }
+
+# True when the user set the STACK_* variable $1: then it wins over the ports file and is never chosen again.
+is_explicit() { [[ -n ${!1:-} ]]; }
 
 port_var_of() {
   case $1 in
@@ -128,10 +140,37 @@ port_var_of() {
     pgbouncer) echo STACK_PGBOUNCER_PORT ;;
     redis) echo STACK_REDIS_PORT ;;
     replica) echo STACK_PG_REPLICA_PORT ;;
+    cluster) echo STACK_REDIS_CLUSTER_PORT ;;
+  esac
+}
+
+service_of_var() {
+  case $1 in
+    STACK_PG_PORT) echo postgres ;;
+    STACK_PGBOUNCER_PORT) echo pgbouncer ;;
+    STACK_REDIS_PORT) echo redis ;;
+    STACK_PG_REPLICA_PORT) echo replica ;;
+    STACK_REDIS_CLUSTER_PORT) echo cluster ;;
   esac
 }
 
 port_of() { port_of_var "$(port_var_of "$1")"; }
+
+validate_port_value() {
+  local var=$1 port=$2
+  if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
+    die "$var=$port is not a valid TCP port"
+  fi
+}
+
+validate_ports() {
+  local var
+  for var in "${PORT_VARS[@]}"; do validate_port_value "$var" "$(port_of_var "$var")"; done
+  # PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>, so equal ports
+  # would collide on the unix socket even before the TCP bind.
+  [[ $PG_PORT != "$PGB_PORT" && $PG_PORT != "$REDIS_PORT" && $PGB_PORT != "$REDIS_PORT" ]] ||
+    die "STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ"
+}
 
 # ---------------------------------------------------------------------------
 # Stack folder
@@ -376,14 +415,287 @@ live_pid() {
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_port_free() {
-  local svc=$1 port var who=""
+  local svc=$1 port var who="" hint
   port=$(port_of "$svc")
   var=$(port_var_of "$svc")
   port_in_use "$port" || return 0
   if command -v ss >/dev/null 2>&1; then
     who=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(.*)' | head -n1 || true)
   fi
-  die "port $port on 127.0.0.1 (wanted by $svc) is already in use by another process${who:+ $who}; set $var to a free port"
+  if is_explicit "$var"; then
+    hint="set $var to a free port"
+  else
+    hint="stop this stack (bash scripts/stack.sh down) so that its next start chooses free ports, or set $var to a free port"
+  fi
+  die "port $port on 127.0.0.1 (wanted by $svc) is already in use by another process${who:+ $who}; $hint"
+}
+
+# ---------------------------------------------------------------------------
+# Ports
+# ---------------------------------------------------------------------------
+# Each port comes from, in this order: its STACK_* variable; the `ports` file in the stack folder, where every
+# start records the ports it used, so that `env`, `status`, `stop` and `start SERVICE` run later by any process
+# find the running stack; else a fresh choice: the defaults when each one is free (or held by this stack's own
+# process), otherwise a block of ports derived from the stack folder's path, so that a second clone of the
+# project (another folder) gets ports of its own without anyone setting anything. A start that finds a saved
+# port held by another process while nothing of this stack runs chooses again.
+# Defaults and blocks lie above Linux's ephemeral range (32768-60999), so an outgoing connection's local port can
+# never be holding one when a service (re)starts (the cluster's default, 57001, is older: start_cluster retries).
+
+# A block: BLOCK_SIZE consecutive ports from BLOCK_FIRST + BLOCK_SIZE * n for n < BLOCK_COUNT (so up to 65529),
+# never one holding a default port. The folder's hash picks the first block tried; taken ones are skipped.
+readonly BLOCK_FIRST=61000 BLOCK_SIZE=10 BLOCK_COUNT=453 BLOCK_TRIES=64
+PORTS_FILE=""
+PORTS_CHOSEN=""  # set when ports were chosen afresh: "default" or "derived"
+CHOSEN_VARS=()   # and for which variables
+
+default_port_of_var() {
+  case $1 in
+    STACK_PG_PORT) echo 61432 ;;
+    STACK_PGBOUNCER_PORT) echo 62432 ;;
+    STACK_REDIS_PORT) echo 61379 ;;
+    STACK_PG_REPLICA_PORT) echo 61433 ;;
+    STACK_REDIS_CLUSTER_PORT) echo 57001 ;;
+  esac
+}
+
+# Where a variable's port sits in a block: postgres, replica, pgbouncer, redis, then the cluster's (up to 6) nodes.
+block_offset_of_var() {
+  case $1 in
+    STACK_PG_PORT) echo 0 ;;
+    STACK_PG_REPLICA_PORT) echo 1 ;;
+    STACK_PGBOUNCER_PORT) echo 2 ;;
+    STACK_REDIS_PORT) echo 3 ;;
+    STACK_REDIS_CLUSTER_PORT) echo 4 ;;
+  esac
+}
+
+# Every port that variable $1 occupies when its value is $2 (the cluster: one per node).
+ports_of_var() {
+  local n=1 i
+  [[ $1 == STACK_REDIS_CLUSTER_PORT ]] && n=$(cluster_size)
+  for ((i = 0; i < n; i++)); do echo $((10#$2 + i)); done
+}
+
+# Pids listening on 127.0.0.1:$1, when ss can tell (it names other users' processes only to root).
+listener_pids() {
+  local pids
+  command -v ss >/dev/null 2>&1 || return 1
+  pids=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 || true)
+  [[ -n $pids ]] && printf '%s\n' "$pids"
+}
+
+# True when port $2 of variable $1 is held by this stack's own process for it, not by a stranger.
+held_by_us() {
+  local var=$1 port=$2 svc pid pids
+  svc=$(service_of_var "$var")
+  [[ $svc == cluster ]] && svc=cluster-$port
+  pid=$(live_pid "$svc") || return 1
+  if pids=$(listener_pids "$port"); then
+    grep -qx "$pid" <<<"$pids"
+  elif [[ $svc == postgres || $svc == replica ]]; then
+    [[ $(sed -n 4p "$(pidfile_of "$svc")" 2>/dev/null) == "$port" ]]
+  else
+    return 0 # cannot tell; our live process most likely holds its own port
+  fi
+}
+
+port_available() { ! port_in_use "$2" || held_by_us "$1" "$2"; }
+
+# True when port $2 is already one of another variable's ports.
+port_used_by_other() {
+  local var=$1 port=$2 other value p
+  for other in "${PORT_VARS[@]}"; do
+    [[ $other == "$var" ]] && continue
+    value=$(port_of_var "$other")
+    [[ $value =~ ^[0-9]+$ ]] || continue
+    for p in $(ports_of_var "$other" "$value"); do
+      [[ $p == "$port" ]] && return 0
+    done
+  done
+  return 1
+}
+
+# True when every port that variables "$@" would occupy at base $1 (a default or a block) is usable.
+ports_usable() {
+  local base=$1 var p
+  shift
+  for var; do
+    for p in $(ports_of_var "$var" "$((base + $(block_offset_of_var "$var")))"); do
+      port_used_by_other "$var" "$p" && return 1
+      port_available "$var" "$p" || return 1
+    done
+  done
+}
+
+defaults_usable() {
+  local var p
+  for var; do
+    for p in $(ports_of_var "$var" "$(default_port_of_var "$var")"); do
+      port_used_by_other "$var" "$p" && return 1
+      port_available "$var" "$p" || return 1
+    done
+  done
+}
+
+block_holds_default() {
+  local var d
+  for var in "${PORT_VARS[@]}"; do
+    d=$(default_port_of_var "$var")
+    ((d >= $1 && d < $1 + BLOCK_SIZE)) && return 0
+  done
+  return 1
+}
+
+# Prints the base of the first usable block for variables "$@", starting at the one the stack folder hashes to.
+derived_block() {
+  local start i base
+  start=$((16#$(sha12 "$STACK_DIR" | cut -c1-8) % BLOCK_COUNT))
+  for ((i = 0; i < BLOCK_TRIES; i++)); do
+    base=$((BLOCK_FIRST + (start + i) % BLOCK_COUNT * BLOCK_SIZE))
+    block_holds_default "$base" && continue
+    # ports_usable adds each variable's offset itself.
+    if ports_usable "$base" "$@"; then
+      echo "$base"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Fills variables "$@" (whose ports are unset) with the defaults if they are usable, else with a derived block.
+choose_ports() {
+  local var base
+  CHOSEN_VARS+=("$@")
+  if defaults_usable "$@"; then
+    for var; do set_port_of_var "$var" "$(default_port_of_var "$var")"; done
+    [[ $PORTS_CHOSEN == derived ]] || PORTS_CHOSEN=default
+    return 0
+  fi
+  base=$(derived_block "$@") ||
+    die "found no free ports in $BLOCK_TRIES blocks above $BLOCK_FIRST; set STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT"
+  for var; do set_port_of_var "$var" "$((base + $(block_offset_of_var "$var")))"; done
+  PORTS_CHOSEN=derived
+}
+
+saved_port() {
+  local value
+  [[ -r $PORTS_FILE ]] || return 1
+  value=$(sed -n "s/^$1=\([0-9][0-9]*\)\$/\1/p" "$PORTS_FILE" | tail -n1)
+  [[ -n $value ]] && printf '%s\n' "$value"
+}
+
+# Pure: sets every port from its variable, the ports file or a fresh choice, without writing anything (so `env`
+# and `status` before the first `up` show what `up` would choose). Needs resolve_stack_dir first.
+resolve_ports() {
+  local var value missing=()
+  PORTS_FILE=$STACK_DIR/ports
+  PORTS_CHOSEN=""
+  CHOSEN_VARS=()
+  for var in "${PORT_VARS[@]}"; do
+    if is_explicit "$var"; then
+      value=${!var}
+      validate_port_value "$var" "$value"
+    elif ! value=$(saved_port "$var"); then
+      value=""
+      missing+=("$var")
+    fi
+    set_port_of_var "$var" "$value"
+  done
+  if ((${#missing[@]})); then choose_ports "${missing[@]}"; fi
+  validate_ports
+}
+
+stack_runs_anything() {
+  local svc port
+  for svc in "${SERVICES[@]}" replica; do
+    live_pid "$svc" >/dev/null && return 0
+  done
+  for port in $(cluster_node_ports); do
+    live_pid "cluster-$port" >/dev/null && return 0
+  done
+  return 1
+}
+
+save_ports() {
+  local var content tmp
+  content='# The ports this stack last started on: written by scripts/stack.sh, read by all its commands. STACK_*_PORT'$'\n'
+  content+='# variables override them; delete this file while the stack is down to have the next start choose again.'$'\n'
+  for var in "${PORT_VARS[@]}"; do content+="$var=$(port_of_var "$var")"$'\n'; done
+  if [[ -r $PORTS_FILE && "$(<"$PORTS_FILE")"$'\n' == "$content" ]]; then return 0; fi
+  tmp=$PORTS_FILE.tmp.$$
+  printf '%s' "$content" >"$tmp"
+  mv -f "$tmp" "$PORTS_FILE"
+}
+
+# "postgres 61432, pgbouncer 62432, cluster 57001-57006" for variables "$@".
+describe_ports() {
+  local var port out=()
+  for var; do
+    port=$(port_of_var "$var")
+    if [[ $var == STACK_REDIS_CLUSTER_PORT ]]; then
+      out+=("cluster $port-$((port + $(cluster_size) - 1))")
+    else
+      out+=("$(service_of_var "$var") $port")
+    fi
+  done
+  local IFS=,
+  printf '%s\n' "${out[*]}" | sed 's/,/, /g'
+}
+
+# Dies with the one message a user needs when a port of variable $1 is held by another process.
+require_port() {
+  local var=$1 p svc
+  svc=$(service_of_var "$var")
+  for p in $(ports_of_var "$var" "$(port_of_var "$var")"); do
+    port_available "$var" "$p" && continue
+    case $svc in
+      postgres | pgbouncer | redis | replica) ensure_port_free "$svc" ;;
+      *) die "port $p on 127.0.0.1 (wanted by a cluster node) is already in use by another process; set $var to a free port" ;;
+    esac
+  done
+}
+
+# With the lock held, before starting the services behind variables "$@": a saved (not explicit) port that
+# another process holds now is chosen again, for the whole stack when none of it runs, else for an idle extra
+# (replica, cluster) alone; a port set explicitly, or a running service's port, cannot move, so a stranger on it
+# ends the start here with a clear message. Then saves the ports and says which were chosen just now.
+settle_ports() {
+  local var p stale=() auto=()
+  for var; do
+    is_explicit "$var" && continue
+    for p in $(ports_of_var "$var" "$(port_of_var "$var")"); do
+      if ! port_available "$var" "$p"; then
+        stale+=("$var")
+        break
+      fi
+    done
+  done
+  if ((${#stale[@]})); then
+    if ! stack_runs_anything; then
+      for var in "${PORT_VARS[@]}"; do
+        is_explicit "$var" || auto+=("$var")
+      done
+    else
+      for var in "${stale[@]}"; do
+        [[ $var == STACK_PG_REPLICA_PORT || $var == STACK_REDIS_CLUSTER_PORT ]] && auto+=("$var")
+      done
+    fi
+    if ((${#auto[@]})); then
+      log "saved port(s) of $(describe_ports "${stale[@]}") now held by another process; choosing again"
+      for var in "${auto[@]}"; do set_port_of_var "$var" ""; done
+      choose_ports "${auto[@]}"
+      validate_ports
+    fi
+  fi
+  for var; do require_port "$var"; done
+  save_ports
+  case $PORTS_CHOSEN in
+    default)
+      log "ports: $(describe_ports "${CHOSEN_VARS[@]}") (the defaults); saved in $PORTS_FILE" ;;
+    derived)
+      log "a default port is held by another process (another clone's stack?), so this stack uses ports derived from its folder: $(describe_ports "${CHOSEN_VARS[@]}"); saved in $PORTS_FILE" ;;
+  esac
 }
 
 tail_log() {
@@ -549,12 +861,36 @@ stop_postgres() {
 # PgBouncer
 # ---------------------------------------------------------------------------
 
-write_pgbouncer_conf() {
-  local dir=$STACK_DIR/pgbouncer
-  # auth_type=trust still requires the user to be listed in auth_file.
-  printf '"%s" ""\n' "$DB_USER" >"$dir/userlist.txt"
-  cat >"$dir/pgbouncer.ini" <<EOF
-;; Generated by scripts/stack.sh on every start; edits are overwritten.
+# The one source of PgBouncer's pooling settings, shared with compose.yaml (which mounts it as is) and
+# deploy/k8s/pgbouncer-configmap.yaml (a copy that test/deploy/pgbouncer-settings.test.ts holds to it).
+readonly PGBOUNCER_SOURCE=$PROJECT/deploy/pgbouncer/pgbouncer.ini
+readonly SHARED_BEGIN=';; >>> shared pooling settings'
+readonly SHARED_END=';; <<< shared pooling settings'
+
+# The source's block of shared settings, verbatim (comments included). Fails unless the file holds exactly one
+# such block, with at least one setting and no section header in it.
+shared_pgbouncer_settings() {
+  [[ -r $PGBOUNCER_SOURCE ]] || die "$PGBOUNCER_SOURCE is missing; it holds PgBouncer's pooling settings"
+  awk -v begin="$SHARED_BEGIN" -v end="$SHARED_END" '
+    index($0, begin) == 1 { if (state != 0) bad = 1; state = 1; next }
+    index($0, end) == 1 { if (state != 1) bad = 1; state = 2; next }
+    state == 1 {
+      if ($0 ~ /^[ \t]*\[/) bad = 1
+      if ($0 ~ /^[ \t]*[a-z_]+[ \t]*=/) settings++
+      print
+    }
+    END { if (bad || state != 2 || settings == 0) exit 2 }' "$PGBOUNCER_SOURCE"
+}
+
+# The local pgbouncer.ini: the shared settings copied verbatim, plus only what is local (listen address and port,
+# trust authentication on 127.0.0.1, socket/pid/log paths in the stack folder, the local PostgreSQL as target).
+render_pgbouncer_conf() {
+  local dir=$STACK_DIR/pgbouncer shared
+  shared=$(shared_pgbouncer_settings) ||
+    die "$PGBOUNCER_SOURCE needs exactly one block of settings between a '$SHARED_BEGIN' line and a '$SHARED_END' line"
+  cat <<EOF
+;; Generated by scripts/stack.sh on every start of pgbouncer; edits are overwritten. The pooling settings are
+;; copied from deploy/pgbouncer/pgbouncer.ini; only the local ones before them are this script's own.
 [databases]
 * = host=127.0.0.1 port=$PG_PORT
 
@@ -562,26 +898,26 @@ write_pgbouncer_conf() {
 listen_addr = 127.0.0.1
 listen_port = $PGB_PORT
 unix_socket_dir = $STACK_DIR/run
-pool_mode = transaction
+;; Loopback only. auth_type=trust still requires the user to be listed in auth_file.
 auth_type = trust
 auth_file = $dir/userlist.txt
+;; The admin console, for this script's readiness check and \`npm run diagnose\`.
 admin_users = $DB_USER
 stats_users = $DB_USER
-default_pool_size = 10
-max_client_conn = 2000
-;; The API's own pools are small; this caps what every client together can hold on the server.
-max_db_connections = 20
-;; While PostgreSQL is down a client would wait 120 s for a server connection by default; fail fast instead so
-;; the API answers 503 within seconds and recovers by itself when the server is back.
-query_wait_timeout = 10
-server_connect_timeout = 3
-server_login_retry = 1
-;; Transaction pooling: nothing session-level survives a transaction anyway.
-server_reset_query =
-ignore_startup_parameters = extra_float_digits,options,search_path,application_name
 pidfile = $STACK_DIR/run/pgbouncer.pid
 logfile = $(logfile_of pgbouncer)
+
+$SHARED_BEGIN (from deploy/pgbouncer/pgbouncer.ini)
+$shared
+$SHARED_END
 EOF
+}
+
+write_pgbouncer_conf() {
+  local dir=$STACK_DIR/pgbouncer conf
+  conf=$(render_pgbouncer_conf) || exit 1
+  printf '"%s" ""\n' "$DB_USER" >"$dir/userlist.txt"
+  printf '%s\n' "$conf" >"$dir/pgbouncer.ini"
   if ((IS_ROOT)); then
     chown "$SVC_USER:" "$dir/userlist.txt" "$dir/pgbouncer.ini"
   fi
@@ -657,13 +993,6 @@ start_redis() {
 # ---------------------------------------------------------------------------
 # Streaming replica (optional): `replica up|down|status|env`
 # ---------------------------------------------------------------------------
-
-validate_port_value() {
-  local var=$1 port=$2
-  if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
-    die "$var=$port is not a valid TCP port"
-  fi
-}
 
 validate_replica_port() {
   validate_port_value STACK_PG_REPLICA_PORT "$REPLICA_PORT"
@@ -746,10 +1075,10 @@ stop_replica() {
 
 cmd_replica() {
   local pid
-  validate_replica_port
   case ${1:-} in
     up)
-      prepare_for_start
+      prepare_for_start STACK_PG_REPLICA_PORT
+      validate_replica_port
       start_replica
       printf 'replica up: 127.0.0.1:%s streaming from 127.0.0.1:%s\n' "$REPLICA_PORT" "$PG_PORT"
       ;;
@@ -758,7 +1087,8 @@ cmd_replica() {
       log "replica down"
       ;;
     status)
-      resolve_stack_dir
+      resolve
+      validate_replica_port
       if pid=$(live_pid replica); then
         printf '%-10s %-8s pid=%-8s port=%s\n' replica running "$pid" "$REPLICA_PORT"
       else
@@ -766,6 +1096,8 @@ cmd_replica() {
       fi
       ;;
     env)
+      resolve
+      validate_replica_port
       printf 'DATABASE_REPLICA_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$REPLICA_PORT/ledger"
       ;;
     *)
@@ -779,7 +1111,8 @@ cmd_replica() {
 # Redis Cluster (optional): `cluster up|down|status|env`
 # ---------------------------------------------------------------------------
 
-cluster_size() { echo $((3 * (1 + CLUSTER_REPLICAS))); }
+# 3 masters, with a replica each unless STACK_REDIS_CLUSTER_REPLICAS=0 (validate_cluster_ports rejects other values).
+cluster_size() { if [[ $CLUSTER_REPLICAS == 0 ]]; then echo 3; else echo 6; fi; }
 
 cluster_ports() {
   local i n
@@ -930,10 +1263,10 @@ stop_cluster() {
 
 cmd_cluster() {
   local port pid
-  validate_cluster_ports
   case ${1:-} in
     up)
-      prepare_for_start
+      prepare_for_start STACK_REDIS_CLUSTER_PORT
+      validate_cluster_ports
       start_cluster
       printf 'cluster up: %s nodes from 127.0.0.1:%s\n' "$(cluster_size)" "$CLUSTER_PORT"
       ;;
@@ -942,7 +1275,8 @@ cmd_cluster() {
       log "cluster down"
       ;;
     status)
-      resolve_stack_dir
+      resolve
+      validate_cluster_ports
       for port in $(cluster_ports); do
         if pid=$(live_pid "cluster-$port"); then
           printf '%-10s %-8s pid=%-8s port=%s\n' cluster running "$pid" "$port"
@@ -952,6 +1286,8 @@ cmd_cluster() {
       done
       ;;
     env)
+      resolve
+      validate_cluster_ports
       printf 'REDIS_CLUSTER_NODES=%s\n' "$(cluster_ports | sed 's/^/127.0.0.1:/' | paste -sd, -)"
       ;;
     *)
@@ -1015,23 +1351,33 @@ cmd_env() {
   fi
 }
 
-# Everything that may create or start something goes through here.
+# Everything that may create or start something goes through here; "$@" are the port variables of what is
+# about to start.
 prepare_for_start() {
-  resolve_stack_dir
+  resolve
   ensure_bins
   ensure_service_user
   # The service user may only exist now, which can change the answer.
   resolve_stack_dir
   prepare_stack_dir
   take_lock
+  # Again under the lock: a start running in parallel may just have saved its choice.
+  resolve_ports
+  settle_ports "$@"
 }
 
 # Stopping never installs anything; pg_ctl is used when available.
 prepare_for_stop() {
-  resolve_stack_dir
+  resolve
   [[ -d $STACK_DIR ]] || return 1
   resolve_bins
   take_lock
+}
+
+# Where the stack lives and which ports it uses; writes nothing.
+resolve() {
+  resolve_stack_dir
+  resolve_ports
 }
 
 check_service() {
@@ -1046,14 +1392,13 @@ check_service() {
 
 main() {
   local cmd=${1:-} svc
-  validate_ports
   case $cmd in
     up)
       (($# == 1)) || {
         usage
         exit 2
       }
-      prepare_for_start
+      prepare_for_start "${MAIN_PORT_VARS[@]}"
       for svc in "${SERVICES[@]}"; do start_service "$svc"; done
       printf 'stack up: postgres 127.0.0.1:%s, pgbouncer 127.0.0.1:%s (transaction pool), redis 127.0.0.1:%s, dir %s\n' \
         "$PG_PORT" "$PGB_PORT" "$REDIS_PORT" "$STACK_DIR"
@@ -1080,20 +1425,20 @@ main() {
       svc=$2
       check_service "$svc"
       if [[ $cmd == start ]]; then
-        prepare_for_start
+        prepare_for_start "$(port_var_of "$svc")"
         start_service "$svc"
       else
         if prepare_for_stop; then
           stop_service "$svc"
         fi
         if [[ $cmd == restart ]]; then
-          prepare_for_start
+          prepare_for_start "$(port_var_of "$svc")"
           start_service "$svc"
         fi
       fi
       ;;
     status)
-      resolve_stack_dir
+      resolve
       cmd_status
       ;;
     replica | cluster)
@@ -1104,8 +1449,12 @@ main() {
       "cmd_$cmd" "$2"
       ;;
     env)
-      resolve_stack_dir
+      resolve
       cmd_env
+      ;;
+    pgbouncer-conf)
+      resolve
+      render_pgbouncer_conf
       ;;
     -h | --help | help)
       usage

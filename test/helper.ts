@@ -1,6 +1,4 @@
 import { createHmac, randomBytes } from 'node:crypto'
-import { execFileSync } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
@@ -67,13 +65,6 @@ export function forgeToken (header: Record<string, unknown>, payload: Record<str
   const head = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(payload))}`
   if (secret === undefined) return `${head}.`
   return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`
-}
-
-const stackScript = fileURLToPath(new URL('../scripts/stack.sh', import.meta.url))
-
-/** Stops or starts one service of the project-local stack (only when scripts/test.ts started it). */
-export function stackService (action: 'start' | 'stop', service: 'postgres' | 'pgbouncer' | 'redis') {
-  execFileSync('bash', [stackScript, action, service], { stdio: ['ignore', 'ignore', 'inherit'] })
 }
 
 export const hasLocalStack = process.env.LEDGER_LOCAL_STACK === '1'

@@ -1,9 +1,7 @@
 // Where the bench runs and what it runs on: the stack (from the environment, or the project-local one brought up
 // like `npm start` does), a dedicated database recreated on every run, and set-based seed data.
-import { existsSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import postgres from 'postgres'
-import { localStackUp, recreateDatabase as recreateDatabaseOn, withDatabase } from '../../scripts/local-stack.ts'
+import { localStackUp, pidFile, readPid, recreateDatabase as recreateDatabaseOn, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 import { seedClient, seedUsers, seedUserTransactions } from '../../scripts/seed.ts'
 
@@ -49,17 +47,11 @@ export function resolveEnv (database: string, redisDb: number, log: (line: strin
   }
 }
 
-export function readPid (file: string): number | undefined {
-  if (!existsSync(file)) return undefined
-  const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
-  return Number.isInteger(pid) && pid > 0 ? pid : undefined
-}
-
 export function stackPids (stackDir: string | undefined) {
   if (stackDir === undefined) return {}
   return {
-    postmasterPid: readPid(join(stackDir, 'pg', 'data', 'postmaster.pid')),
-    pgbouncerPid: readPid(join(stackDir, 'run', 'pgbouncer.pid'))
+    postmasterPid: readPid(pidFile('postgres', stackDir)),
+    pgbouncerPid: readPid(pidFile('pgbouncer', stackDir))
   }
 }
 

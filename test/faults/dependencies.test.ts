@@ -1,7 +1,8 @@
 // Fault tests stop and start real processes of the local stack, so they run alone, one file at a time,
 // after the main suite (see scripts/test.ts).
 import t from 'tap'
-import { buildTestApp, createUser, hasLocalStack, stackService } from '../helper.ts'
+import { controlServiceSync } from '../../scripts/local-stack.ts'
+import { buildTestApp, createUser, hasLocalStack } from '../helper.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
@@ -10,7 +11,7 @@ t.test('ready names the dependency that is down and recovers without a restart',
   await app.ready()
 
   for (const service of ['redis', 'pgbouncer'] as const) {
-    stackService('stop', service)
+    controlServiceSync('stop', service)
     try {
       const down = await app.inject({ method: 'GET', url: '/health/ready' })
       t.equal(down.statusCode, 503, `${service} down: 503`)
@@ -18,7 +19,7 @@ t.test('ready names the dependency that is down and recovers without a restart',
       t.equal(checks[service === 'pgbouncer' ? 'postgres' : 'redis'], 'down', `${service} is named`)
       t.equal(checks[service === 'pgbouncer' ? 'redis' : 'postgres'], 'ok', 'the other is still ok')
     } finally {
-      stackService('start', service)
+      controlServiceSync('start', service)
     }
     // The clients reconnect by themselves; give them a bounded moment to do it.
     let status = 0
@@ -35,7 +36,7 @@ t.test('with Redis stopped, reads are served from PostgreSQL', { skip }, async (
   const alice = await createUser(app, { name: 'Alice' })
   const bob = await createUser(app)
   const before = (await app.metrics.dependencyErrors.get()).values.reduce((sum, v) => sum + v.value, 0)
-  stackService('stop', 'redis')
+  controlServiceSync('stop', 'redis')
   try {
     const response = await app.inject({ method: 'GET', url: `/users/${alice.id}`, headers: { authorization: bob.authorization } })
     t.equal(response.statusCode, 200)
@@ -43,7 +44,7 @@ t.test('with Redis stopped, reads are served from PostgreSQL', { skip }, async (
     const after = (await app.metrics.dependencyErrors.get()).values.reduce((sum, v) => sum + v.value, 0)
     t.ok(after > before, 'the cache failure is counted')
   } finally {
-    stackService('start', 'redis')
+    controlServiceSync('start', 'redis')
   }
 })
 
@@ -55,7 +56,7 @@ t.test('with Redis stopped the rate limiter fails open and counts it, or fails c
   const failures = async () => (await open.metrics.dependencyErrors.get()).values
     .filter((v) => v.labels.operation === 'rate_limit').reduce((sum, v) => sum + v.value, 0)
   const before = await failures()
-  stackService('stop', 'redis')
+  controlServiceSync('stop', 'redis')
   try {
     const served = await open.inject({ method: 'GET', url: '/balances', headers: { authorization: user.authorization } })
     t.equal(served.statusCode, 200, 'fail open: the request is served')
@@ -64,6 +65,6 @@ t.test('with Redis stopped the rate limiter fails open and counts it, or fails c
     t.equal(refused.statusCode, 503, 'fail closed: 503')
     t.match(refused.headers['content-type'], /problem\+json/)
   } finally {
-    stackService('start', 'redis')
+    controlServiceSync('start', 'redis')
   }
 })

@@ -1,10 +1,11 @@
 // PostgreSQL stopped (fast shutdown: in-flight transactions are rolled back) in the middle of a load and started
 // again, behind PgBouncer (issue 9). Runs after the main suite, alone (scripts/test.ts).
 import t from 'tap'
+import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
   assertLedger, checkLedger, fetchSender, injectSender, LedgerClient, outageUnderLoad, reconcile, sleep,
-  stackControl, startServer, untilReady, waitFor
+  startServer, untilReady, waitFor
 } from './support.ts'
 
 /** The message and error of server.ts's first "closing ..." log line, if it wrote one. */
@@ -54,10 +55,10 @@ t.test('a real server process keeps serving through a PostgreSQL restart', { ski
     try {
       await sleep(500)
       client.phase = 'outage'
-      await stackControl('stop', 'postgres')
+      await controlService('stop', 'postgres')
       await sleep(1500)
     } finally {
-      await stackControl('start', 'postgres')
+      await controlService('start', 'postgres')
     }
     client.phase = 'recovery'
     // Stops waiting at once if the process is gone.

@@ -5,8 +5,9 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import type { App } from '../../app.ts'
+import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
-import { assertLedger, checkLedger, freeze, injectSender, sleep, stackControl, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
+import { assertLedger, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
@@ -179,10 +180,10 @@ t.test('Redis stopped: reads from PostgreSQL, limiter open (closed where configu
   const seen: Seen[] = []
   let stopMs = -1
   try {
-    stopMs = await stackControl('stop', 'redis')
+    stopMs = await controlService('stop', 'redis')
     await duringFault(s, seen, 'Alice Stopped')
   } finally {
-    await stackControl('start', 'redis')
+    await controlService('start', 'redis')
   }
   assertDuringFault(t, seen, 'Alice Stopped')
   const recoveryMs = await assertRecovered(t, s, 'Alice Stopped')

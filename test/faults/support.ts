@@ -1,16 +1,14 @@
 // Shared machinery of the fault tests (test/faults/*.test.ts): controlling the real processes of the local
 // stack, a bounded load generator that records what every client saw, and the ledger checks run after a fault.
 // Every target is on 127.0.0.1; every loop is bounded in count and time.
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 import type postgres from 'postgres'
 import type { App } from '../../app.ts'
+import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import type { TestUser } from '../helper.ts'
 
 export { sleep }
@@ -21,61 +19,10 @@ export { sleep }
  */
 export const deadline = (ms: number): Promise<undefined> => sleep(ms, undefined, { ref: false })
 
-export type Service = 'postgres' | 'pgbouncer' | 'redis'
-
-const stackScript = fileURLToPath(new URL('../../scripts/stack.sh', import.meta.url))
-
-const execFileAsync = promisify(execFile)
-
-// If the test process dies between a stop and its start (a crash, tap ending a failed test early), the service
-// is started again on the way out, so the next file and the next run find the stack up.
-const stoppedByUs = new Set<Service>()
-process.on('exit', () => {
-  for (const service of stoppedByUs) {
-    try { execFileSync('bash', [stackScript, 'start', service], { stdio: 'ignore', timeout: 60_000 }) } catch {}
-  }
-})
-
-/**
- * Runs scripts/stack.sh start|stop|restart SERVICE and resolves with how long it took (ms). The script inherits
- * LEDGER_STACK_DIR / STACK_*_PORT, so it acts on the stack scripts/test.ts brought up for this run. Unlike
- * helper.ts's stackService() it does not block the event loop, so load keeps flowing (and the under-pressure
- * plugin does not shed requests because of the test itself) while a service stops or starts.
- */
-export async function stackControl (action: 'start' | 'stop' | 'restart', service: Service): Promise<number> {
-  const started = performance.now()
-  if (action !== 'start') stoppedByUs.add(service)
-  try {
-    await execFileAsync('bash', [stackScript, action, service], { timeout: 90_000 })
-    if (action !== 'stop') stoppedByUs.delete(service)
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr ?? ''
-    throw new Error(`stack.sh ${action} ${service} failed: ${stderr.trim().split('\n').slice(-5).join(' | ')}`, { cause: error })
-  }
-  return Math.round(performance.now() - started)
-}
-
-let stackDirCache: string | undefined
-
-/** The stack folder of the running stack, as `stack.sh env` reports it. */
-export function stackDir (): string {
-  if (stackDirCache !== undefined) return stackDirCache
-  const out = execFileSync('bash', [stackScript, 'env'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
-  const line = out.split('\n').find((l) => l.startsWith('STACK_DIR='))
-  if (line === undefined) throw new Error('stack.sh env did not print STACK_DIR')
-  stackDirCache = line.slice('STACK_DIR='.length).replace(/^'|'$/g, '')
-  return stackDirCache
-}
-
-/** The pid of a running stack service, from its pid file. */
-export function servicePid (service: Service): number {
-  const file = service === 'postgres'
-    ? join(stackDir(), 'pg', 'data', 'postmaster.pid')
-    : join(stackDir(), 'run', `${service}.pid`)
-  const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
-  if (!Number.isInteger(pid) || pid <= 1) throw new Error(`no valid pid in ${file}`)
-  return pid
-}
+// Stopping, starting and finding the stack's processes is scripts/local-stack.ts's business (controlService,
+// servicePid): it acts on the stack scripts/test.ts brought up for this run, and starts a service this process
+// stopped again on the way out if a test dies in between.
+export type Service = StackService
 
 // A test that dies while Redis is SIGSTOPped must not leave it frozen for the next file or the next engineer.
 const frozen = new Set<number>()
@@ -692,11 +639,11 @@ async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknow
     try {
       await sleep(700)
       client.phase = 'outage'
-      stopMs = await stackControl('stop', service)
+      stopMs = await controlService('stop', service)
       // Sent once the process is gone, so it reflects the outage itself.
       ;[readyDuringOutage] = await Promise.all([ready('GET /health/ready'), sleep(options.outageMs)])
     } finally {
-      startMs = await stackControl('start', service)
+      startMs = await controlService('start', service)
     }
     client.phase = 'recovery'
     const user = users[0] as TestUser

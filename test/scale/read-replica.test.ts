@@ -9,8 +9,8 @@ import type { Sql } from '../../plugins/database.ts'
 import { createReadRouter } from '../../plugins/read-router.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
 import { createUser, dbSpans, hasLocalStack, injectTraced, testConfig, type TestUser } from '../helper.ts'
-import { withDatabase } from '../../scripts/local-stack.ts'
-import { parseEnvLines, pickFreePort, runStackScript } from './support.ts'
+import { parseEnvLines, runStack, withDatabase } from '../../scripts/local-stack.ts'
+import { pickFreePort } from './support.ts'
 
 const primaryUrl = process.env.DATABASE_URL ?? ''
 const testDatabase = new URL(primaryUrl || 'postgres://x/ledger_test').pathname.slice(1)
@@ -23,11 +23,11 @@ if (replicaUrl === '') {
   } else {
     try {
       // A replica someone started by hand is used and left running; one started here is removed at the end.
-      started = !/\brunning\b/.test(runStackScript('replica', 'status'))
-      runStackScript('replica', 'up')
-      replicaUrl = withDatabase(parseEnvLines(runStackScript('replica', 'env')).DATABASE_REPLICA_URL ?? '', testDatabase)
+      started = !/\brunning\b/.test(runStack(['replica', 'status'], { quiet: true }))
+      runStack(['replica', 'up'], { quiet: true })
+      replicaUrl = withDatabase(parseEnvLines(runStack(['replica', 'env'], { quiet: true })).DATABASE_REPLICA_URL ?? '', testDatabase)
     } catch (error) {
-      skip = `could not start a replica with scripts/stack.sh: ${String((error as { stderr?: unknown }).stderr ?? error).trim().split('\n').slice(-3).join(' | ')}`
+      skip = `could not start a replica: ${error instanceof Error ? error.message : String(error)}`
     }
   }
 }
@@ -42,7 +42,7 @@ t.teardown(async () => {
   if (replicaAdmin !== null) await replicaAdmin`select pg_wal_replay_resume()`.catch(() => {})
   await Promise.all(apps.map((app) => app.close()))
   await Promise.all([primaryAdmin.end({ timeout: 5 }), replicaAdmin?.end({ timeout: 5 })])
-  if (started) runStackScript('replica', 'down')
+  if (started) runStack(['replica', 'down'], { quiet: true })
 })
 
 async function replicaApp (overrides: Record<string, string> = {}) {

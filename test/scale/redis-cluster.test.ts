@@ -7,7 +7,7 @@ import t from 'tap'
 import { buildApp, type App } from '../../app.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
 import { createUser, hasLocalStack, testConfig } from '../helper.ts'
-import { parseEnvLines, runStackScript } from './support.ts'
+import { parseEnvLines, runStack } from '../../scripts/local-stack.ts'
 
 let nodes = process.env.LEDGER_TEST_REDIS_CLUSTER_NODES ?? ''
 let skip: string | false = false
@@ -18,11 +18,11 @@ if (nodes === '') {
   } else {
     try {
       // A cluster someone started by hand is used and left running; one started here is removed at the end.
-      started = !/\brunning\b/.test(runStackScript('cluster', 'status'))
-      runStackScript('cluster', 'up')
-      nodes = parseEnvLines(runStackScript('cluster', 'env')).REDIS_CLUSTER_NODES ?? ''
+      started = !/\brunning\b/.test(runStack(['cluster', 'status'], { quiet: true }))
+      runStack(['cluster', 'up'], { quiet: true })
+      nodes = parseEnvLines(runStack(['cluster', 'env'], { quiet: true })).REDIS_CLUSTER_NODES ?? ''
     } catch (error) {
-      skip = `could not start a Redis Cluster with scripts/stack.sh: ${String((error as { stderr?: unknown }).stderr ?? error).trim().split('\n').slice(-3).join(' | ')}`
+      skip = `could not start a Redis Cluster: ${error instanceof Error ? error.message : String(error)}`
     }
   }
 }
@@ -30,7 +30,7 @@ if (nodes === '') {
 const apps: App[] = []
 t.teardown(async () => {
   await Promise.all(apps.map((app) => app.close()))
-  if (started) runStackScript('cluster', 'down')
+  if (started) runStack(['cluster', 'down'], { quiet: true })
 })
 
 async function clusterApp () {

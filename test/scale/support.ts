@@ -1,6 +1,7 @@
 // Shared by the test/scale files: real server processes (server.ts, also as a node:cluster primary) and the
-// stack's optional extras (a streaming replica, a Redis Cluster). Everything binds 127.0.0.1 and is bounded in time.
-import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process'
+// stack's optional extras (a streaming replica, a Redis Cluster), which these files start through scripts/local-stack.ts.
+// Everything binds 127.0.0.1 and is bounded in time.
+import { spawn, type ChildProcessByStdio } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { createServer as createNetServer } from 'node:net'
 import type { Readable } from 'node:stream'
@@ -8,7 +9,6 @@ import { fileURLToPath } from 'node:url'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
-const stackScript = fileURLToPath(new URL('../../scripts/stack.sh', import.meta.url))
 const serverScript = fileURLToPath(new URL('../../server.ts', import.meta.url))
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
@@ -80,19 +80,4 @@ export function childPids (pid: number): number[] {
     }
   }
   return children
-}
-
-/** Runs `bash scripts/stack.sh ...args` (bounded to two minutes) and returns its stdout. */
-export function runStackScript (...args: string[]): string {
-  return execFileSync('bash', [stackScript, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 })
-}
-
-/** `KEY=value` lines (as `stack.sh ... env` prints them) as an object. */
-export function parseEnvLines (text: string): Record<string, string> {
-  const env: Record<string, string> = {}
-  for (const line of text.split('\n')) {
-    const match = /^([A-Z_]+)=(.*)$/.exec(line.trim())
-    if (match?.[1] !== undefined && match[2] !== undefined) env[match[1]] = match[2].replace(/^['"]|['"]$/g, '')
-  }
-  return env
 }
