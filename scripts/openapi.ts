@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import openapiTS, { astToString } from 'openapi-typescript'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig } from '../config.ts'
-import { readStackEnv, stack } from './local-stack.ts'
+import { controlServiceSync, readStackEnv } from './local-stack.ts'
 
 export const documentFile = fileURLToPath(new URL('../openapi.json', import.meta.url))
 export const typesFile = fileURLToPath(new URL('./ops/api-schema.d.ts', import.meta.url))
@@ -33,7 +33,7 @@ export async function typesOf (document: string): Promise<string> {
 
 if (import.meta.main) {
   if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
-    if (!process.env.REDIS_URL) stack('start', 'redis')
+    if (!process.env.REDIS_URL) controlServiceSync('start', 'redis')
     const env = readStackEnv()
     process.env.DATABASE_URL ||= env.DATABASE_URL
     process.env.REDIS_URL ||= env.REDIS_URL
