@@ -2,7 +2,7 @@
 // answers which request; the in-process app is only used to sign users up and to look at Redis and PostgreSQL.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { buildTestApp, createUser, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, testSql } from '../helper.ts'
 import { spawnApiServer, type ApiProcess } from './support.ts'
 
 // A short standard tier that does not refill during the test, so "exactly the capacity" is exact.
@@ -17,10 +17,11 @@ interface WithId { id: string }
 interface Page { data: WithId[] }
 const json = async <T>(response: Response | Promise<Response>) => await (await response).json() as T
 
-function call (server: ApiProcess, user: TestUser, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+/** `caller` is a user or a service client: both are bearer tokens every process verifies the same way. */
+function call (server: ApiProcess, caller: { authorization: string }, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
   return fetch(`${server.url}${path}`, {
     method,
-    headers: { authorization: user.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    headers: { authorization: caller.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: AbortSignal.timeout(10_000)
   })
@@ -67,12 +68,14 @@ t.test('a feed cached by one process shows a post made through the other, at onc
 })
 
 t.test('the same Idempotency-Key sent to two processes at once creates one transaction', async (t) => {
-  const user = await createUser(app, { tier: 'pro' })
+  // Deposits come from a service client (the service tier's bucket is far above these 20 requests).
+  const client = await createClient(app)
+  const user = await createUser(app)
   // Several rounds, each key sent twice to each process at the same moment, so the requests really overlap.
   for (let round = 0; round < 5; round++) {
     const key = randomUUID()
-    const body = { kind: 'deposit', amount: 1_000 + round, currency: 'USD' }
-    const responses = await Promise.all([a, b, a, b].map((server) => call(server, user, 'POST', '/transactions', body, { 'idempotency-key': key })))
+    const body = { kind: 'deposit', userId: user.id, amount: 1_000 + round, currency: 'USD', reference: `processes-${key}` }
+    const responses = await Promise.all([a, b, a, b].map((server) => call(server, client, 'POST', '/transactions', body, { 'idempotency-key': key })))
     const payloads = await Promise.all(responses.map((r) => json<WithId>(r)))
     t.same(responses.map((r) => r.status), [201, 201, 201, 201], `round ${round}: every copy gets 201`)
     t.equal(new Set(payloads.map((p) => p.id)).size, 1, 'one transaction id for all of them')
@@ -82,4 +85,24 @@ t.test('the same Idempotency-Key sent to two processes at once creates one trans
   t.same({ n: row?.n, total: row?.total }, { n: 5, total: 5_010 }, 'five transactions in the ledger, not twenty')
   const [balance] = await sql`select balance::int from balances where user_id = ${user.id} and currency = 'USD'`
   t.equal(balance?.balance, 5_010)
+})
+
+t.test('the same Idempotency-Key on a user\'s transfer, sent to two processes at once, moves the money once', async (t) => {
+  // A pro user, so 20 requests stay inside the bucket these processes give the standard tier.
+  const payer = await createUser(app, { tier: 'pro' })
+  const payee = await createUser(app)
+  await fund(app, payer, 1_000)
+  for (let round = 0; round < 5; round++) {
+    const key = randomUUID()
+    const body = { kind: 'transfer', amount: 10 + round, currency: 'USD', toUserId: payee.id }
+    const responses = await Promise.all([a, b, a, b].map((server) => call(server, payer, 'POST', '/transactions', body, { 'idempotency-key': key })))
+    const payloads = await Promise.all(responses.map((r) => json<WithId>(r)))
+    t.same(responses.map((r) => r.status), [201, 201, 201, 201], `round ${round}: every copy gets 201`)
+    t.equal(new Set(payloads.map((p) => p.id)).size, 1, 'one transaction id for all of them')
+    t.equal(responses.filter((r) => r.headers.get('idempotent-replayed') === 'true').length, 3, 'three are replays')
+  }
+  const [row] = await sql`select count(*)::int as n, sum(amount)::int as total from transactions where from_user_id = ${payer.id}`
+  t.same({ n: row?.n, total: row?.total }, { n: 5, total: 60 }, 'five transfers in the ledger, not twenty')
+  const balances = await sql`select user_id, balance::int from balances where user_id in (${payer.id}, ${payee.id}) and currency = 'USD'`
+  t.same(Object.fromEntries(balances.map((r) => [r.user_id, r.balance])), { [payer.id]: 940, [payee.id]: 60 })
 })

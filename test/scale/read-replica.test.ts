@@ -8,7 +8,7 @@ import { buildApp, type App } from '../../app.ts'
 import type { Sql } from '../../plugins/database.ts'
 import { createReadRouter } from '../../plugins/read-router.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
-import { createUser, dbSpans, hasLocalStack, injectTraced, testConfig, type TestUser } from '../helper.ts'
+import { createClient, createUser, dbSpans, fund, hasLocalStack, injectTraced, testConfig, type TestClient, type TestUser } from '../helper.ts'
 import { parseEnvLines, runStack, withDatabase } from '../../scripts/local-stack.ts'
 import { pickFreePort } from './support.ts'
 
@@ -67,9 +67,9 @@ async function caughtUp () {
 const pauseReplay = async () => { await caughtUp(); await replicaAdmin!`select pg_wal_replay_pause()` }
 const resumeReplay = async () => { await replicaAdmin!`select pg_wal_replay_resume()` }
 
-/** One traced GET: the response and the ports of the servers its SQL went to. */
-async function read (app: App, user: TestUser, url: string) {
-  const { response, spans } = await injectTraced(app, { method: 'GET', url, headers: { authorization: user.authorization } })
+/** One traced GET (by a user or a service client): the response and the ports of the servers its SQL went to. */
+async function read (app: App, caller: TestUser | TestClient, url: string) {
+  const { response, spans } = await injectTraced(app, { method: 'GET', url, headers: { authorization: caller.authorization } })
   return { response, ports: [...new Set(dbSpans(spans).map((span) => span.attributes['server.port']))] }
 }
 
@@ -85,9 +85,11 @@ t.test('your own reads see your writes; other reads come from the replica', { sk
   const otherProcess = await replicaApp()
   const alice = await createUser(app)
   const bob = await createUser(app)
-  const deposit = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': `d-${alice.id}` }, payload: { kind: 'deposit', amount: 100, currency: 'USD' } })
+  const bank = await createClient(app)
+  // Funded by a service client: the client is the writer, so alice has no read-your-writes mark from it.
+  const deposit = await fund(app, alice, 100, 'USD', { client: bank, key: `d-${alice.id}` })
   t.equal(deposit.statusCode, 201)
-  await new Promise((resolve) => setTimeout(resolve, 2100)) // past alice's read-your-writes window
+  await new Promise((resolve) => setTimeout(resolve, 2100)) // past the bank's read-your-writes window
 
   await pauseReplay()
   t.teardown(resumeReplay)
@@ -117,6 +119,32 @@ t.test('your own reads see your writes; other reads come from the replica', { sk
   const replayed = await read(app, bob, '/transactions')
   t.same(replayed.ports, [replicaPort])
   t.equal(replayed.response.json().data[0]?.id, id, 'after replay the replica has it')
+})
+
+t.test('a service client\'s own reads see its writes too; its other reads come from the replica', { skip }, async (t) => {
+  const app = await replicaApp()
+  const otherProcess = await replicaApp()
+  const frank = await createUser(app)
+  const bank = await createClient(app)
+  const idle = await createClient(app)
+  const before = await read(app, bank, '/transactions')
+  t.same(before.ports, [replicaPort], 'a client that has not written reads the replica')
+
+  await pauseReplay()
+  t.teardown(resumeReplay)
+  const deposit = await fund(app, frank, 25, 'USD', { client: bank })
+  const id = deposit.json().id
+
+  const own = await read(app, bank, '/transactions')
+  t.equal(own.response.json().data[0]?.id, id, 'right after its deposit, the client lists it')
+  t.same(own.ports, [primaryPort], 'because its read went to the primary')
+  const elsewhere = await read(otherProcess, bank, '/transactions')
+  t.equal(elsewhere.response.json().data[0]?.id, id, 'also through another API process')
+  t.same(elsewhere.ports, [primaryPort])
+
+  const other = await read(app, idle, '/transactions')
+  t.same(other.ports, [replicaPort], 'a client that did not write reads the replica')
+  t.same(other.response.json().data, [], 'and finds nothing of the bank\'s')
 })
 
 t.test('the feed: the cached first page always loads from the primary, other pages follow the same rule', { skip }, async (t) => {

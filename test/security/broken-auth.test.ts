@@ -1,9 +1,13 @@
-// Issue 9, broken authentication: forged, tampered, expired and misplaced tokens are 401 on every private route;
-// a token that outlives its user does no harm; password guessing from one address is rate limited.
+// Issue 9, broken authentication: forged, tampered, expired and misplaced tokens (a user's or a service client's)
+// are 401 on every private route; a token that outlives its user or its client does no harm; password guessing
+// from one address is rate limited.
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import { buildTestApp, createUser, forgeToken, testSql } from '../helper.ts'
-import { assertProblem, PRIVATE_ROUTES, randomTestIp, rawExchange, ResponseRecorder, snapshotUser, TEST_CURRENCY, type PrivateRoute } from './support.ts'
+import { buildTestApp, createClient, createUser, forgeToken, fund, testSql } from '../helper.ts'
+import {
+  assertProblem, fundingBody, issueTestClient, PRIVATE_ROUTES, randomTestIp, rawExchange, ResponseRecorder, snapshotUser, TEST_CURRENCY,
+  type PrivateRoute
+} from './support.ts'
 import type { App } from '../../app.ts'
 
 const now = () => Math.floor(Date.now() / 1000)
@@ -98,6 +102,75 @@ t.test('forged and tampered tokens are 401 on every private route', async (t) =>
   t.same(await snapshotUser(sql, victim.id), before, 'no forged request changed anything')
 })
 
+t.test('forged and tampered service-client tokens are 401 on every private route and move no money', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const victim = await createUser(app)
+  const before = await snapshotUser(sql, victim.id)
+  // A real client with a scope that moves no money: forging funds:write into its token is the attack.
+  const reader = await createClient(app, ['events:read'])
+  const secret = app.config.JWT_SECRET
+  const claims = (overrides: Record<string, unknown> = {}) => ({
+    sub: reader.id, client_id: reader.id, scope: 'funds:write', iat: now(), exp: now() + 300, iss: app.config.JWT_ISSUER, aud: app.config.JWT_AUDIENCE, ...overrides
+  })
+  const hs256 = { alg: 'HS256', typ: 'JWT' }
+  const [head, body, signature] = reader.token.split('.') as [string, string, string]
+  const reencode = (value: Record<string, unknown>) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const decoded = JSON.parse(Buffer.from(body, 'base64url').toString()) as Record<string, unknown>
+  t.same({ sub: decoded.sub, client_id: decoded.client_id, scope: decoded.scope }, { sub: reader.id, client_id: reader.id, scope: 'events:read' }, 'the real token names the client and its scope')
+  const flip = (text: string) => (text.startsWith('A') ? 'B' : 'A') + text.slice(1)
+
+  const tokens: Record<string, string> = {
+    'alg none': forgeToken({ alg: 'none', typ: 'JWT' }, claims()),
+    'alg none, real signature kept': `${reencode({ alg: 'none', typ: 'JWT' })}.${reencode({ ...decoded, scope: 'funds:write' })}.${signature}`,
+    'HS256 with another secret': forgeToken(hs256, claims(), 'another-secret-that-is-long-enough-for-hs256'),
+    'HS512 with the real secret': forgeToken({ alg: 'HS512', typ: 'JWT' }, claims(), secret),
+    'tampered payload (scope funds:write)': `${head}.${reencode({ ...decoded, scope: 'funds:write' })}.${signature}`,
+    'tampered payload (scope added)': `${head}.${reencode({ ...decoded, scope: 'events:read funds:write' })}.${signature}`,
+    'tampered payload (another client)': `${head}.${reencode({ ...decoded, sub: '00000000-0000-4000-8000-000000000002', client_id: '00000000-0000-4000-8000-000000000002' })}.${signature}`,
+    'tampered payload (client becomes the victim)': `${head}.${reencode({ ...decoded, sub: victim.id, client_id: undefined, scope: '', tier: 'pro' })}.${signature}`,
+    'signature flipped': `${head}.${body}.${flip(signature)}`,
+    'signature removed': `${head}.${body}.`,
+    expired: forgeToken(hs256, claims({ iat: now() - 1000, exp: now() - 10 }), secret),
+    'wrong iss': forgeToken(hs256, claims({ iss: 'evil-issuer' }), secret),
+    'wrong aud': forgeToken(hs256, claims({ aud: 'another-api' }), secret),
+    'missing exp': forgeToken(hs256, claims({ exp: undefined }), secret),
+    // Signed with the real secret, so only the claims' own validation stands between them and the ledger.
+    'client_id is SQL': forgeToken(hs256, claims({ client_id: "' OR 1=1 --" }), secret),
+    'sub and client_id are SQL': forgeToken(hs256, claims({ sub: "' OR 1=1 --", client_id: "' OR 1=1 --" }), secret),
+    'scope is not a string': forgeToken(hs256, claims({ scope: ['funds:write'] }), secret),
+    'missing client_id': forgeToken(hs256, claims({ client_id: undefined }), secret)
+  }
+  let checked = 0
+  for (const route of PRIVATE_ROUTES) {
+    for (const [label, token] of Object.entries(tokens)) {
+      const response = await send(app, route, victim, { authorization: `Bearer ${token}` })
+      assertProblem(t, response, 401, `${route.method} ${route.path} with a client token: ${label}`)
+      t.equal(response.headers['www-authenticate'], 'Bearer', `${route.method} ${route.path} with a client token: ${label}: WWW-Authenticate`)
+      checked++
+    }
+    // The same forgeries on the money route with the body they were forged for: a deposit to the victim.
+    if (route.method === 'POST' && route.path === '/transactions') {
+      for (const [index, [label, token]] of Object.entries(tokens).entries()) {
+        const response = await app.inject({
+          method: 'POST', url: '/transactions', headers: { authorization: `Bearer ${token}`, 'idempotency-key': `forged-${index}` }, payload: fundingBody('deposit', victim.id, 1_000_000)
+        })
+        assertProblem(t, response, 401, `a forged client deposit: ${label}`)
+        checked++
+      }
+    }
+  }
+  t.comment(`${checked} forged client-token requests, all 401`)
+  // The genuine token is accepted, and its real scope is what refuses a deposit.
+  t.equal((await app.inject({ method: 'GET', url: '/transactions', headers: { authorization: reader.authorization } })).statusCode, 200, 'the real token works')
+  const real = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: reader.authorization, 'idempotency-key': 'real' }, payload: fundingBody('deposit', victim.id, 1) })
+  assertProblem(t, real, 403, 'the real token without funds:write')
+  t.equal(real.json().type, 'https://ledger-api.dev/problems/insufficient_scope')
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from transactions where client_id = ${reader.id}`
+  t.equal(count, 0, 'nothing was posted under the client')
+  t.same(await snapshotUser(sql, victim.id), before, 'no forged request changed the victim')
+})
+
 t.test('a token in the wrong place or form is 401 on every private route', async (t) => {
   const app = await buildTestApp(t)
   const user = await createUser(app)
@@ -161,23 +234,56 @@ t.test('a valid token for a user that no longer exists', async (t) => {
   for (const route of PRIVATE_ROUTES) {
     const response = await send(app, route, ghost, { authorization: ghost.authorization })
     statuses[`${route.method} ${route.path}`] = response.statusCode
-    if (route.path === '/transactions' && route.method === 'POST') {
-      // post_transaction() claims the idempotency key first: idempotency_keys.user_id references users (23503).
-      t.ok(response.statusCode < 500, `POST /transactions for a deleted user is not a 5xx (got ${response.statusCode})`)
-      continue
-    }
     t.ok(response.statusCode < 500, `${route.method} ${route.path} for a deleted user is not a 5xx (got ${response.statusCode})`)
   }
   t.comment(`statuses for a deleted user's token: ${JSON.stringify(statuses)}`)
   t.ok([401, 404].includes(statuses['GET /users/me'] ?? 0), 'GET /users/me is 404 or 401')
   t.ok([401, 404].includes(statuses['PATCH /users/{id}'] ?? 0), 'PATCH /users/:id is 404 or 401')
   t.ok([401, 404].includes(statuses['POST /posts'] ?? 0), 'POST /posts (own feed) is 404 or 401')
+  // post_transaction() checks that the caller of a transfer exists before anything else (LDG04).
+  t.equal(statuses['POST /transactions'], 401, 'POST /transactions (a transfer) is 401')
   const posted = await send(app, { method: 'POST', path: '/posts', url: () => '/posts', payload: { body: 'from beyond', userId: witness.id } }, ghost, { authorization: ghost.authorization })
   t.ok([401, 404].includes(posted.statusCode), `a deleted user cannot post on someone else's feed (${posted.statusCode})`)
+  const transfer = await send(app, { method: 'POST', path: '/transactions', url: () => '/transactions', payload: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: witness.id }, headers: { 'idempotency-key': 'ghost-transfer' } }, ghost, { authorization: ghost.authorization })
+  assertProblem(t, transfer, 401, 'a deleted user cannot pay a user who exists')
+  const deposit = await send(app, { method: 'POST', path: '/transactions', url: () => '/transactions', payload: fundingBody('deposit', witness.id, 1), headers: { 'idempotency-key': 'ghost-deposit' } }, ghost, { authorization: ghost.authorization })
+  assertProblem(t, deposit, 403, 'nor deposit, as no user can')
   const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`
     select (select count(*) from users where id = ${ghost.id}) + (select count(*) from posts where author_id = ${ghost.id})
-         + (select count(*) from transactions where to_user_id = ${ghost.id}) + (select count(*) from idempotency_keys where user_id = ${ghost.id}) as count`
+         + (select count(*) from transactions where to_user_id in (${ghost.id}, ${witness.id}) or from_user_id in (${ghost.id}, ${witness.id}))
+         + (select count(*) from idempotency_keys where principal_id = ${ghost.id}) as count`
   t.equal(Number(count), 0, 'nothing was written for the deleted user')
+})
+
+t.test('a valid token for a service client that no longer exists', async (t) => {
+  // There is no delete route for clients either (they are revoked); the row is removed directly (it posted nothing).
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const ghost = await createClient(app)
+  const witness = await createUser(app)
+  await sql`delete from service_clients where id = ${ghost.id}`
+  const statuses: Record<string, number> = {}
+  for (const route of PRIVATE_ROUTES) {
+    const response = await send(app, route, ghost, { authorization: ghost.authorization })
+    statuses[`${route.method} ${route.path}`] = response.statusCode
+    t.ok(response.statusCode < 500, `${route.method} ${route.path} for a deleted client is not a 5xx (got ${response.statusCode})`)
+    // User-only routes refuse every client token, existing or not; the client routes find nothing of it.
+    if (route.clients !== true) assertProblem(t, response, 403, `${route.method} ${route.path} for a deleted client`)
+  }
+  t.comment(`statuses for a deleted client's token: ${JSON.stringify(statuses)}`)
+  t.equal(statuses['GET /transactions'], 200, 'GET /transactions is its (empty) list')
+  t.equal(statuses['GET /transactions/{id}'], 404, 'GET /transactions/:id finds nothing')
+  for (const kind of ['deposit', 'withdrawal'] as const) {
+    const response = await app.inject({
+      method: 'POST', url: '/transactions', headers: { authorization: ghost.authorization, 'idempotency-key': `ghost-${kind}` }, payload: fundingBody(kind, witness.id, 1)
+    })
+    // post_transaction() refuses a client that is not (or no longer) in service_clients (LDG06).
+    assertProblem(t, response, 401, `a deleted client's ${kind}`)
+  }
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`
+    select (select count(*) from transactions where client_id = ${ghost.id} or to_user_id = ${witness.id} or from_user_id = ${witness.id})
+         + (select count(*) from idempotency_keys where principal_id = ${ghost.id}) as count`
+  t.equal(Number(count), 0, 'nothing was written for the deleted client')
 })
 
 t.test('password guessing from one address hits 429; the account owner elsewhere is unaffected', async (t) => {
@@ -216,12 +322,17 @@ t.test('password guessing from one address hits 429; the account owner elsewhere
   t.equal(spoofed.statusCode, 429, 'X-Forwarded-For from an untrusted peer does not reset the bucket')
   const owner = await recorder.send(null, { method: 'POST', url: '/auth/token', remoteAddress: randomTestIp(), payload: { email: victim.email, password: victim.password } })
   t.equal(owner.statusCode, 200, 'the owner logs in from another address')
+  // The owner moves money with that token. Funded by a client whose token is signed directly: this app's public
+  // limit is 5 per address, and the token endpoint's bucket for 127.0.0.1 is shared with the other tests.
+  const payee = await createUser(app, { remoteAddress: randomTestIp() })
+  await fund(app, victim, 1, TEST_CURRENCY, { client: await issueTestClient(app) })
   const withToken = await app.inject({
     method: 'POST',
     url: '/transactions',
     headers: { authorization: `Bearer ${owner.json().accessToken}`, 'idempotency-key': 'after-brute-force' },
-    payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY }
+    payload: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: payee.id }
   })
   t.equal(withToken.statusCode, 201, 'and that token works')
-  recorder.assertNoLeaks(t, [victim])
+  t.equal(withToken.json().fromUserId, victim.id, 'for the owner')
+  recorder.assertNoLeaks(t, [victim, payee])
 })

@@ -2,6 +2,11 @@
 // that validate requests), fast-check builds requests from the operation's own parameter and body schemas, mixes
 // valid values, boundary values, attack payloads and wrong types, and checks on every response that there is no
 // 5xx, no leaked hash or foreign email, and no effect on a victim user whose data is snapshotted around each route.
+// Bodies that are a oneOf (POST /transactions: transfer, deposit or withdrawal; POST /auth/token: the two grants)
+// are built from each of their variants. Each request goes out under a user's token or a service client's: money
+// bodies mostly under the principal that may post them (transfers from the attacker, deposits and withdrawals from
+// the attacker's settlement client), sometimes under the other one (always a 403), and user-only routes now and
+// then under the client's token (always a 403).
 //
 // Runs per route: LEDGER_FUZZ_RUNS (default 150). Seed: LEDGER_FUZZ_SEED (default fixed, so the suite is
 // repeatable; set another number to explore, and rerun a failure with the seed fast-check prints).
@@ -11,17 +16,19 @@ import t from 'tap'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { App } from '../../app.ts'
 import { hashPassword } from '../../routes/users/password.ts'
-import { buildTestApp, createUser, testSql, type TestUser } from '../helper.ts'
-import { INJECTION_STRINGS, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
+import { buildTestApp, createClient, createUser, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { fundingBody, INJECTION_STRINGS, PRIVATE_ROUTES, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
 
 const RUNS = Number(process.env.LEDGER_FUZZ_RUNS ?? 150)
 const SEED = Number(process.env.LEDGER_FUZZ_SEED ?? 20_251_125)
 const MAX_SAFE = Number.MAX_SAFE_INTEGER
 
 interface JsonSchema {
+  $ref?: string
   type?: string
   properties?: Record<string, JsonSchema>
   required?: string[]
+  const?: unknown
   enum?: unknown[]
   pattern?: string
   format?: string
@@ -31,6 +38,7 @@ interface JsonSchema {
   maximum?: number
   exclusiveMinimum?: number
   anyOf?: JsonSchema[]
+  oneOf?: JsonSchema[]
   items?: JsonSchema
 }
 interface Parameter { in: 'path' | 'query' | 'header', name: string, required?: boolean, schema: JsonSchema }
@@ -39,12 +47,29 @@ interface Operation {
   requestBody?: { content: Record<string, { schema: JsonSchema }> }
   security?: unknown[]
 }
-type OpenApi = { paths: Record<string, Record<string, Operation>> }
+type OpenApi = { paths: Record<string, Record<string, Operation>>, components?: { schemas?: Record<string, JsonSchema> } }
+
+/** The document with every `$ref` to #/components/schemas replaced by the schema it names (these have no cycles). */
+function inlineRefs<T> (value: T, schemas: Record<string, JsonSchema>, seen: string[] = []): T {
+  if (Array.isArray(value)) return value.map((item) => inlineRefs(item, schemas, seen)) as T
+  if (typeof value !== 'object' || value === null) return value
+  const ref = (value as JsonSchema).$ref
+  if (typeof ref === 'string') {
+    const name = ref.replace('#/components/schemas/', '')
+    const target = schemas[name]
+    if (target === undefined || seen.includes(name)) throw new Error(`cannot inline ${ref}`)
+    return inlineRefs(target, schemas, [...seen, name]) as T
+  }
+  return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, inlineRefs(item, schemas, seen)])) as T
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Arbitraries from JSON Schema (the subset z.toJSONSchema emits for these routes)
 
-const MASS_ASSIGNMENT_KEYS = ['tier', 'role', 'balance', 'id', 'createdAt', 'fromUserId', 'authorId', 'passwordHash', 'email', 'userId', 'isAdmin']
+const MASS_ASSIGNMENT_KEYS = [
+  'tier', 'role', 'balance', 'id', 'createdAt', 'fromUserId', 'authorId', 'passwordHash', 'email', 'userId', 'isAdmin',
+  'toUserId', 'reference', 'clientId', 'client_id', 'principalId', 'scope'
+]
 
 /** Values of the wrong kind for any field: attack strings, wrong JSON types, random JSON. */
 const junk: fc.Arbitrary<unknown> = fc.oneof(
@@ -81,7 +106,9 @@ function textArb (schema: JsonSchema): fc.Arbitrary<string> {
 }
 
 function validArb (schema: JsonSchema): fc.Arbitrary<unknown> {
-  if (schema.anyOf !== undefined) return fc.oneof(...schema.anyOf.map(validArb))
+  const variants = schema.oneOf ?? schema.anyOf
+  if (variants !== undefined) return fc.oneof(...variants.map(validArb))
+  if (schema.const !== undefined) return fc.constant(schema.const)
   if (schema.enum !== undefined) return fc.constantFrom(...schema.enum)
   switch (schema.type) {
     case 'string': return textArb(schema)
@@ -122,8 +149,13 @@ function slotArb (schema: JsonSchema, required: boolean, hint: fc.Arbitrary<unkn
   )
 }
 
-/** Half the objects are "clean" (hinted values, no junk, no extra keys), half mix in junk, gaps and extra keys. */
+/**
+ * Half the objects are "clean" (hinted values, no junk, no extra keys), half mix in junk, gaps and extra keys. A
+ * oneOf body (a discriminated union) is each of its variants equally often, each built the same way.
+ */
 function objectArb (schema: JsonSchema, hints: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<Record<string, unknown>> {
+  const variants = schema.oneOf ?? schema.anyOf
+  if (variants !== undefined) return fc.oneof(...variants.map((variant) => objectArb(variant, hints)))
   return fc.oneof(objectVariantArb(schema, hints, true), objectVariantArb(schema, hints, false))
 }
 
@@ -148,10 +180,18 @@ function objectVariantArb (schema: JsonSchema, hints: Record<string, fc.Arbitrar
 
 const asText = (value: unknown) => (typeof value === 'string' ? value : JSON.stringify(value) ?? '')
 
-interface FuzzRequest { method: string, url: string, headers: Record<string, string>, body: unknown, hasBody: boolean }
+/** Who sends a request: nobody (public routes), the attacker's user token, or the attacker's settlement client. */
+type CallerKind = 'anonymous' | 'user' | 'client'
 
-/** One operation's requests: path, query, header parameters and body, each from its schema plus hints. */
-function requestArb (method: string, path: string, operation: Operation, hints: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<FuzzRequest> {
+interface FuzzRequest { method: string, url: string, headers: Record<string, string>, body: unknown, hasBody: boolean, caller: CallerKind }
+
+/**
+ * One operation's requests: path, query, header parameters and body, each from its schema plus hints, and the
+ * caller, chosen from the body and a roll of 0 to 9 (so fast-check replays and shrinks it like everything else).
+ */
+function requestArb (
+  method: string, path: string, operation: Operation, hints: Record<string, fc.Arbitrary<unknown>>, chooseCaller: (body: unknown, roll: number) => CallerKind
+): fc.Arbitrary<FuzzRequest> {
   const parameters = operation.parameters ?? []
   const pathParameters = parameters.filter((p) => p.in === 'path')
   const queryParameters = parameters.filter((p) => p.in === 'query')
@@ -170,7 +210,7 @@ function requestArb (method: string, path: string, operation: Operation, hints: 
     ? fc.constant(undefined)
     : fc.oneof({ weight: 14, arbitrary: objectArb(bodySchema, hints) }, { weight: 1, arbitrary: junk })
 
-  return fc.tuple(pathArb, queryArb, headerArb, bodyArb).map(([pathValues, [querySlots, extraQuery], headerSlots, body]) => {
+  return fc.tuple(pathArb, queryArb, headerArb, bodyArb, fc.integer({ min: 0, max: 9 })).map(([pathValues, [querySlots, extraQuery], headerSlots, body, roll]) => {
     let url = path
     pathParameters.forEach((p, i) => { url = url.replace(`{${p.name}}`, encodeURIComponent(pathValues[i] ?? '')) })
     const search = new URLSearchParams()
@@ -179,23 +219,30 @@ function requestArb (method: string, path: string, operation: Operation, hints: 
     const query = search.toString()
     const headers: Record<string, string> = {}
     headerSlots.forEach((slot, i) => { if (slot.present) headers[headerParameters[i]?.name ?? ''] = asText(slot.value) })
-    return { method: method.toUpperCase(), url: query === '' ? url : `${url}?${query}`, headers, body, hasBody: bodySchema !== undefined }
+    return { method: method.toUpperCase(), url: query === '' ? url : `${url}?${query}`, headers, body, hasBody: bodySchema !== undefined, caller: chooseCaller(body, roll) }
   })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The world: an attacker who sends everything, a recipient they may pay or post to, and a victim never targeted
-// by a write (only read attempts), whose data must not change.
+// The world: an attacker who sends everything, with a settlement client of their own (funds:write); a recipient
+// they may pay, fund or post to; a victim never targeted by a write they may make (only read attempts, and
+// deposits under the user token, which are refused), whose data must not change; and the bank, another client,
+// that funded the victim and the attacker.
 
 interface World {
   app: App
   attacker: TestUser
+  client: TestClient
+  bank: TestClient
   recipient: TestUser
   victim: TestUser
   victimTransactionIds: string[]
   victimCursors: string[]
   attackerTransactionIds: string[]
   attackerCursors: string[]
+  /** Every transaction the attacker's client posted: set up here, and each one it creates while fuzzed. */
+  clientTransactionIds: Set<string>
+  clientCursors: string[]
 }
 
 /** createUser gives every user the same password; the victim and recipient get their own, so the attacker's is no key to them. */
@@ -208,16 +255,30 @@ async function setUpWorld (app: App): Promise<World> {
   const attacker = await createUser(app, { name: 'Fuzz Attacker' })
   const recipient = await withOwnPassword(app, await createUser(app, { name: 'Fuzz Recipient' }), `recipient-${randomUUID()}`)
   const victim = await withOwnPassword(app, await createUser(app, { name: 'Fuzz Victim' }), `victim-${randomUUID()}`)
-  const post = (user: TestUser, url: string, payload: Record<string, unknown>, headers: Record<string, string> = {}) =>
-    app.inject({ method: 'POST', url, headers: { authorization: user.authorization, ...headers }, payload })
-  const get = async (user: TestUser, url: string) => (await app.inject({ method: 'GET', url, headers: { authorization: user.authorization } })).json()
+  const bank = await createClient(app, ['funds:write'], 'fuzz bank')
+  const client = await createClient(app, ['funds:write'], 'fuzz attacker settlement')
+  const post = async (caller: TestUser | TestClient, url: string, payload: Record<string, unknown>, headers: Record<string, string> = {}) => {
+    const response = await app.inject({ method: 'POST', url, headers: { authorization: caller.authorization, ...headers }, payload })
+    if (response.statusCode !== 201) throw new Error(`setup ${url}: ${response.statusCode} ${response.body}`)
+    return response.json() as { id: string }
+  }
+  const get = async (caller: TestUser | TestClient, url: string) => (await app.inject({ method: 'GET', url, headers: { authorization: caller.authorization } })).json()
   const victimTransactionIds: string[] = []
   const attackerTransactionIds: string[] = []
-  for (const [index, body] of [{ kind: 'deposit', amount: 50_000, currency: TEST_CURRENCY }, { kind: 'withdrawal', amount: 10, currency: TEST_CURRENCY }, { kind: 'transfer', amount: 100, currency: TEST_CURRENCY, toUserId: recipient.id }].entries()) {
-    victimTransactionIds.push((await post(victim, '/transactions', body, { 'idempotency-key': `victim-${index}` })).json().id)
+  for (const [index, [sender, body]] of ([
+    [bank, fundingBody('deposit', victim.id, 50_000)],
+    [bank, fundingBody('withdrawal', victim.id, 10)],
+    [victim, { kind: 'transfer', amount: 100, currency: TEST_CURRENCY, toUserId: recipient.id }]
+  ] as const).entries()) {
+    victimTransactionIds.push((await post(sender, '/transactions', body, { 'idempotency-key': `victim-${index}` })).id)
   }
   for (const [index, currency] of ['USD', 'EUR', TEST_CURRENCY].entries()) {
-    attackerTransactionIds.push((await post(attacker, '/transactions', { kind: 'deposit', amount: 1_000_000, currency }, { 'idempotency-key': `attacker-${index}` })).json().id)
+    attackerTransactionIds.push((await post(bank, '/transactions', fundingBody('deposit', attacker.id, 1_000_000, { currency }), { 'idempotency-key': `attacker-${index}` })).id)
+  }
+  // The attacker's own client has posted before, so its list has a second page (and a cursor) too.
+  const clientTransactionIds = new Set<string>()
+  for (const [index, user] of [attacker, recipient].entries()) {
+    clientTransactionIds.add((await post(client, '/transactions', fundingBody('deposit', user.id, 1, { currency: 'USD' }), { 'idempotency-key': `client-${index}` })).id)
   }
   for (let i = 0; i < 3; i++) {
     await post(victim, '/posts', { body: `victim post ${i}` })
@@ -225,15 +286,58 @@ async function setUpWorld (app: App): Promise<World> {
   }
   await app.inject({ method: 'PATCH', url: `/users/${victim.id}`, headers: { authorization: victim.authorization }, payload: { avatarUrl: 'https://cdn.example.test/victim.png' } })
   const cursors = async (user: TestUser) => [(await get(user, '/transactions?limit=1')).nextCursor, (await get(user, '/feed?limit=1')).nextCursor] as string[]
-  return { app, attacker, recipient, victim, victimTransactionIds, victimCursors: await cursors(victim), attackerTransactionIds, attackerCursors: await cursors(attacker) }
+  return {
+    app,
+    attacker,
+    client,
+    bank,
+    recipient,
+    victim,
+    victimTransactionIds,
+    victimCursors: await cursors(victim),
+    attackerTransactionIds,
+    attackerCursors: await cursors(attacker),
+    clientTransactionIds,
+    clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string]
+  }
+}
+
+/** The routes a service client's token may call (the rest refuse it with 403). */
+const CLIENT_ROUTES = new Set(PRIVATE_ROUTES.filter((route) => route.clients === true).map((route) => `${route.method} ${route.path}`))
+
+const asObject = (body: unknown) => (typeof body === 'object' && body !== null && !Array.isArray(body) ? body as Record<string, unknown> : {})
+
+/** The principal that may post a money body of this kind, or undefined when the kind is not one. */
+function posterOf (body: unknown): 'user' | 'client' | undefined {
+  const kind = asObject(body).kind
+  if (kind === 'transfer') return 'user'
+  if (kind === 'deposit' || kind === 'withdrawal') return 'client'
+  return undefined
+}
+
+/**
+ * Who sends a request. Public routes: nobody. User-only routes: the attacker, and one time in ten the client
+ * (a 403). GET /transactions and /transactions/{id}: the attacker or the client. POST /transactions: mostly the
+ * principal that may post the body's kind, one time in five the other (a 403); a funding body naming the victim
+ * always goes out under the user token, so the victim is never the target of a write the caller may make.
+ */
+function callerChooser (world: World, route: string, isPublic: boolean) {
+  return (body: unknown, roll: number): CallerKind => {
+    if (isPublic) return 'anonymous'
+    if (!CLIENT_ROUTES.has(route)) return roll === 0 ? 'client' : 'user'
+    if (route !== 'POST /transactions') return roll < 6 ? 'user' : 'client'
+    if (typeof asObject(body).userId === 'string' && String(asObject(body).userId).toLowerCase() === world.victim.id) return 'user'
+    const poster = posterOf(body) ?? (roll % 2 === 0 ? 'user' : 'client')
+    return roll < 8 ? poster : (poster === 'user' ? 'client' : 'user')
+  }
 }
 
 function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unknown>> {
-  const { attacker, recipient, victim } = world
+  const { attacker, client, bank, recipient, victim } = world
   const currency = fc.constantFrom('USD', 'EUR', 'JPY', TEST_CURRENCY)
   const common = {
     'query:limit': fc.integer({ min: 1, max: 60 }),
-    'query:cursor': fc.constantFrom(...world.victimCursors, ...world.attackerCursors),
+    'query:cursor': fc.constantFrom(...world.victimCursors, ...world.attackerCursors, ...world.clientCursors),
     // Mostly fresh keys (so bodies reach the ledger), sometimes a reused one (replay or mismatch).
     'header:idempotency-key': fc.oneof({ weight: 4, arbitrary: fc.uuid() }, { weight: 1, arbitrary: fc.constantFrom('fuzz-1', 'fuzz-2', 'fuzz-3') })
   }
@@ -249,7 +353,11 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
     }
     case 'POST /auth/token': return {
       email: fc.constantFrom(victim.email, attacker.email, recipient.email, attacker.email.toUpperCase()),
-      password: fc.constantFrom(attacker.password, `${victim.password}!`, victim.password.slice(0, -1), '')
+      password: fc.constantFrom(attacker.password, `${victim.password}!`, victim.password.slice(0, -1), ''),
+      // The attacker holds their client's secret, not the bank's.
+      client_id: fc.constantFrom(client.id, client.id.toUpperCase(), bank.id),
+      client_secret: fc.oneof({ weight: 3, arbitrary: fc.constant(client.secret) }, { weight: 1, arbitrary: fc.constantFrom(`${client.secret}x`, client.secret.slice(0, -1), client.secret.toUpperCase()) }),
+      scope: fc.constantFrom('funds:write', 'events:read', 'funds:write events:read', 'admin', ' funds:write')
     }
     case 'GET /users/{id}': return { 'path:id': fc.constantFrom(attacker.id, victim.id, recipient.id, victim.id.toUpperCase(), attacker.id.toUpperCase()) }
     case 'PATCH /users/{id}': return {
@@ -266,9 +374,16 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
       ...common,
       amount: fc.integer({ min: 1, max: 100_000 }),
       currency,
-      toUserId: fc.constantFrom(recipient.id, attacker.id, recipient.id.toUpperCase(), attacker.id.toUpperCase())
+      toUserId: fc.constantFrom(recipient.id, attacker.id, recipient.id.toUpperCase(), attacker.id.toUpperCase()),
+      // Who a deposit or withdrawal names: the attacker or the recipient, and sometimes the victim (see callerChooser).
+      userId: fc.oneof(
+        { weight: 6, arbitrary: fc.constantFrom(attacker.id, recipient.id, attacker.id.toUpperCase(), recipient.id.toUpperCase()) },
+        { weight: 1, arbitrary: fc.constantFrom(victim.id, victim.id.toUpperCase()) }
+      ),
+      // Mostly fresh references (so bodies reach the ledger), sometimes a reused one (409 reference_used).
+      reference: fc.oneof({ weight: 4, arbitrary: fc.uuid().map((id) => `fuzz-${id}`) }, { weight: 1, arbitrary: fc.constantFrom('fuzz-ref-1', 'fuzz-ref-2') })
     }
-    case 'GET /transactions/{id}': return { 'path:id': fc.constantFrom(...world.victimTransactionIds, ...world.attackerTransactionIds) }
+    case 'GET /transactions/{id}': return { 'path:id': fc.constantFrom(...world.victimTransactionIds, ...world.attackerTransactionIds, ...world.clientTransactionIds) }
     default: return common
   }
 }
@@ -279,13 +394,36 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
 /** What Zod's z.url() keeps of an avatar URL: trimmed, without tab, CR and LF (the WHATWG URL rules). */
 const normalizedUrl = (value: unknown) => (typeof value === 'string' ? value.trim().replace(/[\t\n\r]/g, '') : value)
 
+const INSUFFICIENT_SCOPE = 'https://ledger-api.dev/problems/insufficient_scope'
+
+/** The discriminator values of the oneOf bodies (POST /transactions' kind, POST /auth/token's grant_type). */
+const VARIANTS = ['transfer', 'deposit', 'withdrawal', 'password', 'client_credentials']
+
+function problemType (response: LightMyRequestResponse): unknown {
+  try {
+    return (response.json() as { type?: unknown }).type
+  } catch {
+    return undefined
+  }
+}
+
 function checkResponse (world: World, route: string, request: FuzzRequest, response: LightMyRequestResponse): string | undefined {
-  const { attacker, victim, recipient } = world
+  const { attacker, client, victim, recipient } = world
   const status = response.statusCode
   if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
   if (response.body.includes('scrypt$')) return 'a password hash in the response'
   for (const other of [victim, recipient]) {
     if (response.body.toLowerCase().includes(other.email)) return `${other === victim ? 'the victim' : 'the recipient'}'s email in the response`
+  }
+  // Principals: a client token on a user-only route is a 403, whatever else the request holds; so is a money body
+  // from the principal that may not post its kind (checked before the body is validated); and only those are.
+  const refusedForScope = status === 403 && problemType(response) === INSUFFICIENT_SCOPE
+  if (request.caller === 'client' && !CLIENT_ROUTES.has(route) && !refusedForScope && status !== 414) return `a client token on a user-only route gave ${status}`
+  if (route === 'POST /transactions') {
+    const poster = posterOf(request.body)
+    const kind = asText(asObject(request.body).kind)
+    if (poster !== undefined && poster !== request.caller && !refusedForScope) return `a ${kind} from the ${request.caller} gave ${status}, not a 403`
+    if ((poster === undefined || poster === request.caller) && status === 403) return `a ${kind} from the ${request.caller} was refused with 403`
   }
   if (status >= 300) {
     // Reads and writes aimed at the victim must fail closed.
@@ -314,34 +452,64 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
       return json.body === body.body ? undefined : 'the post body did not round-trip'
     }
     case 'GET /feed': return (json.data as { userId: string }[]).every((p) => p.userId === attacker.id) ? undefined : 'someone else\'s post in the feed'
-    case 'POST /transactions':
-    case 'GET /transactions/{id}': {
-      if (json.fromUserId !== attacker.id && json.toUserId !== attacker.id) return 'a transaction that does not touch the caller'
+    case 'POST /transactions': {
       if (json.toUserId === victim.id || json.fromUserId === victim.id) return 'a transaction touching the victim'
-      if (route === 'POST /transactions' && response.headers['idempotent-replayed'] === undefined) {
-        for (const field of ['kind', 'amount', 'currency'] as const) if (json[field] !== body[field]) return `${field} did not round-trip`
-        if (json.description !== (body.description ?? null)) return 'the description did not round-trip'
+      const replayed = response.headers['idempotent-replayed'] !== undefined
+      if (request.caller === 'client') {
+        if (json.kind !== 'deposit' && json.kind !== 'withdrawal') return `the client posted a ${String(json.kind)}`
+        // A replay is one of the client's own transactions (keys are per principal), whatever the body now says.
+        if (replayed) return world.clientTransactionIds.has(String(json.id)) ? undefined : 'a replay of a transaction the client did not post'
+        const account = json.kind === 'deposit' ? json.toUserId : json.fromUserId
+        if (account !== String(body.userId).toLowerCase()) return 'the userId did not round-trip'
+        if (json.reference !== body.reference) return 'the reference did not round-trip'
+      } else {
+        if (json.kind !== 'transfer') return `the user posted a ${String(json.kind)}`
+        if (json.fromUserId !== attacker.id) return 'a transfer the caller did not pay'
+        if (json.reference !== null) return 'a transfer with a reference'
+        if (replayed) return undefined
+        if (json.toUserId !== String(body.toUserId).toLowerCase()) return 'the toUserId did not round-trip'
       }
+      for (const field of ['kind', 'amount', 'currency'] as const) if (json[field] !== body[field]) return `${field} did not round-trip`
+      if (json.description !== (body.description ?? null)) return 'the description did not round-trip'
       return undefined
     }
+    case 'GET /transactions/{id}': {
+      if (json.toUserId === victim.id || json.fromUserId === victim.id) return 'a transaction touching the victim'
+      if (request.caller === 'client') return world.clientTransactionIds.has(String(json.id)) ? undefined : 'a transaction the client did not post'
+      return json.fromUserId === attacker.id || json.toUserId === attacker.id ? undefined : 'a transaction that does not touch the caller'
+    }
     case 'GET /transactions': {
-      const page = json.data as { fromUserId: string | null, toUserId: string | null }[]
-      if (world.victimCursors.some((c) => request.url.includes(encodeURIComponent(c)))) return 'the victim\'s cursor was accepted'
+      const page = json.data as { id: string, fromUserId: string | null, toUserId: string | null }[]
+      const sent = (cursors: string[]) => cursors.some((c) => request.url.includes(encodeURIComponent(c)))
+      if (request.caller === 'client') {
+        if (sent(world.victimCursors) || sent(world.attackerCursors)) return 'a user\'s cursor was accepted from the client'
+        return page.every((tx) => world.clientTransactionIds.has(tx.id)) ? undefined : 'a transaction the client did not post in its list'
+      }
+      if (sent(world.victimCursors)) return 'the victim\'s cursor was accepted'
+      if (sent(world.clientCursors)) return 'the client\'s cursor was accepted from a user'
       return page.every((tx) => tx.fromUserId === attacker.id || tx.toUserId === attacker.id) ? undefined : 'someone else\'s transaction in the list'
     }
-    case 'POST /auth/token': return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
+    case 'POST /auth/token': {
+      if (body.grant_type === 'client_credentials') {
+        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown, client_id?: unknown }
+        if (claims.sub !== client.id || claims.client_id !== client.id) return 'a token for a client other than the attacker\'s'
+        return String(json.scope).split(' ').every((scope) => (client.scopes as string[]).includes(scope)) ? undefined : `a scope the client does not hold: ${String(json.scope)}`
+      }
+      return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
+    }
     default: return undefined
   }
 }
 
 const describe = (request: FuzzRequest) =>
-  `${request.method} ${request.url.slice(0, 300)} headers=${JSON.stringify(request.headers).slice(0, 200)} body=${String(JSON.stringify(request.body)).slice(0, 400)}`
+  `${request.caller} ${request.method} ${request.url.slice(0, 300)} headers=${JSON.stringify(request.headers).slice(0, 200)} body=${String(JSON.stringify(request.body)).slice(0, 400)}`
 
 t.test('every operation of the OpenAPI document, fuzzed from its own schemas', async (t) => {
   const app = await buildTestApp(t, { PASSWORD_HASH_COST: '1024' })
   const sql = testSql(t)
   const world = await setUpWorld(app)
-  const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as OpenApi
+  const raw = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as OpenApi
+  const doc = inlineRefs(raw, raw.components?.schemas ?? {})
   const operations = Object.entries(doc.paths)
     .filter(([path]) => !path.startsWith('/health'))
     .flatMap(([path, methods]) => Object.entries(methods).map(([method, operation]) => ({ route: `${method.toUpperCase()} ${path}`, method, path, operation })))
@@ -352,13 +520,21 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
   for (const { route, method, path, operation } of operations) {
     await t.test(route, async (t) => {
       const statuses: Record<string, number> = {}
+      /** The same counts per caller ("user 2xx", "client 4xx", ...) and per variant of a oneOf body ("deposit 2xx", ...). */
+      const byCaller: Record<string, number> = {}
+      const byVariant: Record<string, number> = {}
       const isPublic = Array.isArray(operation.security) && operation.security.length === 0
-      const arbitrary = requestArb(method, path, operation, hintsFor(world, route))
+      const arbitrary = requestArb(method, path, operation, hintsFor(world, route), callerChooser(world, route, isPublic))
+      const tokens: Record<CallerKind, Record<string, string>> = {
+        anonymous: {},
+        user: { authorization: world.attacker.authorization },
+        client: { authorization: world.client.authorization }
+      }
       await fc.assert(fc.asyncProperty(arbitrary, async (request) => {
         const options: InjectOptions = {
           method: request.method as InjectOptions['method'],
           url: request.url,
-          headers: { ...request.headers, ...(isPublic ? {} : { authorization: world.attacker.authorization }), ...(request.hasBody ? { 'content-type': 'application/json' } : {}) },
+          headers: { ...request.headers, ...tokens[request.caller], ...(request.hasBody ? { 'content-type': 'application/json' } : {}) },
           ...(request.hasBody && request.body !== undefined ? { payload: JSON.stringify(request.body) } : {})
         }
         let response: LightMyRequestResponse
@@ -369,16 +545,39 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
         }
         const group = `${Math.floor(response.statusCode / 100)}xx`
         statuses[group] = (statuses[group] ?? 0) + 1
+        byCaller[`${request.caller} ${group}`] = (byCaller[`${request.caller} ${group}`] ?? 0) + 1
+        if (response.statusCode === 403) byCaller[`${request.caller} 403`] = (byCaller[`${request.caller} 403`] ?? 0) + 1
+        const discriminator = asObject(request.body).kind ?? asObject(request.body).grant_type
+        if (discriminator !== undefined) {
+          const variant = typeof discriminator === 'string' && VARIANTS.includes(discriminator) ? discriminator : 'other'
+          byVariant[`${variant} ${group}`] = (byVariant[`${variant} ${group}`] ?? 0) + 1
+        }
         if (response.statusCode >= 500) throw new Error(`${response.statusCode} ${response.body} for ${describe(request)}`)
         const problem = checkResponse(world, route, request, response)
         if (problem !== undefined) throw new Error(`${problem}: ${response.statusCode} ${response.body.slice(0, 300)} for ${describe(request)}`)
+        // What the client posts is its own from now on: its list and GET /transactions/{id} may show it.
+        if (route === 'POST /transactions' && request.caller === 'client' && response.statusCode === 201) world.clientTransactionIds.add(String(response.json().id))
         return true
       }), { numRuns: RUNS, seed: SEED })
-      t.comment(`${route}: ${JSON.stringify(statuses)}`)
+      t.comment(`${route}: ${JSON.stringify(statuses)} ${JSON.stringify(byCaller)} ${JSON.stringify(byVariant)}`)
       t.equal(statuses['5xx'] ?? 0, 0, `${route}: no 5xx in ${RUNS} runs`)
       t.ok((statuses['2xx'] ?? 0) > 0, `${route}: some generated requests were valid and reached the handler`)
       if ((operation.parameters ?? []).length > 0 || operation.requestBody !== undefined) {
         t.ok((statuses['4xx'] ?? 0) > 0, `${route}: some generated requests were invalid`)
+      }
+      if (!isPublic && !CLIENT_ROUTES.has(route)) {
+        t.ok((byCaller['client 403'] ?? 0) > 0, `${route}: the client's token was tried, and refused`)
+      }
+      if (CLIENT_ROUTES.has(route)) {
+        t.ok((byCaller['user 2xx'] ?? 0) > 0, `${route}: some of the user's requests reached the handler`)
+        t.ok((byCaller['client 2xx'] ?? 0) > 0, `${route}: some of the client's requests reached the handler`)
+      }
+      if (route === 'POST /transactions') {
+        t.ok((byCaller['user 403'] ?? 0) > 0 && (byCaller['client 403'] ?? 0) > 0, `${route}: a kind from the wrong principal was tried by both, and refused`)
+        for (const kind of ['transfer', 'deposit', 'withdrawal']) t.ok((byVariant[`${kind} 2xx`] ?? 0) > 0, `${route}: some ${kind} bodies reached the ledger`)
+      }
+      if (route === 'POST /auth/token') {
+        for (const grant of ['password', 'client_credentials']) t.ok((byVariant[`${grant} 2xx`] ?? 0) > 0, `${route}: some ${grant} grants got a token`)
       }
       t.same(await snapshotUser(sql, world.victim.id), victimBefore, `${route}: the victim's profile, money, posts and keys are unchanged`)
     })

@@ -1,12 +1,15 @@
 // Issue 9, injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
 // shared payload table. Each payload is refused with a 400 (401 for credentials) or stored as inert text that
 // comes back byte for byte, from the API and from the database; afterwards every table is intact and the row
-// counts of this test's own users are exactly what the accepted requests explain. Never a 5xx.
+// counts of this test's own users are exactly what the accepted requests explain. Never a 5xx. Money bodies go
+// to the principal that may post them (transfers from a user, deposits and withdrawals from a service client),
+// so each payload reaches validation and the database; a user's deposit is refused for its kind whatever it holds.
 import t, { type Test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
-import { buildTestApp, createUser, testSql, uniqueEmail } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, testSql, uniqueEmail } from '../helper.ts'
 import {
-  assertProblem, assertTablesIntact, INJECTION_STRINGS, ResponseRecorder, snapshotUser, TEST_CURRENCY, WRONG_TYPES
+  assertProblem, assertTablesIntact, fundingBody, INJECTION_STRINGS, ResponseRecorder, snapshotUser, TEST_CURRENCY, WRONG_TYPES,
+  type Caller
 } from './support.ts'
 
 // A fast KDF keeps the many signups of this file quick; the cost does not change what is validated.
@@ -25,8 +28,11 @@ const accepts = {
   password: (v: string) => v.length >= 12 && v.length <= 256,
   postBody: (v: string) => v.length >= 1 && codePoints(v) <= 5000 && !v.includes('\u0000') && v.isWellFormed(),
   description: (v: string) => v.length <= 500 && !hasDescriptionControl(v) && v.isWellFormed(),
-  idempotencyKey: (v: string) => /^[\x21-\x7e]{1,255}$/.test(v)
+  idempotencyKey: (v: string) => /^[\x21-\x7e]{1,255}$/.test(v),
+  reference: (v: string) => /^[\x21-\x7e]{1,255}$/.test(v)
 }
+
+const INSUFFICIENT_SCOPE = 'https://ledger-api.dev/problems/insufficient_scope'
 
 const noServerError = (tap: Test, response: LightMyRequestResponse, label: string) =>
   tap.ok(response.statusCode < 500, `${label}: no 5xx (got ${response.statusCode})`)
@@ -37,13 +43,19 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
   const recorder = new ResponseRecorder(app)
   const caller = await createUser(app, { name: 'Injection Caller' })
   const bystander = await createUser(app, { name: 'Bystander' })
+  const payee = await createUser(app, { name: 'Payee' })
+  // Two settlement systems: a reference is unique per client, so the same payload can be each one's reference.
+  const bank = await createClient(app)
+  const payout = await createClient(app)
   const bystanderBefore = await snapshotUser(sql, bystander.id)
 
-  const funded = await recorder.send(caller, {
-    method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'fund' }, payload: { kind: 'deposit', amount: 1_000_000, currency: TEST_CURRENCY }
+  const funded = await recorder.send(bank, {
+    method: 'POST', url: '/transactions', headers: { 'idempotency-key': 'fund' }, payload: fundingBody('deposit', caller.id, 1_000_000)
   })
   t.equal(funded.statusCode, 201)
   let transactionsWritten = 1
+  let callerBalance = 1_000_000
+  let payeeBalance = 0
   let postsWritten = 0
   const signups: { id: string, email: string }[] = []
   let keyNumber = 0
@@ -143,29 +155,80 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
     const postUser = await recorder.send(caller, { method: 'POST', url: '/posts', payload: { body: 'x', userId: payload } })
     assertProblem(t, postUser, 400, `post userId "${label}"`)
 
-    // POST /transactions: description (stored); kind, currency, toUserId (enumerations and ids).
-    const key = `inj-${++keyNumber}`
-    const described = await recorder.send(caller, {
-      method: 'POST', url: '/transactions', headers: { 'idempotency-key': key }, payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: payload }
-    })
-    if (accepts.description(payload)) {
-      t.equal(described.statusCode, 201, `description "${label}" is stored`)
-      t.equal(described.json().description, payload, `description "${label}" comes back as sent`)
-      const [row] = await sql<{ description: string }[]>`select description from transactions where id = ${described.json().id}`
-      t.equal(row?.description, payload, `description "${label}" is in the database byte for byte`)
-      transactionsWritten++
-    } else {
-      assertProblem(t, described, 400, `description "${label}"`)
+    // POST /transactions: description (stored) on every kind, each from the principal that may post it.
+    const money: { kind: string, sender: Caller, body: Record<string, unknown>, delta: number }[] = [
+      { kind: 'transfer', sender: caller, body: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: payee.id }, delta: -1 },
+      { kind: 'deposit', sender: bank, body: fundingBody('deposit', caller.id, 1), delta: 1 },
+      { kind: 'withdrawal', sender: bank, body: fundingBody('withdrawal', caller.id, 1), delta: -1 }
+    ]
+    for (const { kind, sender, body, delta } of money) {
+      const described = await recorder.send(sender, {
+        method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: { ...body, description: payload }
+      })
+      if (accepts.description(payload)) {
+        t.equal(described.statusCode, 201, `${kind} description "${label}" is stored`)
+        t.equal(described.json().description, payload, `${kind} description "${label}" comes back as sent`)
+        const [row] = await sql<{ description: string }[]>`select description from transactions where id = ${described.json().id}`
+        t.equal(row?.description, payload, `${kind} description "${label}" is in the database byte for byte`)
+        transactionsWritten++
+        callerBalance += delta
+        if (kind === 'transfer') payeeBalance++
+      } else {
+        assertProblem(t, described, 400, `${kind} description "${label}"`)
+      }
     }
+    // A user's deposit or withdrawal is refused for its kind before its body is read: the same 403 for every payload.
+    for (const kind of ['deposit', 'withdrawal'] as const) {
+      const own = await recorder.send(caller, {
+        method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: fundingBody(kind, caller.id, 1, { description: payload, reference: payload })
+      })
+      assertProblem(t, own, 403, `a user's ${kind} with "${label}"`)
+      t.equal(own.json().type, INSUFFICIENT_SCOPE, `a user's ${kind} with "${label}": insufficient_scope`)
+    }
+
+    // reference (stored, compared byte for byte): the bank's deposit and the payout system's withdrawal.
+    const references: { kind: 'deposit' | 'withdrawal', sender: Caller, delta: number }[] = [
+      { kind: 'deposit', sender: bank, delta: 1 },
+      { kind: 'withdrawal', sender: payout, delta: -1 }
+    ]
+    for (const { kind, sender, delta } of references) {
+      const referenced = await recorder.send(sender, {
+        method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: fundingBody(kind, caller.id, 1, { reference: payload })
+      })
+      if (accepts.reference(payload)) {
+        t.equal(referenced.statusCode, 201, `${kind} reference "${label}" is stored`)
+        t.equal(referenced.json().reference, payload, `${kind} reference "${label}" comes back as sent`)
+        const [row] = await sql<{ reference: string, client_id: string }[]>`select reference, client_id from transactions where id = ${referenced.json().id}`
+        t.same(row, { reference: payload, client_id: sender.id }, `${kind} reference "${label}" is in the database byte for byte, under its client`)
+        transactionsWritten++
+        callerBalance += delta
+        const again = await recorder.send(sender, {
+          method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: fundingBody(kind, caller.id, 1, { reference: payload })
+        })
+        assertProblem(t, again, 409, `${kind} reference "${label}" used again`)
+        t.equal(again.json().type, 'https://ledger-api.dev/problems/reference_used', `${kind} reference "${label}" is matched exactly`)
+      } else {
+        assertProblem(t, referenced, 400, `${kind} reference "${label}"`)
+      }
+    }
+
+    // Enumerations and ids: kind, currency and toUserId of a transfer; kind, currency and userId of the funding kinds.
     for (const field of ['kind', 'currency', 'toUserId'] as const) {
       const body = { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: bystander.id, [field]: payload }
       const response = await recorder.send(caller, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: body })
       assertProblem(t, response, 400, `transaction ${field} "${label}"`)
     }
+    for (const kind of ['deposit', 'withdrawal'] as const) {
+      for (const field of ['kind', 'currency', 'userId'] as const) {
+        const body = fundingBody(kind, bystander.id, 1, { [field]: payload })
+        const response = await recorder.send(bank, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `inj-${++keyNumber}` }, payload: body })
+        assertProblem(t, response, 400, `${kind} ${field} "${label}"`)
+      }
+    }
   }
 
   // Wrong JSON types where a string is expected, and numbers sent as strings: always a 400, nothing written.
-  const stringFields: { label: string, url: string, method: 'POST' | 'PATCH', base: Record<string, unknown>, field: string, headers?: Record<string, string> }[] = [
+  const stringFields: { label: string, url: string, method: 'POST' | 'PATCH', base: Record<string, unknown>, field: string, sender?: Caller }[] = [
     { label: 'signup email', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'email' },
     { label: 'signup name', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'name' },
     { label: 'signup password', method: 'POST', url: '/users', base: { email: uniqueEmail('inj-type'), name: 'n', password: PASSWORD }, field: 'password' },
@@ -177,7 +240,10 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
     { label: 'post userId', method: 'POST', url: '/posts', base: { body: 'x', userId: caller.id }, field: 'userId' },
     ...(['kind', 'currency', 'description', 'toUserId', 'amount'] as const).map((field) => ({
       label: `transaction ${field}`, method: 'POST' as const, url: '/transactions', base: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: bystander.id }, field
-    }))
+    })),
+    ...(['deposit', 'withdrawal'] as const).flatMap((kind) => (['kind', 'currency', 'description', 'userId', 'reference', 'amount'] as const).map((field) => ({
+      label: `${kind} ${field}`, method: 'POST' as const, url: '/transactions', base: fundingBody(kind, bystander.id, 1), field, sender: bank
+    })))
   ]
   for (const target of stringFields) {
     for (const [typeLabel, value] of Object.entries(WRONG_TYPES)) {
@@ -186,17 +252,21 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
       // A number is the right type for amount (a valid transfer); wrong types there are the other values.
       if (target.field === 'amount' && typeof value === 'number') continue
       const headers = target.url === '/transactions' ? { 'idempotency-key': `type-${++keyNumber}` } : {}
-      const response = await recorder.send(target.url === '/users' || target.url === '/auth/token' ? null : caller, {
+      const response = await recorder.send(target.url === '/users' || target.url === '/auth/token' ? null : target.sender ?? caller, {
         method: target.method, url: target.url, headers, payload: { ...target.base, [target.field]: value }
       })
       assertProblem(t, response, 400, `${target.label} as ${typeLabel}`)
     }
   }
   for (const amount of ['100', '1e2', '0x10', ' 100', '100.0', '', '9007199254740993']) {
-    const response = await recorder.send(caller, {
-      method: 'POST', url: '/transactions', headers: { 'idempotency-key': `amount-${++keyNumber}` }, payload: { kind: 'deposit', amount, currency: TEST_CURRENCY }
-    })
-    assertProblem(t, response, 400, `amount as the string "${amount}"`)
+    for (const [sender, body] of [
+      [caller, { kind: 'transfer', amount, currency: TEST_CURRENCY, toUserId: payee.id }],
+      [bank, fundingBody('deposit', caller.id, amount)],
+      [bank, fundingBody('withdrawal', caller.id, amount)]
+    ] as const) {
+      const response = await recorder.send(sender, { method: 'POST', url: '/transactions', headers: { 'idempotency-key': `amount-${++keyNumber}` }, payload: body })
+      assertProblem(t, response, 400, `${body.kind} amount as the string "${amount}"`)
+    }
   }
 
   // Afterwards: every table exists; this test's users have exactly the rows the accepted requests explain.
@@ -207,9 +277,13 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
   const [{ count: callerPosts } = { count: -1 }] = await sql<{ count: number }[]>`
     select count(*)::int as count from posts where author_id = ${caller.id}`
   t.equal(callerPosts, postsWritten, 'the caller has exactly the posts that got a 201')
-  const [{ balance } = { balance: '' }] = await sql<{ balance: string }[]>`
-    select balance::text from balances where user_id = ${caller.id} and currency = ${TEST_CURRENCY}`
-  t.equal(balance, String(1_000_000 + transactionsWritten - 1), 'the balance is the sum of the accepted deposits')
+  const balances = await sql<{ user_id: string, balance: string }[]>`
+    select user_id, balance::text from balances where user_id in (${caller.id}, ${payee.id}) and currency = ${TEST_CURRENCY}`
+  t.same(Object.fromEntries(balances.map((r) => [r.user_id, r.balance])), { [caller.id]: String(callerBalance), [payee.id]: String(payeeBalance) },
+    'the balances are what the accepted deposits, withdrawals and transfers explain')
+  const [{ count: clientTransactions } = { count: -1 }] = await sql<{ count: number }[]>`
+    select count(*)::int as count from transactions where client_id in (${bank.id}, ${payout.id}) and to_user_id is distinct from ${caller.id} and from_user_id is distinct from ${caller.id}`
+  t.equal(clientTransactions, 0, 'no client wrote anything for another user (no injected userId matched one)')
   const ids = signups.map((s) => s.id)
   const rows = await sql<{ id: string, email: string }[]>`select id, email from users where id = any(${ids}::uuid[]) order by email`
   t.same(rows.map((r) => r.email).sort(), signups.map((s) => s.email).sort(), 'exactly the accepted signups exist')
@@ -217,7 +291,7 @@ t.test('JSON string fields: each payload is a 400 or stored byte for byte; table
     select count(*)::int as count from users where email like 'inj-type-%'`
   t.equal(refusedSignups, 0, 'no wrongly typed signup created a user')
   t.same(await snapshotUser(sql, bystander.id), bystanderBefore, 'the bystander is untouched')
-  recorder.assertNoLeaks(t, [caller, bystander])
+  recorder.assertNoLeaks(t, [caller, bystander, payee])
 })
 
 t.test('query parameters: payloads in limit, cursor and unknown names are 400; ignored elsewhere', async (t) => {
@@ -225,14 +299,17 @@ t.test('query parameters: payloads in limit, cursor and unknown names are 400; i
   const sql = testSql(t)
   const recorder = new ResponseRecorder(app)
   const caller = await createUser(app)
+  const bank = await createClient(app)
+  // The lists as each principal reads them: a user's transactions and feed, and a client's own transactions.
+  const lists: [Caller, string, string][] = [[caller, '/transactions', 'user'], [caller, '/feed', 'user'], [bank, '/transactions', 'client']]
   for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
     const value = encodeURIComponent(payload)
-    for (const list of ['/transactions', '/feed']) {
+    for (const [who, list, whoLabel] of lists) {
       for (const name of ['limit', 'cursor']) {
-        assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?${name}=${value}` }), 400, `${list} ${name}="${label}"`)
+        assertProblem(t, await recorder.send(who, { method: 'GET', url: `${list}?${name}=${value}` }), 400, `${whoLabel} ${list} ${name}="${label}"`)
       }
-      assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?${value}=1` }), 400, `${list} unknown parameter "${label}"`)
-      assertProblem(t, await recorder.send(caller, { method: 'GET', url: `${list}?limit=1&limit=${value}` }), 400, `${list} repeated limit "${label}"`)
+      assertProblem(t, await recorder.send(who, { method: 'GET', url: `${list}?${value}=1` }), 400, `${whoLabel} ${list} unknown parameter "${label}"`)
+      assertProblem(t, await recorder.send(who, { method: 'GET', url: `${list}?limit=1&limit=${value}` }), 400, `${whoLabel} ${list} repeated limit "${label}"`)
     }
     // Routes without a query schema ignore parameters: they never select another user's data through them.
     const balances = await recorder.send(caller, { method: 'GET', url: `/balances?userId=${value}&user_id=${value}` })
@@ -250,15 +327,17 @@ t.test('path parameters: payloads in :id are refused, never a 5xx and never a ma
   const sql = testSql(t)
   const recorder = new ResponseRecorder(app)
   const caller = await createUser(app)
+  const bank = await createClient(app)
   const before = await snapshotUser(sql, caller.id)
-  const urls = ['/users/', '/transactions/']
+  const urls: [Caller, string][] = [[caller, '/users/'], [caller, '/transactions/'], [bank, '/transactions/']]
   for (const [label, payload] of Object.entries(INJECTION_STRINGS)) {
-    for (const prefix of urls) {
+    for (const [who, prefix] of urls) {
       const url = prefix + encodeURIComponent(payload)
-      const response = await recorder.send(caller, { method: 'GET', url })
-      noServerError(t, response, `GET ${prefix}:id "${label}"`)
+      const response = await recorder.send(who, { method: 'GET', url })
+      const as = who === bank ? ' (client)' : ''
+      noServerError(t, response, `GET ${prefix}:id${as} "${label}"`)
       // 400 from the schema; 404 for a well-formed id that does not exist; 414 past maxParamLength (200).
-      t.ok([400, 404, 414].includes(response.statusCode), `GET ${prefix}:id "${label}" is refused (${response.statusCode})`)
+      t.ok([400, 404, 414].includes(response.statusCode), `GET ${prefix}:id${as} "${label}" is refused (${response.statusCode})`)
     }
     const patch = await recorder.send(caller, { method: 'PATCH', url: `/users/${encodeURIComponent(payload)}`, payload: { name: 'Changed' } })
     t.ok([400, 404, 414].includes(patch.statusCode), `PATCH /users/:id "${label}" is refused (${patch.statusCode})`)
@@ -275,12 +354,15 @@ t.test('headers: payloads in Authorization, Idempotency-Key, X-Request-Id, Conte
   const sql = testSql(t)
   const recorder = new ResponseRecorder(app)
   const caller = await createUser(app)
+  const payee = await createUser(app)
+  const bank = await createClient(app)
+  await fund(app, caller, 1_000, TEST_CURRENCY, { client: bank })
   let created = 0
   let number = 0
   /** Values a real HTTP parser would refuse (CR, LF, NUL) may be refused by inject itself; both are fine. */
-  const sendHeader = async (options: Parameters<ResponseRecorder['send']>[1], label: string) => {
+  const sendHeader = async (options: Parameters<ResponseRecorder['send']>[1], label: string, who: Caller = caller) => {
     try {
-      return await recorder.send(caller, options)
+      return await recorder.send(who, options)
     } catch (error) {
       t.comment(`${label}: refused before reaching the app (${(error as Error).message})`)
       return undefined
@@ -293,18 +375,21 @@ t.test('headers: payloads in Authorization, Idempotency-Key, X-Request-Id, Conte
       if (response !== undefined) assertProblem(t, response, 401, `authorization "${label}"`)
     }
 
+    // Idempotency keys belong to the principal that posts: the user's transfer and the client's deposit each keep one.
     const key = `${payload}`
-    const deposit = await sendHeader({
-      method: 'POST', url: '/transactions', headers: { 'idempotency-key': key }, payload: { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: `key ${++number}` }
-    }, `idempotency-key "${label}"`)
-    if (deposit !== undefined) {
+    for (const [who, body] of [
+      [caller, { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: payee.id, description: `key ${++number}` }],
+      [bank, fundingBody('deposit', caller.id, 1, { description: `key ${++number}` })]
+    ] as const) {
+      const posted = await sendHeader({ method: 'POST', url: '/transactions', headers: { 'idempotency-key': key }, payload: body }, `${body.kind} idempotency-key "${label}"`, who)
+      if (posted === undefined) continue
       if (accepts.idempotencyKey(payload)) {
-        t.equal(deposit.statusCode, 201, `idempotency-key "${label}" is accepted`)
-        const [row] = await sql<{ key: string }[]>`select key from idempotency_keys where user_id = ${caller.id} and transaction_id = ${deposit.json().id}`
-        t.equal(row?.key, payload, `idempotency-key "${label}" is stored byte for byte`)
+        t.equal(posted.statusCode, 201, `${body.kind} idempotency-key "${label}" is accepted`)
+        const [row] = await sql<{ key: string }[]>`select key from idempotency_keys where principal_id = ${who.id} and transaction_id = ${posted.json().id}`
+        t.equal(row?.key, payload, `${body.kind} idempotency-key "${label}" is stored byte for byte, under its principal`)
         created++
       } else {
-        assertProblem(t, deposit, 400, `idempotency-key "${label}"`)
+        assertProblem(t, posted, 400, `${body.kind} idempotency-key "${label}"`)
       }
     }
 
@@ -328,10 +413,11 @@ t.test('headers: payloads in Authorization, Idempotency-Key, X-Request-Id, Conte
     const other = await sendHeader({ method: 'GET', url: '/balances', headers }, `trace and proxy headers "${label}"`)
     if (other !== undefined) t.equal(other.statusCode, 200, `trace/proxy/accept headers "${label}" are ignored safely`)
   }
-  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from transactions where to_user_id = ${caller.id}`
-  t.equal(count, created, 'exactly the accepted idempotency keys wrote a transaction')
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`
+    select count(*)::int as count from transactions where to_user_id = ${caller.id} or from_user_id = ${caller.id}`
+  t.equal(count, created + 1, 'exactly the accepted idempotency keys wrote a transaction (besides the funding deposit)')
   await assertTablesIntact(t, sql)
-  recorder.assertNoLeaks(t, [caller])
+  recorder.assertNoLeaks(t, [caller, payee])
 })
 
 t.test('text that cannot be stored byte for byte is refused, not silently altered', async (t) => {
@@ -356,15 +442,33 @@ t.test('text that cannot be stored byte for byte is refused, not silently altere
   t.ok(signup.statusCode === 400 || (signup.statusCode === 201 && signup.json().name === lone),
     `a signup name with an unpaired surrogate is refused or kept exactly (got ${signup.statusCode} ${JSON.stringify(signup.json().name)})`)
 
-  const deposit = await send('POST', '/transactions', { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: lone }, { 'idempotency-key': 'lone-1' })
-  const stored = deposit.statusCode === 201
-    ? (await sql<{ description: string }[]>`select description from transactions where id = ${deposit.json().id}`)[0]?.description
-    : undefined
-  t.ok(deposit.statusCode === 400 || stored === lone,
-    `a description with an unpaired surrogate is refused or kept exactly (got ${deposit.statusCode}, stored ${JSON.stringify(stored)})`)
-  if (deposit.statusCode === 201) {
-    // The idempotency fingerprint hashes the string as sent; the stored row holds U+FFFD instead.
-    const replay = await send('POST', '/transactions', { kind: 'deposit', amount: 1, currency: TEST_CURRENCY, description: 'a\ufffdb' }, { 'idempotency-key': 'lone-1' })
-    t.comment(`retrying with the description the API returned gives ${replay.statusCode} (422 = the stored text no longer matches its own key)`)
+  // A description on each kind, from the principal that posts it: the user's transfer and the client's deposit.
+  const payee = await createUser(app)
+  const bank = await createClient(app)
+  await fund(app, caller, 10, TEST_CURRENCY, { client: bank })
+  const bodies: [Caller, Record<string, unknown>][] = [
+    [caller, { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: payee.id }],
+    [bank, fundingBody('deposit', caller.id, 1, { reference: 'lone-surrogate-1' })]
+  ]
+  for (const [who, body] of bodies) {
+    const money = await app.inject({
+      method: 'POST', url: '/transactions', headers: { authorization: who.authorization, 'content-type': 'application/json', 'idempotency-key': 'lone-1' }, payload: JSON.stringify({ ...body, description: lone })
+    })
+    const stored = money.statusCode === 201
+      ? (await sql<{ description: string }[]>`select description from transactions where id = ${money.json().id}`)[0]?.description
+      : undefined
+    t.ok(money.statusCode === 400 || stored === lone,
+      `a ${String(body.kind)} description with an unpaired surrogate is refused or kept exactly (got ${money.statusCode}, stored ${JSON.stringify(stored)})`)
+    if (money.statusCode === 201) {
+      // The idempotency fingerprint hashes the string as sent; the stored row holds U+FFFD instead.
+      const replay = await app.inject({
+        method: 'POST', url: '/transactions', headers: { authorization: who.authorization, 'idempotency-key': 'lone-1' }, payload: { ...body, description: 'a\ufffdb' }
+      })
+      t.comment(`${String(body.kind)}: retrying with the description the API returned gives ${replay.statusCode} (422 = the stored text no longer matches its own key)`)
+    }
   }
+  const reference = await app.inject({
+    method: 'POST', url: '/transactions', headers: { authorization: bank.authorization, 'content-type': 'application/json', 'idempotency-key': 'lone-2' }, payload: JSON.stringify(fundingBody('deposit', caller.id, 1, { reference: lone }))
+  })
+  assertProblem(t, reference, 400, 'a reference with an unpaired surrogate (visible ASCII only)')
 })

@@ -4,22 +4,38 @@ import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import type { App } from '../../app.ts'
-import { buildTestApp, createUser, testSql, uniqueEmail, type TestUser } from '../helper.ts'
-import { assertProblem, rawExchange, TEST_CURRENCY } from './support.ts'
+import { buildTestApp, createClient, createUser, testSql, uniqueEmail, type TestClient, type TestUser } from '../helper.ts'
+import { assertProblem, fundingBody, rawExchange, TEST_CURRENCY } from './support.ts'
 
-const BODY_ROUTES = (user: TestUser) => [
-  { method: 'POST' as const, url: '/users', auth: false, headers: {} },
-  { method: 'POST' as const, url: '/auth/token', auth: false, headers: {} },
-  { method: 'PATCH' as const, url: `/users/${user.id}`, auth: true, headers: {} },
-  { method: 'POST' as const, url: '/posts', auth: true, headers: {} },
-  { method: 'POST' as const, url: '/transactions', auth: true, headers: { 'idempotency-key': 'resource-key' } }
+interface BodyRoute {
+  method: 'POST' | 'PATCH'
+  url: string
+  /** Who sends it: nobody (public), the user, or the service client (the money route takes bodies from both). */
+  auth: false | 'user' | 'client'
+  headers: Record<string, string>
+}
+
+const BODY_ROUTES = (user: TestUser): BodyRoute[] => [
+  { method: 'POST', url: '/users', auth: false, headers: {} },
+  { method: 'POST', url: '/auth/token', auth: false, headers: {} },
+  { method: 'PATCH', url: `/users/${user.id}`, auth: 'user', headers: {} },
+  { method: 'POST', url: '/posts', auth: 'user', headers: {} },
+  { method: 'POST', url: '/transactions', auth: 'user', headers: { 'idempotency-key': 'resource-key' } },
+  { method: 'POST', url: '/transactions', auth: 'client', headers: { 'idempotency-key': 'resource-key' } }
 ]
 
-const sendRaw = (app: App, user: TestUser, route: ReturnType<typeof BODY_ROUTES>[number], payload: string | Readable) =>
+const label = (route: BodyRoute) => `${route.method} ${route.url}${route.auth === 'client' ? ' (client)' : ''}`
+
+/** Every test that sends bodies makes a user and a funds:write client, so each body route has its caller. */
+async function callers (app: App) {
+  return { user: await createUser(app), client: await createClient(app) }
+}
+
+const sendRaw = (app: App, who: { user: TestUser, client: TestClient }, route: BodyRoute, payload: string | Readable) =>
   app.inject({
     method: route.method,
     url: route.url,
-    headers: { 'content-type': 'application/json', ...route.headers, ...(route.auth ? { authorization: user.authorization } : {}) },
+    headers: { 'content-type': 'application/json', ...route.headers, ...(route.auth === false ? {} : { authorization: who[route.auth].authorization }) },
     payload
   })
 
@@ -30,37 +46,46 @@ async function stillHealthy (t: Test, app: App, user: TestUser) {
 
 t.test('limit above the maximum (and other bad limits) is 400 on every list route', async (t) => {
   const app = await buildTestApp(t)
-  const user = await createUser(app)
-  const lists = [{ url: '/transactions', max: 100 }, { url: '/feed', max: 50 }]
-  for (const { url, max } of lists) {
-    t.equal((await app.inject({ method: 'GET', url: `${url}?limit=${max}`, headers: { authorization: user.authorization } })).statusCode, 200, `${url} limit=${max} is allowed`)
+  const { user, client } = await callers(app)
+  // A client's own transaction list is bounded the same way as a user's.
+  const lists = [{ url: '/transactions', max: 100, who: user }, { url: '/feed', max: 50, who: user }, { url: '/transactions', max: 100, who: client }]
+  for (const { url, max, who } of lists) {
+    const as = who === client ? ' (client)' : ''
+    t.equal((await app.inject({ method: 'GET', url: `${url}?limit=${max}`, headers: { authorization: who.authorization } })).statusCode, 200, `${url}${as} limit=${max} is allowed`)
     for (const limit of [String(max + 1), '1000', '1000000', '9007199254740993', '1e9', 'Infinity', '-1', '0', '1.5', 'NaN', '', '0x7fffffff']) {
-      const response = await app.inject({ method: 'GET', url: `${url}?limit=${encodeURIComponent(limit)}`, headers: { authorization: user.authorization } })
-      assertProblem(t, response, 400, `${url}?limit=${limit}`)
+      const response = await app.inject({ method: 'GET', url: `${url}?limit=${encodeURIComponent(limit)}`, headers: { authorization: who.authorization } })
+      assertProblem(t, response, 400, `${url}${as}?limit=${limit}`)
     }
   }
 })
 
 t.test('a body over BODY_LIMIT_BYTES is 413 on every route that takes one', async (t) => {
   const app = await buildTestApp(t)
-  const user = await createUser(app)
+  const who = await callers(app)
+  const { user } = who
   t.equal(app.config.BODY_LIMIT_BYTES, 64 * 1024, 'the default limit is 64 KiB')
   const over = JSON.stringify({ body: 'x'.repeat(64 * 1024) })
+  // A well-formed funding body over the limit (a huge description), for the kind each caller may post or not.
+  const overDeposit = JSON.stringify(fundingBody('deposit', user.id, 1, { description: 'x'.repeat(64 * 1024) }))
   for (const route of BODY_ROUTES(user)) {
-    assertProblem(t, await sendRaw(app, user, route, over), 413, `${route.method} ${route.url} with ${over.length} bytes`)
+    assertProblem(t, await sendRaw(app, who, route, over), 413, `${label(route)} with ${over.length} bytes`)
     // Without Content-Length (a stream), the limit is enforced while reading.
     const chunks = Array.from({ length: 80 }, () => Buffer.alloc(1024, 'a'))
-    assertProblem(t, await sendRaw(app, user, route, Readable.from(chunks)), 413, `${route.method} ${route.url} streamed without a length`)
+    assertProblem(t, await sendRaw(app, who, route, Readable.from(chunks)), 413, `${label(route)} streamed without a length`)
+    if (route.url === '/transactions') assertProblem(t, await sendRaw(app, who, route, overDeposit), 413, `${label(route)} with a ${overDeposit.length}-byte deposit`)
   }
-  // Just under the limit is parsed, then refused by the schema (a 5000-character post body at most).
+  // Just under the limit is parsed, then refused by the schema (a 5000-character post body, a 500-character description at most).
   const under = JSON.stringify({ body: 'x'.repeat(60_000) })
-  assertProblem(t, await sendRaw(app, user, BODY_ROUTES(user)[3]!, under), 400, 'a body just under the limit is parsed and validated')
+  assertProblem(t, await sendRaw(app, who, BODY_ROUTES(user)[3]!, under), 400, 'a body just under the limit is parsed and validated')
+  const underDeposit = JSON.stringify(fundingBody('deposit', user.id, 1, { description: 'x'.repeat(60_000) }))
+  assertProblem(t, await sendRaw(app, who, BODY_ROUTES(user)[5]!, underDeposit), 400, 'a client\'s deposit just under the limit is parsed and validated')
   await stillHealthy(t, app, user)
 })
 
 t.test('deeply nested JSON is 400, never a 500 or a crash', async (t) => {
   const app = await buildTestApp(t)
-  const user = await createUser(app)
+  const who = await callers(app)
+  const { user } = who
   const depth = 10_000
   const shapes: Record<string, string> = {
     arrays: '['.repeat(depth) + ']'.repeat(depth),
@@ -68,14 +93,18 @@ t.test('deeply nested JSON is 400, never a 500 or a crash', async (t) => {
     objects: '{"a":'.repeat(depth) + '1' + '}'.repeat(depth),
     'arrays inside a field': `{"body":${'['.repeat(depth)}${']'.repeat(depth)}}`,
     'objects inside a field': `{"name":${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}}`,
-    'deep __proto__': `{"body":${'{"__proto__":'.repeat(2000)}1${'}'.repeat(2000)}}`
+    'deep __proto__': `{"body":${'{"__proto__":'.repeat(2000)}1${'}'.repeat(2000)}}`,
+    // A funding body whose every field is well-formed but one, nested deep: the client's route validates it all.
+    'objects inside a deposit': `{"kind":"deposit","userId":"${user.id}","amount":1,"currency":"${TEST_CURRENCY}","reference":${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}}`
   }
   for (const route of BODY_ROUTES(user)) {
-    for (const [label, payload] of Object.entries(shapes)) {
+    for (const [shape, payload] of Object.entries(shapes)) {
       const started = Date.now()
-      const response = await sendRaw(app, user, route, payload)
-      assertProblem(t, response, 400, `${route.method} ${route.url}: ${depth} levels of ${label}`)
-      t.ok(Date.now() - started < 2000, `${label} is refused quickly (${Date.now() - started} ms)`)
+      const response = await sendRaw(app, who, route, payload)
+      // A user's deposit is refused for its kind before its body is validated: a 403, as quickly.
+      const status = shape === 'objects inside a deposit' && route.auth === 'user' && route.url === '/transactions' ? 403 : 400
+      assertProblem(t, response, status, `${label(route)}: ${depth} levels of ${shape}`)
+      t.ok(Date.now() - started < 2000, `${shape} is refused quickly (${Date.now() - started} ms)`)
     }
   }
   await stillHealthy(t, app, user)
@@ -83,21 +112,27 @@ t.test('deeply nested JSON is 400, never a 500 or a crash', async (t) => {
 
 t.test('a huge number of JSON keys is 400 and cheap', async (t) => {
   const app = await buildTestApp(t)
-  const user = await createUser(app)
+  const who = await callers(app)
+  const { user } = who
   const keys = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`k${i}`, 0]))
   const payload = JSON.stringify({ body: 'x', ...keys })
-  t.ok(payload.length < 64 * 1024, `${payload.length} bytes, under the body limit`)
+  // A valid deposit plus the same 5000 unknown keys: the strict funding schema names them, cheaply.
+  const deposit = JSON.stringify({ ...fundingBody('deposit', user.id, 1), ...keys })
+  t.ok(payload.length < 64 * 1024 && deposit.length < 64 * 1024, `${payload.length} and ${deposit.length} bytes, under the body limit`)
   for (const route of BODY_ROUTES(user)) {
-    const started = Date.now()
-    const response = await sendRaw(app, user, route, payload)
-    assertProblem(t, response, 400, `${route.method} ${route.url} with 5000 keys`)
-    t.ok(Date.now() - started < 2000, `refused in ${Date.now() - started} ms`)
-    t.ok(response.body.length < payload.length * 2, `the error is not an amplification (${response.body.length} bytes)`)
+    const bodies: [string, string][] = [['5000 keys', payload], ...(route.auth === 'client' ? [['a deposit with 5000 keys', deposit] as [string, string]] : [])]
+    for (const [shape, body] of bodies) {
+      const started = Date.now()
+      const response = await sendRaw(app, who, route, body)
+      assertProblem(t, response, 400, `${label(route)} with ${shape}`)
+      t.ok(Date.now() - started < 2000, `refused in ${Date.now() - started} ms`)
+      t.ok(response.body.length < body.length * 2, `the error is not an amplification (${response.body.length} bytes)`)
+    }
   }
   // Many keys that collide in a hash table would be the classic; JSON.parse in V8 is not affected, but check timing.
   const same = `{${Array.from({ length: 6000 }, () => '"body":"x"').join(',')}}`
   const started = Date.now()
-  const duplicate = await sendRaw(app, user, BODY_ROUTES(user)[3]!, same)
+  const duplicate = await sendRaw(app, who, BODY_ROUTES(user)[3]!, same)
   t.ok(duplicate.statusCode < 500, `6000 duplicate keys: ${duplicate.statusCode}`)
   t.ok(Date.now() - started < 2000, 'duplicate keys are cheap too')
   await stillHealthy(t, app, user)
@@ -139,22 +174,31 @@ t.test('money at the numeric ceiling: amounts past 2^53-1 are 400, a balance ove
   const sql = testSql(t)
   const user = await createUser(app)
   const other = await createUser(app)
-  const deposit = (key: string, amount: unknown, who: TestUser = user) => app.inject({
-    method: 'POST', url: '/transactions', headers: { authorization: who.authorization, 'idempotency-key': key }, payload: { kind: 'deposit', amount, currency: TEST_CURRENCY }
+  const bank = await createClient(app)
+  // Money enters through a service client; the amounts it may send are the same bounded integers as a transfer's.
+  const post = (key: string, kind: 'deposit' | 'withdrawal', amount: unknown, who: TestUser = user) => app.inject({
+    method: 'POST', url: '/transactions', headers: { authorization: bank.authorization, 'idempotency-key': key }, payload: fundingBody(kind, who.id, amount)
   })
+  const deposit = (key: string, amount: unknown, who: TestUser = user) => post(key, 'deposit', amount, who)
   for (const amount of [Number.MAX_SAFE_INTEGER + 1, 2 ** 63, 1e308, -1, 0, 0.5]) {
-    assertProblem(t, await deposit(`ceiling-${amount}`, amount), 400, `amount ${amount}`)
+    assertProblem(t, await deposit(`ceiling-${amount}`, amount), 400, `deposit amount ${amount}`)
+    assertProblem(t, await post(`ceiling-withdrawal-${amount}`, 'withdrawal', amount), 400, `withdrawal amount ${amount}`)
+    const transfer = await app.inject({
+      method: 'POST', url: '/transactions', headers: { authorization: other.authorization, 'idempotency-key': `ceiling-transfer-${amount}` }, payload: { kind: 'transfer', amount, currency: TEST_CURRENCY, toUserId: user.id }
+    })
+    assertProblem(t, transfer, 400, `transfer amount ${amount}`)
   }
   const raw = await app.inject({
     method: 'POST',
     url: '/transactions',
-    headers: { authorization: user.authorization, 'idempotency-key': 'ceiling-raw', 'content-type': 'application/json' },
-    payload: `{"kind":"deposit","amount":1${'0'.repeat(400)},"currency":"${TEST_CURRENCY}"}`
+    headers: { authorization: bank.authorization, 'idempotency-key': 'ceiling-raw', 'content-type': 'application/json' },
+    payload: `{"kind":"deposit","userId":"${user.id}","amount":1${'0'.repeat(400)},"currency":"${TEST_CURRENCY}","reference":"ceiling-raw"}`
   })
   assertProblem(t, raw, 400, 'a 400-digit amount literal')
   t.equal((await deposit('ceiling-max', Number.MAX_SAFE_INTEGER)).statusCode, 201, 'the largest amount is accepted once')
   const overflow = await deposit('ceiling-overflow', 1)
   t.ok(overflow.statusCode === 422, `one more cent is refused with 422 (got ${overflow.statusCode})`)
+  t.equal(overflow.json().type, 'https://ledger-api.dev/problems/balance_limit_exceeded')
   t.ok(overflow.statusCode < 500, 'and is not a 5xx')
   // The same through a transfer into a full account.
   t.equal((await deposit('ceiling-other', 10, other)).statusCode, 201)

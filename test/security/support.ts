@@ -5,7 +5,9 @@ import { connect } from 'node:net'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
-import type { testSql, TestUser } from '../helper.ts'
+import type { Scope } from '../../plugins/auth.ts'
+import { createServiceClient } from '../../routes/auth/clients.ts'
+import type { testSql, TestClient, TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
 type Assert = Pick<Test, 'ok' | 'equal'>
@@ -63,11 +65,12 @@ export async function snapshotUser (sql: TestSql, userId: string) {
   const balances = await sql`select currency, balance from balances where user_id = ${userId} order by currency`
   const entries = await sql`select transaction_id, delta from entries where user_id = ${userId} order by transaction_id`
   const transactions = await sql`
-    select id, kind, amount, currency, from_user_id, to_user_id, description, created_at
+    select id, kind, amount, currency, from_user_id, to_user_id, description, client_id, reference, created_at
       from transactions where from_user_id = ${userId} or to_user_id = ${userId} order by id`
   const posts = await sql`
     select id, user_id, author_id, body, created_at from posts where user_id = ${userId} or author_id = ${userId} order by id`
-  const keys = await sql`select key, fingerprint, transaction_id from idempotency_keys where user_id = ${userId} order by key`
+  // Keys are per principal: a user's own (their transfers); a client's deposits to the user are under the client.
+  const keys = await sql`select key, fingerprint, transaction_id from idempotency_keys where principal_id = ${userId} order by key`
   // Plain data (Date -> ISO text) so tap's deep equality compares values, not object identity.
   return JSON.parse(JSON.stringify({ profile, balances, entries, transactions, posts, keys })) as Record<string, unknown>
 }
@@ -80,6 +83,8 @@ export interface PrivateRoute {
   url: (self: { id: string }) => string
   payload?: Record<string, unknown>
   headers?: Record<string, string>
+  /** Whether a service client token may call it too (else it is a user-only route: 403 for a client). */
+  clients?: boolean
 }
 
 /** Every route that needs a token. The auth suite checks this list against the OpenAPI document. */
@@ -93,16 +98,22 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
     method: 'POST',
     path: '/transactions',
     url: () => '/transactions',
-    payload: { kind: 'deposit', amount: 100, currency: 'USD' },
-    headers: { 'idempotency-key': 'auth-suite-key' }
+    // A user's own kind of money write (a deposit would be refused for its kind, not its token); the recipient
+    // does not exist, which only a caller who got past authentication could learn.
+    payload: { kind: 'transfer', amount: 100, currency: 'USD', toUserId: '00000000-0000-4000-8000-00000000d0e5' },
+    headers: { 'idempotency-key': 'auth-suite-key' },
+    clients: true
   },
-  { method: 'GET', path: '/transactions', url: () => '/transactions' },
-  { method: 'GET', path: '/transactions/{id}', url: () => '/transactions/1' },
+  { method: 'GET', path: '/transactions', url: () => '/transactions', clients: true },
+  { method: 'GET', path: '/transactions/{id}', url: () => '/transactions/1', clients: true },
   { method: 'GET', path: '/balances', url: () => '/balances' }
 ]
 
+/** Whoever sends a request: a user, or a service client (their ids never coincide). */
+export type Caller = Pick<TestUser | TestClient, 'id' | 'authorization'>
+
 interface Recorded {
-  caller: TestUser | null
+  caller: Caller | null
   /** The email this request itself sent (a signup or login response may echo it). */
   ownEmail: string | undefined
   method: string
@@ -121,7 +132,7 @@ export class ResponseRecorder {
   constructor (app: App) { this.app = app }
 
   /** `caller` is who sends it (their token is added unless the headers carry an authorization already). */
-  async send (caller: TestUser | null, options: InjectOptions & { url: string }): Promise<LightMyRequestResponse> {
+  async send (caller: Caller | null, options: InjectOptions & { url: string }): Promise<LightMyRequestResponse> {
     const headers: Record<string, string> = { ...(options.headers as Record<string, string> | undefined) }
     if (caller !== null && headers.authorization === undefined) headers.authorization = caller.authorization
     const response = await this.app.inject({ ...options, headers })
@@ -179,6 +190,20 @@ export function randomTestIp () {
 
 /** A valid ISO currency other tests are unlikely to use, so per-currency balances stay this file's own. */
 export const TEST_CURRENCY = 'CHF'
+
+/**
+ * A service client with a token signed directly, without the token endpoint: for apps whose public per-IP limit
+ * is set low on purpose (the Redis bucket of 127.0.0.1 is shared with every other test).
+ */
+export async function issueTestClient (app: App, scopes: Scope[] = ['funds:write'], name = 'security suite settlement'): Promise<TestClient> {
+  const { client, secret } = await createServiceClient(app.db, name, scopes)
+  const { accessToken } = await app.issueClientToken({ id: client.id, scopes })
+  return { id: client.id, secret, scopes, token: accessToken, authorization: `Bearer ${accessToken}` }
+}
+
+/** A deposit or withdrawal body a service client posts for `userId`, with a fresh settlement reference unless given. */
+export const fundingBody = (kind: 'deposit' | 'withdrawal', userId: string, amount: unknown, extra: Record<string, unknown> = {}) =>
+  ({ kind, userId, amount, currency: TEST_CURRENCY, reference: `sec-${randomBytes(8).toString('hex')}`, ...extra })
 
 export interface RawExchange {
   /** Status of the first response on the socket, or undefined when none came. */
