@@ -67,8 +67,12 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       throw unprocessable('idempotency_key_reused', 'This Idempotency-Key was already used with a different request.')
     }
     if (result.outcome === 'replayed') reply.header('idempotent-replayed', 'true')
-    // Before answering, so the caller's next list read (on any API process) goes to the primary, not a replica.
-    else await reads.wrote(user.id)
+    else {
+      // Before answering, so the next list read (on any API process) of the poster and of every user the money
+      // moved for goes to the primary, not a replica that may not have it yet.
+      const { fromUserId, toUserId } = result.transaction
+      await Promise.all([...new Set([user.id, fromUserId, toUserId])].flatMap((id) => id === null ? [] : [reads.wrote(id)]))
+    }
     return reply.code(201).header('location', `/transactions/${result.transaction.id}`).send(result.transaction)
   })
 

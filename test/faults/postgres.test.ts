@@ -2,7 +2,7 @@
 // again, behind PgBouncer (issue 9). Runs after the main suite, alone (scripts/test.ts).
 import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
-import { buildTestApp, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
   assertLedger, checkLedger, fetchSender, injectSender, LedgerClient, outageUnderLoad, reconcile, sleep,
   startServer, untilReady, waitFor
@@ -45,9 +45,10 @@ t.test('a real server process keeps serving through a PostgreSQL restart', { ski
   const sql = testSql(t)
   await untilReady(app)
   const users = [await createUser(app), await createUser(app)]
+  const funder = await createClient(app)
   const server = await startServer()
   t.teardown(() => server.kill())
-  const client = new LedgerClient(fetchSender(server.baseUrl, 15_000), users)
+  const client = new LedgerClient(fetchSender(server.baseUrl, 15_000), users, funder)
   // Stops by itself if the process dies: requests to a closed port prove nothing more.
   const load = client.startLoad({ workers: 6, maxRequests: 3000, maxMs: 30_000, gapMs: 10, while: server.running })
   let recoveryMs = -1
@@ -74,7 +75,7 @@ t.test('a real server process keeps serving through a PostgreSQL restart', { ski
   const alive = server.running()
   const exit = alive ? undefined : await server.exited
   // Writes the dead or live server never answered are settled through the in-process app, same keys and bodies.
-  const settle = new LedgerClient(injectSender(app), users)
+  const settle = new LedgerClient(injectSender(app), users, funder)
   for (const record of client.posts.values()) settle.posts.set(record.key, record)
   await settle.retryUnanswered()
   const userIds = users.map((u) => u.id)

@@ -6,7 +6,7 @@ import { Redis } from 'ioredis'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { controlService } from '../../scripts/local-stack.ts'
-import { buildTestApp, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { assertLedger, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
@@ -23,6 +23,8 @@ interface Setup {
   alice: TestUser
   bob: TestUser
   carol: TestUser
+  /** The service client that funds users (deposits are a client's to post). */
+  funder: TestClient
 }
 
 async function setup (t: Tap): Promise<Setup> {
@@ -36,7 +38,9 @@ async function setup (t: Tap): Promise<Setup> {
   await closed.ready()
   await limited.ready()
   await untilReady(app)
-  return { sql: testSql(t), app, closed, limited, alice: await createUser(app, { name: 'Alice' }), bob: await createUser(app), carol: await createUser(app) }
+  return {
+    sql: testSql(t), app, closed, limited, alice: await createUser(app, { name: 'Alice' }), bob: await createUser(app), carol: await createUser(app), funder: await createClient(app)
+  }
 }
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -84,9 +88,9 @@ async function duringFault (s: Setup, seen: Seen[], newName: string) {
     record('POST /transactions', open, {
       method: 'POST',
       url: '/transactions',
-      authorization: bob.authorization,
+      authorization: s.funder.authorization,
       idempotencyKey: `redis-fault-${bob.id}`,
-      body: { kind: 'deposit', amount: 100, currency: 'USD' }
+      body: { kind: 'deposit', userId: bob.id, amount: 100, currency: 'USD', reference: `redis-fault-${bob.id}` }
     }),
     record('GET /health/ready', open, { method: 'GET', url: '/health/ready' }),
     record('fail closed: GET /balances', injectSender(s.closed), { method: 'GET', url: '/balances', authorization: bob.authorization }),
@@ -144,7 +148,7 @@ async function assertRecovered (t: Tap, s: Setup, newName: string) {
 /** The deposit accepted during the fault is in the ledger exactly once, and the ledger balances. */
 async function assertLedgerIntact (t: Tap, s: Setup) {
   const [row] = await s.sql<Array<{ n: number, balance: string | null }>>`
-    select (select count(*)::int from idempotency_keys where user_id = ${s.bob.id} and key = ${`redis-fault-${s.bob.id}`}) as n,
+    select (select count(*)::int from idempotency_keys where principal_id = ${s.funder.id} and key = ${`redis-fault-${s.bob.id}`}) as n,
            (select balance::text from balances where user_id = ${s.bob.id} and currency = 'USD') as balance`
   t.same(row, { n: 1, balance: '100' }, 'the deposit accepted during the fault is stored once')
   assertLedger(t, await checkLedger(s.sql, [s.alice.id, s.bob.id, s.carol.id]))

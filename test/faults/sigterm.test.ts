@@ -1,7 +1,7 @@
 // SIGTERM to a real server process (issue 9). The contract: stop accepting, finish in-flight requests, close
 // pools, exit 0. Runs after the main suite, alone (scripts/test.ts).
 import t from 'tap'
-import { buildTestApp, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
   assertLedger, checkLedger, CURRENCY, deadline, fetchSender, LedgerClient, reconcile, sleep, startServer, untilReady,
   waitFor
@@ -18,10 +18,11 @@ t.test('SIGTERM during a burst of deposits: every 201 is in the ledger once, not
   const sql = testSql(t)
   await untilReady(app)
   const users = [await createUser(app), await createUser(app), await createUser(app)]
+  const funder = await createClient(app)
   const server = await startServer()
   t.teardown(() => server.kill())
 
-  const client = new LedgerClient(fetchSender(server.baseUrl, 10_000), users)
+  const client = new LedgerClient(fetchSender(server.baseUrl, 10_000), users, funder)
   let next = 0
   let answered = 0
   let signalledAt = -1
@@ -97,9 +98,10 @@ t.test('SIGTERM while a deposit is mid-transaction: it is finished and answered,
   const sql = testSql(t)
   await untilReady(app)
   const user = await createUser(app)
+  const funder = await createClient(app)
   const server = await startServer()
   t.teardown(() => server.kill())
-  const client = new LedgerClient(fetchSender(server.baseUrl, 15_000), [user])
+  const client = new LedgerClient(fetchSender(server.baseUrl, 15_000), [user], funder)
   t.equal((await client.post(user, 'deposit', 100)).status, 201, 'a first deposit opens a keep-alive connection')
 
   // Hold the user's balance row so the next deposit is deterministically inside post_transaction at the signal.

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 import type postgres from 'postgres'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
-import type { TestUser } from '../helper.ts'
+import { createClient, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }
 
@@ -229,6 +229,8 @@ export type Kind = 'deposit' | 'withdrawal' | 'transfer'
 /** One Idempotency-Key as the client saw it: every attempt's status, and the transaction id it was given. */
 export interface PostRecord {
   userId: string
+  /** Who posted and owns the key: the user for a transfer, the funding client for a deposit or withdrawal. */
+  principalId: string
   key: string
   kind: Kind
   amount: number
@@ -260,17 +262,22 @@ export interface Sample {
 
 export const CURRENCY = 'USD'
 
-/** Sends ledger writes and reads for a fixed set of users and records what each client saw. */
+/**
+ * Sends ledger writes and reads for a fixed set of users and records what each client saw. Users transfer; the
+ * funder (a service client) deposits and withdraws for them, with the record's key as its settlement reference.
+ */
 export class LedgerClient {
   readonly posts = new Map<string, PostRecord>()
   readonly samples: Sample[] = []
   phase = 'before'
   private readonly send: Send
   readonly users: TestUser[]
+  readonly funder: TestClient
 
-  constructor (send: Send, users: TestUser[]) {
+  constructor (send: Send, users: TestUser[], funder: TestClient) {
     this.send = send
     this.users = users
+    this.funder = funder
   }
 
   async request (route: string, request: Request): Promise<Response> {
@@ -293,9 +300,12 @@ export class LedgerClient {
   async attempt (record: PostRecord): Promise<Response> {
     const user = this.users.find((u) => u.id === record.userId)
     if (user === undefined) throw new Error('unknown user')
-    const body = { kind: record.kind, amount: record.amount, currency: CURRENCY, ...(record.toUserId !== undefined ? { toUserId: record.toUserId } : {}) }
+    const body = record.kind === 'transfer'
+      ? { kind: record.kind, amount: record.amount, currency: CURRENCY, toUserId: record.toUserId }
+      : { kind: record.kind, userId: record.userId, amount: record.amount, currency: CURRENCY, reference: record.key }
+    const authorization = record.kind === 'transfer' ? user.authorization : this.funder.authorization
     const response = await this.request('POST /transactions', {
-      method: 'POST', url: '/transactions', authorization: user.authorization, idempotencyKey: record.key, body
+      method: 'POST', url: '/transactions', authorization, idempotencyKey: record.key, body
     })
     record.statuses.push(response.status)
     if (response.status === 201) {
@@ -313,7 +323,8 @@ export class LedgerClient {
   }
 
   async post (user: TestUser, kind: Kind, amount: number, toUserId?: string): Promise<Response> {
-    const record: PostRecord = { userId: user.id, key: `fault-${randomUUID()}`, kind, amount, statuses: [], replayed: false, committedDespiteError: false }
+    const principalId = kind === 'transfer' ? user.id : this.funder.id
+    const record: PostRecord = { userId: user.id, principalId, key: `fault-${randomUUID()}`, kind, amount, statuses: [], replayed: false, committedDespiteError: false }
     if (toUserId !== undefined) record.toUserId = toUserId
     this.posts.set(record.key, record)
     return await this.attempt(record)
@@ -407,6 +418,10 @@ export interface LedgerCheck {
   users: number
   transactions: number
   idempotencyKeys: number
+  /** Settlement references held by more than one transaction of the same client (anywhere in the ledger). */
+  reusedReferences: number
+  /** Deposits and withdrawals of these users that name no client or no reference. */
+  fundingWithoutReference: number
   /** Keys of these users pointing to the same transaction (each key must own its own). */
   sharedTransactions: number
   /** Transactions initiated by these users that no idempotency key points to. */
@@ -422,18 +437,24 @@ export interface LedgerCheck {
 /**
  * The double-entry invariants for a set of users, straight from PostgreSQL: every balance equals the sum of that
  * user's entries and of the transactions that touch them; together the balances equal deposits minus
- * withdrawals; one idempotency key per transaction and one transaction per key.
+ * withdrawals; one idempotency key per transaction and one transaction per key, the key owned by whoever posted
+ * (the client for deposits and withdrawals, the sender for transfers); every deposit and withdrawal names its client
+ * and a reference, and no client's reference is used twice.
  */
 export async function checkLedger (sql: Sql, userIds: string[]): Promise<LedgerCheck> {
-  const [counts] = await sql<Array<{ transactions: string, keys: string, distinct_tx: string, without_key: string }>>`
+  const [counts] = await sql<Array<{ transactions: string, keys: string, distinct_tx: string, without_key: string, reused: string, unreferenced: string }>>`
+    with mine as (
+      select t.* from transactions t where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])
+    )
     select
-      (select count(*) from transactions t where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])) as transactions,
-      (select count(*) from idempotency_keys k where k.user_id = any(${userIds}::uuid[])) as keys,
-      (select count(distinct k.transaction_id) from idempotency_keys k where k.user_id = any(${userIds}::uuid[])) as distinct_tx,
-      (select count(*) from transactions t
-        where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])
-          and not exists (select 1 from idempotency_keys k
-                           where k.transaction_id = t.id and k.user_id = coalesce(t.from_user_id, t.to_user_id))) as without_key`
+      (select count(*) from mine) as transactions,
+      (select count(*) from idempotency_keys k join mine t on t.id = k.transaction_id) as keys,
+      (select count(distinct k.transaction_id) from idempotency_keys k join mine t on t.id = k.transaction_id) as distinct_tx,
+      (select count(*) from mine t
+        where not exists (select 1 from idempotency_keys k
+                           where k.transaction_id = t.id and k.principal_id = coalesce(t.client_id, t.from_user_id))) as without_key,
+      (select count(*) from (select 1 from transactions where reference is not null group by client_id, reference having count(*) > 1) r) as reused,
+      (select count(*) from mine t where t.kind <> 'transfer' and (t.client_id is null or t.reference is null)) as unreferenced`
   const [entries] = await sql<Array<{ bad: string }>>`
     select count(*) as bad from transactions t
      where (t.from_user_id = any(${userIds}::uuid[]) or t.to_user_id = any(${userIds}::uuid[]))
@@ -471,6 +492,8 @@ export async function checkLedger (sql: Sql, userIds: string[]): Promise<LedgerC
     users: userIds.length,
     transactions: Number(counts?.transactions),
     idempotencyKeys: Number(counts?.keys),
+    reusedReferences: Number(counts?.reused),
+    fundingWithoutReference: Number(counts?.unreferenced),
     sharedTransactions: Number(counts?.keys) - Number(counts?.distinct_tx),
     transactionsWithoutKey: Number(counts?.without_key),
     badEntries: Number(entries?.bad),
@@ -494,7 +517,9 @@ interface Assert {
 export function assertLedger (t: Assert, check: LedgerCheck) {
   t.equal(check.transactions, check.idempotencyKeys, 'ledger: one transaction per idempotency key (counts equal)')
   t.equal(check.sharedTransactions, 0, 'ledger: no two keys share a transaction')
-  t.equal(check.transactionsWithoutKey, 0, 'ledger: every transaction has its key')
+  t.equal(check.transactionsWithoutKey, 0, 'ledger: every transaction has its key, owned by whoever posted it')
+  t.equal(check.reusedReferences, 0, 'ledger: no settlement reference is used twice')
+  t.equal(check.fundingWithoutReference, 0, 'ledger: every deposit and withdrawal names its client and reference')
   t.equal(check.badEntries, 0, 'ledger: entries match every transaction (kind, sign, amount)')
   t.same(check.balanceMismatches, [], 'ledger: balance = sum of entries = sum of transactions, per user and currency')
   for (const [currency, total] of Object.entries(check.totals)) {
@@ -518,11 +543,11 @@ export interface Reconciliation {
 
 /** Compares what clients were told (201s with ids) with what PostgreSQL holds for the same keys. */
 export async function reconcile (sql: Sql, records: Iterable<PostRecord>, userIds: string[]): Promise<Reconciliation> {
-  const rows = await sql<Array<{ user_id: string, key: string, id: string, kind: string, amount: string, from_user_id: string | null, to_user_id: string | null }>>`
-    select k.user_id, k.key, t.id, t.kind, t.amount::text, t.from_user_id, t.to_user_id
+  const rows = await sql<Array<{ principal_id: string, key: string, id: string, kind: string, amount: string, from_user_id: string | null, to_user_id: string | null }>>`
+    select k.principal_id, k.key, t.id, t.kind, t.amount::text, t.from_user_id, t.to_user_id
       from idempotency_keys k join transactions t on t.id = k.transaction_id
-     where k.user_id = any(${userIds}::uuid[])`
-  const stored = new Map(rows.map((row) => [`${row.user_id}/${row.key}`, row]))
+     where coalesce(t.from_user_id, t.to_user_id) = any(${userIds}::uuid[])`
+  const stored = new Map(rows.map((row) => [`${row.principal_id}/${row.key}`, row]))
   const expected = new Map(userIds.map((id) => [id, 0]))
   const add = (userId: string | null | undefined, delta: number) => {
     if (userId !== null && userId !== undefined && expected.has(userId)) expected.set(userId, (expected.get(userId) ?? 0) + delta)
@@ -532,7 +557,7 @@ export async function reconcile (sql: Sql, records: Iterable<PostRecord>, userId
   let duplicated = 0
   let committedUnacknowledged = 0
   for (const record of records) {
-    const row = stored.get(`${record.userId}/${record.key}`)
+    const row = stored.get(`${record.principalId}/${record.key}`)
     if (record.conflictingId !== undefined) duplicated++
     if (record.id === undefined) {
       if (row !== undefined) committedUnacknowledged++
@@ -623,7 +648,7 @@ export async function outageUnderLoad (t: TestLike, options: OutageOptions) {
 
 async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknown[]) {
   const { app, users, sql, service } = options
-  const client = new LedgerClient(injectSender(app), users)
+  const client = new LedgerClient(injectSender(app), users, await createClient(app))
   // Funds first, so most withdrawals and transfers of the load succeed.
   for (const user of users) {
     const funded = await client.post(user, 'deposit', 1_000_000)
