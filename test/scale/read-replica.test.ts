@@ -85,11 +85,11 @@ t.test('your own reads see your writes; other reads come from the replica', { sk
   const otherProcess = await replicaApp()
   const alice = await createUser(app)
   const bob = await createUser(app)
+  const carol = await createUser(app)
   const bank = await createClient(app)
-  // Funded by a service client: the client is the writer, so alice has no read-your-writes mark from it.
   const deposit = await fund(app, alice, 100, 'USD', { client: bank, key: `d-${alice.id}` })
   t.equal(deposit.statusCode, 201)
-  await new Promise((resolve) => setTimeout(resolve, 2100)) // past the bank's read-your-writes window
+  await new Promise((resolve) => setTimeout(resolve, 2100)) // past the read-your-writes window of the deposit
 
   await pauseReplay()
   t.teardown(resumeReplay)
@@ -105,14 +105,19 @@ t.test('your own reads see your writes; other reads come from the replica', { sk
   t.equal(elsewhere.response.json().data[0].id, id, 'also through another API process (the mark is in Redis)')
   t.same(elsewhere.ports, [primaryPort])
 
-  const other = await read(app, bob, '/transactions')
-  t.same(other.ports, [replicaPort], 'bob did not write: his read goes to the replica')
-  t.same(other.response.json().data, [], 'which has not replayed the transfer yet (replay is paused)')
+  const paid = await read(app, bob, '/transactions')
+  t.same(paid.ports, [primaryPort], 'bob was paid by that write: his read goes to the primary too')
+  t.equal(paid.response.json().data[0]?.id, id, 'and he sees the transfer')
+
+  const other = await read(app, carol, '/transactions')
+  t.same(other.ports, [replicaPort], 'carol had no part in it: her read goes to the replica')
 
   await new Promise((resolve) => setTimeout(resolve, 2100))
   const later = await read(app, alice, '/transactions')
   t.same(later.ports, [replicaPort], 'once the window has passed, alice reads the replica too')
   t.same(later.response.json().data.map((tx: { id: string }) => tx.id), [deposit.json().id], 'and sees its (stale) state')
+  const bobLater = await read(app, bob, '/transactions')
+  t.same([bobLater.ports, bobLater.response.json().data], [[replicaPort], []], 'so does bob: the replica has not replayed the transfer (replay is paused)')
 
   await resumeReplay()
   await caughtUp()
@@ -141,6 +146,10 @@ t.test('a service client\'s own reads see its writes too; its other reads come f
   const elsewhere = await read(otherProcess, bank, '/transactions')
   t.equal(elsewhere.response.json().data[0]?.id, id, 'also through another API process')
   t.same(elsewhere.ports, [primaryPort])
+
+  const credited = await read(app, frank, '/transactions')
+  t.same(credited.ports, [primaryPort], 'the user it funded reads the primary too')
+  t.equal(credited.response.json().data[0]?.id, id, 'and sees the deposit at once')
 
   const other = await read(app, idle, '/transactions')
   t.same(other.ports, [replicaPort], 'a client that did not write reads the replica')
