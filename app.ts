@@ -8,6 +8,7 @@ import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
+import housekeepingPlugin from './plugins/housekeeping.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
@@ -125,6 +126,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   })
 
   await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
+  await app.register(housekeepingPlugin, { idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600, everyMs: 60_000, batch: 1000 })
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).

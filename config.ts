@@ -84,6 +84,10 @@ const schema = z.object({
   PRESSURE_MAX_EVENT_LOOP_DELAY_MS: z.coerce.number().int().min(0).default(1000),
   PRESSURE_MAX_HEAP_USED_MB: z.coerce.number().int().min(0).default(0),
 
+  // How long an Idempotency-Key replays its first answer (payment APIs keep them at least a day); older keys are
+  // purged in the background and may be used afresh.
+  IDEMPOTENCY_KEY_TTL_H: z.coerce.number().int().min(24).max(24 * 365).default(24),
+
   // How often each process re-reads token revocations (a revoked client's tokens stop within about this long),
   // and how long it may go without a successful read before it refuses tokens (503) rather than trust a stale list.
   REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(1000).default(500),

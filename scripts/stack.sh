@@ -28,7 +28,10 @@
 set -euo pipefail
 
 readonly SERVICES=(postgres pgbouncer redis)
+# The owner (migrations, seeding, operator tools: DATABASE_DIRECT_URL) and the API's restricted role (DATABASE_URL,
+# through PgBouncer), which sql/007_ledger_roles.sql grants only what the API needs.
 readonly DB_USER=ledger
+readonly API_USER=ledger_api
 readonly DATABASES=(ledger ledger_test)
 readonly READY_TIMEOUT=30
 readonly STOP_TIMEOUT=30
@@ -804,6 +807,10 @@ ensure_databases() {
       PGCONNECT_TIMEOUT=3 "$CREATEDB" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -O "$DB_USER" "$db"
     fi
   done
+  # Trust auth on loopback: the role needs no password here (compose and Kubernetes give it one).
+  psql_at "$PG_PORT" postgres -c "do \$\$ begin
+    if not exists (select 1 from pg_roles where rolname = '$API_USER') then create role $API_USER login;
+    else alter role $API_USER login; end if; end \$\$" >/dev/null
 }
 
 # postgres refuses to start while the pid in postmaster.pid answers kill -0.
@@ -916,7 +923,7 @@ EOF
 write_pgbouncer_conf() {
   local dir=$STACK_DIR/pgbouncer conf
   conf=$(render_pgbouncer_conf) || exit 1
-  printf '"%s" ""\n' "$DB_USER" >"$dir/userlist.txt"
+  printf '"%s" ""\n' "$DB_USER" "$API_USER" >"$dir/userlist.txt"
   printf '%s\n' "$conf" >"$dir/pgbouncer.ini"
   if ((IS_ROOT)); then
     chown "$SVC_USER:" "$dir/userlist.txt" "$dir/pgbouncer.ini"
@@ -1098,7 +1105,7 @@ cmd_replica() {
     env)
       resolve
       validate_replica_port
-      printf 'DATABASE_REPLICA_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$REPLICA_PORT/ledger"
+      printf 'DATABASE_REPLICA_URL=%s\n' "postgres://$API_USER@127.0.0.1:$REPLICA_PORT/ledger"
       ;;
     *)
       usage
@@ -1339,7 +1346,7 @@ cmd_status() {
 }
 
 cmd_env() {
-  printf 'DATABASE_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$PGB_PORT/ledger"
+  printf 'DATABASE_URL=%s\n' "postgres://$API_USER@127.0.0.1:$PGB_PORT/ledger"
   printf 'DATABASE_DIRECT_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$PG_PORT/ledger"
   printf 'REDIS_URL=%s\n' "redis://127.0.0.1:$REDIS_PORT"
   # Single quotes rather than printf %q: still eval-safe, and dotenv-style

@@ -35,6 +35,17 @@ export async function buildTestApp (t: Teardown, overrides: Record<string, strin
   return app
 }
 
+let owner: postgres.Sql | undefined
+
+/**
+ * One connection as the database owner (DATABASE_DIRECT_URL), for what the operator does and the API role may not:
+ * creating service clients. It closes itself when idle, so a test process can end.
+ */
+export function ownerSql (): postgres.Sql {
+  owner ??= postgres(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '', { max: 1, idle_timeout: 1, onnotice: () => {} })
+  return owner
+}
+
 /** A direct SQL client for assertions on database state, closed when the test ends. */
 export function testSql (t: Teardown) {
   const sql = postgres(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '', { max: 2, onnotice: () => {} })
@@ -111,7 +122,7 @@ export interface TestClient {
  * client-credentials grant. Money enters the ledger only through such a client.
  */
 export async function createClient (app: App, scopes: Scope[] = ['funds:write'], name = 'test settlement system'): Promise<TestClient> {
-  const { client, secret } = await createServiceClient(app.db, name, scopes)
+  const { client, secret } = await createServiceClient(ownerSql(), name, scopes)
   const response = await app.inject({
     method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }
   })

@@ -9,5 +9,5 @@
 \set amount random(1, 100)
 select * from post_transaction(
   null, (select id from bench_users where n = :a), gen_random_uuid()::text, 'pgbench-post-transaction-fingerprint-0000000', 'transfer', :amount,
-  'USD', (select id from bench_users where n = :b), null, null
+  'USD', (select id from bench_users where n = :b), null, null, 86400
 );

@@ -2,7 +2,8 @@
 -- PgBouncer: claim an idempotency key, debit with a balance guard, credit, insert the transaction and its two
 -- entries, all in data-modifying CTEs (one round trip, one commit). Run by bench/run.ts with
 --   pgbench -n -M simple -c 50 -j 2 -T <s> --max-tries=10 -D users=<N> -f transfer-one-statement.sql ledger_bench
--- bench_users maps 1..N to the seeded users' ids. Deadlocks between opposite transfers are possible here (no lock
+-- bench_users maps 1..N to the seeded users' ids. It writes the ledger tables directly, which only the owner may
+-- (sql/007), so bench/run.ts runs it as the owner through the same PgBouncer. Deadlocks between opposite transfers are possible here (no lock
 -- ordering); pgbench retries them (--max-tries) and reports how many.
 \set a random(1, :users)
 \set b random(1, :users - 1)
@@ -13,10 +14,10 @@ with pair as (
     from bench_users f, bench_users t
    where f.n = :a and t.n = :b
 ), claim as (
-  insert into idempotency_keys (user_id, key, fingerprint, transaction_id)
+  insert into idempotency_keys (principal_id, key, fingerprint, transaction_id)
   select from_id, gen_random_uuid()::text, 'pgbench-one-statement', tx_id from pair
-  on conflict (user_id, key) do nothing
-  returning user_id, transaction_id
+  on conflict (principal_id, key) do nothing
+  returning principal_id as user_id, transaction_id
 ), debit as (
   update balances b set balance = b.balance - :amount
     from claim c

@@ -33,7 +33,7 @@ const posters: Record<string, { principals: readonly PrincipalKind[], scope?: Sc
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
-  const { db, cursors, reads } = app
+  const { db, cursors, reads, config } = app
 
   app.post('/transactions', {
     config: { principals: ['user', 'client'], scope: 'funds:write' },
@@ -57,7 +57,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     if (body.kind === 'transfer' && body.toUserId === user.id) throw transferToSelf()
     let result
     try {
-      result = await postTransaction(db, user, request.headers['idempotency-key'], body)
+      result = await postTransaction(db, user, request.headers['idempotency-key'], body, config.IDEMPOTENCY_KEY_TTL_H * 3600)
     } catch (error) {
       if (isReferenceUsed(error)) throw conflict('reference_used', 'This reference was already used by another transaction of this client; nothing was written.')
       const refusal = ledgerRefusals[(error as { code?: string }).code ?? '']

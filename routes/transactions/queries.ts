@@ -55,14 +55,14 @@ export interface Poster {
  * the reference, locks balances in user id order, checks funds, writes the transaction, its entries and the
  * balances, atomically.
  */
-export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody): Promise<PostOutcome> {
+export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody, keyTtlS: number): Promise<PostOutcome> {
   const clientId = poster.kind === 'client' ? poster.id : null
   const userId = body.kind === 'transfer' ? poster.id : body.userId
   const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch' })[]>`
     select * from post_transaction(
       ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
       ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
-      ${body.kind === 'transfer' ? null : body.reference}
+      ${body.kind === 'transfer' ? null : body.reference}, ${keyTtlS}
     )`
   if (row === undefined) throw new Error('post_transaction returned no row')
   if (row.outcome === 'mismatch') return { outcome: 'mismatch' }

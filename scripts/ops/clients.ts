@@ -1,6 +1,6 @@
 // `npm run clients -- create --name NAME --scope "funds:write events:read"` | `list` | `revoke CLIENT_ID`: the
-// operator's tool for service clients (OAuth 2.0 client credentials). Like `npm start`, it uses DATABASE_URL, or
-// else brings up and migrates the project-local stack. `create` prints exactly one JSON line on stdout,
+// operator's tool for service clients (OAuth 2.0 client credentials). Like `npm start`, it uses the configured
+// database (as its owner: DATABASE_DIRECT_URL, else DATABASE_URL), or else brings up and migrates the local stack. `create` prints exactly one JSON line on stdout,
 // {"clientId","clientSecret"}: the secret exists nowhere else afterwards (only its hash is stored). `revoke` ends
 // the client's live tokens on every API process within a second (plugins/revocations.ts).
 import { parseArgs } from 'node:util'
@@ -21,14 +21,19 @@ const ScopeListSchema = z.string().transform((value) => [...new Set(value.split(
 
 class UsageError extends Error {}
 
+/**
+ * As the database owner: the API's role may read service clients but not create them. DATABASE_DIRECT_URL, else
+ * DATABASE_URL when only that is set (it must then name a role allowed to write service_clients), else the local
+ * stack, migrated first.
+ */
 async function connect (): Promise<postgres.Sql> {
-  let url = process.env.DATABASE_URL
+  let url = process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL
   if (url === undefined || url === '') {
     const stack = localStackUp()
     await migrate(stack.DATABASE_DIRECT_URL, (line) => console.error(line))
-    url = stack.DATABASE_URL
+    url = stack.DATABASE_DIRECT_URL
   }
-  // Through PgBouncer in transaction mode: no prepared statements.
+  // prepare: false in case the URL goes through PgBouncer in transaction mode.
   return postgres(url, { max: 1, prepare: false, onnotice: () => {}, connect_timeout: 10 })
 }
 

@@ -6,7 +6,11 @@
 -- Who may move money how: a user (p_client_id null) transfers from their own balance (p_user_id) to another
 -- user; a service client deposits to or withdraws from a user's balance (p_user_id) with its settlement
 -- reference, unique per client (transactions_client_reference_key, so concurrent requests cannot both use it).
--- Idempotency keys belong to whoever posted: the client, else the user.
+-- Idempotency keys belong to whoever posted: the client, else the user. A key older than p_key_ttl_s is expired:
+-- it no longer replays (the purge deletes it later), and a new request may claim it afresh.
+--
+-- SECURITY DEFINER with a pinned search_path: the API role (ledger_api, sql/007) may execute this and nothing else
+-- that writes money, and no object it could create can stand in for the ones named here.
 --   outcome 'created'  : a new transaction was written
 --   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
 --   outcome 'mismatch' : the key was used before with a different request
@@ -39,9 +43,12 @@ create function post_transaction(
   p_currency char(3),
   p_to_user_id uuid,
   p_description text,
-  p_reference text
+  p_reference text,
+  p_key_ttl_s integer
 ) returns posted_transaction
 language plpgsql
+security definer
+set search_path = pg_catalog, public
 as $$
 declare
   v_id bigint := nextval(pg_get_serial_sequence('transactions', 'id'));
@@ -49,7 +56,7 @@ declare
   v_from uuid;
   v_to uuid;
   v_existing idempotency_keys%rowtype;
-  v_debited int;
+  v_rows int;
   v_result posted_transaction;
 begin
   if p_client_id is null then
@@ -63,21 +70,28 @@ begin
   end if;
 
   -- Claim the key first. A concurrent request with the same key blocks here on the primary key until the
-  -- first one commits, then sees its row and replays it: the same key never produces two transactions.
-  insert into idempotency_keys (principal_id, key, fingerprint, transaction_id)
-  values (v_owner, p_key, p_fingerprint, v_id)
-  on conflict (principal_id, key) do nothing;
+  -- first one commits, then sees its row and replays it: the same key never produces two transactions. An expired
+  -- key is taken over as if it were new. When the key row vanishes between the claim and the lookup (the purge
+  -- deleted it), the claim is simply tried again.
+  loop
+    insert into idempotency_keys (principal_id, key, fingerprint, transaction_id)
+    values (v_owner, p_key, p_fingerprint, v_id)
+    on conflict (principal_id, key) do update
+      set fingerprint = excluded.fingerprint, transaction_id = excluded.transaction_id, created_at = now()
+      where idempotency_keys.created_at < now() - make_interval(secs => p_key_ttl_s);
+    exit when found;
 
-  if not found then
     select * into v_existing from idempotency_keys where principal_id = v_owner and key = p_key;
-    if v_existing.fingerprint <> p_fingerprint then
-      v_result.outcome := 'mismatch';
+    if found then
+      if v_existing.fingerprint <> p_fingerprint then
+        v_result.outcome := 'mismatch';
+        return v_result;
+      end if;
+      select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
+        into v_result from transactions t where t.id = v_existing.transaction_id;
       return v_result;
     end if;
-    select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
-      into v_result from transactions t where t.id = v_existing.transaction_id;
-    return v_result;
-  end if;
+  end loop;
 
   case p_kind
     when 'deposit' then v_to := p_user_id;
@@ -107,8 +121,17 @@ begin
   returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
   into v_result;
 
-  -- Lock every balance row this write touches in one fixed order (by user id), so two opposite transfers
-  -- wait for each other instead of deadlocking.
+  -- Create-or-lock every balance row this write touches, in one fixed order (user id), before any arithmetic:
+  -- missing rows are created at 0 first (in that order), then all are locked (in that order). Two opposite
+  -- transfers wait for each other instead of deadlocking, even when one of the rows is created by a third write
+  -- in between, and every check below reads a locked row.
+  insert into balances (user_id, currency, balance)
+  select side.user_id, p_currency, 0
+    from (values (v_from), (v_to)) as side (user_id)
+   where side.user_id is not null
+   order by side.user_id
+  on conflict (user_id, currency) do nothing;
+
   perform 1 from balances
    where currency = p_currency and user_id in (v_from, v_to)
    order by user_id
@@ -117,22 +140,20 @@ begin
   if v_from is not null then
     update balances set balance = balance - p_amount
      where user_id = v_from and currency = p_currency and balance >= p_amount;
-    get diagnostics v_debited = row_count;
-    if v_debited = 0 then
+    get diagnostics v_rows = row_count;
+    if v_rows = 0 then
       raise exception 'insufficient_funds' using errcode = 'LDG01';
     end if;
   end if;
 
-  -- A credit that would take the balance past the money_minor bound is the client's problem, not a 500.
-  if v_to is not null and exists (
-    select 1 from balances where user_id = v_to and currency = p_currency and balance > 9007199254740991 - p_amount
-  ) then
-    raise exception 'balance_limit_exceeded' using errcode = 'LDG03';
-  end if;
-
   if v_to is not null then
-    insert into balances (user_id, currency, balance) values (v_to, p_currency, p_amount)
-    on conflict (user_id, currency) do update set balance = balances.balance + excluded.balance;
+    -- A credit that would take the balance past the money_minor bound is the client's problem, not a 500.
+    update balances set balance = balance + p_amount
+     where user_id = v_to and currency = p_currency and balance <= 9007199254740991 - p_amount;
+    get diagnostics v_rows = row_count;
+    if v_rows = 0 then
+      raise exception 'balance_limit_exceeded' using errcode = 'LDG03';
+    end if;
   end if;
 
   insert into entries (user_id, transaction_id, delta)
@@ -143,3 +164,6 @@ begin
   return v_result;
 end
 $$;
+
+revoke all on function post_transaction from public;
+grant execute on function post_transaction to ledger_api;

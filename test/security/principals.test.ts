@@ -4,7 +4,7 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import t from 'tap'
 import { createServiceClient } from '../../routes/auth/clients.ts'
-import { buildTestApp, createClient, createUser, forgeToken, fund, testConfig, testSql } from '../helper.ts'
+import { buildTestApp, createClient, createUser, forgeToken, fund, ownerSql, testConfig, testSql } from '../helper.ts'
 import { assertTablesIntact, INJECTION_STRINGS } from './support.ts'
 
 const config = testConfig()
@@ -54,7 +54,7 @@ t.test('a validly signed token for a client that does not exist moves no money',
 t.test('guessing client secrets hits the per-IP limit shared by every grant', async (t) => {
   const app = await buildTestApp(t, { RATE_LIMIT_PUBLIC_CAPACITY: '5', RATE_LIMIT_PUBLIC_REFILL_PER_S: '0.01' })
   // Made without the token endpoint: buckets live in Redis per address, and 127.0.0.1's serves the other tests.
-  const { client, secret } = await createServiceClient(app.db, 'guessed', ['funds:write'])
+  const { client, secret } = await createServiceClient(ownerSql(), 'guessed', ['funds:write'])
   const remoteAddress = `198.51.100.${Math.floor(Math.random() * 200) + 1}`
   const guess = (secret: string) => app.inject({
     method: 'POST', url: '/auth/token', remoteAddress, payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }

@@ -7,7 +7,7 @@ import type { Test } from 'tap'
 import type { App } from '../../app.ts'
 import type { Scope } from '../../plugins/auth.ts'
 import { createServiceClient } from '../../routes/auth/clients.ts'
-import type { testSql, TestClient, TestUser } from '../helper.ts'
+import { ownerSql, type testSql, type TestClient, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
 type Assert = Pick<Test, 'ok' | 'equal'>
@@ -196,7 +196,7 @@ export const TEST_CURRENCY = 'CHF'
  * is set low on purpose (the Redis bucket of 127.0.0.1 is shared with every other test).
  */
 export async function issueTestClient (app: App, scopes: Scope[] = ['funds:write'], name = 'security suite settlement'): Promise<TestClient> {
-  const { client, secret } = await createServiceClient(app.db, name, scopes)
+  const { client, secret } = await createServiceClient(ownerSql(), name, scopes)
   const { accessToken } = await app.issueClientToken({ id: client.id, scopes })
   return { id: client.id, secret, scopes, token: accessToken, authorization: `Bearer ${accessToken}` }
 }
