@@ -21,12 +21,12 @@ export function purgeIdempotencyKeys (sql: Sql, ttlS: number, batch: number): Pr
 async function housekeepingPlugin (app: FastifyInstance, options: HousekeepingOptions) {
   const metrics: Metrics = app.metrics
   let timer: NodeJS.Timeout | undefined
-  let closing = false
+  const state = { closing: false }
 
   const run = async () => {
     try {
       // A full batch means more are due: keep going (bounded) instead of waiting a whole period.
-      for (let round = 0; round < 10 && !closing; round++) {
+      for (let round = 0; round < 10 && !state.closing; round++) {
         const purged = await purgeIdempotencyKeys(app.db, options.idempotencyKeyTtlS, options.batch)
         if (purged > 0) app.log.info({ purged }, 'purged expired idempotency keys')
         if (purged < options.batch) break
@@ -37,14 +37,14 @@ async function housekeepingPlugin (app: FastifyInstance, options: HousekeepingOp
     }
   }
   const schedule = (delayMs: number) => {
-    if (closing) return
+    if (state.closing) return
     timer = setTimeout(() => { run().finally(() => schedule(options.everyMs)) }, delayMs)
     timer.unref()
   }
 
   app.addHook('onReady', async () => schedule(Math.floor(Math.random() * options.everyMs)))
   app.addHook('onClose', async () => {
-    closing = true
+    state.closing = true
     clearTimeout(timer)
   })
 }

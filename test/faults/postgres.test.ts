@@ -4,7 +4,7 @@ import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
-  assertLedger, checkLedger, fetchSender, injectSender, LedgerClient, outageUnderLoad, reconcile, sleep,
+  assertLedger, assertReconciled, checkLedger, fetchSender, injectSender, LedgerClient, outageUnderLoad, reconcile, sleep,
   startServer, untilReady, waitFor
 } from './support.ts'
 
@@ -106,4 +106,5 @@ t.test('a real server process keeps serving through a PostgreSQL restart', { ski
   t.equal(reconciliation.duplicated, 0, 'no key produced two transactions')
   t.same(reconciliation.balanceMismatches, [], 'balances equal what the acknowledged writes add up to')
   assertLedger(t, ledger)
+  await assertReconciled(t, sql)
 })

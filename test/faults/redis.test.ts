@@ -7,7 +7,7 @@ import t from 'tap'
 import type { App } from '../../app.ts'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestClient, type TestUser } from '../helper.ts'
-import { assertLedger, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
+import { assertLedger, assertReconciled, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
@@ -152,6 +152,7 @@ async function assertLedgerIntact (t: Tap, s: Setup) {
            (select balance::text from balances where user_id = ${s.bob.id} and currency = 'USD') as balance`
   t.same(row, { n: 1, balance: '100' }, 'the deposit accepted during the fault is stored once')
   assertLedger(t, await checkLedger(s.sql, [s.alice.id, s.bob.id, s.carol.id]))
+  await assertReconciled(t, s.sql)
   return row?.n === 1 && row.balance === '100' ? 0 : 1
 }
 

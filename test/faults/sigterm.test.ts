@@ -3,7 +3,7 @@
 import t from 'tap'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
-  assertLedger, checkLedger, CURRENCY, deadline, fetchSender, LedgerClient, reconcile, sleep, startServer, untilReady,
+  assertLedger, assertReconciled, checkLedger, CURRENCY, deadline, fetchSender, LedgerClient, reconcile, sleep, startServer, untilReady,
   waitFor
 } from './support.ts'
 
@@ -91,6 +91,7 @@ t.test('SIGTERM during a burst of deposits: every 201 is in the ledger once, not
   t.equal(client.samples.filter((s) => s.status === 503 && s.problem !== true).length, 0,
     'a 503 while draining is application/problem+json like every other error')
   assertLedger(t, ledger)
+  await assertReconciled(t, sql)
 })
 
 t.test('SIGTERM while a deposit is mid-transaction: it is finished and answered, then the process exits 0', { skip }, async (t) => {
@@ -158,4 +159,5 @@ t.test('SIGTERM while a deposit is mid-transaction: it is finished and answered,
   t.ok(exit !== undefined, 'it exits within 3 s of answering its last request')
   t.equal(exit?.code, 0, 'exit code 0')
   assertLedger(t, await checkLedger(sql, [user.id]))
+  await assertReconciled(t, sql)
 })

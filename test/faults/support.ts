@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url'
 import type postgres from 'postgres'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
+import { reconcileLedger } from '../../scripts/ops/reconcile.ts'
 import { createClient, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }
@@ -528,6 +529,11 @@ export function assertLedger (t: Assert, check: LedgerCheck) {
   }
 }
 
+/** `npm run reconcile`'s checks over the whole ledger (the fault phase has a database of its own). */
+export async function assertReconciled (t: Assert, sql: Sql) {
+  for (const check of await reconcileLedger(sql)) t.same(check.offending, [], `reconcile: ${check.name} (${check.checked})`)
+}
+
 export interface Reconciliation {
   /** Writes the client saw succeed (201). */
   acknowledged: number
@@ -739,5 +745,6 @@ async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknow
   t.equal(reconciliation.committedUnacknowledged, 0, 'nothing is in the ledger that the client was not finally told about')
   t.same(reconciliation.balanceMismatches, [], 'balances equal what the acknowledged writes add up to')
   assertLedger(t, ledger)
+  await assertReconciled(t, sql)
   return { client, figures, reconciliation, ledger }
 }
