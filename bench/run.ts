@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util'
 import type autocannon from 'autocannon'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
+import { withUserOf } from '../scripts/local-stack.ts'
 import { createCursorCodec } from '../plugins/cursors.ts'
 import type { LatencyBar, ThroughputPair } from './lib/chart.ts'
 import { writeOutputs } from './lib/output.ts'
@@ -263,11 +264,8 @@ async function databaseBaselines () {
   }
   const options = { clients: 50, threads: 2, seconds: time.pgbench, defines: { users: seeded.pool.length } }
   // The ceiling writes ledger tables directly, which the API's role may not: it runs as the owner, through PgBouncer.
-  const ownerThroughPgbouncer = new URL(env.databaseUrl)
-  ownerThroughPgbouncer.username = new URL(env.directUrl).username
-  ownerThroughPgbouncer.password = new URL(env.directUrl).password
   await pgbenchBaseline('pgbench-one-statement', 'pgbench: transfer as one CTE statement (ceiling)',
-    () => runPgbench(pgbench, ownerThroughPgbouncer.toString(), here('./pgbench/transfer-one-statement.sql'), options))
+    () => runPgbench(pgbench, withUserOf(env.databaseUrl, env.directUrl), here('./pgbench/transfer-one-statement.sql'), options))
   await pgbenchBaseline('pgbench-post-transaction', 'pgbench: select * from post_transaction(...) (our statement)',
     () => runPgbench(pgbench, env.databaseUrl, here('./pgbench/post-transaction.sql'), options))
 }

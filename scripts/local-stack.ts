@@ -224,3 +224,15 @@ export function withDatabase (url: string, database: string): string {
   parsed.pathname = `/${database}`
   return parsed.toString()
 }
+
+/**
+ * The same server and database as `url`, as the user (and password) of `credentialsFrom`: the owner through
+ * PgBouncer, for what the API's restricted role may not do (PgBouncer's admin console, writing ledger tables).
+ */
+export function withUserOf (url: string, credentialsFrom: string): string {
+  const parsed = new URL(url)
+  const from = new URL(credentialsFrom)
+  parsed.username = from.username
+  parsed.password = from.password
+  return parsed.toString()
+}

@@ -12,7 +12,7 @@
 // nothing). Everything it runs is read-only. The API is http://127.0.0.1:$PORT (3000) unless --api says otherwise.
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import { readStackEnv } from '../local-stack.ts'
+import { readStackEnv, withUserOf } from '../local-stack.ts'
 import { closeSql, DIAGNOSTICS_APPLICATION_NAME, diagnosticSql } from './diagnostic-sql.ts'
 import { int, ms, pct, ratio, reason, redact, table, withTimeout } from './format.ts'
 import { cacheCounts, fetchMetrics, metricSeries, sumBy, type CacheCounts, type MetricsSnapshot } from './prometheus.ts'
@@ -463,7 +463,9 @@ export async function diagnose (options: DiagnoseOptions): Promise<Diagnosis> {
   const [connectionsSection, statementsSection, pgbouncerSection, redisSection, apiSection] = await Promise.all([
     section(pgUrl, noPg, SECTION_TIMEOUT_MS, connections),
     section(pgUrl, noPg, SECTION_TIMEOUT_MS + options.windowS * 1000, (url) => statements(url, options.windowS, options.top)),
-    section(options.databaseUrl, 'no DATABASE_URL (PgBouncer)', SECTION_TIMEOUT_MS, pgbouncer),
+    // As the owner when the direct URL names one: the API's restricted role is not one of PgBouncer's stats_users.
+    section(options.databaseUrl === undefined || options.directUrl === undefined ? options.databaseUrl : withUserOf(options.databaseUrl, options.directUrl),
+      'no DATABASE_URL (PgBouncer)', SECTION_TIMEOUT_MS, pgbouncer),
     section(options.redisUrl, 'no REDIS_URL', SECTION_TIMEOUT_MS, redis),
     section(options.apiUrl, 'no API URL', SECTION_TIMEOUT_MS, (url) => api(url, options.metricsToken, options.top))
   ])

@@ -9,7 +9,7 @@ import type { Sql } from '../../plugins/database.ts'
 import { createReadRouter } from '../../plugins/read-router.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
 import { createClient, createUser, dbSpans, fund, hasLocalStack, injectTraced, testConfig, type TestClient, type TestUser } from '../helper.ts'
-import { parseEnvLines, runStack, withDatabase } from '../../scripts/local-stack.ts'
+import { parseEnvLines, runStack, withDatabase, withUserOf } from '../../scripts/local-stack.ts'
 import { pickFreePort } from './support.ts'
 
 const primaryUrl = process.env.DATABASE_URL ?? ''
@@ -34,9 +34,10 @@ if (replicaUrl === '') {
 
 const primaryPort = Number(new URL(primaryUrl || 'postgres://x:1/x').port)
 const replicaPort = replicaUrl === '' ? 0 : Number(new URL(replicaUrl).port)
-// Admin connections: the primary directly (for its WAL position) and the replica (to pause and resume replay).
+// Admin connections as the owner (the API's role may not pause replay): the primary directly (for its WAL position)
+// and the replica (to pause and resume replay).
 const primaryAdmin = postgres(process.env.DATABASE_DIRECT_URL ?? primaryUrl, { max: 1, onnotice: () => {} })
-const replicaAdmin = replicaUrl === '' ? null : postgres(replicaUrl, { max: 1, onnotice: () => {} })
+const replicaAdmin = replicaUrl === '' ? null : postgres(withUserOf(replicaUrl, process.env.DATABASE_DIRECT_URL ?? primaryUrl), { max: 1, onnotice: () => {} })
 const apps: App[] = []
 t.teardown(async () => {
   if (replicaAdmin !== null) await replicaAdmin`select pg_wal_replay_resume()`.catch(() => {})
