@@ -8,6 +8,7 @@ import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
+import { parseJsonBody } from './plugins/json-body.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
@@ -78,6 +79,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   app.decorate('config', config)
   // Only JSON is accepted; without this a text/plain body would reach validation instead of getting 415.
   app.removeContentTypeParser('text/plain')
+  // Fastify's JSON parser with its protections, plus number literals with a fraction or an exponent kept apart
+  // from integers so the money schema refuses them instead of seeing a rounded value (plugins/json-body.ts).
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, parseJsonBody)
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })

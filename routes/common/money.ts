@@ -1,4 +1,5 @@
 import { z } from 'zod'
+import { NonIntegerLiteral } from '../../plugins/json-body.ts'
 
 // ISO 4217 codes as the runtime's ICU knows them; refusing anything else keeps typos out of the ledger.
 const currencies = new Set(Intl.supportedValuesOf('currency'))
@@ -8,9 +9,13 @@ export const CurrencySchema = z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 421
 
 /**
  * Integer minor units (cents). The ceiling is the largest integer a JSON number carries exactly; the database
- * has the same bound, so no layer rounds money.
+ * has the same bound, so no layer rounds money. A literal written with a fraction or an exponent (`10.5`, `1.0`,
+ * `1e3`) reaches the schema as a NonIntegerLiteral (plugins/json-body.ts), refused even where it would round to
+ * an integer: `1.0000000000000001` is not 1.
  */
-export const AmountSchema = z.number().int('must be an integer number of minor units').positive().max(Number.MAX_SAFE_INTEGER)
+export const AmountSchema = z.number({
+  error: (issue) => issue.input instanceof NonIntegerLiteral ? 'must be an integer number of minor units, written without a fraction or exponent' : undefined
+}).int('must be an integer number of minor units').positive().max(Number.MAX_SAFE_INTEGER)
 
 /** int8 columns arrive as strings; the CHECK constraints guarantee they fit a JSON number exactly. */
 export const toMinorUnits = (value: string | number) => Number(value)

@@ -167,6 +167,59 @@ t.test('bad transfers and bad money are refused before the database', async (t) 
   t.equal(await balance(sql, alice.id), 1_000)
 })
 
+t.test('an amount written with a fraction or an exponent is 400, even where it would round to an integer (issue #16)', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const processor = await createClient(app)
+  const alice = await createUser(app)
+  const bob = await createUser(app)
+  await fund(app, alice, 1_000, 'USD', { client: processor })
+  // Raw bodies: JSON.stringify would write 1.0 as 1, and JSON.parse would read 1.0000000000000001 as 1.
+  const raw = (caller: TestUser | TestClient, body: string) => app.inject({
+    method: 'POST',
+    url: '/transactions',
+    headers: { authorization: caller.authorization, 'idempotency-key': randomUUID(), 'content-type': 'application/json' },
+    payload: body
+  })
+  const transferBody = (amount: string) => `{"kind":"transfer","toUserId":"${bob.id}","amount":${amount},"currency":"USD"}`
+  const fundingBody = (kind: 'deposit' | 'withdrawal', amount: string, user: TestUser = alice) =>
+    `{"kind":"${kind}","userId":"${user.id}","amount":${amount},"currency":"USD","reference":"ref-${randomUUID()}"}`
+  const message = 'must be an integer number of minor units, written without a fraction or exponent'
+  for (const literal of ['10.5', '1.0', '1e3', '1E3', '1e+3', '1.0000000000000001', '9007199254740990.7', '-0.0', '100.00', '0.5e1']) {
+    for (const [label, caller, body] of [
+      ['transfer', alice, transferBody(literal)],
+      ['deposit', processor, fundingBody('deposit', literal)],
+      ['withdrawal', processor, fundingBody('withdrawal', literal)]
+    ] as const) {
+      const response = await raw(caller, body)
+      t.equal(response.statusCode, 400, `${label} of ${literal}`)
+      t.match(response.headers['content-type'], /^application\/problem\+json/)
+      t.same(response.json().errors, [{ path: 'amount', message }], `${label} of ${literal} names amount, and only amount`)
+    }
+  }
+  t.equal(await transactionCount(sql, alice.id), 1, 'nothing was written: only the funding deposit')
+  t.equal(await transactionCount(sql, bob.id), 0)
+  t.equal(await balance(sql, alice.id), 1_000)
+  t.equal(await balance(sql, bob.id), null)
+  const [keys] = await sql`select count(*)::int as n from idempotency_keys where principal_id in (${alice.id}, ${processor.id})`
+  t.equal(keys?.n, 1, 'no idempotency key was kept (only the funding deposit\'s)')
+
+  // The same amounts written as integers are money; a fraction elsewhere in the body does not matter.
+  const transfer = await raw(alice, transferBody('100'))
+  t.equal(transfer.statusCode, 201, 'an integer literal is accepted')
+  t.equal(transfer.json().amount, 100)
+  const described = await raw(alice, `{"kind":"transfer","toUserId":"${bob.id}","amount":100,"currency":"USD","description":"1.5e3 of 10.5"}`)
+  t.equal(described.statusCode, 201, 'number-like text in a string is just text')
+  t.equal(described.json().description, '1.5e3 of 10.5')
+  const carol = await createUser(app)
+  const deposit = await raw(processor, fundingBody('deposit', '9007199254740990', carol))
+  t.equal(deposit.statusCode, 201, 'a large integer literal is accepted exactly')
+  t.equal(deposit.json().amount, 9007199254740990)
+  t.equal(await balance(sql, carol.id), 9007199254740990)
+  t.equal(await balance(sql, alice.id), 800)
+  t.equal(await balance(sql, bob.id), 200)
+})
+
 t.test('idempotency: replay, mismatch, and per-principal scope', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
