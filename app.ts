@@ -4,6 +4,7 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fas
 import type { Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
+import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
@@ -122,6 +123,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     maxStalenessMs: config.REVOCATION_MAX_STALENESS_S * 1000,
     maxTokenAgeS: 3600
   })
+  await app.register(currenciesPlugin, { refreshMs: config.CURRENCIES_REFRESH_S * 1000 })
   await app.register(authPlugin, {
     secret: config.JWT_SECRET,
     issuer: config.JWT_ISSUER,

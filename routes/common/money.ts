@@ -1,11 +1,11 @@
 import { z } from 'zod'
+import { isActiveCurrency } from '../../plugins/currencies.ts'
 import { NonIntegerLiteral } from '../../plugins/json-body.ts'
 
-// ISO 4217 codes as the runtime's ICU knows them; refusing anything else keeps typos out of the ledger.
-const currencies = new Set(Intl.supportedValuesOf('currency'))
-
+// The active rows of the currencies table, as this process last read them (plugins/currencies.ts): no round trip
+// per request, and no dependence on the runtime's ICU data. Refusing anything else keeps typos out of the ledger.
 export const CurrencySchema = z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as USD')
-  .refine((code) => currencies.has(code), { message: 'is not an ISO 4217 currency code' })
+  .refine(isActiveCurrency, { message: 'is not an active ISO 4217 currency code' })
 
 /**
  * Integer minor units (cents). The ceiling is the largest integer a JSON number carries exactly; the database
