@@ -4,11 +4,13 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fas
 import type { Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
+import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import housekeepingPlugin from './plugins/housekeeping.ts'
+import { parseJsonBody } from './plugins/json-body.ts'
 import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
@@ -79,6 +81,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   app.decorate('config', config)
   // Only JSON is accepted; without this a text/plain body would reach validation instead of getting 415.
   app.removeContentTypeParser('text/plain')
+  // Fastify's JSON parser with its protections, plus number literals with a fraction or an exponent kept apart
+  // from integers so the money schema refuses them instead of seeing a rounded value (plugins/json-body.ts).
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, parseJsonBody)
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })
@@ -118,6 +124,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     maxStalenessMs: config.REVOCATION_MAX_STALENESS_S * 1000,
     maxTokenAgeS: 3600
   })
+  await app.register(currenciesPlugin, { refreshMs: config.CURRENCIES_REFRESH_S * 1000 })
   await app.register(authPlugin, {
     secret: config.JWT_SECRET,
     issuer: config.JWT_ISSUER,

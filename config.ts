@@ -93,6 +93,10 @@ const schema = z.object({
   REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(1000).default(500),
   REVOCATION_MAX_STALENESS_S: z.coerce.number().int().min(1).max(300).default(10),
 
+  // How often each process re-reads the active currencies (the currencies table): a currency enabled or retired
+  // there is accepted or refused by every process within about this long.
+  CURRENCIES_REFRESH_S: z.coerce.number().int().min(1).max(3600).default(60),
+
   PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
   METRICS_TOKEN: z.string().min(16).optional()
 })

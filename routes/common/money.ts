@@ -1,16 +1,21 @@
 import { z } from 'zod'
+import { isActiveCurrency } from '../../plugins/currencies.ts'
+import { NonIntegerLiteral } from '../../plugins/json-body.ts'
 
-// ISO 4217 codes as the runtime's ICU knows them; refusing anything else keeps typos out of the ledger.
-const currencies = new Set(Intl.supportedValuesOf('currency'))
-
+// The active rows of the currencies table, as this process last read them (plugins/currencies.ts): no round trip
+// per request, and no dependence on the runtime's ICU data. Refusing anything else keeps typos out of the ledger.
 export const CurrencySchema = z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as USD')
-  .refine((code) => currencies.has(code), { message: 'is not an ISO 4217 currency code' })
+  .refine(isActiveCurrency, { message: 'is not an active ISO 4217 currency code' })
 
 /**
  * Integer minor units (cents). The ceiling is the largest integer a JSON number carries exactly; the database
- * has the same bound, so no layer rounds money.
+ * has the same bound, so no layer rounds money. A literal written with a fraction or an exponent (`10.5`, `1.0`,
+ * `1e3`) reaches the schema as a NonIntegerLiteral (plugins/json-body.ts), refused even where it would round to
+ * an integer: `1.0000000000000001` is not 1.
  */
-export const AmountSchema = z.number().int('must be an integer number of minor units').positive().max(Number.MAX_SAFE_INTEGER)
+export const AmountSchema = z.number({
+  error: (issue) => issue.input instanceof NonIntegerLiteral ? 'must be an integer number of minor units, written without a fraction or exponent' : undefined
+}).int('must be an integer number of minor units').positive().max(Number.MAX_SAFE_INTEGER)
 
 /** int8 columns arrive as strings; the CHECK constraints guarantee they fit a JSON number exactly. */
 export const toMinorUnits = (value: string | number) => Number(value)

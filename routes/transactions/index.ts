@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { authorize, type PrincipalKind, type Scope } from '../../plugins/auth.ts'
-import { badRequest, conflict, notFound, ProblemError, unauthorized, unprocessable } from '../../plugins/errors.ts'
+import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
@@ -33,7 +33,7 @@ const posters: Record<string, { principals: readonly PrincipalKind[], scope?: Sc
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
-  const { db, cursors, reads, config } = app
+  const { db, cursors, reads, currencies, config } = app
 
   app.post('/transactions', {
     config: { principals: ['user', 'client'], scope: 'funds:write' },
@@ -42,6 +42,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       const kind = (request.body as { kind?: unknown } | null)?.kind
       const rule = typeof kind === 'string' && Object.hasOwn(posters, kind) ? posters[kind] : undefined
       if (rule !== undefined) authorize(request.user, rule.principals, rule.scope)
+      // The currency check needs the active currencies; a process that has not read them yet cannot tell.
+      if (!currencies.isLoaded()) throw serviceUnavailable('database')
     },
     schema: {
       operationId: 'createTransaction',

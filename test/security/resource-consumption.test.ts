@@ -1,5 +1,6 @@
 // Issue 9, unrestricted resource consumption: page sizes, body size, JSON depth and width, URL length, numeric
 // ceilings, runaway queries (statement_timeout) and slow clients (REQUEST_TIMEOUT_MS).
+import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
@@ -212,6 +213,56 @@ t.test('money at the numeric ceiling: amounts past 2^53-1 are 400, a balance ove
   const balances = await sql<{ user_id: string, balance: string }[]>`
     select user_id, balance::text from balances where user_id in (${user.id}, ${other.id}) and currency = ${TEST_CURRENCY}`
   t.same(Object.fromEntries(balances.map((r) => [r.user_id, r.balance])), { [user.id]: String(Number.MAX_SAFE_INTEGER), [other.id]: '10' }, 'nothing was half-written')
+})
+
+t.test('amounts with a fraction or an exponent are 400 at amount; the JSON parser keeps its protections on that path', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const who = await callers(app)
+  const { user, client } = who
+  const deposit = (amount: string, extra = '') =>
+    `{"kind":"deposit","userId":"${user.id}","amount":${amount},"currency":"${TEST_CURRENCY}","reference":"sec-${randomBytes(8).toString('hex')}"${extra}}`
+  const route = BODY_ROUTES(user)[5]!
+  for (const literal of ['1.0000000000000001', '9007199254740990.7', '1e3', '5E-1', '-0.0', '100.00']) {
+    const response = await sendRaw(app, who, route, deposit(literal))
+    assertProblem(t, response, 400, `amount ${literal}`)
+    t.same(response.json().errors?.map((e: { path: string }) => e.path), ['amount'], `amount ${literal} is refused at amount`)
+  }
+  // Each body below has a fraction, so it goes through the reviver: what Fastify's own parser refuses is still refused.
+  const malformed: Record<string, string> = {
+    '__proto__ beside a fraction': deposit('1.5', ',"__proto__":{"tier":"pro"}'),
+    'escaped __proto__ beside an exponent': deposit('1e0', ',"\\u005f_proto__":{"tier":"pro"}'),
+    'constructor.prototype beside a fraction': deposit('1.5', ',"constructor":{"prototype":{"tier":"pro"}}'),
+    'truncated JSON with a fraction': deposit('1.5').slice(0, -10),
+    'a bare fraction': '1.5',
+    'a fraction nested 10,000 deep': `{"a":${'['.repeat(10_000)}1.5${']'.repeat(10_000)}}`
+  }
+  for (const bodyRoute of BODY_ROUTES(user)) {
+    for (const [shape, payload] of Object.entries(malformed)) {
+      const started = Date.now()
+      const response = await sendRaw(app, who, bodyRoute, payload)
+      // A bare number is valid JSON, refused by every route's object schema; a user's deposit is 403 before that.
+      const expected = shape === 'a bare fraction' ? [400, 403] : 400
+      assertProblem(t, response, expected, `${label(bodyRoute)}: ${shape}`)
+      // (Nested that deep, the reviver's recursion gives up first: a 400 either way, malformed or invalid.)
+      if (shape !== 'a bare fraction' && shape !== 'a fraction nested 10,000 deep') t.equal(response.json().type, 'https://ledger-api.dev/problems/malformed_body', `${label(bodyRoute)}: ${shape} is malformed_body`)
+      t.ok(Date.now() - started < 2000, `${shape} is refused quickly (${Date.now() - started} ms)`)
+    }
+  }
+  t.notOk(({} as Record<string, unknown>).tier, 'Object.prototype is not polluted')
+  const empty = await sendRaw(app, who, route, '')
+  assertProblem(t, empty, 400, 'an empty body')
+  t.equal(empty.json().detail, 'The JSON body is empty.')
+  const text = await app.inject({
+    method: 'POST', url: '/transactions', headers: { authorization: client.authorization, 'idempotency-key': 'fraction-text', 'content-type': 'text/plain' }, payload: deposit('1.5')
+  })
+  assertProblem(t, text, 415, 'a text/plain body is still 415')
+  const over = deposit('1.5', `,"description":"${'x'.repeat(64 * 1024)}"`)
+  assertProblem(t, await sendRaw(app, who, route, over), 413, 'a body over the limit is still 413')
+  const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from transactions where to_user_id = ${user.id} or client_id = ${client.id}`
+  t.equal(count, 0, 'nothing was written')
+  t.equal((await sendRaw(app, who, route, deposit('100'))).statusCode, 201, 'an integer amount is still a deposit')
+  await stillHealthy(t, app, user)
 })
 
 t.test('a runaway query is cancelled by statement_timeout and answered 503', async (t) => {
