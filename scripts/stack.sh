@@ -955,6 +955,11 @@ start_pgbouncer() {
     port_in_use "$PGB_PORT" ||
       die "pgbouncer (pid $pid) is running but not on port $PGB_PORT (STACK_PGBOUNCER_PORT changed?); run: bash scripts/stack.sh restart pgbouncer"
     log "pgbouncer already running (pid $pid)"
+    # A stack from before the API role existed: its auth file learns the user (PgBouncer re-reads it on SIGHUP).
+    if ! grep -q "\"$API_USER\"" "$STACK_DIR/pgbouncer/userlist.txt" 2>/dev/null; then
+      write_pgbouncer_conf
+      kill -HUP "$pid"
+    fi
   else
     ensure_port_free pgbouncer
     rm -f "$(pidfile_of pgbouncer)"
