@@ -32,6 +32,12 @@ export function createMetrics () {
       help: 'Requests received and not yet answered.',
       registers: [registry]
     }),
+    httpAborted: new Counter({
+      name: 'ledger_http_requests_aborted_total',
+      help: 'Requests whose connection closed before their response was sent (client gone, request timeout).',
+      labelNames: ['method', 'route'] as const,
+      registers: [registry]
+    }),
     cacheRequests: new Counter({
       name: 'ledger_cache_requests_total',
       help: 'Cache-aside lookups by cache name and result (hit, miss).',
@@ -64,6 +70,17 @@ export function createMetrics () {
       help: 'SQL statements sent and not yet answered (running or queued for a pooled connection).',
       registers: [registry]
     }),
+    dbCircuitState: new Gauge({
+      name: 'ledger_db_circuit_state',
+      help: 'The database circuit breaker of each pool: 0 closed (statements sent), 1 half-open (one probe), 2 open (refusing).',
+      labelNames: ['pool'] as const,
+      registers: [registry]
+    }),
+    dbCircuitRefused: new Counter({
+      name: 'ledger_db_circuit_refused_total',
+      help: 'SQL statements refused without being sent because the pool\'s circuit breaker was open.',
+      registers: [registry]
+    }),
     dbPoolMax: new Gauge({
       name: 'ledger_db_pool_max_connections',
       help: 'The most connections this process opens to PgBouncer.',
@@ -91,9 +108,24 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   app.decorate('metrics', metrics)
   app.decorateRequest('inFlightCounted', false)
 
-  app.addHook('onRequest', async (request) => {
+  // In flight from onRequest until the response is finished or its connection is gone, counted down exactly once.
+  // Fastify runs onResponse only for a response that finished; when the client goes away after sending its whole
+  // body (a load generator closing its sockets), neither onResponse nor onRequestAbort (which needs an incomplete
+  // request) runs. The raw response's 'close' event fires once on every path: finished, client gone, request
+  // timeout, server closing the socket. onResponse and onRequestAbort stay as earlier exits; the flag makes the
+  // three one.
+  app.addHook('onRequest', async (request, reply) => {
     request.inFlightCounted = true
     metrics.httpInFlight.inc()
+    // Not writableFinished: app.inject's response never sets it. 'finish' comes before 'close' on every transport.
+    let finished = false
+    reply.raw.once('finish', () => { finished = true })
+    reply.raw.once('close', () => {
+      if (!finished && request.inFlightCounted) {
+        metrics.httpAborted.inc({ method: request.method, route: request.routeOptions.url ?? 'unmatched' })
+      }
+      done(request)
+    })
   })
   const done = (request: FastifyRequest) => {
     if (!request.inFlightCounted) return
@@ -106,7 +138,10 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
     const route = request.routeOptions.url ?? 'unmatched'
     metrics.httpRequestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
   })
-  app.addHook('onRequestAbort', async (request) => { done(request) })
+  app.addHook('onRequestAbort', async (request) => {
+    if (request.inFlightCounted) metrics.httpAborted.inc({ method: request.method, route: request.routeOptions.url ?? 'unmatched' })
+    done(request)
+  })
 
   app.get('/metrics', {
     config: { public: true, pressureExempt: true },

@@ -1,5 +1,5 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 
 declare module 'fastify' {
@@ -52,6 +52,11 @@ async function tracingPlugin (app: FastifyInstance) {
       }
     }, parent)
     request.span = span
+    // 'close' fires once on every path; after a finished response onResponse ends the span instead.
+    // (Not writableFinished: app.inject's response never sets it.)
+    let finished = false
+    reply.raw.once('finish', () => { finished = true })
+    reply.raw.once('close', () => { if (!finished) aborted(request) })
     // A child logger rather than a mixin: hooks such as onResponse run outside the span's async context, and
     // every line of the request must still carry its ids.
     const { traceId, spanId } = span.spanContext()
@@ -60,19 +65,29 @@ async function tracingPlugin (app: FastifyInstance) {
     context.with(trace.setSpan(parent, span), done)
   })
 
+  // The server span ends exactly once: in onResponse for a response that was sent, otherwise when the connection
+  // closes without one (the client went away, the request timed out), which also logs one line saying so.
   app.addHook('onResponse', async (request, reply) => {
     if (logsRequests) request.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
     const span = request.span
     if (span === undefined) return
+    request.span = undefined
     span.setAttribute('http.response.status_code', reply.statusCode)
     if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR })
     span.end()
   })
 
-  app.addHook('onRequestAbort', async (request) => {
-    request.span?.setStatus({ code: SpanStatusCode.ERROR, message: 'client aborted' })
-    request.span?.end()
-  })
+  app.addHook('onRequestAbort', async (request) => { aborted(request) })
+}
+
+function aborted (request: FastifyRequest) {
+  const span = request.span
+  if (span === undefined) return
+  request.span = undefined
+  span.setStatus({ code: SpanStatusCode.ERROR, message: 'client aborted' })
+  span.setAttribute('error.type', 'client_aborted')
+  span.end()
+  request.log.info({ route: request.routeOptions.url, method: request.method }, 'request aborted: the connection closed before the response was sent')
 }
 
 export default fp(tracingPlugin, { name: 'tracing' })
