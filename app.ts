@@ -36,6 +36,8 @@ export interface BuildOptions {
   metrics?: Metrics
 }
 
+const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
+
 const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
 
 export async function buildApp (config: Config, options: BuildOptions = {}) {
@@ -87,6 +89,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(errorsPlugin)
   await app.register(gracefulClosePlugin)
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
+  metrics.dbCircuitState.set({ pool: 'primary' }, 0)
+  if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
   await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
   await app.register(tracingPlugin)
   await app.register(underPressurePlugin, {
@@ -101,7 +105,16 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     max: config.DATABASE_POOL_MAX,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
+    circuit: {
+      failureThreshold: config.DATABASE_CIRCUIT_FAILURES,
+      openMs: config.DATABASE_CIRCUIT_OPEN_MS,
+      onStateChange: (pool, state) => {
+        metrics.dbCircuitState.set({ pool }, circuitStateValue[state])
+        app.log[state === 'open' ? 'warn' : 'info']({ pool, state }, `database circuit breaker ${state.replace('_', '-')}`)
+      }
+    },
     observeQuery: {
+      refused: () => metrics.dbCircuitRefused.inc(),
       started: () => metrics.dbStatementsInFlight.inc(),
       finished: ({ operation, table, durationMs, error }) => {
         metrics.dbStatementsInFlight.dec()
