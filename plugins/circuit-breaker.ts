@@ -1,24 +1,30 @@
 /**
- * A circuit breaker for one database pool. Closed, every statement goes through and connection-class failures in
- * a row are counted; `failureThreshold` of them open it. Open, new statements are refused at once (no connect
- * attempt, no queueing behind a reconnect backoff), so requests get their 503 in microseconds instead of waiting
- * for a connection that cannot come. After `openMs` it is half-open: the next statement is let through as the
- * probe and every other one is still refused; the probe's outcome closes it (the database answered, even with an
- * SQL error) or opens it again for another `openMs`. Healthy traffic costs two comparisons per statement.
+ * A circuit breaker for one database pool.
+ *
+ * - Closed: every statement goes through; connection-class failures in a row are counted (any answer from the
+ *   database, an SQL error or a statement timeout included, resets the run). `failureThreshold` of them open it.
+ * - Open: new statements are refused at once (no connect attempt, no queueing behind postgres.js's reconnect
+ *   backoff), so requests get their 503 in microseconds instead of waiting for a connection that cannot come.
+ * - Half-open, `openMs` after opening: the breaker sends one probe of its own (`select 1` through the same pool)
+ *   while statements are still refused; no caller waits on it. An answer closes the breaker; a connection failure
+ *   (or no answer within `probeTimeoutMs`) opens it for another `openMs`.
+ *
+ * Healthy traffic costs one comparison per statement and a closure to report its outcome; no extra round trip.
  */
 export type BreakerState = 'closed' | 'open' | 'half_open'
 
 export interface BreakerOptions {
   /** Connection-class failures in a row that open the breaker. */
   failureThreshold: number
-  /** How long it stays open before one probe statement is let through. */
+  /** How long it stays open before the probe is sent. */
   openMs: number
-  /** A probe that has not settled after this long no longer blocks the next one (bounded by the connect timeout). */
+  /** A probe that has not settled after this long counts as failed. */
   probeTimeoutMs: number
   /** Decides which failures count: connection failures, not SQL errors or statement timeouts. */
   isConnectionFailure: (error: unknown) => boolean
+  /** Sends one statement through the pool; resolves when the database answered. */
+  probe: () => Promise<unknown>
   onStateChange?: (state: BreakerState) => void
-  now?: () => number
 }
 
 /** The error a refused statement rejects with; errors.ts maps its code to 503 with Retry-After. */
@@ -30,66 +36,45 @@ export class CircuitOpenError extends Error {
   }
 }
 
-/** What admit() hands out: `false` refuses; a ticket's settle() reports the statement's outcome exactly once. */
-export interface Ticket {
-  readonly probe: boolean
-  settle: (error: unknown) => void
-}
+/** Reports one statement's outcome; calling it again does nothing (postgres.js may settle a query twice). */
+export type Settle = (error: unknown) => void
 
 export class CircuitBreaker {
   state: BreakerState = 'closed'
   private failures = 0
-  private openedAt = 0
-  private probeStartedAt = -1
+  private timer: NodeJS.Timeout | undefined
+  private stopped = false
   private readonly options: BreakerOptions
-  private readonly now: () => number
 
   constructor (options: BreakerOptions) {
     this.options = options
-    this.now = options.now ?? (() => performance.now())
   }
 
-  /** Called when a statement is about to need a connection. */
-  admit (): Ticket | false {
-    if (this.state === 'closed') return this.ticket(false)
-    const now = this.now()
-    if (this.state === 'open') {
-      if (now - this.openedAt < this.options.openMs) return false
-      this.transition('half_open')
+  /** Called when a statement is about to need a connection: false refuses it, else report its outcome. */
+  admit (): Settle | false {
+    if (this.state !== 'closed') return false
+    let settled = false
+    return (error) => {
+      if (settled) return
+      settled = true
+      this.record(error)
     }
-    if (this.probeStartedAt >= 0 && now - this.probeStartedAt < this.options.probeTimeoutMs) return false
-    this.probeStartedAt = now
-    return this.ticket(true)
   }
 
-  /** True when a statement would be refused right now; takes no probe slot (for `begin`, which is not observed). */
+  /** True while statements are refused; for `begin` and `reserve`, whose outcome is not observed. */
   refusing (): boolean {
     return this.state !== 'closed'
   }
 
-  private ticket (probe: boolean): Ticket {
-    let settled = false
-    return {
-      probe,
-      settle: (error) => {
-        if (settled) return
-        settled = true
-        this.record(error, probe)
-      }
-    }
+  /** The pool is ending: no more probes. */
+  stop () {
+    this.stopped = true
+    clearTimeout(this.timer)
   }
 
-  private record (error: unknown, probe: boolean) {
-    const down = error !== undefined && this.options.isConnectionFailure(error)
-    if (probe) this.probeStartedAt = -1
-    if (!down) {
-      // Any answer from the database, an SQL error included, shows it is reachable.
+  private record (error: unknown) {
+    if (error === undefined || !this.options.isConnectionFailure(error)) {
       this.failures = 0
-      if (this.state !== 'closed' && probe) this.transition('closed')
-      return
-    }
-    if (probe) {
-      this.open()
       return
     }
     // Statements admitted before the breaker opened may still fail afterwards: only the probe moves it then.
@@ -99,15 +84,40 @@ export class CircuitBreaker {
   }
 
   private open () {
-    this.openedAt = this.now()
     this.failures = 0
     this.transition('open')
+    clearTimeout(this.timer)
+    if (this.stopped) return
+    this.timer = setTimeout(() => { this.probe().catch(() => {}) }, this.options.openMs)
+    // A breaker must never keep the process alive (tests, CLI scripts, a shutdown in progress).
+    this.timer.unref()
+  }
+
+  private async probe () {
+    if (this.stopped) return
+    this.transition('half_open')
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((resolve, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error('probe timed out'), { code: 'CONNECT_TIMEOUT' })), this.options.probeTimeoutMs)
+      timer.unref()
+    })
+    let down: boolean
+    try {
+      await Promise.race([this.options.probe(), timeout])
+      down = false
+    } catch (error) {
+      down = this.options.isConnectionFailure(error)
+    } finally {
+      clearTimeout(timer)
+    }
+    if (this.stopped) return
+    if (down) this.open()
+    else this.transition('closed')
   }
 
   private transition (state: BreakerState) {
-    if (this.state === state && state !== 'open') return
-    const changed = this.state !== state
+    if (this.state === state) return
     this.state = state
-    if (changed) this.options.onStateChange?.(state)
+    this.options.onStateChange?.(state)
   }
 }

@@ -22,7 +22,7 @@ export type TransactionSql = postgres.TransactionSql
 /** Hooks for metrics: called when a statement is sent and when it is answered. */
 export interface QueryObserver {
   started: () => void
-  finished: (event: { operation: string, table: string, durationMs: number, error: unknown }) => void
+  finished: (event: { operation: string, table: string, text: string, rows: number, durationMs: number, error: unknown }) => void
   /** A statement the circuit breaker refused without sending it (it never started). */
   refused?: () => void
 }
@@ -93,10 +93,10 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
     observe?.started()
     const span = tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes })
     let settled = false
-    const settle = (error: unknown) => {
+    const settle = (error: unknown, result?: unknown) => {
       if (settled) return
       settled = true
-      ticket?.settle(error)
+      ticket?.(error)
       const text = q.statement?.string ?? (typeof q.strings === 'string' ? q.strings : q.strings.join('$?'))
       const { operation, table } = summarizeStatement(text)
       span.updateName(table === '' ? operation : `${operation} ${table}`)
@@ -107,11 +107,13 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
         if (typeof code === 'string') span.setAttribute('db.response.status_code', code)
       }
       span.end()
-      observe?.finished({ operation, table, durationMs: performance.now() - started, error })
+      // Rows returned (or affected: postgres.js's count) by the statement.
+      const rows = Array.isArray(result) ? result.length : Number((result as { count?: unknown } | undefined)?.count ?? 0)
+      observe?.finished({ operation, table, text, rows, durationMs: performance.now() - started, error })
     }
     const resolve = q.resolve
     const reject = q.reject
-    q.resolve = (value) => { settle(undefined); return resolve(value) }
+    q.resolve = (value) => { settle(undefined, value); return resolve(value) }
     q.reject = (error) => { settle(error); return reject(error) }
     try {
       return execute(q)
@@ -150,6 +152,12 @@ export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attribute
           return Reflect.apply(value, target, [...args, (tx: TransactionSql) => callback(instrumentSql(tx, attributes, observe))])
         }
       }
+      if (property === 'end' && breaker !== undefined) {
+        return (...args: unknown[]) => {
+          breaker.stop()
+          return Reflect.apply(value, target, args)
+        }
+      }
       if (property === 'reserve' && breaker !== undefined) {
         return (...args: unknown[]) => {
           if (breaker.refusing()) {
@@ -184,24 +192,27 @@ export function createSql (options: DatabaseOptions, url = options.url, pool: 'p
     onnotice: () => {},
     connection: { application_name: 'ledger-api' }
   })
+  const breaker = createBreaker(options, pool, sql)
   return instrumentSql(sql, {
     'db.system': 'postgresql',
     'db.system.name': 'postgresql',
     'db.namespace': parsed.pathname.slice(1),
     'server.address': parsed.hostname,
     'server.port': Number(parsed.port || 5432)
-  }, options.observeQuery, createBreaker(options, pool))
+  }, options.observeQuery, breaker)
 }
 
-function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica'): CircuitBreaker | undefined {
+function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', sql: Sql): CircuitBreaker | undefined {
   const circuit = options.circuit
   if (circuit === undefined) return undefined
   return new CircuitBreaker({
     failureThreshold: circuit.failureThreshold,
     openMs: circuit.openMs,
-    // A probe is bounded by the connect timeout; past it (plus slack) it no longer holds the half-open slot.
+    // The probe is bounded by the connect timeout (and postgres.js's reconnect backoff, at most 0.5 s).
     probeTimeoutMs: options.connectTimeoutS * 1000 + 1000,
     isConnectionFailure: isConnectionError,
+    // Through the pool itself but not through instrumentSql: no span, not a statement in flight, not refused.
+    probe: () => sql`select 1`,
     onStateChange: (state) => circuit.onStateChange?.(pool, state)
   })
 }

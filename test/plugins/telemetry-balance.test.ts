@@ -135,53 +135,57 @@ t.test('a pool shut down with statements running and queued: the count returns t
   t.equal(openSpans().length, 0, 'no span open')
 })
 
-t.test('the breaker: opens after N connection failures in a row, refuses, lets one probe through, closes on an answer', async (t) => {
-  let now = 0
+t.test('the breaker: opens after N connection failures in a row, refuses, probes in the background, closes on an answer', async (t) => {
   const states: string[] = []
-  const breaker = new CircuitBreaker({
-    failureThreshold: 3,
-    openMs: 100,
-    probeTimeoutMs: 1000,
-    isConnectionFailure: isConnectionError,
-    now: () => now,
-    onStateChange: (s) => states.push(s)
-  })
   const refused = Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })
   const timeout = Object.assign(new Error('statement timeout'), { code: '57014' })
+  let probeAnswer: () => Promise<unknown> = () => Promise.reject(refused)
+  let probes = 0
+  const breaker = new CircuitBreaker({
+    failureThreshold: 3,
+    openMs: 30,
+    probeTimeoutMs: 200,
+    isConnectionFailure: isConnectionError,
+    probe: () => { probes++; return probeAnswer() },
+    onStateChange: (s) => states.push(s)
+  })
+  t.teardown(() => breaker.stop())
+  const admit = () => {
+    const settle = breaker.admit()
+    if (settle === false) throw new Error('refused')
+    return settle
+  }
   // Statement timeouts and SQL errors are answers from the database: they never open it.
-  for (let i = 0; i < 10; i++) (breaker.admit() as { settle: (e: unknown) => void }).settle(timeout)
+  for (let i = 0; i < 10; i++) admit()(timeout)
   t.equal(breaker.state, 'closed', 'statement timeouts do not count')
-  const tickets = [breaker.admit(), breaker.admit(), breaker.admit()]
-  tickets[0] && tickets[0].settle(refused)
-  tickets[0] && tickets[0].settle(refused) // settled twice by postgres.js: counted once
-  tickets[1] && tickets[1].settle(undefined) // a success in between resets the run
+  const early = [admit(), admit(), admit()]
+  early[0]!(refused)
+  early[0]!(refused) // settled twice by postgres.js: counted once
+  early[1]!(undefined) // a success in between resets the run
   t.equal(breaker.state, 'closed')
-  for (let i = 0; i < 3; i++) (breaker.admit() as { settle: (e: unknown) => void }).settle(refused)
+  for (let i = 0; i < 3; i++) admit()(refused)
   t.equal(breaker.state, 'open', 'three in a row open it')
   t.equal(breaker.admit(), false, 'open: refused')
-  tickets[2] && tickets[2].settle(undefined)
+  early[2]!(undefined)
   t.equal(breaker.state, 'open', 'a statement admitted before it opened does not close it')
-  now = 100
-  const probe = breaker.admit()
-  t.ok(probe !== false && probe.probe, 'after openMs one probe goes through')
-  t.equal(breaker.admit(), false, 'and only one')
-  probe && probe.settle(refused)
+  t.equal(probes, 0, 'no probe before openMs')
+  await sleep(45)
+  t.equal(probes, 1, 'one probe after openMs')
   t.equal(breaker.state, 'open', 'a failed probe opens it again')
-  now = 150
-  t.equal(breaker.admit(), false, 'for another openMs')
-  now = 200
-  const second = breaker.admit()
-  second && second.settle(Object.assign(new Error('duplicate'), { code: '23505' }))
-  t.equal(breaker.state, 'closed', 'any answer from the database closes it')
-  t.same(states, ['open', 'half_open', 'open', 'half_open', 'closed'])
-  now = 300
-  for (let i = 0; i < 3; i++) (breaker.admit() as { settle: (e: unknown) => void }).settle(refused)
-  now = 400
-  t.ok(breaker.admit() !== false, 'a probe whose answer never comes')
-  now = 1000
-  t.equal(breaker.admit(), false, 'holds the slot until probeTimeoutMs')
-  now = 1500
-  t.ok(breaker.admit() !== false, 'then the next statement probes')
+  t.equal(breaker.admit(), false)
+  const until = async (done: () => boolean) => {
+    for (let i = 0; i < 200 && !done(); i++) await sleep(5)
+    return done()
+  }
+  probeAnswer = () => new Promise(() => {}) // a probe whose answer never comes
+  t.ok(await until(() => probes === 2 && breaker.state === 'half_open'), 'the next probe is sent')
+  probeAnswer = () => Promise.reject(Object.assign(new Error('duplicate'), { code: '23505' }))
+  t.ok(await until(() => breaker.state === 'open'), 'a probe with no answer within probeTimeoutMs counts as failed')
+  t.ok(await until(() => breaker.state === 'closed'), 'any answer from the database closes it')
+  t.equal(probes, 3)
+  t.ok(breaker.admit() !== false, 'statements go through again')
+  t.same(states.slice(0, 3), ['open', 'half_open', 'open'])
+  t.equal(states.at(-1), 'closed')
   t.ok(isUnavailableError(new CircuitOpenError()), 'a refused statement is a 503')
 })
 
