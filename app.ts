@@ -8,7 +8,7 @@ import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
-import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
+import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
 import readRouterPlugin from './plugins/read-router.ts'
@@ -115,9 +115,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     },
     observeQuery: {
       refused: () => metrics.dbCircuitRefused.inc(),
-      started: () => metrics.dbStatementsInFlight.inc(),
-      finished: ({ operation, table, durationMs, error }) => {
+      started: () => {
+        metrics.dbStatementsInFlight.inc()
+        // The request's statement tally (N+1 evidence), taken while still in the caller's async context.
+        return currentStatementTally()
+      },
+      finished: ({ operation, table, text, rows, durationMs, error, context }) => {
         metrics.dbStatementsInFlight.dec()
+        tallyStatement(context as StatementTally | undefined, text, rows)
         metrics.dbQueryDuration.observe({ statement: table === '' ? operation : `${operation} ${table}`, outcome: error === undefined ? 'ok' : 'error' }, durationMs / 1000)
         if (isUnavailableError(error)) metrics.dependencyErrors.inc({ dependency: 'postgres', operation })
       }

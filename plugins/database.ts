@@ -21,8 +21,9 @@ export type TransactionSql = postgres.TransactionSql
 
 /** Hooks for metrics: called when a statement is sent and when it is answered. */
 export interface QueryObserver {
-  started: () => void
-  finished: (event: { operation: string, table: string, text: string, rows: number, durationMs: number, error: unknown }) => void
+  /** Runs in the caller's async context; what it returns comes back to finished() as `context`. */
+  started: () => unknown
+  finished: (event: { operation: string, table: string, text: string, rows: number, durationMs: number, error: unknown, context: unknown }) => void
   /** A statement the circuit breaker refused without sending it (it never started). */
   refused?: () => void
 }
@@ -90,7 +91,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
       return q.reject(new CircuitOpenError())
     }
     const started = performance.now()
-    observe?.started()
+    const context = observe?.started()
     const span = tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes })
     let settled = false
     const settle = (error: unknown, result?: unknown) => {
@@ -109,7 +110,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
       span.end()
       // Rows returned (or affected: postgres.js's count) by the statement.
       const rows = Array.isArray(result) ? result.length : Number((result as { count?: unknown } | undefined)?.count ?? 0)
-      observe?.finished({ operation, table, text, rows, durationMs: performance.now() - started, error })
+      observe?.finished({ operation, table, text, rows, durationMs: performance.now() - started, error, context })
     }
     const resolve = q.resolve
     const reject = q.reject

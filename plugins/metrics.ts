@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -10,7 +11,62 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     inFlightCounted: boolean
+    statementTally: StatementTally | undefined
   }
+}
+
+/** One statement shape within one request: when it first ran, how often, and the rows of each run. */
+interface ShapeTally {
+  order: number
+  count: number
+  rows: number
+}
+
+/** The statements one request ran, by shape (the SQL text with $n placeholders). */
+export interface StatementTally {
+  shapes: Map<string, ShapeTally>
+}
+
+const requestStatements = new AsyncLocalStorage<StatementTally>()
+
+/**
+ * The tally of the request whose async context this runs in: call it when a statement is sent (postgres.js
+ * settles statements in its connection's context, not the caller's). Outside any request (startup, pollers): none.
+ */
+export const currentStatementTally = (): StatementTally | undefined => requestStatements.getStore()
+
+/** Records a finished statement in the tally of the request that sent it. */
+export function tallyStatement (tally: StatementTally | undefined, text: string, rows: number) {
+  if (tally === undefined) return
+  const { shapes } = tally
+  const shape = shapes.get(text)
+  if (shape === undefined) shapes.set(text, { order: shapes.size, count: 1, rows })
+  else {
+    shape.count++
+    shape.rows += rows
+  }
+}
+
+const shapeLabel = (text: string) => text.replace(/\s+/g, ' ').trim().slice(0, 200)
+
+/**
+ * N+1 evidence from one request: a statement shape S that ran at least 3 times, after another shape L whose rows
+ * add up to S's runs (allowing one look-ahead row per run of L, as the keyset pages fetch): S ran once per row of
+ * L. Statements that merely ran as often as each other across requests are never related here.
+ */
+export function nPlusOnes (tally: StatementTally): Array<{ statement: string, rowsOf: string }> {
+  const found: Array<{ statement: string, rowsOf: string }> = []
+  for (const [text, shape] of tally.shapes) {
+    if (shape.count < 3) continue
+    for (const [listText, list] of tally.shapes) {
+      if (list === shape || list.order > shape.order) continue
+      if (list.rows >= shape.count && list.rows <= shape.count + list.count) {
+        found.push({ statement: shapeLabel(text), rowsOf: shapeLabel(listText) })
+        break
+      }
+    }
+  }
+  return found
 }
 
 /** Every metric the service exports, on a registry of its own so two apps in one process do not collide. */
@@ -36,6 +92,12 @@ export function createMetrics () {
       name: 'ledger_http_requests_aborted_total',
       help: 'Requests whose connection closed before their response was sent (client gone, request timeout).',
       labelNames: ['method', 'route'] as const,
+      registers: [registry]
+    }),
+    dbNPlusOne: new Counter({
+      name: 'ledger_db_n_plus_one_total',
+      help: 'Requests in which a statement ran once per row returned by an earlier statement of the same request (N+1), by route and statement text.',
+      labelNames: ['route', 'statement', 'rows_of'] as const,
       registers: [registry]
     }),
     cacheRequests: new Counter({
@@ -114,7 +176,9 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   // request) runs. The raw response's 'close' event fires once on every path: finished, client gone, request
   // timeout, server closing the socket. onResponse and onRequestAbort stay as earlier exits; the flag makes the
   // three one.
-  app.addHook('onRequest', async (request, reply) => {
+  app.decorateRequest('statementTally', undefined)
+  // A callback hook, so the rest of the lifecycle (and the SQL it sends) runs inside the request's tally.
+  app.addHook('onRequest', (request, reply, next) => {
     request.inFlightCounted = true
     metrics.httpInFlight.inc()
     // Not writableFinished: app.inject's response never sets it. 'finish' comes before 'close' on every transport.
@@ -126,11 +190,19 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
       }
       done(request)
     })
+    const tally: StatementTally = { shapes: new Map() }
+    request.statementTally = tally
+    requestStatements.run(tally, next)
   })
   const done = (request: FastifyRequest) => {
     if (!request.inFlightCounted) return
     request.inFlightCounted = false
     metrics.httpInFlight.dec()
+    const tally = request.statementTally
+    if (tally === undefined || tally.shapes.size < 2) return
+    request.statementTally = undefined
+    const route = request.routeOptions.url ?? 'unmatched'
+    for (const { statement, rowsOf } of nPlusOnes(tally)) metrics.dbNPlusOne.inc({ route, statement, rows_of: rowsOf })
   }
   app.addHook('onResponse', async (request, reply) => {
     done(request)

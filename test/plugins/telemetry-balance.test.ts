@@ -8,6 +8,7 @@ import type { App } from '../../app.ts'
 import { CircuitBreaker, CircuitOpenError } from '../../plugins/circuit-breaker.ts'
 import { createSql, type QueryObserver } from '../../plugins/database.ts'
 import { isConnectionError, isUnavailableError } from '../../plugins/errors.ts'
+import { nPlusOnes, tallyStatement } from '../../plugins/metrics.ts'
 import { buildTestApp, createUser, fund, openSpans } from '../helper.ts'
 
 const gauge = async (app: App, name: 'httpInFlight' | 'dbStatementsInFlight') => (await app.metrics[name].get()).values[0]?.value ?? 0
@@ -211,4 +212,19 @@ t.test('a pool whose breaker is open answers at once and counts nothing in fligh
   t.equal(c.inFlight, 0)
   const tx = await sql.begin(async () => 'never').then(() => undefined, (error: unknown) => error)
   t.ok(tx instanceof CircuitOpenError, 'begin is refused too')
+})
+
+t.test('N+1 evidence is per request: a statement run once per row of an earlier one, and nothing else', async (t) => {
+  const tally = (runs: Array<[string, number]>) => {
+    const shapes = { shapes: new Map() }
+    for (const [text, rows] of runs) tallyStatement(shapes, text, rows)
+    return nPlusOnes(shapes)
+  }
+  const lookups = Array.from({ length: 10 }, (): [string, number] => ['select name from users where id = $1', 1])
+  t.same(tally([['select id, author_id from posts where user_id = $1 limit $2', 11], ...lookups]),
+    [{ statement: 'select name from users where id = $1', rowsOf: 'select id, author_id from posts where user_id = $1 limit $2' }],
+    'ten lookups after a page of ten posts and its look-ahead row')
+  t.same(tally([...lookups, ['select id from posts where user_id = $1', 10]]), [], 'not when the list ran after them')
+  t.same(tally([['select id from posts where user_id = $1', 4], ...lookups]), [], 'not when the rows do not match the runs')
+  t.same(tally([['select * from post_transaction($1)', 1], ['select balance from balances where user_id = $1', 2]]), [], 'single statements never')
 })
