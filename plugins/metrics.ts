@@ -136,6 +136,8 @@ export function createMetrics () {
       name: 'ledger_db_circuit_state',
       help: 'The database circuit breaker of each pool: 0 closed (statements sent), 1 half-open (one probe), 2 open (refusing).',
       labelNames: ['pool'] as const,
+      // With several workers (cluster.ts sums their metrics) the worst worker's state, not a sum of states.
+      aggregator: 'max',
       registers: [registry]
     }),
     dbCircuitRefused: new Counter({
