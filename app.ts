@@ -108,9 +108,12 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     circuit: {
       failureThreshold: config.DATABASE_CIRCUIT_FAILURES,
       openMs: config.DATABASE_CIRCUIT_OPEN_MS,
-      onStateChange: (pool, state) => {
+      onStateChange: (pool, state, previous) => {
         metrics.dbCircuitState.set({ pool }, circuitStateValue[state])
-        app.log[state === 'open' ? 'warn' : 'info']({ pool, state }, `database circuit breaker ${state.replace('_', '-')}`)
+        // One warning when it opens and one line when it closes; the probes in between (every openMs) at debug.
+        if (state === 'open' && previous === 'closed') app.log.warn({ pool }, 'database circuit breaker open: statements are refused until a probe succeeds')
+        else if (state === 'closed') app.log.info({ pool }, 'database circuit breaker closed: the database answers again')
+        else app.log.debug({ pool, state }, `database circuit breaker ${state.replace('_', '-')}`)
       }
     },
     observeQuery: {

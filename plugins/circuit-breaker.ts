@@ -24,7 +24,7 @@ export interface BreakerOptions {
   isConnectionFailure: (error: unknown) => boolean
   /** Sends one statement through the pool; resolves when the database answered. */
   probe: () => Promise<unknown>
-  onStateChange?: (state: BreakerState) => void
+  onStateChange?: (state: BreakerState, previous: BreakerState) => void
 }
 
 /** The error a refused statement rejects with; errors.ts maps its code to 503 with Retry-After. */
@@ -117,7 +117,8 @@ export class CircuitBreaker {
 
   private transition (state: BreakerState) {
     if (this.state === state) return
+    const previous = this.state
     this.state = state
-    this.options.onStateChange?.(state)
+    this.options.onStateChange?.(state, previous)
   }
 }

@@ -34,7 +34,7 @@ export interface CircuitOptions {
   /** How long it stays open before one probe statement goes through. */
   openMs: number
   /** Told when a pool's breaker changes state. */
-  onStateChange?: (pool: 'primary' | 'replica', state: BreakerState) => void
+  onStateChange?: (pool: 'primary' | 'replica', state: BreakerState, previous: BreakerState) => void
 }
 
 export interface DatabaseOptions {
@@ -214,7 +214,7 @@ function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', s
     isConnectionFailure: isConnectionError,
     // Through the pool itself but not through instrumentSql: no span, not a statement in flight, not refused.
     probe: () => sql`select 1`,
-    onStateChange: (state) => circuit.onStateChange?.(pool, state)
+    onStateChange: (state, previous) => circuit.onStateChange?.(pool, state, previous)
   })
 }
 

@@ -171,15 +171,15 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   const { metrics } = options
   app.decorate('metrics', metrics)
   app.decorateRequest('inFlightCounted', false)
+  app.decorateRequest('statementTally', undefined)
 
   // In flight from onRequest until the response is finished or its connection is gone, counted down exactly once.
   // Fastify runs onResponse only for a response that finished; when the client goes away after sending its whole
   // body (a load generator closing its sockets), neither onResponse nor onRequestAbort (which needs an incomplete
   // request) runs. The raw response's 'close' event fires once on every path: finished, client gone, request
   // timeout, server closing the socket. onResponse and onRequestAbort stay as earlier exits; the flag makes the
-  // three one.
-  app.decorateRequest('statementTally', undefined)
-  // A callback hook, so the rest of the lifecycle (and the SQL it sends) runs inside the request's tally.
+  // three one. A callback hook, so the rest of the lifecycle (and the SQL it sends) runs inside the request's
+  // statement tally (the N+1 evidence).
   app.addHook('onRequest', (request, reply, next) => {
     request.inFlightCounted = true
     metrics.httpInFlight.inc()
