@@ -1,5 +1,5 @@
-import { AsyncLocalStorage } from 'node:async_hooks'
 import { timingSafeEqual } from 'node:crypto'
+import { context, createContextKey } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
@@ -27,13 +27,17 @@ export interface StatementTally {
   shapes: Map<string, ShapeTally>
 }
 
-const requestStatements = new AsyncLocalStorage<StatementTally>()
+/**
+ * Where a request's tally travels: in the OpenTelemetry context that plugins/tracing.ts already carries through
+ * the request's lifecycle (no second async-context store per request).
+ */
+export const statementTallyKey = createContextKey('ledger-api statement tally')
 
 /**
  * The tally of the request whose async context this runs in: call it when a statement is sent (postgres.js
  * settles statements in its connection's context, not the caller's). Outside any request (startup, pollers): none.
  */
-export const currentStatementTally = (): StatementTally | undefined => requestStatements.getStore()
+export const currentStatementTally = (): StatementTally | undefined => context.active().getValue(statementTallyKey) as StatementTally | undefined
 
 /** Records a finished statement in the tally of the request that sent it. */
 export function tallyStatement (tally: StatementTally | undefined, text: string, rows: number) {
@@ -178,9 +182,8 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   // body (a load generator closing its sockets), neither onResponse nor onRequestAbort (which needs an incomplete
   // request) runs. The raw response's 'close' event fires once on every path: finished, client gone, request
   // timeout, server closing the socket. onResponse and onRequestAbort stay as earlier exits; the flag makes the
-  // three one. A callback hook, so the rest of the lifecycle (and the SQL it sends) runs inside the request's
-  // statement tally (the N+1 evidence).
-  app.addHook('onRequest', (request, reply, next) => {
+  // three one.
+  app.addHook('onRequest', async (request, reply) => {
     request.inFlightCounted = true
     metrics.httpInFlight.inc()
     // Not writableFinished: app.inject's response never sets it. 'finish' comes before 'close' on every transport.
@@ -192,9 +195,8 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
       }
       done(request)
     })
-    const tally: StatementTally = { shapes: new Map() }
-    request.statementTally = tally
-    requestStatements.run(tally, next)
+    // The request's statements (N+1 evidence); plugins/tracing.ts puts it into the request's context.
+    request.statementTally = { shapes: new Map() }
   })
   const done = (request: FastifyRequest) => {
     if (!request.inFlightCounted) return

@@ -1,6 +1,7 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { statementTallyKey } from './metrics.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -62,7 +63,9 @@ async function tracingPlugin (app: FastifyInstance) {
     const { traceId, spanId } = span.spanContext()
     request.log = request.log.child({ trace_id: traceId, span_id: spanId })
     if (logsRequests) request.log.info({ req: request }, 'incoming request')
-    context.with(trace.setSpan(parent, span), done)
+    const active = trace.setSpan(parent, span)
+    // The metrics plugin's per-request statement tally rides in the same context to every statement sent.
+    context.with(request.statementTally === undefined ? active : active.setValue(statementTallyKey, request.statementTally), done)
   })
 
   // The server span ends exactly once: in onResponse for a response that was sent, otherwise when the connection
