@@ -85,6 +85,30 @@ t.test('500 connections posting transfers, closed by the load generator at the e
   t.same(left, { http: 0, db: 0, spans: [] }, 'http and db in flight back to 0, no span open')
 })
 
+t.test('a client that stalls mid-body is cut at REQUEST_TIMEOUT_MS: gauges back to 0, span ended', async (t) => {
+  const app = await buildTestApp(t, { REQUEST_TIMEOUT_MS: '1000' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const user = await createUser(app)
+  const closed = await new Promise<number>((resolve) => {
+    const started = performance.now()
+    const socket = connect(port, '127.0.0.1', () => {
+      // Headers promise 100 bytes of body; 10 arrive and the rest never does.
+      socket.write(`POST /transactions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: ${user.authorization}\r\n` +
+        'idempotency-key: stalled-1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"kind":"t')
+    })
+    socket.on('error', () => {})
+    // Node answers 408 (and may keep the socket open until the client closes it) or closes it.
+    const cut = () => { resolve(performance.now() - started); socket.destroy() }
+    socket.on('data', cut)
+    socket.on('close', cut)
+    setTimeout(() => socket.destroy(), 10_000).unref()
+  })
+  t.ok(closed < 5000, `the server cut the stalled request (${Math.round(closed)} ms)`)
+  const left = await settled(app)
+  t.same(left, { http: 0, db: 0, spans: [] }, 'http and db in flight are 0 and no span is open')
+})
+
 /** A loopback port nobody listens on. */
 async function closedPort (): Promise<number> {
   const { createServer } = await import('node:net')
