@@ -11,7 +11,7 @@ import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './p
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
-import metricsPlugin, { createMetrics, type Metrics } from './plugins/metrics.ts'
+import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
 import readRouterPlugin from './plugins/read-router.ts'
@@ -38,6 +38,8 @@ export interface BuildOptions {
   /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
   metrics?: Metrics
 }
+
+const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
 
 const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -94,6 +96,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(errorsPlugin)
   await app.register(gracefulClosePlugin)
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
+  metrics.dbCircuitState.set({ pool: 'primary' }, 0)
+  if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
   await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
   await app.register(tracingPlugin)
   await app.register(underPressurePlugin, {
@@ -108,10 +112,27 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     max: config.DATABASE_POOL_MAX,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
+    circuit: {
+      failureThreshold: config.DATABASE_CIRCUIT_FAILURES,
+      openMs: config.DATABASE_CIRCUIT_OPEN_MS,
+      onStateChange: (pool, state, previous) => {
+        metrics.dbCircuitState.set({ pool }, circuitStateValue[state])
+        // One warning when it opens and one line when it closes; the probes in between (every openMs) at debug.
+        if (state === 'open' && previous === 'closed') app.log.warn({ pool }, 'database circuit breaker open: statements are refused until a probe succeeds')
+        else if (state === 'closed') app.log.info({ pool }, 'database circuit breaker closed: the database answers again')
+        else app.log.debug({ pool, state }, `database circuit breaker ${state.replace('_', '-')}`)
+      }
+    },
     observeQuery: {
-      started: () => metrics.dbStatementsInFlight.inc(),
-      finished: ({ operation, table, durationMs, error }) => {
+      refused: () => metrics.dbCircuitRefused.inc(),
+      started: () => {
+        metrics.dbStatementsInFlight.inc()
+        // The request's statement tally (N+1 evidence), taken while still in the caller's async context.
+        return currentStatementTally()
+      },
+      finished: ({ operation, table, text, rows, durationMs, error, context }) => {
         metrics.dbStatementsInFlight.dec()
+        tallyStatement(context as StatementTally | undefined, text, rows)
         metrics.dbQueryDuration.observe({ statement: table === '' ? operation : `${operation} ${table}`, outcome: error === undefined ? 'ok' : 'error' }, durationMs / 1000)
         if (isUnavailableError(error)) metrics.dependencyErrors.inc({ dependency: 'postgres', operation })
       }

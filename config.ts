@@ -46,6 +46,10 @@ const schema = z.object({
   DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(100).optional(),
   DATABASE_IDLE_TIMEOUT_S: z.coerce.number().int().min(0).default(30),
   DATABASE_CONNECT_TIMEOUT_S: z.coerce.number().int().min(1).max(60).default(5),
+  // The circuit breaker of each pool (plugins/circuit-breaker.ts): connection failures in a row that open it, and
+  // how long it refuses statements (503 at once) before one probe statement goes through.
+  DATABASE_CIRCUIT_FAILURES: z.coerce.number().int().min(1).max(1000).default(5),
+  DATABASE_CIRCUIT_OPEN_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   // Optional streaming replica for list and feed reads; the caller's reads stay on the primary for
   // READ_YOUR_WRITES_S seconds after each of their writes.
   DATABASE_REPLICA_URL: url(['postgres:', 'postgresql:']).optional(),

@@ -165,7 +165,30 @@ async function measure (specs: Array<{ connections: number, requests: autocannon
   const load = summarize(results, recorder, (performance.now() - began) / 1000)
   const samples = await s.stop()
   if (server.child.exitCode !== null) throw new Error(`the API exited with ${server.child.exitCode} during a run`)
+  if (server === api) await checkInFlightSettled(specs.map((spec) => spec.route).join(' + '))
   return { load, samples }
+}
+
+/**
+ * After each run against the API (autocannon closes its connections at the end, some with requests in flight):
+ * every `*_in_flight` gauge returns to 0 within a few seconds, the scrape itself aside (issue 22). A gauge that
+ * stays up, or goes negative, is a leak in the accounting that would page someone during an incident.
+ */
+const inFlightLeaks: string[] = []
+async function checkInFlightSettled (label: string, timeoutMs = 5000) {
+  const started = performance.now()
+  let gauges: Record<string, number> = {}
+  while (performance.now() - started < timeoutMs) {
+    const text = await (await fetch(`${api.url}/metrics`)).text()
+    gauges = {}
+    for (const match of text.matchAll(/^([a-z_:]+_in_flight)(?:\{[^}]*\})? (\S+)$/gm)) gauges[match[1]!] = (gauges[match[1]!] ?? 0) + Number(match[2])
+    // The scrape is itself a request in flight.
+    if (gauges.ledger_http_requests_in_flight !== undefined) gauges.ledger_http_requests_in_flight -= 1
+    if (Object.values(gauges).every((value) => value === 0)) return
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  inFlightLeaks.push(`${label}: ${JSON.stringify(gauges)}`)
+  log(`in-flight gauges did not return to 0 after ${label}: ${JSON.stringify(gauges)}`)
 }
 
 function record (id: string, scenario: string, label: string, connections: number, m: Measured, notes: string[] = [], overallRate?: number): RunRecord {
@@ -641,8 +664,20 @@ comparisons.unshift(compare({
   target: { op: '==', value: 0 },
   note: `${errorsTotal} socket errors/timeouts, ${fivexx} 5xx`
 }))
-const peakPg = Math.max(0, ...apiRuns.map((r) => r.samples?.peakPgConnections ?? 0))
 comparisons.splice(1, 0, compare({
+  id: 'in-flight-settled',
+  label: 'runs after which an *_in_flight gauge stayed above or below 0',
+  measured: 'every run against the API',
+  reference: '',
+  measuredValue: inFlightLeaks.length,
+  referenceValue: 0,
+  value: inFlightLeaks.length,
+  unit: 'count',
+  target: { op: '==', value: 0 },
+  note: inFlightLeaks.length === 0 ? 'each gauge back to 0 within 5 s of the load generator closing its connections' : inFlightLeaks.join('; ')
+}))
+const peakPg = Math.max(0, ...apiRuns.map((r) => r.samples?.peakPgConnections ?? 0))
+comparisons.splice(2, 0, compare({
   id: 'peak-pg',
   label: 'peak PostgreSQL server connections (client backends of the bench database)',
   measured: 'max over scenarios',
@@ -658,7 +693,7 @@ const post = findRun('post-transactions')
 const ceiling = findBaseline('pgbench-one-statement')
 const ours = findBaseline('pgbench-post-transaction')
 if (post !== undefined) {
-  comparisons.splice(2, 0, compare({
+  comparisons.splice(3, 0, compare({
     id: 'post-rps',
     label: 'POST /transactions at 1,000 connections',
     measured: post.label,
@@ -671,7 +706,7 @@ if (post !== undefined) {
     note: `p99 ${post.load.latency.p99.toFixed(0)} ms`
   }))
   if (ceiling !== undefined) {
-    comparisons.splice(3, 0, compare({
+    comparisons.splice(4, 0, compare({
       id: 'post-vs-ceiling',
       label: 'POST /transactions vs pgbench one-statement ceiling',
       measured: post.label,
@@ -686,7 +721,7 @@ if (post !== undefined) {
     chartPairs.unshift({ check: 'POST /transactions vs pgbench one-statement', measuredName: post.label, measured: post.load.rps, referenceName: ceiling.label, reference: ceiling.rps, target: 0.8 })
   }
   if (ours !== undefined) {
-    comparisons.splice(4, 0, compare({
+    comparisons.splice(5, 0, compare({
       id: 'post-vs-statement',
       label: 'POST /transactions vs pgbench post_transaction()',
       measured: post.label,

@@ -2,6 +2,8 @@ import { SpanKind, SpanStatusCode, trace, type Attributes } from '@opentelemetry
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import postgres from 'postgres'
+import { CircuitBreaker, CircuitOpenError, type BreakerState } from './circuit-breaker.ts'
+import { isConnectionError } from './errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -19,8 +21,20 @@ export type TransactionSql = postgres.TransactionSql
 
 /** Hooks for metrics: called when a statement is sent and when it is answered. */
 export interface QueryObserver {
-  started: () => void
-  finished: (event: { operation: string, table: string, durationMs: number, error: unknown }) => void
+  /** Runs in the caller's async context; what it returns comes back to finished() as `context`. */
+  started: () => unknown
+  finished: (event: { operation: string, table: string, text: string, rows: number, durationMs: number, error: unknown, context: unknown }) => void
+  /** A statement the circuit breaker refused without sending it (it never started). */
+  refused?: () => void
+}
+
+export interface CircuitOptions {
+  /** Connection failures in a row that open the breaker. */
+  failureThreshold: number
+  /** How long it stays open before one probe statement goes through. */
+  openMs: number
+  /** Told when a pool's breaker changes state. */
+  onStateChange?: (pool: 'primary' | 'replica', state: BreakerState, previous: BreakerState) => void
 }
 
 export interface DatabaseOptions {
@@ -31,6 +45,8 @@ export interface DatabaseOptions {
   idleTimeoutS: number
   connectTimeoutS: number
   observeQuery?: QueryObserver
+  /** Fail fast while the database is unreachable (one breaker per pool); unset, every statement is sent. */
+  circuit?: CircuitOptions
 }
 
 const tracer = trace.getTracer('ledger-api/database')
@@ -58,15 +74,30 @@ interface RunnableQuery {
  * handler (called once, when the statement is actually sent) is wrapped: the span starts there, in the caller's
  * async context, and ends when the connection settles the query. Fragments that are never executed get no span.
  * The statement text carries $n placeholders only; parameter values never reach the span.
+ *
+ * The span, the in-flight count and the breaker's ticket are settled exactly once per started statement:
+ * postgres.js can reject one query twice (a failed connect rejects both the connection's current query and its
+ * initial one, which may be the same object), and a statement the breaker refuses never starts at all.
  */
-function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryObserver | undefined): Q {
+function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryObserver | undefined, breaker: CircuitBreaker | undefined): Q {
   const query = pending as unknown as RunnableQuery
   const execute = query.handler
+  // A Builder (sql(values), sql(identifier)) or a fragment is not a statement: it has no handler of its own.
+  if (typeof execute !== 'function') return pending
   query.handler = (q) => {
+    const ticket = breaker?.admit()
+    if (ticket === false) {
+      observe?.refused?.()
+      return q.reject(new CircuitOpenError())
+    }
     const started = performance.now()
-    observe?.started()
+    const context = observe?.started()
     const span = tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes })
-    const settle = (error: unknown) => {
+    let settled = false
+    const settle = (error: unknown, result?: unknown) => {
+      if (settled) return
+      settled = true
+      ticket?.(error)
       const text = q.statement?.string ?? (typeof q.strings === 'string' ? q.strings : q.strings.join('$?'))
       const { operation, table } = summarizeStatement(text)
       span.updateName(table === '' ? operation : `${operation} ${table}`)
@@ -77,33 +108,64 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
         if (typeof code === 'string') span.setAttribute('db.response.status_code', code)
       }
       span.end()
-      observe?.finished({ operation, table, durationMs: performance.now() - started, error })
+      // Rows returned (or affected: postgres.js's count) by the statement.
+      const rows = Array.isArray(result) ? result.length : Number((result as { count?: unknown } | undefined)?.count ?? 0)
+      observe?.finished({ operation, table, text, rows, durationMs: performance.now() - started, error, context })
     }
     const resolve = q.resolve
     const reject = q.reject
-    q.resolve = (value) => { settle(undefined); return resolve(value) }
+    q.resolve = (value) => { settle(undefined, value); return resolve(value) }
     q.reject = (error) => { settle(error); return reject(error) }
-    return execute(q)
+    try {
+      return execute(q)
+    } catch (error) {
+      // Not expected from postgres.js, but a throw here must not leave the statement counted forever.
+      q.reject(error)
+      return undefined
+    }
   }
   return pending
 }
 
-/** Returns a `sql` that behaves exactly like postgres.js's, with a span per executed statement. */
-export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attributes: Attributes, observe?: QueryObserver): S {
+/**
+ * Returns a `sql` that behaves exactly like postgres.js's, with a span per executed statement. With a breaker,
+ * statements (and `begin`/`reserve`, which take a connection) are refused while it is open; the statements of a
+ * transaction already hold their connection and are never refused.
+ */
+export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attributes: Attributes, observe?: QueryObserver, breaker?: CircuitBreaker): S {
   return new Proxy(sql, {
     apply (target, thisArg, args) {
-      return traceQuery(Reflect.apply(target, thisArg, args), attributes, observe)
+      return traceQuery(Reflect.apply(target, thisArg, args), attributes, observe, breaker)
     },
     get (target, property, receiver) {
       const value: unknown = Reflect.get(target, property, receiver)
       if (typeof value !== 'function') return value
       if (property === 'unsafe') {
-        return (...args: unknown[]) => traceQuery(Reflect.apply(value, target, args), attributes, observe)
+        return (...args: unknown[]) => traceQuery(Reflect.apply(value, target, args), attributes, observe, breaker)
       }
       if (property === 'begin' || property === 'savepoint') {
         return (...args: unknown[]) => {
+          if (breaker?.refusing() === true) {
+            observe?.refused?.()
+            return Promise.reject(new CircuitOpenError())
+          }
           const callback = args.pop() as (tx: TransactionSql) => unknown
           return Reflect.apply(value, target, [...args, (tx: TransactionSql) => callback(instrumentSql(tx, attributes, observe))])
+        }
+      }
+      if (property === 'end' && breaker !== undefined) {
+        return (...args: unknown[]) => {
+          breaker.stop()
+          return Reflect.apply(value, target, args)
+        }
+      }
+      if (property === 'reserve' && breaker !== undefined) {
+        return (...args: unknown[]) => {
+          if (breaker.refusing()) {
+            observe?.refused?.()
+            return Promise.reject(new CircuitOpenError())
+          }
+          return Reflect.apply(value, target, args)
         }
       }
       return value
@@ -111,7 +173,7 @@ export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attribute
   })
 }
 
-export function createSql (options: DatabaseOptions, url = options.url): Sql {
+export function createSql (options: DatabaseOptions, url = options.url, pool: 'primary' | 'replica' = 'primary'): Sql {
   const parsed = new URL(url)
   const sql = postgres(url, {
     // PgBouncer 1.18 in transaction mode cannot keep prepared statements across transactions.
@@ -131,18 +193,34 @@ export function createSql (options: DatabaseOptions, url = options.url): Sql {
     onnotice: () => {},
     connection: { application_name: 'ledger-api' }
   })
+  const breaker = createBreaker(options, pool, sql)
   return instrumentSql(sql, {
     'db.system': 'postgresql',
     'db.system.name': 'postgresql',
     'db.namespace': parsed.pathname.slice(1),
     'server.address': parsed.hostname,
     'server.port': Number(parsed.port || 5432)
-  }, options.observeQuery)
+  }, options.observeQuery, breaker)
+}
+
+function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', sql: Sql): CircuitBreaker | undefined {
+  const circuit = options.circuit
+  if (circuit === undefined) return undefined
+  return new CircuitBreaker({
+    failureThreshold: circuit.failureThreshold,
+    openMs: circuit.openMs,
+    // The probe is bounded by the connect timeout (and postgres.js's reconnect backoff, at most 0.5 s).
+    probeTimeoutMs: options.connectTimeoutS * 1000 + 1000,
+    isConnectionFailure: isConnectionError,
+    // Through the pool itself but not through instrumentSql: no span, not a statement in flight, not refused.
+    probe: () => sql`select 1`,
+    onStateChange: (state, previous) => circuit.onStateChange?.(pool, state, previous)
+  })
 }
 
 async function databasePlugin (app: FastifyInstance, options: DatabaseOptions) {
   const sql = createSql(options)
-  const replica = options.replicaUrl === undefined ? null : createSql(options, options.replicaUrl)
+  const replica = options.replicaUrl === undefined ? null : createSql(options, options.replicaUrl, 'replica')
   app.decorate('db', sql)
   app.decorate('dbReplica', replica)
   app.addHook('onClose', async () => {

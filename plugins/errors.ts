@@ -53,8 +53,22 @@ const fastifyClientErrors: Record<string, [number, string, string]> = {
 // and our own guard rails firing (statement_timeout 57014, lock_timeout 55P03). The client should retry.
 const unavailableCodes = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED',
-  'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300', '57014', '55P03', '40001', '40P01'
+  'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300', '57014', '55P03', '40001', '40P01',
+  // plugins/circuit-breaker.ts refused the statement without sending it: the database was unreachable just now.
+  'DATABASE_CIRCUIT_OPEN'
 ])
+
+// The subset that means "no connection to the database": what the circuit breaker counts. Not a statement or
+// lock timeout, a serialization failure or our own pool ending (CONNECTION_ENDED): the database answered those.
+const connectionCodes = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED', 'CONNECTION_DESTROYED', '57P01', '57P02', '57P03', '53300'
+])
+
+export function isConnectionError (error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && (connectionCodes.has(code) || code.startsWith('08'))
+}
 
 export function isUnavailableError (error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code

@@ -1,4 +1,5 @@
 import { timingSafeEqual } from 'node:crypto'
+import { context, createContextKey } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
@@ -10,7 +11,66 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     inFlightCounted: boolean
+    statementTally: StatementTally | undefined
   }
+}
+
+/** One statement shape within one request: when it first ran, how often, and the rows of each run. */
+interface ShapeTally {
+  order: number
+  count: number
+  rows: number
+}
+
+/** The statements one request ran, by shape (the SQL text with $n placeholders). */
+export interface StatementTally {
+  shapes: Map<string, ShapeTally>
+}
+
+/**
+ * Where a request's tally travels: in the OpenTelemetry context that plugins/tracing.ts already carries through
+ * the request's lifecycle (no second async-context store per request).
+ */
+export const statementTallyKey = createContextKey('ledger-api statement tally')
+
+/**
+ * The tally of the request whose async context this runs in: call it when a statement is sent (postgres.js
+ * settles statements in its connection's context, not the caller's). Outside any request (startup, pollers): none.
+ */
+export const currentStatementTally = (): StatementTally | undefined => context.active().getValue(statementTallyKey) as StatementTally | undefined
+
+/** Records a finished statement in the tally of the request that sent it. */
+export function tallyStatement (tally: StatementTally | undefined, text: string, rows: number) {
+  if (tally === undefined) return
+  const { shapes } = tally
+  const shape = shapes.get(text)
+  if (shape === undefined) shapes.set(text, { order: shapes.size, count: 1, rows })
+  else {
+    shape.count++
+    shape.rows += rows
+  }
+}
+
+const shapeLabel = (text: string) => text.replace(/\s+/g, ' ').trim().slice(0, 200)
+
+/**
+ * N+1 evidence from one request: a statement shape S that ran at least 3 times, after another shape L whose rows
+ * add up to S's runs (allowing one look-ahead row per run of L, as the keyset pages fetch): S ran once per row of
+ * L. Statements that merely ran as often as each other across requests are never related here.
+ */
+export function nPlusOnes (tally: StatementTally): Array<{ statement: string, rowsOf: string }> {
+  const found: Array<{ statement: string, rowsOf: string }> = []
+  for (const [text, shape] of tally.shapes) {
+    if (shape.count < 3) continue
+    for (const [listText, list] of tally.shapes) {
+      if (list === shape || list.order > shape.order) continue
+      if (list.rows >= shape.count && list.rows <= shape.count + list.count) {
+        found.push({ statement: shapeLabel(text), rowsOf: shapeLabel(listText) })
+        break
+      }
+    }
+  }
+  return found
 }
 
 /** Every metric the service exports, on a registry of its own so two apps in one process do not collide. */
@@ -30,6 +90,18 @@ export function createMetrics () {
     httpInFlight: new Gauge({
       name: 'ledger_http_requests_in_flight',
       help: 'Requests received and not yet answered.',
+      registers: [registry]
+    }),
+    httpAborted: new Counter({
+      name: 'ledger_http_requests_aborted_total',
+      help: 'Requests whose connection closed before their response was sent (client gone, request timeout).',
+      labelNames: ['method', 'route'] as const,
+      registers: [registry]
+    }),
+    dbNPlusOne: new Counter({
+      name: 'ledger_db_n_plus_one_total',
+      help: 'Requests in which a statement ran once per row returned by an earlier statement of the same request (N+1), by route and statement text.',
+      labelNames: ['route', 'statement', 'rows_of'] as const,
       registers: [registry]
     }),
     cacheRequests: new Counter({
@@ -64,6 +136,19 @@ export function createMetrics () {
       help: 'SQL statements sent and not yet answered (running or queued for a pooled connection).',
       registers: [registry]
     }),
+    dbCircuitState: new Gauge({
+      name: 'ledger_db_circuit_state',
+      help: 'The database circuit breaker of each pool: 0 closed (statements sent), 1 half-open (one probe), 2 open (refusing).',
+      labelNames: ['pool'] as const,
+      // With several workers (cluster.ts sums their metrics) the worst worker's state, not a sum of states.
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    dbCircuitRefused: new Counter({
+      name: 'ledger_db_circuit_refused_total',
+      help: 'SQL statements refused without being sent because the pool\'s circuit breaker was open.',
+      registers: [registry]
+    }),
     dbPoolMax: new Gauge({
       name: 'ledger_db_pool_max_connections',
       help: 'The most connections this process opens to PgBouncer.',
@@ -90,15 +175,38 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   const { metrics } = options
   app.decorate('metrics', metrics)
   app.decorateRequest('inFlightCounted', false)
+  app.decorateRequest('statementTally', undefined)
 
-  app.addHook('onRequest', async (request) => {
+  // In flight from onRequest until the response is finished or its connection is gone, counted down exactly once.
+  // Fastify runs onResponse only for a response that finished; when the client goes away after sending its whole
+  // body (a load generator closing its sockets), neither onResponse nor onRequestAbort (which needs an incomplete
+  // request) runs. The raw response's 'close' event fires once on every path: finished, client gone, request
+  // timeout, server closing the socket. onResponse and onRequestAbort stay as earlier exits; the flag makes the
+  // three one.
+  app.addHook('onRequest', async (request, reply) => {
     request.inFlightCounted = true
     metrics.httpInFlight.inc()
+    // Not writableFinished: app.inject's response never sets it. 'finish' comes before 'close' on every transport.
+    let finished = false
+    reply.raw.once('finish', () => { finished = true })
+    reply.raw.once('close', () => {
+      if (!finished && request.inFlightCounted) {
+        metrics.httpAborted.inc({ method: request.method, route: request.routeOptions.url ?? 'unmatched' })
+      }
+      done(request)
+    })
+    // The request's statements (N+1 evidence); plugins/tracing.ts puts it into the request's context.
+    request.statementTally = { shapes: new Map() }
   })
   const done = (request: FastifyRequest) => {
     if (!request.inFlightCounted) return
     request.inFlightCounted = false
     metrics.httpInFlight.dec()
+    const tally = request.statementTally
+    if (tally === undefined || tally.shapes.size < 2) return
+    request.statementTally = undefined
+    const route = request.routeOptions.url ?? 'unmatched'
+    for (const { statement, rowsOf } of nPlusOnes(tally)) metrics.dbNPlusOne.inc({ route, statement, rows_of: rowsOf })
   }
   app.addHook('onResponse', async (request, reply) => {
     done(request)
@@ -106,7 +214,10 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
     const route = request.routeOptions.url ?? 'unmatched'
     metrics.httpRequestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
   })
-  app.addHook('onRequestAbort', async (request) => { done(request) })
+  app.addHook('onRequestAbort', async (request) => {
+    if (request.inFlightCounted) metrics.httpAborted.inc({ method: request.method, route: request.routeOptions.url ?? 'unmatched' })
+    done(request)
+  })
 
   app.get('/metrics', {
     config: { public: true, pressureExempt: true },

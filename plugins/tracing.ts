@@ -1,6 +1,7 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { statementTallyKey } from './metrics.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -52,27 +53,44 @@ async function tracingPlugin (app: FastifyInstance) {
       }
     }, parent)
     request.span = span
+    // 'close' fires once on every path; after a finished response onResponse ends the span instead.
+    // (Not writableFinished: app.inject's response never sets it.)
+    let finished = false
+    reply.raw.once('finish', () => { finished = true })
+    reply.raw.once('close', () => { if (!finished) aborted(request) })
     // A child logger rather than a mixin: hooks such as onResponse run outside the span's async context, and
     // every line of the request must still carry its ids.
     const { traceId, spanId } = span.spanContext()
     request.log = request.log.child({ trace_id: traceId, span_id: spanId })
     if (logsRequests) request.log.info({ req: request }, 'incoming request')
-    context.with(trace.setSpan(parent, span), done)
+    const active = trace.setSpan(parent, span)
+    // The metrics plugin's per-request statement tally rides in the same context to every statement sent.
+    context.with(request.statementTally === undefined ? active : active.setValue(statementTallyKey, request.statementTally), done)
   })
 
+  // The server span ends exactly once: in onResponse for a response that was sent, otherwise when the connection
+  // closes without one (the client went away, the request timed out), which also logs one line saying so.
   app.addHook('onResponse', async (request, reply) => {
     if (logsRequests) request.log.info({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
     const span = request.span
     if (span === undefined) return
+    request.span = undefined
     span.setAttribute('http.response.status_code', reply.statusCode)
     if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR })
     span.end()
   })
 
-  app.addHook('onRequestAbort', async (request) => {
-    request.span?.setStatus({ code: SpanStatusCode.ERROR, message: 'client aborted' })
-    request.span?.end()
-  })
+  app.addHook('onRequestAbort', async (request) => { aborted(request) })
+}
+
+function aborted (request: FastifyRequest) {
+  const span = request.span
+  if (span === undefined) return
+  request.span = undefined
+  span.setStatus({ code: SpanStatusCode.ERROR, message: 'client aborted' })
+  span.setAttribute('error.type', 'client_aborted')
+  span.end()
+  request.log.info({ route: request.routeOptions.url, method: request.method }, 'request aborted: the connection closed before the response was sent')
 }
 
 export default fp(tracingPlugin, { name: 'tracing' })

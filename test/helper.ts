@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
-import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
+import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan, type Span, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
 import type { FastifyServerOptions, InjectOptions } from 'fastify'
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
@@ -12,7 +12,18 @@ import { createServiceClient } from '../routes/auth/clients.ts'
 interface Teardown { teardown: (fn: () => unknown) => void }
 
 export const spanExporter = new InMemorySpanExporter()
-new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spanExporter)] })
+
+/** Every span started and not yet ended in this process: a span left open is a leak the tests look for. */
+const startedSpans = new Set<Span>()
+const openSpanTracker: SpanProcessor = {
+  onStart: (span) => { startedSpans.add(span) },
+  onEnd: (span) => { startedSpans.delete(span as unknown as Span) },
+  forceFlush: async () => {},
+  shutdown: async () => {}
+}
+export const openSpans = (): Span[] => [...startedSpans]
+
+new NodeTracerProvider({ spanProcessors: [openSpanTracker, new SimpleSpanProcessor(spanExporter)] })
   .register({ propagator: new W3CTraceContextPropagator() })
 
 // Tests create many users from one address and send bursts; limits are lifted unless a test sets them.

@@ -111,7 +111,11 @@ export interface StatementsSection {
   seconds: number
   byCalls: Statement[]
   byTotalTime: Statement[]
+  /** Every statement of the window; not printed, for matching the API's N+1 evidence. */
+  all?: Statement[]
   hints: string[]
+  /** Where the N+1 hints come from: the API's metrics, or 'none' when they could not be read. */
+  evidence: string
 }
 
 async function statementTotals (sql: ReturnType<typeof diagnosticSql>): Promise<StatementTotals[]> {
@@ -126,23 +130,30 @@ async function statementTotals (sql: ReturnType<typeof diagnosticSql>): Promise<
      group by queryid`]
 }
 
+/** One N+1 the API saw: a statement its requests of `route` ran once per row of `rowsOf`, in `requests` requests. */
+export interface NPlusOneEvidence {
+  route: string
+  statement: string
+  rowsOf: string
+  requests: number
+}
+
+const collapse = (query: string) => query.replace(/\s+/g, ' ').trim()
+
 /**
- * An N+1 shows as a by-key statement (about one row per call) that runs about once per row another statement
- * returns: a list query L returning many rows per call, followed by one lookup S per row, so calls(S) ≈ rows(L)
- * and calls(S) is several times calls(L). Both counts come from the same window, so the match means something.
+ * N+1 hints from evidence only: the API counts, per request, which statement shapes it ran and how many rows each
+ * returned, and exports `ledger_db_n_plus_one_total{route,statement,rows_of}` for a request that ran a statement
+ * once per row of another of its statements (plugins/metrics.ts, nPlusOnes). Statements that merely ran as often
+ * as each other across requests are never related. The matching pg_stat_statements rows are marked.
  */
-export function nPlusOneHints (statements: Statement[]): string[] {
+export function nPlusOneHints (evidence: NPlusOneEvidence[], statements: Statement[]): string[] {
   const hints: string[] = []
-  const selects = statements.filter((s) => /^\s*(select|with)\b/i.test(s.query) && s.calls > 0)
-  for (const lookup of selects) {
-    if (lookup.rowsPerCall > 1.5 || lookup.calls < 20) continue
-    const list = selects
-      .filter((l) => l !== lookup && l.rowsPerCall >= 3 && lookup.calls >= 3 * l.calls && l.rows >= lookup.calls * 0.5 && l.rows <= lookup.calls * 2)
-      .sort((a, b) => Math.abs(a.rows - lookup.calls) - Math.abs(b.rows - lookup.calls))[0]
-    if (list === undefined) continue
-    lookup.nPlusOne = `runs about once per row of: ${shorten(list.query, 60)}`
-    hints.push(`N+1? ${shorten(lookup.query, 50)} ran ${int(lookup.calls)} times (${lookup.rowsPerCall.toFixed(1)} rows each), ` +
-      `about once per row returned by ${shorten(list.query, 50)} (${int(list.rows)} rows over ${int(list.calls)} calls)`)
+  for (const e of [...evidence].sort((a, b) => b.requests - a.requests)) {
+    const matches = statements.filter((s) => collapse(s.query).startsWith(e.statement))
+    for (const s of matches) s.nPlusOne = `runs once per row of: ${shorten(e.rowsOf, 60)} (${e.route})`
+    const calls = matches.reduce((sum, s) => sum + s.calls, 0)
+    hints.push(`N+1? ${shorten(e.statement, 50)} ran once per row of ${shorten(e.rowsOf, 50)} in ${int(e.requests)} requests of ${e.route}` +
+      (matches.length > 0 ? ` (${int(calls)} calls in pg_stat_statements)` : ''))
   }
   return hints
 }
@@ -180,7 +191,6 @@ async function statements (url: string, windowS: number, top: number): Promise<S
       callsPerS: seconds > 0 ? s.calls / seconds : 0,
       rowsPerCall: s.calls > 0 ? s.rows / s.calls : 0
     }))
-    const hints = nPlusOneHints(all)
     return {
       source: redact(url),
       database: info?.database ?? '',
@@ -188,7 +198,10 @@ async function statements (url: string, windowS: number, top: number): Promise<S
       seconds,
       byCalls: [...all].sort((a, b) => b.calls - a.calls).slice(0, top),
       byTotalTime: [...all].sort((a, b) => b.totalMs - a.totalMs).slice(0, top),
-      hints
+      all,
+      // Filled in by diagnose() from the API's N+1 evidence.
+      hints: [],
+      evidence: 'none'
     }
   } catch (error) {
     if ((error as { code?: string }).code === '42P01') {
@@ -374,6 +387,7 @@ export interface ApiSection {
   rateLimitRejected: Record<string, number>
   caches: Record<string, CacheCounts>
   dependencyErrors: Record<string, number>
+  nPlusOne: NPlusOneEvidence[]
   routes: RouteSummary[]
   httpInFlight: number
   dbStatementsInFlight: number
@@ -420,6 +434,9 @@ export function summarizeMetrics (metrics: MetricsSnapshot, source: string, top:
     rateLimitRejected: Object.fromEntries(sumBy(metrics, 'ledger_rate_limit_decisions_total', (l) => l.decision === 'rejected' ? l.tier : undefined)),
     caches: cacheCounts(metrics),
     dependencyErrors: Object.fromEntries(sumBy(metrics, 'ledger_dependency_errors_total', (l) => `${l.dependency} ${l.operation}`)),
+    nPlusOne: metricSeries(metrics, 'ledger_db_n_plus_one_total')
+      .filter((s) => s.value > 0)
+      .map(({ labels, value }) => ({ route: labels.route ?? '', statement: labels.statement ?? '', rowsOf: labels.rows_of ?? '', requests: value })),
     routes: [...routes.values()]
       .map(({ seconds, ...route }) => ({ ...route, meanMs: route.requests > 0 ? seconds / route.requests * 1000 : 0 }))
       .sort((a, b) => b.requests - a.requests)
@@ -469,6 +486,14 @@ export async function diagnose (options: DiagnoseOptions): Promise<Diagnosis> {
     section(options.redisUrl, 'no REDIS_URL', SECTION_TIMEOUT_MS, redis),
     section(options.apiUrl, 'no API URL', SECTION_TIMEOUT_MS, (url) => api(url, options.metricsToken, options.top))
   ])
+  if (statementsSection.ok) {
+    const all = statementsSection.all ?? []
+    delete statementsSection.all
+    if (apiSection.ok) {
+      statementsSection.hints = nPlusOneHints(apiSection.nPlusOne, all)
+      statementsSection.evidence = `${apiSection.source} (ledger_db_n_plus_one_total, since the API process started)`
+    }
+  }
   return {
     generatedAt: new Date().toISOString(),
     connections: connectionsSection,
@@ -520,7 +545,8 @@ export function render (d: Diagnosis): string {
     out.push(`  database ${s.database}, counted ${s.window}`)
     out.push('  by calls:', statementTable(s.byCalls), '  by total time:', statementTable(s.byTotalTime))
     for (const hint of s.hints) out.push(`  ${hint}`)
-    if (s.hints.length === 0) out.push('  no statement runs once per row of another (no N+1 pattern seen)')
+    if (s.evidence === 'none') out.push('  N+1: no evidence (the API\'s /metrics could not be read; hints come only from its per-request counts)')
+    else if (s.hints.length === 0) out.push(`  no request ran a statement once per row of another (no N+1 seen by ${s.evidence})`)
     out.push('')
   }
 

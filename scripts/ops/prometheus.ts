@@ -27,7 +27,8 @@ export function metricSeries (metrics: MetricsSnapshot, name: string): Series[] 
     if (key !== name && !key.startsWith(`${name}{`)) continue
     const labels: Record<string, string> = {}
     for (const match of key.slice(name.length).matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      if (match[1] !== undefined && match[2] !== undefined) labels[match[1]] = match[2]
+      // The exposition format escapes backslash, double quote and newline in label values.
+      if (match[1] !== undefined && match[2] !== undefined) labels[match[1]] = match[2].replace(/\\(.)/g, (_, c: string) => c === 'n' ? '\n' : c)
     }
     out.push({ labels, value })
   }

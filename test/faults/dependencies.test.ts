@@ -3,6 +3,7 @@
 import t from 'tap'
 import { controlServiceSync } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, hasLocalStack } from '../helper.ts'
+import { assertTelemetrySettled } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
@@ -28,6 +29,7 @@ t.test('ready names the dependency that is down and recovers without a restart',
       if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 100))
     }
     t.equal(status, 200, `${service} back: 200 again`)
+    await assertTelemetrySettled(t, app)
   }
 })
 
@@ -46,6 +48,7 @@ t.test('with Redis stopped, reads are served from PostgreSQL', { skip }, async (
   } finally {
     controlServiceSync('start', 'redis')
   }
+  await assertTelemetrySettled(t, app)
 })
 
 t.test('with Redis stopped the rate limiter fails open and counts it, or fails closed when configured', { skip }, async (t) => {
@@ -67,4 +70,6 @@ t.test('with Redis stopped the rate limiter fails open and counts it, or fails c
   } finally {
     controlServiceSync('start', 'redis')
   }
+  await assertTelemetrySettled(t, open)
+  await assertTelemetrySettled(t, closed)
 })

@@ -4,8 +4,8 @@ import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'
 import {
-  assertLedger, assertReconciled, checkLedger, fetchSender, injectSender, LedgerClient, outageUnderLoad, reconcile, sleep,
-  startServer, untilReady, waitFor
+  assertLedger, assertReconciled, assertTelemetrySettled, checkLedger, fetchSender, inFlightGauges, injectSender, LedgerClient,
+  outageUnderLoad, reconcile, sleep, startServer, untilReady, waitFor
 } from './support.ts'
 
 /** The message and error of server.ts's first "closing ..." log line, if it wrote one. */
@@ -100,6 +100,16 @@ t.test('a real server process keeps serving through a PostgreSQL restart', { ski
     committedUnacknowledged: reconciliation.committedUnacknowledged
   }))
   t.ok(alive, 'the process is still running after the restart')
+  if (alive) {
+    // The real process's own gauges, scraped: only the scrape itself is in flight.
+    let scraped: Record<string, number> = {}
+    await waitFor(async () => {
+      scraped = inFlightGauges(await (await fetch(`${server.baseUrl}/metrics`)).text())
+      return scraped.ledger_http_requests_in_flight === 1 && scraped.ledger_db_statements_in_flight === 0
+    }, 5000, 50)
+    t.same(scraped, { ledger_http_requests_in_flight: 1, ledger_db_statements_in_flight: 0 }, 'telemetry: the server\'s in-flight gauges are back to 0 (the scrape aside)')
+  }
+  await assertTelemetrySettled(t, app)
   t.ok(recoveryMs >= 0, `it serves again by itself (${recoveryMs} ms after the restart)`)
   t.equal(client.samples.filter((s) => s.status >= 500 && s.status !== 503).length, 0, 'never a 500')
   t.equal(reconciliation.rowsLost, 0, 'no acknowledged write is lost')

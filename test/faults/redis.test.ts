@@ -7,7 +7,9 @@ import t from 'tap'
 import type { App } from '../../app.ts'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestClient, type TestUser } from '../helper.ts'
-import { assertLedger, assertReconciled, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send } from './support.ts'
+import {
+  assertLedger, assertReconciled, assertTelemetrySettled, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send
+} from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
@@ -193,6 +195,7 @@ t.test('Redis stopped: reads from PostgreSQL, limiter open (closed where configu
   assertDuringFault(t, seen, 'Alice Stopped')
   const recoveryMs = await assertRecovered(t, s, 'Alice Stopped')
   const rowsLost = await assertLedgerIntact(t, s)
+  for (const app of [s.app, s.closed, s.limited]) await assertTelemetrySettled(t, app)
   t.comment(figures('redis stopped', seen, { rowsLost, stopMs, recoveryMs }))
 })
 
@@ -209,6 +212,7 @@ t.test('Redis hung (SIGSTOP): commands time out, requests are still answered in 
   assertDuringFault(t, seen, 'Alice Frozen')
   const recoveryMs = await assertRecovered(t, s, 'Alice Frozen')
   const rowsLost = await assertLedgerIntact(t, s)
+  for (const app of [s.app, s.closed, s.limited]) await assertTelemetrySettled(t, app)
   t.comment(figures('redis frozen (SIGSTOP)', seen, { rowsLost, recoveryMs }))
 })
 
@@ -230,5 +234,6 @@ t.test('Redis paused (CLIENT PAUSE ALL): same bounded answers, recovery when the
   assertDuringFault(t, seen, 'Alice Paused')
   const recoveryMs = await assertRecovered(t, s, 'Alice Paused')
   const rowsLost = await assertLedgerIntact(t, s)
+  for (const app of [s.app, s.closed, s.limited]) await assertTelemetrySettled(t, app)
   t.comment(figures('redis paused (CLIENT PAUSE ALL)', seen, { rowsLost, pauseMs: PAUSE_MS, recoveryMs }))
 })

@@ -10,7 +10,7 @@ import type postgres from 'postgres'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { reconcileLedger } from '../../scripts/ops/reconcile.ts'
-import { createClient, type TestClient, type TestUser } from '../helper.ts'
+import { createClient, openSpans, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }
 
@@ -746,5 +746,41 @@ async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknow
   t.same(reconciliation.balanceMismatches, [], 'balances equal what the acknowledged writes add up to')
   assertLedger(t, ledger)
   await assertReconciled(t, sql)
-  return { client, figures, reconciliation, ledger }
+  await assertTelemetrySettled(t, app)
+  return { client, figures, reconciliation, ledger, recoveryMs }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Telemetry after a fault (issue 22)
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Every `*_in_flight` gauge of a Prometheus text exposition, summed over its series. */
+export function inFlightGauges (text: string): Record<string, number> {
+  const gauges: Record<string, number> = {}
+  for (const match of text.matchAll(/^([a-z_:]+_in_flight)(?:\{[^}]*\})? (\S+)$/gm)) {
+    gauges[match[1]!] = (gauges[match[1]!] ?? 0) + Number(match[2])
+  }
+  return gauges
+}
+
+/**
+ * After a fault, once the load has stopped: every `*_in_flight` gauge of the app is back to 0 and no span is left
+ * open (bounded wait, since the last answers' hooks may still be running). Read from the registry, not /metrics,
+ * so the scrape itself is not in flight.
+ */
+export async function assertTelemetrySettled (t: TestLike, app: App, timeoutMs = 5000) {
+  const read = async () => ({
+    inFlight: inFlightGauges(await app.metrics.registry.metrics()),
+    openSpans: openSpans().map((span) => span.name)
+  })
+  const quiet = (state: Awaited<ReturnType<typeof read>>) => Object.values(state.inFlight).every((v) => v === 0) && state.openSpans.length === 0
+  const started = performance.now()
+  let state = await read()
+  while (!quiet(state) && performance.now() - started < timeoutMs) {
+    await sleep(50)
+    state = await read()
+  }
+  t.ok(Object.keys(state.inFlight).length >= 2, `telemetry: in-flight gauges present (${Object.keys(state.inFlight).join(', ')})`)
+  t.same(state.inFlight, Object.fromEntries(Object.keys(state.inFlight).map((name) => [name, 0])), 'telemetry: every *_in_flight gauge is back to 0')
+  t.same(state.openSpans, [], 'telemetry: no span left open')
 }

@@ -7,7 +7,8 @@ import t from 'tap'
 import type { App } from '../../../app.ts'
 import { feedNPlusOneRoutes } from '../../../bench/feed-n-plus-one.ts'
 import type { Diagnosis } from '../../../scripts/ops/diagnose.ts'
-import { buildTestApp, createUser } from '../../helper.ts'
+import { buildTestApp, createClient, createUser } from '../../helper.ts'
+import { injectSender, LedgerClient, waitFor } from '../../faults/support.ts'
 
 const script = fileURLToPath(new URL('../../../scripts/ops/diagnose.ts', import.meta.url))
 const database = new URL(process.env.DATABASE_URL ?? 'postgres://x/unknown').pathname.slice(1)
@@ -74,6 +75,10 @@ t.test('--json has every section with live content, and names an N+1', async (t)
     t.ok(lookup !== undefined && lookup.calls >= 50, 'the per-author lookup ran once per post')
     t.ok(lookup?.nPlusOne !== undefined, 'and is flagged as the +1 of an N+1')
     t.ok(d.statements.hints.some((hint) => hint.startsWith('N+1? select name, avatar_url from users')), d.statements.hints.join('\n'))
+    t.equal(d.statements.hints.length, 1, `only the N+1 is hinted: ${d.statements.hints.join('\n')}`)
+    t.same(d.statements.byCalls.filter((s) => s.nPlusOne !== undefined).map((s) => s.query.replace(/\s+/g, ' ').trim()),
+      ['select name, avatar_url from users where id = $1'], 'and only its statement is marked')
+    t.match(d.statements.evidence, /ledger_db_n_plus_one_total/)
     t.ok(d.statements.byCalls.every((s) => s.meanMs >= 0 && s.rowsPerCall >= 0))
   }
 
@@ -96,12 +101,49 @@ t.test('--json has every section with live content, and names an N+1', async (t)
 
   t.ok(d.api.ok, JSON.stringify(d.api))
   if (d.api.ok) {
+    t.same(d.api.nPlusOne, [{
+      route: '/bench/feed-n-plus-one',
+      statement: 'select name, avatar_url from users where id = $1',
+      rowsOf: d.api.nPlusOne[0]?.rowsOf,
+      requests: 5
+    }], 'the API saw each of the 5 pages run the lookup once per post')
+    t.match(d.api.nPlusOne[0]?.rowsOf, /^select p\.id, p\.user_id, p\.author_id, p\.body/, 'once per row of the posts query')
     t.ok(d.api.requests >= 20)
     t.equal(d.api.status5xx, 0)
     t.same(d.api.caches.feed, { hits: 1, misses: 1, hitRatio: 0.5 })
     t.same(d.api.caches.user, { hits: 1, misses: 1, hitRatio: 0.5 })
     t.ok(d.api.routes.some((r) => r.route === 'POST /posts' && r.requests === 10))
   }
+})
+
+t.test('a busy mixed load with no N+1: nothing is hinted, though many statements run equally often', async (t) => {
+  const app = await buildTestApp(t)
+  const api = await listen(app)
+  const users = [await createUser(app), await createUser(app), await createUser(app), await createUser(app), await createUser(app)]
+  for (const [i, user] of users.entries()) {
+    const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: user.authorization }, payload: { body: `hello ${i}`, userId: users[(i + 1) % users.length]!.id } })
+    t.equal(post.statusCode, 201)
+  }
+  const client = new LedgerClient(injectSender(app), users, await createClient(app))
+  for (const user of users) t.equal((await client.post(user, 'deposit', 1_000_000)).status, 201)
+  // Deposits, withdrawals, transfers (post_transaction), balances, transaction lists, profiles and feeds.
+  const load = client.startLoad({ workers: 8, maxRequests: 600, maxMs: 60_000, gapMs: 0 })
+  await waitFor(async () => client.samples.length >= 600 + users.length, 60_000, 50)
+  await load.stop()
+  const statuses = new Set(client.samples.map((s) => s.status))
+  t.ok(client.samples.length >= 600 && [...statuses].every((s) => s === 200 || s === 201 || s === 422), `served: ${[...statuses].join(', ')}`)
+
+  const run = await diagnose(['--json', '--api', api, '--top', '50'])
+  t.equal(run.code, 0)
+  const d = JSON.parse(run.stdout) as Diagnosis
+  t.ok(d.api.ok && d.statements.ok)
+  if (d.api.ok) t.same(d.api.nPlusOne, [], 'the API saw no request run a statement once per row of another')
+  if (d.statements.ok) {
+    t.same(d.statements.hints, [], 'no hint')
+    t.same(d.statements.byCalls.filter((s) => s.nPlusOne !== undefined).map((s) => s.query), [], 'no statement marked')
+  }
+  const text = await diagnose(['--api', api])
+  t.match(text.stdout, /no request ran a statement once per row of another/)
 })
 
 t.test('a section whose server is down says so, and the others still answer', async (t) => {
