@@ -4,9 +4,10 @@
 // test/scripts/openapi.test.ts fails when either file is behind the routes, or behind the other.
 //
 // The document is the app's own, from buildApp exactly as the server builds it. That waits for Redis (the app does
-// not start without it), but never contacts PostgreSQL (postgres.js connects on the first query, and generating
-// the document runs none): without REDIS_URL the local stack's Redis alone is started, and without DATABASE_URL
-// the local stack's URL is used, only to satisfy the config.
+// not start without it), but does not need PostgreSQL: the boot reads of the revocation list and the currencies
+// fail fast and are tolerated (the app would answer 503 until they succeed), and generating the document runs no
+// query. Without REDIS_URL the local stack's Redis alone is started; without DATABASE_URL the local stack's URL is
+// used, only to satisfy the config.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import openapiTS, { astToString } from 'openapi-typescript'
