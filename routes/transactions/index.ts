@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { authorize, type PrincipalKind, type Scope } from '../../plugins/auth.ts'
+import { authorize, type PrincipalKind } from '../../plugins/auth.ts'
 import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
@@ -25,11 +25,12 @@ const isReferenceUsed = (error: unknown) =>
   (error as { code?: string, constraint_name?: string }).code === '23505' &&
   (error as { constraint_name?: string }).constraint_name === 'transactions_client_reference_key'
 
-// Who may post which kind: users move their own money; money enters and leaves only through service clients.
-const posters: Record<string, { principals: readonly PrincipalKind[], scope?: Scope }> = {
-  transfer: { principals: ['user'] },
-  deposit: { principals: ['client'], scope: 'funds:write' },
-  withdrawal: { principals: ['client'], scope: 'funds:write' }
+// Who may post which kind: users move their own money; money enters and leaves only through service clients (whose
+// funds:write scope the route config already requires).
+const posters: Record<string, readonly PrincipalKind[]> = {
+  transfer: ['user'],
+  deposit: ['client'],
+  withdrawal: ['client']
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
@@ -40,8 +41,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     // Before validation, so a user's deposit is a 403 whatever else its body holds, and nothing is written.
     preValidation: async (request) => {
       const kind = (request.body as { kind?: unknown } | null)?.kind
-      const rule = typeof kind === 'string' && Object.hasOwn(posters, kind) ? posters[kind] : undefined
-      if (rule !== undefined) authorize(request.user, rule.principals, rule.scope)
+      const allowed = typeof kind === 'string' && Object.hasOwn(posters, kind) ? posters[kind] : undefined
+      if (allowed !== undefined) authorize(request.user, allowed)
       // The currency check needs the active currencies; a process that has not read them yet cannot tell.
       if (!currencies.isLoaded()) throw serviceUnavailable('database')
     },
