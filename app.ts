@@ -22,6 +22,7 @@ import underPressurePlugin from './plugins/under-pressure.ts'
 import { authRoutes } from './routes/auth/index.ts'
 import { balancesRoutes } from './routes/balances/index.ts'
 import { feedRoutes } from './routes/feed/index.ts'
+import { followsRoutes } from './routes/follows/index.ts'
 import { healthRoutes } from './routes/health/index.ts'
 import { transactionsRoutes } from './routes/transactions/index.ts'
 import { usersRoutes } from './routes/users/index.ts'
@@ -171,6 +172,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(authRoutes)
   await app.register(usersRoutes)
+  await app.register(followsRoutes)
   await app.register(feedRoutes)
   await app.register(transactionsRoutes)
   await app.register(balancesRoutes)

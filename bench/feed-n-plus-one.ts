@@ -6,18 +6,20 @@ import type { FeedRow } from '../routes/feed/queries.ts'
 import { FeedPageSchema, FeedQuerySchema, type FeedPosition } from '../routes/feed/schemas.ts'
 
 /**
- * The feed page loaded the naive way: the posts first, then one query per post for its author (1 + N round trips
+ * The feed page loaded the naive way: the feed's posts first (feed rows joined to posts), then one query per post for its author (1 + N round trips
  * through PgBouncer). It exists so that the benchmark can measure what the join saves and so that the span-count
  * test demonstrably fails on an N+1. Rows come back with the same look-ahead row as feedPageQuery().
  */
 export async function feedPageRowsNPlusOne (sql: Sql, userId: string, limit: number, after?: FeedPosition): Promise<FeedRow[]> {
   const posts = await sql<Omit<FeedRow, 'author_name' | 'author_avatar_url'>[]>`
-    select p.id, p.user_id, p.author_id, p.body, p.created_at,
-           to_char(p.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as position_ts
-      from posts p
-     where p.user_id = ${userId}
-       ${after === undefined ? sql`` : sql`and (p.created_at, p.id) < (${after.t}::text::timestamptz, ${after.i}::bigint)`}
-     order by p.created_at desc, p.id desc
+    select p.id, p.author_id, p.body, p.created_at,
+           to_char(f.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as position_ts
+      from feed_items f
+      join posts p on p.id = f.post_id
+     where f.feed_user_id = ${userId}
+       and p.deleted_at is null
+       ${after === undefined ? sql`` : sql`and (f.created_at, f.post_id) < (${after.t}::text::timestamptz, ${after.i}::bigint)`}
+     order by f.created_at desc, f.post_id desc
      limit ${limit + 1}`
   const rows: FeedRow[] = []
   for (const post of posts.slice(0, limit)) {

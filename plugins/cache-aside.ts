@@ -56,6 +56,12 @@ export interface CacheAside {
    */
   get: <T>(cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>) => Promise<T | null>
   invalidate: (cache: string, key: string) => Promise<void>
+  /**
+   * Invalidates many keys of one cache at once (a feed fan-out batch: up to one key per follower). Each key is its
+   * own single-key UNLINK, all sent together: the client's auto-pipelining writes them in one batch per node, so the
+   * cost is one round trip per Redis node, not per key, and no command spans two hash slots (valid on a Cluster).
+   */
+  invalidateMany: (cache: string, keys: readonly string[]) => Promise<void>
 }
 
 export function createCacheAside (redis: RedisClient, metrics: Metrics, options: CacheAsideOptions, onError: (error: unknown, operation: string) => void): CacheAside {
@@ -136,6 +142,16 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
     }
   }
 
+  // A load that started before the write must not put the old value back after we delete it, and later readers
+  // must not join it.
+  const markStale = (fullKey: string) => {
+    const flight = inFlight.get(fullKey)
+    if (flight !== undefined) {
+      flight.stale = true
+      inFlight.delete(fullKey)
+    }
+  }
+
   return {
     get<T> (cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>) {
       const fullKey = redisKey(cache, key)
@@ -151,17 +167,21 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
     },
     async invalidate (cache: string, key: string) {
       const fullKey = redisKey(cache, key)
-      // A load that started before the write must not put the old value back after we delete it, and
-      // later readers must not join it.
-      const flight = inFlight.get(fullKey)
-      if (flight !== undefined) {
-        flight.stale = true
-        inFlight.delete(fullKey)
-      }
+      markStale(fullKey)
       try {
         await traceRedis('DEL', `cache invalidate ${cache}`, () => redis.del(fullKey))
       } catch (error) {
         // The write already committed; a stale entry now lives at most one TTL. Count it so it is seen.
+        failed(error, 'cache_invalidate')
+      }
+    },
+    async invalidateMany (cache: string, keys: readonly string[]) {
+      if (keys.length === 0) return
+      const fullKeys = keys.map((key) => redisKey(cache, key))
+      for (const fullKey of fullKeys) markStale(fullKey)
+      try {
+        await traceRedis('UNLINK', `cache invalidate ${cache} (${fullKeys.length} keys)`, () => Promise.all(fullKeys.map((fullKey) => redis.unlink(fullKey))))
+      } catch (error) {
         failed(error, 'cache_invalidate')
       }
     }

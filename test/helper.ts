@@ -7,6 +7,7 @@ import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
 import type { Scope } from '../plugins/auth.ts'
+import type { JobHandler, JobHandlers } from '../plugins/jobs.ts'
 import { createServiceClient } from '../routes/auth/clients.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -163,4 +164,56 @@ export async function fund (app: App, user: { id: string }, amount: number, curr
   })
   if (response.statusCode !== 201) throw new Error(`funding failed: ${response.statusCode} ${response.body}`)
   return response
+}
+
+/**
+ * STAND-IN FOR THE WORKER (issue 18), for tests of job handlers only: the lead replaces its body with the real
+ * worker's run-once method at merge time. It claims due jobs of the given kinds one at a time with FOR UPDATE SKIP
+ * LOCKED, runs the handler, and applies the job model's outcomes: `done` deletes the row, `continue` stores the new
+ * payload (the job stays due), a throw counts a failed attempt and moves run_at past now (so a failing job is left
+ * for a later drain instead of looping). It returns when no job of those kinds is due any more, including jobs
+ * another test file's drain holds at that moment (it waits for them), or after `maxSteps` steps (a test that
+ * simulates a worker dying mid-job stops it early).
+ */
+export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number }> {
+  const sql = app.db
+  const kinds = [...options.kinds]
+  const maxSteps = options.maxSteps ?? 100_000
+  const deadline = Date.now() + (options.timeoutMs ?? 60_000)
+  const signal = new AbortController().signal
+  let steps = 0
+  let failures = 0
+  while (steps < maxSteps) {
+    if (Date.now() > deadline) throw new Error(`drainJobs: jobs of ${kinds.join(', ')} still due after the timeout`)
+    const ran = await sql.begin(async (tx) => {
+      const [job] = await tx<{ id: string, kind: string, payload: unknown, attempts: number }[]>`
+        select id, kind, payload, attempts from jobs
+         where kind in ${tx(kinds)} and run_at <= now()
+         order by run_at, id
+         limit 1
+           for update skip locked`
+      if (job === undefined) return false
+      const handler = handlers[job.kind] as JobHandler | undefined
+      if (handler === undefined) throw new Error(`drainJobs: no handler for ${job.kind}`)
+      try {
+        const result = await handler(job, { sql, log: app.log, signal })
+        if (result.status === 'done') await tx`delete from jobs where id = ${job.id}`
+        else await tx`update jobs set payload = ${tx.json(result.payload as never)} where id = ${job.id}`
+      } catch (error) {
+        failures++
+        app.log.warn({ err: error, kind: job.kind }, 'drainJobs: job failed')
+        await tx`update jobs set attempts = attempts + 1, run_at = now() + interval '1 minute' where id = ${job.id}`
+      }
+      return true
+    })
+    if (ran) {
+      steps++
+      continue
+    }
+    // Nothing claimable: done, unless due jobs of these kinds are held by another drain right now.
+    const [due] = await sql<{ count: number }[]>`select count(*)::int as count from jobs where kind in ${sql(kinds)} and run_at <= now()`
+    if ((due?.count ?? 0) === 0) break
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  return { steps, failures }
 }

@@ -1,11 +1,14 @@
+import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { CursorCodec } from '../../plugins/cursors.ts'
 import { notFound } from '../../plugins/errors.ts'
+import { enqueueJob } from '../../plugins/jobs.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { feedPageQuery, feedPositionOf, insertPost, toPost, type FeedRow } from './queries.ts'
-import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
+import { FEED_CACHE, FEED_JOB, type FanOutPayload, type RemovePostPayload } from './jobs.ts'
+import { feedPageQuery, feedPositionOf, insertPost, markPostDeleted, toPost, type FeedRow } from './queries.ts'
+import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostIdParamsSchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
 
-export const FEED_CACHE = 'feed'
+export { FEED_CACHE }
 
 /** Binds a feed cursor to this list and this caller: a cursor from anyone else's feed is a 400. */
 const feedCursorScope = (userId: string) => `feed:${userId}`
@@ -23,18 +26,47 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     schema: {
       operationId: 'createPost',
       tags: ['feed'],
-      summary: 'Post on a feed (yours by default); you are the author',
+      summary: 'Post: on your feed at once, on your followers\' feeds within seconds',
       body: CreatePostBodySchema,
       response: { 201: PostSchema, 404: ProblemSchema, ...commonErrors }
     }
   }, async (request, reply) => {
-    const feedUserId = request.body.userId ?? request.user.id
-    const post = await insertPost(db, { feedUserId, authorId: request.user.id, body: request.body.body })
+    const authorId = request.user.id
+    // The post, its row on the author's feed and the fan-out job commit together: a committed post always
+    // reaches the followers, a failed request leaves nothing behind. The request does no per-follower work.
+    const post = await db.begin(async (tx) => {
+      const inserted = await insertPost(tx, { authorId, body: request.body.body })
+      if (inserted !== null) await enqueueJob(tx, FEED_JOB.fanOut, { postId: inserted.id, authorId, after: null } satisfies FanOutPayload)
+      return inserted
+    })
     if (post === null) throw notFound('User not found.')
     // After the commit, so a reader that misses the cache next loads a page that includes this post.
-    await cache.invalidate(FEED_CACHE, feedUserId)
-    await reads.wrote(request.user.id)
+    await cache.invalidate(FEED_CACHE, authorId)
+    await reads.wrote(authorId)
     return reply.code(201).send(post)
+  })
+
+  app.delete('/posts/:id', {
+    schema: {
+      operationId: 'deletePost',
+      tags: ['feed'],
+      summary: 'Delete your post: off your feed at once, off every other feed within seconds',
+      params: PostIdParamsSchema,
+      response: { 204: z.null().describe('Deleted'), 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const authorId = request.user.id
+    const postId = request.params.id
+    const deleted = await db.begin(async (tx) => {
+      if (!await markPostDeleted(tx, postId, authorId)) return false
+      await enqueueJob(tx, FEED_JOB.removePost, { postId } satisfies RemovePostPayload)
+      return true
+    })
+    // Someone else's post and no post at all are the same answer.
+    if (!deleted) throw notFound('Post not found.')
+    await cache.invalidate(FEED_CACHE, authorId)
+    await reads.wrote(authorId)
+    return reply.code(204).send(null)
   })
 
   app.get('/feed', {
@@ -52,12 +84,13 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     const load = async () => feedPage(cursors, userId, await feedPageQuery(db, userId, limit, after), limit)
 
     // Only the first page at the default limit is cached, under `feed:<userId>`: that is what nearly every
-    // client asks for, and a single key per feed means a new post invalidates exactly one key. Caching other
+    // client asks for, and a single key per feed means a change to the feed (the owner's post or deletion here,
+    // a fan-out, backfill or removal step in jobs.ts) invalidates exactly one key per feed it touched. Caching other
     // limits (or later pages) would need every variant found and deleted on each write; they are one index
     // range scan each, so they go to the database.
     //
     // The TTL is short (FEED_CACHE_TTL_S, 30 s by default; the cache plugin adds jitter): a feed is read
-    // often and must look fresh. New posts on the feed invalidate the key, but changes to an author's name or
+    // often and must look fresh. Changes to the feed invalidate the key, but changes to an author's name or
     // avatar do not (that would mean deleting every feed the author ever posted on), so the TTL is what
     // bounds how long a renamed author still shows under the old name.
     //

@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import { CursorParamSchema } from '../../plugins/cursors.ts'
-import { UserIdSchema } from '../common/schemas.ts'
+import { hasInvisibleFormatting, INVISIBLE_FORMATTING_MESSAGE } from '../common/text.ts'
 
 export const POST_BODY_MAX_CHARS = 5000
 export const FEED_DEFAULT_LIMIT = 20
@@ -12,7 +12,10 @@ export const FEED_MAX_LIMIT = 50
  * - the length limit counts characters (code points) like the table's `length(body)` CHECK, not UTF-16 units,
  *   so 5000 emoji are accepted and the API and the database agree on every body;
  * - U+0000: PostgreSQL text cannot store NUL, so it is a 400 here instead of a 500 from the driver;
- * - unpaired surrogates: they cannot be encoded as UTF-8 and would silently come back as U+FFFD.
+ * - unpaired surrogates: they cannot be encoded as UTF-8 and would silently come back as U+FFFD;
+ * - invisible formatting characters (bidi overrides, zero-width characters: routes/common/text.ts says exactly
+ *   which), the tricks that make a post look like something it is not. Other control characters stay allowed in
+ *   a body as before (they are stored and returned as JSON escapes).
  */
 function postBodyProblem (body: string): string | undefined {
   if (body.length === 0) return 'must not be empty'
@@ -22,6 +25,7 @@ function postBodyProblem (body: string): string | undefined {
   }
   if (body.includes('\u0000')) return 'must not contain NUL characters (U+0000)'
   if (!body.isWellFormed()) return 'must be well-formed Unicode (no unpaired surrogates)'
+  if (hasInvisibleFormatting(body)) return INVISIBLE_FORMATTING_MESSAGE
   return undefined
 }
 
@@ -31,10 +35,18 @@ export const PostBodyTextSchema = z.string().superRefine((body, ctx) => {
   if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem })
 }).meta({ minLength: 1, maxLength: POST_BODY_MAX_CHARS, description: 'Stored and returned exactly as sent.' })
 
+/** The author is always the caller and the post goes on the author's feed and their followers': any other field
+ * (`userId`, `authorId` ...) is a 400, never silently ignored. */
 export const CreatePostBodySchema = z.object({
-  body: PostBodyTextSchema,
-  /** Whose feed the post goes on; the caller's own by default. The author is always the caller. */
-  userId: UserIdSchema.optional()
+  body: PostBodyTextSchema
+}).strict()
+
+/**
+ * Post ids are decimal bigints (identity): anything else, or above int8's range, is a 400 before the database. (Zod
+ * runs the refinement even after the regex failed, hence its own guard before BigInt.)
+ */
+export const PostIdParamsSchema = z.object({
+  id: z.string().regex(/^[1-9][0-9]{0,18}$/, 'is not a post id').refine((id) => !/^[0-9]{1,19}$/.test(id) || BigInt(id) <= 9223372036854775807n, { message: 'is not a post id' })
 }).strict()
 
 export const FeedQuerySchema = z.object({
@@ -50,7 +62,6 @@ export const PostAuthorSchema = z.object({
 
 export const PostSchema = z.object({
   id: z.string(),
-  userId: z.uuid(),
   body: z.string(),
   createdAt: z.iso.datetime(),
   author: PostAuthorSchema

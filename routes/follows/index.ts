@@ -1,0 +1,83 @@
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
+import { z } from 'zod'
+import { badRequest, notFound } from '../../plugins/errors.ts'
+import { enqueueJob } from '../../plugins/jobs.ts'
+import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
+import { FEED_JOB, type FollowPayload } from '../feed/jobs.ts'
+import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './queries.ts'
+import { FollowsPageSchema, FollowsPositionSchema, FollowsQuerySchema } from './schemas.ts'
+
+/**
+ * Follows: whom a user follows decides whose posts reach their feed (routes/feed/jobs.ts delivers them). Following
+ * and unfollowing change the feed through a job queued in the same transaction: the followee's 20 most recent posts
+ * in, or all of their posts out. Both are per-principal rate limited like every authenticated route, and following
+ * 10,000 users costs the follower 10,000 requests and the service 10,000 bounded backfills of 20 rows.
+ */
+export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { db, cursors, reads } = app
+
+  app.put('/users/me/following/:id', {
+    schema: {
+      operationId: 'followUser',
+      tags: ['follows'],
+      summary: 'Follow a user (idempotent); their 20 most recent posts come into your feed',
+      params: IdParamsSchema,
+      response: { 204: z.null().describe('Following'), 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const followerId = request.user.id
+    const followeeId = request.params.id
+    if (followeeId === followerId) throw badRequest('You cannot follow yourself.', [{ path: 'id', message: 'must not be your own id' }])
+    const found = await db.begin(async (tx) => {
+      const { exists, created } = await insertFollow(tx, followerId, followeeId)
+      if (created) await enqueueJob(tx, FEED_JOB.backfill, { followerId, followeeId } satisfies FollowPayload)
+      return exists
+    })
+    if (!found) throw notFound('User not found.')
+    await reads.wrote(followerId)
+    return reply.code(204).send(null)
+  })
+
+  app.delete('/users/me/following/:id', {
+    schema: {
+      operationId: 'unfollowUser',
+      tags: ['follows'],
+      summary: 'Stop following a user (204 also when you did not); their posts leave your feed',
+      params: IdParamsSchema,
+      response: { 204: z.null().describe('Not following'), ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const followerId = request.user.id
+    const followeeId = request.params.id
+    await db.begin(async (tx) => {
+      if (await deleteFollow(tx, followerId, followeeId)) {
+        await enqueueJob(tx, FEED_JOB.removeFollowee, { followerId, followeeId } satisfies FollowPayload)
+      }
+    })
+    await reads.wrote(followerId)
+    return reply.code(204).send(null)
+  })
+
+  // Cursors are bound to the list and the caller (like the feed's): one from another user's list is a 400.
+  const lists = [
+    { path: '/users/me/following', operationId: 'listFollowing', summary: 'Whom you follow, most recent first', scope: 'following', query: followingPageQuery },
+    { path: '/users/me/followers', operationId: 'listFollowers', summary: 'Who follows you, most recent first', scope: 'followers', query: followersPageQuery }
+  ] as const
+  for (const list of lists) {
+    app.get(list.path, {
+      schema: {
+        operationId: list.operationId,
+        tags: ['follows'],
+        summary: list.summary,
+        querystring: FollowsQuerySchema,
+        response: { 200: FollowsPageSchema, ...commonErrors }
+      }
+    }, async (request) => {
+      const userId = request.user.id
+      const { limit, cursor } = request.query
+      const scope = `${list.scope}:${userId}`
+      const after = cursors.position(scope, cursor, FollowsPositionSchema)
+      return reads.read(userId, async (sql) => cursors.page(scope, await list.query(sql, userId, limit, after), limit, toFollowedUser, followsPositionOf))
+    })
+  }
+}
