@@ -52,5 +52,8 @@ create index posts_author_idx on posts (author_id, created_at desc, id desc);
 
 -- The API writes follows and feed rows; it marks posts deleted (that one column) and removes them once off every feed.
 grant select, insert, delete on follows to ledger_api;
+-- Feed jobs lock the follows rows they deliver through (FOR KEY SHARE, see routes/feed/jobs.ts), and PostgreSQL asks
+-- UPDATE on some column of a table for any row lock: one column, which nothing in the API updates.
+grant update (created_at) on follows to ledger_api;
 grant select, insert, delete on feed_items to ledger_api;
 grant update (deleted_at), delete on posts to ledger_api;

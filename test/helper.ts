@@ -173,16 +173,16 @@ export async function fund (app: App, user: { id: string }, amount: number, curr
  * payload (the job stays due), a throw counts a failed attempt and moves run_at past now (so a failing job is left
  * for a later drain instead of looping). It returns when no job of those kinds is due any more, including jobs
  * another test file's drain holds at that moment (it waits for them), or after `maxSteps` steps (a test that
- * simulates a worker dying mid-job stops it early).
+ * simulates a worker dying mid-job stops it early). Failed runs come back in `errors` for the test to show.
  */
-export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number }> {
+export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number, errors: unknown[] }> {
   const sql = app.db
   const kinds = [...options.kinds]
   const maxSteps = options.maxSteps ?? 100_000
   const deadline = Date.now() + (options.timeoutMs ?? 60_000)
   const signal = new AbortController().signal
   let steps = 0
-  let failures = 0
+  const errors: unknown[] = []
   while (steps < maxSteps) {
     if (Date.now() > deadline) throw new Error(`drainJobs: jobs of ${kinds.join(', ')} still due after the timeout`)
     const ran = await sql.begin(async (tx) => {
@@ -200,8 +200,7 @@ export async function drainJobs (app: App, handlers: JobHandlers, options: { kin
         if (result.status === 'done') await tx`delete from jobs where id = ${job.id}`
         else await tx`update jobs set payload = ${tx.json(result.payload as never)} where id = ${job.id}`
       } catch (error) {
-        failures++
-        app.log.warn({ err: error, kind: job.kind }, 'drainJobs: job failed')
+        errors.push(error)
         await tx`update jobs set attempts = attempts + 1, run_at = now() + interval '1 minute' where id = ${job.id}`
       }
       return true
@@ -215,5 +214,5 @@ export async function drainJobs (app: App, handlers: JobHandlers, options: { kin
     if ((due?.count ?? 0) === 0) break
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
-  return { steps, failures }
+  return { steps, failures: errors.length, errors }
 }

@@ -82,7 +82,7 @@ export async function fanOutBatch (sql: Sql, payload: FanOutPayload, batchSize: 
         returning feed_user_id
       )
       select (select follower_id from batch order by follower_id desc limit 1) as last,
-             array(select feed_user_id::text from inserted) as delivered`
+             coalesce((select json_agg(feed_user_id) from inserted), '[]') as delivered`
     return { delivered: row?.delivered ?? [], last: row?.last ?? null }
   })
 }
