@@ -12,13 +12,14 @@ export const toFollowedUser = (row: FollowsRow): FollowedUser => ({ id: row.id, 
 export const followsPositionOf = (row: FollowsRow): FollowsPosition => ({ t: row.position_ts, i: row.id })
 
 /**
- * Follows `followeeId` (one statement): `exists` is false for an unknown user (404), `created` false when the
+ * Follows `followeeId` (one statement): `exists` is false for an unknown user (404; also when the caller's own
+ * row is gone, a deleted account with a live token, instead of a foreign-key error), `created` false when the
  * follow was already there (the PUT is idempotent and queues nothing the second time).
  */
 export async function insertFollow (tx: TransactionSql, followerId: string, followeeId: string): Promise<{ exists: boolean, created: boolean }> {
   const [row] = await tx<{ exists: boolean, created: boolean }[]>`
     with target as (
-      select id from users where id = ${followeeId}
+      select t.id from users t join users f on f.id = ${followerId} where t.id = ${followeeId}
     ), created as (
       insert into follows (follower_id, followee_id)
       select ${followerId}, id from target

@@ -8,7 +8,8 @@ import { buildApp, type App } from '../../app.ts'
 import type { Sql } from '../../plugins/database.ts'
 import { createReadRouter } from '../../plugins/read-router.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
-import { createClient, createUser, dbSpans, fund, hasLocalStack, injectTraced, testConfig, type TestClient, type TestUser } from '../helper.ts'
+import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { createClient, createUser, dbSpans, drainJobs, fund, hasLocalStack, injectTraced, ownerSql, testConfig, type TestClient, type TestUser } from '../helper.ts'
 import { parseEnvLines, runStack, withDatabase, withUserOf } from '../../scripts/local-stack.ts'
 import { pickFreePort } from './support.ts'
 
@@ -161,11 +162,15 @@ t.test('the feed: the cached first page always loads from the primary, other pag
   const app = await replicaApp()
   const carol = await createUser(app, { name: 'Carol' })
   const dave = await createUser(app, { name: 'Dave' })
+  // Carol follows Dave (as the owner: a follow through the API is carol's write, which would keep her on the primary).
+  await ownerSql()`insert into follows (follower_id, followee_id) values (${carol.id}, ${dave.id})`
   t.same((await read(app, carol, '/feed')).response.json().data, [], 'carol\'s empty first page is cached')
   await pauseReplay()
   t.teardown(resumeReplay)
-  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: dave.authorization }, payload: { body: 'for Carol', userId: carol.id } })
+  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: dave.authorization }, payload: { body: 'for Carol' } })
   t.equal(post.statusCode, 201)
+  // The fan-out (on the primary) puts it on carol's feed and invalidates her cached page.
+  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB) })
 
   const first = await read(app, carol, '/feed')
   t.same(first.response.json().data.map((p: { body: string }) => p.body), ['for Carol'], 'the invalidated first page is reloaded with the post')

@@ -6,7 +6,8 @@ import { Cluster } from 'ioredis'
 import t from 'tap'
 import { buildApp, type App } from '../../app.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
-import { createUser, hasLocalStack, testConfig } from '../helper.ts'
+import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { createUser, drainJobs, hasLocalStack, testConfig } from '../helper.ts'
 import { parseEnvLines, runStack } from '../../scripts/local-stack.ts'
 
 let nodes = process.env.LEDGER_TEST_REDIS_CLUSTER_NODES ?? ''
@@ -84,7 +85,7 @@ t.test('buckets of different users spread over the masters (one key per script c
   t.ok(perMaster.size >= 2, `buckets per master: ${JSON.stringify(Object.fromEntries(perMaster))}`)
 })
 
-t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post invalidates its page', { skip }, async (t) => {
+t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post invalidates its pages', { skip }, async (t) => {
   const app = await clusterApp()
   const alice = await createUser(app, { name: 'Alice' })
   const bob = await createUser(app)
@@ -103,9 +104,22 @@ t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post inval
   t.equal((await get(app, bob.authorization, `/users/${alice.id}`)).json().name, 'Alicia', 'the next read loads the new name')
   t.same(await counts(), { miss: 2, hit: 1 })
 
-  t.same((await get(app, bob.authorization, '/feed')).json().data, [], 'an empty feed, cached')
-  t.ok(await app.redis.exists(`cache:feed:${bob.id}`))
-  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: alice.authorization }, payload: { body: 'hi Bob', userId: bob.id } })
+  // Followers' pages are invalidated by the fan-out job, many keys in one call: keys on several masters.
+  const followers = await Promise.all(Array.from({ length: 8 }, () => createUser(app)))
+  for (const follower of followers) {
+    t.equal((await app.inject({ method: 'PUT', url: `/users/me/following/${alice.id}`, headers: { authorization: follower.authorization } })).statusCode, 204)
+  }
+  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB) })
+  for (const reader of [alice, ...followers]) {
+    t.same((await get(app, reader.authorization, '/feed')).json().data, [], 'an empty feed, cached')
+    t.ok(await app.redis.exists(`cache:feed:${reader.id}`))
+  }
+  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: alice.authorization }, payload: { body: 'hi all' } })
   t.equal(post.statusCode, 201)
-  t.same((await get(app, bob.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi Bob'], 'the post shows at once')
+  t.same((await get(app, alice.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi all'], "on the author's page at once")
+  const { failures } = await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB) })
+  t.equal(failures, 0, 'the fan-out invalidated keys across slots without a CROSSSLOT error')
+  for (const follower of followers) {
+    t.same((await get(app, follower.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi all'], "on each follower's page after the fan-out")
+  }
 })

@@ -242,14 +242,15 @@ t.test('a valid token for a user that no longer exists', async (t) => {
   t.ok([401, 404].includes(statuses['POST /posts'] ?? 0), 'POST /posts (own feed) is 404 or 401')
   // post_transaction() checks that the caller of a transfer exists before anything else (LDG04).
   t.equal(statuses['POST /transactions'], 401, 'POST /transactions (a transfer) is 401')
-  const posted = await send(app, { method: 'POST', path: '/posts', url: () => '/posts', payload: { body: 'from beyond', userId: witness.id } }, ghost, { authorization: ghost.authorization })
-  t.ok([401, 404].includes(posted.statusCode), `a deleted user cannot post on someone else's feed (${posted.statusCode})`)
+  const followed = await send(app, { method: 'PUT', path: '/users/me/following/{id}', url: () => `/users/me/following/${witness.id}` }, ghost, { authorization: ghost.authorization })
+  t.ok(followed.statusCode < 500 && followed.statusCode !== 204, `a deleted user cannot follow anyone (${followed.statusCode})`)
   const transfer = await send(app, { method: 'POST', path: '/transactions', url: () => '/transactions', payload: { kind: 'transfer', amount: 1, currency: TEST_CURRENCY, toUserId: witness.id }, headers: { 'idempotency-key': 'ghost-transfer' } }, ghost, { authorization: ghost.authorization })
   assertProblem(t, transfer, 401, 'a deleted user cannot pay a user who exists')
   const deposit = await send(app, { method: 'POST', path: '/transactions', url: () => '/transactions', payload: fundingBody('deposit', witness.id, 1), headers: { 'idempotency-key': 'ghost-deposit' } }, ghost, { authorization: ghost.authorization })
   assertProblem(t, deposit, 403, 'nor deposit, as no user can')
   const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`
     select (select count(*) from users where id = ${ghost.id}) + (select count(*) from posts where author_id = ${ghost.id})
+         + (select count(*) from follows where follower_id = ${ghost.id}) + (select count(*) from feed_items where feed_user_id = ${ghost.id})
          + (select count(*) from transactions where to_user_id in (${ghost.id}, ${witness.id}) or from_user_id in (${ghost.id}, ${witness.id}))
          + (select count(*) from idempotency_keys where principal_id = ${ghost.id}) as count`
   t.equal(Number(count), 0, 'nothing was written for the deleted user')

@@ -243,6 +243,9 @@ interface World {
   /** Every transaction the attacker's client posted: set up here, and each one it creates while fuzzed. */
   clientTransactionIds: Set<string>
   clientCursors: string[]
+  /** Posts of each (DELETE /posts/{id}: the attacker's may go, the victim's must stay). */
+  victimPostIds: string[]
+  attackerPostIds: string[]
 }
 
 /** createUser gives every user the same password; the victim and recipient get their own, so the attacker's is no key to them. */
@@ -280,9 +283,11 @@ async function setUpWorld (app: App): Promise<World> {
   for (const [index, user] of [attacker, recipient].entries()) {
     clientTransactionIds.add((await post(client, '/transactions', fundingBody('deposit', user.id, 1, { currency: 'USD' }), { 'idempotency-key': `client-${index}` })).id)
   }
+  const victimPostIds: string[] = []
+  const attackerPostIds: string[] = []
   for (let i = 0; i < 3; i++) {
-    await post(victim, '/posts', { body: `victim post ${i}` })
-    await post(attacker, '/posts', { body: `attacker post ${i}` })
+    victimPostIds.push((await post(victim, '/posts', { body: `victim post ${i}` })).id)
+    attackerPostIds.push((await post(attacker, '/posts', { body: `attacker post ${i}` })).id)
   }
   await app.inject({ method: 'PATCH', url: `/users/${victim.id}`, headers: { authorization: victim.authorization }, payload: { avatarUrl: 'https://cdn.example.test/victim.png' } })
   const cursors = async (user: TestUser) => [(await get(user, '/transactions?limit=1')).nextCursor, (await get(user, '/feed?limit=1')).nextCursor] as string[]
@@ -298,7 +303,9 @@ async function setUpWorld (app: App): Promise<World> {
     attackerTransactionIds,
     attackerCursors: await cursors(attacker),
     clientTransactionIds,
-    clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string]
+    clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string],
+    victimPostIds,
+    attackerPostIds
   }
 }
 
@@ -369,7 +376,9 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
         fc.constant(null)
       )
     }
-    case 'POST /posts': return { userId: fc.constantFrom(attacker.id, recipient.id, recipient.id.toUpperCase()) }
+    case 'DELETE /posts/{id}': return { 'path:id': fc.constantFrom(...world.victimPostIds, ...world.attackerPostIds) }
+    case 'PUT /users/me/following/{id}':
+    case 'DELETE /users/me/following/{id}': return { 'path:id': fc.constantFrom(victim.id, recipient.id, attacker.id, victim.id.toUpperCase()) }
     case 'POST /transactions': return {
       ...common,
       amount: fc.integer({ min: 1, max: 100_000 }),
@@ -448,10 +457,11 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     case 'POST /posts': {
       const author = json.author as { id: string }
       if (author.id !== attacker.id) return 'a post authored by someone else'
-      if (json.userId === victim.id) return 'a post landed on the victim\'s feed'
       return json.body === body.body ? undefined : 'the post body did not round-trip'
     }
-    case 'GET /feed': return (json.data as { userId: string }[]).every((p) => p.userId === attacker.id) ? undefined : 'someone else\'s post in the feed'
+    // The attacker's own posts, and those of users they may have followed while fuzzed (the victim, the recipient).
+    case 'GET /feed': return (json.data as { author: { id: string } }[]).every((p) => [attacker.id, victim.id, recipient.id].includes(p.author.id)) ? undefined : 'a stranger\'s post in the feed'
+    case 'DELETE /posts/{id}': return world.attackerPostIds.some((id) => request.url.endsWith(`/posts/${id}`)) ? undefined : 'deleted a post that is not the attacker\'s'
     case 'POST /transactions': {
       if (json.toUserId === victim.id || json.fromUserId === victim.id) return 'a transaction touching the victim'
       const replayed = response.headers['idempotent-replayed'] !== undefined

@@ -48,7 +48,7 @@ export const WRONG_TYPES: Record<string, unknown> = {
   null: null
 }
 
-export const CORE_TABLES = ['users', 'transactions', 'entries', 'balances', 'idempotency_keys', 'posts'] as const
+export const CORE_TABLES = ['users', 'transactions', 'entries', 'balances', 'idempotency_keys', 'posts', 'feed_items', 'follows'] as const
 
 /** Every core table still exists (no payload dropped or renamed anything). */
 export async function assertTablesIntact (t: Assert, sql: TestSql) {
@@ -67,16 +67,22 @@ export async function snapshotUser (sql: TestSql, userId: string) {
   const transactions = await sql`
     select id, kind, amount, currency, from_user_id, to_user_id, description, client_id, reference, created_at
       from transactions where from_user_id = ${userId} or to_user_id = ${userId} order by id`
+  // The user's posts and what is on their feed (posts are written once and placed on feeds by feed_items).
   const posts = await sql`
-    select id, user_id, author_id, body, created_at from posts where user_id = ${userId} or author_id = ${userId} order by id`
+    select p.id, f.feed_user_id, p.author_id, p.body, p.created_at, p.deleted_at
+      from posts p left join feed_items f on f.post_id = p.id and f.feed_user_id = ${userId}
+     where f.feed_user_id is not null or p.author_id = ${userId}
+     order by p.id`
+  // Whom the user follows (their choice); who follows them is the followers' own business.
+  const follows = await sql`select followee_id from follows where follower_id = ${userId} order by 1`
   // Keys are per principal: a user's own (their transfers); a client's deposits to the user are under the client.
   const keys = await sql`select key, fingerprint, transaction_id from idempotency_keys where principal_id = ${userId} order by key`
   // Plain data (Date -> ISO text) so tap's deep equality compares values, not object identity.
-  return JSON.parse(JSON.stringify({ profile, balances, entries, transactions, posts, keys })) as Record<string, unknown>
+  return JSON.parse(JSON.stringify({ profile, balances, entries, transactions, posts, follows, keys })) as Record<string, unknown>
 }
 
 export interface PrivateRoute {
-  method: 'GET' | 'POST' | 'PATCH'
+  method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE'
   /** OpenAPI-style path ({id}), matching GET /openapi.json. */
   path: string
   /** A concrete URL for the caller `self` (own ids, so only auth decides the answer). */
@@ -94,6 +100,11 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
   { method: 'PATCH', path: '/users/{id}', url: (self) => `/users/${self.id}`, payload: { name: 'Attacker' } },
   { method: 'POST', path: '/posts', url: () => '/posts', payload: { body: 'hello' } },
   { method: 'GET', path: '/feed', url: () => '/feed' },
+  { method: 'DELETE', path: '/posts/{id}', url: () => '/posts/1' },
+  { method: 'PUT', path: '/users/me/following/{id}', url: () => '/users/me/following/00000000-0000-4000-8000-00000000d0e5' },
+  { method: 'DELETE', path: '/users/me/following/{id}', url: () => '/users/me/following/00000000-0000-4000-8000-00000000d0e5' },
+  { method: 'GET', path: '/users/me/following', url: () => '/users/me/following' },
+  { method: 'GET', path: '/users/me/followers', url: () => '/users/me/followers' },
   {
     method: 'POST',
     path: '/transactions',
