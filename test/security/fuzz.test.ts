@@ -243,7 +243,7 @@ interface World {
   /** Every transaction the attacker's client posted: set up here, and each one it creates while fuzzed. */
   clientTransactionIds: Set<string>
   clientCursors: string[]
-  /** Posts of each (DELETE /posts/{id}: the attacker's may go, the victim's must stay). */
+  /** Posts of each (DELETE /posts/{id}: the attacker's may go, the victim's must stay); the attacker's grow while fuzzed. */
   victimPostIds: string[]
   attackerPostIds: string[]
 }
@@ -439,6 +439,11 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     if (route === 'PATCH /users/{id}' && request.url.toLowerCase().includes(victim.id) && ![400, 403].includes(status)) return `PATCH of the victim gave ${status}`
     return undefined
   }
+  if (status === 204) {
+    if (response.body !== '') return 'a 204 with a body'
+    if (route === 'DELETE /posts/{id}' && !world.attackerPostIds.some((id) => new URL(request.url, 'http://fuzz.test').pathname === `/posts/${id}`)) return 'deleted a post that is not the attacker\'s'
+    return undefined
+  }
   const json = response.json() as Record<string, unknown>
   const body = request.body as Record<string, unknown>
   switch (route) {
@@ -461,7 +466,6 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     }
     // The attacker's own posts, and those of users they may have followed while fuzzed (the victim, the recipient).
     case 'GET /feed': return (json.data as { author: { id: string } }[]).every((p) => [attacker.id, victim.id, recipient.id].includes(p.author.id)) ? undefined : 'a stranger\'s post in the feed'
-    case 'DELETE /posts/{id}': return world.attackerPostIds.some((id) => request.url.endsWith(`/posts/${id}`)) ? undefined : 'deleted a post that is not the attacker\'s'
     case 'POST /transactions': {
       if (json.toUserId === victim.id || json.fromUserId === victim.id) return 'a transaction touching the victim'
       const replayed = response.headers['idempotent-replayed'] !== undefined
@@ -567,6 +571,8 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
         if (problem !== undefined) throw new Error(`${problem}: ${response.statusCode} ${response.body.slice(0, 300)} for ${describe(request)}`)
         // What the client posts is its own from now on: its list and GET /transactions/{id} may show it.
         if (route === 'POST /transactions' && request.caller === 'client' && response.statusCode === 201) world.clientTransactionIds.add(String(response.json().id))
+        // And so are the attacker's posts: DELETE /posts/{id} may remove them.
+        if (route === 'POST /posts' && response.statusCode === 201) world.attackerPostIds.push(String(response.json().id))
         return true
       }), { numRuns: RUNS, seed: SEED })
       t.comment(`${route}: ${JSON.stringify(statuses)} ${JSON.stringify(byCaller)} ${JSON.stringify(byVariant)}`)
