@@ -129,13 +129,22 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     // Feeds: each pool user's feed gets posts/users posts, written by other pool users, spread over time.
     await timed(`${sizes.posts} posts`, () => sql.begin(async (tx) => {
       await tx`set local statement_timeout = 0`
+      // Each post is written once and placed on one pool user's feed (feed_items), as fan-out leaves it.
       await tx`
-        with pool as (select array_agg(id order by id) as ids, count(*)::int as n from users where email like 'seed-pool-%')
-        insert into posts (user_id, author_id, body, created_at)
-        select pool.ids[1 + g % pool.n], pool.ids[1 + ((g::bigint * 7919 + 13) % pool.n)::int],
-               'Bench post ' || g || ': ' || repeat('lorem ipsum ', 1 + g % 8),
-               now() - make_interval(secs => ${sizes.posts}::int - g)
-          from pool, generate_series(1, ${sizes.posts}::int) g`
+        with pool as (select array_agg(id order by id) as ids, count(*)::int as n from users where email like 'seed-pool-%'),
+        planned as (
+          select g, pool.ids[1 + g % pool.n] as feed_user_id, pool.ids[1 + ((g::bigint * 7919 + 13) % pool.n)::int] as author_id,
+                 now() - make_interval(secs => ${sizes.posts}::int - g) as created_at
+            from pool, generate_series(1, ${sizes.posts}::int) g
+        ), inserted as (
+          insert into posts (author_id, body, created_at)
+          select author_id, 'Bench post ' || g || ': ' || repeat('lorem ipsum ', 1 + g % 8), created_at from planned order by g
+          returning id, created_at
+        )
+        insert into feed_items (feed_user_id, post_id, created_at)
+        select p.feed_user_id, i.id, i.created_at
+          from (select id, created_at, row_number() over (order by id) as g from inserted) i
+          join planned p on p.g = i.g`
     }))
 
     // pgbench picks users by number: this maps 1..N to the pool's ids.
@@ -145,7 +154,7 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     // Freshly written rows would otherwise get their hint bits and visibility map set during the first
     // measured reads, and autovacuum would wake up mid-run.
     await timed('vacuum analyze + checkpoint', async () => {
-      await sql`vacuum analyze users, transactions, entries, balances, posts, idempotency_keys, bench_users`
+      await sql`vacuum analyze users, transactions, entries, balances, posts, feed_items, idempotency_keys, bench_users`
       await sql`checkpoint`.catch(() => {})
     })
     const ordered = await sql<{ id: string }[]>`select id from bench_users order by n`

@@ -36,7 +36,7 @@ async function seed (sql: Sql, log: (line: string) => void) {
     await tx`select pg_advisory_xact_lock(hashtext('ledger-api:explain-seed'))`
     const [existing] = await tx<{ users: number, posts: number }[]>`
       select (select count(*)::int from users where email like ${EMAIL_PATTERN}) as users,
-             (select count(*)::int from posts p join users u on u.id = p.user_id where u.email = 'explain-1@example.test') as posts`
+             (select count(*)::int from feed_items f join users u on u.id = f.feed_user_id where u.email = 'explain-1@example.test') as posts`
     if (existing !== undefined && existing.users >= USERS && existing.posts > 0) {
       log(`seed: ${existing.users} explain users already present, skipped`)
       return
@@ -48,19 +48,27 @@ async function seed (sql: Sql, log: (line: string) => void) {
       select 'explain-' || n || '@example.test', 'Explain User ' || n, '!'
         from generate_series(1, ${USERS}::int) n
       on conflict (email) do nothing`
-    // Set-based: one INSERT ... SELECT over generate_series. Pairs of posts share a created_at, so the id
-    // tie-break is exercised too; authors are spread over all users by a multiplicative hash.
+    // Set-based: one INSERT ... SELECT over generate_series for the posts, one for their feed rows. Pairs of posts
+    // share a created_at, so the id tie-break is exercised too; authors are spread over all users by a
+    // multiplicative hash. Each post is on one feed (as if each feed owner followed its author).
     await tx`
       with seeded as (
         select array_agg(id order by substring(email from '^explain-([0-9]+)@')::int) as ids
           from users where email like ${EMAIL_PATTERN}
+      ), planned as (
+        select g, ids[case when g % ${HEAVY_FEED_SHARE}::int = 0 then 1 else 2 + g % (${USERS}::int - 1) end] as feed_user_id,
+               ids[1 + (g * 7919) % ${USERS}::int] as author_id,
+               timestamptz '2025-01-01 00:00:00+00' - (g / 2) * interval '7 seconds' - (g % 1000) * interval '1 microsecond' as created_at
+          from generate_series(1, ${POSTS}::int) g, seeded
+      ), inserted as (
+        insert into posts (author_id, body, created_at)
+        select author_id, 'explain post ' || g || ': ' || repeat('lorem ipsum ', 1 + g % 20), created_at from planned order by g
+        returning id, created_at
       )
-      insert into posts (user_id, author_id, body, created_at)
-      select ids[case when g % ${HEAVY_FEED_SHARE}::int = 0 then 1 else 2 + g % (${USERS}::int - 1) end],
-             ids[1 + (g * 7919) % ${USERS}::int],
-             'explain post ' || g || ': ' || repeat('lorem ipsum ', 1 + g % 20),
-             timestamptz '2025-01-01 00:00:00+00' - (g / 2) * interval '7 seconds' - (g % 1000) * interval '1 microsecond'
-        from generate_series(1, ${POSTS}::int) g, seeded`
+      insert into feed_items (feed_user_id, post_id, created_at)
+      select p.feed_user_id, i.id, i.created_at
+        from (select id, created_at, row_number() over (order by id) as g from inserted) i
+        join planned p on p.g = i.g`
     log(`seed: ${USERS} users and ${POSTS} posts inserted in ${Math.round(performance.now() - started)} ms`)
   })
   // After the commit, so the statistics count the new rows as live.
@@ -68,6 +76,7 @@ async function seed (sql: Sql, log: (line: string) => void) {
     await tx`set local statement_timeout = 0`
     await tx`analyze users`
     await tx`analyze posts`
+    await tx`analyze feed_items`
   })
 }
 
@@ -94,14 +103,14 @@ async function main (): Promise<number> {
   try {
     await seed(sql, (line) => console.error(line))
     const [feed] = await sql<{ id: string, posts: number }[]>`
-      select u.id, (select count(*)::int from posts p where p.user_id = u.id) as posts
+      select u.id, (select count(*)::int from feed_items f where f.feed_user_id = u.id) as posts
         from users u where u.email = 'explain-1@example.test'`
     if (feed === undefined) throw new Error('the explain-1 user is missing after seeding')
     // The position DEEP_PAGE_FROM_END posts before the oldest one, read as the API's cursor would carry it.
     const oldest = await sql<{ t: string, i: string }[]>`
-      select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t, id::text as i
-        from posts where user_id = ${feed.id}
-       order by created_at, id
+      select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t, post_id::text as i
+        from feed_items where feed_user_id = ${feed.id}
+       order by created_at, post_id
        limit ${DEEP_PAGE_FROM_END}`
     const deep = oldest.at(-1)
     if (deep === undefined) throw new Error('the explain-1 feed is empty')
@@ -112,13 +121,13 @@ async function main (): Promise<number> {
     ]
 
     const problems: string[] = []
-    if (plans.some((plan) => plan.includes('Seq Scan on posts'))) problems.push('a plan scans the whole posts table (Seq Scan on posts)')
-    if (!plans.every((plan) => plan.includes('posts_feed_idx'))) problems.push('a plan does not use posts_feed_idx')
+    if (plans.some((plan) => /Seq Scan on (posts|feed_items)/.test(plan))) problems.push('a plan scans a whole table (Seq Scan on posts or feed_items)')
+    if (!plans.every((plan) => plan.includes('feed_items_page_idx'))) problems.push('a plan does not use feed_items_page_idx')
     if (problems.length > 0) {
       console.error(`\nexplain: FAILED: ${problems.join('; ')}`)
       return 1
     }
-    console.error('\nexplain: ok, both pages are an index range scan of posts_feed_idx')
+    console.error('\nexplain: ok, both pages are an index range scan of feed_items_page_idx')
     return 0
   } finally {
     await sql.end({ timeout: 5 })

@@ -18,8 +18,9 @@
 //
 // Writes: a preflight runs against staging, where a few rows are acceptable, so writes are on unless --read-only.
 // Without --token/--login it signs up one user `preflight-<hex>@example.test`. Check 4 creates at most 2 rows per
-// list, and only when the list has fewer than 2 (posts on the preflight user's own feed; 1-cent deposits to it from
-// the --client service client, since users cannot create money; without --client that list is a SKIP).
+// list, and only when the list has fewer than 2 (posts on the preflight user's own feed; users signed up for the
+// run that it follows or that follow it; 1-cent deposits to it from the --client service client, since users cannot
+// create money; without --client that list is a SKIP).
 // Check 2 sends its payloads to the write operations too: what they accept is stored as inert text (a handful of
 // users, posts and 1-cent deposits, all counted in the output). --read-only sends GETs only (plus the login).
 //
@@ -321,7 +322,9 @@ async function patientFetch (request: Request): Promise<Response> {
   const { response } = await patiently(async () => {
     const answer = await fetch(request.clone(), { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
     // Read within the timeout, and so that an answer that is retried is not left unread.
-    const response = new Response(await answer.arrayBuffer(), { status: answer.status, statusText: answer.statusText, headers: answer.headers })
+    const bytes = await answer.arrayBuffer()
+    // A null-body status (204, 304) may not be given a body, even an empty one.
+    const response = new Response([204, 205, 304].includes(answer.status) ? null : bytes, { status: answer.status, statusText: answer.statusText, headers: answer.headers })
     return { status: response.status, retryAfterS: retryAfterOf(response.headers), response }
   }, PATIENCE_MS)
   return response
@@ -377,8 +380,10 @@ export interface Context {
   userId: string
   readOnly: boolean
   /**
-   * How to make an item of a list when the user's token may not (keyed by operationId), or why it cannot be made:
-   * users cannot create money, so only with --client is the transactions list filled (1-cent deposits).
+   * How to make an item of a list when the user's token may not (keyed by the creating operation's operationId), or
+   * why it cannot be made: users cannot create money, so only with --client is the transactions list filled (1-cent
+   * deposits). Keyed by the list's own operationId: how to add an item to a list no operation answers with (the
+   * follow lists: a user signed up for the run, followed by or following the preflight user).
    */
   creators: Record<string, (() => Promise<{ status: number, said: string }>) | string>
 }
@@ -515,13 +520,16 @@ export async function checkPagination (ctx: Context, ops: Operation[]): Promise<
       // Too few rows for a second page: create two with the operation whose answer is this list's item.
       const itemRef = ctx.schemas.concrete(ctx.schemas.concrete(ctx.schemas.success(op)).properties?.data).items?.$ref
       const creator = ops.find((o) => o.method === 'POST' && itemRef !== undefined && ctx.schemas.jsonBody(o.responses?.['201'] ?? o.responses?.['200'])?.$ref === itemRef)
+      // Lists whose items no single operation answers with (follows: a PUT with 204) name their own filler.
+      const filler = ctx.creators[op.operationId ?? '']
       if (!hasLimit) { skipped.push(`${op.key}: shorter than one page and has no limit parameter`); continue }
-      if (ctx.readOnly || creator === undefined) {
+      if (ctx.readOnly || (creator === undefined && filler === undefined)) {
         skipped.push(`${op.key}: fewer than 2 items and ${ctx.readOnly ? '--read-only' : 'no operation in the document creates its items'}`)
         continue
       }
-      const create = ctx.creators[creator.operationId ?? ''] ??
-        (async () => { const answer = await send(ctx.base, buildRequest(ctx, creator), PATIENCE_MS); return { status: answer.status, said: said(answer) } })
+      const creatorKey = creator?.key ?? `the filler of ${op.key}`
+      const create = filler ?? ctx.creators[creator?.operationId ?? ''] ??
+        (async () => { const answer = await send(ctx.base, buildRequest(ctx, creator!), PATIENCE_MS); return { status: answer.status, said: said(answer) } })
       if (typeof create === 'string') { skipped.push(`${op.key}: fewer than 2 items and ${create}`); continue }
       let made = 0
       let forbidden = false
@@ -529,13 +537,13 @@ export async function checkPagination (ctx: Context, ops: Operation[]): Promise<
         const answer = await create()
         if (answer.status >= 200 && answer.status < 300) made++
         else if (answer.status === 403) forbidden = true
-        else failures.push(`${op.key}: creating an item with ${creator.key} -> ${answer.said}`)
+        else failures.push(`${op.key}: creating an item with ${creatorKey} -> ${answer.said}`)
       }
       if (forbidden) {
-        skipped.push(`${op.key}: fewer than 2 items and ${creator.key} is not the user's to call (403); --client id:secret lets a service client fill it`)
+        skipped.push(`${op.key}: fewer than 2 items and ${creatorKey} is not the user's to call (403); --client id:secret lets a service client fill it`)
         continue
       }
-      created.push(`${made} via ${creator.key}`)
+      created.push(`${made} via ${creatorKey}`)
       first = await send(ctx.base, pageUrl(), PATIENCE_MS)
       if (first.status !== 200 || !isObject(first.body) || typeof first.body.nextCursor !== 'string') {
         failures.push(`${op.key}?limit=1 -> ${said(first)} with nextCursor ${JSON.stringify(firstBody().nextCursor)} after creating ${made} items (expected a cursor)`)
@@ -789,6 +797,31 @@ async function fundingCreators (api: Api, client: { id: string, secret: string }
   }
 }
 
+/** Follow lists: each item is a user signed up for this run (public signup, rate limited per IP like any signup). */
+function followCreators (api: Api, token: string, userId: string): Context['creators'] {
+  const signUp = async () => {
+    const credentials = { email: `preflight-follow-${randomBytes(6).toString('hex')}@example.test`, password: randomBytes(18).toString('base64url') }
+    const signup = await reply(api.POST('/users', { body: { ...credentials, name: 'Preflight follow' } }))
+    const id = signup.data?.id
+    return signup.status === 201 && typeof id === 'string' ? { ok: true as const, id, credentials } : { ok: false as const, answer: signup }
+  }
+  return {
+    listFollowing: async () => {
+      const other = await signUp()
+      if (!other.ok) return other.answer
+      return reply(api.PUT('/users/me/following/{id}', { headers: bearer(token), params: { path: { id: other.id } } }))
+    },
+    listFollowers: async () => {
+      const other = await signUp()
+      if (!other.ok) return other.answer
+      const login = await reply(api.POST('/auth/token', { body: other.credentials }))
+      const otherToken = login.data?.accessToken
+      if (login.status !== 200 || typeof otherToken !== 'string') return login
+      return reply(api.PUT('/users/me/following/{id}', { headers: bearer(otherToken), params: { path: { id: userId } } }))
+    }
+  }
+}
+
 export class SetupError extends Error {
   override name = 'SetupError'
 }
@@ -825,9 +858,12 @@ export async function preflight (options: PreflightOptions): Promise<{ header: s
   const userId = me.data?.id
   if (me.status !== 200 || typeof userId !== 'string') throw new SetupError(`GET /users/me with the token -> ${me.said}`)
   const schemas = new Schemas(doc)
-  const creators = options.client === undefined
-    ? { createTransaction: 'only a service client can create money (--client id:secret lets one fund the user)' }
-    : options.readOnly ? {} : await fundingCreators(api, options.client, userId)
+  const creators = {
+    ...(options.readOnly ? {} : followCreators(api, token, userId)),
+    ...(options.client === undefined
+      ? { createTransaction: 'only a service client can create money (--client id:secret lets one fund the user)' }
+      : options.readOnly ? {} : await fundingCreators(api, options.client, userId))
+  }
   const ctx: Context = { doc, api, schemas, examples: new Examples(schemas), base, token, userId, readOnly: options.readOnly, creators }
   const header = `preflight ${base}: ${doc.info?.title ?? 'API'} ${doc.info?.version ?? ''}, ${ops.length} operations; user ${who}, id ${ctx.userId}` +
     `${options.readOnly ? '; read-only' : '; writes allowed (a few rows, counted below)'}`

@@ -48,7 +48,7 @@ t.test('passes against the app as built, every check with evidence', async (t) =
   t.same(statuses(run.stdout), { 1: 'PASS', 2: 'PASS', 3: 'PASS', 4: 'PASS', 5: 'PASS' }, 'every check passes', { stdout: run.stdout })
   t.match(run.stdout, /^PASS {2}1 load: 10 conns x 1 s, [\d,]+ requests .*, 0 errors \(0 timeouts\), 0 5xx, [\d,]+ 429s/m)
   t.match(run.stdout, /^PASS {2}2 injection: [\d,]+ requests, 4 payloads .*GET \/users\/me afterwards 200/m)
-  t.match(run.stdout, /^PASS {2}4 pagination: 2 of 2 lists paginate \(GET \/feed, GET \/transactions\)/m)
+  t.match(run.stdout, /^PASS {2}4 pagination: 4 of 4 lists paginate \(GET \/users\/me\/following, GET \/users\/me\/followers, GET \/feed, GET \/transactions\)/m)
   t.match(run.stdout, /^PASS {2}5 resources: PostgreSQL client connections max \d+ \(< 20\) over \d+ samples; cache hit ratio during the load: /m)
   t.match(run.stdout, /^preflight: 5 passed, 0 failed, 0 skipped$/m)
 })
@@ -59,7 +59,7 @@ t.test('without --client the transactions list, which only a service client can 
   const run = await preflight(app, [], undefined, 'none')
   t.equal(run.code, 0, 'a SKIP does not fail the run', { stdout: run.stdout, stderr: run.stderr })
   t.equal(statuses(run.stdout)['4'], 'SKIP')
-  t.match(run.stdout, /^SKIP {2}4 pagination: 1 of 2 lists paginate \(GET \/feed\)/m)
+  t.match(run.stdout, /^SKIP {2}4 pagination: 3 of 4 lists paginate \(GET \/users\/me\/following, GET \/users\/me\/followers, GET \/feed\)/m)
   t.match(run.stdout, /skipped: GET \/transactions: fewer than 2 items and only a service client can create money \(--client id:secret lets one fund the user\)/)
   const userId = /, id ([0-9a-f-]{36});/.exec(run.stdout)?.[1] ?? ''
   const [row] = await sql`select count(*)::int as n from transactions where to_user_id = ${userId} or from_user_id = ${userId}`
@@ -117,7 +117,7 @@ t.test('fails check 4 when following a list\'s nextCursor breaks', async (t) => 
   const run = await preflight(app)
   t.equal(run.code, 1, 'exit 1', { stdout: run.stdout })
   t.same(Object.entries(statuses(run.stdout)).filter(([, s]) => s === 'FAIL').map(([id]) => id), ['4'], 'only check 4 fails', { stdout: run.stdout })
-  t.match(run.stdout, /^FAIL {2}4 pagination: 2 of 3 lists paginate/m)
+  t.match(run.stdout, /^FAIL {2}4 pagination: 4 of 5 lists paginate/m)
   t.match(run.stdout, /^ {6}GET \/test\/list: following nextCursor -> 500/m)
 })
 
