@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
-import type { Config } from './config.ts'
+import { isDevelopmentEnv, type Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import currenciesPlugin from './plugins/currencies.ts'
@@ -14,6 +14,7 @@ import { parseJsonBody } from './plugins/json-body.ts'
 import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
+import readinessPlugin from './plugins/readiness.ts'
 import readRouterPlugin from './plugins/read-router.ts'
 import redisPlugin from './plugins/redis.ts'
 import revocationsPlugin from './plugins/revocations.ts'
@@ -37,6 +38,17 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
   metrics?: Metrics
+}
+
+/**
+ * Whether /metrics is served on the public port: not when the operations listener (OPS_PORT) serves it; with
+ * METRICS_TOKEN, to its bearer only; without a token only in development and test. Anywhere else it is absent
+ * (404) rather than open: the metrics name routes, pools and error rates an attacker would like to watch.
+ */
+export function publicMetricsRoute (config: Config): 'token' | 'open' | 'off' {
+  if (config.OPS_PORT > 0) return 'off'
+  if (config.METRICS_TOKEN !== undefined) return 'token'
+  return isDevelopmentEnv(config.NODE_ENV) ? 'open' : 'off'
 }
 
 const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
@@ -98,7 +110,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
   metrics.dbCircuitState.set({ pool: 'primary' }, 0)
   if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
-  await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
+  await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN, publicRoute: publicMetricsRoute(config) })
   await app.register(tracingPlugin)
   await app.register(underPressurePlugin, {
     maxEventLoopDelayMs: config.PRESSURE_MAX_EVENT_LOOP_DELAY_MS,
@@ -139,6 +151,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     }
   })
   await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
+  // A round at most every second, each probe bounded, so a dependency gone is seen within about 2 s.
+  await app.register(readinessPlugin, { intervalMs: 1000, timeoutMs: 900 })
   await app.register(readRouterPlugin, { windowS: config.READ_YOUR_WRITES_S })
   await app.register(revocationsPlugin, {
     pollMs: config.REVOCATION_POLL_MS,

@@ -1,3 +1,7 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../config.ts'
 
@@ -10,7 +14,9 @@ function thrown (fn: () => unknown): Error | undefined {
   return undefined
 }
 
-const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1' }
+// A secret of this run only: none is committed anywhere.
+const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1', JWT_SECRET: randomBytes(32).toString('base64url') }
+const { JWT_SECRET: _secret, ...noSecret } = base
 
 t.test('defaults are applied to a minimal environment', async (t) => {
   const config = loadConfig(base)
@@ -34,8 +40,26 @@ t.test('required URLs are named when missing', async (t) => {
   t.match(error?.message, /DATABASE_URL[\s\S]*REDIS_URL/)
 })
 
-t.test('production refuses to start without its own JWT secret', async (t) => {
-  t.throws(() => loadConfig({ ...base, NODE_ENV: 'production' }), /JWT_SECRET/)
+t.test('anything but development and test refuses to start without its own JWT secret', async (t) => {
+  for (const nodeEnv of ['production', 'staging', 'prod', undefined]) {
+    const error = thrown(() => loadConfig(nodeEnv === undefined ? noSecret : { ...noSecret, NODE_ENV: nodeEnv }))
+    t.ok(error instanceof ConfigError, `NODE_ENV=${nodeEnv ?? '(unset)'} is refused`)
+    t.match(error?.message, /JWT_SECRET: is required/)
+  }
   t.throws(() => loadConfig({ ...base, JWT_SECRET: 'short' }), /JWT_SECRET/)
   t.equal(loadConfig({ ...base, NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(32) }).JWT_SECRET, 'x'.repeat(32))
+})
+
+t.test('development and test without JWT_SECRET share the local stack secret file, created once with mode 0600', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ledger-secret-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const stackDir = join(dir, '.stack')
+  const first = loadConfig({ ...noSecret, NODE_ENV: 'development', LEDGER_STACK_DIR: stackDir }).JWT_SECRET
+  const second = loadConfig({ ...noSecret, NODE_ENV: 'test', LEDGER_STACK_DIR: stackDir }).JWT_SECRET
+  t.ok(first.length >= 32, 'a secret long enough for HS256')
+  t.equal(second, first, 'every process of the checkout (and every worker) signs with the same key')
+  t.equal(statSync(join(stackDir, 'jwt-secret')).mode & 0o777, 0o600)
+  const elsewhere = loadConfig({ ...noSecret, NODE_ENV: 'development', LEDGER_STACK_DIR: join(dir, 'other') }).JWT_SECRET
+  t.not(elsewhere, first, 'random per checkout, not a constant')
+  t.equal(loadConfig({ ...base, NODE_ENV: 'development' }).JWT_SECRET, base.JWT_SECRET, 'JWT_SECRET, when set, wins')
 })

@@ -26,7 +26,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: PostgreSQL (through PgBouncer) and Redis answer */
+        /** Readiness: PostgreSQL (through PgBouncer) and Redis answered the last background probe (at most a second old) */
         get: operations["getReadiness"];
         put?: never;
         post?: never;
