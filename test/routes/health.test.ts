@@ -1,4 +1,3 @@
-import { get } from 'node:http'
 import t from 'tap'
 import { buildTestApp } from '../helper.ts'
 import { spawnApiServer, pickFreePort } from '../scale/support.ts'
@@ -17,46 +16,6 @@ t.test('ready is 200 with the stack up, from a result probed before the app was 
   const response = await app.inject({ method: 'GET', url: '/health/ready' })
   t.equal(response.statusCode, 200)
   t.same(response.json(), { status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
-})
-
-/**
- * Probe statements (`select 1`) this app sent so far: every statement is observed in this histogram, labelled
- * by operation and table, and the probe is the only one without a table (the pollers for revocations and
- * currencies, which also run in the background, read theirs).
- */
-async function statementsSent (app: Awaited<ReturnType<typeof buildTestApp>>): Promise<number> {
-  const { values } = await app.metrics.dbQueryDuration.get()
-  return values.filter((v) => v.metricName === 'ledger_db_query_duration_seconds_count' && v.labels.statement === 'SELECT').reduce((sum, v) => sum + v.value, 0)
-}
-
-t.test('1,000 concurrent readiness calls over real sockets send no statement: only the background round does', async (t) => {
-  const app = await buildTestApp(t)
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  const address = app.server.address()
-  const url = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}/health/ready`
-
-  // The measure sees probes: a background round is one statement.
-  const beforeRound = await statementsSent(app)
-  const roundsBefore = app.readiness.rounds()
-  await new Promise((resolve) => setTimeout(resolve, 1300))
-  t.ok(app.readiness.rounds() > roundsBefore, 'a round ran within a second or so')
-  t.equal(await statementsSent(app) - beforeRound, app.readiness.rounds() - roundsBefore, 'one probe statement per round: the measure sees probes')
-
-  // One socket per call (Node's global agent has no socket limit), all sent at once.
-  const call = () => new Promise<number>((resolve, reject) => {
-    get(url, (response) => {
-      response.resume()
-      response.on('end', () => resolve(response.statusCode ?? 0))
-    }).on('error', reject)
-  })
-  const statementsBefore = await statementsSent(app)
-  const rounds = app.readiness.rounds()
-  const statuses = await Promise.all(Array.from({ length: 1000 }, call))
-  const roundsDuring = app.readiness.rounds() - rounds
-  const statements = await statementsSent(app) - statementsBefore
-  t.equal(statuses.filter((s) => s === 200).length, 1000, 'every call answered 200')
-  t.equal(statements, roundsDuring, `only the background rounds sent probes (${statements} during the flood, not 1000)`)
-  t.ok(statements < 20, 'far from one per call')
 })
 
 t.test('the OpenAPI document is generated and public', async (t) => {
