@@ -72,7 +72,11 @@ async function serve (config: Config) {
     // Opened before the public port, so a port clash fails the boot before any traffic arrives.
     const { closeOps, createOpsServer, listenOps } = await import('./ops-server.ts')
     const ops = createOpsServer({
-      readiness: () => app.readiness.current(),
+      // As on the public port, where load shedding answers /health/ready with 503: an overloaded pod leaves rotation.
+      readiness: () => {
+        const result = app.readiness.current()
+        return app.isUnderPressure() ? { ...result, ok: false } : result
+      },
       metrics: async () => ({ contentType: app.metrics.registry.contentType, text: await app.metrics.registry.metrics() }),
       metricsToken: config.METRICS_TOKEN,
       onError: (error) => app.log.error({ err: error }, 'operations listener failed')
