@@ -2,11 +2,14 @@
 // be public in production, and the service must not run with a secret anyone can read in the repository.
 import { spawn, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
 import { get } from 'node:http'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { buildTestApp } from '../helper.ts'
+import { localStackSecret } from '../../config.ts'
+import { readStackEnv, stackDir } from '../../scripts/local-stack.ts'
+import { buildTestApp, hasLocalStack } from '../helper.ts'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 
@@ -127,4 +130,14 @@ t.test('no JWT secret is committed: not in config, compose, deploy, scripts, tes
       .filter(({ text }) => literalSecret.test(text)))
     .map(({ file, line }) => `${file}:${line}`)
   t.same(offending, [], 'no literal JWT secret in any tracked file')
+})
+
+t.test('the local stack generated its own secret (mode 0600) and the test path passes it', { skip: hasLocalStack ? false : 'needs the local stack started by scripts/test.ts' }, async (t) => {
+  const file = join(stackDir(), 'jwt-secret')
+  t.equal(statSync(file).mode & 0o777, 0o600, 'readable by its owner only')
+  const secret = readFileSync(file, 'utf8').trim()
+  t.ok(secret.length >= 32)
+  t.equal(readStackEnv().JWT_SECRET, secret, '`stack.sh env` prints it')
+  t.equal(process.env.JWT_SECRET, secret, 'scripts/test.ts passed it to the suite')
+  t.equal(localStackSecret(stackDir()), secret, 'development without JWT_SECRET reads the same file (every process of the checkout agrees)')
 })
