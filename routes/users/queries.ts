@@ -39,9 +39,14 @@ export async function findPublicUser (sql: Sql, id: string): Promise<PublicUser 
 }
 
 export async function findCredentials (sql: Sql, email: string) {
-  const [row] = await sql<{ id: string, password_hash: string, tier: 'standard' | 'pro' }[]>`
-    select id, password_hash, tier from users where email = ${email}`
+  const [row] = await sql<{ id: string, password_hash: string, password_version: number, tier: 'standard' | 'pro' }[]>`
+    select id, password_hash, password_version, tier from users where email = ${email}`
   return row ?? null
+}
+
+export async function findPasswordHash (sql: Sql, id: string): Promise<string | null> {
+  const [row] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${id}`
+  return row?.password_hash ?? null
 }
 
 export async function updateUser (sql: Sql, id: string, changes: { name?: string | undefined, avatarUrl?: string | null | undefined }): Promise<User | null> {
