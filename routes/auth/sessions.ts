@@ -15,6 +15,10 @@ export const hashRefreshToken = (token: string) => createHash('sha256').update(t
 
 export const sessionSubject = (sessionId: string) => `session:${sessionId}`
 
+// postgres.js runs without fetch_types (plugins/database.ts), so arrays go as their text form; session ids and
+// subjects (uuids, `session:<uuid>`) hold no commas, quotes or braces.
+const textArray = (values: readonly string[]) => `{${values.join(',')}}`
+
 export type EndReason = 'logout' | 'password_changed' | 'refresh_token_reused'
 
 export interface OpenedSession {
@@ -88,7 +92,7 @@ export async function endSessions (tx: Sql | TransactionSql, sessionIds: readonl
   if (sessionIds.length === 0) return []
   const ended = await tx<{ id: string }[]>`
     update sessions set ended_at = now(), end_reason = ${reason}
-     where id = any(${sessionIds}::uuid[]) and ended_at is null
+     where id = any(${textArray(sessionIds)}::uuid[]) and ended_at is null
     returning id`
   await revokeSubjects(tx, sessionIds.map(sessionSubject))
   return ended.map((row) => row.id)
@@ -96,7 +100,7 @@ export async function endSessions (tx: Sql | TransactionSql, sessionIds: readonl
 
 async function revokeSubjects (tx: Sql | TransactionSql, subjects: readonly string[]) {
   await tx`
-    insert into revocations (subject) select unnest(${subjects}::text[])
+    insert into revocations (subject) select unnest(${textArray(subjects)}::text[])
     on conflict (subject) do update set revoked_at = now()`
 }
 
