@@ -104,8 +104,8 @@ const schema = z.object({
 
   // scrypt's N (OWASP: 2^17 with r = 8, p = 1). A value that is not a power of two would fail every hash, so it
   // stops the boot instead. Hashes below the current parameters are upgraded at the user's next login.
-  PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20)
-    .refine(isPowerOfTwo, { message: 'must be a power of two from 1024 (2^10) to 1048576 (2^20), such as 131072 (2^17)' })
+  PASSWORD_HASH_COST: z.coerce.number().int()
+    .refine((n) => isPowerOfTwo(n) && n >= 1024 && n <= 1 << 20, { message: 'must be a power of two from 1024 (2^10) to 1048576 (2^20), such as 131072 (2^17)' })
     .default(DEFAULT_COST),
   PASSWORD_HASH_PARALLELISM: z.coerce.number().int().min(1).max(16).default(1),
   // Hashes each process runs at once (each takes a libuv thread and 128·N·r bytes: 128 MiB at the defaults), and
