@@ -5,7 +5,7 @@ import t from 'tap'
 import { revokeServiceClient } from '../../routes/auth/clients.ts'
 import { purgeSessions } from '../../routes/auth/sessions.ts'
 import { decoyHash, hashPassword } from '../../routes/users/password.ts'
-import { buildTestApp, claimsOf, createClient, createUser, testSql } from '../helper.ts'
+import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql } from '../helper.ts'
 
 t.test('a client gets a scoped token with JSON or a form body, and no refresh token', async (t) => {
   const app = await buildTestApp(t)
@@ -253,4 +253,15 @@ t.test('housekeeping purges ended and expired sessions, old used refresh tokens 
   t.equal(left?.old, 0, 'old revocations are gone')
   t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: ended.authorization } })).statusCode, 401,
     'a purged session\'s access token is still refused (its revocation is younger than any token)')
+})
+
+t.test('the session check costs no round trip: an authenticated request makes one Redis call (the limiter) and its own SQL only', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  // Many revocations in the list, as a busy service would hold: the check stays two in-memory lookups.
+  app.revocations.markRevoked(Array.from({ length: 10_000 }, () => `session:${randomUUID()}`))
+  const { response, spans } = await injectTraced(app, { method: 'GET', url: '/balances', headers: { authorization: user.authorization } })
+  t.equal(response.statusCode, 200)
+  t.equal(dbSpans(spans).length, 1, 'one statement: the balances themselves, no session lookup')
+  t.same(spans.filter((span) => span.attributes['db.system'] === 'redis').map((span) => span.name), ['rate-limit token bucket'], 'one Redis call: the rate limiter')
 })
