@@ -1,14 +1,13 @@
 import fastifyFormbody from '@fastify/formbody'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
-import type { Metrics } from '../../plugins/metrics.ts'
-import { badRequest, ProblemError, serviceUnavailable, unauthorized } from '../../plugins/errors.ts'
+import { badRequest, unauthorized } from '../../plugins/errors.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { findCredentials } from '../users/queries.ts'
 import { EmailSchema } from '../users/schemas.ts'
 import { verifyClientCredentials } from './clients.ts'
-import { createLoginThrottle } from './login-throttle.ts'
+import { accountGuard } from './login-throttle.ts'
 import { endSession, openSession, REFRESH_TOKEN_PATTERN, rotateRefreshToken, sessionSubject, upgradePasswordHash } from './sessions.ts'
 
 // The grant is chosen by `grant_type` (RFC 6749); a body without one is a user's email-and-password login.
@@ -47,46 +46,9 @@ const REFRESH_REFUSED = 'The refresh token is invalid, expired or revoked.'
 
 export const authRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, config } = app
-  const metrics: Metrics = app.metrics
-  const throttle = createLoginThrottle(app.redis, { maxFailures: config.LOGIN_MAX_FAILURES, windowMs: config.LOGIN_FAILURE_WINDOW_S * 1000 })
+  const guard = accountGuard(app)
   // RFC 6749 clients send form bodies; registered here, so no other route accepts them (415 there).
   await app.register(fastifyFormbody)
-
-  let lastLogged = 0
-  const throttleFailed = (error: unknown) => {
-    metrics.dependencyErrors.inc({ dependency: 'redis', operation: 'login_throttle' })
-    const now = Date.now()
-    if (now - lastLogged > 10_000) {
-      lastLogged = now
-      app.log.warn({ err: error, failOpen: config.RATE_LIMIT_FAIL_OPEN }, 'login throttle cannot reach redis')
-    }
-  }
-
-  /** Takes this email's place for one attempt, or answers 429 until the account's window passes. */
-  async function admitLogin (email: string): Promise<boolean> {
-    let admitted
-    try {
-      admitted = await throttle.attempt(email)
-    } catch (error) {
-      throttleFailed(error)
-      // Like the per-IP limiter: with Redis down, serve (the per-IP limit and the hash queue still bound it) or 503.
-      if (config.RATE_LIMIT_FAIL_OPEN) return false
-      throw serviceUnavailable('login throttle', error)
-    }
-    if (!admitted.allowed) {
-      const retryAfterS = Math.max(1, Math.ceil(admitted.retryAfterMs / 1000))
-      throw new ProblemError(429, 'rate_limited', `Too many failed logins for this account; retry in ${retryAfterS} s.`, {
-        headers: {
-          'retry-after': String(retryAfterS),
-          'ratelimit-limit': String(config.LOGIN_MAX_FAILURES),
-          'ratelimit-remaining': '0',
-          'ratelimit-reset': String(retryAfterS)
-        }
-      })
-    }
-    return true
-  }
-  const refund = (email: string) => throttle.refund(email).catch(throttleFailed)
 
   app.post('/auth/token', {
     config: { public: true, rateLimit: publicRouteRateLimit('login') },
@@ -129,7 +91,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     }
 
     const { email, password } = body
-    const counted = await admitLogin(email)
+    const counted = await guard.admit(email)
     let credentials
     let valid
     try {
@@ -139,11 +101,11 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
       valid = await app.passwords.verify(password, credentials?.password_hash ?? null)
     } catch (error) {
       // Not checked (hash queue full, database down): not a failed attempt.
-      if (counted) await refund(email)
+      if (counted) await guard.refund(email)
       throw error
     }
     if (credentials === null || !valid) throw unauthorized('Wrong email or password.')
-    if (counted) await refund(email)
+    if (counted) await guard.refund(email)
 
     if (app.passwords.needsRehash(credentials.password_hash)) {
       try {

@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
 import type { Result } from 'ioredis'
+import { ProblemError, serviceUnavailable } from '../../plugins/errors.ts'
+import type { Metrics } from '../../plugins/metrics.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
 import { traceRedis } from '../../plugins/tracing.ts'
 
@@ -63,4 +66,64 @@ export function createLoginThrottle (redis: RedisClient, options: LoginThrottleO
       await traceRedis('EVALSHA', 'login failures per account', () => redis.loginRefund(keyOf(email)))
     }
   }
+}
+
+export interface AccountGuard {
+  /**
+   * Takes this email's place for one password check, or throws 429 (with Retry-After and the RateLimit headers)
+   * until the account's window passes. Returns false when Redis could not be asked and the guard fails open.
+   */
+  admit: (email: string) => Promise<boolean>
+  /** Gives the place back (the password was right, or never checked); never throws. */
+  refund: (email: string) => Promise<void>
+}
+
+/** The throttle as the routes use it: Redis failures counted and logged, and open or closed like the rate limiter. */
+export function createAccountGuard (redis: RedisClient, options: LoginThrottleOptions & { failOpen: boolean, onRedisError: (error: unknown) => void }): AccountGuard {
+  const throttle = createLoginThrottle(redis, options)
+  return {
+    async admit (email) {
+      let admitted
+      try {
+        admitted = await throttle.attempt(email)
+      } catch (error) {
+        options.onRedisError(error)
+        // Like the per-IP limiter: with Redis down, serve (the per-IP limit and the hash queue still bound it) or 503.
+        if (options.failOpen) return false
+        throw serviceUnavailable('login throttle', error)
+      }
+      if (!admitted.allowed) {
+        const retryAfterS = Math.max(1, Math.ceil(admitted.retryAfterMs / 1000))
+        throw new ProblemError(429, 'rate_limited', `Too many failed password checks for this account; retry in ${retryAfterS} s.`, {
+          headers: {
+            'retry-after': String(retryAfterS),
+            'ratelimit-limit': String(options.maxFailures),
+            'ratelimit-remaining': '0',
+            'ratelimit-reset': String(retryAfterS)
+          }
+        })
+      }
+      return true
+    },
+    refund: (email) => throttle.refund(email).catch(options.onRedisError)
+  }
+}
+
+/** The app's guard: its settings from the config, Redis failures counted as a dependency error and logged. */
+export function accountGuard (app: FastifyInstance): AccountGuard {
+  const metrics: Metrics = app.metrics
+  let lastLogged = 0
+  return createAccountGuard(app.redis, {
+    maxFailures: app.config.LOGIN_MAX_FAILURES,
+    windowMs: app.config.LOGIN_FAILURE_WINDOW_S * 1000,
+    failOpen: app.config.RATE_LIMIT_FAIL_OPEN,
+    onRedisError: (error) => {
+      metrics.dependencyErrors.inc({ dependency: 'redis', operation: 'login_throttle' })
+      const now = Date.now()
+      if (now - lastLogged > 10_000) {
+        lastLogged = now
+        app.log.warn({ err: error, failOpen: app.config.RATE_LIMIT_FAIL_OPEN }, 'login throttle cannot reach redis')
+      }
+    }
+  })
 }

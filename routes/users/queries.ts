@@ -44,9 +44,9 @@ export async function findCredentials (sql: Sql, email: string) {
   return row ?? null
 }
 
-export async function findPasswordHash (sql: Sql, id: string): Promise<string | null> {
-  const [row] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${id}`
-  return row?.password_hash ?? null
+export async function findOwnCredentials (sql: Sql, id: string): Promise<{ email: string, password_hash: string } | null> {
+  const [row] = await sql<{ email: string, password_hash: string }[]>`select email, password_hash from users where id = ${id}`
+  return row ?? null
 }
 
 export async function updateUser (sql: Sql, id: string, changes: { name?: string | undefined, avatarUrl?: string | null | undefined }): Promise<User | null> {

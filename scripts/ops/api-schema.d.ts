@@ -120,7 +120,7 @@ export interface paths {
         get?: never;
         /**
          * Change your password: every session of yours ends
-         * @description A wrong currentPassword is 403 and changes nothing. On success every access and refresh token of the user stops working on every API process within a second; log in again with the new password.
+         * @description A wrong currentPassword is 403 and changes nothing; it counts as a failed login for the account (429 once it is locked). On success every access and refresh token of the user stops working on every API process within a second; log in again with the new password.
          */
         put: operations["changePassword"];
         post?: never;

@@ -195,3 +195,19 @@ t.test('a flood of 200 concurrent logins: 503 with Retry-After beyond the hashin
   t.equal(app.passwords.queue.running + app.passwords.queue.waiting, 0, 'the queue drained')
   t.equal((await login(app, reader.email, reader.password)).statusCode, 200, 'a login works after it')
 })
+
+t.test('a stolen access token buys no unlimited guesses: wrong current passwords count against the account', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  const change = (currentPassword: string) => app.inject({
+    method: 'PUT', url: '/users/me/password', headers: { authorization: user.authorization }, payload: { currentPassword, newPassword: 'the thief\'s new password' }
+  })
+  const statuses: number[] = []
+  for (let i = 0; i < 11; i++) statuses.push((await change(`guess number ${i}`)).statusCode)
+  t.same(statuses, [...Array<number>(10).fill(403), 429], 'ten wrong guesses, then the account is locked')
+  const right = await change(user.password)
+  assertProblem(t, right, 429, 'the right current password while locked')
+  t.ok(Number(right.headers['retry-after']) > 0)
+  t.equal((await login(app, user.email, user.password)).statusCode, 429, 'the login of that account is locked too')
+  t.equal((await me(app, user.authorization)).statusCode, 200, 'nothing ended, nothing changed')
+})
