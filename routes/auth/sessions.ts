@@ -55,32 +55,34 @@ export type RefreshOutcome =
   | { status: 'reused', sessionId: string }
 
 /**
- * Exchanges a refresh token for a new one in the same session. Marking the presented token used is one atomic
- * UPDATE, so of two requests racing with the same token one rotates and the other is a reuse: the OAuth 2.0
- * Security BCP's rule that a refresh token presented twice means it was stolen, and the session must end.
+ * Exchanges a refresh token for a new one in the same session. The token's row and its session's row are locked
+ * first, so two requests with the same token are served one after the other: the first rotates, the second finds
+ * the token used, which is the OAuth 2.0 Security BCP's sign of a stolen token, and ends the session. The session
+ * lock also orders a rotation against a logout or password change ending it: whichever comes second sees the
+ * other's result (never a fresh token in a session that has just ended).
  */
 export async function rotateRefreshToken (sql: Sql, presented: string, ttlS: number): Promise<RefreshOutcome> {
   const tokenHash = hashRefreshToken(presented)
   return sql.begin(async (tx) => {
-    const [claimed] = await tx<{ session_id: string, user_id: string, tier: Tier }[]>`
-      update refresh_tokens r set used_at = now()
-        from sessions s join users u on u.id = s.user_id
-       where r.token_hash = ${tokenHash} and r.used_at is null
-         and s.id = r.session_id and s.ended_at is null and s.expires_at > now()
-      returning r.session_id, s.user_id, u.tier`
-    if (claimed !== undefined) {
-      const refreshToken = newRefreshToken()
-      await tx`insert into refresh_tokens (token_hash, session_id) values (${hashRefreshToken(refreshToken)}, ${claimed.session_id})`
-      await tx`update sessions set expires_at = now() + make_interval(secs => ${ttlS}) where id = ${claimed.session_id}`
-      return { status: 'rotated', sessionId: claimed.session_id, userId: claimed.user_id, tier: claimed.tier, refreshToken } as const
+    const [row] = await tx<{ session_id: string, used: boolean, ended: boolean, expired: boolean, user_id: string, tier: Tier }[]>`
+      select r.session_id, r.used_at is not null as used, s.ended_at is not null as ended, s.expires_at <= now() as expired,
+             s.user_id, u.tier
+        from refresh_tokens r
+        join sessions s on s.id = r.session_id
+        join users u on u.id = s.user_id
+       where r.token_hash = ${tokenHash}
+         for update of r, s`
+    if (row === undefined || row.ended) return { status: 'refused' } as const
+    if (row.used) {
+      await endSessions(tx, [row.session_id], 'refresh_token_reused')
+      return { status: 'reused', sessionId: row.session_id } as const
     }
-    // Not claimable: a used token of a live session is a replay; anything else (unknown, expired, ended) is refused.
-    const [used] = await tx<{ session_id: string }[]>`
-      select r.session_id from refresh_tokens r join sessions s on s.id = r.session_id
-       where r.token_hash = ${tokenHash} and r.used_at is not null and s.ended_at is null`
-    if (used === undefined) return { status: 'refused' } as const
-    await endSessions(tx, [used.session_id], 'refresh_token_reused')
-    return { status: 'reused', sessionId: used.session_id } as const
+    if (row.expired) return { status: 'refused' } as const
+    const refreshToken = newRefreshToken()
+    await tx`update refresh_tokens set used_at = now() where token_hash = ${tokenHash}`
+    await tx`insert into refresh_tokens (token_hash, session_id) values (${hashRefreshToken(refreshToken)}, ${row.session_id})`
+    await tx`update sessions set expires_at = now() + make_interval(secs => ${ttlS}) where id = ${row.session_id}`
+    return { status: 'rotated', sessionId: row.session_id, userId: row.user_id, tier: row.tier, refreshToken } as const
   })
 }
 
