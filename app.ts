@@ -13,6 +13,7 @@ import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
 import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
+import passwordsPlugin from './plugins/passwords.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
 import readinessPlugin from './plugins/readiness.ts'
 import readRouterPlugin from './plugins/read-router.ts'
@@ -50,6 +51,8 @@ export function publicMetricsRoute (config: Config): 'token' | 'open' | 'off' {
   if (config.METRICS_TOKEN !== undefined) return 'token'
   return isDevelopmentEnv(config.NODE_ENV) ? 'open' : 'off'
 }
+/** The longest an access token lives (plugins/auth.ts verifies with maxAge 3600; JWT_TTL_S is at most 3600). */
+const MAX_ACCESS_TOKEN_AGE_S = 3600
 
 const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
 
@@ -157,7 +160,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(revocationsPlugin, {
     pollMs: config.REVOCATION_POLL_MS,
     maxStalenessMs: config.REVOCATION_MAX_STALENESS_S * 1000,
-    maxTokenAgeS: 3600
+    maxTokenAgeS: MAX_ACCESS_TOKEN_AGE_S
   })
   await app.register(currenciesPlugin, { refreshMs: config.CURRENCIES_REFRESH_S * 1000 })
   await app.register(authPlugin, {
@@ -167,8 +170,22 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     ttlSeconds: config.JWT_TTL_S
   })
 
+  await app.register(passwordsPlugin, {
+    cost: config.PASSWORD_HASH_COST,
+    parallelism: config.PASSWORD_HASH_PARALLELISM,
+    concurrency: config.PASSWORD_HASH_CONCURRENCY,
+    queue: config.PASSWORD_HASH_QUEUE
+  })
+
   await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
-  await app.register(housekeepingPlugin, { idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600, everyMs: 60_000, batch: 1000 })
+  await app.register(housekeepingPlugin, {
+    idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600,
+    refreshTokenTtlS: config.REFRESH_TOKEN_TTL_S,
+    // Revocations are kept a little past the longest access token life (one hour), for clock differences.
+    revocationTtlS: MAX_ACCESS_TOKEN_AGE_S + 300,
+    everyMs: 60_000,
+    batch: 1000
+  })
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).

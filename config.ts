@@ -4,6 +4,7 @@ import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
+import { DEFAULT_COST, isPowerOfTwo } from './routes/users/password.ts'
 
 /** NODE_ENV values that relax what production must set (JWT_SECRET, a token for /metrics on the public port). */
 export const isDevelopmentEnv = (nodeEnv: string | undefined) => nodeEnv === 'development' || nodeEnv === 'test'
@@ -128,7 +129,21 @@ const schema = z.object({
   // there is accepted or refused by every process within about this long.
   CURRENCIES_REFRESH_S: z.coerce.number().int().min(1).max(3600).default(60),
 
-  PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
+  // scrypt's N (OWASP: 2^17 with r = 8, p = 1). A value that is not a power of two would fail every hash, so it
+  // stops the boot instead. Hashes below the current parameters are upgraded at the user's next login.
+  PASSWORD_HASH_COST: z.coerce.number().int()
+    .refine((n) => isPowerOfTwo(n) && n >= 1024 && n <= 1 << 20, { message: 'must be a power of two from 1024 (2^10) to 1048576 (2^20), such as 131072 (2^17)' })
+    .default(DEFAULT_COST),
+  PASSWORD_HASH_PARALLELISM: z.coerce.number().int().min(1).max(16).default(1),
+  // Hashes each process runs at once (each takes a libuv thread and 128·N·r bytes: 128 MiB at the defaults), and
+  // how many may wait; beyond that a login or signup gets 503 with Retry-After rather than queueing on libuv.
+  PASSWORD_HASH_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
+  PASSWORD_HASH_QUEUE: z.coerce.number().int().min(0).max(10_000).default(32),
+  // Failed logins per email (from any address) within the window before that email gets 429 until it passes.
+  LOGIN_MAX_FAILURES: z.coerce.number().int().min(1).max(1000).default(10),
+  LOGIN_FAILURE_WINDOW_S: z.coerce.number().int().min(1).max(86_400).default(900),
+  // How long a refresh token stays usable; each rotation starts a new one (the session slides with use).
+  REFRESH_TOKEN_TTL_S: z.coerce.number().int().min(300).max(365 * 86_400).default(30 * 86_400),
   METRICS_TOKEN: z.string().min(16).optional()
 })
 

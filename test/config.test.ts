@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../config.ts'
 
@@ -62,4 +64,24 @@ t.test('development and test without JWT_SECRET share the local stack secret fil
   const elsewhere = loadConfig({ ...noSecret, NODE_ENV: 'development', LEDGER_STACK_DIR: join(dir, 'other') }).JWT_SECRET
   t.not(elsewhere, first, 'random per checkout, not a constant')
   t.equal(loadConfig({ ...base, NODE_ENV: 'development' }).JWT_SECRET, base.JWT_SECRET, 'JWT_SECRET, when set, wins')
+})
+
+t.test('PASSWORD_HASH_COST must be a power of two: a clear boot error, not a 500 per login', async (t) => {
+  t.equal(loadConfig(base).PASSWORD_HASH_COST, 131072, 'OWASP\'s N = 2^17 by default')
+  for (const value of ['1000', '100000', '131073', '512', `${2 ** 21}`]) {
+    const error = thrown(() => loadConfig({ ...base, PASSWORD_HASH_COST: value }))
+    t.ok(error instanceof ConfigError, `PASSWORD_HASH_COST=${value} is refused`)
+    t.match(error?.message, /PASSWORD_HASH_COST: must be a power of two/)
+  }
+  t.equal(loadConfig({ ...base, PASSWORD_HASH_COST: '65536', PASSWORD_HASH_PARALLELISM: '2' }).PASSWORD_HASH_PARALLELISM, 2)
+  t.throws(() => loadConfig({ ...base, PASSWORD_HASH_CONCURRENCY: '0' }), /PASSWORD_HASH_CONCURRENCY/)
+  t.throws(() => loadConfig({ ...base, REFRESH_TOKEN_TTL_S: '10' }), /REFRESH_TOKEN_TTL_S/)
+
+  // The server itself: it exits 1 with one line naming the variable, before touching any dependency.
+  const server = spawnSync(process.execPath, [fileURLToPath(new URL('../server.ts', import.meta.url))], {
+    env: { ...process.env, ...base, PASSWORD_HASH_COST: '1000' }, encoding: 'utf8', timeout: 30_000
+  })
+  t.equal(server.status, 1, 'the server refuses to boot')
+  t.match(server.stderr, /invalid configuration:\s+PASSWORD_HASH_COST: must be a power of two/)
+  t.notMatch(server.stderr, /\n\s+at /, 'a message, not a stack trace')
 })

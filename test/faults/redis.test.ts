@@ -95,6 +95,9 @@ async function duringFault (s: Setup, seen: Seen[], newName: string) {
       body: { kind: 'deposit', userId: bob.id, amount: 100, currency: 'USD', reference: `redis-fault-${bob.id}` }
     }),
     record('GET /health/ready', untilNotOk(open), { method: 'GET', url: '/health/ready' }),
+    // The per-account login throttle lives in Redis too: it fails open (or closed) with the limiter.
+    record('POST /auth/token', open, { method: 'POST', url: '/auth/token', body: { email: carol.email, password: carol.password } }),
+    record('fail closed: POST /auth/token', injectSender(s.closed), { method: 'POST', url: '/auth/token', body: { email: carol.email, password: carol.password } }),
     record('fail closed: GET /balances', injectSender(s.closed), { method: 'GET', url: '/balances', authorization: bob.authorization }),
     ...Array.from({ length: LIMITED_CAPACITY + 3 }, () =>
       record('fail open: GET /balances', injectSender(s.limited), { method: 'GET', url: '/balances', authorization: carol.authorization }))
@@ -111,6 +114,9 @@ function assertDuringFault (t: Tap, seen: Seen[], newName: string) {
   t.same(of('POST /transactions').map((x) => x.status), [201], 'a deposit is still accepted (the limiter fails open)')
   const limited = of('fail open: GET /balances')
   t.ok(limited.length > LIMITED_CAPACITY && limited.every((x) => x.status === 200), `fail open: ${limited.length} requests served, beyond the capacity of ${LIMITED_CAPACITY}`)
+  t.same(of('POST /auth/token').map((x) => x.status), [200], 'a login still works (the login throttle fails open)')
+  const closedLogin = of('fail closed: POST /auth/token')[0]
+  t.ok(closedLogin?.status === 503 && closedLogin.retryAfter === true, `fail closed: a login is 503 with Retry-After (${closedLogin?.status})`)
   const closed = of('fail closed: GET /balances')[0]
   t.equal(closed?.status, 503, 'fail closed: 503')
   t.ok(closed?.problem === true && closed.retryAfter === true, 'fail closed: problem+json with Retry-After')

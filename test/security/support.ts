@@ -76,7 +76,7 @@ export async function snapshotUser (sql: TestSql, userId: string) {
 }
 
 export interface PrivateRoute {
-  method: 'GET' | 'POST' | 'PATCH'
+  method: 'GET' | 'POST' | 'PATCH' | 'PUT'
   /** OpenAPI-style path ({id}), matching GET /openapi.json. */
   path: string
   /** A concrete URL for the caller `self` (own ids, so only auth decides the answer). */
@@ -106,7 +106,9 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
   },
   { method: 'GET', path: '/transactions', url: () => '/transactions', clients: true },
   { method: 'GET', path: '/transactions/{id}', url: () => '/transactions/1', clients: true },
-  { method: 'GET', path: '/balances', url: () => '/balances' }
+  { method: 'GET', path: '/balances', url: () => '/balances' },
+  { method: 'POST', path: '/auth/revoke', url: () => '/auth/revoke' },
+  { method: 'PUT', path: '/users/me/password', url: () => '/users/me/password', payload: { currentPassword: 'not the password', newPassword: 'attacker chosen password' } }
 ]
 
 /** Whoever sends a request: a user, or a service client (their ids never coincide). */
