@@ -122,7 +122,8 @@ const schema = z.object({
 
   // How often each process re-reads token revocations (a revoked client's tokens stop within about this long),
   // and how long it may go without a successful read before it refuses tokens (503) rather than trust a stale list.
-  REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(1000).default(500),
+  // At most 800 ms: a revoked token or ended session must stop within 1 s on every process, poll round trip included.
+  REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(800).default(500),
   REVOCATION_MAX_STALENESS_S: z.coerce.number().int().min(1).max(300).default(10),
 
   // How often each process re-reads the active currencies (the currencies table): a currency enabled or retired
