@@ -27,7 +27,7 @@ WORKDIR /app
 # Everything stays owned by root and is only readable by the `node` user that runs the process:
 # the app never writes to its own directory.
 COPY --from=deps /app/node_modules ./node_modules
-COPY package.json app.ts server.ts cluster.ts config.ts telemetry.ts ./
+COPY package.json app.ts server.ts cluster.ts ops-server.ts config.ts telemetry.ts ./
 COPY plugins ./plugins
 COPY routes ./routes
 COPY sql ./sql

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
-import type { Config } from './config.ts'
+import { isDevelopmentEnv, type Config } from './config.ts'
 import authPlugin from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import currenciesPlugin from './plugins/currencies.ts'
@@ -13,7 +13,9 @@ import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
 import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
+import passwordsPlugin from './plugins/passwords.ts'
 import rateLimitPlugin from './plugins/rate-limit.ts'
+import readinessPlugin from './plugins/readiness.ts'
 import readRouterPlugin from './plugins/read-router.ts'
 import redisPlugin from './plugins/redis.ts'
 import revocationsPlugin from './plugins/revocations.ts'
@@ -39,6 +41,19 @@ export interface BuildOptions {
   /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
   metrics?: Metrics
 }
+
+/**
+ * Whether /metrics is served on the public port: not when the operations listener (OPS_PORT) serves it; with
+ * METRICS_TOKEN, to its bearer only; without a token only in development and test. Anywhere else it is absent
+ * (404) rather than open: the metrics name routes, pools and error rates an attacker would like to watch.
+ */
+export function publicMetricsRoute (config: Config): 'token' | 'open' | 'off' {
+  if (config.OPS_PORT > 0) return 'off'
+  if (config.METRICS_TOKEN !== undefined) return 'token'
+  return isDevelopmentEnv(config.NODE_ENV) ? 'open' : 'off'
+}
+/** The longest an access token lives (plugins/auth.ts verifies with maxAge 3600; JWT_TTL_S is at most 3600). */
+const MAX_ACCESS_TOKEN_AGE_S = 3600
 
 const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
 
@@ -99,7 +114,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
   metrics.dbCircuitState.set({ pool: 'primary' }, 0)
   if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
-  await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN })
+  await app.register(metricsPlugin, { metrics, token: config.METRICS_TOKEN, publicRoute: publicMetricsRoute(config) })
   await app.register(tracingPlugin)
   await app.register(underPressurePlugin, {
     maxEventLoopDelayMs: config.PRESSURE_MAX_EVENT_LOOP_DELAY_MS,
@@ -140,11 +155,13 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     }
   })
   await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
+  // A round at most every second, each probe bounded, so a dependency gone is seen within about 2 s.
+  await app.register(readinessPlugin, { intervalMs: 1000, timeoutMs: 900 })
   await app.register(readRouterPlugin, { windowS: config.READ_YOUR_WRITES_S })
   await app.register(revocationsPlugin, {
     pollMs: config.REVOCATION_POLL_MS,
     maxStalenessMs: config.REVOCATION_MAX_STALENESS_S * 1000,
-    maxTokenAgeS: 3600
+    maxTokenAgeS: MAX_ACCESS_TOKEN_AGE_S
   })
   await app.register(currenciesPlugin, { refreshMs: config.CURRENCIES_REFRESH_S * 1000 })
   await app.register(authPlugin, {
@@ -154,8 +171,22 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     ttlSeconds: config.JWT_TTL_S
   })
 
+  await app.register(passwordsPlugin, {
+    cost: config.PASSWORD_HASH_COST,
+    parallelism: config.PASSWORD_HASH_PARALLELISM,
+    concurrency: config.PASSWORD_HASH_CONCURRENCY,
+    queue: config.PASSWORD_HASH_QUEUE
+  })
+
   await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
-  await app.register(housekeepingPlugin, { idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600, everyMs: 60_000, batch: 1000 })
+  await app.register(housekeepingPlugin, {
+    idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600,
+    refreshTokenTtlS: config.REFRESH_TOKEN_TTL_S,
+    // Revocations are kept a little past the longest access token life (one hour), for clock differences.
+    revocationTtlS: MAX_ACCESS_TOKEN_AGE_S + 300,
+    everyMs: 60_000,
+    batch: 1000
+  })
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).

@@ -6,19 +6,20 @@
 // Beyond one machine, run one process per container (WORKERS=1) and let the orchestrator do this job (see
 // docs-scaling.md); WORKERS=auto is for a VM or bare machine where one Node process would use one core.
 import cluster, { type Worker } from 'node:cluster'
-import { timingSafeEqual } from 'node:crypto'
-import { createServer, type Server } from 'node:http'
+import type { Server } from 'node:http'
 import { hostname } from 'node:os'
 import { AggregatorRegistry } from 'prom-client'
+import { closeOps, createOpsServer, listenOps } from './ops-server.ts'
+import type { CheckResult } from './plugins/readiness.ts'
 
 export interface SupervisorOptions {
   workers: number
   /** The script every worker runs (server.ts), whatever script started the primary (scripts/start.ts). */
   exec: string
   logLevel: string
-  /** Where the primary serves the sum of every worker's metrics; 0 turns it off. */
-  metricsPort: number
-  host: string
+  /** Where the primary serves health and the sum of every worker's metrics (OPS_PORT); 0 turns it off. */
+  opsPort: number
+  opsHost: string
   metricsToken?: string | undefined
   /** Restart backoff: first delay, doubled per consecutive crash, capped. */
   restartDelayMs?: number
@@ -44,6 +45,8 @@ function createLogger (level: string) {
   return { info: write(30), warn: write(40), error: write(50) }
 }
 
+interface ReadinessReport { ok: boolean, checks: { postgres: CheckResult, redis: CheckResult } }
+
 interface Slot {
   index: number
   worker: Worker | undefined
@@ -52,6 +55,8 @@ interface Slot {
   failures: number
   bootFailures: number
   restartTimer: NodeJS.Timeout | undefined
+  /** The worker's last readiness report (plugins/readiness.ts, relayed by server.ts). */
+  readiness: ReadinessReport | undefined
 }
 
 export function runPrimary (options: SupervisorOptions) {
@@ -64,19 +69,25 @@ export function runPrimary (options: SupervisorOptions) {
 
   cluster.setupPrimary({ exec: options.exec })
   const slots: Slot[] = Array.from({ length: options.workers }, (_, index) => ({
-    index, worker: undefined, startedAt: 0, listened: false, failures: 0, bootFailures: 0, restartTimer: undefined
+    index, worker: undefined, startedAt: 0, listened: false, failures: 0, bootFailures: 0, restartTimer: undefined, readiness: undefined
   }))
   let shuttingDown = false
   let exitCode = 0
-  let metricsServer: Server | undefined
+  let opsServer: Server | undefined
 
   function fork (slot: Slot) {
     slot.restartTimer = undefined
     slot.startedAt = Date.now()
     slot.listened = false
+    slot.readiness = undefined
     // LEDGER_WORKER tells the worker it is one of several (for its logs); it is not a setting.
     const worker = cluster.fork({ LEDGER_WORKER: String(slot.index + 1) })
     slot.worker = worker
+    worker.on('message', (message: { type?: unknown, ok?: unknown, checks?: ReadinessReport['checks'] }) => {
+      if (message.type === 'ledger:readiness' && typeof message.ok === 'boolean' && message.checks !== undefined) {
+        slot.readiness = { ok: message.ok, checks: message.checks }
+      }
+    })
     worker.once('listening', () => {
       slot.listened = true
       slot.bootFailures = 0
@@ -87,14 +98,16 @@ export function runPrimary (options: SupervisorOptions) {
   function finish () {
     if (slots.some((slot) => slot.worker !== undefined)) return
     log.info({ exitCode }, 'all workers exited')
-    metricsServer?.close()
-    process.exit(exitCode)
+    const exit = () => process.exit(exitCode)
+    if (opsServer === undefined) exit()
+    else closeOps(opsServer).then(exit, exit)
   }
 
   cluster.on('exit', (worker, code, signal) => {
     const slot = slots.find((s) => s.worker === worker)
     if (slot === undefined) return
     slot.worker = undefined
+    slot.readiness = undefined
     if (shuttingDown) {
       // A worker stopped by the signal before it had finished booting had nothing to drain.
       if (code !== 0 && !(signal === 'SIGTERM' && !slot.listened)) exitCode = 1
@@ -150,41 +163,38 @@ export function runPrimary (options: SupervisorOptions) {
     })
   }
 
-  if (options.metricsPort > 0) metricsServer = serveClusterMetrics(options, log)
+  if (options.opsPort > 0) opsServer = serveOps(options, log, slots, () => shuttingDown)
   log.info({ workers: options.workers }, 'starting workers')
   for (const slot of slots) fork(slot)
 }
 
 /**
- * Each worker's /metrics describes that worker only (whichever one the connection landed on), which would make
- * counters jump between scrapes. The primary asks every worker over IPC and serves the sum (prom-client's
- * AggregatorRegistry; gauges such as the pool size are summed too, process metrics use prom-client's own rules).
+ * Readiness: ready while every worker that is up has finished booting and reports ready (a dependency down
+ * shows in all of them; a worker being replaced is not counted, the others serve meanwhile), and not while
+ * shutting down. Metrics: each worker's /metrics describes that worker only (whichever one the connection landed
+ * on), which would make counters jump between scrapes, so the primary asks every worker over IPC and serves the
+ * sum (prom-client's AggregatorRegistry; gauges such as the pool size are summed too, process metrics use
+ * prom-client's own rules).
  */
-function serveClusterMetrics (options: SupervisorOptions, log: ReturnType<typeof createLogger>): Server {
+function serveOps (options: SupervisorOptions, log: ReturnType<typeof createLogger>, slots: Slot[], shuttingDown: () => boolean): Server {
   const aggregator = new AggregatorRegistry()
-  const expected = options.metricsToken === undefined ? undefined : Buffer.from(`Bearer ${options.metricsToken}`)
-  const server = createServer((request, response) => {
-    if (request.method !== 'GET' || request.url?.split('?')[0] !== '/metrics') {
-      response.writeHead(404).end()
-      return
-    }
-    if (expected !== undefined) {
-      const given = Buffer.from(request.headers.authorization ?? '')
-      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        response.writeHead(401, { 'www-authenticate': 'Bearer' }).end()
-        return
-      }
-    }
-    aggregator.clusterMetrics().then((text) => {
-      response.writeHead(200, { 'content-type': aggregator.contentType }).end(text)
-    }, (error: unknown) => {
-      log.warn({ err: { message: (error as Error).message } }, 'cluster metrics failed')
-      response.writeHead(503).end()
-    })
+  const server = createOpsServer({
+    readiness: () => {
+      const running = slots.filter((slot) => slot.worker !== undefined && slot.listened)
+      const reports = running.map((slot) => slot.readiness)
+      const down = (name: 'postgres' | 'redis'): CheckResult =>
+        reports.length === 0 || reports.some((report) => report === undefined || report.checks[name] === 'down') ? 'down' : 'ok'
+      const checks = { postgres: down('postgres'), redis: down('redis') }
+      const ok = !shuttingDown() && reports.length > 0 && reports.every((report) => report?.ok === true)
+      return { ok, checks }
+    },
+    metrics: async () => ({ contentType: aggregator.contentType, text: await aggregator.clusterMetrics() }),
+    metricsToken: options.metricsToken,
+    onError: (error) => log.error({ err: { message: error.message } }, 'operations listener failed')
   })
-  server.on('error', (error) => log.error({ err: { message: error.message } }, 'metrics server failed'))
-  server.listen(options.metricsPort, options.host, () => {
-    log.info({ port: options.metricsPort }, 'cluster metrics listening')
-  })
+  listenOps(server, options.opsPort, options.opsHost).then(
+    () => log.info({ host: options.opsHost, port: options.opsPort }, 'operations listener (health, cluster metrics) listening'),
+    (error: Error) => log.error({ err: { message: error.message } }, 'operations listener failed')
+  )
   return server
 }

@@ -1,8 +1,31 @@
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
+import { DEFAULT_COST, isPowerOfTwo } from './routes/users/password.ts'
 
-// Used only outside production, so `npm start` works on a fresh machine; production must set JWT_SECRET.
-const DEV_JWT_SECRET = 'ledger-api-dev-only-secret-never-use-in-production'
+/** NODE_ENV values that relax what production must set (JWT_SECRET, a token for /metrics on the public port). */
+export const isDevelopmentEnv = (nodeEnv: string | undefined) => nodeEnv === 'development' || nodeEnv === 'test'
+
+/**
+ * The local stack's JWT secret (scripts/stack.sh generates the same file on `up`): the secret of development and
+ * test when JWT_SECRET is unset. One file per checkout rather than a random secret per process, so that every
+ * worker (WORKERS > 1) and every process of the checkout (npm start, the test suite, the bench) verify each
+ * other's tokens, and local tokens survive restarts. Created exclusively (mode 0600) when missing, so two processes
+ * starting together end up with the same secret.
+ */
+export function localStackSecret (stackDir = fileURLToPath(new URL('./.stack', import.meta.url))): string {
+  const file = join(stackDir, 'jwt-secret')
+  try {
+    mkdirSync(stackDir, { recursive: true, mode: 0o700 })
+    writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+  }
+  return readFileSync(file, 'utf8').trim()
+}
 
 const boolean = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')
 const list = z.string().transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean))
@@ -27,7 +50,8 @@ export const defaultPoolMax = (workers: number) =>
   workers > 1 ? Math.max(2, Math.floor(PGBOUNCER_SERVER_CONNECTIONS / workers)) : DEFAULT_POOL_MAX
 
 const schema = z.object({
-  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  // Unset or anything but development and test (staging, production, a typo) counts as production: fail closed.
+  NODE_ENV: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, staging, development or test').optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -37,7 +61,11 @@ const schema = z.object({
     z.literal('auto').transform(() => availableParallelism()),
     z.coerce.number().int().min(1).max(256)
   ], { error: 'must be auto or a whole number from 1 to 256' }).default(1),
-  // With WORKERS > 1 the primary serves the metrics of every worker summed on this port (0: off).
+  // The operations listener (0: off): /health/live, /health/ready and /metrics on a port of their own, for the
+  // kubelet and Prometheus; /metrics then leaves the public port. With WORKERS > 1 the primary serves it (the
+  // sum of every worker's metrics; ready while its workers are). METRICS_PORT is its former name, still read.
+  OPS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+  OPS_HOST: z.string().min(1).optional(),
   METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(0),
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
@@ -94,33 +122,58 @@ const schema = z.object({
 
   // How often each process re-reads token revocations (a revoked client's tokens stop within about this long),
   // and how long it may go without a successful read before it refuses tokens (503) rather than trust a stale list.
-  REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(1000).default(500),
+  // At most 800 ms: a revoked token or ended session must stop within 1 s on every process, poll round trip included.
+  REVOCATION_POLL_MS: z.coerce.number().int().min(50).max(800).default(500),
   REVOCATION_MAX_STALENESS_S: z.coerce.number().int().min(1).max(300).default(10),
 
   // How often each process re-reads the active currencies (the currencies table): a currency enabled or retired
   // there is accepted or refused by every process within about this long.
   CURRENCIES_REFRESH_S: z.coerce.number().int().min(1).max(3600).default(60),
 
-  PASSWORD_HASH_COST: z.coerce.number().int().min(1024).max(1 << 20).default(16384),
+  // scrypt's N (OWASP: 2^17 with r = 8, p = 1). A value that is not a power of two would fail every hash, so it
+  // stops the boot instead. Hashes below the current parameters are upgraded at the user's next login.
+  PASSWORD_HASH_COST: z.coerce.number().int()
+    .refine((n) => isPowerOfTwo(n) && n >= 1024 && n <= 1 << 20, { message: 'must be a power of two from 1024 (2^10) to 1048576 (2^20), such as 131072 (2^17)' })
+    .default(DEFAULT_COST),
+  PASSWORD_HASH_PARALLELISM: z.coerce.number().int().min(1).max(16).default(1),
+  // Hashes each process runs at once (each takes a libuv thread and 128·N·r bytes: 128 MiB at the defaults), and
+  // how many may wait; beyond that a login or signup gets 503 with Retry-After rather than queueing on libuv.
+  PASSWORD_HASH_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
+  PASSWORD_HASH_QUEUE: z.coerce.number().int().min(0).max(10_000).default(32),
+  // Failed logins per email (from any address) within the window before that email gets 429 until it passes.
+  LOGIN_MAX_FAILURES: z.coerce.number().int().min(1).max(1000).default(10),
+  LOGIN_FAILURE_WINDOW_S: z.coerce.number().int().min(1).max(86_400).default(900),
+  // How long a refresh token stays usable; each rotation starts a new one (the session slides with use).
+  REFRESH_TOKEN_TTL_S: z.coerce.number().int().min(300).max(365 * 86_400).default(30 * 86_400),
   METRICS_TOKEN: z.string().min(16).optional()
 })
 
 export const configSchema = z.preprocess((input) => {
   // In cluster mode REDIS_URL may be left out: the first seed node stands in for it.
-  const env = input as Record<string, unknown>
+  let env = input as Record<string, unknown>
   if (typeof env.REDIS_CLUSTER_NODES === 'string' && env.REDIS_URL === undefined) {
     const first = env.REDIS_CLUSTER_NODES.split(',').map((s) => s.trim()).find(Boolean)
-    if (first !== undefined) return { ...env, REDIS_URL: `redis://${first}` }
+    if (first !== undefined) env = { ...env, REDIS_URL: `redis://${first}` }
+  }
+  // No secret is committed: development and test without JWT_SECRET use the local stack's (see localStackSecret).
+  if (env.JWT_SECRET === undefined && isDevelopmentEnv(env.NODE_ENV as string | undefined)) {
+    env = { ...env, JWT_SECRET: localStackSecret(typeof env.LEDGER_STACK_DIR === 'string' ? env.LEDGER_STACK_DIR : undefined) }
   }
   return env
 }, schema).transform((env, ctx) => {
-  if (env.JWT_SECRET === undefined && env.NODE_ENV === 'production') {
-    ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'is required when NODE_ENV=production' })
+  if (env.JWT_SECRET === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['JWT_SECRET'],
+      message: `is required (NODE_ENV is ${env.NODE_ENV ?? 'unset'}): set it to a random value of at least 32 characters; only NODE_ENV=development or test fall back to the local stack's secret`
+    })
     return z.NEVER
   }
   return {
     ...env,
-    JWT_SECRET: env.JWT_SECRET ?? DEV_JWT_SECRET,
+    JWT_SECRET: env.JWT_SECRET,
+    OPS_PORT: env.OPS_PORT ?? env.METRICS_PORT,
+    OPS_HOST: env.OPS_HOST ?? env.HOST,
     DATABASE_POOL_MAX: env.DATABASE_POOL_MAX ?? defaultPoolMax(env.WORKERS)
   }
 })

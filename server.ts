@@ -20,8 +20,8 @@ if (cluster.isPrimary && config.WORKERS > 1) {
     workers: config.WORKERS,
     exec: fileURLToPath(import.meta.url),
     logLevel: config.LOG_LEVEL,
-    metricsPort: config.METRICS_PORT,
-    host: config.HOST,
+    opsPort: config.OPS_PORT,
+    opsHost: config.OPS_HOST,
     metricsToken: config.METRICS_TOKEN
   })
 } else {
@@ -51,7 +51,11 @@ async function serve (config: Config) {
   })
 
   if (cluster.isWorker) {
-    // The primary sums every worker's metrics for METRICS_PORT; this answers its requests over IPC.
+    // The primary serves OPS_PORT: it is ready while every worker is (each tells it its readiness over IPC) ...
+    const report = (result: { ok: boolean, checks: unknown }) => { process.send?.({ type: 'ledger:readiness', ok: result.ok, checks: result.checks }) }
+    app.readiness.onChange(report)
+    app.addHook('onReady', async () => { report(app.readiness.current()) })
+    // ... and sums every worker's metrics; this answers its requests over IPC.
     // Constructing an AggregatorRegistry is what installs prom-client's responder in a worker.
     const { AggregatorRegistry } = await import('prom-client')
     const responder = new AggregatorRegistry()
@@ -63,6 +67,27 @@ async function serve (config: Config) {
 
   // Longer than the usual load balancer idle timeout (60 s), so the balancer, not us, closes idle connections.
   app.server.keepAliveTimeout = 72_000
+
+  if (cluster.isPrimary && config.OPS_PORT > 0) {
+    // Opened before the public port, so a port clash fails the boot before any traffic arrives.
+    const { closeOps, createOpsServer, listenOps } = await import('./ops-server.ts')
+    const ops = createOpsServer({
+      // As on the public port, where load shedding answers /health/ready with 503: an overloaded pod leaves rotation.
+      readiness: () => {
+        const result = app.readiness.current()
+        return app.isUnderPressure() ? { ...result, ok: false } : result
+      },
+      metrics: async () => ({ contentType: app.metrics.registry.contentType, text: await app.metrics.registry.metrics() }),
+      metricsToken: config.METRICS_TOKEN,
+      onError: (error) => app.log.error({ err: error }, 'operations listener failed')
+    })
+    // After the public port has drained (onClose runs after it closed); readiness is 503 from preClose on.
+    app.addHook('onClose', async () => { await closeOps(ops) })
+    // The first readiness round runs in ready(), so the kubelet never sees a result that was not probed.
+    await app.ready()
+    await listenOps(ops, config.OPS_PORT, config.OPS_HOST)
+    app.log.info({ host: config.OPS_HOST, port: config.OPS_PORT }, 'operations listener (health, metrics) listening')
+  }
 
   await app.listen({ host: config.HOST, port: config.PORT })
 }

@@ -9,7 +9,7 @@
 // its own (BENCH_FANOUT_DATABASE, default ledger_bench_fanout, recreated on every run). Until the worker of issue 18
 // is merged the fan-out steps are driven here, one after the other, exactly as the job model says (payload of each
 // `continue` feeds the next step).
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import postgres from 'postgres'
@@ -67,7 +67,7 @@ const app = await buildApp(loadConfig({
 await app.ready()
 
 try {
-  const authorization = async (id: string) => `Bearer ${(await app.issueToken({ id, tier: 'standard' })).accessToken}`
+  const authorization = async (id: string) => `Bearer ${(await app.issueToken({ id, tier: 'standard', sessionId: randomUUID() })).accessToken}`
   const authors = [
     { label: 'no followers', authorization: await authorization(quiet!.id), ms: [] as number[] },
     { label: `${FOLLOWERS.toLocaleString('en')} followers`, authorization: await authorization(popular!.id), ms: [] as number[] }

@@ -89,12 +89,15 @@ const admin = postgres(env.adminUrl, { max: 1, onnotice: () => {}, idle_timeout:
 // ---------------------------------------------------------------------------------------------------------------
 // The API
 const secret = randomBytes(48).toString('base64url')
+// In production /metrics on the public port needs a token (the sampler scrapes it there).
+const metricsToken = randomBytes(24).toString('hex')
 const jwt = { secret, issuer: 'ledger-api', audience: 'ledger-api', ttlSeconds: 3600 }
 const serverEnv: NodeJS.ProcessEnv = {
   ...process.env,
   NODE_ENV: 'production',
   LOG_LEVEL: 'warn',
   JWT_SECRET: secret,
+  METRICS_TOKEN: metricsToken,
   JWT_ISSUER: jwt.issuer,
   JWT_AUDIENCE: jwt.audience,
   DATABASE_URL: env.databaseUrl,
@@ -120,7 +123,7 @@ const sampler = (target: { pid: number | undefined, metricsUrl: string | undefin
   admin,
   database: env.database,
   redis,
-  ...(target.metricsUrl === undefined ? {} : { metricsUrl: target.metricsUrl }),
+  ...(target.metricsUrl === undefined ? {} : { metricsUrl: target.metricsUrl, metricsToken }),
   groups: { apiPid: () => target.pid, ...stackPids(env.stackDir) }
 })
 
@@ -179,7 +182,7 @@ async function checkInFlightSettled (label: string, timeoutMs = 5000) {
   const started = performance.now()
   let gauges: Record<string, number> = {}
   while (performance.now() - started < timeoutMs) {
-    const text = await (await fetch(`${api.url}/metrics`)).text()
+    const text = await (await fetch(`${api.url}/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } })).text()
     gauges = {}
     for (const match of text.matchAll(/^([a-z_:]+_in_flight)(?:\{[^}]*\})? (\S+)$/gm)) gauges[match[1]!] = (gauges[match[1]!] ?? 0) + Number(match[2])
     // The scrape is itself a request in flight.

@@ -18,11 +18,16 @@ export type PrincipalKind = 'user' | 'client'
  * OAuth 2.0 client credentials and act only within their scopes. Both are bearer tokens from this service.
  */
 export type Principal =
-  | { kind: 'user', id: string, tier: Tier, scopes: readonly Scope[] }
+  | { kind: 'user', id: string, tier: Tier, scopes: readonly Scope[], sessionId: string }
   | { kind: 'client', id: string, tier: 'service', scopes: readonly Scope[] }
 
-/** The subjects a revocation can name for this principal's tokens (plugins/revocations.ts). */
-export const revocationSubjects = (principal: Principal): string[] => [`${principal.kind}:${principal.id}`]
+/**
+ * The subjects a revocation can name for this principal's tokens (plugins/revocations.ts): the client, or the
+ * user's session (logout, password change, refresh token replay) and the user (a removed user row).
+ */
+export const revocationSubjects = (principal: Principal): string[] => principal.kind === 'user'
+  ? [`session:${principal.sessionId}`, `user:${principal.id}`]
+  : [`client:${principal.id}`]
 
 const scopeClaim = z.string().max(200).transform((value, ctx) => {
   const granted = value.split(' ').filter(Boolean)
@@ -35,9 +40,10 @@ const scopeClaim = z.string().max(200).transform((value, ctx) => {
 
 // RFC 9068's JWT access token profile: a client-credentials token names its client in `client_id` (= `sub`).
 const claimsSchema = z.union([
-  z.object({ sub: z.uuid(), tier: z.enum(tiers), scope: scopeClaim, client_id: z.never().optional(), iat: z.number().int(), exp: z.number().int() })
+  // Every user token belongs to a session (`sid`), which is what logout and a password change end.
+  z.object({ sub: z.uuid(), sid: z.uuid(), tier: z.enum(tiers), scope: scopeClaim, client_id: z.never().optional(), iat: z.number().int(), exp: z.number().int() })
     .refine((c) => c.scope.length === 0)
-    .transform((c): Principal => ({ kind: 'user', id: c.sub, tier: c.tier, scopes: [] })),
+    .transform((c): Principal => ({ kind: 'user', id: c.sub, tier: c.tier, scopes: [], sessionId: c.sid })),
   z.object({ sub: z.uuid(), client_id: z.uuid(), scope: scopeClaim, iat: z.number().int(), exp: z.number().int() })
     .refine((c) => c.client_id === c.sub && c.scope.length > 0)
     .transform((c): Principal => ({ kind: 'client', id: c.sub, tier: 'service', scopes: c.scope }))
@@ -45,7 +51,7 @@ const claimsSchema = z.union([
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
-    payload: { sub: string, scope: string, tier?: Tier, client_id?: string }
+    payload: { sub: string, scope: string, tier?: Tier, sid?: string, client_id?: string }
     user: Principal
   }
 }
@@ -63,9 +69,15 @@ declare module 'fastify' {
     scope?: Scope
   }
   interface FastifyInstance {
-    issueToken: (user: { id: string, tier: Tier }) => Promise<AccessToken>
+    issueToken: (user: UserTokenSubject) => Promise<AccessToken>
     issueClientToken: (client: { id: string, scopes: readonly Scope[] }) => Promise<AccessToken & { scope: string }>
   }
+}
+
+export interface UserTokenSubject {
+  id: string
+  tier: Tier
+  sessionId: string
 }
 
 export interface AccessToken {
@@ -114,7 +126,7 @@ export interface AuthOptions {
 /** How every token is signed; the bench signs its callers' tokens with the same options and claims. */
 export const signOptions = (options: AuthOptions) =>
   ({ algorithm: 'HS256' as const, iss: options.issuer, aud: options.audience, expiresIn: options.ttlSeconds })
-export const userClaims = (user: { id: string, tier: Tier }) => ({ sub: user.id, tier: user.tier, scope: '' })
+export const userClaims = (user: UserTokenSubject) => ({ sub: user.id, sid: user.sessionId, tier: user.tier, scope: '' })
 export const clientClaims = (client: { id: string, scopes: readonly Scope[] }) =>
   ({ sub: client.id, client_id: client.id, scope: client.scopes.join(' ') })
 
@@ -134,7 +146,7 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     formatUser: (payload) => claimsSchema.parse(payload)
   })
 
-  app.decorate('issueToken', async (user: { id: string, tier: Tier }) => {
+  app.decorate('issueToken', async (user: UserTokenSubject) => {
     const accessToken = await app.jwt.sign(userClaims(user))
     return { accessToken, tokenType: 'Bearer' as const, expiresIn: options.ttlSeconds }
   })

@@ -1,15 +1,19 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Sql } from './database.ts'
+import { purgeSessions } from '../routes/auth/sessions.ts'
 import type { Metrics } from './metrics.ts'
 
 /**
- * Background upkeep every API process shares: purging idempotency keys past their window, in batches, so the table
- * stays the size of the window. Any number of processes may run it at once (the purge skips rows another holds);
+ * Background upkeep every API process shares: purging idempotency keys past their window, and sessions that are
+ * over with their refresh tokens and old revocations (routes/auth/sessions.ts), in batches, so the tables stay
+ * the size of their windows. Any number of processes may run it at once (the purge skips rows another holds);
  * the random start spreads them out. Failures are logged and counted, never thrown at a request.
  */
 export interface HousekeepingOptions {
   idempotencyKeyTtlS: number
+  refreshTokenTtlS: number
+  revocationTtlS: number
   everyMs: number
   batch: number
 }
@@ -34,6 +38,16 @@ async function housekeepingPlugin (app: FastifyInstance, options: HousekeepingOp
     } catch (error) {
       metrics.dependencyErrors.inc({ dependency: 'postgres', operation: 'idempotency_key_purge' })
       app.log.warn({ err: error }, 'idempotency key purge failed')
+    }
+    try {
+      for (let round = 0; round < 10 && !state.closing; round++) {
+        const purged = await purgeSessions(app.db, { refreshTokenTtlS: options.refreshTokenTtlS, maxTokenAgeS: options.revocationTtlS, batch: options.batch })
+        if (purged > 0) app.log.info({ purged }, 'purged ended sessions, used refresh tokens and old revocations')
+        if (purged < options.batch) break
+      }
+    } catch (error) {
+      metrics.dependencyErrors.inc({ dependency: 'postgres', operation: 'session_purge' })
+      app.log.warn({ err: error }, 'session purge failed')
     }
   }
   const schedule = (delayMs: number) => {

@@ -163,10 +163,13 @@ export interface MetricsOptions {
   metrics: Metrics
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
   token?: string | undefined
+  /** Whether GET /metrics exists on this (the public) port: off, open, or with the token (app.ts decides). */
+  publicRoute?: 'token' | 'open' | 'off'
 }
 
-function tokenMatches (request: FastifyRequest, token: string): boolean {
-  const given = Buffer.from(request.headers.authorization ?? '')
+/** Constant-time check of `Authorization: Bearer <token>` (also used by the operations listener). */
+export function bearerMatches (authorization: string | undefined, token: string): boolean {
+  const given = Buffer.from(authorization ?? '')
   const expected = Buffer.from(`Bearer ${token}`)
   return given.length === expected.length && timingSafeEqual(given, expected)
 }
@@ -219,11 +222,16 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
     done(request)
   })
 
+  const publicRoute = options.publicRoute ?? (options.token === undefined ? 'open' : 'token')
+  if (publicRoute === 'off') {
+    app.log.info('GET /metrics is not served on the public port (OPS_PORT serves it, or set METRICS_TOKEN)')
+    return
+  }
   app.get('/metrics', {
     config: { public: true, pressureExempt: true },
     schema: { hide: true }
   }, async (request, reply) => {
-    if (options.token !== undefined && !tokenMatches(request, options.token)) throw unauthorized('Send the metrics token.')
+    if (options.token !== undefined && !bearerMatches(request.headers.authorization, options.token)) throw unauthorized('Send the metrics token.')
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics())
   })
 }

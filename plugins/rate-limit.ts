@@ -92,10 +92,28 @@ export interface RateLimitPluginOptions {
   failOpen: boolean
 }
 
-/** The route config that turns a public route's limit into a per-IP one. */
+/**
+ * The key a client address is limited under: an IPv4 address as it is, an IPv6 address by its /64 prefix (one
+ * subscriber's network: a host picks any of its 2^64 addresses at will, so per-address limits would not limit it).
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d, a dual-stack socket) is the IPv4 address.
+ */
+export function clientAddressKey (address: string): string {
+  if (!address.includes(':')) return address
+  const lower = address.toLowerCase().replace(/%.*$/, '')
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/.exec(lower)
+  if (mapped !== null) return mapped[1]!
+  const [head = '', tail = ''] = lower.split('::', 2)
+  const headGroups = head === '' ? [] : head.split(':')
+  const tailGroups = lower.includes('::') ? (tail === '' ? [] : tail.split(':')) : []
+  const missing = Math.max(0, 8 - headGroups.length - tailGroups.length)
+  const groups = [...headGroups, ...Array<string>(missing).fill('0'), ...tailGroups]
+  return `${groups.slice(0, 4).map((group) => group.padStart(4, '0')).join(':')}::/64`
+}
+
+/** The route config that turns a public route's limit into a per-IP (IPv6: per /64) one. */
 export const publicRouteRateLimit = (group: string): RateLimitOptions => ({
   groupId: group,
-  keyGenerator: (request: FastifyRequest) => `ip:${request.ip}:`
+  keyGenerator: (request: FastifyRequest) => `ip:${clientAddressKey(request.ip)}:`
 })
 
 // @fastify/jwt decorates every request with `user: null` until a token is verified (public routes, 404s).
@@ -150,7 +168,7 @@ async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOp
     skipOnError: false,
     keyGenerator: (request) => {
       const caller = callerOf(request)
-      return caller === undefined ? `ip:${request.ip}` : `${caller.kind}:${caller.id}`
+      return caller === undefined ? `ip:${clientAddressKey(request.ip)}` : `${caller.kind}:${caller.id}`
     },
     // The plugin's window/max pair carries the bucket's shape: capacity = max, refill = max per window.
     max: (request) => tierFor(request).capacity,

@@ -10,8 +10,8 @@ declare module 'fastify' {
 }
 
 /**
- * Tokens that must stop working before they expire: a revoked service client (`client:<id>`), and later a
- * session or every session of a user. The revocations table is the source of truth; each API process keeps the
+ * Tokens that must stop working before they expire: a revoked service client (`client:<id>`), an ended session
+ * (`session:<id>`: logout, password change, refresh token replay) and a removed user (`user:<id>`). The revocations table is the source of truth; each API process keeps the
  * recent rows in memory and re-reads what changed every `pollMs`, so checking a token is a Map lookup and costs
  * no round trip per request, while a revocation written by any process (or the operator's command) reaches every
  * process within one poll. Rows older than the longest token lifetime no longer matter (those tokens expired).
@@ -25,6 +25,11 @@ export interface RevocationList {
   isStale: () => boolean
   /** Records a revocation in the database and in this process at once. */
   revoke: (sql: Sql, subject: string) => Promise<void>
+  /**
+   * Applies revocations another statement just committed (a session ended inside a larger transaction) to this
+   * process at once; the other processes read them at their next poll.
+   */
+  markRevoked: (subjects: readonly string[]) => void
   /** Reads revocations written since the last refresh (the poller calls it; tests may too). */
   refresh: () => Promise<void>
   close: () => void
@@ -84,6 +89,10 @@ export function createRevocationList (options: RevocationOptions): RevocationLis
         insert into revocations (subject) values (${subject})
         on conflict (subject) do update set revoked_at = now()`
       revoked.set(subject, Date.now())
+    },
+    markRevoked (subjects) {
+      const now = Date.now()
+      for (const subject of subjects) revoked.set(subject, now)
     },
     refresh () {
       // One refresh at a time: a slow database must not pile up polls.

@@ -18,6 +18,8 @@ export interface StackEnv {
   DATABASE_DIRECT_URL: string
   REDIS_URL: string
   STACK_DIR: string
+  /** Generated once by `up` into the stack folder (jwt-secret, mode 0600): local tokens survive restarts. */
+  JWT_SECRET: string
 }
 
 export interface RunOptions {
@@ -123,7 +125,7 @@ export function localStackUp (): StackEnv {
   try {
     runStack(['up'])
     const env = readStackEnv()
-    for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'REDIS_URL', 'STACK_DIR']) {
+    for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'REDIS_URL', 'STACK_DIR', 'JWT_SECRET']) {
       if (env[key] === undefined) throw new Error(`scripts/stack.sh env did not print ${key}`)
     }
     stackDirCache = env.STACK_DIR

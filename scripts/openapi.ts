@@ -8,6 +8,7 @@
 // fail fast and are tolerated (the app would answer 503 until they succeed), and generating the document runs no
 // query. Without REDIS_URL the local stack's Redis alone is started; without DATABASE_URL the local stack's URL is
 // used, only to satisfy the config.
+import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import openapiTS, { astToString } from 'openapi-typescript'
@@ -39,7 +40,8 @@ if (import.meta.main) {
     process.env.DATABASE_URL ||= env.DATABASE_URL
     process.env.REDIS_URL ||= env.REDIS_URL
   }
-  const app = await buildApp(loadConfig({ ...process.env, LOG_LEVEL: 'silent' }), { logger: false })
+  // The document does not depend on the secret; a throwaway one keeps the script free of the local stack's.
+  const app = await buildApp(loadConfig({ JWT_SECRET: randomBytes(32).toString('base64url'), ...process.env, LOG_LEVEL: 'silent' }), { logger: false })
   try {
     const document = await documentOf(app)
     await writeFile(documentFile, document)

@@ -91,7 +91,8 @@ usage: bash scripts/stack.sh up|down|status|env|pgbouncer-conf
   up       start whatever is not running (idempotent), wait until all accept connections
   down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
   status   one line per service: name, running/stopped, pid, port
-  env      DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL / STACK_DIR lines for eval or .env
+  env      DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL / STACK_DIR lines for eval or .env, and JWT_SECRET
+           once `up` has generated it (jwt-secret in the stack folder, mode 0600)
   pgbouncer-conf  the pgbouncer.ini that `start pgbouncer` writes (starts nothing)
 
   replica up     clone the running primary (pg_basebackup -R) and start it as a streaming hot standby
@@ -1350,7 +1351,23 @@ cmd_status() {
   done
 }
 
+# The local stack's JWT secret: random, generated once into the stack folder (never committed anywhere), so the
+# tokens of `npm start` survive restarts and every process of this checkout signs with the same key. The
+# alphabet (base64url) needs no quoting; noclobber makes the creation exclusive, so two runs cannot race.
+readonly JWT_SECRET_FILE_NAME=jwt-secret
+ensure_jwt_secret() {
+  local file=$STACK_DIR/$JWT_SECRET_FILE_NAME secret
+  [[ -s $file ]] && return 0
+  secret=$(head -c 48 /dev/urandom | base64 | tr -d '\n=' | tr '+/' '-_')
+  ((${#secret} >= 32)) || die "could not generate a JWT secret from /dev/urandom"
+  if (umask 077 && set -o noclobber && printf '%s\n' "$secret" >"$file") 2>/dev/null; then
+    log "generated the local JWT secret ($file)"
+  fi
+  chmod 600 "$file"
+}
+
 cmd_env() {
+  local secret_file=$STACK_DIR/$JWT_SECRET_FILE_NAME
   printf 'DATABASE_URL=%s\n' "postgres://$API_USER@127.0.0.1:$PGB_PORT/ledger"
   printf 'DATABASE_DIRECT_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$PG_PORT/ledger"
   printf 'REDIS_URL=%s\n' "redis://127.0.0.1:$REDIS_PORT"
@@ -1361,6 +1378,7 @@ cmd_env() {
   else
     printf "STACK_DIR='%s'\n" "${STACK_DIR//\'/\'\\\'\'}"
   fi
+  if [[ -r $secret_file ]]; then printf 'JWT_SECRET=%s\n' "$(<"$secret_file")"; fi
 }
 
 # Everything that may create or start something goes through here; "$@" are the port variables of what is
@@ -1411,6 +1429,7 @@ main() {
         exit 2
       }
       prepare_for_start "${MAIN_PORT_VARS[@]}"
+      ensure_jwt_secret
       for svc in "${SERVICES[@]}"; do start_service "$svc"; done
       printf 'stack up: postgres 127.0.0.1:%s, pgbouncer 127.0.0.1:%s (transaction pool), redis 127.0.0.1:%s, dir %s\n' \
         "$PG_PORT" "$PGB_PORT" "$REDIS_PORT" "$STACK_DIR"

@@ -24,6 +24,8 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   const redisUrl = new URL(stack.REDIS_URL)
   redisUrl.pathname = `/${TEST_REDIS_DB}`
   env.REDIS_URL = redisUrl.toString()
+  // The stack's generated secret (never a committed one); tests that need another make their own at runtime.
+  env.JWT_SECRET ||= stack.JWT_SECRET
   // Fault tests stop and start these processes; they only run against a stack this script controls.
   env.LEDGER_LOCAL_STACK = '1'
 }

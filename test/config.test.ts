@@ -1,3 +1,9 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../config.ts'
 
@@ -10,7 +16,9 @@ function thrown (fn: () => unknown): Error | undefined {
   return undefined
 }
 
-const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1' }
+// A secret of this run only: none is committed anywhere.
+const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1', JWT_SECRET: randomBytes(32).toString('base64url') }
+const { JWT_SECRET: _secret, ...noSecret } = base
 
 t.test('defaults are applied to a minimal environment', async (t) => {
   const config = loadConfig(base)
@@ -34,8 +42,46 @@ t.test('required URLs are named when missing', async (t) => {
   t.match(error?.message, /DATABASE_URL[\s\S]*REDIS_URL/)
 })
 
-t.test('production refuses to start without its own JWT secret', async (t) => {
-  t.throws(() => loadConfig({ ...base, NODE_ENV: 'production' }), /JWT_SECRET/)
+t.test('anything but development and test refuses to start without its own JWT secret', async (t) => {
+  for (const nodeEnv of ['production', 'staging', 'prod', undefined]) {
+    const error = thrown(() => loadConfig(nodeEnv === undefined ? noSecret : { ...noSecret, NODE_ENV: nodeEnv }))
+    t.ok(error instanceof ConfigError, `NODE_ENV=${nodeEnv ?? '(unset)'} is refused`)
+    t.match(error?.message, /JWT_SECRET: is required/)
+  }
   t.throws(() => loadConfig({ ...base, JWT_SECRET: 'short' }), /JWT_SECRET/)
   t.equal(loadConfig({ ...base, NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(32) }).JWT_SECRET, 'x'.repeat(32))
+})
+
+t.test('development and test without JWT_SECRET share the local stack secret file, created once with mode 0600', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ledger-secret-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const stackDir = join(dir, '.stack')
+  const first = loadConfig({ ...noSecret, NODE_ENV: 'development', LEDGER_STACK_DIR: stackDir }).JWT_SECRET
+  const second = loadConfig({ ...noSecret, NODE_ENV: 'test', LEDGER_STACK_DIR: stackDir }).JWT_SECRET
+  t.ok(first.length >= 32, 'a secret long enough for HS256')
+  t.equal(second, first, 'every process of the checkout (and every worker) signs with the same key')
+  t.equal(statSync(join(stackDir, 'jwt-secret')).mode & 0o777, 0o600)
+  const elsewhere = loadConfig({ ...noSecret, NODE_ENV: 'development', LEDGER_STACK_DIR: join(dir, 'other') }).JWT_SECRET
+  t.not(elsewhere, first, 'random per checkout, not a constant')
+  t.equal(loadConfig({ ...base, NODE_ENV: 'development' }).JWT_SECRET, base.JWT_SECRET, 'JWT_SECRET, when set, wins')
+})
+
+t.test('PASSWORD_HASH_COST must be a power of two: a clear boot error, not a 500 per login', async (t) => {
+  t.equal(loadConfig(base).PASSWORD_HASH_COST, 131072, 'OWASP\'s N = 2^17 by default')
+  for (const value of ['1000', '100000', '131073', '512', `${2 ** 21}`]) {
+    const error = thrown(() => loadConfig({ ...base, PASSWORD_HASH_COST: value }))
+    t.ok(error instanceof ConfigError, `PASSWORD_HASH_COST=${value} is refused`)
+    t.match(error?.message, /PASSWORD_HASH_COST: must be a power of two/)
+  }
+  t.equal(loadConfig({ ...base, PASSWORD_HASH_COST: '65536', PASSWORD_HASH_PARALLELISM: '2' }).PASSWORD_HASH_PARALLELISM, 2)
+  t.throws(() => loadConfig({ ...base, PASSWORD_HASH_CONCURRENCY: '0' }), /PASSWORD_HASH_CONCURRENCY/)
+  t.throws(() => loadConfig({ ...base, REFRESH_TOKEN_TTL_S: '10' }), /REFRESH_TOKEN_TTL_S/)
+
+  // The server itself: it exits 1 with one line naming the variable, before touching any dependency.
+  const server = spawnSync(process.execPath, [fileURLToPath(new URL('../server.ts', import.meta.url))], {
+    env: { ...process.env, ...base, PASSWORD_HASH_COST: '1000' }, encoding: 'utf8', timeout: 30_000
+  })
+  t.equal(server.status, 1, 'the server refuses to boot')
+  t.match(server.stderr, /invalid configuration:\s+PASSWORD_HASH_COST: must be a power of two/)
+  t.notMatch(server.stderr, /\n\s+at /, 'a message, not a stack trace')
 })

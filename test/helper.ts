@@ -33,7 +33,10 @@ const generousLimits = {
   RATE_LIMIT_PRO_CAPACITY: '100000',
   RATE_LIMIT_PUBLIC_CAPACITY: '100000',
   // A busy CI machine lags its event loop; shedding is tested on purpose in observability.test.ts only.
-  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0'
+  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
+  // scrypt at the production cost (2^17) takes ~128 MiB and a few hundred ms per hash: tests sign up and log in
+  // hundreds of users, so they hash at the lowest cost the config accepts unless a test sets it.
+  PASSWORD_HASH_COST: '1024'
 }
 
 export function testConfig (overrides: Record<string, string> = {}): Config {
@@ -103,7 +106,11 @@ export interface TestUser {
   password: string
   token: string
   authorization: string
+  refreshToken: string
+  sessionId: string
 }
+
+export const claimsOf = (token: string) => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as Record<string, unknown>
 
 /** Signs a new user up through the API and logs them in; every test makes its own users. */
 export async function createUser (app: App, options: { name?: string, tier?: 'standard' | 'pro', remoteAddress?: string } = {}): Promise<TestUser> {
@@ -114,11 +121,13 @@ export async function createUser (app: App, options: { name?: string, tier?: 'st
   const signup = await app.inject({ method: 'POST', url: '/users', remoteAddress, payload: { email, name, password } })
   if (signup.statusCode !== 201) throw new Error(`signup failed: ${signup.statusCode} ${signup.body}`)
   const { id } = signup.json() as { id: string }
-  // Tiers are not self-service; a test that needs another tier gets a token for it directly.
-  const token = options.tier !== undefined
-    ? (await app.issueToken({ id, tier: options.tier })).accessToken
-    : (await app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })).json().accessToken as string
-  return { id, email, name, password, token, authorization: `Bearer ${token}` }
+  const login = await app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })
+  if (login.statusCode !== 200) throw new Error(`login failed: ${login.statusCode} ${login.body}`)
+  const { accessToken, refreshToken } = login.json() as { accessToken: string, refreshToken: string }
+  const sessionId = String(claimsOf(accessToken).sid)
+  // Tiers are not self-service; a test that needs another tier gets a token for it directly, in the same session.
+  const token = options.tier !== undefined ? (await app.issueToken({ id, tier: options.tier, sessionId })).accessToken : accessToken
+  return { id, email, name, password, token, authorization: `Bearer ${token}`, refreshToken, sessionId }
 }
 
 export interface TestClient {

@@ -133,13 +133,15 @@ export class Sampler {
   private readonly database: string
   private readonly redis: Redis
   private readonly metricsUrl: string | undefined
+  private readonly metricsHeaders: Record<string, string>
   private readonly groups: ProcessGroups
 
-  constructor (options: { admin: postgres.Sql, database: string, redis: Redis, metricsUrl?: string, groups: ProcessGroups }) {
+  constructor (options: { admin: postgres.Sql, database: string, redis: Redis, metricsUrl?: string, metricsToken?: string, groups: ProcessGroups }) {
     this.admin = options.admin
     this.database = options.database
     this.redis = options.redis
     this.metricsUrl = options.metricsUrl
+    this.metricsHeaders = options.metricsToken === undefined ? {} : { authorization: `Bearer ${options.metricsToken}` }
     this.groups = options.groups
   }
 
@@ -158,7 +160,7 @@ export class Sampler {
   private async metrics (): Promise<Map<string, number>> {
     if (this.metricsUrl === undefined) return new Map()
     try {
-      const response = await fetch(this.metricsUrl, { signal: AbortSignal.timeout(2000) })
+      const response = await fetch(this.metricsUrl, { headers: this.metricsHeaders, signal: AbortSignal.timeout(2000) })
       return parseMetrics(await response.text())
     } catch {
       return new Map()

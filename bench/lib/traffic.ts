@@ -1,5 +1,6 @@
 // Who sends what: tokens signed exactly as the API signs them (its signing options and claims on a throwaway
 // Fastify instance, same secret, issuer and audience), and the request factories autocannon calls before each request.
+import { randomUUID } from 'node:crypto'
 import fastifyJwt from '@fastify/jwt'
 import type autocannon from 'autocannon'
 import Fastify from 'fastify'
@@ -22,7 +23,10 @@ async function sign<T> (options: AuthOptions, subjects: T[], claims: (subject: T
   }
 }
 
-export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier: Tier }>) => sign(options, users, userClaims)
+// Each caller gets a session id of its own: an access token's session is checked only against the revocation list
+// each process holds in memory, so the bench's tokens exercise the same check without sessions in the database.
+export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier: Tier }>) =>
+  sign(options, users, (user) => userClaims({ ...user, sessionId: randomUUID() }))
 export const signClientTokens = (options: AuthOptions, clients: Array<{ id: string, scopes: Scope[] }>) => sign(options, clients, clientClaims)
 
 const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!

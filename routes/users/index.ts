@@ -1,15 +1,18 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { conflict, forbidden, notFound } from '../../plugins/errors.ts'
+import { conflict, forbidden, notFound, unauthorized } from '../../plugins/errors.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit.ts'
 import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
-import { hashPassword } from './password.ts'
-import { findPublicUser, findUser, insertUser, updateUser } from './queries.ts'
-import { PatchUserBodySchema, SignupBodySchema, UserSchema, UserViewSchema } from './schemas.ts'
+import { z } from 'zod'
+import { accountGuard } from '../auth/login-throttle.ts'
+import { changePassword, sessionSubject } from '../auth/sessions.ts'
+import { findOwnCredentials, findPublicUser, findUser, insertUser, updateUser } from './queries.ts'
+import { ChangePasswordBodySchema, PatchUserBodySchema, SignupBodySchema, UserSchema, UserViewSchema } from './schemas.ts'
 
 export const USER_CACHE = 'user'
 
 export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cache, config } = app
+  const guard = accountGuard(app)
 
   // Public fields only: the cached value never holds the email or the password hash.
   const cachedPublicUser = (id: string) => cache.get(USER_CACHE, id, config.CACHE_TTL_S, () => findPublicUser(db, id))
@@ -22,11 +25,11 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Sign up',
       security: [],
       body: SignupBodySchema,
-      response: { 201: UserSchema, 400: ProblemSchema, 409: ProblemSchema, 429: ProblemSchema }
+      response: { 201: UserSchema, 400: ProblemSchema, 409: ProblemSchema, 429: ProblemSchema, 503: ProblemSchema }
     }
   }, async (request, reply) => {
     const { email, name, password } = request.body
-    const user = await insertUser(db, { email, name, passwordHash: await hashPassword(password, config.PASSWORD_HASH_COST) })
+    const user = await insertUser(db, { email, name, passwordHash: await app.passwords.hash(password) })
     if (user === null) throw conflict('email_taken', 'An account with this email already exists.')
     return reply.code(201).header('location', `/users/${user.id}`).send(user)
   })
@@ -37,6 +40,39 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
     const user = await findUser(db, request.user.id)
     if (user === null) throw notFound('User not found.')
     return user
+  })
+
+  app.put('/users/me/password', {
+    schema: {
+      operationId: 'changePassword',
+      tags: ['users'],
+      summary: 'Change your password: every session of yours ends',
+      description: 'A wrong currentPassword is 403 and changes nothing; it counts as a failed login for the account (429 once it is locked). On success every access and refresh token of the user stops ' +
+        'working on every API process within a second; log in again with the new password.',
+      body: ChangePasswordBodySchema,
+      response: { 204: z.null(), 403: ProblemSchema, 409: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const { currentPassword, newPassword } = request.body
+    const credentials = await findOwnCredentials(db, request.user.id)
+    if (credentials === null) throw unauthorized('The user no longer exists.')
+    const stored = credentials.password_hash
+    // A wrong current password counts against the account like a failed login: a stolen access token must not
+    // buy unlimited guesses at the password it would need to take the account over.
+    const counted = await guard.admit(credentials.email)
+    let valid
+    try {
+      valid = await app.passwords.verify(currentPassword, stored)
+    } catch (error) {
+      if (counted) await guard.refund(credentials.email)
+      throw error
+    }
+    if (!valid) throw forbidden('The current password is wrong.')
+    if (counted) await guard.refund(credentials.email)
+    const ended = await changePassword(db, request.user.id, stored, await app.passwords.hash(newPassword))
+    if (ended === null) throw conflict('password_changed_concurrently', 'The password changed while this request ran; try again.')
+    app.revocations.markRevoked(ended.map(sessionSubject))
+    return reply.code(204).send(null)
   })
 
   app.get('/users/:id', {

@@ -39,8 +39,13 @@ export async function findPublicUser (sql: Sql, id: string): Promise<PublicUser 
 }
 
 export async function findCredentials (sql: Sql, email: string) {
-  const [row] = await sql<{ id: string, password_hash: string, tier: 'standard' | 'pro' }[]>`
-    select id, password_hash, tier from users where email = ${email}`
+  const [row] = await sql<{ id: string, password_hash: string, password_version: number, tier: 'standard' | 'pro' }[]>`
+    select id, password_hash, password_version, tier from users where email = ${email}`
+  return row ?? null
+}
+
+export async function findOwnCredentials (sql: Sql, id: string): Promise<{ email: string, password_hash: string } | null> {
+  const [row] = await sql<{ email: string, password_hash: string }[]>`select email, password_hash from users where id = ${id}`
   return row ?? null
 }
 

@@ -19,6 +19,11 @@ export const SignupBodySchema = z.object({
   password: PasswordSchema
 }).strict()
 
+export const ChangePasswordBodySchema = z.object({
+  currentPassword: z.string().min(1).max(256),
+  newPassword: PasswordSchema
+}).strict()
+
 export const PatchUserBodySchema = z.object({
   name: NameSchema.optional(),
   avatarUrl: AvatarUrlSchema.optional()

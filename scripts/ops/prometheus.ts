@@ -97,6 +97,8 @@ export async function fetchMetrics (apiUrl: string, token: string | undefined, t
   const response = await fetch(new URL('/metrics', apiUrl), { headers, signal: AbortSignal.timeout(timeoutMs) })
   const text = await response.text()
   if (response.status === 401) throw new HttpStatusError(401, 'GET /metrics answered 401: pass --metrics-token (METRICS_TOKEN)')
+  // In production the public port has /metrics only with METRICS_TOKEN, and never when OPS_PORT serves it.
+  if (response.status === 404) throw new HttpStatusError(404, 'GET /metrics answered 404: point at the operations port (OPS_PORT), or set METRICS_TOKEN on the API and pass --metrics-token')
   if (response.status !== 200) throw new HttpStatusError(response.status, `GET /metrics answered ${response.status}`)
   return parseMetrics(text)
 }

@@ -8,7 +8,7 @@ import type { App } from '../../app.ts'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestClient, type TestUser } from '../helper.ts'
 import {
-  assertLedger, assertReconciled, assertTelemetrySettled, checkLedger, freeze, injectSender, sleep, thaw, untilReady, waitFor, type Response, type Send
+  assertLedger, assertReconciled, assertTelemetrySettled, checkLedger, freeze, injectSender, READINESS_BOUND_MS, sleep, thaw, untilNotOk, untilReady, waitFor, type Response, type Send
 } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
@@ -94,7 +94,10 @@ async function duringFault (s: Setup, seen: Seen[], newName: string) {
       idempotencyKey: `redis-fault-${bob.id}`,
       body: { kind: 'deposit', userId: bob.id, amount: 100, currency: 'USD', reference: `redis-fault-${bob.id}` }
     }),
-    record('GET /health/ready', open, { method: 'GET', url: '/health/ready' }),
+    record('GET /health/ready', untilNotOk(open), { method: 'GET', url: '/health/ready' }),
+    // The per-account login throttle lives in Redis too: it fails open (or closed) with the limiter.
+    record('POST /auth/token', open, { method: 'POST', url: '/auth/token', body: { email: carol.email, password: carol.password } }),
+    record('fail closed: POST /auth/token', injectSender(s.closed), { method: 'POST', url: '/auth/token', body: { email: carol.email, password: carol.password } }),
     record('fail closed: GET /balances', injectSender(s.closed), { method: 'GET', url: '/balances', authorization: bob.authorization }),
     ...Array.from({ length: LIMITED_CAPACITY + 3 }, () =>
       record('fail open: GET /balances', injectSender(s.limited), { method: 'GET', url: '/balances', authorization: carol.authorization }))
@@ -111,13 +114,16 @@ function assertDuringFault (t: Tap, seen: Seen[], newName: string) {
   t.same(of('POST /transactions').map((x) => x.status), [201], 'a deposit is still accepted (the limiter fails open)')
   const limited = of('fail open: GET /balances')
   t.ok(limited.length > LIMITED_CAPACITY && limited.every((x) => x.status === 200), `fail open: ${limited.length} requests served, beyond the capacity of ${LIMITED_CAPACITY}`)
+  t.same(of('POST /auth/token').map((x) => x.status), [200], 'a login still works (the login throttle fails open)')
+  const closedLogin = of('fail closed: POST /auth/token')[0]
+  t.ok(closedLogin?.status === 503 && closedLogin.retryAfter === true, `fail closed: a login is 503 with Retry-After (${closedLogin?.status})`)
   const closed = of('fail closed: GET /balances')[0]
   t.equal(closed?.status, 503, 'fail closed: 503')
   t.ok(closed?.problem === true && closed.retryAfter === true, 'fail closed: problem+json with Retry-After')
   const ready = of('GET /health/ready')[0]
   t.equal(ready?.status, 503, 'ready: 503')
   t.same(ready?.checks, { postgres: 'ok', redis: 'down' }, 'ready names redis as down, postgres ok')
-  t.ok((ready?.ms ?? Infinity) < 2500, `ready answers within its 2 s check timeout (${ready?.ms} ms)`)
+  t.ok((ready?.ms ?? Infinity) < READINESS_BOUND_MS, `ready turns 503 within ${READINESS_BOUND_MS} ms (${ready?.ms} ms)`)
 }
 
 /** After the fault: ready again, cache hits again (with the new name), limiter enforcing, fail-closed app serving. */

@@ -1,10 +1,11 @@
+import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { buildTestApp, forgeToken } from '../helper.ts'
 
 const userId = '00000000-0000-4000-8000-0000000000aa'
 const now = () => Math.floor(Date.now() / 1000)
 const claims = (overrides: Record<string, unknown> = {}) => ({
-  sub: userId, tier: 'standard', scope: '', iat: now(), exp: now() + 300, iss: 'ledger-api', aud: 'ledger-api', ...overrides
+  sub: userId, sid: '00000000-0000-4000-8000-0000000000bb', tier: 'standard', scope: '', iat: now(), exp: now() + 300, iss: 'ledger-api', aud: 'ledger-api', ...overrides
 })
 
 async function appWithPrivateRoute (t: Parameters<typeof buildTestApp>[0]) {
@@ -15,7 +16,7 @@ async function appWithPrivateRoute (t: Parameters<typeof buildTestApp>[0]) {
 
 t.test('a valid token reaches the route with its claims', async (t) => {
   const app = await appWithPrivateRoute(t)
-  const { accessToken, expiresIn } = await app.issueToken({ id: userId, tier: 'pro' })
+  const { accessToken, expiresIn } = await app.issueToken({ id: userId, tier: 'pro', sessionId: randomUUID() })
   t.equal(expiresIn, 900)
   const response = await app.inject({ method: 'GET', url: '/test/whoami', headers: { authorization: `Bearer ${accessToken}` } })
   t.equal(response.statusCode, 200)
@@ -57,7 +58,7 @@ t.test('a hand-forged token with the right secret and claims is accepted (the fo
 
 t.test('tampering with the payload breaks the signature', async (t) => {
   const app = await appWithPrivateRoute(t)
-  const { accessToken } = await app.issueToken({ id: userId, tier: 'standard' })
+  const { accessToken } = await app.issueToken({ id: userId, tier: 'standard', sessionId: randomUUID() })
   const [head, , signature] = accessToken.split('.')
   const payload = Buffer.from(JSON.stringify(claims({ tier: 'pro' }))).toString('base64url')
   const response = await app.inject({ method: 'GET', url: '/test/whoami', headers: { authorization: `Bearer ${head}.${payload}.${signature}` } })

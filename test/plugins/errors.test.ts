@@ -14,7 +14,7 @@ async function appWithEchoRoute (t: Parameters<typeof buildTestApp>[0]) {
 }
 
 const token = async (app: Awaited<ReturnType<typeof buildTestApp>>) =>
-  `Bearer ${(await app.issueToken({ id: '00000000-0000-4000-8000-000000000001', tier: 'standard' })).accessToken}`
+  `Bearer ${(await app.issueToken({ id: '00000000-0000-4000-8000-000000000001', tier: 'standard', sessionId: '00000000-0000-4000-8000-000000000002' })).accessToken}`
 
 t.test('schema failures are 400 problem+json with one entry per bad field', async (t) => {
   const app = await appWithEchoRoute(t)

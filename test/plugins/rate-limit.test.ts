@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { buildTestApp, createClient, createUser } from '../helper.ts'
-import { createTokenBucket } from '../../plugins/rate-limit.ts'
+import { clientAddressKey, createTokenBucket } from '../../plugins/rate-limit.ts'
 import type { App } from '../../app.ts'
 
 // A short tier: the standard shape (bucket 60) with a refill fast enough that waiting for a token takes 1 s.
@@ -145,4 +145,16 @@ t.test('unknown routes are limited too', async (t) => {
   const statuses = []
   for (let i = 0; i < 4; i++) statuses.push((await app.inject({ method: 'GET', url: `/probe/${i}`, remoteAddress: address })).statusCode)
   t.same(statuses, [404, 404, 404, 429])
+})
+
+t.test('client addresses are keyed per IPv4 address and per IPv6 /64', async (t) => {
+  t.equal(clientAddressKey('203.0.113.9'), '203.0.113.9')
+  t.equal(clientAddressKey('::ffff:203.0.113.9'), '203.0.113.9', 'IPv4-mapped is the IPv4 address')
+  const network = '2001:0db8:0001:0002::/64'
+  for (const address of ['2001:db8:1:2::1', '2001:DB8:1:2:ffff:ffff:ffff:ffff', '2001:db8:1:2:0:0:0:9', '2001:0db8:0001:0002::abcd', 'fe80::1%eth0'.replace('fe80::1', '2001:db8:1:2::1')]) {
+    t.equal(clientAddressKey(address), network, `${address} is in ${network}`)
+  }
+  t.not(clientAddressKey('2001:db8:1:3::1'), network, 'the next /64 is another client')
+  t.equal(clientAddressKey('::1'), '0000:0000:0000:0000::/64')
+  t.equal(clientAddressKey('2001:db8::'), '2001:0db8:0000:0000::/64')
 })

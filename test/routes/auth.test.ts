@@ -1,10 +1,11 @@
-// POST /auth/token's client-credentials grant (RFC 6749 section 4.4) and revocation reaching every API process.
+// POST /auth/token: the client-credentials grant (RFC 6749 section 4.4), logins opening sessions, refresh token
+// rotation, POST /auth/revoke, and revocation reaching every API process.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { revokeServiceClient } from '../../routes/auth/clients.ts'
-import { buildTestApp, createClient, createUser, testSql } from '../helper.ts'
-
-const claimsOf = (token: string) => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as Record<string, unknown>
+import { purgeSessions } from '../../routes/auth/sessions.ts'
+import { decoyHash, hashPassword } from '../../routes/users/password.ts'
+import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql } from '../helper.ts'
 
 t.test('a client gets a scoped token with JSON or a form body, and no refresh token', async (t) => {
   const app = await buildTestApp(t)
@@ -119,4 +120,148 @@ t.test('the ledger refuses a revoked client even before the revocation reaches a
   t.equal(response.json().detail, 'The client was revoked.')
   const [row] = await sql`select count(*)::int as n from transactions where client_id = ${client.id}`
   t.equal(row?.n, 0)
+})
+
+const login = (app: Awaited<ReturnType<typeof buildTestApp>>, email: string, password: string) =>
+  app.inject({ method: 'POST', url: '/auth/token', payload: { email, password } })
+
+/** Polls until `check` holds, up to `deadlineMs`; returns the milliseconds it took, or Infinity. */
+async function within (deadlineMs: number, check: () => Promise<boolean>): Promise<number> {
+  const started = Date.now()
+  while (Date.now() - started < deadlineMs) {
+    if (await check()) return Date.now() - started
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  return await check() ? Date.now() - started : Infinity
+}
+
+t.test('a login opens a session: an access token naming it and a refresh token stored only as its hash', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const response = await login(app, user.email, user.password)
+  t.equal(response.statusCode, 200)
+  const body = response.json() as { accessToken: string, refreshToken: string }
+  t.same(Object.keys(body).sort(), ['accessToken', 'expiresIn', 'refreshToken', 'tokenType'])
+  t.match(body.refreshToken, /^lrt_[A-Za-z0-9_-]{43}$/)
+  const claims = claimsOf(body.accessToken)
+  t.match(claims, { sub: user.id, tier: 'standard', scope: '' })
+  t.match(String(claims.sid), /^[0-9a-f-]{36}$/)
+  t.not(claims.sid, user.sessionId, 'every login is a session of its own')
+  const [session] = await sql<{ user_id: string, ttl: number }[]>`
+    select user_id, extract(epoch from expires_at - created_at)::int as ttl from sessions where id = ${String(claims.sid)}`
+  t.equal(session?.user_id, user.id)
+  t.ok(session !== undefined && Math.abs(session.ttl - 30 * 86400) <= 2, 'the refresh token lives REFRESH_TOKEN_TTL_S (30 days)')
+  const [stored] = await sql<{ n: number }[]>`
+    select count(*)::int as n from refresh_tokens where session_id = ${String(claims.sid)}
+       and token_hash = sha256(convert_to(${body.refreshToken}, 'UTF8'))`
+  t.equal(stored?.n, 1, 'the refresh token is stored as its SHA-256')
+  const [plain] = await sql<{ n: number }[]>`select count(*)::int as n from refresh_tokens where encode(token_hash, 'escape') like ${`%${body.refreshToken.slice(4, 20)}%`}`
+  t.equal(plain?.n, 0, 'and nowhere in clear')
+})
+
+t.test('grant_type=refresh_token rotates the pair, in JSON or as a form body; the session stays the same', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  await sql`update users set tier = 'pro' where id = ${user.id}`
+  const asJson = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken } })
+  t.equal(asJson.statusCode, 200)
+  const first = asJson.json() as { accessToken: string, refreshToken: string, expiresIn: number }
+  t.equal(first.expiresIn, 900)
+  t.match(claimsOf(first.accessToken), { sub: user.id, sid: user.sessionId, tier: 'pro' }, 'same session, the tier as it is now')
+  const asForm = await app.inject({
+    method: 'POST',
+    url: '/auth/token',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    payload: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: first.refreshToken }).toString()
+  })
+  t.equal(asForm.statusCode, 200, 'RFC 6749 form body')
+  const second = asForm.json() as { accessToken: string, refreshToken: string }
+  t.not(second.refreshToken, first.refreshToken)
+  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${second.accessToken}` } })).statusCode, 200)
+  const [row] = await sql<{ used: number, unused: number }[]>`
+    select count(*) filter (where used_at is not null)::int as used, count(*) filter (where used_at is null)::int as unused
+      from refresh_tokens where session_id = ${user.sessionId}`
+  t.same(row, { used: 2, unused: 1 }, 'two used, one current')
+})
+
+t.test('POST /auth/revoke ends the caller\'s session on every API process within a second, and only that session', async (t) => {
+  const [one, two] = [await buildTestApp(t), await buildTestApp(t)]
+  const sql = testSql(t)
+  const user = await createUser(one)
+  const other = await login(one, user.email, user.password)
+  const otherAuthorization = `Bearer ${other.json().accessToken as string}`
+  const me = (app: typeof one, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
+  t.equal((await me(two, user.authorization)).statusCode, 200)
+
+  const revoked = await one.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: user.authorization } })
+  t.equal(revoked.statusCode, 204)
+  t.equal(revoked.body, '')
+  t.equal((await me(one, user.authorization)).statusCode, 401, 'refused at once where it was revoked')
+  const took = await within(1000, async () => (await me(two, user.authorization)).statusCode === 401)
+  t.ok(took <= 1000, `refused by the other process within 1 s (${took} ms)`)
+  t.equal((await me(two, user.authorization)).json().detail, 'The token was revoked.')
+  t.equal((await me(two, otherAuthorization)).statusCode, 200, 'the user\'s other session is untouched')
+  const [session] = await sql<{ end_reason: string | null }[]>`select end_reason from sessions where id = ${user.sessionId}`
+  t.equal(session?.end_reason, 'logout')
+  t.equal((await one.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: user.authorization } })).statusCode, 401, 'a second logout: the token is dead')
+
+  const client = await createClient(one)
+  t.equal((await one.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: client.authorization } })).statusCode, 403, 'a client has no session to end')
+})
+
+t.test('a successful login upgrades a hash below the current cost; the decoy is at the current cost', async (t) => {
+  const app = await buildTestApp(t, { PASSWORD_HASH_COST: '2048' })
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const weak = await hashPassword(user.password, 1024)
+  await sql`update users set password_hash = ${weak} where id = ${user.id}`
+  t.equal((await login(app, user.email, 'not the password at all')).statusCode, 401)
+  const [unchanged] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${user.id}`
+  t.equal(unchanged?.password_hash, weak, 'a failed login changes nothing')
+  t.equal((await login(app, user.email, user.password)).statusCode, 200)
+  const [upgraded] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${user.id}`
+  t.match(upgraded?.password_hash, /^scrypt\$2048\$8\$1\$/, 'stored again at N = 2048')
+  t.equal((await login(app, user.email, user.password)).statusCode, 200, 'the upgraded hash verifies')
+  t.match(await decoyHash(2048), /^scrypt\$2048\$8\$1\$/, 'the decoy for unknown emails is at the current cost')
+  t.ok(app.passwords.needsRehash(weak) && !app.passwords.needsRehash(upgraded?.password_hash ?? ''))
+})
+
+t.test('housekeeping purges ended and expired sessions, old used refresh tokens and old revocations', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const [ended, expired, live] = [await createUser(app), await createUser(app), await createUser(app)]
+  t.equal((await app.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: ended.authorization } })).statusCode, 204)
+  await sql`update sessions set expires_at = now() - interval '1 second' where id = ${expired.sessionId}`
+  t.equal((await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: live.refreshToken } })).statusCode, 200)
+  await sql`update refresh_tokens set used_at = now() - interval '31 days' where session_id = ${live.sessionId} and used_at is not null`
+  await sql`insert into revocations (subject, revoked_at) values (${`session:${randomUUID()}`}, now() - interval '3 hours')`
+  let purged = 0
+  for (let round = 0; round < 20; round++) {
+    const count = await purgeSessions(app.db, { refreshTokenTtlS: 30 * 86400, maxTokenAgeS: 3900, batch: 100_000 })
+    purged += count
+    if (count === 0) break
+  }
+  t.ok(purged >= 4)
+  const [left] = await sql<{ sessions: string[], tokens: number, old: number }[]>`
+    select array(select id::text from sessions where id in (${ended.sessionId}, ${expired.sessionId}, ${live.sessionId}) order by 1) as sessions,
+           (select count(*)::int from refresh_tokens where session_id = ${live.sessionId}) as tokens,
+           (select count(*)::int from revocations where revoked_at < now() - interval '2 hours') as old`
+  t.same(left?.sessions, [live.sessionId], 'only the live session is left')
+  t.equal(left?.tokens, 1, 'with its current refresh token only')
+  t.equal(left?.old, 0, 'old revocations are gone')
+  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: ended.authorization } })).statusCode, 401,
+    'a purged session\'s access token is still refused (its revocation is younger than any token)')
+})
+
+t.test('the session check costs no round trip: an authenticated request makes one Redis call (the limiter) and its own SQL only', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  // Many revocations in the list, as a busy service would hold: the check stays two in-memory lookups.
+  app.revocations.markRevoked(Array.from({ length: 10_000 }, () => `session:${randomUUID()}`))
+  const { response, spans } = await injectTraced(app, { method: 'GET', url: '/balances', headers: { authorization: user.authorization } })
+  t.equal(response.statusCode, 200)
+  t.equal(dbSpans(spans).length, 1, 'one statement: the balances themselves, no session lookup')
+  t.same(spans.filter((span) => span.attributes['db.system'] === 'redis').map((span) => span.name), ['rate-limit token bucket'], 'one Redis call: the rate limiter')
 })

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
@@ -153,7 +154,7 @@ t.test('a user with 3,000 followers posts: the request does no per-follower work
   t.equal(await onFeeds(sql, postId, followers), 3000)
   t.equal((await sql`select 1 from jobs where kind = ${FEED_JOB.fanOut} and payload->>'postId' = ${postId}`).length, 0, 'the job is finished')
 
-  const someone = { authorization: `Bearer ${(await app.issueToken({ id: followers[1234]!, tier: 'standard' })).accessToken}` }
+  const someone = { authorization: `Bearer ${(await app.issueToken({ id: followers[1234]!, tier: 'standard', sessionId: randomUUID() })).accessToken}` }
   t.same(await feedBodies(app, someone), ['to all 3,000'], "on a follower's feed through the API")
 })
 
@@ -198,7 +199,7 @@ t.test('unfollowing during a fan-out leaves no post behind, whether the batch pa
 
   // Followers 0–999 have the post already, 1000–1999 not yet. Ten of each unfollow, each with a token of their own.
   const leavers = [...followers.slice(0, 10), ...followers.slice(1500, 1510)]
-  const requests = leavers.map(async (id) => unfollow(app, { authorization: `Bearer ${(await app.issueToken({ id, tier: 'standard' })).accessToken}` } as TestUser, author.id))
+  const requests = leavers.map(async (id) => unfollow(app, { authorization: `Bearer ${(await app.issueToken({ id, tier: 'standard', sessionId: randomUUID() })).accessToken}` } as TestUser, author.id))
   // The unfollows race the rest of the fan-out.
   const [responses] = await Promise.all([Promise.all(requests), drain(app)])
   t.ok(responses.every((r) => r.statusCode === 204))

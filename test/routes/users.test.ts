@@ -161,3 +161,73 @@ t.test('injection payloads are stored as plain text or refused, and the table su
   const [{ after }] = await sql`select count(*)::int as after from users` as unknown as [{ after: number }]
   t.ok(after >= before + created, 'users table intact')
 })
+
+t.test('PUT /users/me/password: 204, every session of the user ends on every process within a second', async (t) => {
+  const [one, two] = [await buildTestApp(t), await buildTestApp(t)]
+  const sql = testSql(t)
+  const user = await createUser(one)
+  const second = await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: user.password } })
+  const sessions = [user.authorization, `Bearer ${second.json().accessToken as string}`]
+  const bystander = await createUser(one)
+  const me = (app: typeof one, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
+
+  const changed = await one.inject({
+    method: 'PUT',
+    url: '/users/me/password',
+    headers: { authorization: user.authorization },
+    payload: { currentPassword: user.password, newPassword: 'a brand new long password' }
+  })
+  t.equal(changed.statusCode, 204)
+  const started = Date.now()
+  const refused = async (app: typeof one) => {
+    while (Date.now() - started < 1000) {
+      if ((await Promise.all(sessions.map((authorization) => me(app, authorization)))).every((r) => r.statusCode === 401)) return true
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    return false
+  }
+  t.same(await Promise.all([refused(one), refused(two)]), [true, true], 'both sessions\' tokens are refused by both processes within 1 s')
+  t.equal((await one.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken } })).statusCode, 401,
+    'the refresh tokens too')
+  const [ended] = await sql<{ reasons: string[] }[]>`select array_agg(distinct end_reason) as reasons from sessions where user_id = ${user.id}`
+  t.same(ended?.reasons, ['password_changed'])
+  t.equal((await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: user.password } })).statusCode, 401, 'the old password is refused')
+  const fresh = await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: 'a brand new long password' } })
+  t.equal(fresh.statusCode, 200, 'the new one logs in')
+  t.equal((await me(two, `Bearer ${fresh.json().accessToken as string}`)).statusCode, 200, 'and its session works everywhere')
+  t.equal((await me(two, bystander.authorization)).statusCode, 200, 'other users are untouched')
+})
+
+t.test('PUT /users/me/password with a wrong current password: 403, nothing changes, sessions stay valid', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const [before] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${user.id}`
+  const response = await app.inject({
+    method: 'PUT',
+    url: '/users/me/password',
+    headers: { authorization: user.authorization },
+    payload: { currentPassword: 'not my password at all', newPassword: 'a brand new long password' }
+  })
+  t.equal(response.statusCode, 403)
+  t.equal(response.json().detail, 'The current password is wrong.')
+  const [after] = await sql<{ password_hash: string }[]>`select password_hash from users where id = ${user.id}`
+  t.equal(after?.password_hash, before?.password_hash, 'the hash is unchanged')
+  await app.revocations.refresh()
+  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: user.authorization } })).statusCode, 200, 'the session still works')
+  t.equal((await app.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: user.password } })).statusCode, 200, 'the password still works')
+})
+
+t.test('PUT /users/me/password validates like signup', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  const change = (payload: unknown) => app.inject({ method: 'PUT', url: '/users/me/password', headers: { authorization: user.authorization }, payload: payload as object })
+  const short = await change({ currentPassword: user.password, newPassword: 'too short' })
+  t.equal(short.statusCode, 400)
+  t.match(short.json().errors, [{ path: 'newPassword', message: 'must be at least 12 characters' }])
+  t.equal((await change({ currentPassword: user.password, newPassword: 'x'.repeat(257) })).statusCode, 400)
+  t.equal((await change({ currentPassword: user.password })).statusCode, 400)
+  t.equal((await change({ currentPassword: user.password, newPassword: 'a brand new long password', userId: user.id })).statusCode, 400, 'no extra fields')
+  t.equal((await app.inject({ method: 'PUT', url: '/users/me/password', payload: { currentPassword: user.password, newPassword: 'a brand new long password' } })).statusCode, 401, 'a token is needed')
+  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: user.authorization } })).statusCode, 200, 'nothing ended')
+})

@@ -1,9 +1,10 @@
 // The scale-out settings: workers, the per-worker pool that follows from them, Redis Cluster and the replica.
+import { randomBytes } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import t from 'tap'
 import { ConfigError, defaultPoolMax, loadConfig } from '../../config.ts'
 
-const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1' }
+const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1', JWT_SECRET: randomBytes(32).toString('base64url') }
 
 t.test('one worker, a pool of 10, no cluster and no replica unless asked', async (t) => {
   const config = loadConfig(base)
@@ -11,7 +12,9 @@ t.test('one worker, a pool of 10, no cluster and no replica unless asked', async
   t.equal(config.DATABASE_POOL_MAX, 10)
   t.equal(config.REDIS_CLUSTER_NODES, undefined)
   t.equal(config.DATABASE_REPLICA_URL, undefined)
-  t.equal(config.METRICS_PORT, 0)
+  t.equal(config.OPS_PORT, 0, 'no operations listener')
+  t.equal(loadConfig({ ...base, METRICS_PORT: '9100' }).OPS_PORT, 9100, 'METRICS_PORT, its former name, still opens it')
+  t.equal(loadConfig({ ...base, METRICS_PORT: '9100', OPS_PORT: '9200' }).OPS_PORT, 9200, 'OPS_PORT wins')
   t.equal(config.READ_YOUR_WRITES_S, 5)
 })
 
@@ -27,7 +30,7 @@ t.test('WORKERS=auto is one per core; several workers share PgBouncer\'s 20 serv
 
 t.test('bad scale-out values stop boot naming the variable', async (t) => {
   for (const [name, value] of [['WORKERS', '0'], ['WORKERS', 'many'], ['WORKERS', '1.5'], ['REDIS_CLUSTER_NODES', 'no-port'],
-    ['DATABASE_REPLICA_URL', 'http://replica'], ['READ_YOUR_WRITES_S', '0'], ['METRICS_PORT', '70000']] as const) {
+    ['DATABASE_REPLICA_URL', 'http://replica'], ['READ_YOUR_WRITES_S', '0'], ['METRICS_PORT', '70000'], ['OPS_PORT', '70000'], ['OPS_PORT', 'ops']] as const) {
     let error: unknown
     try {
       loadConfig({ ...base, [name]: value })
@@ -39,7 +42,7 @@ t.test('bad scale-out values stop boot naming the variable', async (t) => {
 })
 
 t.test('REDIS_CLUSTER_NODES is a list of host:port, and stands in for REDIS_URL', async (t) => {
-  const config = loadConfig({ DATABASE_URL: base.DATABASE_URL, REDIS_CLUSTER_NODES: '10.0.0.1:7000, redis-1.internal:7001' })
+  const config = loadConfig({ DATABASE_URL: base.DATABASE_URL, JWT_SECRET: base.JWT_SECRET, REDIS_CLUSTER_NODES: '10.0.0.1:7000, redis-1.internal:7001' })
   t.same(config.REDIS_CLUSTER_NODES, ['10.0.0.1:7000', 'redis-1.internal:7001'])
   t.equal(config.REDIS_URL, 'redis://10.0.0.1:7000')
   t.equal(loadConfig({ ...base, REDIS_URL: 'rediss://user:pw@cache:6380', REDIS_CLUSTER_NODES: '10.0.0.1:7000' }).REDIS_URL, 'rediss://user:pw@cache:6380', 'credentials and TLS come from REDIS_URL when set')

@@ -39,7 +39,8 @@ export interface ApiProcess {
 export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
   const port = await pickFreePort()
   const child = spawn(process.execPath, [serverScript], {
-    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...env, PORT: String(port) },
+    // The lowest scrypt cost the config accepts, as in buildTestApp (test/helper.ts): the boot's decoy hash and logins stay cheap.
+    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', PASSWORD_HASH_COST: '1024', ...env, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''

@@ -1,6 +1,7 @@
 // Abuse of follows, posts and names (issue 19): a follow flood is bounded by the per-principal limiter and costs the
 // service a bounded backfill per follow; names and post bodies refuse the invisible impersonation tricks; cursors of
 // the follow lists are bound to their list and their caller.
+import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
 import { buildTestApp, createUser, drainJobs, ownerSql, testSql, uniqueEmail } from '../helper.ts'
@@ -10,7 +11,7 @@ t.test('a follow flood stops at the caller\'s rate limit, and writes exactly wha
   const sql = testSql(t)
   const [flooder] = await ownerSql()<{ id: string }[]>`
     insert into users (email, name, password_hash) values (${uniqueEmail('flooder')}, 'Flooder', '!') returning id`
-  const token = (await app.issueToken({ id: flooder!.id, tier: 'standard' })).accessToken
+  const token = (await app.issueToken({ id: flooder!.id, tier: 'standard', sessionId: randomUUID() })).accessToken
   const targets = await ownerSql()<{ id: string }[]>`
     insert into users (email, name, password_hash)
     select 'flood-target-' || gen_random_uuid() || '@example.test', 'Target', '!' from generate_series(1, 30)

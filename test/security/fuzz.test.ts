@@ -240,6 +240,8 @@ interface World {
   victimCursors: string[]
   attackerTransactionIds: string[]
   attackerCursors: string[]
+  /** A refresh token of a session the attacker opened for the fuzzer. */
+  attackerRefreshToken: string
   /** Every transaction the attacker's client posted: set up here, and each one it creates while fuzzed. */
   clientTransactionIds: Set<string>
   clientCursors: string[]
@@ -302,6 +304,7 @@ async function setUpWorld (app: App): Promise<World> {
     victimCursors: await cursors(victim),
     attackerTransactionIds,
     attackerCursors: await cursors(attacker),
+    attackerRefreshToken: (await app.inject({ method: 'POST', url: '/auth/token', payload: { email: attacker.email, password: attacker.password } })).json().refreshToken as string,
     clientTransactionIds,
     clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string],
     victimPostIds,
@@ -310,6 +313,7 @@ async function setUpWorld (app: App): Promise<World> {
 }
 
 /** The routes a service client's token may call (the rest refuse it with 403). */
+const SESSION_ENDING = new Set(['POST /auth/revoke', 'PUT /users/me/password'])
 const CLIENT_ROUTES = new Set(PRIVATE_ROUTES.filter((route) => route.clients === true).map((route) => `${route.method} ${route.path}`))
 
 const asObject = (body: unknown) => (typeof body === 'object' && body !== null && !Array.isArray(body) ? body as Record<string, unknown> : {})
@@ -360,11 +364,19 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
     }
     case 'POST /auth/token': return {
       email: fc.constantFrom(victim.email, attacker.email, recipient.email, attacker.email.toUpperCase()),
-      password: fc.constantFrom(attacker.password, `${victim.password}!`, victim.password.slice(0, -1), ''),
+      password: fc.oneof({ weight: 2, arbitrary: fc.constant(attacker.password) }, { weight: 3, arbitrary: fc.constantFrom(`${victim.password}!`, victim.password.slice(0, -1), '') }),
       // The attacker holds their client's secret, not the bank's.
       client_id: fc.constantFrom(client.id, client.id.toUpperCase(), bank.id),
       client_secret: fc.oneof({ weight: 3, arbitrary: fc.constant(client.secret) }, { weight: 1, arbitrary: fc.constantFrom(`${client.secret}x`, client.secret.slice(0, -1), client.secret.toUpperCase()) }),
-      scope: fc.constantFrom('funds:write', 'events:read', 'funds:write events:read', 'admin', ' funds:write')
+      scope: fc.constantFrom('funds:write', 'events:read', 'funds:write events:read', 'admin', ' funds:write'),
+      // A session of the attacker's own (its first use rotates, every later one is a replay that ends it), an access
+      // token in the wrong place, and look-alikes.
+      refresh_token: fc.constantFrom(world.attackerRefreshToken, attacker.token, `${world.attackerRefreshToken}x`, world.attackerRefreshToken.toUpperCase())
+    }
+    case 'PUT /users/me/password': return {
+      // The right one, sometimes: "changing" it to itself ends the attacker's sessions, and keeps the world's password.
+      currentPassword: fc.constantFrom(attacker.password, `${attacker.password}!`, victim.password),
+      newPassword: fc.constantFrom(attacker.password)
     }
     case 'GET /users/{id}': return { 'path:id': fc.constantFrom(attacker.id, victim.id, recipient.id, victim.id.toUpperCase(), attacker.id.toUpperCase()) }
     case 'PATCH /users/{id}': return {
@@ -406,7 +418,7 @@ const normalizedUrl = (value: unknown) => (typeof value === 'string' ? value.tri
 const INSUFFICIENT_SCOPE = 'https://ledger-api.dev/problems/insufficient_scope'
 
 /** The discriminator values of the oneOf bodies (POST /transactions' kind, POST /auth/token's grant_type). */
-const VARIANTS = ['transfer', 'deposit', 'withdrawal', 'password', 'client_credentials']
+const VARIANTS = ['transfer', 'deposit', 'withdrawal', 'password', 'client_credentials', 'refresh_token']
 
 function problemType (response: LightMyRequestResponse): unknown {
   try {
@@ -439,6 +451,7 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     if (route === 'PATCH /users/{id}' && request.url.toLowerCase().includes(victim.id) && ![400, 403].includes(status)) return `PATCH of the victim gave ${status}`
     return undefined
   }
+  // 204: nothing to read (a logout, a password change, a follow, a deletion).
   if (status === 204) {
     if (response.body !== '') return 'a 204 with a body'
     if (route === 'DELETE /posts/{id}' && !world.attackerPostIds.some((id) => new URL(request.url, 'http://fuzz.test').pathname === `/posts/${id}`)) return 'deleted a post that is not the attacker\'s'
@@ -509,6 +522,10 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
         if (claims.sub !== client.id || claims.client_id !== client.id) return 'a token for a client other than the attacker\'s'
         return String(json.scope).split(' ').every((scope) => (client.scopes as string[]).includes(scope)) ? undefined : `a scope the client does not hold: ${String(json.scope)}`
       }
+      if (body.grant_type === 'refresh_token') {
+        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown }
+        return claims.sub === attacker.id ? undefined : 'a refreshed token for someone other than the attacker'
+      }
       return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
     }
     default: return undefined
@@ -519,9 +536,17 @@ const describe = (request: FuzzRequest) =>
   `${request.caller} ${request.method} ${request.url.slice(0, 300)} headers=${JSON.stringify(request.headers).slice(0, 200)} body=${String(JSON.stringify(request.body)).slice(0, 400)}`
 
 t.test('every operation of the OpenAPI document, fuzzed from its own schemas', async (t) => {
-  const app = await buildTestApp(t, { PASSWORD_HASH_COST: '1024' })
+  // Wrong passwords are most of what the login grant gets: the per-account throttle is tested in sessions.test.ts.
+  const app = await buildTestApp(t, { PASSWORD_HASH_COST: '1024', LOGIN_MAX_FAILURES: '1000' })
   const sql = testSql(t)
   const world = await setUpWorld(app)
+  // Routes that end the caller's session (or all of them) get a session of their own for each request; after a
+  // password change the world's token is replaced, since the change ended it.
+  const freshSession = async () => {
+    const login = await app.inject({ method: 'POST', url: '/auth/token', payload: { email: world.attacker.email, password: world.attacker.password } })
+    if (login.statusCode !== 200) throw new Error(`attacker login failed: ${login.statusCode} ${login.body}`)
+    return `Bearer ${login.json().accessToken as string}`
+  }
   const raw = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as OpenApi
   const doc = inlineRefs(raw, raw.components?.schemas ?? {})
   const operations = Object.entries(doc.paths)
@@ -551,11 +576,18 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
           headers: { ...request.headers, ...tokens[request.caller], ...(request.hasBody ? { 'content-type': 'application/json' } : {}) },
           ...(request.hasBody && request.body !== undefined ? { payload: JSON.stringify(request.body) } : {})
         }
+        if (SESSION_ENDING.has(route) && request.caller === 'user') options.headers = { ...options.headers, authorization: await freshSession() }
         let response: LightMyRequestResponse
         try {
           response = await app.inject(options)
         } catch {
           return true // refused by the HTTP layer before reaching the app (invalid header bytes)
+        }
+        if (route === 'PUT /users/me/password' && response.statusCode === 204) {
+          // The fuzzer may have sent another (valid) new password than the hint's.
+          world.attacker = { ...world.attacker, password: String(asObject(request.body).newPassword) }
+          world.attacker = { ...world.attacker, authorization: await freshSession() }
+          tokens.user = { authorization: world.attacker.authorization }
         }
         const group = `${Math.floor(response.statusCode / 100)}xx`
         statuses[group] = (statuses[group] ?? 0) + 1

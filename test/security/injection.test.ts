@@ -13,7 +13,8 @@ import {
 } from './support.ts'
 
 // A fast KDF keeps the many signups of this file quick; the cost does not change what is validated.
-const FAST_HASH = { PASSWORD_HASH_COST: '1024' }
+// Every payload is also tried as a login for one email: the per-account throttle is tested in sessions.test.ts.
+const FAST_HASH = { PASSWORD_HASH_COST: '1024', LOGIN_MAX_FAILURES: '1000' }
 const PASSWORD = 'correct horse battery staple'
 
 // eslint-disable-next-line no-control-regex -- control characters are what the name rule refuses

@@ -117,7 +117,9 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
   },
   { method: 'GET', path: '/transactions', url: () => '/transactions', clients: true },
   { method: 'GET', path: '/transactions/{id}', url: () => '/transactions/1', clients: true },
-  { method: 'GET', path: '/balances', url: () => '/balances' }
+  { method: 'GET', path: '/balances', url: () => '/balances' },
+  { method: 'POST', path: '/auth/revoke', url: () => '/auth/revoke' },
+  { method: 'PUT', path: '/users/me/password', url: () => '/users/me/password', payload: { currentPassword: 'not the password', newPassword: 'attacker chosen password' } }
 ]
 
 /** Whoever sends a request: a user, or a service client (their ids never coincide). */
