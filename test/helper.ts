@@ -183,10 +183,18 @@ export async function fund (app: App, user: { id: string }, amount: number, curr
  * for a later drain instead of looping). It returns when no job of those kinds is due any more, including jobs
  * another test file's drain holds at that moment (it waits for them), or after `maxSteps` steps (a test that
  * simulates a worker dying mid-job stops it early). Failed runs come back in `errors` for the test to show.
+ *
+ * `matching` (payload fragments, any of them, JSON containment) keeps a drain to its own test's jobs: test files run
+ * in parallel on one database, and a drain that took every due job would run (and finish) jobs whose queued rows or
+ * intermediate steps another file is asserting on. A real worker inside a test app would need the same scoping.
  */
-export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number, errors: unknown[] }> {
+export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], matching?: readonly object[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number, errors: unknown[] }> {
   const sql = app.db
   const kinds = [...options.kinds]
+  const matching = options.matching
+  const ours = () => matching === undefined
+    ? sql``
+    : sql`and exists (select 1 from jsonb_array_elements(${sql.json(matching as never)}) m(fragment) where payload @> m.fragment)`
   const maxSteps = options.maxSteps ?? 100_000
   const deadline = Date.now() + (options.timeoutMs ?? 60_000)
   const signal = new AbortController().signal
@@ -197,7 +205,7 @@ export async function drainJobs (app: App, handlers: JobHandlers, options: { kin
     const ran = await sql.begin(async (tx) => {
       const [job] = await tx<{ id: string, kind: string, payload: unknown, attempts: number }[]>`
         select id, kind, payload, attempts from jobs
-         where kind in ${tx(kinds)} and run_at <= now()
+         where kind in ${tx(kinds)} and run_at <= now() ${ours()}
          order by run_at, id
          limit 1
            for update skip locked`
@@ -219,7 +227,7 @@ export async function drainJobs (app: App, handlers: JobHandlers, options: { kin
       continue
     }
     // Nothing claimable: done, unless due jobs of these kinds are held by another drain right now.
-    const [due] = await sql<{ count: number }[]>`select count(*)::int as count from jobs where kind in ${sql(kinds)} and run_at <= now()`
+    const [due] = await sql<{ count: number }[]>`select count(*)::int as count from jobs where kind in ${sql(kinds)} and run_at <= now() ${ours()}`
     if ((due?.count ?? 0) === 0) break
     await new Promise((resolve) => setTimeout(resolve, 20))
   }

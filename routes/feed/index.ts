@@ -59,7 +59,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     const postId = request.params.id
     const deleted = await db.begin(async (tx) => {
       if (!await markPostDeleted(tx, postId, authorId)) return false
-      await enqueueJob(tx, FEED_JOB.removePost, { postId } satisfies RemovePostPayload)
+      await enqueueJob(tx, FEED_JOB.removePost, { postId, authorId } satisfies RemovePostPayload)
       return true
     })
     // Someone else's post and no post at all are the same answer.

@@ -44,7 +44,8 @@ export const FanOutPayloadSchema = z.object({
   /** The last follower id delivered to (keyset cursor over follows_fan_out_idx); null before the first batch. */
   after: z.uuid().nullable()
 })
-export const RemovePostPayloadSchema = z.object({ postId: PostIdSchema })
+/** The author is carried for the logs and for scoping (whose jobs these are); the post id is all the step needs. */
+export const RemovePostPayloadSchema = z.object({ postId: PostIdSchema, authorId: z.uuid() })
 export const FollowPayloadSchema = z.object({ followerId: z.uuid(), followeeId: z.uuid() })
 
 export type FanOutPayload = z.infer<typeof FanOutPayloadSchema>
@@ -102,7 +103,8 @@ export function createFeedJobHandlers (options: FeedJobOptions): JobHandlers {
   // The post is already off every feed page (the page query skips deleted posts); this removes its rows, batch by
   // batch, so each cached page that held it is invalidated, and finally the post itself.
   const removePost: JobHandler<RemovePostPayload> = async (job, { sql }) => {
-    const { postId } = RemovePostPayloadSchema.parse(job.payload)
+    const payload = RemovePostPayloadSchema.parse(job.payload)
+    const { postId } = payload
     const removed = await sql<{ feed_user_id: string }[]>`
       delete from feed_items
        where post_id = ${postId}
@@ -110,7 +112,7 @@ export function createFeedJobHandlers (options: FeedJobOptions): JobHandlers {
       returning feed_user_id::text`
     if (removed.length > 0) {
       await cache.invalidateMany(FEED_CACHE, removed.map((row) => row.feed_user_id))
-      return { status: 'continue', payload: { postId } }
+      return { status: 'continue', payload }
     }
     await sql`delete from posts where id = ${postId} and deleted_at is not null`
     return done

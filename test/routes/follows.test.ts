@@ -13,7 +13,10 @@ const auth = (user: { authorization: string }) => ({ authorization: user.authori
 
 /** The feed handlers as the worker will run them, on this app's cache. */
 const handlersFor = (app: App) => createFeedJobHandlers({ cache: app.cache, batchSize: BATCH })
-const drain = (app: App, options: { maxSteps?: number } = {}) => drainJobs(app, handlersFor(app), { kinds: FEED_KINDS, ...options })
+/** The feed jobs of these users (as author, follower or followee) only: other test files drain theirs in parallel. */
+const jobsOf = (users: readonly { id: string }[]) => users.flatMap(({ id }) => [{ authorId: id }, { followerId: id }, { followeeId: id }])
+const drain = (app: App, users: readonly { id: string }[], options: { maxSteps?: number } = {}) =>
+  drainJobs(app, handlersFor(app), { kinds: FEED_KINDS, matching: jobsOf(users), ...options })
 
 /**
  * `count` followers of `followeeId`, made set-based as the owner (no signup, no password: they never log in, a token
@@ -96,7 +99,12 @@ t.test('follow, again, yourself, unknown, unfollow: 204, 204, 400, 404, 204; one
   for (const [method, url] of [['PUT', `/users/me/following/${bob.id}`], ['DELETE', `/users/me/following/${bob.id}`], ['GET', '/users/me/following'], ['GET', '/users/me/followers']] as const) {
     t.equal((await app.inject({ method, url })).statusCode, 401, `${method} ${url} needs a token`)
   }
-  await drain(app)
+  // The stand-in worker's scoping: a drain for Alice leaves Bob's jobs to his own drain.
+  const bobsPost = await post(app, bob, 'not alice\'s')
+  await drain(app, [alice])
+  t.equal((await sql`select 1 from jobs where payload->>'postId' = ${bobsPost.id}`).length, 1, "Bob's fan-out is left alone by Alice's drain")
+  await drain(app, [bob])
+  t.equal((await sql`select 1 from jobs where payload->>'postId' = ${bobsPost.id}`).length, 0)
 })
 
 t.test('following and followers lists: newest first, keyset pages to a null cursor, cursors bound to list and caller', async (t) => {
@@ -147,7 +155,7 @@ t.test('a user with 3,000 followers posts: the request does no per-follower work
   t.ok(dbSpans(spans).length <= 5, `the request ran ${dbSpans(spans).length} statements, however many followers`)
   t.same(await placements(sql, postId), { rows: 1, feeds: 1 }, "at first only on the author's feed")
 
-  const { steps, failures, errors } = await drain(app)
+  const { steps, failures, errors } = await drain(app, [author])
   t.equal(failures, 0, String(errors[0] ?? 'no failed run'))
   t.ok(steps >= 4, `${steps} steps: three batches of at most ${BATCH} and the empty one that ends the job`)
   t.same(await placements(sql, postId), { rows: 3001, feeds: 3001 }, 'every follower and the author, once each')
@@ -169,7 +177,7 @@ t.test('a fan-out killed mid-way resumes from its stored cursor without duplicat
     select id, kind, payload, attempts from jobs where kind = ${FEED_JOB.fanOut} and payload->>'postId' = ${postId}`)[0]
 
   // One batch through the worker: the payload now carries the cursor (the 1,000th follower).
-  await drainJobs(app, handlers, { kinds: [FEED_JOB.fanOut], maxSteps: 1 })
+  await drainJobs(app, handlers, { kinds: [FEED_JOB.fanOut], matching: jobsOf([author]), maxSteps: 1 })
   t.equal((await stored())?.payload.after, followers[BATCH - 1], 'the stored cursor is the last follower delivered')
   t.equal(await onFeeds(sql, postId, followers), BATCH)
 
@@ -181,7 +189,7 @@ t.test('a fan-out killed mid-way resumes from its stored cursor without duplicat
   t.equal((await stored())?.payload.after, followers[BATCH - 1], 'crash: the cursor was never stored')
   t.equal(await onFeeds(sql, postId, followers), 2 * BATCH)
 
-  const { failures, errors } = await drain(app)
+  const { failures, errors } = await drain(app, [author])
   t.equal(failures, 0, String(errors[0] ?? 'no failed run'))
   t.same(await placements(sql, postId), { rows: 2501, feeds: 2501 }, 'no duplicates (the second batch ran twice) and no gaps')
   t.equal(await stored(), undefined, 'the job is finished')
@@ -193,17 +201,17 @@ t.test('unfollowing during a fan-out leaves no post behind, whether the batch pa
   const author = await createUser(app)
   const followers = await makeFollowers(author.id, 2000)
   const older = await post(app, author, 'older')
-  await drain(app)
+  await drain(app, [author])
   const postId = (await post(app, author, 'mid fan-out')).id
-  await drain(app, { maxSteps: 1 })
+  await drain(app, [author], { maxSteps: 1 })
 
   // Followers 0–999 have the post already, 1000–1999 not yet. Ten of each unfollow, each with a token of their own.
   const leavers = [...followers.slice(0, 10), ...followers.slice(1500, 1510)]
   const requests = leavers.map(async (id) => unfollow(app, { authorization: `Bearer ${(await app.issueToken({ id, tier: 'standard', sessionId: randomUUID() })).accessToken}` } as TestUser, author.id))
   // The unfollows race the rest of the fan-out.
-  const [responses] = await Promise.all([Promise.all(requests), drain(app)])
+  const [responses] = await Promise.all([Promise.all(requests), drain(app, [author])])
   t.ok(responses.every((r) => r.statusCode === 204))
-  await drain(app)
+  await drain(app, [author])
 
   t.equal(await onFeeds(sql, postId, leavers), 0, 'the post is on no leaver\'s feed')
   t.equal(await onFeeds(sql, older.id, leavers), 0, 'nor any older post of the author')
@@ -216,15 +224,15 @@ t.test('deleting a post during its fan-out: it ends on no feed, and the post row
   const author = await createUser(app)
   const followers = await makeFollowers(author.id, 2500)
   const postId = (await post(app, author, 'regrettable')).id
-  await drain(app, { maxSteps: 1 })
+  await drain(app, [author], { maxSteps: 1 })
   t.equal(await onFeeds(sql, postId, followers), BATCH)
 
   const [deleted] = await Promise.all([
     app.inject({ method: 'DELETE', url: `/posts/${postId}`, headers: auth(author) }),
-    drain(app)
+    drain(app, [author])
   ])
   t.equal(deleted.statusCode, 204)
-  await drain(app)
+  await drain(app, [author])
   t.same(await placements(sql, postId), { rows: 0, feeds: 0 }, 'on no feed')
   t.equal((await sql`select 1 from posts where id = ${postId}`).length, 0, 'the post row is removed once off every feed')
   t.equal((await sql`select 1 from jobs where payload->>'postId' = ${postId}`).length, 0, 'no job left')
@@ -244,24 +252,24 @@ t.test('following backfills the 20 most recent live posts; unfollowing removes a
   t.equal((await post(app, reader, 'my own')).body, 'my own')
 
   t.equal((await follow(app, reader, author.id)).statusCode, 204)
-  await drain(app)
+  await drain(app, [author])
   const expected = Array.from({ length: 20 }, (_, i) => `post ${23 - i}`)
   t.same(await feedBodies(app, reader), ['my own', ...expected], 'exactly the 20 most recent live posts, newest first')
 
   // A new post now reaches the reader through the fan-out.
   await post(app, author, 'fresh')
-  await drain(app)
+  await drain(app, [author])
   t.equal((await feedBodies(app, reader))[0], 'fresh')
 
   t.equal((await unfollow(app, reader, author.id)).statusCode, 204)
-  await drain(app)
+  await drain(app, [author])
   t.same(await feedBodies(app, reader), ['my own'], "all of the author's posts are gone, the reader's own stay")
 
   // Follow, unfollow, follow before any job runs: the removal must not undo the second follow.
   await follow(app, reader, author.id)
   await unfollow(app, reader, author.id)
   await follow(app, reader, author.id)
-  await drain(app)
+  await drain(app, [author])
   t.same(await feedBodies(app, reader), ['fresh', 'my own', ...expected.slice(0, 19)], 'following again: the 20 most recent')
 })
 
@@ -271,7 +279,7 @@ t.test('the cached first page changes exactly when the feed does: fan-out, delet
   const reader = await createUser(app)
   const bystander = await createUser(app)
   await follow(app, reader, author.id)
-  await drain(app)
+  await drain(app, [author])
   const read = async (user: TestUser) => {
     const { response, spans } = await injectTraced(app, { method: 'GET', url: '/feed', headers: auth(user) })
     return { bodies: (response.json().data as { body: string }[]).map((p) => p.body), statements: dbSpans(spans).length }
@@ -282,19 +290,19 @@ t.test('the cached first page changes exactly when the feed does: fan-out, delet
   await read(bystander)
   const { id } = await post(app, author, 'news')
   t.same(await read(reader), { bodies: [], statements: 0 }, 'before the fan-out the cached page is still right')
-  await drain(app)
+  await drain(app, [author])
   t.same(await read(reader), { bodies: ['news'], statements: 1 }, 'the fan-out invalidated it: the new post shows')
   t.same(await read(bystander), { bodies: [], statements: 0 }, 'a feed the fan-out did not touch keeps its cached page')
 
   t.equal((await app.inject({ method: 'DELETE', url: `/posts/${id}`, headers: auth(author) })).statusCode, 204)
   await read(reader)
-  await drain(app)
+  await drain(app, [author])
   t.same(await read(reader), { bodies: [], statements: 1 }, 'the removal invalidated it')
 
   await post(app, author, 'again')
-  await drain(app)
+  await drain(app, [author])
   t.same(await read(reader), { bodies: ['again'], statements: 1 })
   await unfollow(app, reader, author.id)
-  await drain(app)
+  await drain(app, [author])
   t.same(await read(reader), { bodies: [], statements: 1 }, 'the unfollow removal invalidated it')
 })
