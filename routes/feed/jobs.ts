@@ -20,7 +20,9 @@ import type { JobHandler, JobHandlers, JobResult } from '../../plugins/jobs.ts'
  *
  * The cached first page of a feed (FEED_CACHE) is invalidated after each step commits, for exactly the feeds whose
  * rows the step inserted or deleted (RETURNING), in one pipelined call per step: a fan-out batch of 1,000 feeds is
- * 1,000 single-key UNLINKs sent together (cluster-safe), never a scan, and never more than one batch's worth.
+ * 1,000 single-key UNLINKs sent together (cluster-safe), never a scan, and never more than one batch's worth. A
+ * worker that dies between a step's commit and its invalidation (or with Redis down) leaves those pages stale for at
+ * most FEED_CACHE_TTL_S, as a route whose invalidation fails after its commit does.
  */
 
 export const FEED_JOB = {
