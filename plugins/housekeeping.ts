@@ -2,14 +2,18 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Sql } from './database.ts'
 import type { Metrics } from './metrics.ts'
+import { purgeDeliveries } from '../routes/webhook-endpoints/queries.ts'
 
 /**
  * Background upkeep every API process shares: purging idempotency keys past their window, in batches, so the table
  * stays the size of the window. Any number of processes may run it at once (the purge skips rows another holds);
- * the random start spreads them out. Failures are logged and counted, never thrown at a request.
+ * the random start spreads them out. Failures are logged and counted, never thrown at a request. The same goes
+ * for finished webhook deliveries past their retention: pending ones are never purged (their job still runs).
  */
 export interface HousekeepingOptions {
   idempotencyKeyTtlS: number
+  /** Finished webhook deliveries (delivered, failed) stay listed this long. */
+  webhookDeliveryRetentionS: number
   everyMs: number
   batch: number
 }
@@ -34,6 +38,16 @@ async function housekeepingPlugin (app: FastifyInstance, options: HousekeepingOp
     } catch (error) {
       metrics.dependencyErrors.inc({ dependency: 'postgres', operation: 'idempotency_key_purge' })
       app.log.warn({ err: error }, 'idempotency key purge failed')
+    }
+    try {
+      for (let round = 0; round < 10 && !state.closing; round++) {
+        const purged = await purgeDeliveries(app.db, options.webhookDeliveryRetentionS, options.batch)
+        if (purged > 0) app.log.info({ purged }, 'purged finished webhook deliveries past retention')
+        if (purged < options.batch) break
+      }
+    } catch (error) {
+      metrics.dependencyErrors.inc({ dependency: 'postgres', operation: 'webhook_delivery_purge' })
+      app.log.warn({ err: error }, 'webhook delivery purge failed')
     }
   }
   const schedule = (delayMs: number) => {

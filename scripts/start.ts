@@ -8,6 +8,8 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   process.env.DATABASE_URL ||= env.DATABASE_URL
   process.env.DATABASE_DIRECT_URL ||= env.DATABASE_DIRECT_URL
   process.env.REDIS_URL ||= env.REDIS_URL
+  // The local stack is for development: webhooks may go to http://localhost receivers.
+  process.env.WEBHOOK_ALLOW_PRIVATE_TARGETS ||= 'true'
 }
 
 try {

@@ -32,7 +32,11 @@ const generousLimits = {
   RATE_LIMIT_PRO_CAPACITY: '100000',
   RATE_LIMIT_PUBLIC_CAPACITY: '100000',
   // A busy CI machine lags its event loop; shedding is tested on purpose in observability.test.ts only.
-  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0'
+  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
+  // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.worker.runDue()), so no
+  // app's background loop takes another test's jobs.
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
+  WORKER_ENABLED: 'false'
 }
 
 export function testConfig (overrides: Record<string, string> = {}): Config {

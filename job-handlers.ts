@@ -1,0 +1,30 @@
+// Every job kind the worker runs, collected once for both places a worker runs (app.ts inside `npm start`, and
+// worker.ts for `npm run worker`). A resource adds its handlers here: `...feedJobs(...)` beside the webhooks'.
+import type { Config } from './config.ts'
+import type { JobHandlers } from './plugins/jobs.ts'
+import type { Metrics } from './plugins/metrics.ts'
+import { webhookJobs } from './routes/webhook-endpoints/jobs.ts'
+
+export function jobHandlers (config: Config, metrics: Metrics): JobHandlers {
+  return {
+    ...webhookJobs({
+      policy: { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS },
+      timeoutMs: config.WEBHOOK_TIMEOUT_MS,
+      endpointConcurrency: config.WEBHOOK_ENDPOINT_CONCURRENCY,
+      metrics
+    })
+  }
+}
+
+/** The worker plugin's options from the configuration (shared by app.ts and worker.ts). */
+export function workerOptions (config: Config, metrics: Metrics, enabled: boolean) {
+  return {
+    handlers: jobHandlers(config, metrics),
+    enabled,
+    concurrency: config.WORKER_CONCURRENCY,
+    leaseMs: config.WORKER_LEASE_S * 1000,
+    pollMaxMs: config.WORKER_POLL_MAX_MS,
+    retry: { baseMs: config.JOB_RETRY_BASE_MS, maxDelayMs: config.JOB_RETRY_MAX_DELAY_S * 1000, windowMs: config.JOB_RETRY_WINDOW_S * 1000 },
+    subscribe: true
+  }
+}
