@@ -34,7 +34,7 @@ export interface JobContext {
 
 /**
  * `done`: the job is finished and removed. `continue`: there is more to do; the payload given (for example a cursor)
- * replaces the stored one and the job runs again at once, so a long job (a fan-out to 10,000 feeds) runs in bounded
+ * replaces the stored one and the job runs again at once (keeping its place in the queue), so a long job (a fan-out to 10,000 feeds) runs in bounded
  * steps and resumes where it stopped if the worker dies. A thrown error is a failed attempt, retried with backoff.
  */
 export type JobResult = { status: 'done' } | { status: 'continue', payload: unknown }

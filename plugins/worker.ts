@@ -33,7 +33,10 @@ export interface WorkerOptions {
 }
 
 export interface Worker {
-  /** Claims and runs every job due now, batch after batch, until none is due; resolves with how many ran. */
+  /**
+   * Claims and runs every job due when called, batch after batch (a `continue` keeps its due time, so a long job
+   * runs to its end), until none is left; resolves with how many attempts ran. Retries scheduled meanwhile wait.
+   */
   runDue: () => Promise<number>
   /** Ends the idle wait at once (a local enqueue, or the Redis message). */
   wake: () => void
@@ -55,17 +58,19 @@ interface ClaimedRow {
   payload: unknown
   attempts: number
   created_at: Date
+  due_at: Date
   lag_s: number
 }
 
 const MIN_IDLE_MS = 50
 const QUEUE_METRICS_EVERY_MS = 5000
 
-export function claimJobs (sql: Sql, limit: number, leaseMs: number) {
+/** Leases up to `limit` jobs due now (or due by `dueBy`: runDue's bound, so retries coming due meanwhile wait). */
+export function claimJobs (sql: Sql, limit: number, leaseMs: number, dueBy?: Date) {
   return sql<ClaimedRow[]>`
     with due as (
       select id, run_at from jobs
-       where failed_at is null and run_at <= now()
+       where failed_at is null and run_at <= ${dueBy === undefined ? sql`now()` : sql`${dueBy}`}
        order by run_at, id
        limit ${limit}
        for update skip locked
@@ -74,7 +79,7 @@ export function claimJobs (sql: Sql, limit: number, leaseMs: number) {
        set run_at = now() + ${leaseMs} * interval '1 millisecond', attempts = j.attempts + 1
       from due
      where j.id = due.id
-    returning j.id::text as id, j.kind, j.payload, j.attempts, j.created_at,
+    returning j.id::text as id, j.kind, j.payload, j.attempts, j.created_at, due.run_at as due_at,
               extract(epoch from now() - due.run_at)::float8 as lag_s`
 }
 
@@ -138,7 +143,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
       return record(row, 'done', sql`delete from jobs where id = ${row.id} and attempts = ${row.attempts}`)
     }
     return record(row, 'continue', sql`
-      update jobs set payload = ${sql.json(result.payload as never)}, run_at = now(), attempts = 0, last_error = null
+      update jobs set payload = ${sql.json(result.payload as never)}, run_at = ${row.due_at}, attempts = 0, last_error = null
        where id = ${row.id} and attempts = ${row.attempts}`)
   }
 
@@ -148,7 +153,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
     return promise
   }
 
-  const claim = (limit: number) => claimJobs(sql, limit, options.leaseMs)
+  const claim = (limit: number, dueBy?: Date) => claimJobs(sql, limit, options.leaseMs, dueBy)
 
   const wake = () => {
     const resolve = wakeUp
@@ -199,9 +204,10 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
 
   const worker: Worker = {
     async runDue () {
+      const now = new Date()
       let ran = 0
       for (;;) {
-        const claimed = await claim(options.concurrency)
+        const claimed = await claim(options.concurrency, now)
         if (claimed.length === 0) return ran
         await Promise.all(claimed.map((row) => track(runJob(row))))
         ran += claimed.length

@@ -1,17 +1,20 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { App } from '../../app.ts'
-import { buildTestApp, createClient, createUser, fund, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
 
 // Retries come due within a few tens of milliseconds, and attempts time out fast, so the schedule runs in the test.
 const fastRetries = { JOB_RETRY_BASE_MS: '40', JOB_RETRY_MAX_DELAY_S: '1', WEBHOOK_TIMEOUT_MS: '300' }
 
-async function register (app: App, caller: TestUser | TestClient, receiver: Receiver, extra: Record<string, unknown> = {}) {
+/** Registers an endpoint that is deleted when the test ends, so nothing of it is retried against a closed port. */
+async function register (t: Test, app: App, caller: TestUser | TestClient, receiver: Receiver, extra: Record<string, unknown> = {}) {
   const response = await app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: caller.authorization }, payload: { url: receiver.url, ...extra } })
   if (response.statusCode !== 201) throw new Error(`register failed: ${response.statusCode} ${response.body}`)
-  return response.json() as { id: string, url: string, events: string[], secret: string, createdAt: string }
+  const created = response.json() as { id: string, url: string, events: string[], secret: string, createdAt: string }
+  t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where id = ${created.id}` })
+  return created
 }
 
 function transfer (app: App, from: TestUser, to: TestUser, amount: number, key: string = randomUUID()) {
@@ -38,7 +41,7 @@ t.test('register, list without secrets, delete; the endpoint answers 404 to ever
   const receiver = await startReceiver()
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
-  const created = await register(app, alice, receiver)
+  const created = await register(t, app, alice, receiver)
   t.match(created.secret, /^whsec_[A-Za-z0-9+/]{43}=$/, 'whsec_ and base64 of 32 random bytes')
   t.same(created.events, ['transaction.created'], 'the default subscription')
   t.equal(Buffer.from(created.secret.slice(6), 'base64').length, 32)
@@ -65,9 +68,9 @@ t.test('a transfer is delivered to both sides, signed, with the transaction exac
   t.teardown(receiver.close)
   const [alice, bob, carol] = [await createUser(app), await createUser(app), await createUser(app)]
   await fund(app, alice, 1000)
-  const aliceHook = await register(app, alice, receiver)
-  const bobHook = await register(app, bob, receiver)
-  const carolHook = await register(app, carol, receiver)
+  const aliceHook = await register(t, app, alice, receiver)
+  const bobHook = await register(t, app, bob, receiver)
+  const carolHook = await register(t, app, carol, receiver)
 
   const posted = await transfer(app, alice, bob, 250)
   t.equal(posted.statusCode, 201)
@@ -108,7 +111,7 @@ t.test('a replayed or refused request emits nothing', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  await register(app, alice, receiver)
+  await register(t, app, alice, receiver)
   const key = randomUUID()
   t.equal((await transfer(app, alice, bob, 10, key)).statusCode, 201)
   const replay = await transfer(app, alice, bob, 10, key)
@@ -124,7 +127,7 @@ t.test('a receiver answering 500 then 200 gets the same webhook-id again, and th
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(app, alice, receiver)
+  const hook = await register(t, app, alice, receiver)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
 
   await app.worker.runDue()
@@ -146,7 +149,7 @@ t.test('a hanging receiver times out and is retried', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(app, alice, receiver)
+  const hook = await register(t, app, alice, receiver)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
   const started = Date.now()
   await app.worker.runDue()
@@ -164,7 +167,7 @@ t.test('a redirect is a failed attempt and is never followed', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(app, alice, receiver)
+  const hook = await register(t, app, alice, receiver)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
   await app.worker.runDue()
   t.equal(receiver.received.length, 1)
@@ -179,7 +182,7 @@ t.test('after the retry window a delivery is marked failed and leaves the queue'
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(app, alice, receiver)
+  const hook = await register(t, app, alice, receiver)
   const id = (await transfer(app, alice, bob, 10)).json().id as string
   t.ok(await runUntil(app, async () => (await deliveries(app, alice, hook.id))[0]?.status === 'failed', 200))
   const [delivery] = await deliveries(app, alice, hook.id)
@@ -197,7 +200,7 @@ t.test('a service client with events:read receives the transactions it posted', 
   t.teardown(receiver.close)
   const user = await createUser(app)
   const client = await createClient(app, ['funds:write', 'events:read'])
-  const hook = await register(app, client, receiver)
+  const hook = await register(t, app, client, receiver)
   const posted = await fund(app, user, 500, 'USD', { client })
   t.ok(await runUntil(app, () => receiver.received.length >= 1))
   t.equal(JSON.parse(receiver.received[0]!.body).data.id, posted.json().id)
@@ -214,7 +217,7 @@ t.test('deliveries are listed newest first, in cursor pages', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(app, alice, receiver)
+  const hook = await register(t, app, alice, receiver)
   const ids: string[] = []
   for (let i = 0; i < 5; i++) ids.push((await transfer(app, alice, bob, 1)).json().id)
   const seen: string[] = []
