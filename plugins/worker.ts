@@ -65,12 +65,16 @@ interface ClaimedRow {
 const MIN_IDLE_MS = 50
 const QUEUE_METRICS_EVERY_MS = 5000
 
-/** Leases up to `limit` jobs due now (or due by `dueBy`: runDue's bound, so retries coming due meanwhile wait). */
-export function claimJobs (sql: Sql, limit: number, leaseMs: number, dueBy?: Date) {
+/**
+ * Leases up to `limit` jobs due now (or due by `dueBy`: runDue's bound, so retries coming due meanwhile wait), of
+ * the kinds this worker has handlers for: during a rolling deploy an older worker leaves a new kind to newer ones.
+ */
+export function claimJobs (sql: Sql, kinds: readonly string[], limit: number, leaseMs: number, dueBy?: Date) {
   return sql<ClaimedRow[]>`
     with due as (
       select id, run_at from jobs
        where failed_at is null and run_at <= ${dueBy === undefined ? sql`now()` : sql`${dueBy}`}
+         and kind in ${sql(kinds as string[])}
        order by run_at, id
        limit ${limit}
        for update skip locked
@@ -153,7 +157,8 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
     return promise
   }
 
-  const claim = (limit: number, dueBy?: Date) => claimJobs(sql, limit, options.leaseMs, dueBy)
+  const kinds = Object.keys(options.handlers)
+  const claim = async (limit: number, dueBy?: Date) => kinds.length === 0 ? [] : await claimJobs(sql, kinds, limit, options.leaseMs, dueBy)
 
   const wake = () => {
     const resolve = wakeUp
