@@ -24,7 +24,7 @@ export interface Receiver {
   close: () => Promise<void>
 }
 
-export async function startReceiver (behaviour: Behaviour = () => ({ status: 200 }), path = '/hooks'): Promise<Receiver> {
+export async function startReceiver (behaviour: Behaviour = () => ({ status: 200 }), path = '/hooks', port = 0): Promise<Receiver> {
   const hanging = new Set<ServerResponse>()
   const receiver: Receiver = {
     url: '',
@@ -63,7 +63,7 @@ export async function startReceiver (behaviour: Behaviour = () => ({ status: 200
       else setTimeout(send, answer.delayMs)
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
   receiver.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}${path}`
   return receiver
 }

@@ -13,7 +13,7 @@ const MAX_RESPONSE_BYTES = 4096
 export interface WebhookJobOptions {
   policy: TargetPolicy
   timeoutMs: number
-  /** Attempts at once per endpoint in this process; more wait (deferred, uncounted) a moment. */
+  /** Attempts at once per endpoint in this process (see endpointSlots). */
   endpointConcurrency: number
   metrics: Metrics
 }
@@ -50,8 +50,47 @@ interface DeliveryRow {
   created_at: Date
 }
 
+/** How long an attempt waits for a slot of its endpoint before it is put back (uncounted) for later. */
+const SLOT_WAIT_MS = 1000
+
+/**
+ * At most `limit` attempts at once per endpoint in this process. An attempt over the limit waits briefly in line
+ * (a fast receiver frees slots in milliseconds), then gives its worker slot back: put back for a second or two
+ * rather than claimed again at once, so a slow endpoint neither blocks the others nor turns into a claim loop.
+ */
+export function endpointSlots (limit: number) {
+  const active = new Map<string, { running: number, waiting: Array<() => void> }>()
+  return {
+    async acquire (endpointId: string, waitMs = SLOT_WAIT_MS): Promise<boolean> {
+      let entry = active.get(endpointId)
+      if (entry === undefined) active.set(endpointId, entry = { running: 0, waiting: [] })
+      if (entry.running < limit) {
+        entry.running++
+        return true
+      }
+      const line = entry
+      return await new Promise<boolean>((resolve) => {
+        const take = () => { clearTimeout(timer); resolve(true) }
+        const timer = setTimeout(() => {
+          line.waiting.splice(line.waiting.indexOf(take), 1)
+          resolve(false)
+        }, waitMs)
+        line.waiting.push(take)
+      })
+    },
+    release (endpointId: string) {
+      const entry = active.get(endpointId)
+      if (entry === undefined) return
+      // The slot passes straight to the next in line (running stays the same), else it is freed.
+      const next = entry.waiting.shift()
+      if (next !== undefined) next()
+      else if (--entry.running === 0) active.delete(endpointId)
+    }
+  }
+}
+
 export function webhookJobs (options: WebhookJobOptions): JobHandlers {
-  const busy = new Map<string, number>()
+  const slots = endpointSlots(options.endpointConcurrency)
   const { metrics } = options
 
   const deliver: JobHandler<unknown> = async (job, { sql, retryAt }) => {
@@ -67,9 +106,7 @@ export function webhookJobs (options: WebhookJobOptions): JobHandlers {
     // Gone (endpoint deleted, purged) or already recorded by an attempt whose job row outlived it: nothing to send.
     if (row === undefined || row.status !== 'pending') return { status: 'done' }
 
-    const inFlight = busy.get(row.endpoint_id) ?? 0
-    if (inFlight >= options.endpointConcurrency) throw new JobDeferred(100 + Math.floor(Math.random() * 150))
-    busy.set(row.endpoint_id, inFlight + 1)
+    if (!await slots.acquire(row.endpoint_id)) throw new JobDeferred(1000 + Math.floor(Math.random() * 1000))
     let response
     try {
       const body = webhookBody(row.event_id, row.type, toTransaction({ ...row, id: row.t_id }))
@@ -90,9 +127,7 @@ export function webhookJobs (options: WebhookJobOptions): JobHandlers {
         // No abort signal: a closing process lets the attempt finish (at most the timeout) and records it.
       })
     } finally {
-      const left = (busy.get(row.endpoint_id) ?? 1) - 1
-      if (left <= 0) busy.delete(row.endpoint_id)
-      else busy.set(row.endpoint_id, left)
+      slots.release(row.endpoint_id)
     }
 
     const attempts = job.attempts + 1
