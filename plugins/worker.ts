@@ -100,9 +100,11 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
   let loopDone: Promise<void> | undefined
   let metricsTimer: NodeJS.Timeout | undefined
 
-  const record = async (job: ClaimedRow, outcome: string, statement: Promise<unknown>) => {
+  const record = async (job: ClaimedRow, outcome: string, statement: Promise<{ count: number }>) => {
     try {
-      await statement
+      const { count } = await statement
+      // Another worker took the job over after this one's lease ran out: its result stands, not ours.
+      if (count === 0) log.warn({ jobId: job.id, kind: job.kind, attempts: job.attempts, outcome }, 'job result not recorded: the lease was lost')
       metrics.jobAttempts.inc({ kind: job.kind, outcome })
     } catch (error) {
       // The lease runs out and the job is claimed again: at least once, as promised.
