@@ -251,7 +251,8 @@ function classify (error: NodeJS.ErrnoException): WebhookError {
   if (code === REFUSED_ADDRESS) return 'refused_address'
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || code === 'ENODATA') return 'dns'
   if (['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT'].includes(code)) return 'connect'
-  if (TLS_ERROR.test(code)) return 'tls'
+  // EPROTO: the peer did not speak TLS (a plain-HTTP port behind an https URL).
+  if (code === 'EPROTO' || TLS_ERROR.test(code)) return 'tls'
   if (['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE'].includes(code)) return 'reset'
   return 'network'
 }
