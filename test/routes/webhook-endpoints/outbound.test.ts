@@ -68,6 +68,26 @@ t.test('keep-alive: consecutive deliveries to one receiver share one connection'
   t.equal(hook.connections.count, 1)
 })
 
+t.test('a pooled connection the receiver dropped is retried once on a fresh one, within the same attempt', async t => {
+  // The second request on any connection is reset unanswered: what a receiver closing an idle keep-alive
+  // connection looks like when the close crosses the next request.
+  const served = new WeakMap<object, number>()
+  const hook = await receiver(t, (req, res) => {
+    const count = (served.get(req.socket) ?? 0) + 1
+    served.set(req.socket, count)
+    if (count > 1) req.socket.destroy()
+    else res.end('ok')
+  })
+  t.match(await postWebhook(request(hook.url)), { outcome: 'delivered', statusCode: 200 })
+  t.match(await postWebhook(request(hook.url)), { outcome: 'delivered', statusCode: 200 })
+  t.equal(hook.seen.length, 3, 'the reset request and its one retry')
+  t.equal(hook.connections.count, 2)
+  // A fresh connection that is reset is the receiver's answer: not retried.
+  const resets = await receiver(t, req => req.socket.destroy())
+  t.match(await postWebhook(request(resets.url)), { outcome: 'failed', error: 'reset' })
+  t.equal(resets.seen.length, 1)
+})
+
 t.test('a 500 is failed with its status code and body', async t => {
   const hook = await receiver(t, (_req, res) => res.writeHead(500).end('{"error":"boom"}'))
   t.match(await postWebhook(request(hook.url)), {
