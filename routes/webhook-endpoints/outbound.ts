@@ -50,6 +50,7 @@ export type WebhookError =
   | 'connect' // refused, unreachable
   | 'tls' // handshake or certificate failure
   | 'reset' // the connection closed before the whole response arrived
+  | 'protocol' // the answer is not valid HTTP (garbage, oversized headers, conflicting lengths)
   | 'timeout' // timeoutMs passed before the last byte
   | 'aborted' // the caller's signal fired
   | 'redirect' // a 3xx answer (not followed)
@@ -254,6 +255,7 @@ function classify (error: NodeJS.ErrnoException): WebhookError {
   // EPROTO: the peer did not speak TLS (a plain-HTTP port behind an https URL).
   if (code === 'EPROTO' || TLS_ERROR.test(code)) return 'tls'
   if (['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE'].includes(code)) return 'reset'
+  if (code.startsWith('HPE_')) return 'protocol' // llhttp's parse errors
   return 'network'
 }
 

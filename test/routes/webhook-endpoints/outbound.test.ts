@@ -2,7 +2,7 @@
 // counts as delivered, what is refused, and that a hostile receiver (hanging, redirecting, flooding, resetting)
 // costs a bounded time and memory. The SSRF policy itself is test/security/webhook-targets.test.ts.
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { closeWebhookAgents, postWebhook, type WebhookRequest } from '../../../routes/webhook-endpoints/outbound.ts'
 
@@ -216,4 +216,23 @@ t.test('https without a trusted certificate is a TLS failure, never a silent dow
   t.match(result, { outcome: 'failed', statusCode: null })
   console.error('TLSERR', result.error); t.ok(['tls', 'reset', 'network'].includes(result.error ?? ''), `error ${result.error}`)
   t.equal(hook.seen.length, 0)
+})
+
+t.test('an answer that is not HTTP, or whose headers have no end, is a protocol failure', async t => {
+  const answers = [
+    'SSH-2.0-OpenSSH_9.6\r\n\r\n',
+    'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab',
+    `HTTP/1.1 200 OK\r\nX-Flood: ${'a'.repeat(64 * 1024)}` // past the 16 KiB header bound, never terminated
+  ]
+  for (const answer of answers) {
+    const server = net.createServer(socket => {
+      socket.on('error', () => {}) // the client hangs up on it
+      socket.once('data', () => socket.write(answer))
+    })
+    await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+    const result = await postWebhook(request(url))
+    t.match(result, { outcome: 'failed', statusCode: null, error: 'protocol' }, answer.slice(0, 30))
+    await new Promise(resolve => server.close(resolve))
+  }
 })
