@@ -4,6 +4,7 @@ import type { Config } from './config.ts'
 import type { JobHandlers } from './plugins/jobs.ts'
 import type { Metrics } from './plugins/metrics.ts'
 import { webhookJobs } from './routes/webhook-endpoints/jobs.ts'
+import { closeWebhookAgents } from './routes/webhook-endpoints/outbound.ts'
 
 export function jobHandlers (config: Config, metrics: Metrics): JobHandlers {
   return {
@@ -25,6 +26,8 @@ export function workerOptions (config: Config, metrics: Metrics, enabled: boolea
     leaseMs: config.WORKER_LEASE_S * 1000,
     pollMaxMs: config.WORKER_POLL_MAX_MS,
     retry: { baseMs: config.JOB_RETRY_BASE_MS, maxDelayMs: config.JOB_RETRY_MAX_DELAY_S * 1000, windowMs: config.JOB_RETRY_WINDOW_S * 1000 },
-    subscribe: true
+    subscribe: true,
+    // The outbound module's keep-alive sockets, once the last delivery has finished.
+    cleanup: closeWebhookAgents
   }
 }

@@ -30,6 +30,8 @@ export interface WorkerOptions {
   retry: RetryPolicy
   /** Subscribe to the wake-up channel (needs app.redis). */
   subscribe?: boolean
+  /** Runs once the attempts in flight have finished on close (handlers' pooled sockets, for example). */
+  cleanup?: () => void
 }
 
 export interface Worker {
@@ -256,6 +258,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
     await loopDone
     abort.abort()
     await Promise.allSettled([...running])
+    options.cleanup?.()
     if (subscriber !== undefined) await subscriber.quit().catch(() => subscriber?.disconnect())
   })
 }
