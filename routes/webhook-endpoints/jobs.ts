@@ -118,6 +118,7 @@ export function webhookJobs (options: WebhookJobOptions): JobHandlers {
           'webhook-id': row.event_id,
           'webhook-timestamp': String(timestamp),
           'webhook-signature': signWebhook(row.secret, row.event_id, timestamp, body),
+          'content-type': 'application/json',
           'user-agent': 'ledger-api-webhooks/1'
         },
         body,
