@@ -115,6 +115,23 @@ t.test('a worker SIGKILLed between claiming and recording: the attempt is made a
   t.ok(await waitFor(async () => await queuedFor(sql, hook.id) === 0, 10_000, 100) >= 0, 'nothing left in the queue')
 })
 
+t.test('SIGTERM lets the attempt in flight finish and be recorded, then the worker exits 0', { skip }, async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const receiver = await startReceiver(() => ({ status: 200, delayMs: 1500 }))
+  t.teardown(receiver.close)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const hook = await register(t, app, alice, receiver.url)
+  const worker = await startWorker(t)
+  t.equal((await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'transfer', toUserId: bob.id, amount: 3, currency: 'USD' } })).statusCode, 201)
+  t.ok(await waitFor(async () => receiver.received.length === 1, 10_000, 20) >= 0, 'mid-delivery (the receiver answers after 1.5 s)')
+  t.match(await worker.kill('SIGTERM'), { code: 0, signal: null }, 'exit 0')
+  t.match(await deliveryStates(sql, hook.id), { delivered: 1, pending: 0 }, 'the attempt finished and was recorded before the exit')
+  t.equal(await queuedFor(sql, hook.id), 0)
+  t.equal(receiver.received.length, 1)
+})
+
 t.test('two worker processes on one queue send each attempt once', { skip }, async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)

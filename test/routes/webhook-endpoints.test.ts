@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { App } from '../../app.ts'
 import { buildTestApp, createClient, createUser, fund, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { purgeDeliveries } from '../../routes/webhook-endpoints/queries.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
 
 // Retries come due within a few tens of milliseconds, and attempts time out fast, so the schedule runs in the test.
@@ -231,4 +232,28 @@ t.test('deliveries are listed newest first, in cursor pages', async (t) => {
     cursor = page.nextCursor
   } while (cursor !== null)
   t.same(seen, [...ids].reverse())
+})
+
+t.test('finished deliveries past retention are purged; pending ones never are', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const receiver = await startReceiver()
+  t.teardown(receiver.close)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const hook = await register(t, app, alice, receiver)
+  for (let i = 0; i < 2; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
+  const [first] = await sql`select id from webhook_deliveries where endpoint_id = ${hook.id} order by id limit 1`
+  // One delivered, one still pending; both made to look 8 days old.
+  await sql`update webhook_deliveries set status = 'delivered', created_at = now() - interval '8 days' where id = ${first!.id}`
+  await sql`update webhook_deliveries set created_at = now() - interval '8 days' where endpoint_id = ${hook.id} and id <> ${first!.id}`
+  let purged = 0
+  for (let i = 0; i < 20; i++) {
+    const n = await purgeDeliveries(app.db, 7 * 86_400, 1000)
+    purged += n
+    if (n < 1000) break
+  }
+  t.ok(purged >= 1)
+  const rows = await sql`select status from webhook_deliveries where endpoint_id = ${hook.id}`
+  t.same(rows.map((r) => r.status), ['pending'], 'the delivered one is gone, the pending one stays')
 })
