@@ -237,7 +237,13 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
       subscriber = connection
       connection.on('error', (error: unknown) => log.debug({ err: error }, 'worker wake-up subscription error'))
       connection.on('message', () => wake())
-      connection.subscribe(JOBS_WAKE_CHANNEL).catch((error: unknown) => log.warn({ err: error }, 'worker wake-up subscription failed; polling only'))
+      // The new connection is not ready yet and commands are not queued offline (plugins/redis.ts): subscribe once
+      // it is; ioredis subscribes again by itself after a reconnect.
+      const subscribe = () => {
+        connection.subscribe(JOBS_WAKE_CHANNEL).catch((error: unknown) => log.warn({ err: error }, 'worker wake-up subscription failed; polling only'))
+      }
+      if (connection.status === 'ready') subscribe()
+      else connection.once('ready', subscribe)
     }
     const refresh = () => {
       refreshQueueMetrics().catch((error: unknown) => log.debug({ err: error }, 'queue metrics not refreshed'))
