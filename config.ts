@@ -102,11 +102,11 @@ const schema = z.object({
   CURRENCIES_REFRESH_S: z.coerce.number().int().min(1).max(3600).default(60),
 
   // The job worker (plugins/worker.ts): inside every API process unless WORKER_ENABLED=false (API-only processes
-  // beside `npm run worker` ones). Jobs running at once per process; how long a claimed job is leased before
+  // beside `npm run worker` ones). Jobs running at once per process (at most DATABASE_POOL_MAX); how long a claimed job is leased before
   // another worker may take it again (longer than any attempt); the idle poll's longest pause (a Redis message
   // wakes workers at once after a commit that queued work; the poll is the fallback).
   WORKER_ENABLED: boolean.default(true),
-  WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(16),
+  WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(8),
   WORKER_LEASE_S: z.coerce.number().int().min(5).max(3600).default(60),
   WORKER_POLL_MAX_MS: z.coerce.number().int().min(10).max(60_000).default(1000),
   // Retries of a failed job attempt: exponential from JOB_RETRY_BASE_MS (each delay drawn in [half, whole] of its

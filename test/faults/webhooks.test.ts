@@ -195,9 +195,8 @@ t.test('PostgreSQL restarted while events are due: every event delivered after i
   t.match(await worker.kill('SIGTERM'), { code: 0 }, 'and the worker still closes cleanly')
 })
 
-// The issue asks for 10,000: that passes here but takes about 90 s on the shared 2-core test machine (the down
-// phase alone, every event failing and retrying, takes most of it), so the suite uses 3,000 and reports the rate.
-const MANY = 3000
+// 10,000 as the issue asks: about 25 s here (two workers, 16 attempts each; ~1,000 deliveries a second).
+const MANY = 10_000
 
 t.test(`${MANY} transfers while the endpoint is down, then up: every event delivered once, the outbox drains`, { skip }, async (t) => {
   const app = await buildTestApp(t)
@@ -210,7 +209,7 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   const started = performance.now()
   await transfers(sql, alice, bob, count)
   const posted = performance.now()
-  const env = { WORKER_LEASE_S: '15', WORKER_CONCURRENCY: '32', WEBHOOK_ENDPOINT_CONCURRENCY: '16', JOB_RETRY_BASE_MS: '500', JOB_RETRY_MAX_DELAY_S: '2' }
+  const env = { WORKER_LEASE_S: '15', WORKER_CONCURRENCY: '16', WEBHOOK_ENDPOINT_CONCURRENCY: '16', DATABASE_POOL_MAX: '16', JOB_RETRY_BASE_MS: '500', JOB_RETRY_MAX_DELAY_S: '2' }
   const workers = await Promise.all([startWorker(t, env), startWorker(t, env)])
   const triedMs = await waitFor(async () => (await deliveryStates(sql, hook.id)).tried === count, 60_000, 250)
   t.ok(triedMs >= 0, 'every event was tried against the closed port', { states: await deliveryStates(sql, hook.id) })
@@ -241,8 +240,8 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   for (const w of workers) t.comment(w.output().split('\n').filter((line) => /"level":(4|5)0/.test(line)).slice(0, 5).join('\n'))
   t.ok(ms >= 0, 'all delivered once the endpoint is up', { states: await deliveryStates(sql, hook.id) })
   t.equal(receiver.unique.size, count, 'every event, by webhook-id')
-  // At least once: a response the worker did not get to record (it happened once in about ten runs here) is sent
-  // again after the lease; a receiver deduplicating by webhook-id processes every event once.
+  // At least once: a response the worker did not get to record would be sent again after the lease; a receiver
+  // deduplicating by webhook-id processes every event once. None is expected here; a few are tolerated and reported.
   t.ok(receiver.received.length - receiver.unique.size <= 5, `${receiver.received.length - receiver.unique.size} sent again`)
   t.ok(await waitFor(async () => await queuedFor(sql, hook.id) === 0, 10_000, 100) >= 0, 'the outbox drained to zero')
   t.comment(`posted ${count} in ${Math.round(posted - started)} ms; all tried (failing) within ${triedMs} ms; delivered all ${Math.round(performance.now() - up)} ms after the endpoint came up (${Math.round(count / ((performance.now() - up) / 1000))} events/s, two workers)`)
