@@ -27,9 +27,10 @@ export interface JobContext {
    * When this job runs again if this attempt throws, or null when this is its last attempt (the retry window is
    * spent: a throw marks it failed). Computed at the first call (call it when the attempt has failed: the backoff
    * counts from then) and the same afterwards: a handler that keeps its own history (webhook deliveries) records
-   * the very time the worker then schedules.
+   * the very time the worker then schedules. Optional so that a handler can be called directly (a test) with the
+   * three fields above; the worker always passes it.
    */
-  retryAt: () => Date | null
+  retryAt?: () => Date | null
 }
 
 /**

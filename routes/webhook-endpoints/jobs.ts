@@ -133,7 +133,7 @@ export function webhookJobs (options: WebhookJobOptions): JobHandlers {
 
     const attempts = job.attempts + 1
     const delivered = response.outcome === 'delivered'
-    const next = delivered ? null : retryAt()
+    const next = delivered ? null : (retryAt?.() ?? null)
     const status = delivered ? 'delivered' : next === null ? 'failed' : 'pending'
     metrics.webhookDeliveryDuration.observe({ outcome: delivered ? 'delivered' : 'failed' }, response.durationMs / 1000)
     metrics.webhookDeliveries.inc({ outcome: delivered ? 'delivered' : status === 'failed' ? 'failed' : 'retry', reason: delivered ? '' : response.error ?? 'status' })
