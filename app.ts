@@ -21,6 +21,8 @@ import redisPlugin from './plugins/redis.ts'
 import revocationsPlugin from './plugins/revocations.ts'
 import tracingPlugin from './plugins/tracing.ts'
 import underPressurePlugin from './plugins/under-pressure.ts'
+import workerPlugin from './plugins/worker.ts'
+import { workerOptions } from './job-handlers.ts'
 import { authRoutes } from './routes/auth/index.ts'
 import { balancesRoutes } from './routes/balances/index.ts'
 import { feedRoutes } from './routes/feed/index.ts'
@@ -28,6 +30,7 @@ import { followsRoutes } from './routes/follows/index.ts'
 import { healthRoutes } from './routes/health/index.ts'
 import { transactionsRoutes } from './routes/transactions/index.ts'
 import { usersRoutes } from './routes/users/index.ts'
+import { webhookEndpointsRoutes } from './routes/webhook-endpoints/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -184,9 +187,13 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     refreshTokenTtlS: config.REFRESH_TOKEN_TTL_S,
     // Revocations are kept a little past the longest access token life (one hour), for clock differences.
     revocationTtlS: MAX_ACCESS_TOKEN_AGE_S + 300,
+    webhookDeliveryRetentionS: config.WEBHOOK_DELIVERY_RETENTION_H * 3600,
     everyMs: 60_000,
     batch: 1000
   })
+  // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.worker.runDue()
+  // still runs due jobs on demand (tests).
+  await app.register(workerPlugin, workerOptions(config, metrics, app.cache, config.WORKER_ENABLED))
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).
@@ -207,6 +214,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(feedRoutes)
   await app.register(transactionsRoutes)
   await app.register(balancesRoutes)
+  await app.register(webhookEndpointsRoutes)
 
   return app
 }

@@ -145,6 +145,29 @@ const schema = z.object({
   LOGIN_FAILURE_WINDOW_S: z.coerce.number().int().min(1).max(86_400).default(900),
   // How long a refresh token stays usable; each rotation starts a new one (the session slides with use).
   REFRESH_TOKEN_TTL_S: z.coerce.number().int().min(300).max(365 * 86_400).default(30 * 86_400),
+
+  // The job worker (plugins/worker.ts): inside every API process unless WORKER_ENABLED=false (API-only processes
+  // beside `npm run worker` ones). Jobs running at once per process (at most DATABASE_POOL_MAX); how long a claimed job is leased before
+  // another worker may take it again (longer than any attempt); the idle poll's longest pause (a Redis message
+  // wakes workers at once after a commit that queued work; the poll is the fallback).
+  WORKER_ENABLED: boolean.default(true),
+  WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(8),
+  WORKER_LEASE_S: z.coerce.number().int().min(5).max(3600).default(60),
+  WORKER_POLL_MAX_MS: z.coerce.number().int().min(10).max(60_000).default(1000),
+  // Retries of a failed job attempt: exponential from JOB_RETRY_BASE_MS (each delay drawn in [half, whole] of its
+  // step: jitter), capped at JOB_RETRY_MAX_DELAY_S, until JOB_RETRY_WINDOW_S after the job was queued (one
+  // attempt is made at the end of the window); then the job (a webhook delivery) is marked failed.
+  JOB_RETRY_BASE_MS: z.coerce.number().int().min(10).max(60_000).default(5000),
+  JOB_RETRY_MAX_DELAY_S: z.coerce.number().int().min(1).max(86_400).default(3600),
+  JOB_RETRY_WINDOW_S: z.coerce.number().int().min(1).max(30 * 86_400).default(86_400),
+
+  // Webhooks: http and private/loopback targets only for local development and tests; the whole attempt's
+  // timeout (10 s by contract); attempts at once per endpoint in one process; how long finished deliveries stay
+  // listed before housekeeping purges them.
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: boolean.default(false),
+  WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(10_000).default(10_000),
+  WEBHOOK_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
+  WEBHOOK_DELIVERY_RETENTION_H: z.coerce.number().int().min(1).max(24 * 365).default(24 * 7),
   METRICS_TOKEN: z.string().min(16).optional()
 })
 

@@ -149,6 +149,49 @@ export function createMetrics () {
       help: 'SQL statements refused without being sent because the pool\'s circuit breaker was open.',
       registers: [registry]
     }),
+    jobAttempts: new Counter({
+      name: 'ledger_job_attempts_total',
+      help: 'Job attempts run by the worker, by kind and outcome (done, continue, retry, failed: given up, deferred: endpoint busy, error: not recorded).',
+      labelNames: ['kind', 'outcome'] as const,
+      registers: [registry]
+    }),
+    webhookDeliveries: new Counter({
+      name: 'ledger_webhook_deliveries_total',
+      help: 'Webhook delivery attempts by outcome (delivered, retry, failed: given up) and reason of a failure (timeout, status, connect, refused_address ...).',
+      labelNames: ['outcome', 'reason'] as const,
+      registers: [registry]
+    }),
+    webhookDeliveryDuration: new Histogram({
+      name: 'ledger_webhook_delivery_duration_seconds',
+      help: 'Webhook attempt duration, connect to last byte, by outcome.',
+      labelNames: ['outcome'] as const,
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry]
+    }),
+    jobsDue: new Gauge({
+      name: 'ledger_jobs_due',
+      help: 'Outbox depth: jobs due now and not claimed (refreshed by the worker every few seconds).',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    jobsOldestDueAge: new Gauge({
+      name: 'ledger_jobs_oldest_due_age_seconds',
+      help: 'How long the oldest due job has waited past its run time (0 when none is due).',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    jobsFailed: new Gauge({
+      name: 'ledger_jobs_failed',
+      help: 'Jobs the worker gave up on (kept for an operator, never claimed again).',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    workerLag: new Histogram({
+      name: 'ledger_worker_lag_seconds',
+      help: 'Worker lag: from a job\'s run time to its claim.',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300],
+      registers: [registry]
+    }),
     dbPoolMax: new Gauge({
       name: 'ledger_db_pool_max_connections',
       help: 'The most connections this process opens to PgBouncer.',

@@ -12,6 +12,8 @@ if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   process.env.JWT_SECRET ||= env.JWT_SECRET
   // On the local stack this is a development run (an open /metrics, as `npm run diagnose` expects), unless said.
   process.env.NODE_ENV ||= 'development'
+  // The local stack is for development: webhooks may go to http://localhost receivers.
+  process.env.WEBHOOK_ALLOW_PRIVATE_TARGETS ||= 'true'
 }
 
 try {

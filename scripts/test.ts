@@ -13,7 +13,9 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DATABASE) || !/^\d{1,2}$/.test(TEST_RED
   console.error('LEDGER_TEST_DATABASE must be a plain lower-case identifier and LEDGER_TEST_REDIS_DB a database number')
   process.exit(2)
 }
-const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'test' }
+// Server processes the tests spawn (server.ts) run no job worker: webhook tests run their jobs themselves
+// (app.worker.runDue()) or spawn `node worker.ts`, and a stray worker loop would take their jobs.
+const env: NodeJS.ProcessEnv = { WORKER_ENABLED: 'false', ...process.env, NODE_ENV: 'test' }
 
 let adminUrl: string | undefined
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {

@@ -7,7 +7,6 @@ import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
 import type { Scope } from '../plugins/auth.ts'
-import type { JobHandler, JobHandlers } from '../plugins/jobs.ts'
 import { createServiceClient } from '../routes/auth/clients.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -36,7 +35,11 @@ const generousLimits = {
   PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
   // scrypt at the production cost (2^17) takes ~128 MiB and a few hundred ms per hash: tests sign up and log in
   // hundreds of users, so they hash at the lowest cost the config accepts unless a test sets it.
-  PASSWORD_HASH_COST: '1024'
+  PASSWORD_HASH_COST: '1024',
+  // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.worker.runDue()), so no
+  // app's background loop takes another test's jobs.
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
+  WORKER_ENABLED: 'false'
 }
 
 export function testConfig (overrides: Record<string, string> = {}): Config {
@@ -176,58 +179,33 @@ export async function fund (app: App, user: { id: string }, amount: number, curr
 }
 
 /**
- * STAND-IN FOR THE WORKER (issue 18), for tests of job handlers only: the lead replaces its body with the real
- * worker's run-once method at merge time. It claims due jobs of the given kinds one at a time with FOR UPDATE SKIP
- * LOCKED, runs the handler, and applies the job model's outcomes: `done` deletes the row, `continue` stores the new
- * payload (the job stays due), a throw counts a failed attempt and moves run_at past now (so a failing job is left
- * for a later drain instead of looping). It returns when no job of those kinds is due any more, including jobs
- * another test file's drain holds at that moment (it waits for them), or after `maxSteps` steps (a test that
- * simulates a worker dying mid-job stops it early). Failed runs come back in `errors` for the test to show.
+ * Runs this test's due jobs through the app's worker (app.worker.runDue: the real claim, lease, handler and record)
+ * until none of them is due, or `maxSteps` attempts have run (a test that stops a long job part-way). Failed attempts
+ * come back in `errors` for the test to show; they are rescheduled by the retry policy, so a failing job is left for
+ * later rather than looped on.
  *
  * `matching` (payload fragments, any of them, JSON containment) keeps a drain to its own test's jobs: test files run
  * in parallel on one database, and a drain that took every due job would run (and finish) jobs whose queued rows or
- * intermediate steps another file is asserting on. A real worker inside a test app would need the same scoping.
+ * intermediate steps another file is asserting on.
  */
-export async function drainJobs (app: App, handlers: JobHandlers, options: { kinds: readonly string[], matching?: readonly object[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number, errors: unknown[] }> {
+export async function drainJobs (app: App, options: { kinds: readonly string[], matching?: readonly object[], maxSteps?: number, timeoutMs?: number }): Promise<{ steps: number, failures: number, errors: unknown[] }> {
   const sql = app.db
-  const kinds = [...options.kinds]
-  const matching = options.matching
+  const { kinds, matching } = options
   const ours = () => matching === undefined
     ? sql``
     : sql`and exists (select 1 from jsonb_array_elements(${sql.json(matching as never)}) m(fragment) where payload @> m.fragment)`
   const maxSteps = options.maxSteps ?? 100_000
   const deadline = Date.now() + (options.timeoutMs ?? 60_000)
-  const signal = new AbortController().signal
-  let steps = 0
   const errors: unknown[] = []
+  let steps = 0
   while (steps < maxSteps) {
     if (Date.now() > deadline) throw new Error(`drainJobs: jobs of ${kinds.join(', ')} still due after the timeout`)
-    const ran = await sql.begin(async (tx) => {
-      const [job] = await tx<{ id: string, kind: string, payload: unknown, attempts: number }[]>`
-        select id, kind, payload, attempts from jobs
-         where kind in ${tx(kinds)} and run_at <= now() ${ours()}
-         order by run_at, id
-         limit 1
-           for update skip locked`
-      if (job === undefined) return false
-      const handler = handlers[job.kind] as JobHandler | undefined
-      if (handler === undefined) throw new Error(`drainJobs: no handler for ${job.kind}`)
-      try {
-        const result = await handler(job, { sql, log: app.log, signal })
-        if (result.status === 'done') await tx`delete from jobs where id = ${job.id}`
-        else await tx`update jobs set payload = ${tx.json(result.payload as never)} where id = ${job.id}`
-      } catch (error) {
-        errors.push(error)
-        await tx`update jobs set attempts = attempts + 1, run_at = now() + interval '1 minute' where id = ${job.id}`
-      }
-      return true
-    })
-    if (ran) {
-      steps++
-      continue
-    }
-    // Nothing claimable: done, unless due jobs of these kinds are held by another drain right now.
-    const [due] = await sql<{ count: number }[]>`select count(*)::int as count from jobs where kind in ${sql(kinds)} and run_at <= now() ${ours()}`
+    const ran = await app.worker.runDue({ kinds, matching, limit: maxSteps - steps, onFailure: (error) => errors.push(error) })
+    steps += ran
+    if (ran > 0) continue
+    // Nothing claimable: done, unless a job of ours is due but was not claimed (its kind has no handler here).
+    const [due] = await sql<{ count: number }[]>`
+      select count(*)::int as count from jobs where kind in ${sql(kinds as string[])} and failed_at is null and run_at <= now() ${ours()}`
     if ((due?.count ?? 0) === 0) break
     await new Promise((resolve) => setTimeout(resolve, 20))
   }

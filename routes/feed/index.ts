@@ -2,7 +2,7 @@ import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { CursorCodec } from '../../plugins/cursors.ts'
 import { notFound } from '../../plugins/errors.ts'
-import { enqueueJob } from '../../plugins/jobs.ts'
+import { enqueueJob, wakeWorkers } from '../../plugins/jobs.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { FEED_CACHE, FEED_JOB, type FanOutPayload, type RemovePostPayload } from './jobs.ts'
 import { feedPageQuery, feedPositionOf, insertPost, markPostDeleted, toPost, type FeedRow } from './queries.ts'
@@ -40,6 +40,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       return inserted
     })
     if (post === null) throw notFound('User not found.')
+    wakeWorkers(app.redis, request.log)
     // After the commit, so a reader that misses the cache next loads a page that includes this post.
     await cache.invalidate(FEED_CACHE, authorId)
     await reads.wrote(authorId)
@@ -64,6 +65,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
     })
     // Someone else's post and no post at all are the same answer.
     if (!deleted) throw notFound('Post not found.')
+    wakeWorkers(app.redis, request.log)
     await cache.invalidate(FEED_CACHE, authorId)
     await reads.wrote(authorId)
     return reply.code(204).send(null)

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import { badRequest, notFound } from '../../plugins/errors.ts'
-import { enqueueJob } from '../../plugins/jobs.ts'
+import { enqueueJob, wakeWorkers } from '../../plugins/jobs.ts'
 import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
 import { FEED_JOB, type FollowPayload } from '../feed/jobs.ts'
 import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './queries.ts'
@@ -28,12 +28,14 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
     const followerId = request.user.id
     const followeeId = request.params.id
     if (followeeId === followerId) throw badRequest('You cannot follow yourself.', [{ path: 'id', message: 'must not be your own id' }])
-    const found = await db.begin(async (tx) => {
-      const { exists, created } = await insertFollow(tx, followerId, followeeId)
-      if (created) await enqueueJob(tx, FEED_JOB.backfill, { followerId, followeeId } satisfies FollowPayload)
-      return exists
+    const { exists, created } = await db.begin(async (tx) => {
+      const follow = await insertFollow(tx, followerId, followeeId)
+      if (follow.created) await enqueueJob(tx, FEED_JOB.backfill, { followerId, followeeId } satisfies FollowPayload)
+      return follow
     })
-    if (!found) throw notFound('User not found.')
+    if (!exists) throw notFound('User not found.')
+    // Committed: the backfill may be claimed now.
+    if (created) wakeWorkers(app.redis, request.log)
     await reads.wrote(followerId)
     return reply.code(204).send(null)
   })
@@ -49,11 +51,12 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request, reply) => {
     const followerId = request.user.id
     const followeeId = request.params.id
-    await db.begin(async (tx) => {
-      if (await deleteFollow(tx, followerId, followeeId)) {
-        await enqueueJob(tx, FEED_JOB.removeFollowee, { followerId, followeeId } satisfies FollowPayload)
-      }
+    const removed = await db.begin(async (tx) => {
+      if (!await deleteFollow(tx, followerId, followeeId)) return false
+      await enqueueJob(tx, FEED_JOB.removeFollowee, { followerId, followeeId } satisfies FollowPayload)
+      return true
     })
+    if (removed) wakeWorkers(app.redis, request.log)
     await reads.wrote(followerId)
     return reply.code(204).send(null)
   })

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { authorize, type PrincipalKind } from '../../plugins/auth.ts'
 import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors.ts'
+import { wakeWorkers } from '../../plugins/jobs.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
@@ -75,6 +76,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       // moved for goes to the primary, not a replica that may not have it yet.
       const { fromUserId, toUserId } = result.transaction
       await Promise.all([...new Set([user.id, fromUserId, toUserId])].flatMap((id) => id === null ? [] : [reads.wrote(id)]))
+      // Committed: the webhook deliveries it queued may be claimed now.
+      if (result.queued > 0) wakeWorkers(app.redis, request.log)
     }
     return reply.code(201).header('location', `/transactions/${result.transaction.id}`).send(result.transaction)
   })

@@ -41,7 +41,7 @@ export function requestFingerprint (body: CreateTransactionBody): string {
 }
 
 export type PostOutcome =
-  | { outcome: 'created' | 'replayed', transaction: Transaction }
+  | { outcome: 'created' | 'replayed', transaction: Transaction, queued: number }
   | { outcome: 'mismatch' }
 
 /** Who posts: a user (transfers from their own balance) or a service client (deposits and withdrawals). */
@@ -58,7 +58,7 @@ export interface Poster {
 export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody, keyTtlS: number): Promise<PostOutcome> {
   const clientId = poster.kind === 'client' ? poster.id : null
   const userId = body.kind === 'transfer' ? poster.id : body.userId
-  const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch' })[]>`
+  const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch', queued: number | null })[]>`
     select * from post_transaction(
       ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
       ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
@@ -66,7 +66,7 @@ export async function postTransaction (sql: Sql, poster: Poster, key: string, bo
     )`
   if (row === undefined) throw new Error('post_transaction returned no row')
   if (row.outcome === 'mismatch') return { outcome: 'mismatch' }
-  return { outcome: row.outcome, transaction: toTransaction(row) }
+  return { outcome: row.outcome, transaction: toTransaction(row), queued: row.queued ?? 0 }
 }
 
 /**

@@ -14,6 +14,8 @@
 --   outcome 'created'  : a new transaction was written
 --   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
 --   outcome 'mismatch' : the key was used before with a different request
+-- `queued` counts the webhook deliveries written with a created transaction (0 otherwise), so the API knows whether
+-- to wake the workers after its commit.
 -- Errors raised (the API maps each to a client error): LDG01 insufficient_funds, LDG02 user_not_found,
 -- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self, LDG06 client_revoked;
 -- 23505 on transactions_client_reference_key: the reference was used already.
@@ -30,7 +32,8 @@ create type posted_transaction as (
   to_user_id uuid,
   description text,
   reference text,
-  created_at timestamptz
+  created_at timestamptz,
+  queued integer
 );
 
 create function post_transaction(
@@ -57,6 +60,7 @@ declare
   v_to uuid;
   v_existing idempotency_keys%rowtype;
   v_rows int;
+  v_queued int;
   v_result posted_transaction;
 begin
   if p_client_id is null then
@@ -160,6 +164,33 @@ begin
   select user_id, v_id, delta
     from (values (v_from, -p_amount), (v_to, p_amount)) as e (user_id, delta)
    where user_id is not null;
+
+  -- The events, in this same transaction (sql/010): one per interested principal that has an endpoint subscribed
+  -- (the users the money moved for; the posting client if it holds events:read), delivered to each such endpoint.
+  -- Principals without an endpoint cost one index probe each and write nothing.
+  with targets as (
+    select e.id as endpoint_id, e.principal_id
+      from webhook_endpoints e
+     where e.principal_kind = 'user' and e.principal_id in (v_from, v_to)
+       and 'transaction.created' = any (e.events)
+    union all
+    select e.id, e.principal_id
+      from webhook_endpoints e
+     where p_client_id is not null and e.principal_kind = 'client' and e.principal_id = p_client_id
+       and 'transaction.created' = any (e.events)
+       and exists (select 1 from service_clients c where c.id = p_client_id and 'events:read' = any (c.scopes))
+  ), events as (
+    select principal_id, gen_random_uuid() as event_id from targets group by principal_id
+  ), deliveries as (
+    insert into webhook_deliveries (event_id, endpoint_id, type, transaction_id)
+    select ev.event_id, t.endpoint_id, 'transaction.created', v_id
+      from targets t join events ev using (principal_id)
+    returning id
+  )
+  insert into jobs (kind, payload)
+  select 'webhook.deliver', jsonb_build_object('deliveryId', id::text) from deliveries;
+  get diagnostics v_queued = row_count;
+  v_result.queued := v_queued;
 
   return v_result;
 end

@@ -16,7 +16,7 @@ const handlersFor = (app: App) => createFeedJobHandlers({ cache: app.cache, batc
 /** The feed jobs of these users (as author, follower or followee) only: other test files drain theirs in parallel. */
 const jobsOf = (users: readonly { id: string }[]) => users.flatMap(({ id }) => [{ authorId: id }, { followerId: id }, { followeeId: id }])
 const drain = (app: App, users: readonly { id: string }[], options: { maxSteps?: number } = {}) =>
-  drainJobs(app, handlersFor(app), { kinds: FEED_KINDS, matching: jobsOf(users), ...options })
+  drainJobs(app, { kinds: FEED_KINDS, matching: jobsOf(users), ...options })
 
 /**
  * `count` followers of `followeeId`, made set-based as the owner (no signup, no password: they never log in, a token
@@ -177,7 +177,7 @@ t.test('a fan-out killed mid-way resumes from its stored cursor without duplicat
     select id, kind, payload, attempts from jobs where kind = ${FEED_JOB.fanOut} and payload->>'postId' = ${postId}`)[0]
 
   // One batch through the worker: the payload now carries the cursor (the 1,000th follower).
-  await drainJobs(app, handlers, { kinds: [FEED_JOB.fanOut], matching: jobsOf([author]), maxSteps: 1 })
+  await drainJobs(app, { kinds: [FEED_JOB.fanOut], matching: jobsOf([author]), maxSteps: 1 })
   t.equal((await stored())?.payload.after, followers[BATCH - 1], 'the stored cursor is the last follower delivered')
   t.equal(await onFeeds(sql, postId, followers), BATCH)
 

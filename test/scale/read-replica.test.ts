@@ -8,7 +8,7 @@ import { buildApp, type App } from '../../app.ts'
 import type { Sql } from '../../plugins/database.ts'
 import { createReadRouter } from '../../plugins/read-router.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
-import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/feed/jobs.ts'
 import { createClient, createUser, dbSpans, drainJobs, fund, hasLocalStack, injectTraced, ownerSql, testConfig, type TestClient, type TestUser } from '../helper.ts'
 import { parseEnvLines, runStack, withDatabase, withUserOf } from '../../scripts/local-stack.ts'
 import { pickFreePort } from './support.ts'
@@ -170,7 +170,7 @@ t.test('the feed: the cached first page always loads from the primary, other pag
   const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: dave.authorization }, payload: { body: 'for Carol' } })
   t.equal(post.statusCode, 201)
   // The fan-out (on the primary) puts it on carol's feed and invalidates her cached page.
-  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: [{ authorId: dave.id }] })
+  await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: [{ authorId: dave.id }] })
 
   const first = await read(app, carol, '/feed')
   t.same(first.response.json().data.map((p: { body: string }) => p.body), ['for Carol'], 'the invalidated first page is reloaded with the post')

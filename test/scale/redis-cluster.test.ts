@@ -6,7 +6,7 @@ import { Cluster } from 'ioredis'
 import t from 'tap'
 import { buildApp, type App } from '../../app.ts'
 import type { RedisClient } from '../../plugins/redis.ts'
-import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/feed/jobs.ts'
 import { createUser, drainJobs, hasLocalStack, testConfig } from '../helper.ts'
 import { parseEnvLines, runStack } from '../../scripts/local-stack.ts'
 
@@ -109,7 +109,7 @@ t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post inval
   for (const follower of followers) {
     t.equal((await app.inject({ method: 'PUT', url: `/users/me/following/${alice.id}`, headers: { authorization: follower.authorization } })).statusCode, 204)
   }
-  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: [{ authorId: alice.id }, { followeeId: alice.id }] })
+  await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: [{ authorId: alice.id }, { followeeId: alice.id }] })
   for (const reader of [alice, ...followers]) {
     t.same((await get(app, reader.authorization, '/feed')).json().data, [], 'an empty feed, cached')
     t.ok(await app.redis.exists(`cache:feed:${reader.id}`))
@@ -117,7 +117,7 @@ t.test('cache-aside on the cluster: miss, hit, invalidate, and a feed post inval
   const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: alice.authorization }, payload: { body: 'hi all' } })
   t.equal(post.statusCode, 201)
   t.same((await get(app, alice.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi all'], "on the author's page at once")
-  const { failures } = await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: [{ authorId: alice.id }, { followeeId: alice.id }] })
+  const { failures } = await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: [{ authorId: alice.id }, { followeeId: alice.id }] })
   t.equal(failures, 0, 'the fan-out invalidated keys across slots without a CROSSSLOT error')
   for (const follower of followers) {
     t.same((await get(app, follower.authorization, '/feed')).json().data.map((p: { body: string }) => p.body), ['hi all'], "on each follower's page after the fan-out")

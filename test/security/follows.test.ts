@@ -3,7 +3,7 @@
 // the follow lists are bound to their list and their caller.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/feed/jobs.ts'
 import { buildTestApp, createUser, drainJobs, ownerSql, testSql, uniqueEmail } from '../helper.ts'
 
 t.test('a follow flood stops at the caller\'s rate limit, and writes exactly what was admitted', async (t) => {
@@ -29,7 +29,7 @@ t.test('a follow flood stops at the caller\'s rate limit, and writes exactly wha
     select (select count(*)::int from follows where follower_id = ${flooder!.id}) as follows,
            (select count(*)::int from jobs where kind = ${FEED_JOB.backfill} and payload->>'followerId' = ${flooder!.id}) as jobs`
   t.same({ follows, jobs }, { follows: 10, jobs: 10 }, 'one follow and one bounded backfill per admitted request, nothing for refused ones')
-  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: [{ followerId: flooder!.id }] })
+  await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: [{ followerId: flooder!.id }] })
 
   const unfollow = await app.inject({ method: 'DELETE', url: `/users/me/following/${targets[0]!.id}`, headers: { authorization: `Bearer ${token}` } })
   t.equal(unfollow.statusCode, 429, 'unfollowing and reading the lists draw on the same bucket')
@@ -44,7 +44,7 @@ t.test('a backfill brings at most 20 posts, however many the followee wrote', as
   const reader = await createUser(app)
   await sql`insert into posts (author_id, body) select ${prolific.id}, 'post ' || g from generate_series(1, 500) g`
   t.equal((await app.inject({ method: 'PUT', url: `/users/me/following/${prolific.id}`, headers: { authorization: reader.authorization } })).statusCode, 204)
-  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: [{ followerId: reader.id }] })
+  await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: [{ followerId: reader.id }] })
   const [{ count } = { count: -1 }] = await sql<{ count: number }[]>`select count(*)::int as count from feed_items where feed_user_id = ${reader.id}`
   t.equal(count, 20)
 })

@@ -16,7 +16,7 @@ import t from 'tap'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { App } from '../../app.ts'
 import { hashPassword } from '../../routes/users/password.ts'
-import { buildTestApp, createClient, createUser, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { fundingBody, INJECTION_STRINGS, PRIVATE_ROUTES, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
 
 const RUNS = Number(process.env.LEDGER_FUZZ_RUNS ?? 150)
@@ -248,6 +248,10 @@ interface World {
   /** Posts of each (DELETE /posts/{id}: the attacker's may go, the victim's must stay); the attacker's grow while fuzzed. */
   victimPostIds: string[]
   attackerPostIds: string[]
+  /** The attacker's webhook endpoints DELETE may remove, the one whose deliveries are listed, and the victim's. */
+  attackerEndpointIds: string[]
+  attackerListedEndpointId: string
+  victimEndpointId: string
 }
 
 /** createUser gives every user the same password; the victim and recipient get their own, so the attacker's is no key to them. */
@@ -293,7 +297,15 @@ async function setUpWorld (app: App): Promise<World> {
   }
   await app.inject({ method: 'PATCH', url: `/users/${victim.id}`, headers: { authorization: victim.authorization }, payload: { avatarUrl: 'https://cdn.example.test/victim.png' } })
   const cursors = async (user: TestUser) => [(await get(user, '/transactions?limit=1')).nextCursor, (await get(user, '/feed?limit=1')).nextCursor] as string[]
+  // Webhook endpoints on a closed loopback port (tests allow private targets); removed again when the test ends.
+  const endpoint = async (user: TestUser, name: string) => (await post(user, '/webhook-endpoints', { url: `http://127.0.0.1:9/${name}` })).id
+  const attackerEndpointIds = [await endpoint(attacker, 'a1'), await endpoint(attacker, 'a2'), await endpoint(attacker, 'a3')]
+  const attackerListedEndpointId = await endpoint(attacker, 'listed')
+  const victimEndpointId = await endpoint(victim, 'victim')
   return {
+    attackerEndpointIds,
+    attackerListedEndpointId,
+    victimEndpointId,
     app,
     attacker,
     client,
@@ -405,6 +417,12 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
       reference: fc.oneof({ weight: 4, arbitrary: fc.uuid().map((id) => `fuzz-${id}`) }, { weight: 1, arbitrary: fc.constantFrom('fuzz-ref-1', 'fuzz-ref-2') })
     }
     case 'GET /transactions/{id}': return { 'path:id': fc.constantFrom(...world.victimTransactionIds, ...world.attackerTransactionIds, ...world.clientTransactionIds) }
+    case 'POST /webhook-endpoints': return {
+      url: fc.oneof({ weight: 3, arbitrary: fc.constantFrom('http://127.0.0.1:9/fuzz', 'http://localhost:9/fuzz') }, { weight: 1, arbitrary: fc.webUrl() }),
+      events: fc.constant(['transaction.created'])
+    }
+    case 'DELETE /webhook-endpoints/{id}': return { 'path:id': fc.constantFrom(...world.attackerEndpointIds, world.victimEndpointId, world.victimEndpointId.toUpperCase()) }
+    case 'GET /webhook-endpoints/{id}/deliveries': return { ...common, 'query:cursor': fc.constantFrom(...world.victimCursors, ...world.attackerCursors), 'path:id': fc.constantFrom(world.attackerListedEndpointId, world.victimEndpointId) }
     default: return common
   }
 }
@@ -455,6 +473,7 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
   if (status === 204) {
     if (response.body !== '') return 'a 204 with a body'
     if (route === 'DELETE /posts/{id}' && !world.attackerPostIds.some((id) => new URL(request.url, 'http://fuzz.test').pathname === `/posts/${id}`)) return 'deleted a post that is not the attacker\'s'
+    if (request.url.toLowerCase().includes(world.victimEndpointId)) return 'the victim\'s webhook endpoint was deleted'
     return undefined
   }
   const json = response.json() as Record<string, unknown>
@@ -477,6 +496,10 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
       if (author.id !== attacker.id) return 'a post authored by someone else'
       return json.body === body.body ? undefined : 'the post body did not round-trip'
     }
+    case 'DELETE /webhook-endpoints/{id}':
+    case 'GET /webhook-endpoints/{id}/deliveries':
+      return status < 300 && request.url.toLowerCase().includes(world.victimEndpointId) ? 'the victim\'s webhook endpoint was reached' : undefined
+    case 'GET /webhook-endpoints': return response.body.includes(world.victimEndpointId) || response.body.includes('whsec_') ? 'the victim\'s endpoint or a secret in the list' : undefined
     // The attacker's own posts, and those of users they may have followed while fuzzed (the victim, the recipient).
     case 'GET /feed': return (json.data as { author: { id: string } }[]).every((p) => [attacker.id, victim.id, recipient.id].includes(p.author.id)) ? undefined : 'a stranger\'s post in the feed'
     case 'POST /transactions': {
@@ -547,6 +570,8 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
     if (login.statusCode !== 200) throw new Error(`attacker login failed: ${login.statusCode} ${login.body}`)
     return `Bearer ${login.json().accessToken as string}`
   }
+  // Nothing of the fuzzed endpoints is left for a worker to retry against the closed port.
+  t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where principal_id in ${ownerSql()([world.attacker.id, world.victim.id])}` })
   const raw = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as OpenApi
   const doc = inlineRefs(raw, raw.components?.schemas ?? {})
   const operations = Object.entries(doc.paths)

@@ -119,7 +119,12 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
   { method: 'GET', path: '/transactions/{id}', url: () => '/transactions/1', clients: true },
   { method: 'GET', path: '/balances', url: () => '/balances' },
   { method: 'POST', path: '/auth/revoke', url: () => '/auth/revoke' },
-  { method: 'PUT', path: '/users/me/password', url: () => '/users/me/password', payload: { currentPassword: 'not the password', newPassword: 'attacker chosen password' } }
+  { method: 'PUT', path: '/users/me/password', url: () => '/users/me/password', payload: { currentPassword: 'not the password', newPassword: 'attacker chosen password' } },
+  // Service clients need events:read here (the suite's clients hold funds:write only, so they are refused too).
+  { method: 'POST', path: '/webhook-endpoints', url: () => '/webhook-endpoints', payload: { url: 'http://127.0.0.1:9/auth-suite' } },
+  { method: 'GET', path: '/webhook-endpoints', url: () => '/webhook-endpoints' },
+  { method: 'DELETE', path: '/webhook-endpoints/{id}', url: () => '/webhook-endpoints/00000000-0000-4000-8000-00000000d0e5' },
+  { method: 'GET', path: '/webhook-endpoints/{id}/deliveries', url: () => '/webhook-endpoints/00000000-0000-4000-8000-00000000d0e5/deliveries' }
 ]
 
 /** Whoever sends a request: a user, or a service client (their ids never coincide). */

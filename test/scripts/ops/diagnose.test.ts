@@ -7,7 +7,7 @@ import t from 'tap'
 import type { App } from '../../../app.ts'
 import { feedNPlusOneRoutes } from '../../../bench/feed-n-plus-one.ts'
 import type { Diagnosis } from '../../../scripts/ops/diagnose.ts'
-import { createFeedJobHandlers, FEED_JOB } from '../../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../../routes/feed/jobs.ts'
 import { buildTestApp, createClient, createUser, drainJobs } from '../../helper.ts'
 import { injectSender, LedgerClient, waitFor } from '../../faults/support.ts'
 
@@ -51,7 +51,7 @@ t.test('--json has every section with live content, and names an N+1', async (t)
     const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: author.authorization }, payload: { body: `post ${i}` } })
     t.equal(post.statusCode, 201)
   }
-  await drainJobs(app, createFeedJobHandlers({ cache: app.cache }), { kinds: Object.values(FEED_JOB), matching: authors.flatMap((a) => [{ authorId: a.id }, { followerId: a.id }]) })
+  await drainJobs(app, { kinds: Object.values(FEED_JOB), matching: authors.flatMap((a) => [{ authorId: a.id }, { followerId: a.id }]) })
   // The N+1 loader: per page one list query returning 10 posts, then one author lookup per post.
   for (let i = 0; i < 5; i++) {
     const page = await app.inject({ method: 'GET', url: '/bench/feed-n-plus-one', headers: { authorization: owner.authorization } })

@@ -1,0 +1,41 @@
+// Every job kind the worker runs, collected once for both places a worker runs (app.ts inside `npm start`, and
+// worker.ts for `npm run worker`). A resource adds its handlers here.
+import type { Config } from './config.ts'
+import type { CacheAside } from './plugins/cache-aside.ts'
+import type { JobHandlers } from './plugins/jobs.ts'
+import type { Metrics } from './plugins/metrics.ts'
+import { createFeedJobHandlers } from './routes/feed/jobs.ts'
+import { webhookJobs } from './routes/webhook-endpoints/jobs.ts'
+import { closeWebhookAgents } from './routes/webhook-endpoints/outbound.ts'
+
+export function jobHandlers (config: Config, metrics: Metrics, cache: CacheAside): JobHandlers {
+  return {
+    ...webhookJobs({
+      policy: { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS },
+      timeoutMs: config.WEBHOOK_TIMEOUT_MS,
+      endpointConcurrency: config.WEBHOOK_ENDPOINT_CONCURRENCY,
+      metrics
+    }),
+    // Fan-out, backfill and removals clear the cached first page of each feed they change.
+    ...createFeedJobHandlers({ cache })
+  }
+}
+
+/** The worker plugin's options from the configuration (shared by app.ts and worker.ts). */
+export function workerOptions (config: Config, metrics: Metrics, cache: CacheAside, enabled: boolean) {
+  return {
+    handlers: jobHandlers(config, metrics, cache),
+    enabled,
+    // Never more attempts at once than pooled connections: beyond that postgres.js queues statements on busy
+    // connections, and in the fault suite (32 attempts on 10 connections, through PgBouncer) one such statement
+    // in about every other run never returned, so its job waited out the lease. At most one statement per
+    // connection has never shown it.
+    concurrency: Math.min(config.WORKER_CONCURRENCY, config.DATABASE_POOL_MAX),
+    leaseMs: config.WORKER_LEASE_S * 1000,
+    pollMaxMs: config.WORKER_POLL_MAX_MS,
+    retry: { baseMs: config.JOB_RETRY_BASE_MS, maxDelayMs: config.JOB_RETRY_MAX_DELAY_S * 1000, windowMs: config.JOB_RETRY_WINDOW_S * 1000 },
+    subscribe: true,
+    // The outbound module's keep-alive sockets, once the last delivery has finished.
+    cleanup: closeWebhookAgents
+  }
+}

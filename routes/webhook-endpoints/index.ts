@@ -1,0 +1,86 @@
+import { z } from 'zod'
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
+import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
+import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import { checkTarget } from './outbound.ts'
+import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, toDelivery } from './queries.ts'
+import {
+  CreatedWebhookEndpointSchema, CreateWebhookEndpointBodySchema, DeliveryCursorSchema, ListDeliveriesQuerySchema,
+  MAX_ENDPOINTS_PER_PRINCIPAL, WebhookDeliveryPageSchema, WebhookEndpointIdParamsSchema, WebhookEndpointListSchema
+} from './schemas.ts'
+
+// Users receive the transactions that touch them; service clients (events:read) the ones they posted.
+const routeConfig = { principals: ['user', 'client'] as const, scope: 'events:read' as const }
+
+// Someone else's endpoint is "not found", never "forbidden": its existence is not revealed.
+const endpointNotFound = () => notFound('Webhook endpoint not found.')
+
+export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { db, cursors, config } = app
+  const policy = { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS }
+
+  app.post('/webhook-endpoints', {
+    config: routeConfig,
+    schema: {
+      operationId: 'createWebhookEndpoint',
+      tags: ['webhooks'],
+      summary: `Register a URL that receives signed events (at most ${MAX_ENDPOINTS_PER_PRINCIPAL}); the secret is shown only in this answer`,
+      body: CreateWebhookEndpointBodySchema,
+      response: { 201: CreatedWebhookEndpointSchema, 403: ProblemSchema, 409: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const { url, events } = request.body
+    // Syntax, scheme and every address the host resolves to (deliveries check the connected address again).
+    const target = await checkTarget(url, policy)
+    if (!target.ok) throw badRequest('The webhook URL is not allowed.', [{ path: 'url', message: target.reason }])
+    const created = await createEndpoint(db, request.user, target.url.href, events)
+    if (created === null) {
+      throw conflict('webhook_endpoint_limit', `At most ${MAX_ENDPOINTS_PER_PRINCIPAL} webhook endpoints per account; delete one first.`)
+    }
+    return reply.code(201).header('location', `/webhook-endpoints/${created.id}`).send(created)
+  })
+
+  app.get('/webhook-endpoints', {
+    config: routeConfig,
+    schema: {
+      operationId: 'listWebhookEndpoints',
+      tags: ['webhooks'],
+      summary: 'The caller\'s webhook endpoints, oldest first (never their secrets)',
+      response: { 200: WebhookEndpointListSchema, 403: ProblemSchema, ...commonErrors }
+    }
+  }, async (request) => ({ data: await listEndpoints(db, request.user) }))
+
+  app.delete('/webhook-endpoints/:id', {
+    config: routeConfig,
+    schema: {
+      operationId: 'deleteWebhookEndpoint',
+      tags: ['webhooks'],
+      summary: 'Delete one of the caller\'s webhook endpoints; its pending deliveries are dropped',
+      params: WebhookEndpointIdParamsSchema,
+      response: { 204: z.null().describe('Deleted'), 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request, reply) => {
+    if (!await deleteEndpoint(db, request.user, request.params.id)) throw endpointNotFound()
+    return reply.code(204).send(null)
+  })
+
+  app.get('/webhook-endpoints/:id/deliveries', {
+    config: routeConfig,
+    schema: {
+      operationId: 'listWebhookDeliveries',
+      tags: ['webhooks'],
+      summary: 'An endpoint\'s deliveries, newest first (cursor pagination): pending, delivered or failed, with attempts',
+      params: WebhookEndpointIdParamsSchema,
+      querystring: ListDeliveriesQuerySchema,
+      response: { 200: WebhookDeliveryPageSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request) => {
+    const { id } = request.params
+    const { limit, cursor } = request.query
+    const scope = `webhook-deliveries:${request.user.id}:${id}`
+    const before = cursors.position(scope, cursor, DeliveryCursorSchema)?.before
+    if (!await endpointExists(db, request.user, id)) throw endpointNotFound()
+    const rows = await deliveriesPageQuery(db, id, limit, before)
+    return cursors.page(scope, rows, limit, toDelivery, (row) => ({ before: row.id }))
+  })
+}

@@ -1,0 +1,138 @@
+// Webhooks against hostile callers: other principals' endpoints are invisible, the per-principal limit holds under
+// a race, URLs and bodies are validated before anything is written, secrets are shown once, and nobody receives
+// the events of transactions that are not theirs.
+import { randomUUID } from 'node:crypto'
+import t from 'tap'
+import type { App } from '../../app.ts'
+import { buildTestApp, createClient, createUser, fund, testSql, type TestClient, type TestUser } from '../helper.ts'
+
+const post = (app: App, caller: TestUser | TestClient, payload: unknown) =>
+  app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: caller.authorization }, payload: payload as Record<string, unknown> })
+
+async function endpointCount (sql: ReturnType<typeof testSql>, principalId: string) {
+  const [row] = await sql`select count(*)::int as n from webhook_endpoints where principal_id = ${principalId}`
+  return row?.n as number
+}
+
+t.test('another principal\'s endpoint is 404 on every route, and stays', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const [victim, attacker] = [await createUser(app), await createUser(app)]
+  const client = await createClient(app, ['events:read'])
+  const created = (await post(app, victim, { url: 'http://127.0.0.1:9/hooks' })).json() as { id: string }
+  for (const caller of [attacker, client]) {
+    for (const [method, url] of [['DELETE', `/webhook-endpoints/${created.id}`], ['GET', `/webhook-endpoints/${created.id}/deliveries`]] as const) {
+      const response = await app.inject({ method, url, headers: { authorization: caller.authorization } })
+      t.equal(response.statusCode, 404, `${method} ${url} as ${caller === client ? 'a client' : 'another user'}`)
+      t.notMatch(response.body, '127.0.0.1:9', 'nothing of the endpoint is revealed')
+    }
+    const list = await app.inject({ method: 'GET', url: '/webhook-endpoints', headers: { authorization: caller.authorization } })
+    t.same(list.json().data, [])
+  }
+  t.equal(await endpointCount(sql, victim.id), 1)
+  t.equal((await app.inject({ method: 'GET', url: '/webhook-endpoints' })).statusCode, 401, 'no token, no list')
+})
+
+t.test('a cursor of one endpoint\'s deliveries is refused on another\'s', async (t) => {
+  const app = await buildTestApp(t)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const mine = (await post(app, alice, { url: 'http://127.0.0.1:9/a' })).json() as { id: string }
+  const other = (await post(app, bob, { url: 'http://127.0.0.1:9/b' })).json() as { id: string }
+  for (let i = 0; i < 3; i++) {
+    await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'transfer', toUserId: bob.id, amount: 1, currency: 'USD' } })
+  }
+  const page = (await app.inject({ method: 'GET', url: `/webhook-endpoints/${mine.id}/deliveries?limit=1`, headers: { authorization: alice.authorization } })).json()
+  t.type(page.nextCursor, 'string')
+  const carried = await app.inject({ method: 'GET', url: `/webhook-endpoints/${other.id}/deliveries?limit=1&cursor=${page.nextCursor}`, headers: { authorization: bob.authorization } })
+  t.equal(carried.statusCode, 400)
+  // Its deliveries to the closed port are dropped with it, so no worker retries them after the test.
+  await app.inject({ method: 'DELETE', url: `/webhook-endpoints/${mine.id}`, headers: { authorization: alice.authorization } })
+})
+
+t.test('the 11th endpoint is refused, even when registrations race', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const answers = await Promise.all(Array.from({ length: 14 }, (_, i) => post(app, user, { url: `http://127.0.0.1:9/hook-${i}` })))
+  t.equal(answers.filter((r) => r.statusCode === 201).length, 10)
+  const refused = answers.filter((r) => r.statusCode !== 201)
+  t.equal(refused.length, 4)
+  for (const response of refused) {
+    t.equal(response.statusCode, 409)
+    t.equal(response.json().type.endsWith('webhook_endpoint_limit'), true)
+  }
+  t.equal(await endpointCount(sql, user.id), 10)
+  t.equal((await post(app, user, { url: 'http://127.0.0.1:9/eleven' })).statusCode, 409)
+})
+
+t.test('bad URLs and bodies are a 400 with a field error and write nothing', async (t) => {
+  // Production policy: https and public addresses only (the address table itself is outbound.ts's test).
+  const app = await buildTestApp(t, { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'false' })
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const badUrls = [
+    'http://example.com/hooks', 'https://127.0.0.1/hooks', 'https://localhost/hooks', 'https://10.0.0.1/',
+    'https://169.254.169.254/latest/meta-data', 'https://[::1]/', 'https://user:pass@example.com/', 'ftp://example.com/',
+    'javascript:alert(1)', 'not a url', ''
+  ]
+  for (const url of badUrls) {
+    const response = await post(app, user, { url })
+    t.equal(response.statusCode, 400, url)
+    t.match(response.headers['content-type'], /application\/problem\+json/)
+    t.ok((response.json().errors as Array<{ path: string }>).some((e) => e.path === 'url'), `${url}: the url field is named`)
+  }
+  for (const body of [{}, { url: 'https://example.com/', events: [] }, { url: 'https://example.com/', events: ['transaction.deleted'] },
+    { url: 'https://example.com/', secret: 'whsec_mine' }, { url: 'https://example.com/'.padEnd(3000, 'a') }, { url: 42 }]) {
+    t.equal((await post(app, user, body)).statusCode, 400, JSON.stringify(body).slice(0, 80))
+  }
+  t.equal(await endpointCount(sql, user.id), 0)
+})
+
+t.test('a user may not register as anyone else, and a client needs events:read', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const fundsOnly = await createClient(app, ['funds:write'])
+  t.equal((await post(app, user, { url: 'http://127.0.0.1:9/x', principalId: randomUUID() })).statusCode, 400, 'no mass assignment')
+  t.equal((await post(app, fundsOnly, { url: 'http://127.0.0.1:9/x' })).statusCode, 403)
+  t.equal((await app.inject({ method: 'GET', url: '/webhook-endpoints', headers: { authorization: fundsOnly.authorization } })).statusCode, 403)
+  t.equal(await endpointCount(sql, fundsOnly.id), 0)
+})
+
+t.test('the secret is shown once; the API role cannot read deliveries it should not write', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  const created = (await post(app, user, { url: 'http://127.0.0.1:9/s' })).json() as { id: string, secret: string }
+  t.match(created.secret, /^whsec_/)
+  for (const url of ['/webhook-endpoints', `/webhook-endpoints/${created.id}/deliveries`]) {
+    const body = (await app.inject({ method: 'GET', url, headers: { authorization: user.authorization } })).body
+    t.notMatch(body, created.secret.slice(6, 20), `${url} never carries the secret`)
+  }
+  // ledger_api may not forge deliveries (post_transaction writes them) nor rewrite an endpoint's secret.
+  await t.rejects(app.db`insert into webhook_deliveries (event_id, endpoint_id, type, transaction_id) values (gen_random_uuid(), ${created.id}, 'x', 1)`, { code: '42501' })
+  await t.rejects(app.db`update webhook_endpoints set secret = ${'whsec_' + 'A'.repeat(44)} where id = ${created.id}`, { code: '42501' })
+  await t.rejects(app.db`update webhook_deliveries set transaction_id = 1 where endpoint_id = ${created.id}`, { code: '42501' })
+})
+
+t.test('events of other users\' transactions are never queued for you', async (t) => {
+  // Asserted on the outbox itself (what post_transaction wrote), not by running deliveries: a delivery can only
+  // ever go where a delivery row points.
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const [eve, alice, bob] = [await createUser(app), await createUser(app), await createUser(app)]
+  const bank = await createClient(app, ['funds:write'])
+  const eavesdroppingClient = await createClient(app, ['events:read'])
+  const eveHook = (await post(app, eve, { url: 'http://127.0.0.1:9/eve' })).json() as { id: string }
+  const clientHook = (await post(app, eavesdroppingClient, { url: 'http://127.0.0.1:9/client' })).json() as { id: string }
+  const aliceHook = (await post(app, alice, { url: 'http://127.0.0.1:9/alice' })).json() as { id: string }
+  await fund(app, alice, 100, 'USD', { client: bank })
+  const transfer = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'transfer', toUserId: bob.id, amount: 5, currency: 'USD' } })
+  t.equal(transfer.statusCode, 201)
+  const rows = await sql`select endpoint_id from webhook_deliveries where endpoint_id in ${sql([eveHook.id, clientHook.id, aliceHook.id])}`
+  t.same(rows.map((r) => r.endpoint_id), [aliceHook.id, aliceHook.id], 'alice\'s two transactions reach only alice\'s endpoint')
+  // Nothing is left to be retried against the closed port once the test ends.
+  await sql`delete from webhook_endpoints where id = ${aliceHook.id}`
+  const list = (await app.inject({ method: 'GET', url: `/webhook-endpoints/${eveHook.id}/deliveries`, headers: { authorization: eve.authorization } })).json()
+  t.same(list.data, [])
+})

@@ -1,0 +1,84 @@
+// A real HTTP receiver on loopback for the webhook tests, and an implementation of Standard Webhooks verification
+// written from the specification (not the service's signWebhook), so a signing bug cannot agree with itself.
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+export interface Received {
+  id: string
+  timestamp: string
+  signature: string
+  body: string
+  headers: IncomingHttpHeaders
+}
+
+/** What the receiver does with the n-th request (0-based): answer a status, after a delay, or never. */
+export type Behaviour = (n: number, received: Received) => { status: number, delayMs?: number, headers?: Record<string, string> } | 'hang'
+
+export interface Receiver {
+  url: string
+  received: Received[]
+  /** webhook-ids seen, once each: a receiver that deduplicates. */
+  unique: Set<string>
+  behaviour: Behaviour
+  close: () => Promise<void>
+}
+
+export async function startReceiver (behaviour: Behaviour = () => ({ status: 200 }), path = '/hooks', port = 0): Promise<Receiver> {
+  const hanging = new Set<ServerResponse>()
+  const receiver: Receiver = {
+    url: '',
+    received: [],
+    unique: new Set(),
+    behaviour,
+    close: async () => {
+      for (const response of hanging) response.destroy()
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+  const server = createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const received: Received = {
+        id: String(request.headers['webhook-id']),
+        timestamp: String(request.headers['webhook-timestamp']),
+        signature: String(request.headers['webhook-signature']),
+        body: Buffer.concat(chunks).toString('utf8'),
+        headers: request.headers
+      }
+      const n = receiver.received.length
+      receiver.received.push(received)
+      const answer = receiver.behaviour(n, received)
+      if (answer === 'hang') {
+        hanging.add(response)
+        return
+      }
+      const send = () => {
+        if (answer.status >= 200 && answer.status < 300) receiver.unique.add(received.id)
+        response.writeHead(answer.status, answer.headers).end('ok')
+      }
+      if (answer.delayMs === undefined) send()
+      else setTimeout(send, answer.delayMs)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  receiver.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}${path}`
+  return receiver
+}
+
+/** Standard Webhooks verification: the secret's base64 after `whsec_` is the key; any listed v1 signature may match. */
+export function verifyStandardWebhook (secret: string, received: Received, toleranceS = 300): boolean {
+  if (!secret.startsWith('whsec_')) return false
+  const key = Buffer.from(secret.slice('whsec_'.length), 'base64')
+  const timestamp = Number(received.timestamp)
+  if (!Number.isInteger(timestamp) || Math.abs(Date.now() / 1000 - timestamp) > toleranceS) return false
+  const expected = createHmac('sha256', key).update(`${received.id}.${received.timestamp}.${received.body}`).digest()
+  return received.signature.split(' ').some((entry) => {
+    const [version, value] = entry.split(',')
+    if (version !== 'v1' || value === undefined) return false
+    const given = Buffer.from(value, 'base64')
+    return given.length === expected.length && timingSafeEqual(given, expected)
+  })
+}
