@@ -101,6 +101,9 @@ const schema = z.object({
   CACHE_TTL_S: z.coerce.number().int().min(1).default(300),
   CACHE_JITTER: z.coerce.number().min(0).max(1).default(0.1),
   FEED_CACHE_TTL_S: z.coerce.number().int().min(1).default(30),
+  // Feeds one fan-out step writes (one INSERT ... SELECT, one transaction): bounds each step's locks and duration;
+  // the job stores its cursor after each step, so a worker that dies loses at most one step's work (redone, once).
+  FEED_FAN_OUT_BATCH: z.coerce.number().int().min(1).max(10_000).default(1000),
 
   RATE_LIMIT_STANDARD_CAPACITY: z.coerce.number().int().min(1).default(60),
   RATE_LIMIT_STANDARD_REFILL_PER_S: z.coerce.number().positive().default(1),

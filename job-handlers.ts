@@ -17,7 +17,7 @@ export function jobHandlers (config: Config, metrics: Metrics, cache: CacheAside
       metrics
     }),
     // Fan-out, backfill and removals clear the cached first page of each feed they change.
-    ...createFeedJobHandlers({ cache })
+    ...createFeedJobHandlers({ cache, batchSize: config.FEED_FAN_OUT_BATCH })
   }
 }
 

@@ -7,6 +7,7 @@ import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type postgres from 'postgres'
+import type { Test } from 'tap'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { reconcileLedger } from '../../scripts/ops/reconcile.ts'
@@ -154,6 +155,43 @@ export async function startServer (env: Record<string, string> = {}): Promise<Se
   }
   server.startupMs = Math.round(performance.now() - spawnedAt)
   return server
+}
+
+export interface WorkerProcess {
+  pid: number
+  output: () => string
+  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  kill: (signal?: NodeJS.Signals) => Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+}
+
+/** `node worker.ts` against the test stack; resolves once it logged that it started. SIGKILLed at test end. */
+export async function startWorker (t: Test, env: Record<string, string> = {}): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, ['worker.ts'], {
+    cwd: projectRoot,
+    env: { ...process.env, LOG_LEVEL: 'info', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true', JOB_RETRY_BASE_MS: '200', JOB_RETRY_MAX_DELAY_S: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let output = ''
+  const keep = (chunk: Buffer) => { output = (output + chunk.toString()).slice(-5_000_000) }
+  child.stdout.on('data', keep)
+  child.stderr.on('data', keep)
+  let done = false
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => { done = true; resolve({ code, signal }) })
+  })
+  const worker: WorkerProcess = {
+    pid: child.pid ?? -1,
+    output: () => output,
+    exited,
+    kill: async (signal = 'SIGKILL') => {
+      if (!done) child.kill(signal)
+      return await exited
+    }
+  }
+  t.teardown(() => worker.kill())
+  const ms = await waitFor(async () => done || output.includes('worker started'), 20_000, 50)
+  if (ms < 0 || done) throw new Error(`worker.ts did not start:\n${output}`)
+  return worker
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -2,55 +2,15 @@
 // SIGKILLed mid-delivery, two workers on one queue, PostgreSQL restarted while events are due, and 10,000 transfers
 // while the endpoint is down. Runs after the main suite, alone (scripts/test.ts), so the workers here see only
 // this file's jobs.
-import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import type { App } from '../../app.ts'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, fund, hasLocalStack, ownerSql, testSql, type TestUser } from '../helper.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
-import { freePort, sleep, waitFor } from './support.ts'
+import { freePort, sleep, startWorker, waitFor } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
-const projectRoot = fileURLToPath(new URL('../../', import.meta.url))
-
-interface WorkerProcess {
-  pid: number
-  output: () => string
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-  kill: (signal?: NodeJS.Signals) => Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-}
-
-/** `node worker.ts` against the test stack; resolves once it logged that it started. SIGKILLed at test end. */
-async function startWorker (t: Test, env: Record<string, string> = {}): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, ['worker.ts'], {
-    cwd: projectRoot,
-    env: { ...process.env, LOG_LEVEL: 'info', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true', JOB_RETRY_BASE_MS: '200', JOB_RETRY_MAX_DELAY_S: '1', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let output = ''
-  const keep = (chunk: Buffer) => { output = (output + chunk.toString()).slice(-5_000_000) }
-  child.stdout.on('data', keep)
-  child.stderr.on('data', keep)
-  let done = false
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => { done = true; resolve({ code, signal }) })
-  })
-  const worker: WorkerProcess = {
-    pid: child.pid ?? -1,
-    output: () => output,
-    exited,
-    kill: async (signal = 'SIGKILL') => {
-      if (!done) child.kill(signal)
-      return await exited
-    }
-  }
-  t.teardown(() => worker.kill())
-  const ms = await waitFor(async () => done || output.includes('worker started'), 20_000, 50)
-  if (ms < 0 || done) throw new Error(`worker.ts did not start:\n${output}`)
-  return worker
-}
 
 async function register (t: Test, app: App, user: TestUser, url: string) {
   const response = await app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: user.authorization }, payload: { url } })
