@@ -115,12 +115,21 @@ export interface TestUser {
 
 export const claimsOf = (token: string) => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as Record<string, unknown>
 
+/**
+ * A random address in the IPv6 documentation prefix (a /64 of its own). Per-IP buckets live in the shared Redis, and
+ * an app built with a small public limit writes its small bucket under whatever address it sees: requests that are
+ * not about the limit come from an address of their own, so no test's bucket is another file's.
+ */
+export function randomTestIp () {
+  return `2001:db8:${randomBytes(2).toString('hex')}:${randomBytes(2).toString('hex')}::${randomBytes(2).toString('hex')}`
+}
+
 /** Signs a new user up through the API and logs them in; every test makes its own users. */
 export async function createUser (app: App, options: { name?: string, tier?: 'standard' | 'pro', remoteAddress?: string } = {}): Promise<TestUser> {
   const email = uniqueEmail()
   const password = 'correct horse battery staple'
   const name = options.name ?? 'Test User'
-  const remoteAddress = options.remoteAddress ?? '127.0.0.1'
+  const remoteAddress = options.remoteAddress ?? randomTestIp()
   const signup = await app.inject({ method: 'POST', url: '/users', remoteAddress, payload: { email, name, password } })
   if (signup.statusCode !== 201) throw new Error(`signup failed: ${signup.statusCode} ${signup.body}`)
   const { id } = signup.json() as { id: string }
@@ -148,7 +157,7 @@ export interface TestClient {
 export async function createClient (app: App, scopes: Scope[] = ['funds:write'], name = 'test settlement system'): Promise<TestClient> {
   const { client, secret } = await createServiceClient(ownerSql(), name, scopes)
   const response = await app.inject({
-    method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }
+    method: 'POST', url: '/auth/token', remoteAddress: randomTestIp(), payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }
   })
   if (response.statusCode !== 200) throw new Error(`client token failed: ${response.statusCode} ${response.body}`)
   const token = response.json().accessToken as string

@@ -201,10 +201,7 @@ export function assertProblem (t: Assert, response: LightMyRequestResponse, stat
   t.equal(body?.status, response.statusCode, `${label}: body.status matches`)
 }
 
-/** A random address in the IPv6 documentation prefix, so per-IP buckets never collide across tests or runs. */
-export function randomTestIp () {
-  return `2001:db8:${randomBytes(2).toString('hex')}:${randomBytes(2).toString('hex')}::${randomBytes(2).toString('hex')}`
-}
+export { randomTestIp } from '../helper.ts'
 
 /** A valid ISO currency other tests are unlikely to use, so per-currency balances stay this file's own. */
 export const TEST_CURRENCY = 'CHF'
