@@ -211,6 +211,17 @@ export class ConfigError extends Error {
 }
 
 /** Parses the environment once at boot; a bad value names its variable so the operator can fix it. */
+/** For a process's entry file: the configuration, or its one-line message on stderr and exit 1 (no stack trace). */
+export function loadConfigOrExit (): Config {
+  try {
+    return loadConfig()
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    console.error(error.message)
+    process.exit(1)
+  }
+}
+
 export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   const raw = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== ''))
   const parsed = configSchema.safeParse(raw)

@@ -3,16 +3,9 @@
 // same file and serves on the same port.
 import cluster from 'node:cluster'
 import { fileURLToPath } from 'node:url'
-import { ConfigError, loadConfig, type Config } from './config.ts'
+import { loadConfigOrExit, type Config } from './config.ts'
 
-let config
-try {
-  config = loadConfig()
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error
-  console.error(error.message)
-  process.exit(1)
-}
+const config = loadConfigOrExit()
 
 if (cluster.isPrimary && config.WORKERS > 1) {
   const { runPrimary } = await import('./cluster.ts')

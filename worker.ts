@@ -3,7 +3,7 @@
 // cache the feed jobs invalidate, the worker) with no listener; any number may run side by side on one queue. SIGTERM/SIGINT: stop claiming, finish
 // and record the attempts in flight, close the pools, exit 0.
 import Fastify from 'fastify'
-import { ConfigError, loadConfig } from './config.ts'
+import { loadConfigOrExit } from './config.ts'
 import { workerOptions } from './job-handlers.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import databasePlugin from './plugins/database.ts'
@@ -13,14 +13,7 @@ import redisPlugin from './plugins/redis.ts'
 import tracingPlugin from './plugins/tracing.ts'
 import workerPlugin from './plugins/worker.ts'
 
-let config
-try {
-  config = loadConfig()
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error
-  console.error(error.message)
-  process.exit(1)
-}
+const config = loadConfigOrExit()
 
 const { telemetry } = await import('./telemetry.ts')
 const { default: closeWithGrace } = await import('close-with-grace')

@@ -220,3 +220,33 @@ export async function drainJobs (app: App, options: { kinds: readonly string[], 
   }
   return { steps, failures: errors.length, errors }
 }
+
+/**
+ * `count` followers of `followeeId`, made set-based as the owner (no signup, no password: they never log in; a test
+ * issues a token where one is needed). Returns their ids in id order.
+ */
+export async function makeFollowers (followeeId: string, count: number): Promise<string[]> {
+  const rows = await ownerSql()<{ id: string }[]>`
+    with made as (
+      insert into users (email, name, password_hash)
+      select 'follower-' || gen_random_uuid() || '@example.test', 'Follower ' || g, '!'
+        from generate_series(1, ${count}::int) g
+      returning id
+    ), followed as (
+      insert into follows (follower_id, followee_id)
+      select id, ${followeeId} from made
+      returning follower_id
+    )
+    select follower_id::text as id from followed order by follower_id`
+  return rows.map((row) => row.id)
+}
+
+/** Polls until `check` holds, up to `deadlineMs`; returns the milliseconds it took, or Infinity. */
+export async function within (deadlineMs: number, check: () => Promise<boolean>): Promise<number> {
+  const started = Date.now()
+  while (Date.now() - started < deadlineMs) {
+    if (await check()) return Date.now() - started
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  return await check() ? Date.now() - started : Infinity
+}

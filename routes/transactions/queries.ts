@@ -3,7 +3,7 @@ import type { Sql } from '../../plugins/database.ts'
 import { toMinorUnits } from '../common/money.ts'
 import type { CreateTransactionBody, Transaction } from './schemas.ts'
 
-interface TransactionRow {
+export interface TransactionRow {
   id: string
   kind: Transaction['kind']
   amount: string

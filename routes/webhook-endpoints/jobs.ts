@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto'
 import { z } from 'zod'
 import { JobDeferred, type JobHandler, type JobHandlers } from '../../plugins/jobs.ts'
 import type { Metrics } from '../../plugins/metrics.ts'
-import { toTransaction } from '../transactions/queries.ts'
+import { toTransaction, type TransactionRow } from '../transactions/queries.ts'
 import type { Transaction } from '../transactions/schemas.ts'
 import { postWebhook, type TargetPolicy } from './outbound.ts'
 
@@ -31,7 +31,8 @@ export function webhookBody (eventId: string, type: string, transaction: Transac
 
 const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9]{0,18}$/) })
 
-interface DeliveryRow {
+/** The delivery, its endpoint and its transaction (`t_id`: the transaction's id beside the delivery's own). */
+interface DeliveryRow extends Omit<TransactionRow, 'id'> {
   id: string
   event_id: string
   type: string
@@ -40,14 +41,6 @@ interface DeliveryRow {
   url: string
   secret: string
   t_id: string
-  kind: Transaction['kind']
-  amount: string
-  currency: string
-  from_user_id: string | null
-  to_user_id: string | null
-  description: string | null
-  reference: string | null
-  created_at: Date
 }
 
 /** How long an attempt waits for a slot of its endpoint before it is put back (uncounted) for later. */

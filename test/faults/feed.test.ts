@@ -6,27 +6,13 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { FEED_JOB } from '../../routes/feed/jobs.ts'
-import { buildTestApp, createUser, hasLocalStack, ownerSql, testSql } from '../helper.ts'
+import { buildTestApp, createUser, hasLocalStack, makeFollowers, testSql } from '../helper.ts'
 import { startServer, startWorker, waitFor } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 const CONTRACT_MS = 5000
 
 type TestSql = ReturnType<typeof testSql>
-
-/** `count` followers of `followeeId`, made set-based as the owner; they never log in. */
-async function makeFollowers (followeeId: string, count: number): Promise<string[]> {
-  const rows = await ownerSql()<{ id: string }[]>`
-    with made as (
-      insert into users (email, name, password_hash)
-      select 'feed-fault-' || gen_random_uuid() || '@example.test', 'Follower ' || g, '!'
-        from generate_series(1, ${count}::int) g
-      returning id
-    )
-    insert into follows (follower_id, followee_id) select id, ${followeeId} from made
-    returning follower_id::text as id`
-  return rows.map((row) => row.id)
-}
 
 async function placements (sql: TestSql, postId: string) {
   const [row] = await sql<{ rows: number, feeds: number }[]>`

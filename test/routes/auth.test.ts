@@ -5,7 +5,7 @@ import t from 'tap'
 import { revokeServiceClient } from '../../routes/auth/clients.ts'
 import { purgeSessions } from '../../routes/auth/sessions.ts'
 import { decoyHash, hashPassword } from '../../routes/users/password.ts'
-import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql } from '../helper.ts'
+import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql, within } from '../helper.ts'
 
 t.test('a client gets a scoped token with JSON or a form body, and no refresh token', async (t) => {
   const app = await buildTestApp(t)
@@ -124,16 +124,6 @@ t.test('the ledger refuses a revoked client even before the revocation reaches a
 
 const login = (app: Awaited<ReturnType<typeof buildTestApp>>, email: string, password: string) =>
   app.inject({ method: 'POST', url: '/auth/token', payload: { email, password } })
-
-/** Polls until `check` holds, up to `deadlineMs`; returns the milliseconds it took, or Infinity. */
-async function within (deadlineMs: number, check: () => Promise<boolean>): Promise<number> {
-  const started = Date.now()
-  while (Date.now() - started < deadlineMs) {
-    if (await check()) return Date.now() - started
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  return await check() ? Date.now() - started : Infinity
-}
 
 t.test('a login opens a session: an access token naming it and a refresh token stored only as its hash', async (t) => {
   const app = await buildTestApp(t)

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
-import { buildTestApp, createUser, dbSpans, drainJobs, injectTraced, ownerSql, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createUser, dbSpans, drainJobs, injectTraced, makeFollowers, testSql, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
 
@@ -17,26 +17,6 @@ const handlersFor = (app: App) => createFeedJobHandlers({ cache: app.cache, batc
 const jobsOf = (users: readonly { id: string }[]) => users.flatMap(({ id }) => [{ authorId: id }, { followerId: id }, { followeeId: id }])
 const drain = (app: App, users: readonly { id: string }[], options: { maxSteps?: number } = {}) =>
   drainJobs(app, { kinds: FEED_KINDS, matching: jobsOf(users), ...options })
-
-/**
- * `count` followers of `followeeId`, made set-based as the owner (no signup, no password: they never log in, a token
- * is issued where one is needed). Returns their ids in id order.
- */
-async function makeFollowers (followeeId: string, count: number): Promise<string[]> {
-  const rows = await ownerSql()<{ id: string }[]>`
-    with made as (
-      insert into users (email, name, password_hash)
-      select 'follower-' || gen_random_uuid() || '@example.test', 'Follower ' || g, '!'
-        from generate_series(1, ${count}::int) g
-      returning id
-    ), followed as (
-      insert into follows (follower_id, followee_id)
-      select id, ${followeeId} from made
-      returning follower_id
-    )
-    select follower_id::text as id from followed order by follower_id`
-  return rows.map((row) => row.id)
-}
 
 /** How many times the post is on each feed: every follower once, and nothing else. */
 async function placements (sql: TestSql, postId: string) {

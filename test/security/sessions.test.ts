@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { buildTestApp, createUser, ownerSql, testSql, uniqueEmail, type TestUser } from '../helper.ts'
+import { buildTestApp, createUser, ownerSql, testSql, type TestUser, uniqueEmail, within } from '../helper.ts'
 import { assertProblem, randomTestIp } from './support.ts'
 
 const me = (app: App, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
@@ -11,16 +11,6 @@ const refresh = (app: App, refreshToken: string, remoteAddress = randomTestIp())
   app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { grant_type: 'refresh_token', refresh_token: refreshToken } })
 const login = (app: App, email: string, password: string, remoteAddress = randomTestIp()) =>
   app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })
-
-/** Polls until `check` holds, up to `deadlineMs`; returns the milliseconds it took, or Infinity. */
-async function within (deadlineMs: number, check: () => Promise<boolean>): Promise<number> {
-  const started = Date.now()
-  while (Date.now() - started < deadlineMs) {
-    if (await check()) return Date.now() - started
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  return await check() ? Date.now() - started : Infinity
-}
 
 t.test('a replayed refresh token ends the whole session: the pair it was exchanged for stops working too', async (t) => {
   const [one, two] = [await buildTestApp(t), await buildTestApp(t)]
