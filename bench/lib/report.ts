@@ -183,7 +183,7 @@ export function markdown (report: Report): string {
       return [
         r.label,
         per(commands.reduce((sum, [, calls]) => sum + calls, 0)),
-        commands.slice(0, 4).map(([command, calls]) => `${command} ${per(calls)}`).join(', ') || '-',
+        commands.slice(0, 6).map(([command, calls]) => `${command} ${per(calls)}`).join(', ') || '-',
         trips.pgTransactions === undefined ? '-' : per(trips.pgTransactions)
       ]
     })))
