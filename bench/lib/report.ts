@@ -57,7 +57,7 @@ const n0 = (v: number) => Math.round(v).toLocaleString('en-US')
 const num = (v: number) => Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
 // Saved JSON turns NaN (a percentile a tool does not report) into null.
 const ms = (v: number | null) => v === null || !Number.isFinite(v) ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)
-const fmtValue = (c: Comparison) => c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : n0(c.value)
+const fmtValue = (c: Comparison) => c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : num(c.value)
 const fmtTarget = (c: Comparison) => c.target === undefined
   ? '(info)'
   : `${c.target.op} ${c.unit === 'ratio' ? `${c.target.value}x` : c.unit === 'ms' ? `${c.target.value} ms` : c.unit === 'req/s' ? `${n0(c.target.value)} req/s` : c.target.value}`
@@ -169,6 +169,25 @@ export function markdown (report: Report): string {
       c.note
     ])
   ))
+  const tripped = runs.filter((r) => r.sharedSamples !== true && r.load.requests > 0 && r.samples?.roundTrips !== undefined)
+  if (tripped.length > 0) {
+    out.push('')
+    out.push('### Round trips per request')
+    out.push('')
+    out.push('Calls that reached Redis (INFO commandstats, by command; the commands a Lua script runs are counted besides its EVALSHA) and PostgreSQL (commits + rollbacks of the bench database) during the run, divided by the requests completed; background work (polls, jobs) is included.')
+    out.push('')
+    out.push(table(['scenario', 'Redis commands (scripts\' included)', 'by command', 'PostgreSQL transactions'], tripped.map((r) => {
+      const trips = r.samples!.roundTrips
+      const per = (n: number) => (n / r.load.requests).toFixed(3)
+      const commands = Object.entries(trips.redisCommands).sort(([, a], [, b]) => b - a)
+      return [
+        r.label,
+        per(commands.reduce((sum, [, calls]) => sum + calls, 0)),
+        commands.slice(0, 6).map(([command, calls]) => `${command} ${per(calls)}`).join(', ') || '-',
+        trips.pgTransactions === undefined ? '-' : per(trips.pgTransactions)
+      ]
+    })))
+  }
   const routed = runs.filter((r) => Object.keys(r.load.perRoute).length > 1)
   if (routed.length > 0) {
     out.push('')

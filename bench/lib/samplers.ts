@@ -1,7 +1,8 @@
 // What happens around the load while it runs: PostgreSQL client backends of the bench database (direct connection,
 // every 200 ms), the API's resident memory (/proc/<pid>/status), CPU seconds per process group (/proc/<pid>/stat,
 // Redis INFO cpu), Redis INFO stats hits/misses, and the API's own /metrics (cache hits, in-flight statements,
-// server-side latency per route, time per SQL statement).
+// server-side latency per route, time per SQL statement), and round trips: Redis commands (INFO commandstats) and
+// transactions of the bench database (pg_stat_database), so a scenario can show what a request costs in calls.
 import { readdirSync, readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import type { Redis } from 'ioredis'
@@ -32,6 +33,12 @@ export interface SampleResult {
   sqlStatements: Record<string, { count: number, meanMs: number }>
   /** Requests shed by @fastify/under-pressure or failing on a dependency, from ledger_dependency_errors_total. */
   dependencyErrors: Record<string, number>
+  /**
+   * Calls that reached the servers during the run: Redis commands by name (INFO commandstats, whole server: the
+   * sampler's own INFO left out) and commits + rollbacks of the bench database (pg_stat_database, which backends
+   * report when they go idle, at most about a second late; undefined when it could not be read).
+   */
+  roundTrips: { redisCommands: Record<string, number>, pgTransactions: number | undefined }
 }
 
 function readTicks (pid: number): number {
@@ -111,7 +118,16 @@ interface Snapshot {
   redisCpuS: number
   redisHits: number
   redisMisses: number
+  redisCommands: Record<string, number>
+  pgTransactions: number | undefined
   metrics: Map<string, number>
+}
+
+/** `cmdstat_evalsha:calls=12,usec=...` lines to calls by command (INFO itself left out: the sampler sends it). */
+function redisCommandCalls (info: string): Record<string, number> {
+  const calls: Record<string, number> = {}
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) if (match[1] !== 'info') calls[match[1]!] = Number(match[2])
+  return calls
 }
 
 function redisField (info: string, field: string): number {
@@ -168,8 +184,8 @@ export class Sampler {
   }
 
   private async snapshot (): Promise<Snapshot> {
-    const [stats, cpu, metrics] = await Promise.all([
-      this.redis.info('stats'), this.redis.info('cpu'), this.metrics()
+    const [stats, cpu, commands, pgTransactions, metrics] = await Promise.all([
+      this.redis.info('stats'), this.redis.info('cpu'), this.redis.info('commandstats'), this.pgTransactions(), this.metrics()
     ])
     return {
       at: performance.now(),
@@ -179,7 +195,19 @@ export class Sampler {
       redisCpuS: redisField(cpu, 'used_cpu_sys') + redisField(cpu, 'used_cpu_user'),
       redisHits: redisField(stats, 'keyspace_hits'),
       redisMisses: redisField(stats, 'keyspace_misses'),
+      redisCommands: redisCommandCalls(commands),
+      pgTransactions,
       metrics
+    }
+  }
+
+  private async pgTransactions (): Promise<number | undefined> {
+    try {
+      const [row] = await this.admin<{ n: string }[]>`
+        select (xact_commit + xact_rollback)::text as n from pg_stat_database where datname = ${this.database}`
+      return row === undefined ? undefined : Number(row.n)
+    } catch {
+      return undefined
     }
   }
 
@@ -266,6 +294,13 @@ export class Sampler {
       if (value > 0) dependencyErrors[`${labels.dependency}/${labels.operation}`] = value
     }
 
+    const redisCommands: Record<string, number> = {}
+    for (const [command, calls] of Object.entries(last.redisCommands)) {
+      const delta = calls - (first.redisCommands[command] ?? 0)
+      if (delta > 0) redisCommands[command] = delta
+    }
+    const pgTransactions = first.pgTransactions === undefined || last.pgTransactions === undefined ? undefined : last.pgTransactions - first.pgTransactions
+
     const hits = last.redisHits - first.redisHits
     const misses = last.redisMisses - first.redisMisses
     return {
@@ -278,7 +313,8 @@ export class Sampler {
       peakHttpInFlight: this.peakHttpInFlight,
       serverRoutes: grouped('ledger_http_request_duration_seconds', (l) => `${l.method} ${l.route} ${l.status_code}`),
       sqlStatements: grouped('ledger_db_query_duration_seconds', (l) => `${l.statement}${l.outcome === 'ok' ? '' : ` (${l.outcome})`}`),
-      dependencyErrors
+      dependencyErrors,
+      roundTrips: { redisCommands, pgTransactions }
     }
   }
 }

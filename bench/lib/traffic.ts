@@ -25,8 +25,9 @@ async function sign<T> (options: AuthOptions, subjects: T[], claims: (subject: T
 
 // Each caller gets a session id of its own: an access token's session is checked only against the revocation list
 // each process holds in memory, so the bench's tokens exercise the same check without sessions in the database.
-export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier: Tier }>) =>
-  sign(options, users, (user) => userClaims({ ...user, sessionId: randomUUID() }))
+// A caller may name its session (to end it, as `session-check` does).
+export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier: Tier, sessionId?: string }>) =>
+  sign(options, users, (user) => userClaims({ id: user.id, tier: user.tier, sessionId: user.sessionId ?? randomUUID() }))
 export const signClientTokens = (options: AuthOptions, clients: Array<{ id: string, scopes: Scope[] }>) => sign(options, clients, clientClaims)
 
 const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!
