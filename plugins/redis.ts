@@ -33,7 +33,10 @@ export function createRedis (options: RedisOptions): RedisClient {
     commandTimeout: options.commandTimeoutMs,
     maxRetriesPerRequest: 1,
     enableOfflineQueue: false,
-    enableAutoPipelining: true,
+    // No auto-pipelining: ioredis runs one auto-pipeline at a time, so while Redis hangs (SIGSTOP, CLIENT PAUSE) each
+    // batch waits out the previous batch's timeout before its own starts, and a request's command takes k times
+    // REDIS_COMMAND_TIMEOUT_MS instead of once. Commands are still written without waiting for earlier replies.
+    enableAutoPipelining: false,
     retryStrategy: reconnectDelay,
     // Without a connection at boot the app still starts; the plugin waits only for the first 'ready'.
     lazyConnect: false
@@ -55,7 +58,8 @@ function createCluster (nodes: string[], options: RedisOptions): Cluster {
   const url = new URL(options.url)
   return new Cluster(nodes.map(toClusterNode), {
     enableOfflineQueue: false,
-    enableAutoPipelining: true,
+    // As for a single Redis: a hung node must cost a command one timeout, not a queue of them.
+    enableAutoPipelining: false,
     clusterRetryStrategy: reconnectDelay,
     slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
     redisOptions: {

@@ -101,11 +101,11 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
       valid = await app.passwords.verify(password, credentials?.password_hash ?? null)
     } catch (error) {
       // Not checked (hash queue full, database down): not a failed attempt.
-      if (counted) await guard.refund(email)
+      if (counted) guard.refund(email)
       throw error
     }
     if (credentials === null || !valid) throw unauthorized('Wrong email or password.')
-    if (counted) await guard.refund(email)
+    if (counted) guard.refund(email)
 
     if (app.passwords.needsRehash(credentials.password_hash)) {
       try {

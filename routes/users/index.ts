@@ -64,11 +64,11 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
     try {
       valid = await app.passwords.verify(currentPassword, stored)
     } catch (error) {
-      if (counted) await guard.refund(credentials.email)
+      if (counted) guard.refund(credentials.email)
       throw error
     }
     if (!valid) throw forbidden('The current password is wrong.')
-    if (counted) await guard.refund(credentials.email)
+    if (counted) guard.refund(credentials.email)
     const ended = await changePassword(db, request.user.id, stored, await app.passwords.hash(newPassword))
     if (ended === null) throw conflict('password_changed_concurrently', 'The password changed while this request ran; try again.')
     app.revocations.markRevoked(ended.map(sessionSubject))
