@@ -150,7 +150,7 @@ const schema = z.object({
   REFRESH_TOKEN_TTL_S: z.coerce.number().int().min(300).max(365 * 86_400).default(30 * 86_400),
 
   // The job worker (plugins/worker.ts): inside every API process unless WORKER_ENABLED=false (API-only processes
-  // beside `npm run worker` ones). Jobs running at once per process (at most DATABASE_POOL_MAX); how long a claimed job is leased before
+  // beside `npm run worker` ones). Jobs running at once per process; how long a claimed job is leased before
   // another worker may take it again (longer than any attempt); the idle poll's longest pause (a Redis message
   // wakes workers at once after a commit that queued work; the poll is the fallback).
   WORKER_ENABLED: boolean.default(true),

@@ -26,11 +26,9 @@ export function workerOptions (config: Config, metrics: Metrics, cache: CacheAsi
   return {
     handlers: jobHandlers(config, metrics, cache),
     enabled,
-    // Never more attempts at once than pooled connections: beyond that postgres.js queues statements on busy
-    // connections, and in the fault suite (32 attempts on 10 connections, through PgBouncer) one such statement
-    // in about every other run never returned, so its job waited out the lease. At most one statement per
-    // connection has never shown it.
-    concurrency: Math.min(config.WORKER_CONCURRENCY, config.DATABASE_POOL_MAX),
+    // May exceed DATABASE_POOL_MAX: the attempts' statements then wait in postgres.js's queue for a connection of
+    // their own (plugins/database.ts, withoutPipelining).
+    concurrency: config.WORKER_CONCURRENCY,
     leaseMs: config.WORKER_LEASE_S * 1000,
     pollMaxMs: config.WORKER_POLL_MAX_MS,
     retry: { baseMs: config.JOB_RETRY_BASE_MS, maxDelayMs: config.JOB_RETRY_MAX_DELAY_S * 1000, windowMs: config.JOB_RETRY_WINDOW_S * 1000 },

@@ -62,11 +62,35 @@ export function summarizeStatement (text: string): { operation: string, table: s
 }
 
 interface RunnableQuery {
+  options?: { onexecute?: (connection: unknown) => unknown }
   handler: (query: RunnableQuery) => unknown
   resolve: (value: unknown) => unknown
   reject: (error: unknown) => unknown
   statement: { string: string } | null
   strings: readonly string[] | string
+}
+
+/**
+ * Keeps the connection that runs this statement from taking another one behind it until it is answered.
+ *
+ * With every connection taken, postgres.js (3.4.9, src/index.js `handler`) sends a new statement down a "busy"
+ * connection, pipelined behind the one in flight; a connection is busy (not "full") while it runs a statement
+ * without parameters (`select 1`, the queue gauges). With `prepare: false`, a statement with parameters starts as
+ * Parse+Describe+Flush, without Sync (connection.js `describeFirst`). PgBouncer in transaction mode (1.18) gives the
+ * server connection back to its pool at the first statement's ReadyForQuery, so the answers to the second arrive
+ * on an unlinked server and are dropped ("got packet '1' from server when not linked", "idle server got dirty"):
+ * the second statement waits forever, with no error and no timeout, and holds its client connection. Through
+ * PgBouncer, a statement must have the connection to itself.
+ *
+ * postgres.js asks a statement's `onexecute` whether the connection may take more (its `begin` uses it to keep the
+ * transaction's connection); answering no leaves the connection "full" until the statement's ReadyForQuery, when
+ * it takes the next statement from the pool's queue, exactly as after a statement with parameters.
+ * `max_pipeline: 0` would do the same but also skips `begin`'s onexecute, which breaks every transaction.
+ */
+export function withoutPipelining<Q> (pending: Q): Q {
+  const options = (pending as unknown as RunnableQuery).options
+  if (options !== undefined && options.onexecute === undefined) options.onexecute = () => false
+  return pending
 }
 
 /**
@@ -84,6 +108,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
   const execute = query.handler
   // A Builder (sql(values), sql(identifier)) or a fragment is not a statement: it has no handler of its own.
   if (typeof execute !== 'function') return pending
+  withoutPipelining(pending)
   query.handler = (q) => {
     const ticket = breaker?.admit()
     if (ticket === false) {
@@ -213,7 +238,7 @@ function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', s
     probeTimeoutMs: options.connectTimeoutS * 1000 + 1000,
     isConnectionFailure: isConnectionError,
     // Through the pool itself but not through instrumentSql: no span, not a statement in flight, not refused.
-    probe: () => sql`select 1`,
+    probe: () => withoutPipelining(sql`select 1`),
     onStateChange: (state, previous) => circuit.onStateChange?.(pool, state, previous)
   })
 }
