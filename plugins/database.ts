@@ -54,10 +54,13 @@ const tracer = trace.getTracer('ledger-api/database')
 // The leading keyword and first table name make a low-cardinality span and metric name ("SELECT users").
 const operationPattern = /^\s*(?:with\b[\s\S]*?\)\s*)?(select|insert|update|delete|with|begin|commit|rollback|set|show|do|explain)\b/i
 const tablePattern = /\b(?:from|into|update|join)\s+("?[a-z_][a-z0-9_.]*"?)/i
+// A statement that only calls a function (`select purge_idempotency_keys($1, $2)`) is named by the function, so
+// background purges are not counted as the readiness probe's bare `select 1`.
+const functionCallPattern = /^\s*select\s+\(?\s*("?[a-z_][a-z0-9_.]*"?)\s*\(/i
 
 export function summarizeStatement (text: string): { operation: string, table: string } {
   const operation = (operationPattern.exec(text)?.[1] ?? 'QUERY').toUpperCase()
-  const table = tablePattern.exec(text)?.[1]?.replaceAll('"', '') ?? ''
+  const table = (tablePattern.exec(text) ?? functionCallPattern.exec(text))?.[1]?.replaceAll('"', '') ?? ''
   return { operation, table }
 }
 

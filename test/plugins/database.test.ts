@@ -48,4 +48,6 @@ t.test('statement summaries give low-cardinality names', async (t) => {
   t.same(summarizeStatement('select id from users where id = $1'), { operation: 'SELECT', table: 'users' })
   t.same(summarizeStatement('insert into posts (a) values ($1)'), { operation: 'INSERT', table: 'posts' })
   t.same(summarizeStatement('select * from post_transaction($1)'), { operation: 'SELECT', table: 'post_transaction' })
+  t.same(summarizeStatement('select purge_idempotency_keys($1, $2) as purged'), { operation: 'SELECT', table: 'purge_idempotency_keys' }, 'a function call is named by its function')
+  t.same(summarizeStatement('select 1'), { operation: 'SELECT', table: '' }, 'the readiness probe stays bare')
 })

@@ -16,7 +16,7 @@ const root = fileURLToPath(new URL('../../', import.meta.url))
 /**
  * Probe statements (`select 1`) this app sent so far: every statement is observed in this histogram, labelled
  * by operation and table, and the probe is the only one without a table (the pollers for revocations and
- * currencies, which also run in the background, read theirs).
+ * currencies, which also run in the background, read theirs; housekeeping's purges are named by their function).
  */
 async function statementsSent (app: Awaited<ReturnType<typeof buildTestApp>>): Promise<number> {
   const { values } = await app.metrics.dbQueryDuration.get()
