@@ -250,3 +250,14 @@ export async function within (deadlineMs: number, check: () => Promise<boolean>)
   }
   return await check() ? Date.now() - started : Infinity
 }
+
+export interface RegisteredEndpoint { id: string, url: string, events: string[], secret: string, createdAt: string }
+
+/** Registers a webhook endpoint through the API for `caller`; deleted when the test ends, so nothing of it is retried against a closed port. */
+export async function registerWebhookEndpoint (t: Teardown, app: App, caller: { authorization: string }, url: string): Promise<RegisteredEndpoint> {
+  const response = await app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: caller.authorization }, payload: { url } })
+  if (response.statusCode !== 201) throw new Error(`register failed: ${response.statusCode} ${response.body}`)
+  const created = response.json() as RegisteredEndpoint
+  t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where id = ${created.id}` })
+  return created
+}

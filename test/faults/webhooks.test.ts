@@ -3,22 +3,13 @@
 // while the endpoint is down. Runs after the main suite, alone (scripts/test.ts), so the workers here see only
 // this file's jobs.
 import { randomUUID } from 'node:crypto'
-import t, { type Test } from 'tap'
-import type { App } from '../../app.ts'
+import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
-import { buildTestApp, createUser, fund, hasLocalStack, ownerSql, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createUser, fund, hasLocalStack, registerWebhookEndpoint, testSql, type TestUser } from '../helper.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
 import { freePort, sleep, startWorker, waitFor } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
-
-async function register (t: Test, app: App, user: TestUser, url: string) {
-  const response = await app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: user.authorization }, payload: { url } })
-  if (response.statusCode !== 201) throw new Error(`register failed: ${response.statusCode} ${response.body}`)
-  const created = response.json() as { id: string, secret: string }
-  t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where id = ${created.id}` })
-  return created
-}
 
 /** `count` transfers of 1 from `from` to `to`, through post_transaction() itself (the API's one statement), in batches. */
 async function transfers (sql: ReturnType<typeof testSql>, from: TestUser, to: TestUser, count: number) {
@@ -56,7 +47,7 @@ t.test('a worker SIGKILLed between claiming and recording: the attempt is made a
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver.url)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   const first = await startWorker(t, { WORKER_LEASE_S: '5' })
   const posted = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'transfer', toUserId: bob.id, amount: 7, currency: 'USD' } })
   t.equal(posted.statusCode, 201)
@@ -82,7 +73,7 @@ t.test('SIGTERM lets the attempt in flight finish and be recorded, then the work
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver.url)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   const worker = await startWorker(t)
   t.equal((await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization, 'idempotency-key': randomUUID() }, payload: { kind: 'transfer', toUserId: bob.id, amount: 3, currency: 'USD' } })).statusCode, 201)
   t.ok(await waitFor(async () => receiver.received.length === 1, 10_000, 20) >= 0, 'mid-delivery (the receiver answers after 1.5 s)')
@@ -99,7 +90,7 @@ t.test('an idle worker is woken by the API\'s Redis message, not its poll', { sk
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver.url)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   await startWorker(t, { WORKER_POLL_MAX_MS: '60000' })
   // Idle this long, its poll interval has doubled past 6 s: only the wake-up can bring it back sooner.
   await sleep(8000)
@@ -118,7 +109,7 @@ t.test('two worker processes on one queue send each attempt once', { skip }, asy
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 10_000)
-  const hook = await register(t, app, alice, receiver.url)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   await Promise.all([startWorker(t), startWorker(t)])
   await transfers(sql, alice, bob, 1000)
   t.ok(await waitFor(async () => (await deliveryStates(sql, hook.id)).delivered === 1000, 60_000, 200) >= 0, 'all delivered')
@@ -134,7 +125,7 @@ t.test('PostgreSQL restarted while events are due: every event delivered after i
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 10_000)
-  const hook = await register(t, app, alice, receiver.url)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   await transfers(sql, alice, bob, 500)
   const worker = await startWorker(t, { WORKER_LEASE_S: '5', WORKER_CONCURRENCY: '4', WEBHOOK_ENDPOINT_CONCURRENCY: '4' })
   await waitFor(async () => receiver.received.length >= 50, 10_000, 10)
@@ -165,7 +156,7 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   const port = await freePort()
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 20_000)
-  const hook = await register(t, app, alice, `http://127.0.0.1:${port}/hooks`)
+  const hook = await registerWebhookEndpoint(t, app, alice, `http://127.0.0.1:${port}/hooks`)
   const count = MANY
   const started = performance.now()
   await transfers(sql, alice, bob, count)

@@ -1,23 +1,14 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import type { App } from '../../app.ts'
-import { buildTestApp, createClient, createUser, fund, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, registerWebhookEndpoint, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { WEBHOOK_DELIVER } from '../../routes/webhook-endpoints/jobs.ts'
 import { purgeDeliveries } from '../../routes/webhook-endpoints/queries.ts'
-import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
+import { startReceiver, verifyStandardWebhook } from '../webhook-receiver.ts'
 
 // Retries come due within a few tens of milliseconds, and attempts time out fast, so the schedule runs in the test.
 const fastRetries = { JOB_RETRY_BASE_MS: '40', JOB_RETRY_MAX_DELAY_S: '1', WEBHOOK_TIMEOUT_MS: '300' }
-
-/** Registers an endpoint that is deleted when the test ends, so nothing of it is retried against a closed port. */
-async function register (t: Test, app: App, caller: TestUser | TestClient, receiver: Receiver, extra: Record<string, unknown> = {}) {
-  const response = await app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: caller.authorization }, payload: { url: receiver.url, ...extra } })
-  if (response.statusCode !== 201) throw new Error(`register failed: ${response.statusCode} ${response.body}`)
-  const created = response.json() as { id: string, url: string, events: string[], secret: string, createdAt: string }
-  t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where id = ${created.id}` })
-  return created
-}
 
 function transfer (app: App, from: TestUser, to: TestUser, amount: number, key: string = randomUUID()) {
   return app.inject({ method: 'POST', url: '/transactions', headers: { authorization: from.authorization, 'idempotency-key': key }, payload: { kind: 'transfer', toUserId: to.id, amount, currency: 'USD' } })
@@ -43,7 +34,7 @@ t.test('register, list without secrets, delete; the endpoint answers 404 to ever
   const receiver = await startReceiver()
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
-  const created = await register(t, app, alice, receiver)
+  const created = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.match(created.secret, /^whsec_[A-Za-z0-9+/]{43}=$/, 'whsec_ and base64 of 32 random bytes')
   t.same(created.events, ['transaction.created'], 'the default subscription')
   t.equal(Buffer.from(created.secret.slice(6), 'base64').length, 32)
@@ -70,9 +61,9 @@ t.test('a transfer is delivered to both sides, signed, with the transaction exac
   t.teardown(receiver.close)
   const [alice, bob, carol] = [await createUser(app), await createUser(app), await createUser(app)]
   await fund(app, alice, 1000)
-  const aliceHook = await register(t, app, alice, receiver)
-  const bobHook = await register(t, app, bob, receiver)
-  const carolHook = await register(t, app, carol, receiver)
+  const aliceHook = await registerWebhookEndpoint(t, app, alice, receiver.url)
+  const bobHook = await registerWebhookEndpoint(t, app, bob, receiver.url)
+  const carolHook = await registerWebhookEndpoint(t, app, carol, receiver.url)
 
   const posted = await transfer(app, alice, bob, 250)
   t.equal(posted.statusCode, 201)
@@ -113,7 +104,7 @@ t.test('a replayed or refused request emits nothing', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  await register(t, app, alice, receiver)
+  await registerWebhookEndpoint(t, app, alice, receiver.url)
   const key = randomUUID()
   t.equal((await transfer(app, alice, bob, 10, key)).statusCode, 201)
   const replay = await transfer(app, alice, bob, 10, key)
@@ -129,7 +120,7 @@ t.test('a receiver answering 500 then 200 gets the same webhook-id again, and th
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
 
   await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
@@ -151,7 +142,7 @@ t.test('a hanging receiver times out and is retried', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
   const started = Date.now()
   await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
@@ -169,7 +160,7 @@ t.test('a redirect is a failed attempt and is never followed', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
   await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
   t.equal(receiver.received.length, 1)
@@ -184,7 +175,7 @@ t.test('after the retry window a delivery is marked failed and leaves the queue'
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   const id = (await transfer(app, alice, bob, 10)).json().id as string
   t.ok(await runUntil(app, async () => (await deliveries(app, alice, hook.id))[0]?.status === 'failed', 200))
   const [delivery] = await deliveries(app, alice, hook.id)
@@ -202,7 +193,7 @@ t.test('a service client with events:read receives the transactions it posted', 
   t.teardown(receiver.close)
   const user = await createUser(app)
   const client = await createClient(app, ['funds:write', 'events:read'])
-  const hook = await register(t, app, client, receiver)
+  const hook = await registerWebhookEndpoint(t, app, client, receiver.url)
   const posted = await fund(app, user, 500, 'USD', { client })
   t.ok(await runUntil(app, () => receiver.received.length >= 1))
   t.equal(JSON.parse(receiver.received[0]!.body).data.id, posted.json().id)
@@ -219,7 +210,7 @@ t.test('deliveries are listed newest first, in cursor pages', async (t) => {
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   const ids: string[] = []
   for (let i = 0; i < 5; i++) ids.push((await transfer(app, alice, bob, 1)).json().id)
   const seen: string[] = []
@@ -242,7 +233,7 @@ t.test('finished deliveries past retention are purged; pending ones never are', 
   t.teardown(receiver.close)
   const [alice, bob] = [await createUser(app), await createUser(app)]
   await fund(app, alice, 100)
-  const hook = await register(t, app, alice, receiver)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   for (let i = 0; i < 2; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
   const [first] = await sql`select id from webhook_deliveries where endpoint_id = ${hook.id} order by id limit 1`
   // One delivered, one still pending; both made to look 8 days old.
