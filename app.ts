@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
 import { isDevelopmentEnv, type Config } from './config.ts'
-import authPlugin from './plugins/auth.ts'
+import authPlugin, { MAX_ACCESS_TOKEN_AGE_S } from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
@@ -55,8 +55,6 @@ export function publicMetricsRoute (config: Config): 'token' | 'open' | 'off' {
   if (config.METRICS_TOKEN !== undefined) return 'token'
   return isDevelopmentEnv(config.NODE_ENV) ? 'open' : 'off'
 }
-/** The longest an access token lives (plugins/auth.ts verifies with maxAge 3600; JWT_TTL_S is at most 3600). */
-const MAX_ACCESS_TOKEN_AGE_S = 3600
 
 const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
 
