@@ -19,7 +19,7 @@ import readinessPlugin from './plugins/readiness.ts'
 import readRouterPlugin from './plugins/read-router.ts'
 import redisPlugin from './plugins/redis.ts'
 import revocationsPlugin from './plugins/revocations.ts'
-import tracingPlugin from './plugins/tracing.ts'
+import tracingPlugin, { traceLogFields } from './plugins/tracing.ts'
 import underPressurePlugin from './plugins/under-pressure.ts'
 import workerPlugin from './plugins/worker.ts'
 import { workerOptions } from './job-handlers.ts'
@@ -61,11 +61,13 @@ const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
 const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
 
 export async function buildApp (config: Config, options: BuildOptions = {}) {
+  const logger = options.logger ?? {
+    level: config.LOG_LEVEL,
+    redact: ['req.headers.authorization', 'req.headers.cookie']
+  }
   const app = Fastify({
-    logger: options.logger ?? {
-      level: config.LOG_LEVEL,
-      redact: ['req.headers.authorization', 'req.headers.cookie']
-    },
+    // Every line carries the trace and span ids of the request (or work) it belongs to (plugins/tracing.ts).
+    logger: typeof logger === 'object' ? { ...logger, mixin: traceLogFields } : logger,
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
     // Slow clients (slowloris) are cut: Node only enforces these when it checks its connections, every 30 s by

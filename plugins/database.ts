@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import postgres from 'postgres'
 import { CircuitBreaker, CircuitOpenError, type BreakerState } from './circuit-breaker.ts'
 import { isConnectionError } from './errors.ts'
+import { childSpansRecord } from './tracing.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -58,10 +59,19 @@ const tablePattern = /\b(?:from|into|update|join)\s+("?[a-z_][a-z0-9_.]*"?)/i
 // background purges are not counted as the readiness probe's bare `select 1`.
 const functionCallPattern = /^\s*select\s+\(?\s*("?[a-z_][a-z0-9_.]*"?)\s*\(/i
 
+const summaries = new Map<string, { operation: string, table: string }>()
+
 export function summarizeStatement (text: string): { operation: string, table: string } {
+  const known = summaries.get(text)
+  if (known !== undefined) return known
   const operation = (operationPattern.exec(text)?.[1] ?? 'QUERY').toUpperCase()
   const table = (tablePattern.exec(text) ?? functionCallPattern.exec(text))?.[1]?.replaceAll('"', '') ?? ''
-  return { operation, table }
+  const summary = { operation, table }
+  // Statement texts come from the code's templates (values are $n), so a few hundred at most; the bound is for
+  // texts built at run time.
+  if (summaries.size >= 1000) summaries.clear()
+  summaries.set(text, summary)
+  return summary
 }
 
 interface RunnableQuery {
@@ -120,7 +130,7 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
     }
     const started = performance.now()
     const context = observe?.started()
-    const span = tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes })
+    const span = childSpansRecord() ? tracer.startSpan('db.query', { kind: SpanKind.CLIENT, attributes: baseAttributes }) : undefined
     let settled = false
     const settle = (error: unknown, result?: unknown) => {
       if (settled) return
@@ -128,14 +138,16 @@ function traceQuery<Q> (pending: Q, baseAttributes: Attributes, observe: QueryOb
       ticket?.(error)
       const text = q.statement?.string ?? (typeof q.strings === 'string' ? q.strings : q.strings.join('$?'))
       const { operation, table } = summarizeStatement(text)
-      span.updateName(table === '' ? operation : `${operation} ${table}`)
-      span.setAttributes({ 'db.query.text': text, 'db.statement': text, 'db.operation.name': operation })
-      if (error !== undefined) {
-        const code = (error as { code?: unknown }).code
-        span.setStatus({ code: SpanStatusCode.ERROR, message: typeof code === 'string' ? code : 'query failed' })
-        if (typeof code === 'string') span.setAttribute('db.response.status_code', code)
+      if (span !== undefined) {
+        span.updateName(table === '' ? operation : `${operation} ${table}`)
+        span.setAttributes({ 'db.query.text': text, 'db.statement': text, 'db.operation.name': operation })
+        if (error !== undefined) {
+          const code = (error as { code?: unknown }).code
+          span.setStatus({ code: SpanStatusCode.ERROR, message: typeof code === 'string' ? code : 'query failed' })
+          if (typeof code === 'string') span.setAttribute('db.response.status_code', code)
+        }
+        span.end()
       }
-      span.end()
       // Rows returned (or affected: postgres.js's count) by the statement.
       const rows = Array.isArray(result) ? result.length : Number((result as { count?: unknown } | undefined)?.count ?? 0)
       observe?.finished({ operation, table, text, rows, durationMs: performance.now() - started, error, context })

@@ -72,13 +72,13 @@ export function testSql (t: Teardown) {
 }
 
 /**
- * Sends one request inside a fresh trace (W3C traceparent) and returns the response with exactly the spans
- * that request produced, so tests can count database spans without interference from anything else.
+ * Sends one request inside a fresh trace (W3C traceparent, sampled unless told otherwise) and returns the response
+ * with exactly the spans that request produced, so tests can count database spans without interference.
  */
-export async function injectTraced (app: App, options: InjectOptions) {
+export async function injectTraced (app: App, options: InjectOptions, sampled = true) {
   const traceId = randomBytes(16).toString('hex')
   const parentId = randomBytes(8).toString('hex')
-  const response = await app.inject({ ...options, headers: { ...options.headers, traceparent: `00-${traceId}-${parentId}-01` } })
+  const response = await app.inject({ ...options, headers: { ...options.headers, traceparent: `00-${traceId}-${parentId}-${sampled ? '01' : '00'}` } })
   // The server span ends in onResponse, which may run just after inject resolves.
   await new Promise((resolve) => setImmediate(resolve))
   const spans = spanExporter.getFinishedSpans().filter((span) => span.spanContext().traceId === traceId)

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { buildTestApp, createUser, dbSpans, injectTraced } from '../helper.ts'
+import { buildTestApp, createUser, dbSpans, injectTraced, openSpans } from '../helper.ts'
 
 /** Parses Prometheus text exposition into `name{labels}` -> value, failing on any malformed line. */
 function parsePrometheus (text: string): Map<string, number> {
@@ -60,6 +60,27 @@ t.test('log lines of a request carry its trace id and request id', async (t) => 
   t.ok(ours.length >= 2, 'incoming and completed lines')
   t.ok(ours.every((line) => line.trace_id === traceId && typeof line.span_id === 'string'), 'each carries the trace id')
   t.notMatch(JSON.stringify(lines), new RegExp(user.token), 'the token is not logged')
+})
+
+t.test('a request its caller did not sample makes no spans at all, and its log lines still carry its trace id', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const app = await buildTestApp(t, {}, {
+    logger: { level: 'info', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }
+  })
+  const alice = await createUser(app)
+  const bob = await createUser(app)
+  lines.length = 0
+  const before = openSpans().length
+  // A cache miss and a fill: database and Redis work that would each have had a span.
+  const { response, spans, traceId } = await injectTraced(app, { method: 'GET', url: `/users/${alice.id}`, headers: { authorization: bob.authorization, 'x-request-id': 'unsampled-1' } }, false)
+  t.equal(response.statusCode, 200)
+  t.same(spans.map((span) => span.name), [], 'nothing recorded: no server, SQL or Redis span')
+  t.equal(openSpans().length, before, 'and none left open')
+  const ours = lines.filter((line) => line.reqId === 'unsampled-1')
+  t.ok(ours.length >= 2, 'incoming and completed lines')
+  t.ok(ours.every((line) => line.trace_id === traceId && typeof line.span_id === 'string' && line.span_id !== ''), 'each carries the trace id')
+  const sampled = await injectTraced(app, { method: 'GET', url: `/users/${bob.id}`, headers: { authorization: alice.authorization } })
+  t.ok(dbSpans(sampled.spans).length >= 1 && sampled.spans.some((span) => span.attributes['db.system.name'] === 'redis'), 'a sampled request still gets its SQL and Redis spans')
 })
 
 t.test('/metrics is Prometheus text whose counters move by exactly what was done', async (t) => {
