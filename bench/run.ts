@@ -50,6 +50,7 @@ const time = quick
   ? { long: 10, pair: 5, warm: 2, pgbench: 5 }
   : { long: 60, pair: 30, warm: 5, pgbench: 30 }
 const BIG_CONNECTIONS = 1000
+const PGBENCH_CLIENTS = 50
 const CONNECTIONS = 100
 const LIST_LIMIT = 25
 const FEED_LIMIT = 19 // not the default 20: the default first page is cached, and this compares the database paths
@@ -288,7 +289,7 @@ async function databaseBaselines () {
     log('pgbench not found (set BENCH_PGBENCH): database baselines skipped')
     return
   }
-  const options = { clients: 50, threads: 2, seconds: time.pgbench, defines: { users: seeded.pool.length } }
+  const options = { clients: PGBENCH_CLIENTS, threads: 2, seconds: time.pgbench, defines: { users: seeded.pool.length } }
   // The ceiling writes ledger tables directly, which the API's role may not: it runs as the owner, through PgBouncer.
   await pgbenchBaseline('pgbench-one-statement', 'pgbench: transfer as one CTE statement (ceiling)',
     () => runPgbench(pgbench, withUserOf(env.databaseUrl, env.directUrl), here('./pgbench/transfer-one-statement.sql'), options))
@@ -367,6 +368,31 @@ async function postScenario () {
   record('post-transactions', 'post-transactions', 'post-transactions (transfers)', BIG_CONNECTIONS,
     await measure([{ connections: BIG_CONNECTIONS, requests, route: 'POST /transactions' }]),
     ['every request a transfer between two random users with a unique Idempotency-Key, like the pgbench scripts'])
+  // At 1,000 connections most requests wait for one of the pool's connections, and that waiting costs CPU of its
+  // own; at pgbench's concurrency the API's cost per write is what the write itself costs.
+  await warmUp([{ connections: PGBENCH_CLIENTS, requests }])
+  const atPgbench = record('post-transactions-50', 'post-transactions', `post-transactions (transfers, ${PGBENCH_CLIENTS} connections)`, PGBENCH_CLIENTS,
+    await measure([{ connections: PGBENCH_CLIENTS, requests, duration: time.pair, route: 'POST /transactions' }]),
+    [`the same transfers at the database baselines' concurrency (pgbench -c ${PGBENCH_CLIENTS})`])
+  apiCpuGoal('post-api-cpu', 'POST /transactions: API CPU per request', atPgbench, 0.18)
+}
+
+/** Issue 20's goals: the API process's CPU per request, absolute, on the bench machine. */
+function apiCpuGoal (id: string, label: string, run: RunRecord, targetMs: number) {
+  const per = cpuPerRequest(run.samples, run.load.rps)
+  if (per === undefined) return
+  comparisons.push(compare({
+    id,
+    label,
+    measured: run.label,
+    reference: '',
+    measuredValue: per.api,
+    referenceValue: targetMs,
+    value: per.api,
+    unit: 'ms',
+    target: { op: '<=', value: targetMs },
+    note: `${per.api.toFixed(3)} ms at ${run.load.rps.toFixed(0)} req/s (API process CPU seconds / requests)`
+  }))
 }
 
 async function walkCursors (caller: Caller, pages: number): Promise<string[]> {
@@ -435,6 +461,7 @@ async function userCacheScenario () {
   await warmUp([{ connections: CONNECTIONS, requests: hits }])
   const hitRun = record('user-cache-hits', 'user-cache', 'user-cache: hits (10 warm ids)', CONNECTIONS,
     await measure([{ connections: CONNECTIONS, requests: hits, duration: time.pair, route: 'GET /users/:id (hit)' }]))
+  apiCpuGoal('user-cache-api-cpu', 'cached GET /users/:id: API CPU per request', hitRun, 0.06)
   const warmIds = seeded.profileIds.slice(0, 1000)
   const missIds = seeded.profileIds.slice(1000)
   await warmUp([{ connections: CONNECTIONS, requests: sequentialGets(callers[0]!, warmIds.map((id) => `/users/${id}`), 'warm') }])
