@@ -100,6 +100,9 @@ const schema = z.object({
 
   CACHE_TTL_S: z.coerce.number().int().min(1).default(300),
   CACHE_JITTER: z.coerce.number().min(0).max(1).default(0.1),
+  // Near cache (plugins/near-cache.ts): hot cache entries also held in each API process, invalidated by Redis.
+  CACHE_NEAR_MAX_ENTRIES: z.coerce.number().int().min(0).max(1_000_000).default(10_000),
+  CACHE_NEAR_MAX_AGE_MS: z.coerce.number().int().min(1).max(60_000).default(1000),
   FEED_CACHE_TTL_S: z.coerce.number().int().min(1).default(30),
   // Feeds one fan-out step writes (one INSERT ... SELECT, one transaction): bounds each step's locks and duration;
   // the job stores its cursor after each step, so a worker that dies loses at most one step's work (redone, once).

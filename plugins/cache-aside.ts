@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Result } from 'ioredis'
 import type { Metrics } from './metrics.ts'
+import { createNearCache, type NearCache } from './near-cache.ts'
 import type { RedisClient } from './redis.ts'
 import { traceRedis } from './tracing.ts'
 
@@ -27,6 +28,7 @@ declare module 'ioredis' {
  * which never starts with NUL, so a lease can never be mistaken for one.
  */
 const LEASE_PREFIX = '\u0000lease:'
+const isValue = (stored: string) => !stored.startsWith(LEASE_PREFIX)
 const FILL_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -44,6 +46,8 @@ return 0
 export interface CacheAsideOptions {
   /** Fraction of the TTL added at random (0.1 = up to +10 %), so keys written together expire apart. */
   jitter: number
+  /** Entries also held in this process while Redis says they are unchanged (plugins/near-cache.ts); none by default. */
+  near?: NearCache | undefined
   keyPrefix?: string
   /** How long a reader's lease lasts (ms): a load slower than this is served but not stored. */
   leaseMs?: number
@@ -66,6 +70,7 @@ export interface CacheAside {
 
 export function createCacheAside (redis: RedisClient, metrics: Metrics, options: CacheAsideOptions, onError: (error: unknown, operation: string) => void): CacheAside {
   const prefix = options.keyPrefix ?? 'cache:'
+  const near = options.near
   const leaseMs = options.leaseMs ?? 10_000
   // Concurrent misses for one key inside this process share one load: a burst on a cold key costs one query.
   const inFlight = new Map<string, { promise: Promise<unknown>, stale: boolean }>()
@@ -94,15 +99,21 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
 
   async function load<T> (cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>, flight: { stale: boolean }): Promise<T | null> {
     const fullKey = redisKey(cache, key)
+    const held = near?.peek(fullKey)
+    if (held !== undefined) {
+      metrics.cacheRequests.inc({ cache, result: 'hit' })
+      metrics.cacheNearHits.inc({ cache })
+      return JSON.parse(held) as T
+    }
     let cached: string | null = null
     let reachable = true
     try {
-      cached = await traceRedis('GET', `cache get ${cache}`, () => redis.get(fullKey))
+      cached = await traceRedis('GET', `cache get ${cache}`, () => near === undefined ? redis.get(fullKey) : near.get(fullKey, isValue))
     } catch (error) {
       reachable = false
       failed(error, 'cache_get')
     }
-    if (cached !== null && !cached.startsWith(LEASE_PREFIX)) {
+    if (cached !== null && isValue(cached)) {
       metrics.cacheRequests.inc({ cache, result: 'hit' })
       return JSON.parse(cached) as T
     }
@@ -145,6 +156,7 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
   // A load that started before the write must not put the old value back after we delete it, and later readers
   // must not join it.
   const markStale = (fullKey: string) => {
+    near?.forget(fullKey)
     const flight = inFlight.get(fullKey)
     if (flight !== undefined) {
       flight.stale = true
@@ -188,8 +200,21 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
   }
 }
 
-async function cacheAsidePlugin (app: FastifyInstance, options: CacheAsideOptions) {
-  app.decorate('cache', createCacheAside(app.redis, app.metrics, options, (error, operation) => {
+export interface CacheAsidePluginOptions {
+  jitter: number
+  /** Near cache size per process (0: off) and how long it holds a value at most. */
+  nearMaxEntries: number
+  nearMaxAgeMs: number
+}
+
+async function cacheAsidePlugin (app: FastifyInstance, options: CacheAsidePluginOptions) {
+  const near = createNearCache(app.redis, {
+    maxEntries: options.nearMaxEntries,
+    maxAgeMs: options.nearMaxAgeMs,
+    onError: (error) => { app.log.warn({ err: error }, 'near cache off until its connections are back: reads go to redis') }
+  })
+  app.addHook('onClose', async () => { near?.close() })
+  app.decorate('cache', createCacheAside(app.redis, app.metrics, { jitter: options.jitter, near }, (error, operation) => {
     app.log.warn({ err: error, operation }, 'cache unavailable, served from the database')
   }))
 }

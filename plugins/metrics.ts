@@ -110,6 +110,12 @@ export function createMetrics () {
       labelNames: ['cache', 'result'] as const,
       registers: [registry]
     }),
+    cacheNearHits: new Counter({
+      name: 'ledger_cache_near_hits_total',
+      help: 'Cache hits served from the process itself (near cache, no Redis round trip), by cache name; also counted in ledger_cache_requests_total.',
+      labelNames: ['cache'] as const,
+      registers: [registry]
+    }),
     rateLimitDecisions: new Counter({
       name: 'ledger_rate_limit_decisions_total',
       help: 'Rate-limit decisions by tier (standard, pro, public) and decision (admitted, rejected).',
