@@ -234,8 +234,8 @@ const findBaseline = (id: string) => baselines.find((b) => b.id === id)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Baselines
-async function bareBaseline (connections: number) {
-  const bare = await startNodeServer(here('./bare-server.ts'), { ...process.env, BENCH_SERVER_MAX_S: '600' })
+async function bareBaseline (connections: number, withLimiter = false) {
+  const bare = await startNodeServer(here('./bare-server.ts'), { ...process.env, BENCH_SERVER_MAX_S: '600', ...(withLimiter ? { BENCH_BARE_REDIS_URL: env.redisUrl } : {}) })
   children.push(bare)
   try {
     const requests: autocannon.Request[] = [{ method: 'GET', path: '/' }]
@@ -246,8 +246,8 @@ async function bareBaseline (connections: number) {
     const load = summarize([result], recorder, wallS)
     const samples = await s.stop()
     baselines.push({
-      id: `bare-${connections}`,
-      label: `bare Fastify, constant JSON (${connections} conns)`,
+      id: withLimiter ? `bare-limiter-${connections}` : `bare-${connections}`,
+      label: withLimiter ? `bare Fastify + the rate-limit script in Redis, constant JSON (${connections} conns)` : `bare Fastify, constant JSON (${connections} conns)`,
       tool: 'autocannon',
       connections,
       rps: load.rps,
@@ -256,7 +256,7 @@ async function bareBaseline (connections: number) {
       samples,
       details: { statusCodes: load.statusCodes, timeouts: load.timeouts }
     })
-    log(`baseline bare Fastify @${connections}: ${load.rps.toFixed(0)} req/s, p99 ${load.latency.p99.toFixed(2)} ms`)
+    log(`baseline bare Fastify${withLimiter ? ' + limiter' : ''} @${connections}: ${load.rps.toFixed(0)} req/s, p99 ${load.latency.p99.toFixed(2)} ms`)
   } finally {
     await bare.stop()
     children.splice(children.indexOf(bare), 1)
@@ -475,6 +475,23 @@ async function userCacheScenario () {
   const hitRun = record('user-cache-hits', 'user-cache', 'user-cache: hits (10 warm ids)', CONNECTIONS,
     await measure([{ connections: CONNECTIONS, requests: hits, duration: time.pair, route: 'GET /users/:id (hit)' }]))
   apiCpuGoal('user-cache-api-cpu', 'cached GET /users/:id: API CPU per request', hitRun, 0.06)
+  const bareLimiter = findBaseline(`bare-limiter-${CONNECTIONS}`)
+  if (bareLimiter !== undefined) {
+    // Issue 20: what a cached read costs beyond the one Redis round trip every API request makes (the limiter's).
+    comparisons.push(compare({
+      id: 'user-cache-vs-bare-limiter',
+      label: 'cached GET /users/:id vs bare Fastify + the rate-limit round trip',
+      measured: hitRun.label,
+      reference: bareLimiter.label,
+      measuredValue: hitRun.load.rps,
+      referenceValue: bareLimiter.rps,
+      value: hitRun.load.rps / bareLimiter.rps,
+      unit: 'ratio',
+      target: undefined,
+      note: 'the reference runs the same token-bucket script through the same client settings, and nothing else'
+    }))
+    cpuCompare('user-cache-vs-bare-limiter', 'cached GET /users/:id vs bare Fastify + the rate-limit round trip', runSide(hitRun), baselineSide(bareLimiter), 'api', 'API process vs bare process with the limiter')
+  }
   const warmIds = seeded.profileIds.slice(0, 1000)
   const missIds = seeded.profileIds.slice(1000)
   await warmUp([{ connections: CONNECTIONS, requests: sequentialGets(callers[0]!, warmIds.map((id) => `/users/${id}`), 'warm') }])
@@ -769,7 +786,7 @@ const steps: Array<[string, () => Promise<void>]> = [
   ['mixed-1000', async () => { await bareBaseline(BIG_CONNECTIONS); await mixedScenario() }],
   ['post-transactions', async () => { await databaseBaselines(); await postScenario() }],
   ['list-2m', listScenario],
-  ['user-cache', async () => { await bareBaseline(CONNECTIONS); await redisBaseline(); await userCacheScenario() }],
+  ['user-cache', async () => { await bareBaseline(CONNECTIONS); await bareBaseline(CONNECTIONS, true); await redisBaseline(); await userCacheScenario() }],
   ['feed', feedScenario],
   ['abuse', abuseScenario],
   ['fixed-rate', fixedRateScenario],
