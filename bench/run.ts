@@ -226,6 +226,21 @@ function cpuCompare (id: string, label: string, measured: { label: string, sampl
     note: `${m[part].toFixed(3)} vs ${r[part].toFixed(3)} CPU ms per request; ${note}`
   }))
 }
+/** The usual comparison by throughput: measured req/s over reference req/s (above 1: the measured side is faster). */
+function throughputRatio (id: string, label: string, measured: { label: string, rps: number }, reference: { label: string, rps: number }, target: number | undefined, note: string): Comparison {
+  return compare({
+    id,
+    label,
+    measured: measured.label,
+    reference: reference.label,
+    measuredValue: measured.rps,
+    referenceValue: reference.rps,
+    value: measured.rps / reference.rps,
+    unit: 'ratio',
+    target: target === undefined ? undefined : { op: '>=', value: target },
+    note
+  })
+}
 const runSide = (run: RunRecord) => ({ label: run.label, samples: run.samples, rps: run.load.rps })
 const baselineSide = (b: BaselineRecord) => ({ label: b.label, samples: b.samples, rps: b.rps })
 
@@ -478,18 +493,8 @@ async function userCacheScenario () {
   const bareLimiter = findBaseline(`bare-limiter-${CONNECTIONS}`)
   if (bareLimiter !== undefined) {
     // Issue 20: what a cached read costs beyond the one Redis round trip every API request makes (the limiter's).
-    comparisons.push(compare({
-      id: 'user-cache-vs-bare-limiter',
-      label: 'cached GET /users/:id vs bare Fastify + the rate-limit round trip',
-      measured: hitRun.label,
-      reference: bareLimiter.label,
-      measuredValue: hitRun.load.rps,
-      referenceValue: bareLimiter.rps,
-      value: hitRun.load.rps / bareLimiter.rps,
-      unit: 'ratio',
-      target: undefined,
-      note: 'the reference runs the same token-bucket script through the same client settings, and nothing else'
-    }))
+    comparisons.push(throughputRatio('user-cache-vs-bare-limiter', 'cached GET /users/:id vs bare Fastify + the rate-limit round trip', runSide(hitRun), baselineSide(bareLimiter), undefined,
+      'the reference runs the same token-bucket script through the same client settings, and nothing else'))
     cpuCompare('user-cache-vs-bare-limiter', 'cached GET /users/:id vs bare Fastify + the rate-limit round trip', runSide(hitRun), baselineSide(bareLimiter), 'api', 'API process vs bare process with the limiter')
   }
   const warmIds = seeded.profileIds.slice(0, 1000)
@@ -906,18 +911,8 @@ if (post !== undefined) {
     // Issue 20: the one-statement CTE is a ceiling no checked write reaches; the minimal ledger write does what any
     // transfer must (key, ordered locks, funds check, two balances, transaction and entries, foreign keys), so
     // the gap to it is what our API and our function add on top of the necessary work.
-    comparisons.splice(6, 0, compare({
-      id: 'post-vs-minimal',
-      label: 'POST /transactions vs a minimal ledger write',
-      measured: postSameConcurrency.label,
-      reference: minimal.label,
-      measuredValue: postSameConcurrency.load.rps,
-      referenceValue: minimal.rps,
-      value: postSameConcurrency.load.rps / minimal.rps,
-      unit: 'ratio',
-      target: { op: '>=', value: 0.6 },
-      note: 'pgbench: 50 clients through the same PgBouncer, bench_minimal.transfer() on tables of its own (bench/pgbench/minimal-ledger.sql)'
-    }))
+    comparisons.splice(6, 0, throughputRatio('post-vs-minimal', 'POST /transactions vs a minimal ledger write', runSide(postSameConcurrency), baselineSide(minimal), 0.6,
+      'pgbench: 50 clients through the same PgBouncer, bench_minimal.transfer() on tables of its own (bench/pgbench/minimal-ledger.sql)'))
     cpuCompare('post-vs-minimal', 'POST /transactions vs a minimal ledger write', runSide(postSameConcurrency), baselineSide(minimal), 'db', 'database work per money write: post_transaction() vs the minimal function')
     chartPairs.splice(2, 0, { check: 'POST /transactions vs a minimal ledger write', measuredName: postSameConcurrency.label, measured: postSameConcurrency.load.rps, referenceName: minimal.label, reference: minimal.rps, target: 0.6 })
   }
@@ -925,18 +920,8 @@ if (post !== undefined) {
 if (ours !== undefined && minimal !== undefined) {
   // Both sides are pgbench, so this is the function alone: what post_transaction()'s checks, triggers, indexes and
   // outbox cost beyond the minimal write (issue 20's 1.9x database time).
-  comparisons.push(compare({
-    id: 'statement-vs-minimal',
-    label: 'post_transaction() vs the minimal ledger write (both pgbench)',
-    measured: ours.label,
-    reference: minimal.label,
-    measuredValue: ours.rps,
-    referenceValue: minimal.rps,
-    value: ours.rps / minimal.rps,
-    unit: 'ratio',
-    target: undefined,
-    note: 'the same call shape, clients and PgBouncer; below 1: what our function does beyond the work a transfer must do'
-  }))
+  comparisons.push(throughputRatio('statement-vs-minimal', 'post_transaction() vs the minimal ledger write (both pgbench)', baselineSide(ours), baselineSide(minimal), undefined,
+    'the same call shape, clients and PgBouncer; below 1: what our function does beyond the work a transfer must do'))
   cpuCompare('statement-vs-minimal', 'post_transaction() vs the minimal ledger write (both pgbench)', baselineSide(ours), baselineSide(minimal), 'db', 'database CPU per write')
 }
 if (ceiling !== undefined && ours !== undefined) {

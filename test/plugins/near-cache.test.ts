@@ -3,7 +3,7 @@
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { createNearCache } from '../../plugins/near-cache.ts'
-import { buildTestApp, createUser, testConfig } from '../helper.ts'
+import { buildTestApp, createUser, testConfig, within } from '../helper.ts'
 import { createRedis } from '../../plugins/redis.ts'
 
 const metric = async (app: App, name: string) => {
@@ -12,12 +12,8 @@ const metric = async (app: App, name: string) => {
 }
 const nearHits = (app: App) => metric(app, 'ledger_cache_near_hits_total')
 
-async function until (check: () => boolean, what: string, timeoutMs = 5000) {
-  const started = Date.now()
-  while (!check()) {
-    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
+async function until (check: () => boolean, what: string) {
+  if (await within(5000, async () => check()) === Infinity) throw new Error(`timed out waiting for ${what}`)
 }
 
 t.test('a profile read again is served by the process itself, and a rename on another process is seen by the very next read', async (t) => {
