@@ -181,7 +181,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     queue: config.PASSWORD_HASH_QUEUE
   })
 
-  await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER, nearMaxEntries: config.CACHE_NEAR_MAX_ENTRIES, nearMaxAgeMs: config.CACHE_NEAR_MAX_AGE_MS })
+  await app.register(cacheAsidePlugin, {
+    jitter: config.CACHE_JITTER,
+    near: { maxEntries: config.CACHE_NEAR_MAX_ENTRIES, maxAgeMs: config.CACHE_NEAR_MAX_AGE_MS }
+  })
   await app.register(housekeepingPlugin, {
     idempotencyKeyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600,
     refreshTokenTtlS: config.REFRESH_TOKEN_TTL_S,

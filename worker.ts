@@ -33,7 +33,7 @@ await app.register(databasePlugin, {
 })
 await app.register(redisPlugin, { url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, clusterNodes: config.REDIS_CLUSTER_NODES })
 // The worker invalidates cache entries but reads none, so it holds none in a near cache.
-await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER, nearMaxEntries: 0, nearMaxAgeMs: 1 })
+await app.register(cacheAsidePlugin, { jitter: config.CACHE_JITTER })
 // This process exists to run the loop: WORKER_ENABLED is for API processes.
 await app.register(workerPlugin, workerOptions(config, metrics, app.cache, true))
 

@@ -121,8 +121,6 @@ export interface AuthOptions {
   issuer: string
   audience: string
   ttlSeconds: number
-  /** Verified tokens remembered per process (see verifiedTokens); 0 verifies every request in full. */
-  verifiedTokenCacheSize?: number
 }
 
 /** The longest an access token is accepted after it was issued, whatever its `exp` says (JWT_TTL_S is at most this). */
@@ -154,7 +152,6 @@ function verifiedTokens (size: number) {
       return undefined
     },
     set (token: string, principal: Principal, untilMs: number) {
-      if (size === 0) return
       if (entries.size >= size) entries.delete(entries.keys().next().value!)
       // Frozen: one principal object now serves many requests, and none of them may change it for the others.
       entries.set(token, { principal: Object.freeze(principal), untilMs })
@@ -189,7 +186,7 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
       return principal
     }
   })
-  const verified = verifiedTokens(options.verifiedTokenCacheSize ?? 10_000)
+  const verified = verifiedTokens(10_000)
 
   app.decorate('issueToken', async (user: UserTokenSubject) => {
     const accessToken = await app.jwt.sign(userClaims(user))

@@ -97,14 +97,7 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
     }
   }
 
-  async function load<T> (cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>, flight: { stale: boolean }): Promise<T | null> {
-    const fullKey = redisKey(cache, key)
-    const held = near?.peek(fullKey)
-    if (held !== undefined) {
-      metrics.cacheRequests.inc({ cache, result: 'hit' })
-      metrics.cacheNearHits.inc({ cache })
-      return JSON.parse(held) as T
-    }
+  async function load<T> (cache: string, fullKey: string, ttlSeconds: number, loader: () => Promise<T | null>, flight: { stale: boolean }): Promise<T | null> {
     let cached: string | null = null
     let reachable = true
     try {
@@ -167,10 +160,17 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
   return {
     get<T> (cache: string, key: string, ttlSeconds: number, loader: () => Promise<T | null>) {
       const fullKey = redisKey(cache, key)
+      // Held in this process: no Redis round trip, and nothing to share with concurrent readers.
+      const held = near?.peek(fullKey)
+      if (held !== undefined) {
+        metrics.cacheRequests.inc({ cache, result: 'hit' })
+        metrics.cacheNearHits.inc({ cache })
+        return Promise.resolve(JSON.parse(held) as T)
+      }
       const pending = inFlight.get(fullKey)
       if (pending !== undefined) return pending.promise as Promise<T | null>
       const flight = { promise: Promise.resolve() as Promise<unknown>, stale: false }
-      const promise = load(cache, key, ttlSeconds, loader, flight).finally(() => {
+      const promise = load(cache, fullKey, ttlSeconds, loader, flight).finally(() => {
         if (inFlight.get(fullKey) === flight) inFlight.delete(fullKey)
       })
       flight.promise = promise
@@ -202,17 +202,17 @@ export function createCacheAside (redis: RedisClient, metrics: Metrics, options:
 
 export interface CacheAsidePluginOptions {
   jitter: number
-  /** Near cache size per process (0: off) and how long it holds a value at most. */
-  nearMaxEntries: number
-  nearMaxAgeMs: number
+  /** The near cache: its size per process (0: off) and how long it holds a value at most; without it, none. */
+  near?: { maxEntries: number, maxAgeMs: number }
 }
 
 async function cacheAsidePlugin (app: FastifyInstance, options: CacheAsidePluginOptions) {
-  const near = createNearCache(app.redis, {
-    maxEntries: options.nearMaxEntries,
-    maxAgeMs: options.nearMaxAgeMs,
-    onError: (error) => { app.log.warn({ err: error }, 'near cache off until its connections are back: reads go to redis') }
-  })
+  const near = options.near === undefined
+    ? undefined
+    : createNearCache(app.redis, {
+      ...options.near,
+      onError: (error) => { app.log.warn({ err: error }, 'near cache off until its connections are back: reads go to redis') }
+    })
   app.addHook('onClose', async () => { near?.close() })
   app.decorate('cache', createCacheAside(app.redis, app.metrics, { jitter: options.jitter, near }, (error, operation) => {
     app.log.warn({ err: error, operation }, 'cache unavailable, served from the database')
