@@ -7,7 +7,7 @@
 // BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench).
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdirSync, readdirSync } from 'node:fs'
 import { availableParallelism, loadavg, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -314,8 +314,8 @@ async function databaseBaselines () {
   // accounts from, and rebuilt on every run like the database. Owner only: it is a bench object, not the API's.
   const owner = postgres(env.directUrl, { max: 1, onnotice: () => {} })
   try {
-    // A trusted project file, never request input: unsafe() runs its multi-statement text.
-    await owner.unsafe(readFileSync(here('./pgbench/minimal-ledger.sql'), 'utf8'))
+    // A project file of several statements, sent as it is (simple protocol): no value is ever put into it.
+    await owner.file(here('./pgbench/minimal-ledger.sql'))
     // As the seed does for the product's tables: no hint-bit writes or autovacuum inside the measured run.
     await owner`vacuum analyze bench_minimal.accounts`
   } finally {
