@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
 import { isDevelopmentEnv, type Config } from './config.ts'
 import authPlugin, { MAX_ACCESS_TOKEN_AGE_S } from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
+import credentialResponsesPlugin from './plugins/credential-responses.ts'
 import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
@@ -43,6 +44,11 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
   metrics?: Metrics
+  /**
+   * Runs after every infrastructure plugin and before the first route, so hooks it adds apply to every route and
+   * run after the app's own (the tests check every response against openapi.json there).
+   */
+  beforeRoutes?: (app: FastifyInstance) => void
 }
 
 /**
@@ -114,6 +120,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const metrics = options.metrics ?? createMetrics()
   await app.register(errorsPlugin)
   await app.register(gracefulClosePlugin)
+  await app.register(credentialResponsesPlugin)
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
   metrics.dbCircuitState.set({ pool: 'primary' }, 0)
   if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
@@ -199,6 +206,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(workerPlugin, workerOptions(config, metrics, app.cache, config.WORKER_ENABLED))
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
+  options.beforeRoutes?.(app)
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).
   await app.register(healthRoutes)
   await app.register(rateLimitPlugin, {

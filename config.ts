@@ -93,6 +93,13 @@ const schema = z.object({
   JWT_ISSUER: z.string().min(1).default('ledger-api'),
   JWT_AUDIENCE: z.string().min(1).default('ledger-api'),
   JWT_TTL_S: z.coerce.number().int().min(60).max(3600).default(900),
+  // The OAuth issuer identifier published at /.well-known/oauth-authorization-server (RFC 8414): the public origin
+  // clients reach the API at. Unset, the origin each request came to is used (fine locally; a deployment sets it,
+  // so the metadata never depends on a Host header).
+  OAUTH_ISSUER: url(['https:', 'http:'])
+    .refine((value) => { const parsed = new URL(value); return parsed.pathname === '/' && parsed.search === '' && parsed.hash === '' && !value.endsWith('/') },
+      { message: 'must be an origin such as https://api.example.com (no path, query, fragment or trailing slash)' })
+    .optional(),
 
   BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
   TRUST_PROXY: list.default([]),

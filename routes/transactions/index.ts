@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { authorize, type PrincipalKind } from '../../plugins/auth.ts'
 import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { wakeWorkers } from '../../plugins/jobs.ts'
-import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
@@ -53,7 +53,15 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Move money exactly once per Idempotency-Key: a user transfers; a service client (funds:write) deposits or withdraws',
       headers: IdempotencyHeadersSchema,
       body: CreateTransactionBodySchema,
-      response: { 201: TransactionSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 422: ProblemSchema, ...commonErrors }
+      ...responses({
+        201: { schema: TransactionSchema, description: 'Posted; or, for a retry with the same key and body, the original answer (Idempotent-Replayed: true).', headers: ['Location', 'Idempotent-Replayed'] },
+        400: 'A transfer to yourself, or Idempotency-Key missing or not 1 to 255 visible ASCII characters.',
+        401: 'The account or client the token names no longer exists, or was revoked.',
+        403: 'The kind is not the caller\'s: a user posts transfers only, a service client deposits and withdrawals only.',
+        404: 'The user to fund does not exist.',
+        409: 'The reference was already used by another transaction of this client; nothing was written.',
+        422: 'insufficient_funds or balance_limit_exceeded (nothing was written), or the Idempotency-Key was used before with a different body.'
+      })
     }
   }, async (request, reply) => {
     const { body, user } = request
@@ -89,7 +97,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['money'],
       summary: 'Newest first (cursor pagination): for a user the transactions that touch them, for a client the ones it posted',
       querystring: ListTransactionsQuerySchema,
-      response: { 200: TransactionPageSchema, ...commonErrors }
+      ...responses({ 200: { schema: TransactionPageSchema, description: 'One page, newest first; nextCursor is null on the last.' }, 400: 'The cursor is not one this list gave you.' })
     }
   }, async (request) => {
     const { limit, cursor } = request.query
@@ -107,7 +115,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['money'],
       summary: 'One transaction the caller could list',
       params: TransactionIdParamsSchema,
-      response: { 200: TransactionSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: TransactionSchema, description: 'The transaction.' }, 404: 'No such transaction the caller could list.' })
     }
   }, async (request) => {
     // Someone else's transaction is "not found", never "forbidden": its existence is not revealed.

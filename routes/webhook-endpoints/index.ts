@@ -1,7 +1,7 @@
 import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
-import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
 import { checkTarget } from './outbound.ts'
 import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, toDelivery } from './queries.ts'
 import {
@@ -20,13 +20,18 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
   const policy = { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS }
 
   app.post('/webhook-endpoints', {
-    config: routeConfig,
+    // The answer holds the endpoint's signing secret.
+    config: { ...routeConfig, carriesCredentials: true },
     schema: {
       operationId: 'createWebhookEndpoint',
       tags: ['webhooks'],
       summary: `Register a URL that receives signed events (at most ${MAX_ENDPOINTS_PER_PRINCIPAL}); the secret is shown only in this answer`,
       body: CreateWebhookEndpointBodySchema,
-      response: { 201: CreatedWebhookEndpointSchema, 403: ProblemSchema, 409: ProblemSchema, ...commonErrors }
+      ...responses({
+        201: { schema: CreatedWebhookEndpointSchema, description: 'Registered: the endpoint with its signing secret, shown only here.', headers: ['Location'] },
+        400: 'The URL is not allowed: not https, or it resolves to a private, loopback or link-local address.',
+        409: `The caller already has ${MAX_ENDPOINTS_PER_PRINCIPAL} endpoints; delete one first.`
+      })
     }
   }, async (request, reply) => {
     const { url, events } = request.body
@@ -46,7 +51,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       operationId: 'listWebhookEndpoints',
       tags: ['webhooks'],
       summary: 'The caller\'s webhook endpoints, oldest first (never their secrets)',
-      response: { 200: WebhookEndpointListSchema, 403: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: WebhookEndpointListSchema, description: 'The caller\'s endpoints, without their secrets.' } })
     }
   }, async (request) => ({ data: await listEndpoints(db, request.user) }))
 
@@ -57,7 +62,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['webhooks'],
       summary: 'Delete one of the caller\'s webhook endpoints; its pending deliveries are dropped',
       params: WebhookEndpointIdParamsSchema,
-      response: { 204: z.null().describe('Deleted'), 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 204: { schema: z.null(), description: 'Deleted.' }, 404: 'No such endpoint of the caller\'s.' })
     }
   }, async (request, reply) => {
     if (!await deleteEndpoint(db, request.user, request.params.id)) throw endpointNotFound()
@@ -72,7 +77,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'An endpoint\'s deliveries, newest first (cursor pagination): pending, delivered or failed, with attempts',
       params: WebhookEndpointIdParamsSchema,
       querystring: ListDeliveriesQuerySchema,
-      response: { 200: WebhookDeliveryPageSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: WebhookDeliveryPageSchema, description: 'One page, newest first; nextCursor is null on the last.' }, 400: 'The cursor is not one this list gave you.', 404: 'No such endpoint of the caller\'s.' })
     }
   }, async (request) => {
     const { id } = request.params

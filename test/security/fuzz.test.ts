@@ -54,7 +54,8 @@ function inlineRefs<T> (value: T, schemas: Record<string, JsonSchema>, seen: str
   if (Array.isArray(value)) return value.map((item) => inlineRefs(item, schemas, seen)) as T
   if (typeof value !== 'object' || value === null) return value
   const ref = (value as JsonSchema).$ref
-  if (typeof ref === 'string') {
+  // Only schemas are inlined; a response's header references stay as they are.
+  if (typeof ref === 'string' && ref.startsWith('#/components/schemas/')) {
     const name = ref.replace('#/components/schemas/', '')
     const target = schemas[name]
     if (target === undefined || seen.includes(name)) throw new Error(`cannot inline ${ref}`)
@@ -316,7 +317,7 @@ async function setUpWorld (app: App): Promise<World> {
     victimCursors: await cursors(victim),
     attackerTransactionIds,
     attackerCursors: await cursors(attacker),
-    attackerRefreshToken: (await app.inject({ method: 'POST', url: '/auth/token', payload: { email: attacker.email, password: attacker.password } })).json().refreshToken as string,
+    attackerRefreshToken: (await app.inject({ method: 'POST', url: '/auth/token', payload: { email: attacker.email, password: attacker.password } })).json().refresh_token as string,
     clientTransactionIds,
     clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string],
     victimPostIds,
@@ -449,7 +450,10 @@ function problemType (response: LightMyRequestResponse): unknown {
 function checkResponse (world: World, route: string, request: FuzzRequest, response: LightMyRequestResponse): string | undefined {
   const { attacker, client, victim, recipient } = world
   const status = response.statusCode
-  if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
+  // The token endpoint answers RFC 6749 section 5.2's JSON; every other error is problem+json.
+  if (route === 'POST /auth/token' && status >= 400) {
+    if (!/^application\/json/.test(String(response.headers['content-type'])) || typeof (response.json() as { error?: unknown }).error !== 'string') return `a ${status} that is not an RFC 6749 error`
+  } else if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
   if (response.body.includes('scrypt$')) return 'a password hash in the response'
   for (const other of [victim, recipient]) {
     if (response.body.toLowerCase().includes(other.email)) return `${other === victim ? 'the victim' : 'the recipient'}'s email in the response`
@@ -541,15 +545,15 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     }
     case 'POST /auth/token': {
       if (body.grant_type === 'client_credentials') {
-        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown, client_id?: unknown }
+        const claims = JSON.parse(Buffer.from(String(json.access_token).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown, client_id?: unknown }
         if (claims.sub !== client.id || claims.client_id !== client.id) return 'a token for a client other than the attacker\'s'
         return String(json.scope).split(' ').every((scope) => (client.scopes as string[]).includes(scope)) ? undefined : `a scope the client does not hold: ${String(json.scope)}`
       }
       if (body.grant_type === 'refresh_token') {
-        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown }
+        const claims = JSON.parse(Buffer.from(String(json.access_token).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown }
         return claims.sub === attacker.id ? undefined : 'a refreshed token for someone other than the attacker'
       }
-      return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
+      return String(body.email ?? body.username).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
     }
     default: return undefined
   }
@@ -568,7 +572,7 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
   const freshSession = async () => {
     const login = await app.inject({ method: 'POST', url: '/auth/token', payload: { email: world.attacker.email, password: world.attacker.password } })
     if (login.statusCode !== 200) throw new Error(`attacker login failed: ${login.statusCode} ${login.body}`)
-    return `Bearer ${login.json().accessToken as string}`
+    return `Bearer ${login.json().access_token as string}`
   }
   // Nothing of the fuzzed endpoints is left for a worker to retry against the closed port.
   t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where principal_id in ${ownerSql()([world.attacker.id, world.victim.id])}` })
