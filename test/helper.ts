@@ -66,6 +66,7 @@ function addWireCheck (app: FastifyInstance, found: string[]) {
     const mismatches = wireMismatches({ method: request.method, route, statusCode: reply.statusCode, headers: reply.getHeaders(), body: payload == null ? '' : payload.toString() })
     if (mismatches.length === 0) return payload
     found.push(...mismatches)
+    process.stderr.write(`wire check: the response does not match openapi.json: ${mismatches.join('; ')}\n`)
     reply.code(500).type('application/problem+json')
     return JSON.stringify({ type: 'https://ledger-api.dev/problems/wire_check', title: 'Internal Server Error', status: 500, detail: `The response does not match openapi.json: ${mismatches.join('; ')}` })
   })
