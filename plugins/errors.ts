@@ -121,8 +121,7 @@ export function isUnavailableError (error: unknown): boolean {
 const validationDetail: Record<string, string> = {
   body: 'The request body is invalid: see errors.',
   querystring: 'The query string is invalid: see errors.',
-  params: 'The URL names something that cannot exist: see errors.',
-  headers: 'A request header is missing or invalid: see errors.'
+  params: 'The URL names something that cannot exist: see errors.'
 }
 
 function fieldPath (instancePath: string): string {
@@ -138,7 +137,11 @@ function toProblem (error: FastifyError | ProblemError | Error): ProblemError {
       path: fieldPath(issue.instancePath) || context,
       message: issue.message ?? 'is invalid'
     }))
-    return badRequest(validationDetail[context] ?? 'The request is invalid.', errors)
+    // A header has no body field to point at: the detail itself says which one and what it needs.
+    const detail = context === 'headers'
+      ? `A required request header is missing or invalid: ${errors.map((error) => `${error.path} ${error.message}`).join('; ')}.`
+      : validationDetail[context] ?? 'The request is invalid.'
+    return badRequest(detail, errors)
   }
   if (isResponseSerializationError(fastifyError)) {
     return new ProblemError(500, 'internal_error', 'An unexpected error occurred.', { cause: error })

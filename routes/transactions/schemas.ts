@@ -38,7 +38,8 @@ export const CreateTransactionBodySchema = z.discriminatedUnion('kind', [
 ])
 
 export const IdempotencyHeadersSchema = z.object({
-  'idempotency-key': VisibleAsciiSchema
+  'idempotency-key': z.string({ error: (issue) => issue.input === undefined ? 'is required: 1 to 255 visible ASCII characters, the same on every retry of this request' : undefined })
+    .min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
 })
 
 export const TransactionSchema = z.object({
