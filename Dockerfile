@@ -18,8 +18,9 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 # --omit=dev also leaves out the `node` devDependency (an npm-packaged Node for older machines); the image
 # already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run.
+# --prefer-offline: what the cache mount holds is used without asking the registry again (the lock file pins it).
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+    npm ci --omit=dev --ignore-scripts --prefer-offline --no-audit --no-fund
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime
