@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
+import { dropDatabase, recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 
 const directUrl = process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? ''
@@ -14,12 +14,10 @@ const scratch = `ledger_migrate_${process.pid}`
 const url = withDatabase(directUrl, scratch)
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 
-t.before(() => recreateDatabase(directUrl, scratch))
-t.teardown(async () => {
-  const admin = postgres(directUrl, { max: 1, onnotice: () => {} })
-  await admin`drop database if exists ${admin(scratch)} with (force)`
-  await admin.end({ timeout: 5 })
-})
+// Creating and dropping databases is the superuser's (the test runner sets DATABASE_ADMIN_URL for its stack).
+const adminUrl = process.env.DATABASE_ADMIN_URL ?? directUrl
+t.before(() => recreateDatabase(adminUrl, scratch))
+t.teardown(() => dropDatabase(adminUrl, scratch))
 
 async function sqlFolder (t: Test, files: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'ledger-migrate-'))
