@@ -4,7 +4,7 @@
 -- the `ledger` login, which may act as `ledger_owner` and is no superuser.
 --
 --   ledger_owner  NOLOGIN. Owns the database, every table and every function. Not a superuser, cannot create roles
---                 or databases, bypasses no row security: a SECURITY DEFINER function runs with exactly this.
+--                 or databases, no BYPASSRLS: a SECURITY DEFINER function runs with exactly this.
 --   ledger        LOGIN (DATABASE_DIRECT_URL). The migrator and operator tools; a member of ledger_owner (and of
 --                 pg_read_all_stats, to see every session's activity).
 --   ledger_api    LOGIN (DATABASE_URL, through PgBouncer). The API and the workers: only the grants the
