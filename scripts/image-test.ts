@@ -13,7 +13,7 @@ const IMAGE_REDIS_DB = '4'
 const engineScript = fileURLToPath(new URL('./engine.sh', import.meta.url))
 
 const stack = localStackUp()
-await recreateDatabase(stack.DATABASE_DIRECT_URL, IMAGE_DATABASE)
+await recreateDatabase(stack.DATABASE_ADMIN_URL, IMAGE_DATABASE)
 const redisUrl = new URL(stack.REDIS_URL)
 redisUrl.pathname = `/${IMAGE_REDIS_DB}`
 const redis = new Redis(redisUrl.toString())
@@ -30,7 +30,7 @@ const env: NodeJS.ProcessEnv = {
 }
 
 // One file, with a timeout that covers a first run on a fresh machine (packages, debootstrap, npm ci in the build).
-const run = spawnSync('tap', ['--jobs=1', '--timeout=1500', '--exclude=', '--include=test/image/**/*.test.ts', ...process.argv.slice(2)], { stdio: 'inherit', env })
+const run = spawnSync('tap', ['--jobs=1', '--timeout=1500', '--disable-coverage', '--exclude=', '--include=test/image/**/*.test.ts', ...process.argv.slice(2)], { stdio: 'inherit', env })
 const down = spawnSync('bash', [engineScript, 'down'], { stdio: 'inherit', timeout: 120_000 })
 if (down.status !== 0) console.error('image:test: scripts/engine.sh down failed; see above')
 process.exit(run.status === 0 && down.status === 0 ? 0 : 1)
