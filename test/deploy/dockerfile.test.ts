@@ -3,9 +3,13 @@
 // argument defaulting to the official image, and there is no `# syntax` line (it makes BuildKit fetch a frontend
 // from a registry). The image itself is built and run by `npm run image:test` (test/image/image.test.ts).
 import { readFileSync } from 'node:fs'
-import ignore from '@balena/dockerignore'
+import dockerignoreFilter from '@balena/dockerignore'
 import t from 'tap'
 import { importsOf, moduleClosure, runtimeFiles } from './runtime-files.ts'
+
+// A CommonJS module (module.exports = the factory) whose types declare an ES default export: Node's default import
+// is the factory itself.
+const ignore = dockerignoreFilter as unknown as typeof dockerignoreFilter.default
 
 const read = (file: string) => readFileSync(new URL(`../../${file}`, import.meta.url), 'utf8')
 
