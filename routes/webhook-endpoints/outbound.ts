@@ -57,7 +57,12 @@ export type WebhookError =
   | 'status' // any other non-2xx answer
   | 'network' // any other socket error
 
-const MAX_URL_LENGTH = 2048
+/**
+ * The longest webhook URL, as sent and as stored: the table's CHECK (sql/010_webhooks.sql) holds the same bound on
+ * the stored form, the URL parser's serialization, which percent-encodes and punycodes everything to ASCII (so
+ * JavaScript's length and PostgreSQL's agree) and can be several times longer than what was sent.
+ */
+export const MAX_URL_LENGTH = 2048
 /** getaddrinfo cannot be cancelled: registration stops waiting for it after this long. */
 const DNS_CHECK_TIMEOUT_MS = 5000
 
@@ -144,6 +149,9 @@ function parseTarget (raw: string, policy: TargetPolicy): Parsed {
     url = new URL(raw)
   } catch {
     return { ok: false, reason: 'must be an absolute URL', error: 'invalid_url' }
+  }
+  if (url.href.length > MAX_URL_LENGTH) {
+    return { ok: false, reason: `must be a URL of at most ${MAX_URL_LENGTH} characters`, error: 'invalid_url' }
   }
   if (url.protocol !== 'https:' && !(policy.allowPrivate && url.protocol === 'http:')) {
     return { ok: false, reason: policy.allowPrivate ? 'must use https or http' : 'must use https', error: 'invalid_url' }

@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
+import { MAX_URL_LENGTH } from '../../routes/webhook-endpoints/outbound.ts'
 import { buildTestApp, createClient, createUser, fund, testSql, type TestClient, type TestUser } from '../helper.ts'
 
 const post = (app: App, caller: TestUser | TestClient, payload: unknown) =>
@@ -87,6 +88,36 @@ t.test('bad URLs and bodies are a 400 with a field error and write nothing', asy
     t.equal((await post(app, user, body)).statusCode, 400, JSON.stringify(body).slice(0, 80))
   }
   t.equal(await endpointCount(sql, user.id), 0)
+})
+
+t.test('the URL length is measured on the normalised URL that is stored: one that grows past the bound is a 400 at url, never a 500', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  // 1,000 x "é" is 1,019 characters as sent and 6,019 once percent-encoded (what the URL parser gives and the table stores).
+  const grown = `http://127.0.0.1:9/${'é'.repeat(1000)}`
+  t.ok(grown.length <= 2048 && new URL(grown).href.length > 2048, 'short as sent, long as stored')
+  const response = await post(app, user, { url: grown })
+  t.equal(response.statusCode, 400)
+  t.match(response.headers['content-type'], /application\/problem\+json/)
+  t.same(response.json().errors, [{ path: 'url', message: 'must be a URL of at most 2048 characters' }])
+  t.equal(await endpointCount(sql, user.id), 0)
+  // The bound is exact on the stored form: 2,048 characters once normalised is kept, 2,049 is refused.
+  const ofLength = (length: number) => {
+    const head = `http://127.0.0.1:9/${'é'.repeat(300)}` // 1,819 characters once encoded
+    return head + 'a'.repeat(length - new URL(head).href.length)
+  }
+  const longest = await post(app, user, { url: ofLength(2048) })
+  t.equal(longest.statusCode, 201, longest.body.slice(0, 200))
+  const [stored] = await sql`select length(url)::int as length from webhook_endpoints where principal_id = ${user.id}`
+  t.equal(stored?.length, 2048)
+  const over = await post(app, user, { url: ofLength(2049) })
+  t.equal(over.statusCode, 400)
+  t.same(over.json().errors, [{ path: 'url', message: 'must be a URL of at most 2048 characters' }])
+  t.equal(await endpointCount(sql, user.id), 1)
+  // One bound: the table's CHECK is the constant the API checks against.
+  const [check] = await sql`select pg_get_constraintdef(oid) as def from pg_constraint where conname = 'webhook_endpoints_url_check'`
+  t.match(check?.def, `length(url) <= ${MAX_URL_LENGTH}`)
 })
 
 t.test('a user may not register as anyone else, and a client needs events:read', async (t) => {
