@@ -118,6 +118,9 @@ interface Media { schema: unknown }
 interface ResponseObject { description: string, headers?: Record<string, { $ref: string }>, content?: Record<string, Media> }
 interface OperationPatch { responses: Record<string, ResponseObject>, requestBodyRequired: boolean }
 
+/** The document's security where an operation states none: a user's bearer token. */
+const DEFAULT_SECURITY = [{ userBearer: [] }]
+
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` })
 const PROBLEM = 'application/problem+json'
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
@@ -180,7 +183,8 @@ export function operationResponses (route: RouteFacts): Record<string, ResponseO
     if (route.docs[status] === undefined) throw new Error(`${route.operation} responds ${status} without a description: declare it with responses()`)
   }
 
-  const authenticated = (route.security ?? []).some((requirement) => Object.keys(requirement).length > 0)
+  // No security of its own means the document's default (a user's bearer token), as clients will read it.
+  const authenticated = (route.security ?? DEFAULT_SECURITY).some((requirement) => Object.keys(requirement).length > 0)
   const bodyMethod = BODY_METHODS.has(route.method)
   if (route.hasInput || bodyMethod) add(400, 'The request fails validation (`errors` names each field), or its body is not well-formed.', errors)
   if (authenticated) {
@@ -275,7 +279,7 @@ async function openapiPlugin (app: FastifyInstance) {
           }
         }
       },
-      security: [{ userBearer: [] }]
+      security: DEFAULT_SECURITY
     },
     transform: (input) => {
       const { schema: routeSchema, route, url } = input as unknown as TransformInput
