@@ -174,7 +174,13 @@ const schema = z.object({
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(10_000).default(10_000),
   WEBHOOK_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
   WEBHOOK_DELIVERY_RETENTION_H: z.coerce.number().int().min(1).max(24 * 365).default(24 * 7),
-  METRICS_TOKEN: z.string().min(16).optional()
+  METRICS_TOKEN: z.string().min(16).optional(),
+  // The ledger check (plugins/ledger-check.ts): the whole ledger's invariants, in one snapshot, once per this many
+  // seconds among all API processes (each tries; one runs each interval). 0: this process never runs it, and the
+  // ledger-check-not-run alert says so once no process does.
+  RECONCILE_INTERVAL_S: z.coerce.number().int().min(0).max(86_400).default(600),
+  // The longest one statement of the check may run (whole-table scans; the database's own guard rail is 5 s).
+  RECONCILE_STATEMENT_TIMEOUT_S: z.coerce.number().int().min(1).max(3600).default(300)
 })
 
 export const configSchema = z.preprocess((input) => {
