@@ -21,7 +21,8 @@ const env: NodeJS.ProcessEnv = { WORKER_ENABLED: 'false', RECONCILE_INTERVAL_S: 
 let adminUrl: string | undefined
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   const stack = localStackUp()
-  adminUrl = stack.DATABASE_DIRECT_URL
+  adminUrl = stack.DATABASE_ADMIN_URL
+  env.DATABASE_ADMIN_URL = adminUrl
   env.DATABASE_URL = withDatabase(stack.DATABASE_URL, TEST_DATABASE)
   env.DATABASE_DIRECT_URL = withDatabase(stack.DATABASE_DIRECT_URL, TEST_DATABASE)
   const redisUrl = new URL(stack.REDIS_URL)

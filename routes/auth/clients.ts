@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { Scope } from '../../plugins/auth.ts'
 import type { Sql } from '../../plugins/database.ts'
 
@@ -72,18 +72,13 @@ export async function revokeServiceClient (sql: Sql, id: string): Promise<boolea
   })
 }
 
-// What the comparison runs against when the client id is unknown or revoked, so every failure does the same work.
-const DECOY_HASH = hashClientSecret(newClientSecret())
-
 /**
- * The active client with this id and secret, or null. Unknown id, wrong secret and revoked client take the same
- * path (one primary-key lookup, one hash, one constant-time comparison) and give the same null.
+ * The active client with this id and secret, or null. The database compares (authenticate_client(), so the API's
+ * role never reads a secret hash); unknown id, wrong secret and revoked client are one answer from one
+ * primary-key lookup.
  */
 export async function verifyClientCredentials (sql: Sql, id: string, secret: string): Promise<{ id: string, scopes: Scope[] } | null> {
-  const [row] = await sql<{ id: string, secret_hash: Buffer, scopes: string, revoked_at: Date | null }[]>`
-    select id, secret_hash, scopes::text as scopes, revoked_at from service_clients where id = ${id}`
-  const presented = hashClientSecret(secret)
-  const matches = timingSafeEqual(presented, row?.secret_hash ?? DECOY_HASH)
-  if (row === undefined || row.revoked_at !== null || !matches) return null
-  return { id: row.id, scopes: parseScopes(row.scopes) }
+  const [row] = await sql<{ id: string, scopes: string }[]>`
+    select id, scopes from authenticate_client(${id}, ${hashClientSecret(secret)})`
+  return row === undefined ? null : { id: row.id, scopes: parseScopes(row.scopes) }
 }
