@@ -1,11 +1,12 @@
--- The ledger check's bookkeeping (sql/015_ledger_checks.sql, plugins/ledger-check.ts). SECURITY DEFINER with an
--- empty search_path: the API role may call these and has no write privilege on ledger_check_runs itself.
+-- The ledger check's bookkeeping (sql/015_ledger_checks.sql, plugins/ledger-check.ts). SECURITY DEFINER, search_path
+-- pinned with pg_temp last and every relation named with its schema (scripts/migrate.ts enforces both): the API
+-- role may call these and has no write privilege on ledger_check_runs itself.
 --
 -- The advisory lock key of the ledger check: claims try it, the check's own transaction waits for it.
 create or replace function ledger_check_lock_key() returns bigint
 language sql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$ select pg_catalog.hashtextextended('ledger-api ledger check', 0) $$;
 
 -- claim_ledger_check(interval, runner): the slot this process may check now, or null. Takes the check's
@@ -18,7 +19,7 @@ as $$ select pg_catalog.hashtextextended('ledger-api ledger check', 0) $$;
 create or replace function claim_ledger_check(p_interval_s integer, p_runner text) returns timestamptz
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slot timestamptz;
@@ -48,7 +49,7 @@ create or replace function finish_ledger_check(p_slot timestamptz, p_outcome tex
 returns boolean
 language sql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   with finished as (
     update public.ledger_check_runs
