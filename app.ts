@@ -7,7 +7,7 @@ import cacheAsidePlugin from './plugins/cache-aside.ts'
 import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
-import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
+import errorsPlugin, { isUnavailableError, logSerializers, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
@@ -67,8 +67,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     redact: ['req.headers.authorization', 'req.headers.cookie']
   }
   const app = Fastify({
-    // Every line carries the trace and span ids of the request (or work) it belongs to (plugins/tracing.ts).
-    logger: typeof logger === 'object' ? { ...logger, mixin: traceLogFields } : logger,
+    // Every line carries the trace and span ids of the request (or work) it belongs to (plugins/tracing.ts), and
+    // errors are serialized without the data they carry (plugins/errors.ts), whoever supplied the logger options.
+    logger: typeof logger === 'object' ? { ...logger, mixin: traceLogFields, serializers: { ...logger.serializers, ...logSerializers } } : logger,
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
     // Slow clients (slowloris) are cut: Node only enforces these when it checks its connections, every 30 s by

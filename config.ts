@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -37,6 +38,15 @@ const url = (protocols: string[]) => z.string().refine((value) => {
   }
 }, { message: `must be a URL starting with ${protocols.join(' or ')}//` })
 const hostPort = /^[A-Za-z0-9.-]+:\d{1,5}$/
+
+/** A DNS server as c-ares takes it: an IP address, optionally with a port (`1.1.1.1`, `1.1.1.1:53`, `[2606:4700::1111]:53`). */
+function isDnsServer (value: string): boolean {
+  const bracketed = /^\[(.+)\]:(\d{1,5})$/.exec(value)
+  if (bracketed !== null) return isIP(bracketed[1] ?? '') === 6 && Number(bracketed[2]) <= 65535
+  const withPort = /^([\d.]+):(\d{1,5})$/.exec(value)
+  if (withPort !== null) return isIP(withPort[1] ?? '') === 4 && Number(withPort[2]) <= 65535
+  return isIP(value) !== 0
+}
 
 /**
  * PgBouncer's server-side cap in the local stack, compose and deploy/k8s: max_db_connections in
@@ -174,6 +184,13 @@ const schema = z.object({
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(10_000).default(10_000),
   WEBHOOK_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
   WEBHOOK_DELIVERY_RETENTION_H: z.coerce.number().int().min(1).max(24 * 365).default(24 * 7),
+  // Where webhook target names are resolved, at registration and for every delivery's connection: DNS servers as
+  // ip, ip:port or [ipv6]:port, comma-separated. Unset: the system's resolvers (/etc/resolv.conf as the process
+  // started). Lookups go through c-ares on the event loop, never getaddrinfo on libuv's thread pool; each one (A and
+  // AAAA) ends within WEBHOOK_DNS_TIMEOUT_MS, and a name that did not answer by then is refused like one that does
+  // not exist.
+  WEBHOOK_DNS_SERVERS: list.pipe(z.array(z.string().refine(isDnsServer, 'must be IP addresses, each optionally with a port (1.1.1.1, 1.1.1.1:53, [2606:4700::1111]:53)'))).default([]),
+  WEBHOOK_DNS_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(3000),
   METRICS_TOKEN: z.string().min(16).optional(),
   // The ledger check (plugins/ledger-check.ts): the whole ledger's invariants, in one snapshot, once per this many
   // seconds among all API processes (each tries; one runs each interval). 0: this process never runs it, and the

@@ -6,12 +6,12 @@ import type { JobHandlers } from './plugins/jobs.ts'
 import type { Metrics } from './plugins/metrics.ts'
 import { createFeedJobHandlers } from './routes/feed/jobs.ts'
 import { webhookJobs } from './routes/webhook-endpoints/jobs.ts'
-import { closeWebhookAgents } from './routes/webhook-endpoints/outbound.ts'
+import { closeWebhookAgents, targetPolicy } from './routes/webhook-endpoints/outbound.ts'
 
 export function jobHandlers (config: Config, metrics: Metrics, cache: CacheAside): JobHandlers {
   return {
     ...webhookJobs({
-      policy: { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS },
+      policy: targetPolicy(config),
       timeoutMs: config.WEBHOOK_TIMEOUT_MS,
       endpointConcurrency: config.WEBHOOK_ENDPOINT_CONCURRENCY,
       metrics

@@ -2,6 +2,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import fp from 'fastify-plugin'
 import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod'
 import { STATUS_CODES } from 'node:http'
+import { stdSerializers } from 'pino'
 
 export interface FieldError {
   path: string
@@ -119,6 +120,40 @@ export function sendProblem (request: FastifyRequest, reply: FastifyReply, probl
       ...(problem.errors !== undefined ? { errors: problem.errors } : {})
     })
 }
+
+// What an error may carry that is data rather than a description of the failure: PostgreSQL's `detail` (the failing
+// row, or the duplicate key's value), `hint` and `where` (whatever a function put in its RAISE, the statement with its
+// values), `internal_query`, and the statement, parameters and types postgres.js attaches in debug mode.
+const DATA_FIELDS = ['detail', 'hint', 'where', 'internal_query', 'query', 'parameters', 'args', 'types'] as const
+
+type SerializedError = ReturnType<typeof stdSerializers.err>
+
+/** Removes DATA_FIELDS from a serialized error and from every error serialized inside it (aggregated or in a field). */
+function withoutData (serialized: SerializedError, errorShape: unknown): SerializedError {
+  for (const field of DATA_FIELDS) delete serialized[field]
+  for (const value of Object.values(serialized)) {
+    for (const item of Array.isArray(value) ? value : [value]) {
+      if (item !== null && typeof item === 'object' && Object.getPrototypeOf(item) === errorShape) withoutData(item, errorShape)
+    }
+  }
+  return serialized
+}
+
+/**
+ * The `err` serializer of every logger the processes build (app.ts, worker.ts): the one place an error becomes a log
+ * line, so no line carries a database error's row data or parameters, whoever logs it. pino's own serialization
+ * (type, message and stack with their causes', the other enumerable fields) minus DATA_FIELDS: the code, message,
+ * constraint, table and column names stay, as they say what failed without saying with what.
+ */
+export function serializeError (error: Error): SerializedError {
+  const serialized = stdSerializers.err(error)
+  // Anything that is not error-like comes back as it was given: only objects have fields to remove.
+  if (serialized === null || typeof serialized !== 'object') return serialized
+  return withoutData(serialized, Object.getPrototypeOf(serialized))
+}
+
+/** The serializers app.ts and worker.ts give their loggers (Fastify keeps its own req and res ones). */
+export const logSerializers = { err: serializeError }
 
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError, request, reply) => {

@@ -2,7 +2,7 @@ import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { checkTarget } from './outbound.ts'
+import { checkTarget, targetPolicy } from './outbound.ts'
 import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, toDelivery } from './queries.ts'
 import {
   CreatedWebhookEndpointSchema, CreateWebhookEndpointBodySchema, DeliveryCursorSchema, ListDeliveriesQuerySchema,
@@ -17,7 +17,7 @@ const endpointNotFound = () => notFound('Webhook endpoint not found.')
 
 export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, config } = app
-  const policy = { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS }
+  const policy = targetPolicy(config)
 
   app.post('/webhook-endpoints', {
     config: routeConfig,

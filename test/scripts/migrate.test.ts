@@ -99,7 +99,8 @@ t.test('what a migration creates belongs to the owner role, and an unpinned SECU
     union all select 'pinned', proowner::regrole::text from pg_proc where proname = 'pinned'`
   t.same(owners, [{ name: 'owned_thing', owner: 'ledger_owner' }, { name: 'pinned', owner: 'ledger_owner' }])
 
-  for (const [label, setting] of [['public before pg_temp', 'set search_path = pg_catalog, public'], ['no search_path at all', ''], ['an empty search_path', "set search_path = ''"]] as const) {
+  const unpinned: Array<[label: string, setting: string]> = [['public before pg_temp', 'set search_path = pg_catalog, public'], ['no search_path at all', ''], ['an empty search_path', "set search_path = ''"]]
+  for (const [label, setting] of unpinned) {
     const dir = await sqlFolder(t, {
       '001_table.sql': 'create table before_definer (id int);',
       'functions/unpinned.sql': `create or replace function unpinned() returns int language sql security definer ${setting} as $$ select 1 $$;`
