@@ -120,7 +120,7 @@ t.test('a real Prometheus: every dashboard panel has data, and stopping PgBounce
   // Followers, so a post fans out (the feed lane's jobs).
   await makeFollowers((users[0] as TestUser).id, 20)
 
-  const load = { stop: false }
+  const load = { stop: false, outage: false }
   const statuses = new Map<number, number>()
   const step = async (i: number) => {
     const user = users[i % users.length] as TestUser
@@ -140,7 +140,10 @@ t.test('a real Prometheus: every dashboard panel has data, and stopping PgBounce
       requests.push({ method: 'POST', url: '/transactions', authorization: funder.authorization, idempotencyKey: randomUUID(), body: { kind: 'deposit', userId: user.id, amount: 100, currency: 'USD', reference: `prom-${randomUUID()}` } })
       requests.push({ method: 'POST', url: '/transactions', authorization: user.authorization, idempotencyKey: randomUUID(), body: { ...transfer, amount: 1_000_000_000 } })
     }
-    if (i % 8 === 0) {
+    // Not while PgBouncer is stopped: POST /posts is a transaction, and postgres.js 3.4.9 crashes the process when a
+    // reserved connection closes with a write scheduled (porsager/postgres#1154, #1208; unfixed upstream). This
+    // test is about the alerts; that crash needs a fix of its own.
+    if (i % 8 === 0 && !load.outage) {
       requests.push({ method: 'POST', url: '/posts', authorization: (users[0] as TestUser).authorization, body: { body: `post ${i}` } })
       requests.push({ method: 'GET', url: '/feed', authorization: other.authorization })
       requests.push({ method: 'GET', url: '/transactions', authorization: user.authorization })
@@ -203,6 +206,7 @@ t.test('a real Prometheus: every dashboard panel has data, and stopping PgBounce
     return Math.round(forMs + Math.min(...windows, 5 * 60_000 / FACTOR) + 4 * (SCRAPE_MS + EVAL_MS) + 1000)
   }
   statuses.clear()
+  load.outage = true
   const outageLoad = Promise.all([0, 1, 2, 3].map((worker) => loadLoop(worker, 60_000)))
   await sleep(1000)
   const firedAfter: Record<string, number> = {}
