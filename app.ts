@@ -12,6 +12,7 @@ import errorsPlugin, { isUnavailableError, logSerializers, ProblemError, sendPro
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
+import ledgerCheckPlugin from './plugins/ledger-check.ts'
 import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import passwordsPlugin from './plugins/passwords.ts'
@@ -201,6 +202,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     webhookDeliveryRetentionS: config.WEBHOOK_DELIVERY_RETENTION_H * 3600,
     everyMs: 60_000,
     batch: 1000
+  })
+  await app.register(ledgerCheckPlugin, {
+    intervalS: config.RECONCILE_INTERVAL_S,
+    statementTimeoutMs: config.RECONCILE_STATEMENT_TIMEOUT_S * 1000
   })
   // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.worker.runDue()
   // still runs due jobs on demand (tests).

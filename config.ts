@@ -198,7 +198,13 @@ const schema = z.object({
   // not exist.
   WEBHOOK_DNS_SERVERS: list.pipe(z.array(z.string().refine(isDnsServer, 'must be IP addresses, each optionally with a port (1.1.1.1, 1.1.1.1:53, [2606:4700::1111]:53)'))).default([]),
   WEBHOOK_DNS_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(3000),
-  METRICS_TOKEN: z.string().min(16).optional()
+  METRICS_TOKEN: z.string().min(16).optional(),
+  // The ledger check (plugins/ledger-check.ts): the whole ledger's invariants, in one snapshot, once per this many
+  // seconds among all API processes (each tries; one runs each interval). 0: this process never runs it, and the
+  // ledger-check-not-run alert says so once no process does.
+  RECONCILE_INTERVAL_S: z.coerce.number().int().min(0).max(86_400).default(600),
+  // The longest one statement of the check may run (whole-table scans; the database's own guard rail is 5 s).
+  RECONCILE_STATEMENT_TIMEOUT_S: z.coerce.number().int().min(1).max(3600).default(300)
 })
 
 export const configSchema = z.preprocess((input) => {

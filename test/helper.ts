@@ -40,7 +40,10 @@ const generousLimits = {
   // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.worker.runDue()), so no
   // app's background loop takes another test's jobs.
   WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
-  WORKER_ENABLED: 'false'
+  WORKER_ENABLED: 'false',
+  // Test files share one database and check or corrupt the whole ledger on purpose; only the ledger check's own
+  // tests run it, as real processes.
+  RECONCILE_INTERVAL_S: '0'
 }
 
 export function testConfig (overrides: Record<string, string> = {}): Config {
