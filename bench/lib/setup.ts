@@ -152,6 +152,8 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     // pgbench picks users by number: this maps 1..N to the pool's ids.
     await sql`create table bench_users (n int primary key, id uuid not null unique)`
     await sql`insert into bench_users (n, id) select row_number() over (order by id), id from users where email like 'seed-pool-%'`
+    // pgbench connects as the API's role, which reads only what it is granted (sql/013).
+    await sql`grant select on bench_users to ledger_api`
 
     // Freshly written rows would otherwise get their hint bits and visibility map set during the first
     // measured reads, and autovacuum would wake up mid-run.
