@@ -3,10 +3,11 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
 import { commonErrors, ProblemSchema } from '../common/schemas.ts'
 import { checkTarget } from './outbound.ts'
-import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, toDelivery } from './queries.ts'
+import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, setEndpointEnabled, toDelivery } from './queries.ts'
 import {
   CreatedWebhookEndpointSchema, CreateWebhookEndpointBodySchema, DeliveryCursorSchema, ListDeliveriesQuerySchema,
-  MAX_ENDPOINTS_PER_PRINCIPAL, WebhookDeliveryPageSchema, WebhookEndpointIdParamsSchema, WebhookEndpointListSchema
+  MAX_ENDPOINTS_PER_PRINCIPAL, UpdateWebhookEndpointBodySchema, WebhookDeliveryPageSchema, WebhookEndpointIdParamsSchema,
+  WebhookEndpointListSchema, WebhookEndpointSchema
 } from './schemas.ts'
 
 // Users receive the transactions that touch them; service clients (events:read) the ones they posted.
@@ -49,6 +50,22 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       response: { 200: WebhookEndpointListSchema, 403: ProblemSchema, ...commonErrors }
     }
   }, async (request) => ({ data: await listEndpoints(db, request.user) }))
+
+  app.patch('/webhook-endpoints/:id', {
+    config: routeConfig,
+    schema: {
+      operationId: 'updateWebhookEndpoint',
+      tags: ['webhooks'],
+      summary: 'Re-enable one of the caller\'s webhook endpoints (`{ "enabled": true }`), or disable it',
+      params: WebhookEndpointIdParamsSchema,
+      body: UpdateWebhookEndpointBodySchema,
+      response: { 200: WebhookEndpointSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+    }
+  }, async (request) => {
+    const endpoint = await setEndpointEnabled(db, request.user, request.params.id, request.body.enabled)
+    if (endpoint === null) throw endpointNotFound()
+    return endpoint
+  })
 
   app.delete('/webhook-endpoints/:id', {
     config: routeConfig,

@@ -335,7 +335,8 @@ export interface paths {
         delete: operations["deleteWebhookEndpoint"];
         options?: never;
         head?: never;
-        patch?: never;
+        /** Re-enable one of the caller's webhook endpoints (`{ "enabled": true }`), or disable it */
+        patch: operations["updateWebhookEndpoint"];
         trace?: never;
     };
     "/webhook-endpoints/{id}/deliveries": {
@@ -364,6 +365,16 @@ export interface components {
             id: string;
             url: string;
             events: string[];
+            /**
+             * @description `disabled`: nothing is delivered to it (every attempt failed for 3 days, or its owner disabled it); PATCH `{ "enabled": true }` resumes delivery with the next event
+             * @enum {string}
+             */
+            status: "enabled" | "disabled";
+            /** @description Failed attempts in a row (0 after any delivery) */
+            consecutiveFailures: number;
+            /** @description When the current run of failed attempts began; null when the last attempt was delivered */
+            failingSince: string | null;
+            disabledAt: string | null;
             /** Format: date-time */
             createdAt: string;
         };
@@ -372,6 +383,16 @@ export interface components {
             id: string;
             url: string;
             events: string[];
+            /**
+             * @description `disabled`: nothing is delivered to it (every attempt failed for 3 days, or its owner disabled it); PATCH `{ "enabled": true }` resumes delivery with the next event
+             * @enum {string}
+             */
+            status: "enabled" | "disabled";
+            /** @description Failed attempts in a row (0 after any delivery) */
+            consecutiveFailures: number;
+            /** @description When the current run of failed attempts began; null when the last attempt was delivered */
+            failingSince: string | null;
+            disabledAt: string | null;
             /** Format: date-time */
             createdAt: string;
             secret: string;
@@ -385,8 +406,10 @@ export interface components {
             transactionId: string;
             /** @enum {string} */
             status: "pending" | "delivered" | "failed";
+            /** @description Attempts started, one in progress included */
             attempts: number;
             lastStatusCode: number | null;
+            /** @description When the next attempt is due; null once final, and while an attempt is in progress */
             nextAttemptAt: string | null;
             /** Format: date-time */
             createdAt: string;
@@ -1962,6 +1985,89 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Default Response */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Default Response */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Default Response */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Default Response */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Default Response */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Default Response */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description true re-enables a disabled endpoint (its run of failures starts again from zero); false disables it and fails its pending deliveries */
+                    enabled: boolean;
+                };
+            };
+        };
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
             };
             /** @description Default Response */
             400: {
