@@ -12,10 +12,13 @@
 FROM node:24-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY patches ./patches
 # --omit=dev also leaves out the `node` devDependency (an npm-packaged Node for older machines); the image
-# already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run.
+# already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run;
+# that skips the postinstall hook too, so the driver fixes in patches/ (see its README) are applied here.
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+    npm ci --omit=dev --ignore-scripts --no-audit --no-fund && \
+    npm exec --yes --package=patch-package@8.0.1 -- patch-package --error-on-fail
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
 FROM node:24-bookworm-slim AS runtime
