@@ -1,16 +1,18 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { LogController, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
 import { isDevelopmentEnv, type Config } from './config.ts'
 import authPlugin, { MAX_ACCESS_TOKEN_AGE_S } from './plugins/auth.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
+import credentialResponsesPlugin from './plugins/credential-responses.ts'
 import currenciesPlugin from './plugins/currencies.ts'
 import cursorsPlugin from './plugins/cursors.ts'
 import databasePlugin from './plugins/database.ts'
-import errorsPlugin, { isUnavailableError, ProblemError, sendProblem } from './plugins/errors.ts'
+import errorsPlugin, { isUnavailableError, logSerializers, ProblemError, sendProblem } from './plugins/errors.ts'
 import gracefulClosePlugin from './plugins/graceful-close.ts'
 import housekeepingPlugin from './plugins/housekeeping.ts'
 import { parseJsonBody } from './plugins/json-body.ts'
+import ledgerCheckPlugin from './plugins/ledger-check.ts'
 import metricsPlugin, { createMetrics, currentStatementTally, tallyStatement, type Metrics, type StatementTally } from './plugins/metrics.ts'
 import openapiPlugin from './plugins/openapi.ts'
 import passwordsPlugin from './plugins/passwords.ts'
@@ -43,6 +45,11 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Metrics registry to use; each app gets its own by default so tests can read exact counts. */
   metrics?: Metrics
+  /**
+   * Runs after every infrastructure plugin and before the first route, so hooks it adds apply to every route and
+   * run after the app's own (the tests check every response against openapi.json there).
+   */
+  beforeRoutes?: (app: FastifyInstance) => void
 }
 
 /**
@@ -66,8 +73,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     redact: ['req.headers.authorization', 'req.headers.cookie']
   }
   const app = Fastify({
-    // Every line carries the trace and span ids of the request (or work) it belongs to (plugins/tracing.ts).
-    logger: typeof logger === 'object' ? { ...logger, mixin: traceLogFields } : logger,
+    // Every line carries the trace and span ids of the request (or work) it belongs to (plugins/tracing.ts), and
+    // errors are serialized without the data they carry (plugins/errors.ts), whoever supplied the logger options.
+    logger: typeof logger === 'object' ? { ...logger, mixin: traceLogFields, serializers: { ...logger.serializers, ...logSerializers } } : logger,
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
     // Slow clients (slowloris) are cut: Node only enforces these when it checks its connections, every 30 s by
@@ -114,6 +122,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const metrics = options.metrics ?? createMetrics()
   await app.register(errorsPlugin)
   await app.register(gracefulClosePlugin)
+  await app.register(credentialResponsesPlugin)
   metrics.dbPoolMax.set(config.DATABASE_POOL_MAX)
   metrics.dbCircuitState.set({ pool: 'primary' }, 0)
   if (config.DATABASE_REPLICA_URL !== undefined) metrics.dbCircuitState.set({ pool: 'replica' }, 0)
@@ -194,11 +203,16 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     everyMs: 60_000,
     batch: 1000
   })
+  await app.register(ledgerCheckPlugin, {
+    intervalS: config.RECONCILE_INTERVAL_S,
+    statementTimeoutMs: config.RECONCILE_STATEMENT_TIMEOUT_S * 1000
+  })
   // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.worker.runDue()
   // still runs due jobs on demand (tests).
   await app.register(workerPlugin, workerOptions(config, metrics, app.cache, config.WORKER_ENABLED))
   await app.register(cursorsPlugin, { secret: config.JWT_SECRET })
 
+  options.beforeRoutes?.(app)
   // Registered before the rate limiter, so operations endpoints are never limited (docs and openapi.json too).
   await app.register(healthRoutes)
   await app.register(rateLimitPlugin, {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -37,6 +38,15 @@ const url = (protocols: string[]) => z.string().refine((value) => {
   }
 }, { message: `must be a URL starting with ${protocols.join(' or ')}//` })
 const hostPort = /^[A-Za-z0-9.-]+:\d{1,5}$/
+
+/** A DNS server as c-ares takes it: an IP address, optionally with a port (`1.1.1.1`, `1.1.1.1:53`, `[2606:4700::1111]:53`). */
+function isDnsServer (value: string): boolean {
+  const bracketed = /^\[(.+)\]:(\d{1,5})$/.exec(value)
+  if (bracketed !== null) return isIP(bracketed[1] ?? '') === 6 && Number(bracketed[2]) <= 65535
+  const withPort = /^([\d.]+):(\d{1,5})$/.exec(value)
+  if (withPort !== null) return isIP(withPort[1] ?? '') === 4 && Number(withPort[2]) <= 65535
+  return isIP(value) !== 0
+}
 
 /**
  * PgBouncer's server-side cap in the local stack, compose and deploy/k8s: max_db_connections in
@@ -93,6 +103,13 @@ const schema = z.object({
   JWT_ISSUER: z.string().min(1).default('ledger-api'),
   JWT_AUDIENCE: z.string().min(1).default('ledger-api'),
   JWT_TTL_S: z.coerce.number().int().min(60).max(3600).default(900),
+  // The OAuth issuer identifier published at /.well-known/oauth-authorization-server (RFC 8414): the public origin
+  // clients reach the API at. Unset, the origin each request came to is used (fine locally; a deployment sets it,
+  // so the metadata never depends on a Host header).
+  OAUTH_ISSUER: url(['https:', 'http:'])
+    .refine((value) => { const parsed = new URL(value); return parsed.pathname === '/' && parsed.search === '' && parsed.hash === '' && !value.endsWith('/') },
+      { message: 'must be an origin such as https://api.example.com (no path, query, fragment or trailing slash)' })
+    .optional(),
 
   BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
   TRUST_PROXY: list.default([]),
@@ -185,7 +202,20 @@ const schema = z.object({
   WEBHOOK_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
   WEBHOOK_DISABLE_AFTER_H: z.coerce.number().int().min(1).max(24 * 365).default(72),
   WEBHOOK_DELIVERY_RETENTION_H: z.coerce.number().int().min(1).max(24 * 365).default(24 * 7),
-  METRICS_TOKEN: z.string().min(16).optional()
+  // Where webhook target names are resolved, at registration and for every delivery's connection: DNS servers as
+  // ip, ip:port or [ipv6]:port, comma-separated. Unset: the system's resolvers (/etc/resolv.conf as the process
+  // started). Lookups go through c-ares on the event loop, never getaddrinfo on libuv's thread pool; each one (A and
+  // AAAA) ends within WEBHOOK_DNS_TIMEOUT_MS, and a name that did not answer by then is refused like one that does
+  // not exist.
+  WEBHOOK_DNS_SERVERS: list.pipe(z.array(z.string().refine(isDnsServer, 'must be IP addresses, each optionally with a port (1.1.1.1, 1.1.1.1:53, [2606:4700::1111]:53)'))).default([]),
+  WEBHOOK_DNS_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(3000),
+  METRICS_TOKEN: z.string().min(16).optional(),
+  // The ledger check (plugins/ledger-check.ts): the whole ledger's invariants, in one snapshot, once per this many
+  // seconds among all API processes (each tries; one runs each interval). 0: this process never runs it, and the
+  // ledger-check-not-run alert says so once no process does.
+  RECONCILE_INTERVAL_S: z.coerce.number().int().min(0).max(86_400).default(600),
+  // The longest one statement of the check may run (whole-table scans; the database's own guard rail is 5 s).
+  RECONCILE_STATEMENT_TIMEOUT_S: z.coerce.number().int().min(1).max(3600).default(300)
 })
 
 export const configSchema = z.preprocess((input) => {

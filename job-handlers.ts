@@ -6,7 +6,7 @@ import type { Metrics } from './plugins/metrics.ts'
 import type { LaneOptions, WorkerOptions } from './plugins/worker.ts'
 import { createFeedJobHandlers } from './routes/feed/jobs.ts'
 import { webhookLane } from './routes/webhook-endpoints/jobs.ts'
-import { closeWebhookAgents } from './routes/webhook-endpoints/outbound.ts'
+import { closeWebhookAgents, targetPolicy } from './routes/webhook-endpoints/outbound.ts'
 import { MAX_ENDPOINTS_PER_PRINCIPAL } from './routes/webhook-endpoints/schemas.ts'
 
 /** The lanes: feed jobs and webhook deliveries never wait for each other's capacity (plugins/worker.ts). */
@@ -18,7 +18,7 @@ export function jobLanes (config: Config, metrics: Metrics, cache: CacheAside): 
       concurrency: config.WORKER_FEED_CONCURRENCY
     },
     webhooks: webhookLane({
-      policy: { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS },
+      policy: targetPolicy(config),
       timeoutMs: config.WEBHOOK_TIMEOUT_MS,
       connectTimeoutMs: config.WEBHOOK_CONNECT_TIMEOUT_MS,
       endpointConcurrency: config.WEBHOOK_ENDPOINT_CONCURRENCY,

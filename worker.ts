@@ -7,7 +7,7 @@ import { loadConfigOrExit } from './config.ts'
 import { onePrincipalCanFillWebhookLane, workerOptions } from './job-handlers.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import databasePlugin from './plugins/database.ts'
-import errorsPlugin from './plugins/errors.ts'
+import errorsPlugin, { logSerializers } from './plugins/errors.ts'
 import metricsPlugin, { createMetrics } from './plugins/metrics.ts'
 import redisPlugin from './plugins/redis.ts'
 import tracingPlugin from './plugins/tracing.ts'
@@ -18,7 +18,7 @@ const config = loadConfigOrExit()
 const { telemetry } = await import('./telemetry.ts')
 const { default: closeWithGrace } = await import('close-with-grace')
 
-const app = Fastify({ logger: { level: config.LOG_LEVEL } })
+const app = Fastify({ logger: { level: config.LOG_LEVEL, serializers: logSerializers } })
 app.decorate('config', config)
 const metrics = createMetrics()
 await app.register(errorsPlugin)

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { Sql } from '../plugins/database.ts'
-import { commonErrors } from '../routes/common/schemas.ts'
+import { responses } from '../plugins/openapi.ts'
 import { feedPage, feedPosition } from '../routes/feed/index.ts'
 import type { FeedRow } from '../routes/feed/queries.ts'
 import { FeedPageSchema, FeedQuerySchema, type FeedPosition } from '../routes/feed/schemas.ts'
@@ -48,7 +48,7 @@ export const feedNPlusOneRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['bench'],
       summary: 'The feed loaded with one query per author (benchmark baseline)',
       querystring: FeedQuerySchema,
-      response: { 200: FeedPageSchema, ...commonErrors }
+      ...responses({ 200: { schema: FeedPageSchema, description: 'One page of the feed.' } })
     }
   }, async (request) => {
     const userId = request.user.id

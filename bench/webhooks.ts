@@ -38,12 +38,12 @@ async function user () {
   const password = 'correct horse battery staple'
   await app.inject({ method: 'POST', url: '/users', payload: { email, name: 'Bench', password } })
   const login = await app.inject({ method: 'POST', url: '/auth/token', payload: { email, password } })
-  const me = await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${login.json().accessToken}` } })
-  return { id: me.json().id as string, authorization: `Bearer ${login.json().accessToken as string}` }
+  const me = await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${login.json().access_token}` } })
+  return { id: me.json().id as string, authorization: `Bearer ${login.json().access_token as string}` }
 }
 
 const { client, secret } = await createServiceClient(owner, 'bench webhooks', ['funds:write'])
-const token = (await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret } })).json().accessToken as string
+const token = (await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret } })).json().access_token as string
 
 async function transfers (from: { id: string, authorization: string }, to: { id: string }) {
   const funded = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: `Bearer ${token}`, 'idempotency-key': randomUUID() }, payload: { kind: 'deposit', userId: from.id, amount: count * 10, currency: 'USD', reference: randomUUID() } })

@@ -71,6 +71,14 @@ declare module 'fastify' {
   interface FastifyInstance {
     issueToken: (user: UserTokenSubject) => Promise<AccessToken>
     issueClientToken: (client: { id: string, scopes: readonly Scope[] }) => Promise<AccessToken & { scope: string }>
+    /**
+     * What the onRequest hook does for every private route: the bearer token is verified (and checked against the
+     * revocation list), and `request.user` set; throws 401 (503 when the revocation list is stale). For a public
+     * route that takes a bearer token only in some of its forms (POST /auth/revoke).
+     */
+    authenticate: (request: FastifyRequest) => Promise<Principal>
+    /** The principal an access token of ours names, or null when it is not one (RFC 7009 revocation). */
+    principalOf: (token: string) => Promise<Principal | null>
   }
 }
 
@@ -198,9 +206,10 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     return { accessToken, tokenType: 'Bearer' as const, expiresIn: options.ttlSeconds, scope: claims.scope }
   })
 
-  app.addHook('onRequest', async (request: FastifyRequest) => {
-    // Unknown routes have no options; they fall through to the 404 handler without revealing anything.
-    if (request.routeOptions.url === undefined || request.routeOptions.config.public === true) return
+  // The scheme name is case-insensitive (RFC 9110 section 11.1): `bearer`, `BEARER` and `Bearer` are one scheme.
+  const bearerHeader = /^bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/i
+
+  async function authenticate (request: FastifyRequest): Promise<Principal> {
     const header = request.headers.authorization
     // Node keeps the first of two Authorization headers; a proxy that keeps the last would authorize someone else.
     if (header !== undefined && authorizationHeaderCount(request.raw.rawHeaders) > 1) {
@@ -210,7 +219,7 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     const known = verified.get(header, Date.now())
     if (known !== undefined) request.user = known
     else {
-      if (!/^Bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(header)) throw unauthorized('Send Authorization: Bearer <token>.')
+      if (!bearerHeader.test(header)) throw unauthorized('Send Authorization: Bearer <token>.')
       try {
         await request.jwtVerify()
       } catch (error) {
@@ -221,6 +230,22 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
     }
     if (app.revocations.isStale()) throw serviceUnavailable('token revocation list')
     if (app.revocations.isRevoked(revocationSubjects(request.user))) throw unauthorized('The token was revoked.')
+    return request.user
+  }
+  app.decorate('authenticate', authenticate)
+
+  app.decorate('principalOf', async (token: string): Promise<Principal | null> => {
+    try {
+      return claimsSchema.parse(await app.jwt.verify(token))
+    } catch {
+      return null
+    }
+  })
+
+  app.addHook('onRequest', async (request: FastifyRequest) => {
+    // Unknown routes have no options; they fall through to the 404 handler without revealing anything.
+    if (request.routeOptions.url === undefined || request.routeOptions.config.public === true) return
+    await authenticate(request)
     const { principals, scope } = request.routeOptions.config
     authorize(request.user, principals, scope)
   })

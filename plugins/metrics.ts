@@ -78,8 +78,11 @@ export function createMetrics () {
   const registry = new Registry()
   // Process metrics: event loop lag, heap, RSS, GC, handles.
   collectDefaultMetrics({ register: registry })
+  // Values read when scraped, from the plugin that owns them (it sets its reader when it registers).
+  const readAtScrape: { revocationListAgeS?: () => number } = {}
   return {
     registry,
+    readAtScrape,
     httpRequestDuration: new Histogram({
       name: 'ledger_http_request_duration_seconds',
       help: 'HTTP request duration by method, route template and status code.',
@@ -218,11 +221,88 @@ export function createMetrics () {
       name: 'ledger_db_pool_max_connections',
       help: 'The most connections this process opens to PgBouncer.',
       registers: [registry]
+    }),
+    moneyWrites: new Counter({
+      name: 'ledger_money_writes_total',
+      help: 'POST /transactions that reached the ledger, by kind and outcome (created, replayed: an Idempotency-Key answered with its first transaction, refused: see ledger_money_refusals_total, error: not answered by the ledger).',
+      labelNames: ['kind', 'outcome'] as const,
+      registers: [registry]
+    }),
+    moneyRefusals: new Counter({
+      name: 'ledger_money_refusals_total',
+      help: 'Money writes the ledger refused, nothing written, by kind and reason (insufficient_funds, reference_used, idempotency_key_reused ...).',
+      labelNames: ['kind', 'reason'] as const,
+      registers: [registry]
+    }),
+    revocationListAge: new Gauge({
+      name: 'ledger_revocation_list_age_seconds',
+      help: 'Seconds since this process last read the token revocation list (past REVOCATION_MAX_STALENESS_S it answers tokens with 503).',
+      // With several workers (cluster.ts) the stalest worker's list.
+      aggregator: 'max',
+      collect () {
+        const age = readAtScrape.revocationListAgeS?.()
+        if (age !== undefined) this.set(age)
+      },
+      registers: [registry]
+    }),
+    ledgerCheckHeld: new Gauge({
+      name: 'ledger_check_held',
+      help: 'Whether every ledger invariant held in the last ledger check that finished, whichever process ran it (1 held, 0 failed; 0 too before any check finished, with ledger_check_last_run_timestamp_seconds 0).',
+      // Every worker reads the same last run; max keeps a worker that has not read it yet from looking like a failure.
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    ledgerCheckLastRun: new Gauge({
+      name: 'ledger_check_last_run_timestamp_seconds',
+      help: 'When the last ledger check that finished (held or failed) ended, Unix time; 0 when none has.',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    ledgerCheckDuration: new Gauge({
+      name: 'ledger_check_duration_seconds',
+      help: 'How long the last finished ledger check took.',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    ledgerCheckInterval: new Gauge({
+      name: 'ledger_check_interval_seconds',
+      help: 'RECONCILE_INTERVAL_S: one ledger check per interval among all processes (0: this process never runs it).',
+      aggregator: 'max',
+      registers: [registry]
+    }),
+    ledgerCheckRuns: new Counter({
+      name: 'ledger_check_runs_total',
+      help: 'Ledger checks this process ran, by outcome (held, failed: an invariant broke, error: the check could not finish).',
+      labelNames: ['outcome'] as const,
+      registers: [registry]
     })
   }
 }
 
+/** Money write kinds, outcomes and refusal reasons: every series exists from the start at 0 (rate() and alerts see the first one). */
+export const MONEY_KINDS = ['deposit', 'withdrawal', 'transfer'] as const
+export const MONEY_OUTCOMES = ['created', 'replayed', 'refused', 'error'] as const
+export const MONEY_REFUSALS = [
+  'insufficient_funds', 'user_not_found', 'balance_limit_exceeded', 'caller_not_found', 'transfer_to_self', 'client_revoked',
+  'reference_used', 'idempotency_key_reused'
+] as const
+export type MoneyKind = typeof MONEY_KINDS[number]
+export type MoneyRefusal = typeof MONEY_REFUSALS[number]
+
 export type Metrics = ReturnType<typeof createMetrics>
+
+/**
+ * Series that must exist before their first event: a counter born at 1 shows no increase to rate() or increase(),
+ * so the first refusal, or the first Redis failure the limiter fails open on, would be invisible to an alert.
+ */
+function initialiseSeries (metrics: Metrics) {
+  for (const kind of MONEY_KINDS) {
+    for (const outcome of MONEY_OUTCOMES) metrics.moneyWrites.inc({ kind, outcome }, 0)
+    for (const reason of MONEY_REFUSALS) metrics.moneyRefusals.inc({ kind, reason }, 0)
+  }
+  for (const outcome of ['held', 'failed', 'error']) metrics.ledgerCheckRuns.inc({ outcome }, 0)
+  metrics.dependencyErrors.inc({ dependency: 'redis', operation: 'rate_limit' }, 0)
+}
 
 export interface MetricsOptions {
   metrics: Metrics
@@ -241,6 +321,7 @@ export function bearerMatches (authorization: string | undefined, token: string)
 
 async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
   const { metrics } = options
+  initialiseSeries(metrics)
   app.decorate('metrics', metrics)
   app.decorateRequest('inFlightCounted', false)
   app.decorateRequest('statementTally', undefined)

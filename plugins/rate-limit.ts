@@ -48,6 +48,13 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
 return { allowed, tostring(tokens), wait }
 `
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Set on every route the limiter applies to; the OpenAPI document reads it (429, RateLimit-* headers). */
+    rateLimited?: boolean
+  }
+}
+
 export interface TokenBucketResult {
   allowed: boolean
   /** Whole tokens left after this request. */
@@ -180,6 +187,11 @@ async function rateLimitPlugin (app: FastifyInstance, options: RateLimitPluginOp
     onExceeded: (request) => { metrics.rateLimitDecisions.inc({ tier: tierOf(request), decision: 'rejected' }) },
     errorResponseBuilder: (request, context) => new ProblemError(429, 'rate_limited',
       `Too many requests; retry in ${Math.max(1, Math.ceil(context.ttl / 1000))} s.`)
+  })
+
+  // The limiter applies to every route registered from here on unless its config says `rateLimit: false`.
+  app.addHook('onRoute', (route) => {
+    if (route.config?.rateLimit !== false) route.config = { ...route.config, rateLimited: true }
   })
 
   // Unknown URLs cost a token too: unlimited 404s would let a client map the API for free.

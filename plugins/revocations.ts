@@ -23,6 +23,8 @@ export interface RevocationList {
   /** Whether any of the token's subjects (`client:<id>`, `session:<id>`, ...) was revoked. */
   isRevoked: (subjects: readonly string[]) => boolean
   isStale: () => boolean
+  /** Milliseconds since the list was last read (Infinity before the first read). */
+  ageMs: () => number
   /** Records a revocation in the database and in this process at once. */
   revoke: (sql: Sql, subject: string) => Promise<void>
   /**
@@ -54,7 +56,7 @@ const OVERLAP_S = 30
 export function createRevocationList (options: RevocationOptions): RevocationList {
   const revoked = new Map<string, number>()
   let since: Date | undefined
-  let refreshedAt = 0
+  let refreshedAt = -Infinity
   let timer: NodeJS.Timeout | undefined
   let inFlight: Promise<void> | undefined
 
@@ -84,6 +86,7 @@ export function createRevocationList (options: RevocationOptions): RevocationLis
   const list: RevocationList = {
     isRevoked: (subjects) => subjects.some((subject) => revoked.has(subject)),
     isStale: () => Date.now() - refreshedAt > options.maxStalenessMs,
+    ageMs: () => Date.now() - refreshedAt,
     async revoke (sql, subject) {
       await sql`
         insert into revocations (subject) values (${subject})
@@ -137,6 +140,8 @@ async function revocationsPlugin (app: FastifyInstance, options: RevocationPlugi
     }
   })
   app.decorate('revocations', list)
+  // Read at each scrape; before the first successful read the list is as stale as it gets (+Inf).
+  metrics.readAtScrape.revocationListAgeS = () => list.ageMs() / 1000
   app.addHook('onClose', async () => list.close())
   // A process that cannot read the list at boot still starts; it answers 503 to tokens until the first poll works.
   await list.refresh().catch((error: unknown) => app.log.warn({ err: error }, 'token revocation list not loaded at boot'))

@@ -16,6 +16,8 @@ export type ServiceAction = 'start' | 'stop' | 'restart'
 export interface StackEnv {
   DATABASE_URL: string
   DATABASE_DIRECT_URL: string
+  /** The cluster's superuser, for creating databases (recreateDatabase); never given to the service. */
+  DATABASE_ADMIN_URL: string
   REDIS_URL: string
   STACK_DIR: string
   /** Generated once by `up` into the stack folder (jwt-secret, mode 0600): local tokens survive restarts. */
@@ -125,7 +127,7 @@ export function localStackUp (): StackEnv {
   try {
     runStack(['up'])
     const env = readStackEnv()
-    for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'REDIS_URL', 'STACK_DIR', 'JWT_SECRET']) {
+    for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'DATABASE_ADMIN_URL', 'REDIS_URL', 'STACK_DIR', 'JWT_SECRET']) {
       if (env[key] === undefined) throw new Error(`scripts/stack.sh env did not print ${key}`)
     }
     stackDirCache = env.STACK_DIR
@@ -205,9 +207,12 @@ export async function controlService (action: ServiceAction, service: StackServi
   return Math.round(performance.now() - started)
 }
 
+const bootstrapFile = fileURLToPath(new URL('../sql/bootstrap.sql', import.meta.url))
+
 /**
- * Drops `database` (closing its connections) and creates it empty, over an admin connection to another database
- * on the same server. The name goes in as an escaped identifier; only plain lower-case names are accepted.
+ * Drops `database` (closing its connections), creates it empty and runs sql/bootstrap.sql in it (roles, ownership,
+ * privileges, extensions), over a superuser connection (`DATABASE_ADMIN_URL`). The name goes in as an escaped
+ * identifier; only plain lower-case names are accepted.
  */
 export async function recreateDatabase (adminUrl: string, database: string): Promise<void> {
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(database)) throw new Error(`not a plain database name: ${database}`)
@@ -215,6 +220,23 @@ export async function recreateDatabase (adminUrl: string, database: string): Pro
   try {
     await admin`drop database if exists ${admin(database)} with (force)`
     await admin`create database ${admin(database)}`
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+  const bootstrap = postgres(withDatabase(adminUrl, database), { max: 1, onnotice: () => {} })
+  try {
+    await bootstrap.file(bootstrapFile)
+  } finally {
+    await bootstrap.end({ timeout: 5 })
+  }
+}
+
+/** Drops `database` if it exists (closing its connections), over a superuser connection. */
+export async function dropDatabase (adminUrl: string, database: string): Promise<void> {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(database)) throw new Error(`not a plain database name: ${database}`)
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    await admin`drop database if exists ${admin(database)} with (force)`
   } finally {
     await admin.end({ timeout: 5 })
   }

@@ -62,6 +62,49 @@ async function readMigrationFiles (sqlDir: string): Promise<MigrationFile[]> {
   return files
 }
 
+/** The role that owns the schema (sql/bootstrap.sql); the migrator is a login that may act as it. */
+const SCHEMA_OWNER = 'ledger_owner'
+
+/**
+ * Everything a migration creates belongs to the schema owner, whichever login runs it. A database that was never
+ * bootstrapped (no owner role, or a login that may not act as it) is refused before anything runs.
+ */
+async function actAsOwner (tx: postgres.TransactionSql) {
+  const [row] = await tx<{ exists: boolean, member: boolean | null }[]>`
+    select exists (select 1 from pg_roles where rolname = ${SCHEMA_OWNER}) as exists,
+           (select pg_has_role(current_user, oid, 'member') from pg_roles where rolname = ${SCHEMA_OWNER}) as member`
+  if (row?.exists !== true || row.member !== true) {
+    throw new Error(`this database has no ${SCHEMA_OWNER} role that the migrating login may act as: run sql/bootstrap.sql in it as a superuser first`)
+  }
+  await tx`select set_config('role', ${SCHEMA_OWNER}, true)`
+}
+
+/**
+ * PostgreSQL's guidance for SECURITY DEFINER functions, enforced for every such function the migrations leave,
+ * present and future: its search_path is pinned and names pg_temp last, and its owner is no superuser (so a hole in
+ * it cannot reach past the schema). pg_temp last, not an empty path: a schema the path does not list is searched
+ * first for relations and types, so with an empty path a caller's temporary table (or its row type) would still
+ * come before anything the function names without a schema.
+ * Runs in the migration's transaction: a function that breaks the rule is never committed.
+ */
+async function refuseUnsafeDefinerFunctions (tx: postgres.TransactionSql) {
+  const unsafe = await tx<{ fn: string, problem: string }[]>`
+    select p.oid::regprocedure::text as fn,
+           case when r.rolsuper then 'owned by a superuser' else 'search_path not pinned with pg_temp last' end as problem
+      from pg_proc p
+      join pg_roles r on r.oid = p.proowner
+     where p.prosecdef
+       and p.pronamespace not in ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+       and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+       and (r.rolsuper or not exists (
+             select 1 from unnest(p.proconfig) as setting
+              where setting like 'search_path=%' and (setting = 'search_path=pg_temp' or setting like '%, pg_temp')))
+     order by 1`
+  if (unsafe.length > 0) {
+    throw new Error(`SECURITY DEFINER functions refused: ${unsafe.map((row) => `${row.fn} (${row.problem})`).join(', ')}`)
+  }
+}
+
 /**
  * Applies sql/NNN_name.sql files in order, each once, then re-applies every sql/functions/NAME.sql whose text
  * changed since it was last applied (one file per database function, each a `create or replace`, so a function
@@ -84,6 +127,7 @@ export async function migrate (url: string, log: (line: string) => void = () => 
   // must run outside a transaction, if any.
   const runBatch = (batch: MigrationFile[]) => sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtext('ledger-api:migrations'))`
+    await actAsOwner(tx)
     await tx`
       create table if not exists schema_migrations (
         version text primary key,
@@ -111,6 +155,7 @@ export async function migrate (url: string, log: (line: string) => void = () => 
       applied.push(file.version)
       log(`applied ${file.version}`)
     }
+    await refuseUnsafeDefinerFunctions(tx)
     return undefined
   })
 

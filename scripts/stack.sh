@@ -32,6 +32,9 @@ readonly SERVICES=(postgres pgbouncer redis)
 # through PgBouncer), which sql/007_ledger_roles.sql grants only what the API needs.
 readonly DB_USER=ledger
 readonly API_USER=ledger_api
+# The cluster's superuser: creates the roles and databases (sql/bootstrap.sql), streams to the replica; never used
+# by the service or its tools.
+readonly SUPER_USER=postgres
 readonly DATABASES=(ledger ledger_test)
 readonly READY_TIMEOUT=30
 readonly STOP_TIMEOUT=30
@@ -330,7 +333,6 @@ resolve_bins() {
   PG_CTL=$(pg_tool pg_ctl) || MISSING+=(pg_ctl)
   POSTGRES=$(pg_tool postgres) || MISSING+=(postgres)
   PSQL=$(pg_tool psql) || MISSING+=(psql)
-  CREATEDB=$(pg_tool createdb) || MISSING+=(createdb)
   PG_ISREADY=$(pg_tool pg_isready) || MISSING+=(pg_isready)
   PGBOUNCER=$(other_tool pgbouncer /usr/sbin/pgbouncer) || MISSING+=(pgbouncer)
   REDIS_SERVER=$(other_tool redis-server /usr/bin/redis-server) || MISSING+=(redis-server)
@@ -748,6 +750,13 @@ psql_at() {
   PGCONNECT_TIMEOUT=3 "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$DB_USER" -d "$db" "$@"
 }
 
+# As the superuser, straight to PostgreSQL (never through PgBouncer, which does not list it).
+psql_super() {
+  local port=$1 db=$2
+  shift 2
+  PGCONNECT_TIMEOUT=3 "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$SUPER_USER" -d "$db" "$@"
+}
+
 # ---------------------------------------------------------------------------
 # PostgreSQL
 # ---------------------------------------------------------------------------
@@ -757,11 +766,11 @@ init_postgres() {
   [[ -e $PG_DATA ]] && die "$PG_DATA exists but holds no cluster (interrupted initdb?); move it away and rerun"
   local initlog=$STACK_DIR/log/initdb.log
   log "initialising PostgreSQL cluster in $PG_DATA"
-  if ! run_as "$INITDB" -D "$PG_DATA" -U "$DB_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >"$initlog" 2>&1; then
+  if ! run_as "$INITDB" -D "$PG_DATA" -U "$SUPER_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >"$initlog" 2>&1; then
     # C.UTF-8 is missing on older macOS/glibc; plain C still gives UTF8 storage.
     log "initdb with --locale=C.UTF-8 failed, retrying with --locale=C"
     rm -rf "$PG_DATA"
-    run_as "$INITDB" -D "$PG_DATA" -U "$DB_USER" --auth=trust -E UTF8 --locale=C >>"$initlog" 2>&1 ||
+    run_as "$INITDB" -D "$PG_DATA" -U "$SUPER_USER" --auth=trust -E UTF8 --locale=C >>"$initlog" 2>&1 ||
       {
         tail -n 30 "$initlog" >&2
         die "initdb failed (full log: $initlog)"
@@ -797,21 +806,31 @@ EOF
   fi
 }
 
-pg_ready() { "$PG_ISREADY" -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d postgres; }
+pg_ready() { "$PG_ISREADY" -q -h 127.0.0.1 -p "$PG_PORT" -U "$SUPER_USER" -d postgres; }
+
+# A cluster made before the roles were split has the migrator `ledger` as its bootstrap superuser, which owns the
+# system catalogs and cannot be demoted: such a stack folder has to be made anew.
+check_cluster_roles() {
+  local bootstrap
+  bootstrap=$(PGCONNECT_TIMEOUT=3 "$PSQL" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$SUPER_USER" -d postgres -tAc \
+    'select rolname from pg_roles where oid = 10' 2>/dev/null) || bootstrap=""
+  [[ $bootstrap == "$SUPER_USER" ]] ||
+    die "the PostgreSQL cluster in $PG_DATA was initialised with '${bootstrap:-another role}' as its superuser, not '$SUPER_USER'; it predates the database roles of sql/bootstrap.sql. Make the stack anew: bash scripts/stack.sh down && rm -rf $STACK_DIR"
+}
 
 ensure_databases() {
   local db exists
+  check_cluster_roles
   for db in "${DATABASES[@]}"; do
-    exists=$(psql_at "$PG_PORT" postgres -tAc "select 1 from pg_database where datname = '$db'")
+    exists=$(psql_super "$PG_PORT" postgres -tAc "select 1 from pg_database where datname = '$db'")
     if [[ $exists != 1 ]]; then
       log "creating database $db"
-      PGCONNECT_TIMEOUT=3 "$CREATEDB" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -O "$DB_USER" "$db"
+      psql_super "$PG_PORT" postgres -c "create database \"$db\""
     fi
+    # Roles, ownership, privileges and extensions (idempotent). Trust auth on loopback: the logins need no
+    # password here (compose and Kubernetes give them one).
+    psql_super "$PG_PORT" "$db" -f "$PROJECT/sql/bootstrap.sql" >/dev/null
   done
-  # Trust auth on loopback: the role needs no password here (compose and Kubernetes give it one).
-  psql_at "$PG_PORT" postgres -c "do \$\$ begin
-    if not exists (select 1 from pg_roles where rolname = '$API_USER') then create role $API_USER login;
-    else alter role $API_USER login; end if; end \$\$" >/dev/null
 }
 
 # postgres refuses to start while the pid in postmaster.pid answers kill -0.
@@ -1053,7 +1072,7 @@ start_replica() {
       basebackup=$(pg_tool pg_basebackup) || die "pg_basebackup not found (it ships with the PostgreSQL server package)"
       rm -rf "$REPLICA_DATA"
       log "cloning the primary (127.0.0.1:$PG_PORT) into $REPLICA_DATA with pg_basebackup"
-      run_as "$basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -D "$REPLICA_DATA" \
+      run_as "$basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$SUPER_USER" -D "$REPLICA_DATA" \
         --write-recovery-conf --wal-method=stream --checkpoint=fast >"$(logfile_of replica-basebackup)" 2>&1 || {
         tail -n 30 "$(logfile_of replica-basebackup)" >&2
         rm -rf "$REPLICA_DATA"
@@ -1370,6 +1389,8 @@ cmd_env() {
   local secret_file=$STACK_DIR/$JWT_SECRET_FILE_NAME
   printf 'DATABASE_URL=%s\n' "postgres://$API_USER@127.0.0.1:$PGB_PORT/ledger"
   printf 'DATABASE_DIRECT_URL=%s\n' "postgres://$DB_USER@127.0.0.1:$PG_PORT/ledger"
+  # For the test runner and benchmarks, which create databases of their own (scripts/local-stack.ts).
+  printf 'DATABASE_ADMIN_URL=%s\n' "postgres://$SUPER_USER@127.0.0.1:$PG_PORT/postgres"
   printf 'REDIS_URL=%s\n' "redis://127.0.0.1:$REDIS_PORT"
   # Single quotes rather than printf %q: still eval-safe, and dotenv-style
   # parsers (scripts/local-stack.ts) only know how to strip quotes.

@@ -14,13 +14,15 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DATABASE) || !/^\d{1,2}$/.test(TEST_RED
   process.exit(2)
 }
 // Server processes the tests spawn (server.ts) run no job worker: webhook tests run their jobs themselves
-// (app.worker.runDue()) or spawn `node worker.ts`, and a stray worker loop would take their jobs.
-const env: NodeJS.ProcessEnv = { WORKER_ENABLED: 'false', ...process.env, NODE_ENV: 'test' }
+// (app.worker.runDue()) or spawn `node worker.ts`, and a stray worker loop would take their jobs. Nor the ledger check:
+// test files corrupt and check the shared ledger on purpose (its own tests turn it on).
+const env: NodeJS.ProcessEnv = { WORKER_ENABLED: 'false', RECONCILE_INTERVAL_S: '0', ...process.env, NODE_ENV: 'test' }
 
 let adminUrl: string | undefined
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) {
   const stack = localStackUp()
-  adminUrl = stack.DATABASE_DIRECT_URL
+  adminUrl = stack.DATABASE_ADMIN_URL
+  env.DATABASE_ADMIN_URL = adminUrl
   env.DATABASE_URL = withDatabase(stack.DATABASE_URL, TEST_DATABASE)
   env.DATABASE_DIRECT_URL = withDatabase(stack.DATABASE_DIRECT_URL, TEST_DATABASE)
   const redisUrl = new URL(stack.REDIS_URL)

@@ -41,7 +41,9 @@ alter table webhook_endpoints
   add column disabled_at timestamptz,
   add column last_claimed_at timestamptz;
 
--- The API role: jobs already has select, insert, update, delete (sql/009), which cover the new columns. On
--- endpoints it may change the health and scheduling columns (the worker records attempts, the owner re-enables),
--- never the URL, the secret or the owner.
+-- The API role (which the worker uses), explicitly: on jobs it marks the attempt in flight and the first start
+-- (claims, results); endpoint_id is written only by post_transaction(), never by the API. On endpoints it may
+-- change the health and scheduling columns (the worker records attempts, the owner re-enables), never the URL, the
+-- secret or the owner.
+grant update (claimed_at, started_at) on jobs to ledger_api;
 grant update (consecutive_failures, failing_since, disabled_at, last_claimed_at) on webhook_endpoints to ledger_api;

@@ -80,6 +80,19 @@ t.test('development and test without JWT_SECRET share the local stack secret fil
   t.equal(loadConfig({ ...base, NODE_ENV: 'development' }).JWT_SECRET, base.JWT_SECRET, 'JWT_SECRET, when set, wins')
 })
 
+t.test('WEBHOOK_DNS_SERVERS: the system resolvers unless set, and only IP addresses with optional ports', async (t) => {
+  t.same(loadConfig(base).WEBHOOK_DNS_SERVERS, [], 'unset: the system resolvers')
+  t.equal(loadConfig(base).WEBHOOK_DNS_TIMEOUT_MS, 3000)
+  t.same(loadConfig({ ...base, WEBHOOK_DNS_SERVERS: '10.0.0.2, 1.1.1.1:53,[2606:4700:4700::1111]:53,::1' }).WEBHOOK_DNS_SERVERS,
+    ['10.0.0.2', '1.1.1.1:53', '[2606:4700:4700::1111]:53', '::1'])
+  for (const value of ['dns.google', '1.1.1.1:99999', '1.2.3', '[1.1.1.1]:53', 'https://1.1.1.1/dns-query']) {
+    const error = thrown(() => loadConfig({ ...base, WEBHOOK_DNS_SERVERS: value }))
+    t.ok(error instanceof ConfigError, `WEBHOOK_DNS_SERVERS=${value} is refused`)
+    t.match(error?.message, /WEBHOOK_DNS_SERVERS\.0: must be IP addresses/)
+  }
+  t.throws(() => loadConfig({ ...base, WEBHOOK_DNS_TIMEOUT_MS: '20' }), /WEBHOOK_DNS_TIMEOUT_MS/)
+})
+
 t.test('PASSWORD_HASH_COST must be a power of two: a clear boot error, not a 500 per login', async (t) => {
   t.equal(loadConfig(base).PASSWORD_HASH_COST, 131072, 'OWASP\'s N = 2^17 by default')
   for (const value of ['1000', '100000', '131073', '512', `${2 ** 21}`]) {

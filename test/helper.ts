@@ -2,12 +2,13 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan, type Span, type SpanProcessor } from '@opentelemetry/sdk-trace-base'
-import type { FastifyServerOptions, InjectOptions } from 'fastify'
+import type { FastifyInstance, FastifyServerOptions, InjectOptions } from 'fastify'
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
 import type { Scope } from '../plugins/auth.ts'
 import { createServiceClient } from '../routes/auth/clients.ts'
+import { wireMismatches } from './wire-check.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -39,17 +40,59 @@ const generousLimits = {
   // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.worker.runDue()), so no
   // app's background loop takes another test's jobs.
   WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
-  WORKER_ENABLED: 'false'
+  WORKER_ENABLED: 'false',
+  // Test files share one database and check or corrupt the whole ledger on purpose; only the ledger check's own
+  // tests run it, as real processes.
+  RECONCILE_INTERVAL_S: '0'
 }
 
 export function testConfig (overrides: Record<string, string> = {}): Config {
   return loadConfig({ ...process.env, LOG_LEVEL: 'silent', ...generousLimits, ...overrides })
 }
 
-/** Builds the app exactly as the server does, against the test stack, and closes it when the test ends. */
-export async function buildTestApp (t: Teardown, overrides: Record<string, string> = {}, options: { logger?: FastifyServerOptions['logger'] } = {}): Promise<App> {
-  const app = await buildApp(testConfig(overrides), options)
-  t.teardown(() => app.close())
+const foundMismatches = new WeakMap<object, string[]>()
+
+/** What the wire check found in this app's responses so far (a test that provokes a mismatch on purpose empties it). */
+export const wireMismatchesOf = (app: App): string[] => foundMismatches.get(app) ?? []
+
+/**
+ * The wire check (test/wire-check.ts) on every response of every route, whether the request came from inject or
+ * over a socket. A response that differs from openapi.json is replaced by a 500 problem naming the difference, so
+ * the test that caused it fails where it looks at the answer, and is listed for the test's teardown to fail on.
+ */
+function addWireCheck (app: FastifyInstance, found: string[]) {
+  app.addHook('onSend', async (request, reply, payload) => {
+    const route = request.routeOptions.url
+    if (route === undefined || request.method === 'HEAD') return payload
+    // Streams (the documentation's static files) belong to no documented operation.
+    if (payload !== null && payload !== undefined && typeof payload !== 'string' && !Buffer.isBuffer(payload)) return payload
+    const mismatches = wireMismatches({ method: request.method, route, statusCode: reply.statusCode, headers: reply.getHeaders(), body: payload == null ? '' : payload.toString() })
+    if (mismatches.length === 0) return payload
+    found.push(...mismatches)
+    process.stderr.write(`wire check: the response does not match openapi.json: ${mismatches.join('; ')}\n`)
+    reply.code(500).type('application/problem+json')
+    return JSON.stringify({ type: 'https://ledger-api.dev/problems/wire_check', title: 'Internal Server Error', status: 500, detail: `The response does not match openapi.json: ${mismatches.join('; ')}` })
+  })
+}
+
+/**
+ * Builds the app exactly as the server does, against the test stack, with the wire check on every response, and
+ * closes it when the test ends (failing the test if any response differed from openapi.json).
+ */
+export async function buildTestApp (t: Teardown & { fail: (message: string) => void }, overrides: Record<string, string> = {}, options: { logger?: FastifyServerOptions['logger'], beforeRoutes?: (app: FastifyInstance) => void } = {}): Promise<App> {
+  const found: string[] = []
+  const app = await buildApp(testConfig(overrides), {
+    ...options,
+    beforeRoutes: (instance) => {
+      options.beforeRoutes?.(instance)
+      addWireCheck(instance, found)
+    }
+  })
+  foundMismatches.set(app, found)
+  t.teardown(async () => {
+    await app.close()
+    if (found.length > 0) t.fail(`responses differ from openapi.json:\n${found.join('\n')}`)
+  })
   return app
 }
 
@@ -135,7 +178,7 @@ export async function createUser (app: App, options: { name?: string, tier?: 'st
   const { id } = signup.json() as { id: string }
   const login = await app.inject({ method: 'POST', url: '/auth/token', remoteAddress, payload: { email, password } })
   if (login.statusCode !== 200) throw new Error(`login failed: ${login.statusCode} ${login.body}`)
-  const { accessToken, refreshToken } = login.json() as { accessToken: string, refreshToken: string }
+  const { access_token: accessToken, refresh_token: refreshToken } = login.json() as { access_token: string, refresh_token: string }
   const sessionId = String(claimsOf(accessToken).sid)
   // Tiers are not self-service; a test that needs another tier gets a token for it directly, in the same session.
   const token = options.tier !== undefined ? (await app.issueToken({ id, tier: options.tier, sessionId })).accessToken : accessToken
@@ -160,7 +203,7 @@ export async function createClient (app: App, scopes: Scope[] = ['funds:write'],
     method: 'POST', url: '/auth/token', remoteAddress: randomTestIp(), payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: secret }
   })
   if (response.statusCode !== 200) throw new Error(`client token failed: ${response.statusCode} ${response.body}`)
-  const token = response.json().accessToken as string
+  const token = response.json().access_token as string
   return { id: client.id, secret, scopes, token, authorization: `Bearer ${token}` }
 }
 

@@ -10,7 +10,7 @@ export interface BenchEnv {
   databaseUrl: string
   /** Straight to PostgreSQL, bench database: seeding, cursors. */
   directUrl: string
-  /** Straight to PostgreSQL, maintenance database: drop/create, sampling pg_stat_activity. */
+  /** Straight to PostgreSQL as a superuser (DATABASE_ADMIN_URL), maintenance database: drop/create and bootstrap, sampling pg_stat_activity. */
   adminUrl: string
   redisUrl: string
   database: string
@@ -21,6 +21,7 @@ export interface BenchEnv {
 export function resolveEnv (database: string, redisDb: number, log: (line: string) => void): BenchEnv {
   let databaseUrl = process.env.DATABASE_URL
   let directUrl = process.env.DATABASE_DIRECT_URL
+  let adminUrl = process.env.DATABASE_ADMIN_URL
   let redisUrl = process.env.REDIS_URL
   let stackDir: string | undefined
   if (!databaseUrl || !redisUrl) {
@@ -28,6 +29,7 @@ export function resolveEnv (database: string, redisDb: number, log: (line: strin
     const stack = localStackUp()
     databaseUrl = stack.DATABASE_URL
     directUrl = stack.DATABASE_DIRECT_URL
+    adminUrl = stack.DATABASE_ADMIN_URL
     redisUrl = stack.REDIS_URL
     stackDir = stack.STACK_DIR
   }
@@ -40,7 +42,7 @@ export function resolveEnv (database: string, redisDb: number, log: (line: strin
   return {
     databaseUrl: withDatabase(databaseUrl, database),
     directUrl: withDatabase(directUrl, database),
-    adminUrl: withDatabase(directUrl, 'postgres'),
+    adminUrl: withDatabase(adminUrl || directUrl, 'postgres'),
     redisUrl: redis.toString(),
     database,
     stackDir

@@ -1,6 +1,7 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { Scope } from '../../plugins/auth.ts'
 import type { Sql } from '../../plugins/database.ts'
+import { oauthError, type ProblemError } from '../../plugins/errors.ts'
 
 /**
  * Client secrets are 256 random bits, stored as their SHA-256. A slow KDF protects secrets people choose, which
@@ -72,18 +73,61 @@ export async function revokeServiceClient (sql: Sql, id: string): Promise<boolea
   })
 }
 
-// What the comparison runs against when the client id is unknown or revoked, so every failure does the same work.
-const DECOY_HASH = hashClientSecret(newClientSecret())
-
 /**
- * The active client with this id and secret, or null. Unknown id, wrong secret and revoked client take the same
- * path (one primary-key lookup, one hash, one constant-time comparison) and give the same null.
+ * The active client with this id and secret, or null. The database compares (authenticate_client(), so the API's
+ * role never reads a secret hash); unknown id, wrong secret and revoked client are one answer from one
+ * primary-key lookup.
  */
 export async function verifyClientCredentials (sql: Sql, id: string, secret: string): Promise<{ id: string, scopes: Scope[] } | null> {
-  const [row] = await sql<{ id: string, secret_hash: Buffer, scopes: string, revoked_at: Date | null }[]>`
-    select id, secret_hash, scopes::text as scopes, revoked_at from service_clients where id = ${id}`
-  const presented = hashClientSecret(secret)
-  const matches = timingSafeEqual(presented, row?.secret_hash ?? DECOY_HASH)
-  if (row === undefined || row.revoked_at !== null || !matches) return null
-  return { id: row.id, scopes: parseScopes(row.scopes) }
+  const [row] = await sql<{ id: string, scopes: string }[]>`
+    select id, scopes from authenticate_client(${id}, ${hashClientSecret(secret)})`
+  return row === undefined ? null : { id: row.id, scopes: parseScopes(row.scopes) }
+}
+
+// RFC 9110 asks every 401 for a challenge; at the token endpoint a client authenticates with HTTP Basic.
+export const BASIC_CHALLENGE = { 'www-authenticate': 'Basic realm="ledger-api"' }
+
+export const invalidClient = () =>
+  oauthError(401, 'invalid_client', 'Client authentication failed: unknown client, malformed client id, wrong secret or revoked client.', BASIC_CHALLENGE)
+
+/** How a request to the token or revocation endpoint authenticates its client (RFC 6749 section 2.3.1). */
+export type PresentedClient =
+  | { method: 'client_secret_basic' | 'client_secret_post', id: string, secret: string }
+  /** No secret: a public client's bare client_id (ignored), or nothing. */
+  | { method: 'none', id?: string, secret?: undefined }
+  | { method: 'invalid', error: ProblemError }
+
+// RFC 6749 section 2.3.1: the id and secret are form-encoded before they are joined and base64-encoded.
+function formDecode (value: string): string | null {
+  try {
+    return decodeURIComponent(value.replaceAll('+', ' '))
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The client credentials a request presents: HTTP Basic (client_secret_basic, which every client library sends by
+ * default), or client_id and client_secret in the body (client_secret_post). Using both is an invalid_request
+ * (RFC 6749 section 2.3: one method per request); an Authorization header that is not well-formed Basic is an
+ * invalid_client.
+ */
+export function clientAuthenticationOf (authorization: string | undefined, body: { client_id?: string, client_secret?: string }): PresentedClient {
+  if (authorization === undefined) {
+    if (body.client_secret !== undefined) return { method: 'client_secret_post', id: body.client_id ?? '', secret: body.client_secret }
+    return { method: 'none', id: body.client_id }
+  }
+  const encoded = /^basic +([A-Za-z0-9+/]{1,1400}={0,2}) *$/i.exec(authorization)?.[1]
+  const decoded = encoded === undefined ? '' : Buffer.from(encoded, 'base64').toString('utf8')
+  const colon = decoded.indexOf(':')
+  const id = colon < 0 ? null : formDecode(decoded.slice(0, colon))
+  const secret = colon < 0 ? null : formDecode(decoded.slice(colon + 1))
+  if (id === null || secret === null) return { method: 'invalid', error: invalidClient() }
+  if (body.client_secret !== undefined) {
+    return { method: 'invalid', error: oauthError(400, 'invalid_request', 'Authenticate the client one way: HTTP Basic or client_secret in the body, not both.') }
+  }
+  if (body.client_id !== undefined && body.client_id !== id) {
+    return { method: 'invalid', error: oauthError(400, 'invalid_request', 'The client_id in the body is not the one HTTP Basic authenticates.') }
+  }
+  return { method: 'client_secret_basic', id, secret }
 }

@@ -117,6 +117,19 @@ export async function endSession (sql: Sql, userId: string, sessionId: string): 
 }
 
 /**
+ * Ends the session a refresh token belongs to, current or already used (RFC 7009 revocation: the token is the
+ * authority, whoever presents it). Returns the session's id, or null for a token that is not ours.
+ */
+export async function endSessionOfRefreshToken (sql: Sql, presented: string): Promise<string | null> {
+  return sql.begin(async (tx) => {
+    const [row] = await tx<{ session_id: string }[]>`select session_id from refresh_tokens where token_hash = ${hashRefreshToken(presented)}`
+    if (row === undefined) return null
+    await endSessions(tx, [row.session_id], 'logout')
+    return row.session_id
+  })
+}
+
+/**
  * Sets a new password and ends every session of the user, in one transaction. The user row is locked first
  * (FOR UPDATE), so a login that verified the old password cannot open a session after the sessions were read
  * (openSession's FOR KEY SHARE waits for this lock, then finds the version moved on). Returns the ended session

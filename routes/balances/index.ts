@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
-import { commonErrors } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
 import { listBalances } from './queries.ts'
 
 const BalancesSchema = z.object({
@@ -9,6 +9,6 @@ const BalancesSchema = z.object({
 
 export const balancesRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/balances', {
-    schema: { operationId: 'listBalances', tags: ['money'], summary: "The caller's balance in each currency", response: { 200: BalancesSchema, ...commonErrors } }
+    schema: { operationId: 'listBalances', tags: ['money'], summary: "The caller's balance in each currency", ...responses({ 200: { schema: BalancesSchema, description: 'One entry per currency the caller has held.' } }) }
   }, async (request) => ({ data: await listBalances(app.db, request.user.id) }))
 }

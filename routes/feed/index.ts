@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { CursorCodec } from '../../plugins/cursors.ts'
 import { notFound } from '../../plugins/errors.ts'
 import { enqueueJob, wakeWorkers } from '../../plugins/jobs.ts'
-import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
 import { FEED_CACHE, FEED_JOB, type FanOutPayload, type RemovePostPayload } from './jobs.ts'
 import { feedPageQuery, feedPositionOf, insertPost, markPostDeleted, toPost, type FeedRow } from './queries.ts'
 import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostIdParamsSchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
@@ -28,7 +28,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['feed'],
       summary: 'Post: on your feed at once, on your followers\' feeds within seconds',
       body: CreatePostBodySchema,
-      response: { 201: PostSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 201: { schema: PostSchema, description: 'Posted: on your feed now.' }, 404: 'The caller\'s account no longer exists.' })
     }
   }, async (request, reply) => {
     const authorId = request.user.id
@@ -53,7 +53,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['feed'],
       summary: 'Delete your post: off your feed at once, off every other feed within seconds',
       params: PostIdParamsSchema,
-      response: { 204: z.null().describe('Deleted'), 404: ProblemSchema, ...commonErrors }
+      ...responses({ 204: { schema: z.null(), description: 'Deleted.' }, 404: 'No such post of yours (someone else\'s post is not found either).' })
     }
   }, async (request, reply) => {
     const authorId = request.user.id
@@ -77,7 +77,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['feed'],
       summary: 'Your feed, newest first, with each post\'s author',
       querystring: FeedQuerySchema,
-      response: { 200: FeedPageSchema, ...commonErrors }
+      ...responses({ 200: { schema: FeedPageSchema, description: 'One page, newest first; nextCursor is null on the last.' }, 400: 'The cursor is not one your feed gave you.' })
     }
   }, async (request) => {
     const userId = request.user.id

@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import { CursorParamSchema } from '../../plugins/cursors.ts'
-import { hasInvisibleFormatting, INVISIBLE_FORMATTING_MESSAGE } from '../common/text.ts'
+import { formattingProblem } from '../common/text.ts'
 
 export const POST_BODY_MAX_CHARS = 5000
 export const FEED_DEFAULT_LIMIT = 20
@@ -14,8 +14,9 @@ export const FEED_MAX_LIMIT = 50
  * - U+0000: PostgreSQL text cannot store NUL, so it is a 400 here instead of a 500 from the driver;
  * - unpaired surrogates: they cannot be encoded as UTF-8 and would silently come back as U+FFFD;
  * - invisible formatting characters (bidi overrides, zero-width characters: routes/common/text.ts says exactly
- *   which), the tricks that make a post look like something it is not. Other control characters stay allowed in
- *   a body as before (they are stored and returned as JSON escapes).
+ *   which), the tricks that make a post look like something it is not, and more combining marks on one character
+ *   than any script needs. Other control characters stay allowed in a body (they are stored and returned as JSON
+ *   escapes).
  */
 function postBodyProblem (body: string): string | undefined {
   if (body.length === 0) return 'must not be empty'
@@ -25,8 +26,7 @@ function postBodyProblem (body: string): string | undefined {
   }
   if (body.includes('\u0000')) return 'must not contain NUL characters (U+0000)'
   if (!body.isWellFormed()) return 'must be well-formed Unicode (no unpaired surrogates)'
-  if (hasInvisibleFormatting(body)) return INVISIBLE_FORMATTING_MESSAGE
-  return undefined
+  return formattingProblem(body)
 }
 
 // One check producing at most one message, so a bad body is one entry in the problem's `errors`.

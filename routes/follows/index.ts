@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import { badRequest, notFound } from '../../plugins/errors.ts'
 import { enqueueJob, wakeWorkers } from '../../plugins/jobs.ts'
-import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
+import { IdParamsSchema } from '../common/schemas.ts'
 import { FEED_JOB, type FollowPayload } from '../feed/jobs.ts'
 import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './queries.ts'
 import { FollowsPageSchema, FollowsPositionSchema, FollowsQuerySchema } from './schemas.ts'
@@ -22,7 +23,11 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['follows'],
       summary: 'Follow a user (idempotent); their 20 most recent posts come into your feed',
       params: IdParamsSchema,
-      response: { 204: z.null().describe('Following'), 404: ProblemSchema, ...commonErrors }
+      ...responses({
+        204: { schema: z.null(), description: 'Following (also when already following).' },
+        400: 'The id is your own: you cannot follow yourself.',
+        404: 'No such user.'
+      })
     }
   }, async (request, reply) => {
     const followerId = request.user.id
@@ -46,7 +51,7 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['follows'],
       summary: 'Stop following a user (204 also when you did not); their posts leave your feed',
       params: IdParamsSchema,
-      response: { 204: z.null().describe('Not following'), ...commonErrors }
+      ...responses({ 204: { schema: z.null(), description: 'Not following (also when you were not).' } })
     }
   }, async (request, reply) => {
     const followerId = request.user.id
@@ -73,7 +78,7 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
         tags: ['follows'],
         summary: list.summary,
         querystring: FollowsQuerySchema,
-        response: { 200: FollowsPageSchema, ...commonErrors }
+        ...responses({ 200: { schema: FollowsPageSchema, description: 'One page; nextCursor is null on the last.' }, 400: 'The cursor is not one this list gave you.' })
       }
     }, async (request) => {
       const userId = request.user.id

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
+import { responses } from '../../plugins/openapi.ts'
 
 const ReadySchema = z.object({
   status: z.enum(['ok', 'unavailable']),
@@ -13,7 +14,7 @@ export const readyBody = (result: { ok: boolean, checks: { postgres: 'ok' | 'dow
 export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health/live', {
     config: { public: true, rateLimit: false, pressureExempt: true },
-    schema: { operationId: 'getLiveness', tags: ['operations'], summary: 'Liveness: the process is running', security: [], response: { 200: z.object({ status: z.literal('ok') }) } }
+    schema: { operationId: 'getLiveness', tags: ['operations'], summary: 'Liveness: the process is running', security: [], ...responses({ 200: { schema: z.object({ status: z.literal('ok') }), description: 'The process runs.' } }) }
   }, async () => ({ status: 'ok' as const }))
 
   // From the result plugins/readiness.ts refreshes in the background: no database or Redis call per request.
@@ -24,7 +25,10 @@ export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['operations'],
       summary: 'Readiness: PostgreSQL (through PgBouncer) and Redis answered the last background probe (at most a second old)',
       security: [],
-      response: { 200: ReadySchema, 503: ReadySchema }
+      ...responses({
+        200: { schema: ReadySchema, description: 'PostgreSQL and Redis both answered.' },
+        503: { schema: ReadySchema, description: 'PostgreSQL or Redis did not answer: checks says which.' }
+      })
     }
   }, async (request, reply) => {
     const result = app.readiness.current()

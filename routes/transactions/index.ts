@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { authorize, type PrincipalKind } from '../../plugins/auth.ts'
 import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors.ts'
 import { wakeWorkers } from '../../plugins/jobs.ts'
-import { commonErrors, ProblemSchema } from '../common/schemas.ts'
+import type { MoneyKind, MoneyRefusal } from '../../plugins/metrics.ts'
+import { responses } from '../../plugins/openapi.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './queries.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
@@ -11,14 +12,15 @@ import {
 
 const transferToSelf = () => badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
 
-// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the caller's to fix.
-const ledgerRefusals: Record<string, () => ProblemError> = {
-  LDG01: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.'),
-  LDG02: () => notFound('The user does not exist.'),
-  LDG03: () => unprocessable('balance_limit_exceeded', 'The recipient balance would pass the largest amount the ledger holds.'),
-  LDG04: () => unauthorized('The account this token was issued for no longer exists.'),
-  LDG05: transferToSelf,
-  LDG06: () => unauthorized('The client was revoked.')
+// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the caller's to
+// fix, each with the reason the refusal is counted under (ledger_money_refusals_total).
+const ledgerRefusals: Record<string, { reason: MoneyRefusal, problem: () => ProblemError }> = {
+  LDG01: { reason: 'insufficient_funds', problem: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.') },
+  LDG02: { reason: 'user_not_found', problem: () => notFound('The user does not exist.') },
+  LDG03: { reason: 'balance_limit_exceeded', problem: () => unprocessable('balance_limit_exceeded', 'The recipient balance would pass the largest amount the ledger holds.') },
+  LDG04: { reason: 'caller_not_found', problem: () => unauthorized('The account this token was issued for no longer exists.') },
+  LDG05: { reason: 'transfer_to_self', problem: transferToSelf },
+  LDG06: { reason: 'client_revoked', problem: () => unauthorized('The client was revoked.') }
 }
 
 /** A reference another transaction of this client already holds: the database's unique index says so. */
@@ -35,7 +37,13 @@ const posters: Record<string, readonly PrincipalKind[]> = {
 }
 
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
-  const { db, cursors, reads, currencies, config } = app
+  const { db, cursors, reads, currencies, config, metrics } = app
+  /** Counts a refusal (nothing written) and returns its problem to throw. */
+  const refused = (kind: MoneyKind, reason: MoneyRefusal, problem: ProblemError) => {
+    metrics.moneyWrites.inc({ kind, outcome: 'refused' })
+    metrics.moneyRefusals.inc({ kind, reason })
+    return problem
+  }
 
   app.post('/transactions', {
     config: { principals: ['user', 'client'], scope: 'funds:write' },
@@ -53,23 +61,35 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Move money exactly once per Idempotency-Key: a user transfers; a service client (funds:write) deposits or withdraws',
       headers: IdempotencyHeadersSchema,
       body: CreateTransactionBodySchema,
-      response: { 201: TransactionSchema, 403: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 422: ProblemSchema, ...commonErrors }
+      ...responses({
+        201: { schema: TransactionSchema, description: 'Posted; or, for a retry with the same key and body, the original answer (Idempotent-Replayed: true).', headers: ['Location', 'Idempotent-Replayed'] },
+        400: 'A transfer to yourself, or Idempotency-Key missing or not 1 to 255 visible ASCII characters.',
+        401: 'The account or client the token names no longer exists, or was revoked.',
+        403: 'The kind is not the caller\'s: a user posts transfers only, a service client deposits and withdrawals only.',
+        404: 'The user to fund does not exist.',
+        409: 'The reference was already used by another transaction of this client; nothing was written.',
+        422: 'insufficient_funds or balance_limit_exceeded (nothing was written), or the Idempotency-Key was used before with a different body.'
+      })
     }
   }, async (request, reply) => {
     const { body, user } = request
+    const { kind } = body
     // Checked here to skip a round trip; post_transaction() refuses it too (LDG05), whatever the caller sends.
-    if (body.kind === 'transfer' && body.toUserId === user.id) throw transferToSelf()
+    if (kind === 'transfer' && body.toUserId === user.id) throw refused(kind, 'transfer_to_self', transferToSelf())
     let result
     try {
       result = await postTransaction(db, user, request.headers['idempotency-key'], body, config.IDEMPOTENCY_KEY_TTL_H * 3600)
     } catch (error) {
-      if (isReferenceUsed(error)) throw conflict('reference_used', 'This reference was already used by another transaction of this client; nothing was written.')
+      if (isReferenceUsed(error)) throw refused(kind, 'reference_used', conflict('reference_used', 'This reference was already used by another transaction of this client; nothing was written.'))
       const refusal = ledgerRefusals[(error as { code?: string }).code ?? '']
-      throw refusal !== undefined ? refusal() : error
+      if (refusal !== undefined) throw refused(kind, refusal.reason, refusal.problem())
+      metrics.moneyWrites.inc({ kind, outcome: 'error' })
+      throw error
     }
     if (result.outcome === 'mismatch') {
-      throw unprocessable('idempotency_key_reused', 'This Idempotency-Key was already used with a different request.')
+      throw refused(kind, 'idempotency_key_reused', unprocessable('idempotency_key_reused', 'This Idempotency-Key was already used with a different request.'))
     }
+    metrics.moneyWrites.inc({ kind, outcome: result.outcome })
     if (result.outcome === 'replayed') reply.header('idempotent-replayed', 'true')
     else {
       // Before answering, so the next list read (on any API process) of the poster and of every user the money
@@ -89,7 +109,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['money'],
       summary: 'Newest first (cursor pagination): for a user the transactions that touch them, for a client the ones it posted',
       querystring: ListTransactionsQuerySchema,
-      response: { 200: TransactionPageSchema, ...commonErrors }
+      ...responses({ 200: { schema: TransactionPageSchema, description: 'One page, newest first; nextCursor is null on the last.' }, 400: 'The cursor is not one this list gave you.' })
     }
   }, async (request) => {
     const { limit, cursor } = request.query
@@ -107,7 +127,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['money'],
       summary: 'One transaction the caller could list',
       params: TransactionIdParamsSchema,
-      response: { 200: TransactionSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: TransactionSchema, description: 'The transaction.' }, 404: 'No such transaction the caller could list.' })
     }
   }, async (request) => {
     // Someone else's transaction is "not found", never "forbidden": its existence is not revealed.

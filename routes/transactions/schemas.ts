@@ -6,7 +6,7 @@ import { MULTI_LINE } from '../common/text.ts'
 
 export const TransactionKindSchema = z.enum(['deposit', 'withdrawal', 'transfer'])
 
-const DescriptionSchema = z.string().max(500).refine(MULTI_LINE.check, { message: MULTI_LINE.message })
+const DescriptionSchema = z.string().max(500).superRefine(MULTI_LINE.refine)
 
 // Idempotency keys and settlement references: echoed in logs and compared byte for byte, so visible ASCII only.
 const VisibleAsciiSchema = z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
@@ -38,7 +38,8 @@ export const CreateTransactionBodySchema = z.discriminatedUnion('kind', [
 ])
 
 export const IdempotencyHeadersSchema = z.object({
-  'idempotency-key': VisibleAsciiSchema
+  'idempotency-key': z.string({ error: (issue) => issue.input === undefined ? 'is required: 1 to 255 visible ASCII characters, the same on every retry of this request' : undefined })
+    .min(1).max(255).regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 visible ASCII characters')
 })
 
 export const TransactionSchema = z.object({

@@ -1,7 +1,8 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { conflict, forbidden, notFound, unauthorized } from '../../plugins/errors.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit.ts'
-import { commonErrors, IdParamsSchema, ProblemSchema } from '../common/schemas.ts'
+import { responses } from '../../plugins/openapi.ts'
+import { IdParamsSchema } from '../common/schemas.ts'
 import { z } from 'zod'
 import { accountGuard } from '../auth/login-throttle.ts'
 import { changePassword, sessionSubject } from '../auth/sessions.ts'
@@ -25,7 +26,10 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Sign up',
       security: [],
       body: SignupBodySchema,
-      response: { 201: UserSchema, 400: ProblemSchema, 409: ProblemSchema, 429: ProblemSchema, 503: ProblemSchema }
+      ...responses({
+        201: { schema: UserSchema, description: 'Signed up: the new user.', headers: ['Location'] },
+        409: 'An account with this email already exists (emails compare case-insensitively).'
+      })
     }
   }, async (request, reply) => {
     const { email, name, password } = request.body
@@ -35,7 +39,12 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   })
 
   app.get('/users/me', {
-    schema: { operationId: 'getMe', tags: ['users'], summary: 'The caller, with email', response: { 200: UserSchema, 404: ProblemSchema, ...commonErrors } }
+    schema: {
+      operationId: 'getMe',
+      tags: ['users'],
+      summary: 'The caller, with email',
+      ...responses({ 200: { schema: UserSchema, description: 'The caller.' }, 404: 'The caller\'s account no longer exists.' })
+    }
   }, async (request) => {
     const user = await findUser(db, request.user.id)
     if (user === null) throw notFound('User not found.')
@@ -50,7 +59,12 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       description: 'A wrong currentPassword is 403 and changes nothing; it counts as a failed login for the account (429 once it is locked). On success every access and refresh token of the user stops ' +
         'working on every API process within a second; log in again with the new password.',
       body: ChangePasswordBodySchema,
-      response: { 204: z.null(), 403: ProblemSchema, 409: ProblemSchema, ...commonErrors }
+      ...responses({
+        204: { schema: z.null(), description: 'Changed: every session of the user has ended.' },
+        403: 'The current password is wrong; nothing changed.',
+        409: 'The password changed while this request ran; try again.',
+        429: 'Too many wrong current passwords (or failed logins) for this account: locked until Retry-After, the right password included.'
+      })
     }
   }, async (request, reply) => {
     const { currentPassword, newPassword } = request.body
@@ -81,7 +95,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['users'],
       summary: 'A user profile (email only for the caller)',
       params: IdParamsSchema,
-      response: { 200: UserViewSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: UserViewSchema, description: 'The profile; email only when it is the caller\'s.' }, 404: 'No such user.' })
     }
   }, async (request) => {
     const { id } = request.params
@@ -98,7 +112,11 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Update your own name or avatar',
       params: IdParamsSchema,
       body: PatchUserBodySchema,
-      response: { 200: UserSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({
+        200: { schema: UserSchema, description: 'The updated profile.' },
+        403: 'Another user\'s profile: only your own can be changed.',
+        404: 'The caller\'s account no longer exists.'
+      })
     }
   }, async (request) => {
     if (request.params.id !== request.user.id) throw forbidden('You can only change your own profile.')

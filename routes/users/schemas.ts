@@ -3,10 +3,10 @@ import { SINGLE_LINE } from '../common/text.ts'
 
 export const EmailSchema = z.string().trim().max(254).pipe(z.email()).transform((email) => email.toLowerCase())
 
-export const NameSchema = z.string().trim().min(1).max(100).refine(SINGLE_LINE.check, { message: SINGLE_LINE.message })
+export const NameSchema = z.string().trim().min(1).max(100).superRefine(SINGLE_LINE.refine)
 
 export const AvatarUrlSchema = z.url({ protocol: /^https?$/, hostname: z.regexes.domain }).max(2048)
-  .refine(SINGLE_LINE.check, { message: SINGLE_LINE.message }).nullable()
+  .superRefine(SINGLE_LINE.refine).nullable()
 
 // The upper bound keeps a huge password from turning the KDF into a denial of service.
 // Well-formed only: two different ill-formed passwords would otherwise hash the same.

@@ -1,8 +1,8 @@
 import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
-import { commonErrors, ProblemSchema } from '../common/schemas.ts'
-import { checkTarget } from './outbound.ts'
+import { responses } from '../../plugins/openapi.ts'
+import { checkTarget, targetPolicy } from './outbound.ts'
 import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, setEndpointEnabled, toDelivery } from './queries.ts'
 import {
   CreatedWebhookEndpointSchema, CreateWebhookEndpointBodySchema, DeliveryCursorSchema, ListDeliveriesQuerySchema,
@@ -18,16 +18,21 @@ const endpointNotFound = () => notFound('Webhook endpoint not found.')
 
 export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, config } = app
-  const policy = { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS }
+  const policy = targetPolicy(config)
 
   app.post('/webhook-endpoints', {
-    config: routeConfig,
+    // The answer holds the endpoint's signing secret.
+    config: { ...routeConfig, carriesCredentials: true },
     schema: {
       operationId: 'createWebhookEndpoint',
       tags: ['webhooks'],
       summary: `Register a URL that receives signed events (at most ${MAX_ENDPOINTS_PER_PRINCIPAL}); the secret is shown only in this answer`,
       body: CreateWebhookEndpointBodySchema,
-      response: { 201: CreatedWebhookEndpointSchema, 403: ProblemSchema, 409: ProblemSchema, ...commonErrors }
+      ...responses({
+        201: { schema: CreatedWebhookEndpointSchema, description: 'Registered: the endpoint with its signing secret, shown only here.', headers: ['Location'] },
+        400: 'The URL is not allowed: not https, or it resolves to a private, loopback or link-local address.',
+        409: `The caller already has ${MAX_ENDPOINTS_PER_PRINCIPAL} endpoints; delete one first.`
+      })
     }
   }, async (request, reply) => {
     const { url, events } = request.body
@@ -47,7 +52,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       operationId: 'listWebhookEndpoints',
       tags: ['webhooks'],
       summary: 'The caller\'s webhook endpoints, oldest first (never their secrets)',
-      response: { 200: WebhookEndpointListSchema, 403: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: WebhookEndpointListSchema, description: 'The caller\'s endpoints, without their secrets.' } })
     }
   }, async (request) => ({ data: await listEndpoints(db, request.user) }))
 
@@ -59,7 +64,10 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'Re-enable one of the caller\'s webhook endpoints (`{ "enabled": true }`), or disable it',
       params: WebhookEndpointIdParamsSchema,
       body: UpdateWebhookEndpointBodySchema,
-      response: { 200: WebhookEndpointSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({
+        200: { schema: WebhookEndpointSchema, description: 'The endpoint as it is now, without its secret.' },
+        404: 'No such endpoint of the caller\'s.'
+      })
     }
   }, async (request) => {
     const endpoint = await setEndpointEnabled(db, request.user, request.params.id, request.body.enabled)
@@ -74,7 +82,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       tags: ['webhooks'],
       summary: 'Delete one of the caller\'s webhook endpoints; its pending deliveries are dropped',
       params: WebhookEndpointIdParamsSchema,
-      response: { 204: z.null().describe('Deleted'), 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 204: { schema: z.null(), description: 'Deleted.' }, 404: 'No such endpoint of the caller\'s.' })
     }
   }, async (request, reply) => {
     if (!await deleteEndpoint(db, request.user, request.params.id)) throw endpointNotFound()
@@ -89,7 +97,7 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       summary: 'An endpoint\'s deliveries, newest first (cursor pagination): pending, delivered or failed, with attempts',
       params: WebhookEndpointIdParamsSchema,
       querystring: ListDeliveriesQuerySchema,
-      response: { 200: WebhookDeliveryPageSchema, 403: ProblemSchema, 404: ProblemSchema, ...commonErrors }
+      ...responses({ 200: { schema: WebhookDeliveryPageSchema, description: 'One page, newest first; nextCursor is null on the last.' }, 400: 'The cursor is not one this list gave you.', 404: 'No such endpoint of the caller\'s.' })
     }
   }, async (request) => {
     const { id } = request.params

@@ -3,19 +3,46 @@
 // A target is checked twice: at registration (`checkTarget`: syntax, then every address its host resolves to) and
 // at every connection (`postWebhook` passes its own `lookup` to the socket, so the address actually dialled is
 // the one checked: a DNS answer that changes after registration, DNS rebinding, cannot reach an internal host).
+// Both resolve through the policy's resolver (resolver.ts: c-ares with a deadline, never libuv's thread pool).
 //
 // IP literals in any spelling (2130706433, 0177.0.0.1, 0x7f.1, 127.1, %31%32%37.0.0.1, full-width digits) reach us
 // already normalized to dotted form: the WHATWG URL parser does that for special schemes, and the tests pin it.
 // The address ranges are node:net BlockLists built from the IANA special-purpose registries, with no dependency:
 // ipaddr.js would parse what `URL` and `isIP` already parse, and its range names would still need a table like
 // the one below to become a policy (its list of special IPv6 ranges also lags the registry, e.g. 3fff::/20).
-import dns, { type LookupAddress, type LookupAllOptions, type LookupOptions } from 'node:dns'
+import type { LookupAddress, LookupOptions } from 'node:dns'
 import http from 'node:http'
 import https from 'node:https'
 import { BlockList, isIP } from 'node:net'
 import { performance } from 'node:perf_hooks'
+import type { Config } from '../../config.ts'
+import { createHostResolver, ResolveError, type HostResolver } from './resolver.ts'
 
-export interface TargetPolicy { allowPrivate: boolean } // WEBHOOK_ALLOW_PRIVATE_TARGETS
+export interface TargetPolicy {
+  /** WEBHOOK_ALLOW_PRIVATE_TARGETS: http and any address allowed (development and tests). */
+  allowPrivate: boolean
+  /** Resolves target names, at registration and for every connection (WEBHOOK_DNS_SERVERS, WEBHOOK_DNS_TIMEOUT_MS). */
+  resolver: HostResolver
+}
+
+type PolicySettings = Pick<Config, 'WEBHOOK_ALLOW_PRIVATE_TARGETS' | 'WEBHOOK_DNS_SERVERS' | 'WEBHOOK_DNS_TIMEOUT_MS'>
+const policies = new WeakMap<PolicySettings, TargetPolicy>()
+
+/**
+ * The policy of a configuration, one per configuration object: the routes' registrations and the worker's deliveries
+ * of one process share its resolver, hence its bound on lookups in flight.
+ */
+export function targetPolicy (config: PolicySettings): TargetPolicy {
+  let policy = policies.get(config)
+  if (policy === undefined) {
+    policy = {
+      allowPrivate: config.WEBHOOK_ALLOW_PRIVATE_TARGETS,
+      resolver: createHostResolver({ servers: config.WEBHOOK_DNS_SERVERS, timeoutMs: config.WEBHOOK_DNS_TIMEOUT_MS })
+    }
+    policies.set(config, policy)
+  }
+  return policy
+}
 
 export type TargetCheck = { ok: true, url: URL } | { ok: false, reason: string }
 
@@ -51,7 +78,7 @@ export interface WebhookResponse {
 export type WebhookError =
   | 'invalid_url' // the URL fails parseTargetUrl for a reason other than its address (scheme, userinfo ...)
   | 'refused_address' // an IP literal, or an address the host resolved to at connect time, is not public
-  | 'dns' // the host does not resolve
+  | 'dns' // the host does not resolve, or not in time
   | 'connect' // refused, unreachable
   | 'tls' // handshake or certificate failure
   | 'reset' // the connection closed before the whole response arrived
@@ -63,10 +90,12 @@ export type WebhookError =
   | 'status' // any other non-2xx answer
   | 'network' // any other socket error
 
-const MAX_URL_LENGTH = 2048
-/** getaddrinfo cannot be cancelled: registration stops waiting for it after this long. */
-const DNS_CHECK_TIMEOUT_MS = 5000
-
+/**
+ * The longest webhook URL, as sent and as stored: the table's CHECK (sql/010_webhooks.sql) holds the same bound on
+ * the stored form, the URL parser's serialization, which percent-encodes and punycodes everything to ASCII (so
+ * JavaScript's length and PostgreSQL's agree) and can be several times longer than what was sent.
+ */
+export const MAX_URL_LENGTH = 2048
 // IPv4: every block of the IANA IPv4 special-purpose registry that is not globally reachable, plus the deprecated
 // 6to4 relay anycast block; 240.0.0.0/4 includes the limited broadcast address.
 const blockedV4 = new BlockList()
@@ -151,6 +180,9 @@ function parseTarget (raw: string, policy: TargetPolicy): Parsed {
   } catch {
     return { ok: false, reason: 'must be an absolute URL', error: 'invalid_url' }
   }
+  if (url.href.length > MAX_URL_LENGTH) {
+    return { ok: false, reason: `must be a URL of at most ${MAX_URL_LENGTH} characters`, error: 'invalid_url' }
+  }
   if (url.protocol !== 'https:' && !(policy.allowPrivate && url.protocol === 'http:')) {
     return { ok: false, reason: policy.allowPrivate ? 'must use https or http' : 'must use https', error: 'invalid_url' }
   }
@@ -177,78 +209,85 @@ export function parseTargetUrl (raw: string, policy: TargetPolicy): TargetCheck 
   return parsed.ok ? parsed : { ok: false, reason: parsed.reason }
 }
 
-/** The host as net.connect and dns.lookup want it: IPv6 literals without brackets. */
+/** The host as net.connect and a resolver want it: IPv6 literals without brackets. */
 const connectHost = (url: URL) => (url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname)
+
+/**
+ * The one refusal for a name, whatever went wrong: it does not exist, has no address, did not answer in time, or
+ * resolves to an address that is not public. Telling these apart would let a caller probe which internal names exist.
+ */
+export const HOST_NOT_PUBLIC = 'must have a host that resolves, and only to public addresses'
 
 /**
  * parseTargetUrl plus DNS: every address the host resolves to must be public (registration-time check). Under
  * allowPrivate any address is allowed, so the host is not resolved at all (development and tests need no DNS).
- * It resolves through dns.lookup, like the connection will (the same /etc/hosts and resolver configuration).
+ * It resolves through the policy's resolver, as the connection will.
  */
 export async function checkTarget (raw: string, policy: TargetPolicy): Promise<TargetCheck> {
   const parsed = parseTargetUrl(raw, policy)
   if (!parsed.ok || policy.allowPrivate) return parsed
   const host = connectHost(parsed.url)
   if (isIP(host) !== 0) return parsed
-  let addresses: LookupAddress[]
-  let timer: NodeJS.Timeout | undefined
-  try {
-    addresses = await Promise.race([
-      dns.promises.lookup(host, { all: true, verbatim: true }),
-      new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error('dns timeout')), DNS_CHECK_TIMEOUT_MS)
-      })
-    ])
-  } catch {
-    return { ok: false, reason: 'host does not resolve' }
-  } finally {
-    clearTimeout(timer)
-  }
-  if (addresses.length === 0) return { ok: false, reason: 'host does not resolve' }
-  // The resolved addresses are not echoed: they would tell a caller what internal names resolve to.
-  if (!addresses.every(entry => isPublicAddress(entry.address))) {
-    return { ok: false, reason: 'host resolves to a private, loopback, link-local or reserved address' }
-  }
+  const addresses = await policy.resolver.resolve(host).catch(() => [])
+  // The resolved addresses are not echoed either: they would tell a caller what internal names resolve to.
+  if (addresses.length === 0 || !addresses.every(entry => isPublicAddress(entry.address))) return { ok: false, reason: HOST_NOT_PUBLIC }
   return parsed
 }
 
 const REFUSED_ADDRESS = 'ERR_WEBHOOK_REFUSED_ADDRESS'
 
 type LookupCallback = (error: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void
+type Lookup = (hostname: string, options: LookupOptions, callback: LookupCallback) => void
 
 /**
- * The socket's resolver when private targets are refused: resolves every address, refuses the host if any is not
- * public (as registration does), and answers in the shape asked for (net.connect asks for all of them when it
- * races address families, one otherwise).
+ * The sockets' resolver under a policy: the policy's resolver, and when private targets are refused, every address
+ * checked (a host with any address that is not public is refused, as at registration). It answers in the shape asked
+ * for (net.connect asks for all of them when it races address families, one otherwise).
  */
-function publicOnlyLookup (hostname: string, options: LookupOptions, callback: LookupCallback): void {
-  const all: LookupAllOptions = { ...options, all: true }
-  dns.lookup(hostname, all, (error, addresses) => {
-    if (error !== null) return callback(error, [])
-    const refused = addresses.length === 0 || addresses.some(entry => !isPublicAddress(entry.address))
-    if (refused) {
-      const refusal: NodeJS.ErrnoException = new Error(`${hostname} resolves to a non-public address`)
-      refusal.code = REFUSED_ADDRESS
-      return callback(refusal, [])
-    }
-    if (options.all === true) return callback(null, addresses)
-    const first = addresses[0] as LookupAddress
-    callback(null, first.address, first.family)
-  })
+function lookupFor (policy: TargetPolicy): Lookup {
+  return (hostname, options, callback) => {
+    policy.resolver.resolve(hostname).then((found) => {
+      const addresses = options.family === 4 || options.family === 6 ? found.filter(entry => entry.family === options.family) : found
+      if (addresses.length === 0) return callback(new ResolveError(hostname, 'ENOTFOUND'), [])
+      if (!policy.allowPrivate && addresses.some(entry => !isPublicAddress(entry.address))) {
+        const refusal: NodeJS.ErrnoException = new Error(`${hostname} resolves to a non-public address`)
+        refusal.code = REFUSED_ADDRESS
+        return callback(refusal, [])
+      }
+      if (options.all === true) return callback(null, addresses)
+      const first = addresses[0] as LookupAddress
+      callback(null, first.address, first.family)
+    }, (error: NodeJS.ErrnoException) => callback(error, []))
+  }
 }
 
-// One keep-alive agent per policy, reused by every call. Pools are per host:port, so a socket is only ever reused
-// for the origin (and the checked address) it was opened to. No proxyEnv: HTTP(S)_PROXY must not reroute this.
+// One pair of keep-alive agents per policy, reused by every call; both resolve through the policy's lookup. Pools are
+// per host:port, so a socket is only ever reused for the origin (and the checked address) it was opened to. No
+// proxyEnv: HTTP(S)_PROXY must not reroute this.
 const AGENT_OPTIONS = { keepAlive: true, maxSockets: 64, maxFreeSockets: 16 }
-const agents = {
-  public: new https.Agent({ ...AGENT_OPTIONS, lookup: publicOnlyLookup }),
-  privateHttps: new https.Agent(AGENT_OPTIONS),
-  privateHttp: new http.Agent(AGENT_OPTIONS)
+interface Agents { lookup: Lookup, https: https.Agent, http: http.Agent }
+let agentsByPolicy = new WeakMap<TargetPolicy, Agents>()
+let openAgents: Agents[] = []
+
+function agentsFor (policy: TargetPolicy): Agents {
+  let agents = agentsByPolicy.get(policy)
+  if (agents === undefined) {
+    const lookup = lookupFor(policy)
+    agents = { lookup, https: new https.Agent({ ...AGENT_OPTIONS, lookup }), http: new http.Agent({ ...AGENT_OPTIONS, lookup }) }
+    agentsByPolicy.set(policy, agents)
+    openAgents.push(agents)
+  }
+  return agents
 }
 
-/** Closes the pooled keep-alive sockets (an onClose hook of whatever runs deliveries). Agents stay usable. */
+/** Closes the pooled keep-alive sockets (an onClose hook of whatever runs deliveries); later calls get new agents. */
 export function closeWebhookAgents (): void {
-  for (const agent of Object.values(agents)) agent.destroy()
+  for (const agents of openAgents) {
+    agents.https.destroy()
+    agents.http.destroy()
+  }
+  openAgents = []
+  agentsByPolicy = new WeakMap()
 }
 
 const TLS_ERROR = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH|ERR_OSSL_)/
@@ -276,7 +315,8 @@ function exchange (url: URL, request: WebhookRequest, signal: AbortSignal, timeo
   return new Promise(resolve => {
     const body = Buffer.from(request.body, 'utf8')
     const secure = url.protocol === 'https:'
-    const agent = !request.policy.allowPrivate ? agents.public : secure ? agents.privateHttps : agents.privateHttp
+    const agents = agentsFor(request.policy)
+    const agent = secure ? agents.https : agents.http
     const send = secure ? https.request : http.request
     let statusCode: number | null = null
     const chunks: Buffer[] = []
@@ -291,7 +331,7 @@ function exchange (url: URL, request: WebhookRequest, signal: AbortSignal, timeo
       method: 'POST',
       agent,
       // Redundant with the agent's, so no code path (a default agent, a changed option) connects unchecked.
-      ...(request.policy.allowPrivate ? {} : { lookup: publicOnlyLookup }),
+      lookup: agents.lookup,
       headers: { ...request.headers, 'content-length': String(body.length) }
     })
 

@@ -1,12 +1,14 @@
 import { z } from 'zod'
 import { CursorParamSchema } from '../../plugins/cursors.ts'
+import { MAX_URL_LENGTH } from './outbound.ts'
 
 export const webhookEventTypes = ['transaction.created'] as const
 export const MAX_ENDPOINTS_PER_PRINCIPAL = 10
 
 export const CreateWebhookEndpointBodySchema = z.object({
-  // Syntax and address rules are outbound.ts's (checkTarget); this bounds the input before it gets there.
-  url: z.string().min(1).max(2048),
+  // Syntax, address rules and the length once normalised are outbound.ts's (checkTarget); this bounds the input
+  // before it gets there.
+  url: z.string().min(1).max(MAX_URL_LENGTH),
   events: z.array(z.enum(webhookEventTypes)).min(1).max(10)
     .transform((events) => [...new Set(events)])
     .default(['transaction.created'])

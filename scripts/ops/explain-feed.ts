@@ -93,7 +93,7 @@ async function main (): Promise<number> {
   let url = process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL
   if (!url) {
     const stack = localStackUp()
-    await recreateDatabase(stack.DATABASE_DIRECT_URL, LOCAL_DATABASE)
+    await recreateDatabase(stack.DATABASE_ADMIN_URL, LOCAL_DATABASE)
     url = withDatabase(stack.DATABASE_DIRECT_URL, LOCAL_DATABASE)
   }
   const migrated = await migrate(url)

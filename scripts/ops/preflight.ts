@@ -341,7 +341,10 @@ interface Reply<T> { data: T | undefined, status: number, said: string }
 async function reply<T> (call: Promise<{ data?: T, error?: unknown, response: Response }>): Promise<Reply<T>> {
   try {
     const { data, error, response } = await call
-    const detail = isObject(error) && typeof error.detail === 'string' ? ` "${error.detail}"` : ''
+    // A problem's detail, or an OAuth error's code and description (the token endpoint, RFC 6749 section 5.2).
+    const detail = isObject(error) && typeof error.detail === 'string'
+      ? ` "${error.detail}"`
+      : isObject(error) && typeof error.error === 'string' ? ` ${error.error} "${typeof error.error_description === 'string' ? error.error_description : ''}"` : ''
     return { data, status: response.status, said: `${response.status}${detail}` }
   } catch (error) {
     return { data: undefined, status: 0, said: reason(error) }
@@ -787,7 +790,7 @@ export interface PreflightOptions extends LoadOptions {
 /** 1-cent deposits to `userId` from the service client, for lists the user cannot fill alone. */
 async function fundingCreators (api: Api, client: { id: string, secret: string }, userId: string): Promise<Context['creators']> {
   const grant = await reply(api.POST('/auth/token', { body: { grant_type: 'client_credentials', client_id: client.id, client_secret: client.secret } }))
-  const token = grant.data?.accessToken
+  const token = grant.data?.access_token
   if (grant.status !== 200 || typeof token !== 'string') throw new SetupError(`client credentials for ${client.id} -> ${grant.said}`)
   return {
     createTransaction: async () => {
@@ -818,8 +821,8 @@ function followCreators (api: Api, token: string, userId: string): Context['crea
     listFollowers: async () => {
       const other = await signUp()
       if (!other.ok) return other.answer
-      const login = await reply(api.POST('/auth/token', { body: other.credentials }))
-      const otherToken = login.data?.accessToken
+      const login = await reply(api.POST('/auth/token', { body: { grant_type: 'password', ...other.credentials } }))
+      const otherToken = login.data?.access_token
       if (login.status !== 200 || typeof otherToken !== 'string') return login
       return reply(api.PUT('/users/me/following/{id}', { headers: bearer(otherToken), params: { path: { id: userId } } }))
     }
@@ -841,9 +844,9 @@ async function authenticate (api: Api, options: PreflightOptions): Promise<{ tok
     if (signup.status !== 201) throw new SetupError(`signing up ${credentials.email} -> ${signup.said}`)
     who = `${credentials.email} signed up for this run`
   }
-  const login = await reply(api.POST('/auth/token', { body: credentials }))
+  const login = await reply(api.POST('/auth/token', { body: { grant_type: 'password', ...credentials } }))
   // Checked, not trusted: the server may be another version than the document the types were made from.
-  const token = login.data?.accessToken
+  const token = login.data?.access_token
   if (login.status !== 200 || typeof token !== 'string') throw new SetupError(`logging in as ${credentials.email} -> ${login.said}`)
   return { token, who }
 }

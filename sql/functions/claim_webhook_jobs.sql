@@ -12,8 +12,8 @@
 -- takes a fresh snapshot, which sees every claim committed before the lock was granted. One statement from the
 -- client, so it works through PgBouncer in transaction mode.
 --
--- SECURITY INVOKER: it does what the API role (the worker's role) may do anyway; the empty search_path keeps any
--- object that role could create from standing in for the tables named here. p_due_by bounds the due time (runDue's
+-- SECURITY INVOKER: it does what the API role (the worker's role) may do anyway; every relation is named with its
+-- schema and the search_path is pinned as the definer functions' is (pg_catalog, then pg_temp last). p_due_by bounds the due time (runDue's
 -- start, so retries coming due meanwhile wait; null: now), p_matching keeps to jobs whose payload contains one of
 -- the given JSON fragments (tests, operators), as the other lanes' claim does.
 create or replace function public.claim_webhook_jobs(
@@ -34,7 +34,7 @@ create or replace function public.claim_webhook_jobs(
 )
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_due_by timestamptz := coalesce(p_due_by, pg_catalog.now());

@@ -5,12 +5,12 @@
 -- post_transaction() queues nothing for a disabled endpoint; re-enabling it (the owner's PATCH) resumes delivery
 -- with the next event.
 --
--- SECURITY INVOKER: what the API role may do anyway, in one statement from the client; the empty search_path keeps
--- any object that role could create from standing in for the tables named here.
+-- SECURITY INVOKER: what the API role may do anyway, in one statement from the client; every relation is named
+-- with its schema and the search_path is pinned as the definer functions' is (pg_catalog, then pg_temp last).
 create or replace function public.disable_webhook_endpoint(p_endpoint_id uuid) returns boolean
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   update public.webhook_endpoints e set disabled_at = pg_catalog.now()

@@ -9,20 +9,24 @@
 -- Idempotency keys belong to whoever posted: the client, else the user. A key older than p_key_ttl_s is expired:
 -- it no longer replays (the purge deletes it later), and a new request may claim it afresh.
 --
--- SECURITY DEFINER with a pinned search_path: the API role (ledger_api, sql/007) may execute this and nothing else
--- that writes money, and no object it could create can stand in for the ones named here.
+-- SECURITY DEFINER, owned by ledger_owner (no superuser, sql/bootstrap.sql), with search_path pinned to pg_catalog
+-- then pg_temp (an unlisted pg_temp would be searched first) and every relation named with its schema: the API role (ledger_api) may execute this and nothing else that writes money,
+-- and no object it could create (temporary tables included) can stand in for the ones named here. It trusts its
+-- caller for who is calling, never for what that caller may do: a client must exist, be live and hold funds:write.
+-- (scripts/migrate.ts refuses any SECURITY DEFINER function whose search_path does not end with pg_temp.)
 --   outcome 'created'  : a new transaction was written
 --   outcome 'replayed' : the key was used before with the same fingerprint; the original transaction is returned
 --   outcome 'mismatch' : the key was used before with a different request
 -- `queued` counts the webhook deliveries written with a created transaction (0 otherwise), so the API knows whether
 -- to wake the workers after its commit.
 -- Errors raised (the API maps each to a client error): LDG01 insufficient_funds, LDG02 user_not_found,
--- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self, LDG06 client_revoked;
+-- LDG03 balance_limit_exceeded, LDG04 caller_not_found, LDG05 transfer_to_self, LDG06 client_revoked (also: a
+-- client without funds:write, which the API never sends);
 -- 23505 on transactions_client_reference_key: the reference was used already.
-drop function if exists post_transaction;
-drop type if exists posted_transaction;
+drop function if exists public.post_transaction;
+drop type if exists public.posted_transaction;
 
-create type posted_transaction as (
+create type public.posted_transaction as (
   outcome text,
   id bigint,
   kind text,
@@ -36,7 +40,7 @@ create type posted_transaction as (
   queued integer
 );
 
-create function post_transaction(
+create function public.post_transaction(
   p_client_id uuid,
   p_user_id uuid,
   p_key text,
@@ -48,28 +52,32 @@ create function post_transaction(
   p_description text,
   p_reference text,
   p_key_ttl_s integer
-) returns posted_transaction
+) returns public.posted_transaction
 language plpgsql
 security definer
-set search_path = pg_catalog, public
+set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_id bigint := nextval(pg_get_serial_sequence('transactions', 'id'));
+  v_id bigint := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('public.transactions', 'id'));
   v_owner uuid := coalesce(p_client_id, p_user_id);
   v_from uuid;
   v_to uuid;
-  v_existing idempotency_keys%rowtype;
+  v_existing public.idempotency_keys%rowtype;
   v_rows int;
   v_queued int;
-  v_result posted_transaction;
+  v_result public.posted_transaction;
 begin
   if p_client_id is null then
     -- The token may outlive its user; without this a transfer would fail on a foreign key (a 500).
-    if not exists (select 1 from users where id = p_user_id) then
+    if not exists (select 1 from public.users where id = p_user_id) then
       raise exception 'caller_not_found' using errcode = 'LDG04';
     end if;
-  elsif not exists (select 1 from service_clients where id = p_client_id and revoked_at is null) then
-    -- Revocation reaches every API process within a second; the ledger itself never waits for that.
+  elsif not exists (
+    select 1 from public.service_clients
+     where id = p_client_id and revoked_at is null and 'funds:write' = any (scopes)
+  ) then
+    -- Revocation reaches every API process within a second; the ledger itself never waits for that. The scope is
+    -- checked here too: the API checks it first, but this function must hold for whoever holds the API's role.
     raise exception 'client_revoked' using errcode = 'LDG06';
   end if;
 
@@ -78,21 +86,21 @@ begin
   -- key is taken over as if it were new. When the key row vanishes between the claim and the lookup (the purge
   -- deleted it), the claim is simply tried again.
   loop
-    insert into idempotency_keys (principal_id, key, fingerprint, transaction_id)
+    insert into public.idempotency_keys (principal_id, key, fingerprint, transaction_id)
     values (v_owner, p_key, p_fingerprint, v_id)
     on conflict (principal_id, key) do update
       set fingerprint = excluded.fingerprint, transaction_id = excluded.transaction_id, created_at = now()
-      where idempotency_keys.created_at < now() - make_interval(secs => p_key_ttl_s);
+      where idempotency_keys.created_at < pg_catalog.now() - pg_catalog.make_interval(secs => p_key_ttl_s);
     exit when found;
 
-    select * into v_existing from idempotency_keys where principal_id = v_owner and key = p_key;
+    select * into v_existing from public.idempotency_keys where principal_id = v_owner and key = p_key;
     if found then
       if v_existing.fingerprint <> p_fingerprint then
         v_result.outcome := 'mismatch';
         return v_result;
       end if;
       select 'replayed', t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
-        into v_result from transactions t where t.id = v_existing.transaction_id;
+        into v_result from public.transactions t where t.id = v_existing.transaction_id;
       return v_result;
     end if;
   end loop;
@@ -112,14 +120,14 @@ begin
     select 1 from (values (v_from), (v_to)) as side (user_id)
      where side.user_id is not null
        and not (p_client_id is null and side.user_id = p_user_id)
-       and not exists (select 1 from users u where u.id = side.user_id)
+       and not exists (select 1 from public.users u where u.id = side.user_id)
   ) then
     raise exception 'user_not_found' using errcode = 'LDG02';
   end if;
 
   -- Written before the balances, so a reference another request already used fails here (its unique index
   -- waits for that request to commit), before any balance row is locked.
-  insert into transactions (id, kind, amount, currency, from_user_id, to_user_id, description, client_id, reference)
+  insert into public.transactions (id, kind, amount, currency, from_user_id, to_user_id, description, client_id, reference)
   overriding system value
   values (v_id, p_kind, p_amount, p_currency, v_from, v_to, p_description, p_client_id, p_reference)
   returning 'created', id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
@@ -129,20 +137,20 @@ begin
   -- missing rows are created at 0 first (in that order), then all are locked (in that order). Two opposite
   -- transfers wait for each other instead of deadlocking, even when one of the rows is created by a third write
   -- in between, and every check below reads a locked row.
-  insert into balances (user_id, currency, balance)
+  insert into public.balances (user_id, currency, balance)
   select side.user_id, p_currency, 0
     from (values (v_from), (v_to)) as side (user_id)
    where side.user_id is not null
    order by side.user_id
   on conflict (user_id, currency) do nothing;
 
-  perform 1 from balances
+  perform 1 from public.balances
    where currency = p_currency and user_id in (v_from, v_to)
    order by user_id
    for update;
 
   if v_from is not null then
-    update balances set balance = balance - p_amount
+    update public.balances set balance = balance - p_amount
      where user_id = v_from and currency = p_currency and balance >= p_amount;
     get diagnostics v_rows = row_count;
     if v_rows = 0 then
@@ -152,7 +160,7 @@ begin
 
   if v_to is not null then
     -- A credit that would take the balance past the money_minor bound is the client's problem, not a 500.
-    update balances set balance = balance + p_amount
+    update public.balances set balance = balance + p_amount
      where user_id = v_to and currency = p_currency and balance <= 9007199254740991 - p_amount;
     get diagnostics v_rows = row_count;
     if v_rows = 0 then
@@ -160,7 +168,7 @@ begin
     end if;
   end if;
 
-  insert into entries (user_id, transaction_id, delta)
+  insert into public.entries (user_id, transaction_id, delta)
   select user_id, v_id, delta
     from (values (v_from, -p_amount), (v_to, p_amount)) as e (user_id, delta)
    where user_id is not null;
@@ -176,28 +184,28 @@ begin
   -- database CPU in pgbench (issue 20). An endpoint that commits while this runs may be seen or not, as before:
   -- nothing orders a registration against a concurrent money write.
   v_queued := 0;
-  if exists (select 1 from webhook_endpoints e where e.principal_id in (v_from, v_to, p_client_id)) then
+  if exists (select 1 from public.webhook_endpoints e where e.principal_id in (v_from, v_to, p_client_id)) then
     with targets as (
       select e.id as endpoint_id, e.principal_id
-        from webhook_endpoints e
+        from public.webhook_endpoints e
        where e.principal_kind = 'user' and e.principal_id in (v_from, v_to)
          and 'transaction.created' = any (e.events) and e.disabled_at is null
       union all
       select e.id, e.principal_id
-        from webhook_endpoints e
+        from public.webhook_endpoints e
        where p_client_id is not null and e.principal_kind = 'client' and e.principal_id = p_client_id
          and 'transaction.created' = any (e.events) and e.disabled_at is null
-         and exists (select 1 from service_clients c where c.id = p_client_id and 'events:read' = any (c.scopes))
+         and exists (select 1 from public.service_clients c where c.id = p_client_id and 'events:read' = any (c.scopes))
     ), events as (
-      select principal_id, gen_random_uuid() as event_id from targets group by principal_id
+      select principal_id, pg_catalog.gen_random_uuid() as event_id from targets group by principal_id
     ), deliveries as (
-      insert into webhook_deliveries (event_id, endpoint_id, type, transaction_id)
+      insert into public.webhook_deliveries (event_id, endpoint_id, type, transaction_id)
       select ev.event_id, t.endpoint_id, 'transaction.created', v_id
         from targets t join events ev using (principal_id)
       returning id, endpoint_id
     )
-    insert into jobs (kind, payload, endpoint_id)
-    select 'webhook.deliver', jsonb_build_object('deliveryId', id::text), endpoint_id from deliveries;
+    insert into public.jobs (kind, payload, endpoint_id)
+    select 'webhook.deliver', pg_catalog.jsonb_build_object('deliveryId', id::text), endpoint_id from deliveries;
     get diagnostics v_queued = row_count;
   end if;
   v_result.queued := v_queued;
@@ -206,5 +214,5 @@ begin
 end
 $$;
 
-revoke all on function post_transaction from public;
-grant execute on function post_transaction to ledger_api;
+revoke all on function public.post_transaction from public;
+grant execute on function public.post_transaction to ledger_api;

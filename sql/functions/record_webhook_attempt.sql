@@ -6,7 +6,7 @@
 -- pending (its endpoint was deleted or disabled meanwhile, or a late attempt of a job another worker took over).
 -- Returns the delivery's new status and whether this attempt disabled the endpoint; no row when nothing was recorded.
 --
--- SECURITY INVOKER, empty search_path: as disable_webhook_endpoint().
+-- SECURITY INVOKER, search_path pinned: as disable_webhook_endpoint().
 create or replace function public.record_webhook_attempt(
   p_delivery_id bigint,
   p_attempts integer,
@@ -17,7 +17,7 @@ create or replace function public.record_webhook_attempt(
 ) returns table (status text, endpoint_disabled boolean)
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_endpoint uuid;

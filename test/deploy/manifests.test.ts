@@ -72,7 +72,8 @@ t.test('the validator refuses broken manifests (the check can fail)', async (t) 
 
 t.test('the kustomization lists exactly the manifests of the folder', async (t) => {
   const [kustomization] = load('kustomization.yaml') as unknown as Array<{ resources: string[] }>
-  t.same([...(kustomization?.resources ?? [])].sort(), files.filter((file) => file !== 'kustomization.yaml'))
+  // Other folders' kustomizations (../observability) are checked by their own tests.
+  t.same([...(kustomization?.resources ?? [])].filter((resource) => !resource.startsWith('../')).sort(), files.filter((file) => file !== 'kustomization.yaml'))
 })
 
 t.test('the API pods take every credential from the Secret, and nothing in the ConfigMap carries one', async (t) => {
@@ -120,7 +121,7 @@ t.test('NetworkPolicies: default deny, API <- ingress controller, API -> PgBounc
     ['ingress-nginx'], 'the public port only from the ingress controller')
   const egressTo = (policy: { egress: Array<{ to: Array<{ podSelector?: { matchLabels: Record<string, string> } }>, ports: Array<{ port: number }> }> }) =>
     policy.egress.flatMap((rule) => rule.to.map((peer) => `${Object.values(peer.podSelector?.matchLabels ?? {}).join(',')}:${rule.ports.map((p) => p.port).join('/')}`))
-  t.same(egressTo(api).sort(), ['kube-dns:53/53', 'pgbouncer:6432', 'redis-cluster:6379'], 'the API reaches PgBouncer, Redis and DNS only')
+  t.same(egressTo(api).sort(), ['kube-dns:53/53', 'opentelemetry-collector:4318', 'pgbouncer:6432', 'redis-cluster:6379'], 'the API reaches PgBouncer, Redis, DNS and the OTLP collector only')
   const pgbouncerPod = find('DaemonSet', 'pgbouncer').spec.template
   t.same(egressTo(find('NetworkPolicy', 'pgbouncer').spec).sort(), ['kube-dns:53/53', 'postgres:5432'], 'PgBouncer reaches PostgreSQL and DNS only')
   t.same(find('NetworkPolicy', 'pgbouncer').spec.podSelector.matchLabels, pgbouncerPod.metadata.labels, 'selects the PgBouncer pods')
@@ -131,4 +132,71 @@ t.test('NetworkPolicies: default deny, API <- ingress controller, API -> PgBounc
   for (const rule of api.ingress) for (const port of rule.ports) t.ok(apiPorts.includes(port.port), `API port ${port.port} exists`)
   const pgbouncerPorts = pgbouncerPod.spec.containers[0].ports.map((p: { name: string }) => p.name)
   for (const rule of find('NetworkPolicy', 'pgbouncer').spec.ingress) for (const port of rule.ports) t.ok(pgbouncerPorts.includes(port.port), `PgBouncer port ${port.port} exists`)
+})
+
+const envOf = (container: { env?: Array<{ name: string, value?: string, valueFrom?: { secretKeyRef?: { name: string, key: string } } }> }) =>
+  Object.fromEntries((container.env ?? []).map((entry) => [entry.name, entry.valueFrom?.secretKeyRef ?? entry.value]))
+const podTemplates = () => manifests.flatMap(({ document }) => {
+  const spec = (document as any).spec
+  const template = spec?.template ?? spec?.jobTemplate?.spec?.template
+  return template === undefined ? [] : [{ name: `${document.kind} ${document.metadata.name}`, template }]
+})
+
+t.test('a worker Deployment beside the API runs the image\'s worker, with the API\'s credentials and no more', async (t) => {
+  const api = find('Deployment', 'ledger-api').spec.template.spec.containers[0]
+  const worker = find('Deployment', 'ledger-api-worker').spec.template
+  const container = worker.spec.containers[0]
+  t.same(container.command, ['node', 'worker.ts'])
+  t.equal(container.image, api.image, 'the same image')
+  t.same(container.envFrom, api.envFrom, 'the same ConfigMap')
+  const env = envOf(container)
+  for (const key of ['DATABASE_URL', 'REDIS_URL', 'JWT_SECRET']) t.same(env[key], { name: 'ledger-api-secrets', key }, `${key} from the Secret`)
+  t.same(Object.keys(env).sort(), ['DATABASE_URL', 'JWT_SECRET', 'REDIS_URL'], 'nothing else: no replica, no metrics token, no owner credentials')
+  t.equal(envOf(api).WORKER_ENABLED, 'false', 'the API pods run no job loop')
+  t.ok(worker.spec.terminationGracePeriodSeconds >= 25, 'the grace period covers an attempt in flight (10 s) and the drain')
+  t.equal(container.ports, undefined, 'no listener')
+})
+
+t.test('the migrator\'s credentials are in a Secret of their own, mounted by the migration Job only', async (t) => {
+  const job = find('Job', 'ledger-api-migrate').spec.template.spec.containers[0]
+  t.same(envOf(job), { DATABASE_DIRECT_URL: { name: 'ledger-api-migrator', key: 'DATABASE_DIRECT_URL' } }, 'the Job gets DATABASE_DIRECT_URL and nothing else')
+  for (const { name, template } of podTemplates()) {
+    const refs = JSON.stringify(template)
+    if (name === 'Job ledger-api-migrate') t.notMatch(refs, /ledger-api-secrets/, `${name} mounts none of the API's secrets`)
+    else {
+      t.notMatch(refs, /ledger-api-migrator/, `${name} does not reference the migrator's Secret`)
+      t.notMatch(refs, /DATABASE_DIRECT_URL/, `${name} has no DATABASE_DIRECT_URL`)
+    }
+  }
+  const kustomization = readFileSync(new URL('kustomization.yaml', folder), 'utf8')
+  t.match(kustomization, /create secret generic ledger-api-migrator \\\n#\s+--from-literal=DATABASE_DIRECT_URL=/, 'the instructions create it apart')
+})
+
+t.test('every pod: no service account token, non-root, RuntimeDefault seccomp, every container locked down', async (t) => {
+  const templates = podTemplates()
+  t.same(templates.map(({ name }) => name).sort(), ['DaemonSet pgbouncer', 'Deployment ledger-api', 'Deployment ledger-api-worker', 'Job ledger-api-migrate'])
+  for (const { name, template } of templates) {
+    const pod = template.spec
+    t.equal(pod.automountServiceAccountToken, false, `${name}: automountServiceAccountToken false`)
+    t.equal(pod.securityContext.runAsNonRoot, true, `${name}: runAsNonRoot`)
+    t.ok(pod.securityContext.runAsUser > 0, `${name}: a non-zero uid`)
+    t.equal(pod.securityContext.seccompProfile?.type, 'RuntimeDefault', `${name}: seccomp RuntimeDefault`)
+    for (const container of [...pod.containers, ...(pod.initContainers ?? [])]) {
+      t.same(container.securityContext, { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } }, `${name}/${container.name}: no escalation, read-only root, no capability`)
+    }
+  }
+})
+
+t.test('NetworkPolicies: the worker reaches PgBouncer, Redis, DNS, the collector and public HTTPS; nothing reaches it', async (t) => {
+  const policy = find('NetworkPolicy', 'ledger-api-worker').spec
+  t.same(policy.podSelector.matchLabels, find('Deployment', 'ledger-api-worker').spec.template.metadata.labels, 'selects the worker pods')
+  t.same(policy.policyTypes, ['Ingress', 'Egress'])
+  t.equal(policy.ingress, undefined, 'no ingress at all')
+  const peers = policy.egress.map((rule: { to: Array<Record<string, any>>, ports: Array<{ port: number }> }) => `${rule.to.map((peer) =>
+    peer.ipBlock?.cidr ?? Object.values(peer.podSelector?.matchLabels ?? {}).join(',')).join('+')}:${rule.ports.map((p) => p.port).join('/')}`)
+  t.same(peers.sort(), ['0.0.0.0/0+::/0:443', 'kube-dns:53/53', 'opentelemetry-collector:4318', 'pgbouncer:6432', 'redis-cluster:6379'])
+  const admits = (name: string) => find('NetworkPolicy', name).spec.ingress.some((rule: { from: Array<{ podSelector?: { matchLabels: Record<string, string> } }> }) =>
+    rule.from.some((peer) => peer.podSelector?.matchLabels['app.kubernetes.io/name'] === 'ledger-api-worker'))
+  t.ok(admits('pgbouncer'), 'PgBouncer admits the worker')
+  t.ok(admits('redis-cluster'), 'Redis admits the worker')
 })

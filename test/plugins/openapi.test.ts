@@ -71,3 +71,45 @@ t.test('withoutUnusedSchemas keeps what an operation reaches, directly or throug
   t.same(pruned.paths, document.paths)
   t.same(withoutUnusedSchemas({ openapi: '3.1.0', paths: {} }), { openapi: '3.1.0', paths: {} }, 'a document without components is unchanged')
 })
+
+interface Responses { [status: string]: { description: string, headers?: Record<string, { $ref?: string }>, content?: Record<string, unknown> } }
+interface FullOperation { security?: Array<Record<string, unknown>>, responses: Responses, requestBody?: { content: Record<string, unknown> } }
+
+t.test('the document tells the truth the route config knows: statuses, media types, headers, descriptions', async (t) => {
+  const app = await buildTestApp(t)
+  const document = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as { paths: Record<string, Record<string, FullOperation>> }
+  const operation = (method: string, path: string) => document.paths[path]![method]!
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const key = `${method.toUpperCase()} ${path}`
+      for (const [status, response] of Object.entries(op.responses)) {
+        t.notOk(/^Default Response$/.test(response.description) || response.description.length < 8, `${key} ${status} has a real description`)
+        t.ok(response.headers?.['X-Request-Id'] !== undefined, `${key} ${status} documents X-Request-Id`)
+        const types = Object.keys(response.content ?? {})
+        if (Number(status) >= 400 && path !== '/auth/token' && path !== '/auth/revoke' && !(path === '/health/ready' && status === '503')) {
+          t.same(types, ['application/problem+json'], `${key} ${status} is problem+json`)
+        }
+      }
+      const secured = (op.security ?? [{}]).some((requirement) => Object.keys(requirement).length > 0)
+      if (secured) t.ok(op.responses['401'] !== undefined, `${key} documents 401`)
+      if (['post', 'put', 'patch', 'delete'].includes(method)) {
+        t.ok(op.responses['413'] !== undefined && op.responses['415'] !== undefined, `${key} documents 413 and 415`)
+      }
+    }
+  }
+  const users = ['GET /users/me', 'GET /users/{id}', 'PATCH /users/{id}', 'POST /posts', 'GET /feed', 'GET /balances', 'PUT /users/me/password']
+  for (const key of users) {
+    const [method, path] = key.split(' ') as [string, string]
+    t.ok(operation(method.toLowerCase(), path).responses['403'] !== undefined, `${key}: 403 insufficient_scope for a client token`)
+  }
+  t.notOk(operation('get', '/transactions').responses['403'], 'GET /transactions takes users and clients alike: no 403')
+  const balances = operation('get', '/balances').responses
+  t.ok(balances['429']?.headers?.['Retry-After'] && balances['200']?.headers?.['RateLimit-Remaining'], 'a limited route: Retry-After on 429, RateLimit-* on its answers')
+  const created = operation('post', '/transactions').responses['201']!
+  t.ok(created.headers?.Location && created.headers['Idempotent-Replayed'], 'POST /transactions 201: Location and Idempotent-Replayed')
+  const token = operation('post', '/auth/token')
+  t.same(Object.keys(token.requestBody?.content ?? {}).sort(), ['application/json', 'application/x-www-form-urlencoded'], 'the token endpoint takes a form or JSON')
+  t.same(Object.keys(token.responses['400']?.content ?? {}), ['application/json'], 'its errors are RFC 6749 JSON')
+  t.ok(token.responses['200']?.headers?.['Cache-Control'] && token.responses['401']?.headers?.['Cache-Control'], 'with Cache-Control on every answer')
+  t.notOk(operation('get', '/health/live').responses['429'], 'an unlimited route documents no 429')
+})

@@ -14,9 +14,10 @@ t.test('a client gets a scoped token with JSON or a form body, and no refresh to
     method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: client.secret }
   })
   t.equal(asJson.statusCode, 200)
-  t.same(Object.keys(asJson.json()).sort(), ['accessToken', 'expiresIn', 'scope', 'tokenType'])
-  t.match(asJson.json(), { tokenType: 'Bearer', expiresIn: 900, scope: 'funds:write events:read' })
-  const claims = claimsOf(asJson.json().accessToken)
+  t.same(Object.keys(asJson.json()).sort(), ['access_token', 'expires_in', 'scope', 'token_type'], 'RFC 6749 section 5.1, no refresh token')
+  t.match(asJson.json(), { token_type: 'Bearer', expires_in: 900, scope: 'funds:write events:read' })
+  t.equal(asJson.headers['cache-control'], 'no-store')
+  const claims = claimsOf(asJson.json().access_token)
   t.match(claims, { sub: client.id, client_id: client.id, scope: 'funds:write events:read', iss: 'ledger-api', aud: 'ledger-api' })
   t.type(claims.iat, 'number')
   t.type(claims.exp, 'number')
@@ -26,7 +27,7 @@ t.test('a client gets a scoped token with JSON or a form body, and no refresh to
   const asForm = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: form.toString() })
   t.equal(asForm.statusCode, 200, 'RFC 6749 form body')
   t.equal(asForm.json().scope, 'events:read', 'a requested subset of the scopes')
-  t.equal(claimsOf(asForm.json().accessToken).scope, 'events:read')
+  t.equal(claimsOf(asForm.json().access_token).scope, 'events:read')
 
   const loginForm = await app.inject({
     method: 'POST',
@@ -56,9 +57,10 @@ t.test('unknown client, wrong secret and revoked client get the same 401', async
   for (const attempt of attempts) {
     const response = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', ...attempt } })
     t.equal(response.statusCode, 401)
-    t.equal(response.headers['www-authenticate'], 'Bearer')
-    const { instance, ...body } = response.json()
-    t.equal(instance, '/auth/token')
+    t.equal(response.headers['www-authenticate'], 'Basic realm="ledger-api"')
+    t.match(response.headers['content-type'], /^application\/json/)
+    const body = response.json()
+    t.equal(body.error, 'invalid_client')
     bodies.push(body)
   }
   t.same(new Set(bodies.map((body) => JSON.stringify(body))).size, 1, 'one answer for every failure')
@@ -67,7 +69,7 @@ t.test('unknown client, wrong secret and revoked client get the same 401', async
     method: 'POST', url: '/auth/token', payload: { grant_type: 'client_credentials', client_id: client.id, client_secret: client.secret, scope: 'funds:write events:read' }
   })
   t.equal(broadScope.statusCode, 400, 'a scope the client was not granted')
-  t.same(broadScope.json().errors.map((e: { path: string }) => e.path), ['scope'])
+  t.equal(broadScope.json().error, 'invalid_scope')
 })
 
 t.test('a revoked client\'s live tokens stop working on every API process within a second', async (t) => {
@@ -131,10 +133,10 @@ t.test('a login opens a session: an access token naming it and a refresh token s
   const user = await createUser(app)
   const response = await login(app, user.email, user.password)
   t.equal(response.statusCode, 200)
-  const body = response.json() as { accessToken: string, refreshToken: string }
-  t.same(Object.keys(body).sort(), ['accessToken', 'expiresIn', 'refreshToken', 'tokenType'])
-  t.match(body.refreshToken, /^lrt_[A-Za-z0-9_-]{43}$/)
-  const claims = claimsOf(body.accessToken)
+  const body = response.json() as { access_token: string, refresh_token: string }
+  t.same(Object.keys(body).sort(), ['access_token', 'expires_in', 'refresh_token', 'token_type'])
+  t.match(body.refresh_token, /^lrt_[A-Za-z0-9_-]{43}$/)
+  const claims = claimsOf(body.access_token)
   t.match(claims, { sub: user.id, tier: 'standard', scope: '' })
   t.match(String(claims.sid), /^[0-9a-f-]{36}$/)
   t.not(claims.sid, user.sessionId, 'every login is a session of its own')
@@ -144,9 +146,9 @@ t.test('a login opens a session: an access token naming it and a refresh token s
   t.ok(session !== undefined && Math.abs(session.ttl - 30 * 86400) <= 2, 'the refresh token lives REFRESH_TOKEN_TTL_S (30 days)')
   const [stored] = await sql<{ n: number }[]>`
     select count(*)::int as n from refresh_tokens where session_id = ${String(claims.sid)}
-       and token_hash = sha256(convert_to(${body.refreshToken}, 'UTF8'))`
+       and token_hash = sha256(convert_to(${body.refresh_token}, 'UTF8'))`
   t.equal(stored?.n, 1, 'the refresh token is stored as its SHA-256')
-  const [plain] = await sql<{ n: number }[]>`select count(*)::int as n from refresh_tokens where encode(token_hash, 'escape') like ${`%${body.refreshToken.slice(4, 20)}%`}`
+  const [plain] = await sql<{ n: number }[]>`select count(*)::int as n from refresh_tokens where encode(token_hash, 'escape') like ${`%${body.refresh_token.slice(4, 20)}%`}`
   t.equal(plain?.n, 0, 'and nowhere in clear')
 })
 
@@ -157,19 +159,19 @@ t.test('grant_type=refresh_token rotates the pair, in JSON or as a form body; th
   await sql`update users set tier = 'pro' where id = ${user.id}`
   const asJson = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken } })
   t.equal(asJson.statusCode, 200)
-  const first = asJson.json() as { accessToken: string, refreshToken: string, expiresIn: number }
-  t.equal(first.expiresIn, 900)
-  t.match(claimsOf(first.accessToken), { sub: user.id, sid: user.sessionId, tier: 'pro' }, 'same session, the tier as it is now')
+  const first = asJson.json() as { access_token: string, refresh_token: string, expires_in: number }
+  t.equal(first.expires_in, 900)
+  t.match(claimsOf(first.access_token), { sub: user.id, sid: user.sessionId, tier: 'pro' }, 'same session, the tier as it is now')
   const asForm = await app.inject({
     method: 'POST',
     url: '/auth/token',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    payload: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: first.refreshToken }).toString()
+    payload: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: first.refresh_token }).toString()
   })
   t.equal(asForm.statusCode, 200, 'RFC 6749 form body')
-  const second = asForm.json() as { accessToken: string, refreshToken: string }
-  t.not(second.refreshToken, first.refreshToken)
-  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${second.accessToken}` } })).statusCode, 200)
+  const second = asForm.json() as { access_token: string, refresh_token: string }
+  t.not(second.refresh_token, first.refresh_token)
+  t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${second.access_token}` } })).statusCode, 200)
   const [row] = await sql<{ used: number, unused: number }[]>`
     select count(*) filter (where used_at is not null)::int as used, count(*) filter (where used_at is null)::int as unused
       from refresh_tokens where session_id = ${user.sessionId}`
@@ -181,7 +183,7 @@ t.test('POST /auth/revoke ends the caller\'s session on every API process within
   const sql = testSql(t)
   const user = await createUser(one)
   const other = await login(one, user.email, user.password)
-  const otherAuthorization = `Bearer ${other.json().accessToken as string}`
+  const otherAuthorization = `Bearer ${other.json().access_token as string}`
   const me = (app: typeof one, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
   t.equal((await me(two, user.authorization)).statusCode, 200)
 

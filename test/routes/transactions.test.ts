@@ -161,6 +161,8 @@ t.test('bad transfers and bad money are refused before the database', async (t) 
   const noKey = await app.inject({ method: 'POST', url: '/transactions', headers: { authorization: alice.authorization }, payload: transfer({}) })
   t.equal(noKey.statusCode, 400)
   t.same(noKey.json().errors.map((e: { path: string }) => e.path), ['idempotency-key'])
+  t.equal(noKey.json().detail, 'A required request header is missing or invalid: idempotency-key is required: 1 to 255 visible ASCII characters, the same on every retry of this request.',
+    'the detail says which header and what it needs')
   const longKey = await post(app, alice, transfer({}), 'k'.repeat(256))
   t.equal(longKey.statusCode, 400)
   t.equal(await transactionCount(sql, alice.id), 1, 'nothing was written')

@@ -53,9 +53,9 @@ t.test('login: success, wrong password and unknown email', async (t) => {
   const ok = await app.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email.toUpperCase(), password: user.password } })
   t.equal(ok.statusCode, 200)
   const token = ok.json()
-  t.equal(token.tokenType, 'Bearer')
-  t.equal(token.expiresIn, 900)
-  const claims = app.jwt.decode<Record<string, unknown>>(token.accessToken)
+  t.equal(token.token_type, 'Bearer')
+  t.equal(token.expires_in, 900)
+  const claims = app.jwt.decode<Record<string, unknown>>(token.access_token)
   t.equal(claims?.sub, user.id)
   t.equal(claims?.tier, 'standard')
   t.equal(claims?.iss, 'ledger-api')
@@ -167,7 +167,7 @@ t.test('PUT /users/me/password: 204, every session of the user ends on every pro
   const sql = testSql(t)
   const user = await createUser(one)
   const second = await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: user.password } })
-  const sessions = [user.authorization, `Bearer ${second.json().accessToken as string}`]
+  const sessions = [user.authorization, `Bearer ${second.json().access_token as string}`]
   const bystander = await createUser(one)
   const me = (app: typeof one, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
 
@@ -187,14 +187,14 @@ t.test('PUT /users/me/password: 204, every session of the user ends on every pro
     return false
   }
   t.same(await Promise.all([refused(one), refused(two)]), [true, true], 'both sessions\' tokens are refused by both processes within 1 s')
-  t.equal((await one.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken } })).statusCode, 401,
+  t.equal((await one.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken } })).statusCode, 400,
     'the refresh tokens too')
   const [ended] = await sql<{ reasons: string[] }[]>`select array_agg(distinct end_reason) as reasons from sessions where user_id = ${user.id}`
   t.same(ended?.reasons, ['password_changed'])
   t.equal((await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: user.password } })).statusCode, 401, 'the old password is refused')
   const fresh = await one.inject({ method: 'POST', url: '/auth/token', payload: { email: user.email, password: 'a brand new long password' } })
   t.equal(fresh.statusCode, 200, 'the new one logs in')
-  t.equal((await me(two, `Bearer ${fresh.json().accessToken as string}`)).statusCode, 200, 'and its session works everywhere')
+  t.equal((await me(two, `Bearer ${fresh.json().access_token as string}`)).statusCode, 200, 'and its session works everywhere')
   t.equal((await me(two, bystander.authorization)).statusCode, 200, 'other users are untouched')
 })
 

@@ -35,10 +35,10 @@ if (replicaUrl === '') {
 
 const primaryPort = Number(new URL(primaryUrl || 'postgres://x:1/x').port)
 const replicaPort = replicaUrl === '' ? 0 : Number(new URL(replicaUrl).port)
-// Admin connections as the owner (the API's role may not pause replay): the primary directly (for its WAL position)
-// and the replica (to pause and resume replay).
+// Admin connections: the primary directly as the owner (for its WAL position), and the replica as the superuser the
+// test runner names (pausing and resuming replay is a superuser's), else as the owner.
 const primaryAdmin = postgres(process.env.DATABASE_DIRECT_URL ?? primaryUrl, { max: 1, onnotice: () => {} })
-const replicaAdmin = replicaUrl === '' ? null : postgres(withUserOf(replicaUrl, process.env.DATABASE_DIRECT_URL ?? primaryUrl), { max: 1, onnotice: () => {} })
+const replicaAdmin = replicaUrl === '' ? null : postgres(withUserOf(replicaUrl, process.env.DATABASE_ADMIN_URL ?? process.env.DATABASE_DIRECT_URL ?? primaryUrl), { max: 1, onnotice: () => {} })
 const apps: App[] = []
 t.teardown(async () => {
   if (replicaAdmin !== null) await replicaAdmin`select pg_wal_replay_resume()`.catch(() => {})

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
+import { dropDatabase, recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 
 const directUrl = process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? ''
@@ -14,12 +14,10 @@ const scratch = `ledger_migrate_${process.pid}`
 const url = withDatabase(directUrl, scratch)
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 
-t.before(() => recreateDatabase(directUrl, scratch))
-t.teardown(async () => {
-  const admin = postgres(directUrl, { max: 1, onnotice: () => {} })
-  await admin`drop database if exists ${admin(scratch)} with (force)`
-  await admin.end({ timeout: 5 })
-})
+// Creating and dropping databases is the superuser's (the test runner sets DATABASE_ADMIN_URL for its stack).
+const adminUrl = process.env.DATABASE_ADMIN_URL ?? directUrl
+t.before(() => recreateDatabase(adminUrl, scratch))
+t.teardown(() => dropDatabase(adminUrl, scratch))
 
 async function sqlFolder (t: Test, files: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'ledger-migrate-'))
@@ -86,4 +84,30 @@ t.test('a no-transaction file runs on its own after the files before it commit',
 
   const misplaced = await sqlFolder(t, { 'functions/bad.sql': '-- migrate: no-transaction\nselect 1;' })
   await t.rejects(migrate(url, () => {}, { dir: misplaced }), /always runs in the migration transaction/)
+})
+
+t.test('what a migration creates belongs to the owner role, and an unpinned SECURITY DEFINER function never commits', async (t) => {
+  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  t.teardown(() => sql.end({ timeout: 5 }))
+  const owned = await sqlFolder(t, {
+    '001_owned.sql': 'create table owned_thing (id int);',
+    'functions/pinned.sql': 'create or replace function pinned() returns int language sql security definer set search_path = pg_catalog, pg_temp as $$ select 1 $$;'
+  })
+  await migrate(url, () => {}, { dir: owned })
+  const owners = await sql<{ name: string, owner: string }[]>`
+    select 'owned_thing' as name, relowner::regrole::text as owner from pg_class where relname = 'owned_thing'
+    union all select 'pinned', proowner::regrole::text from pg_proc where proname = 'pinned'`
+  t.same(owners, [{ name: 'owned_thing', owner: 'ledger_owner' }, { name: 'pinned', owner: 'ledger_owner' }])
+
+  const unpinned: Array<[label: string, setting: string]> = [['public before pg_temp', 'set search_path = pg_catalog, public'], ['no search_path at all', ''], ['an empty search_path', "set search_path = ''"]]
+  for (const [label, setting] of unpinned) {
+    const dir = await sqlFolder(t, {
+      '001_table.sql': 'create table before_definer (id int);',
+      'functions/unpinned.sql': `create or replace function unpinned() returns int language sql security definer ${setting} as $$ select 1 $$;`
+    })
+    await t.rejects(migrate(url, () => {}, { dir }), /SECURITY DEFINER functions refused: unpinned\(\) \(search_path not pinned with pg_temp last\)/, label)
+    const [left] = await sql<{ n: number }[]>`
+      select (select count(*) from pg_proc where proname = 'unpinned') + (select count(*) from pg_class where relname = 'before_definer') as n`
+    t.equal(Number(left?.n), 0, `${label}: neither the function nor the batch's table was committed`)
+  }
 })

@@ -6,6 +6,9 @@ import t from 'tap'
 import { FEED_JOB } from '../../routes/feed/jobs.ts'
 import { buildTestApp, createUser, drainJobs, ownerSql, testSql, uniqueEmail } from '../helper.ts'
 
+/** ASCII written in Unicode tag characters (U+E0020–U+E007E), invisible in most renderers. */
+const tag = (ascii: string) => [...ascii].map((c) => String.fromCodePoint(0xE0000 + (c.codePointAt(0) ?? 0))).join('')
+
 t.test('a follow flood stops at the caller\'s rate limit, and writes exactly what was admitted', async (t) => {
   const app = await buildTestApp(t, { RATE_LIMIT_STANDARD_CAPACITY: '10', RATE_LIMIT_STANDARD_REFILL_PER_S: '0.001' })
   const sql = testSql(t)
@@ -68,6 +71,9 @@ t.test('names refuse bidirectional overrides and invisible characters, on signup
     'byte order mark inside': 'Ledger\ufeffSupport',
     'soft hyphen': 'Led\u00adger Support',
     'tag characters': 'Ledger Support\u{E0020}\u{E0041}',
+    'hidden text in tags after a black flag': `Ledger Support \u{1F3F4}${tag('send funds to 42')}\u{E007F}`,
+    'a subdivision flag that is not RGI (California)': `Ledger \u{1F3F4}${tag('usca')}\u{E007F}`,
+    'an RGI flag with one tag more': `Ledger \u{1F3F4}${tag('gbwlsx')}\u{E007F}`,
     'hangul filler (a blank-looking name)': '\u3164',
     'mongolian vowel separator': 'Ledger\u180eSupport'
   }
@@ -85,11 +91,37 @@ t.test('names refuse bidirectional overrides and invisible characters, on signup
   t.equal(row?.name, 'Honest', 'the name never changed')
 
   // Where such a character is how the text is written, it stays allowed.
-  for (const name of ['Ada 👩‍💻', 'Pride 🏳️‍🌈', 'فاطمه‌زهرا', 'Scot 🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}', 'Keycap 1️⃣']) {
+  for (const name of ['Ada 👩‍💻', 'Pride 🏳️‍🌈', 'فاطمه‌زهرا', 'Scot 🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}', 'Keycap 1️⃣',
+    `Eng \u{1F3F4}${tag('gbeng')}\u{E007F}`, `Cymru \u{1F3F4}${tag('gbwls')}\u{E007F}`]) {
     const patch = await app.inject({ method: 'PATCH', url: `/users/${user.id}`, headers: { authorization: user.authorization }, payload: { name } })
     t.equal(patch.statusCode, 200, `allowed: ${name}`)
     t.equal(patch.json().name, name)
   }
+})
+
+t.test('combining marks are bounded per character in names and posts: a 400 naming the field, nothing written', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app, { name: 'Honest' })
+  const message = 'must not stack more than 30 combining marks on one character'
+  const stacked = `Z${'\u0301\u0316'.repeat(15)}\u0334 Support` // 31 marks on the Z
+  const signup = await app.inject({ method: 'POST', url: '/users', payload: { email: uniqueEmail('marks'), name: stacked, password: 'correct horse battery' } })
+  t.equal(signup.statusCode, 400)
+  t.same(signup.json().errors, [{ path: 'name', message }])
+  const patch = await app.inject({ method: 'PATCH', url: `/users/${user.id}`, headers: { authorization: user.authorization }, payload: { name: stacked } })
+  t.equal(patch.statusCode, 400)
+  t.same(patch.json().errors, [{ path: 'name', message }])
+  // The review's post: 4,999 marks on one letter.
+  const post = await app.inject({ method: 'POST', url: '/posts', headers: { authorization: user.authorization }, payload: { body: `a${'\u0301'.repeat(4999)}` } })
+  t.equal(post.statusCode, 400)
+  t.same(post.json().errors, [{ path: 'body', message }])
+  const [row] = await sql<{ name: string, posts: number }[]>`select name, (select count(*)::int from posts where author_id = ${user.id}) as posts from users where id = ${user.id}`
+  t.same(row, { name: 'Honest', posts: 0 }, 'nothing changed')
+  // The bound itself is text.
+  const thirty = `Z${'\u0301\u0316'.repeat(15)} Support`
+  const kept = await app.inject({ method: 'PATCH', url: `/users/${user.id}`, headers: { authorization: user.authorization }, payload: { name: thirty } })
+  t.equal(kept.statusCode, 200)
+  t.equal(kept.json().name, thirty)
 })
 
 t.test('follow-list cursors are bound to the list and the caller', async (t) => {

@@ -15,6 +15,8 @@ import fc from 'fast-check'
 import t from 'tap'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { App } from '../../app.ts'
+import { MULTI_LINE, SINGLE_LINE } from '../../routes/common/text.ts'
+import { PostBodyTextSchema } from '../../routes/feed/schemas.ts'
 import { hashPassword } from '../../routes/users/password.ts'
 import { buildTestApp, createClient, createUser, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { fundingBody, INJECTION_STRINGS, PRIVATE_ROUTES, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
@@ -54,7 +56,8 @@ function inlineRefs<T> (value: T, schemas: Record<string, JsonSchema>, seen: str
   if (Array.isArray(value)) return value.map((item) => inlineRefs(item, schemas, seen)) as T
   if (typeof value !== 'object' || value === null) return value
   const ref = (value as JsonSchema).$ref
-  if (typeof ref === 'string') {
+  // Only schemas are inlined; a response's header references stay as they are.
+  if (typeof ref === 'string' && ref.startsWith('#/components/schemas/')) {
     const name = ref.replace('#/components/schemas/', '')
     const target = schemas[name]
     if (target === undefined || seen.includes(name)) throw new Error(`cannot inline ${ref}`)
@@ -84,7 +87,8 @@ const junk: fc.Arbitrary<unknown> = fc.oneof(
 const trickyText = (minLength: number, maxLength: number) => fc.string({
   minLength,
   maxLength,
-  unit: fc.constantFrom('a', 'Z', ' ', '\u0000', '\ud800', '\udfff', '\ufeff', '\u0085', '\u202e', '\u200b', '\t', '\n', '😀', 'é', "'", '"', '\\', '$')
+  unit: fc.constantFrom('a', 'Z', ' ', '\u0000', '\ud800', '\udfff', '\ufeff', '\u0085', '\u202e', '\u200b', '\t', '\n', '😀', 'é', "'", '"', '\\', '$',
+    '\u{1F3F4}', '\u{E0067}', '\u{E007F}', '\u0301', '\u0489')
 })
 
 function textArb (schema: JsonSchema): fc.Arbitrary<string> {
@@ -316,7 +320,7 @@ async function setUpWorld (app: App): Promise<World> {
     victimCursors: await cursors(victim),
     attackerTransactionIds,
     attackerCursors: await cursors(attacker),
-    attackerRefreshToken: (await app.inject({ method: 'POST', url: '/auth/token', payload: { email: attacker.email, password: attacker.password } })).json().refreshToken as string,
+    attackerRefreshToken: (await app.inject({ method: 'POST', url: '/auth/token', payload: { email: attacker.email, password: attacker.password } })).json().refresh_token as string,
     clientTransactionIds,
     clientCursors: [(await get(client, '/transactions?limit=1')).nextCursor as string],
     victimPostIds,
@@ -450,7 +454,10 @@ function problemType (response: LightMyRequestResponse): unknown {
 function checkResponse (world: World, route: string, request: FuzzRequest, response: LightMyRequestResponse): string | undefined {
   const { attacker, client, victim, recipient } = world
   const status = response.statusCode
-  if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
+  // The token endpoint answers RFC 6749 section 5.2's JSON; every other error is problem+json.
+  if (route === 'POST /auth/token' && status >= 400) {
+    if (!/^application\/json/.test(String(response.headers['content-type'])) || typeof (response.json() as { error?: unknown }).error !== 'string') return `a ${status} that is not an RFC 6749 error`
+  } else if (status >= 400 && status !== 414 && !/^application\/problem\+json/.test(String(response.headers['content-type']))) return `a ${status} that is not problem+json`
   if (response.body.includes('scrypt$')) return 'a password hash in the response'
   for (const other of [victim, recipient]) {
     if (response.body.toLowerCase().includes(other.email)) return `${other === victim ? 'the victim' : 'the recipient'}'s email in the response`
@@ -545,19 +552,86 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     }
     case 'POST /auth/token': {
       if (body.grant_type === 'client_credentials') {
-        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown, client_id?: unknown }
+        const claims = JSON.parse(Buffer.from(String(json.access_token).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown, client_id?: unknown }
         if (claims.sub !== client.id || claims.client_id !== client.id) return 'a token for a client other than the attacker\'s'
         return String(json.scope).split(' ').every((scope) => (client.scopes as string[]).includes(scope)) ? undefined : `a scope the client does not hold: ${String(json.scope)}`
       }
       if (body.grant_type === 'refresh_token') {
-        const claims = JSON.parse(Buffer.from(String(json.accessToken).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown }
+        const claims = JSON.parse(Buffer.from(String(json.access_token).split('.')[1] ?? '', 'base64url').toString()) as { sub?: unknown }
         return claims.sub === attacker.id ? undefined : 'a refreshed token for someone other than the attacker'
       }
-      return String(body.email).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
+      return String(body.email ?? body.username).trim().toLowerCase() === attacker.email ? undefined : 'a token for someone other than the attacker'
     }
     default: return undefined
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The text rules themselves (routes/common/text.ts), property by property: no database, many more runs
+
+const TEXT_RUNS = RUNS * 10
+const tag = (ascii: string) => [...ascii].map((c) => String.fromCodePoint(0xE0000 + (c.codePointAt(0) ?? 0))).join('')
+const BLACK_FLAG = '\u{1F3F4}'
+const CANCEL_TAG = '\u{E007F}'
+/** The subdivision flags Unicode recommends for general interchange (RGI): England, Scotland, Wales. */
+const RGI_FLAGS = ['gbeng', 'gbsct', 'gbwls'].map((code) => BLACK_FLAG + tag(code) + CANCEL_TAG)
+const textAccepted = (value: string) => SINGLE_LINE.check(value) && MULTI_LINE.check(value) && PostBodyTextSchema.safeParse(value).success
+/** Text that every rule accepts, with an RGI flag or a plain black flag now and then. */
+const plainText = fc.array(fc.constantFrom('a', 'Z', ' ', 'é', '😀', 'ب', 'क', 'ཀ', BLACK_FLAG, ...RGI_FLAGS), { minLength: 0, maxLength: 8 }).map((parts) => parts.join(''))
+
+t.test('tag characters are accepted only as the three RGI subdivision flags, exactly', async (t) => {
+  for (const flag of RGI_FLAGS) t.ok(textAccepted(`Cymru ${flag}!`), `allowed: ${JSON.stringify(flag)}`)
+  // Runs of tag characters after the black flag: letters mostly, the cancel tag and other tags sometimes, and
+  // near misses of the RGI codes (valid-looking subdivisions such as usca, a missing or doubled cancel tag).
+  const tagRun = fc.oneof(
+    { weight: 3, arbitrary: fc.array(fc.integer({ min: 0xE0000, max: 0xE007F }), { maxLength: 40, size: 'max' }).map((codes) => String.fromCodePoint(...codes)) },
+    { weight: 3, arbitrary: fc.array(fc.constantFrom(...'abcdefghijklmnopqrstuvwxyz0123456789 '), { maxLength: 32, size: 'max' }).map((letters) => tag(letters.join(''))).chain((run) => fc.constantFrom(run, run + CANCEL_TAG)) },
+    { weight: 2, arbitrary: fc.constantFrom(...['gbeng', 'gbsct', 'gbwls', 'usca', 'gbeng1', 'gben', 'GBENG', 'gbengg', 'hidden text', 'x'].map(tag)).chain((run) => fc.constantFrom(run, run + CANCEL_TAG, run + CANCEL_TAG + CANCEL_TAG, run + CANCEL_TAG + tag('a'))) }
+  )
+  fc.assert(fc.property(plainText, tagRun, plainText, (before, run, after) => {
+    const text = `${before}${BLACK_FLAG}${run}${after}`
+    // No tag at all is a plain black flag.
+    const expected = run === '' || RGI_FLAGS.includes(BLACK_FLAG + run)
+    if (textAccepted(text) !== expected) throw new Error(`${JSON.stringify(text)}: ${expected ? 'refused' : 'accepted tag characters'}`)
+  }), { numRuns: TEXT_RUNS, seed: SEED })
+  // One tag character anywhere in acceptable text, inside a flag or not, makes it unacceptable.
+  fc.assert(fc.property(plainText, fc.integer({ min: 0xE0000, max: 0xE007F }), fc.nat(), (text, code, at) => {
+    const units = [...text]
+    const position = at % (units.length + 1)
+    units.splice(position, 0, String.fromCodePoint(code))
+    const spliced = units.join('')
+    if (textAccepted(spliced)) throw new Error(`accepted ${JSON.stringify(spliced)}`)
+  }), { numRuns: TEXT_RUNS, seed: SEED })
+  // The RGI sequences themselves, but not after the black flag.
+  for (const lead of ['', 'a', '\u{1F3F3}', '😀']) t.notOk(textAccepted(lead + tag('gbeng') + CANCEL_TAG), `refused after ${JSON.stringify(lead)}`)
+})
+
+/** Combining marks of several kinds: above, below, overlay, enclosing, and spacing vowel signs. */
+const MARKS = ['\u0301', '\u0316', '\u0334', '\u0489', '\u20DD', '\u0903', '\u093F', '\u05B4', '\u0F71', '\u0E49']
+const MAX_MARKS = 30
+
+t.test(`combining marks: at most ${MAX_MARKS} on one base character, however they are mixed`, async (t) => {
+  fc.assert(fc.property(fc.constantFrom('a', 'Z', 'ب', 'क', 'ཀ', '😀'), fc.array(fc.constantFrom(...MARKS), { maxLength: 80, size: 'max' }), plainText, (base, marks, rest) => {
+    const text = `${rest}${base}${marks.join('')}${rest.length > 0 ? ' ' : ''}${rest}`
+    const expected = marks.length <= MAX_MARKS
+    if (textAccepted(text) !== expected) throw new Error(`${marks.length} marks on ${JSON.stringify(base)}: ${expected ? 'refused' : 'accepted'}`)
+  }), { numRuns: TEXT_RUNS, seed: SEED })
+  // An allowed zero-width non-joiner does not start a new count: the marks on either side share one base.
+  t.ok(textAccepted(`ب${'\u064E'.repeat(14)}\u200C${'\u064E'.repeat(15)}ت`), '14 + joiner + 15')
+  t.notOk(textAccepted(`ب${'\u064E'.repeat(20)}\u200C${'\u064E'.repeat(20)}ت`), '20 + joiner + 20')
+  // Counted as Unicode decomposes the text (NFKD, as the Stream-Safe Text Format counts): a precomposed é is e + a mark.
+  t.ok(textAccepted('e' + '\u0301'.repeat(MAX_MARKS)))
+  t.notOk(textAccepted('é' + '\u0301'.repeat(MAX_MARKS)))
+  // Real text from scripts that stack marks.
+  for (const text of [
+    'Tiếng Việt'.normalize('NFD'), // Vietnamese, decomposed: two marks on one vowel
+    'בְּרֵאשִׁ֖ית בָּרָ֣א', // Biblical Hebrew with points and cantillation
+    'བསྒྲུབས ཧཱུྃ', // Tibetan stacks
+    'क्षत्रिय श्रीमान्', // Devanagari conjuncts
+    'น้ำ ကျွန်ုပ်', // Thai tone marks, Burmese medials
+    'Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǧ̗͚̚o̙̔ͮ̇͐̇' // mild "Zalgo": a few marks per letter is text too
+  ]) t.ok(textAccepted(text), text)
+})
 
 const describe = (request: FuzzRequest) =>
   `${request.caller} ${request.method} ${request.url.slice(0, 300)} headers=${JSON.stringify(request.headers).slice(0, 200)} body=${String(JSON.stringify(request.body)).slice(0, 400)}`
@@ -572,7 +646,7 @@ t.test('every operation of the OpenAPI document, fuzzed from its own schemas', a
   const freshSession = async () => {
     const login = await app.inject({ method: 'POST', url: '/auth/token', payload: { email: world.attacker.email, password: world.attacker.password } })
     if (login.statusCode !== 200) throw new Error(`attacker login failed: ${login.statusCode} ${login.body}`)
-    return `Bearer ${login.json().accessToken as string}`
+    return `Bearer ${login.json().access_token as string}`
   }
   // Nothing of the fuzzed endpoints is left for a worker to retry against the closed port.
   t.teardown(async () => { await ownerSql()`delete from webhook_endpoints where principal_id in ${ownerSql()([world.attacker.id, world.victim.id])}` })

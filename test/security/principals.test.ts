@@ -75,10 +75,11 @@ t.test('hostile token-endpoint bodies are 400s, 401s, 413s or 415s, never 500s',
 
   const repeated = await form(`grant_type=client_credentials&client_id=${client.id}&client_id=${randomUUID()}&client_secret=${client.secret}`)
   t.equal(repeated.statusCode, 400, 'a parameter sent twice (RFC 6749 section 3.2)')
-  t.equal((await form('grant_type=client_credentials&client_id[]=x&client_secret=y')).statusCode, 400, 'bracket syntax is not an array')
+  // `client_id[]` is a parameter of another name, ignored (RFC 6749 section 3.2): the secret then names no client.
+  t.equal((await form('grant_type=client_credentials&client_id[]=x&client_secret=y')).statusCode, 401, 'bracket syntax is not an array')
   t.equal((await form(`grant_type=client_credentials&client_id=${client.id}&client_secret=${'a'.repeat(70_000)}`)).statusCode, 413)
   t.equal((await form('grant_type=authorization_code&code=abc')).statusCode, 400, 'an unsupported grant')
-  t.equal((await form('grant_type=client_credentials')).statusCode, 400)
+  t.equal((await form('grant_type=client_credentials')).statusCode, 401, 'no client authentication: invalid_client')
   const formTransfer = await app.inject({
     method: 'POST',
     url: '/transactions',

@@ -245,7 +245,11 @@ t.test('amounts with a fraction or an exponent are 400 at amount; the JSON parse
       const expected = shape === 'a bare fraction' ? [400, 403] : 400
       assertProblem(t, response, expected, `${label(bodyRoute)}: ${shape}`)
       // (Nested that deep, the reviver's recursion gives up first: a 400 either way, malformed or invalid.)
-      if (shape !== 'a bare fraction' && shape !== 'a fraction nested 10,000 deep') t.equal(response.json().type, 'https://ledger-api.dev/problems/malformed_body', `${label(bodyRoute)}: ${shape} is malformed_body`)
+      if (shape !== 'a bare fraction' && shape !== 'a fraction nested 10,000 deep') {
+        // The token endpoint says it as RFC 6749 does.
+        if (bodyRoute.url === '/auth/token') t.equal(response.json().error, 'invalid_request', `${label(bodyRoute)}: ${shape} is invalid_request`)
+        else t.equal(response.json().type, 'https://ledger-api.dev/problems/malformed_body', `${label(bodyRoute)}: ${shape} is malformed_body`)
+      }
       t.ok(Date.now() - started < 2000, `${shape} is refused quickly (${Date.now() - started} ms)`)
     }
   }

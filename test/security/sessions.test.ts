@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { buildTestApp, createUser, ownerSql, testSql, type TestUser, uniqueEmail, within } from '../helper.ts'
-import { assertProblem, randomTestIp } from './support.ts'
+import { assertOAuthError, assertProblem, randomTestIp } from './support.ts'
 
 const me = (app: App, authorization: string) => app.inject({ method: 'GET', url: '/users/me', headers: { authorization } })
 const refresh = (app: App, refreshToken: string, remoteAddress = randomTestIp()) =>
@@ -18,40 +18,40 @@ t.test('a replayed refresh token ends the whole session: the pair it was exchang
   const user = await createUser(one)
   const rotated = await refresh(one, user.refreshToken)
   t.equal(rotated.statusCode, 200, 'the first use rotates')
-  const pair = rotated.json() as { accessToken: string, refreshToken: string }
-  t.not(pair.refreshToken, user.refreshToken, 'a new refresh token')
-  t.equal((await me(two, `Bearer ${pair.accessToken}`)).statusCode, 200, 'the new access token works on another process')
+  const pair = rotated.json() as { access_token: string, refresh_token: string }
+  t.not(pair.refresh_token, user.refreshToken, 'a new refresh token')
+  t.equal((await me(two, `Bearer ${pair.access_token}`)).statusCode, 200, 'the new access token works on another process')
 
   // The attacker (or the victim, whichever came second) presents the old token again.
   const replay = await refresh(one, user.refreshToken)
-  assertProblem(t, replay, 401, 'replay')
-  t.notOk('accessToken' in (replay.json() as object), 'no token for the replay')
-  t.equal((await me(one, `Bearer ${pair.accessToken}`)).statusCode, 401, 'the rotated access token is refused at once on the process that saw the replay')
-  const elsewhere = await within(1000, async () => (await me(two, `Bearer ${pair.accessToken}`)).statusCode === 401)
+  assertOAuthError(t, replay, 400, 'invalid_grant', 'replay')
+  t.notOk('access_token' in (replay.json() as object), 'no token for the replay')
+  t.equal((await me(one, `Bearer ${pair.access_token}`)).statusCode, 401, 'the rotated access token is refused at once on the process that saw the replay')
+  const elsewhere = await within(1000, async () => (await me(two, `Bearer ${pair.access_token}`)).statusCode === 401)
   t.ok(elsewhere <= 1000, `and on the other process within 1 s (${elsewhere} ms)`)
   t.equal((await me(two, user.authorization)).statusCode, 401, 'the original access token too')
-  assertProblem(t, await refresh(two, pair.refreshToken), 401, 'the rotated refresh token is dead too')
+  assertOAuthError(t, await refresh(two, pair.refresh_token), 400, 'invalid_grant', 'the rotated refresh token is dead too')
   const [session] = await sql<{ ended_at: Date | null, end_reason: string | null }[]>`select ended_at, end_reason from sessions where id = ${user.sessionId}`
   t.equal(session?.end_reason, 'refresh_token_reused', 'the session is recorded as ended by a replay')
   const again = await login(one, user.email, user.password)
   t.equal(again.statusCode, 200, 'the user logs in again (a new session)')
-  t.equal((await me(one, `Bearer ${again.json().accessToken}`)).statusCode, 200)
+  t.equal((await me(one, `Bearer ${again.json().access_token}`)).statusCode, 200)
 })
 
 t.test('two requests racing with one refresh token: one rotates, the other is a replay and ends the session', async (t) => {
   const app = await buildTestApp(t)
   const user = await createUser(app)
   const answers = await Promise.all([refresh(app, user.refreshToken), refresh(app, user.refreshToken)])
-  t.same(answers.map((r) => r.statusCode).sort(), [200, 401])
+  t.same(answers.map((r) => r.statusCode).sort(), [200, 400])
   const winner = answers.find((r) => r.statusCode === 200)
-  t.equal((await me(app, `Bearer ${winner?.json().accessToken}`)).statusCode, 401, 'the winner\'s session ended with the replay')
+  t.equal((await me(app, `Bearer ${winner?.json().access_token}`)).statusCode, 401, 'the winner\'s session ended with the replay')
 })
 
 t.test('a refresh token of an ended session is refused', async (t) => {
   const app = await buildTestApp(t)
   const user = await createUser(app)
   t.equal((await app.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: user.authorization } })).statusCode, 204)
-  assertProblem(t, await refresh(app, user.refreshToken), 401, 'refresh after logout')
+  assertOAuthError(t, await refresh(app, user.refreshToken), 400, 'invalid_grant', 'refresh after logout')
   assertProblem(t, await me(app, user.authorization), 401, 'the access token after logout')
 })
 
@@ -60,17 +60,18 @@ t.test('a refresh token is not an access token, and an access token is not a ref
   const sql = testSql(t)
   const user = await createUser(app)
   assertProblem(t, await me(app, `Bearer ${user.refreshToken}`), 401, 'a refresh token as bearer')
-  assertProblem(t, await refresh(app, user.token), 401, 'an access token as refresh token')
+  assertOAuthError(t, await refresh(app, user.token), 400, 'invalid_grant', 'an access token as refresh token')
   for (const junk of ['lrt_', `lrt_${'A'.repeat(43)}`, `${user.refreshToken}x`, user.refreshToken.toUpperCase(), 'x'.repeat(512)]) {
-    assertProblem(t, await refresh(app, junk), 401, `junk refresh token ${junk.slice(0, 12)}…`)
+    assertOAuthError(t, await refresh(app, junk), 400, 'invalid_grant', `junk refresh token ${junk.slice(0, 12)}…`)
   }
-  assertProblem(t, await refresh(app, 'x'.repeat(513)), 400, 'an over-long refresh token')
-  assertProblem(t, await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken, email: user.email } }), 400, 'extra fields')
+  assertOAuthError(t, await refresh(app, 'x'.repeat(513)), 400, 'invalid_request', 'an over-long refresh token')
   // None of those ended the session or used the token.
   t.equal((await me(app, user.authorization)).statusCode, 200, 'the session is still alive')
   const [row] = await sql<{ used: number }[]>`select count(*)::int as used from refresh_tokens where session_id = ${user.sessionId} and used_at is not null`
   t.equal(row?.used, 0, 'the real refresh token is unused')
-  t.equal((await refresh(app, user.refreshToken)).statusCode, 200, 'and still rotates')
+  // Parameters the endpoint does not use are ignored (RFC 6749 section 3.2), a public client's client_id included.
+  const extra = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: user.refreshToken, email: user.email, client_id: 'some-public-client', resource: 'https://api.example.test' } })
+  t.equal(extra.statusCode, 200, 'and still rotates, whatever else the request carries')
 })
 
 t.test('an expired refresh token is refused', async (t) => {
@@ -78,7 +79,7 @@ t.test('an expired refresh token is refused', async (t) => {
   const sql = testSql(t)
   const user = await createUser(app)
   await sql`update sessions set expires_at = now() - interval '1 second' where id = ${user.sessionId}`
-  assertProblem(t, await refresh(app, user.refreshToken), 401, 'expired')
+  assertOAuthError(t, await refresh(app, user.refreshToken), 400, 'invalid_grant', 'expired')
 })
 
 t.test('the tokens of a removed user are 401, not 500, on every process within a second', async (t) => {
@@ -98,8 +99,8 @@ t.test('the tokens of a removed user are 401, not 500, on every process within a
     ])
     for (const answer of answers) assertProblem(t, answer, 401, 'removed user')
   }
-  assertProblem(t, await refresh(one, ghost.refreshToken), 401, 'the refresh token of a removed user')
-  assertProblem(t, await login(one, ghost.email, ghost.password), 401, 'and the login')
+  assertOAuthError(t, await refresh(one, ghost.refreshToken), 400, 'invalid_grant', 'the refresh token of a removed user')
+  assertOAuthError(t, await login(one, ghost.email, ghost.password), 401, 'invalid_grant', 'and the login')
 })
 
 t.test('11 failed logins for one account from 11 addresses, then the right password: 429 until the window passes', async (t) => {
@@ -113,8 +114,8 @@ t.test('11 failed logins for one account from 11 addresses, then the right passw
   }
   t.same(statuses, [...Array<number>(10).fill(401), 429], 'ten failures are answered, the eleventh is refused')
   const right = await login(app, user.email, user.password)
-  assertProblem(t, right, 429, 'the right password during the lockout')
-  t.notOk('accessToken' in (right.json() as object), 'no token')
+  assertOAuthError(t, right, 429, 'temporarily_unavailable', 'the right password during the lockout')
+  t.notOk('access_token' in (right.json() as object), 'no token')
   const retryAfter = Number(right.headers['retry-after'])
   t.ok(retryAfter > 800 && retryAfter <= 900, `Retry-After is the rest of the 15 minute window (${retryAfter} s)`)
   t.equal(right.headers['ratelimit-limit'], '10')
@@ -160,7 +161,7 @@ t.test('the token endpoint counts an IPv6 /64 as one client', async (t) => {
   }
   t.same(statuses, [401, 401, 401, 401, 401, 429, 429, 429, 429, 429, 429], 'five guesses, then the /64 is limited')
   const right = await login(app, victim.email, victim.password, `${prefix}::beef`)
-  assertProblem(t, right, 429, 'the right password from the same /64')
+  assertOAuthError(t, right, 429, 'temporarily_unavailable', 'the right password from the same /64')
   t.equal(right.headers['ratelimit-limit'], '5', 'the per-address limit answered')
   t.equal((await login(app, victim.email, victim.password, randomTestIp())).statusCode, 200, 'another network is not affected')
 })
@@ -178,7 +179,7 @@ t.test('a flood of 200 concurrent logins: 503 with Retry-After beyond the hashin
   t.ok(count(503) >= 150, 'most of the flood was turned away at once')
   const busy = answers.find((r) => r.statusCode === 503)
   if (busy !== undefined) {
-    assertProblem(t, busy, 503, 'flood')
+    assertOAuthError(t, busy, 503, 'temporarily_unavailable', 'flood')
     t.equal(busy.headers['retry-after'], '1')
   }
   t.same(during.map((r) => r.statusCode), [200, 200], 'a user route and liveness answered during the flood')

@@ -189,17 +189,48 @@ export class ResponseRecorder {
 }
 
 /** Fields of a problem+json error body, checked on every refusal. */
+/**
+ * The request went to an OAuth endpoint that answers RFC 6749 section 5.2 errors: the token endpoint always, the
+ * revocation endpoint for form requests (its bearer logout answers problem+json like the rest of the API).
+ */
+function oauthEndpoint (response: LightMyRequestResponse): boolean {
+  const request = response.raw.req as { url?: string, headers?: Record<string, unknown> }
+  const path = (request.url ?? '').split('?')[0]
+  const form = /^application\/x-www-form-urlencoded/i.test(String(request.headers?.['content-type'] ?? ''))
+  return path === '/auth/token' || (path === '/auth/revoke' && form)
+}
+
+/** A refusal in the API's error format: problem+json, or RFC 6749 section 5.2's JSON where an OAuth endpoint answers. */
 export function assertProblem (t: Assert, response: LightMyRequestResponse, status: number | number[], label: string) {
   const statuses = Array.isArray(status) ? status : [status]
   t.ok(statuses.includes(response.statusCode), `${label}: status ${response.statusCode} is one of ${statuses.join('/')}`)
-  t.ok(/^application\/problem\+json/.test(String(response.headers['content-type'])), `${label}: problem+json`)
-  let body: { status?: unknown } | undefined
+  let body: { status?: unknown, error?: unknown, error_description?: unknown } | undefined
   try {
     body = response.json()
   } catch {
     body = undefined
   }
+  if (oauthEndpoint(response)) {
+    t.ok(/^application\/json/.test(String(response.headers['content-type'])), `${label}: RFC 6749 error JSON`)
+    t.ok(typeof body?.error === 'string' && typeof body.error_description === 'string', `${label}: error and error_description`)
+    return
+  }
+  t.ok(/^application\/problem\+json/.test(String(response.headers['content-type'])), `${label}: problem+json`)
   t.equal(body?.status, response.statusCode, `${label}: body.status matches`)
+}
+
+/** An RFC 6749 section 5.2 error from an OAuth endpoint: the status, application/json, and `error` as given. */
+export function assertOAuthError (t: Assert, response: LightMyRequestResponse, status: number, error: string, label: string) {
+  t.equal(response.statusCode, status, `${label}: status ${status}`)
+  t.ok(/^application\/json/.test(String(response.headers['content-type'])), `${label}: application/json`)
+  let body: { error?: unknown, error_description?: unknown } | undefined
+  try {
+    body = response.json()
+  } catch {
+    body = undefined
+  }
+  t.equal(body?.error, error, `${label}: error ${error}`)
+  t.ok(typeof body?.error_description === 'string', `${label}: error_description`)
 }
 
 export { randomTestIp } from '../helper.ts'

@@ -1,19 +1,48 @@
 // Issue 18, SSRF: a webhook target must be https and reach only public addresses, checked by syntax, at
-// registration (every resolved address) and at connect time (the address actually dialled). No database: the
+// registration (every resolved address) and at connect time (the address actually dialled). Names resolve through
+// the tests' own DNS server on loopback (test/dns-server.ts), which also stands in for a hostile one: a name that
+// answers a public address, then a private one (DNS rebinding), a black hole, a failing server. No database: the
 // receivers are real sockets on loopback.
+import { scrypt } from 'node:crypto'
 import net, { type AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import {
   checkTarget,
   closeWebhookAgents,
+  HOST_NOT_PUBLIC,
   isPublicAddress,
   parseTargetUrl,
   postWebhook,
   type TargetPolicy
 } from '../../routes/webhook-endpoints/outbound.ts'
+import { createHostResolver } from '../../routes/webhook-endpoints/resolver.ts'
+import { startDnsServer } from '../dns-server.ts'
 
-const STRICT: TargetPolicy = { allowPrivate: false }
-const DEV: TargetPolicy = { allowPrivate: true }
+// Public addresses that are only ever answered, never dialled: registration resolves without connecting, and every
+// connection below is refused before it is made.
+const PUBLIC_V4 = '93.184.215.14'
+const PUBLIC_V6 = '2606:2800:21f:cb07:6820:80da:af6b:8b2c'
+
+const dns = await startDnsServer({
+  'public.test': { a: [PUBLIC_V4], aaaa: [PUBLIC_V6] },
+  'public-v4-only.test': { a: [PUBLIC_V4] },
+  'internal.test': { a: ['10.0.0.5'] },
+  'loopback6.test': { aaaa: ['::1'] },
+  'metadata.test': { a: ['169.254.169.254'] },
+  'mixed.test': { a: [PUBLIC_V4, '192.168.1.10'] },
+  'mixed-families.test': { a: [PUBLIC_V4], aaaa: ['fd00::1'] },
+  'no-addresses.test': {},
+  'servfail.test': 'servfail',
+  'slow.test': 'drop',
+  // Public at registration, loopback at delivery.
+  'rebind.test': (query) => (query.seen === 0 ? { a: [PUBLIC_V4] } : { a: ['127.0.0.1'] })
+})
+t.teardown(dns.close)
+
+const resolver = createHostResolver({ servers: [dns.server], timeoutMs: 1000 })
+const STRICT: TargetPolicy = { allowPrivate: false, resolver }
+const DEV: TargetPolicy = { allowPrivate: true, resolver }
 
 t.teardown(closeWebhookAgents)
 
@@ -179,13 +208,14 @@ t.test('isPublicAddress over bare addresses, both families', async t => {
 
 t.test('checkTarget resolves the host and refuses it if any address is not public', async t => {
   for (const [raw, what] of REFUSED_URLS.slice(0, 5)) t.equal((await checkTarget(raw, STRICT)).ok, false, what)
-  // localhost resolves (through /etc/hosts, as the connection would) to loopback.
-  const local = await checkTarget('https://localhost:8443/hook', STRICT)
-  t.same(local, { ok: false, reason: 'host resolves to a private, loopback, link-local or reserved address' })
-  // Refused whether or not the resolver answers for the absolute form.
-  t.equal((await checkTarget('https://localhost./hook', STRICT)).ok, false)
-  // A name that cannot resolve is refused rather than assumed public (.invalid never resolves, RFC 6761).
-  t.same(await checkTarget('https://no-such-host.invalid/', STRICT), { ok: false, reason: 'host does not resolve' })
+  // localhost is loopback (RFC 6761) without asking a DNS server, in any spelling.
+  for (const host of ['localhost', 'localhost.', 'LocalHost', 'api.localhost']) {
+    t.same(await checkTarget(`https://${host}:8443/hook`, STRICT), { ok: false, reason: HOST_NOT_PUBLIC }, host)
+  }
+  t.notOk(dns.queries.some((query) => query.name.includes('localhost')), 'no DNS query for localhost')
+  // A name that cannot resolve is refused rather than assumed public.
+  t.same(await checkTarget('https://no-such-host.invalid/', STRICT), { ok: false, reason: HOST_NOT_PUBLIC })
+  t.ok(dns.queries.some((query) => query.name === 'no-such-host.invalid'), 'asked the loopback DNS server')
   // Public literals need no DNS.
   t.ok((await checkTarget('https://8.8.8.8/hook', STRICT)).ok)
   // Syntax failures come back before any DNS.
@@ -249,4 +279,91 @@ t.test('the same targets do connect under allowPrivate (the listeners above can 
   t.match(viaV6, { outcome: 'failed', statusCode: null, error: 'reset' })
   t.equal(v4.connections(), 1)
   t.equal(v6.connections(), 1)
+})
+
+t.test('registration gives one refusal, whatever the name does: no such name, no address, private, mixed, failing, silent', async (t) => {
+  const refused = ['no-such-name.test', 'no-addresses.test', 'internal.test', 'loopback6.test', 'metadata.test', 'mixed.test',
+    'mixed-families.test', 'servfail.test', 'slow.test', 'localhost']
+  const answers = await Promise.all(refused.map((host) => checkTarget(`https://${host}/hooks`, STRICT)))
+  for (const [i, answer] of answers.entries()) t.same(answer, { ok: false, reason: HOST_NOT_PUBLIC }, String(refused[i]))
+  // Every address must be public, in both families; a name with only public addresses passes.
+  t.ok((await checkTarget('https://public.test/hooks', STRICT)).ok)
+  t.ok((await checkTarget('https://public-v4-only.test:8443/hooks', STRICT)).ok)
+  // Both families were asked of the loopback server.
+  t.same(new Set(dns.queries.filter((query) => query.name === 'public.test').map((query) => query.type)), new Set(['A', 'AAAA']))
+  // IP literals are their own address: no query.
+  const before = dns.queries.length
+  t.ok((await checkTarget(`https://${PUBLIC_V4}/hooks`, STRICT)).ok)
+  t.ok((await checkTarget(`https://[${PUBLIC_V6}]/hooks`, STRICT)).ok)
+  t.equal(dns.queries.length, before)
+})
+
+t.test('a lookup ends at its deadline, and nothing of it is left running', async (t) => {
+  const silent = await startDnsServer({ 'hole.test': 'drop' })
+  t.teardown(silent.close)
+  const quick = createHostResolver({ servers: [silent.server], timeoutMs: 300 })
+  const started = Date.now()
+  await t.rejects(quick.resolve('hole.test'), { code: 'EAI_AGAIN' })
+  const took = Date.now() - started
+  t.ok(took >= 280 && took < 300 + 700, `ended at the deadline (${took} ms)`)
+  const asked = silent.queries.length
+  t.ok(asked >= 2, `both families were asked (${asked} queries, retries included)`)
+  await sleep(600)
+  t.equal(silent.queries.length, asked, 'no query of the lookup went out after its deadline (its channel was cancelled)')
+})
+
+t.test('lookups in flight are bounded; the rest wait in line within their own deadline', async (t) => {
+  const slow = await startDnsServer(Object.fromEntries([
+    ...Array.from({ length: 8 }, (_, i) => [`hole-${i}.test`, 'drop' as const]),
+    ['fine.test', { a: [PUBLIC_V4] }]
+  ]))
+  t.teardown(slow.close)
+  const bounded = createHostResolver({ servers: [slow.server], timeoutMs: 600, concurrency: 2 })
+  const started = Date.now()
+  const lookups = Array.from({ length: 8 }, (_, i) => bounded.resolve(`hole-${i}.test`).then(() => 'resolved', (error: NodeJS.ErrnoException) => error.code))
+  await sleep(300)
+  t.same(new Set(slow.queries.map((query) => query.name)), new Set(['hole-0.test', 'hole-1.test']), 'two lookups at a time reached the server')
+  t.same(await Promise.all(lookups), new Array(8).fill('EAI_AGAIN'), 'every one ended without an answer')
+  const took = Date.now() - started
+  t.ok(took < 600 + 700, `the waiting ones too, within their deadline (${took} ms)`)
+  // Slots are back once the lookups ended.
+  t.same(await bounded.resolve('fine.test'), [{ address: PUBLIC_V4, family: 4 }])
+})
+
+t.test('hanging lookups hold no libuv thread: scrypt runs at full speed beside them', async (t) => {
+  // The pool has 4 threads (UV_THREADPOOL_SIZE): 8 hanging getaddrinfo calls would stall every scrypt behind them.
+  const silent = await startDnsServer(Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`hole-${i}.test`, 'drop' as const])))
+  t.teardown(silent.close)
+  const patient = createHostResolver({ servers: [silent.server], timeoutMs: 3000, concurrency: 8 })
+  const lookups = Array.from({ length: 8 }, (_, i) => patient.resolve(`hole-${i}.test`).catch(() => 'failed'))
+  await sleep(50)
+  const hash = () => new Promise<number>((resolve, reject) => {
+    const started = Date.now()
+    scrypt('password', 'salt', 32, { N: 1024 }, (error) => (error === null ? resolve(Date.now() - started) : reject(error)))
+  })
+  const started = Date.now()
+  const times = await Promise.all(Array.from({ length: 8 }, hash))
+  const took = Date.now() - started
+  t.ok(took < 1500, `8 hashes took ${took} ms (each ${times.join(', ')} ms) while 8 lookups hung`)
+  t.equal(silent.queries.filter((query) => query.at <= started + took).length >= 8, true, 'the lookups were in flight meanwhile')
+  t.same(await Promise.all(lookups), new Array(8).fill('failed'))
+})
+
+t.test('DNS rebinding: a name that answered a public address at registration and loopback later is refused at connect time', async (t) => {
+  const listener = await tattletale(t, '127.0.0.1')
+  const url = `https://rebind.test:${listener.port}/hook`
+  t.ok((await checkTarget(url, STRICT)).ok, 'registration saw a public address')
+  const result = await attempt(url, STRICT)
+  t.match(result, { outcome: 'failed', statusCode: null, error: 'refused_address' })
+  t.equal(listener.connections(), 0, 'nothing reached the loopback listener')
+  t.ok(dns.queries.some((query) => query.name === 'rebind.test' && query.type === 'A' && query.seen > 0), 'the connection asked the DNS server again')
+})
+
+t.test('at connect time a name that does not resolve, or resolves late, is a dns failure under either policy', async (t) => {
+  for (const policy of [STRICT, DEV]) {
+    for (const host of ['no-such-name.test', 'servfail.test', 'slow.test']) {
+      const result = await attempt(`https://${host}/hook`, policy)
+      t.match(result, { outcome: 'failed', statusCode: null, error: 'dns' }, `${host}, allowPrivate ${policy.allowPrivate}`)
+    }
+  }
 })

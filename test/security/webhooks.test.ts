@@ -2,12 +2,32 @@
 // a race, URLs and bodies are validated before anything is written, secrets are shown once, and nobody receives
 // the events of transactions that are not theirs.
 import { randomUUID } from 'node:crypto'
+import net, { type AddressInfo } from 'node:net'
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { buildTestApp, createClient, createUser, fund, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { WEBHOOK_DELIVER } from '../../routes/webhook-endpoints/jobs.ts'
+import { HOST_NOT_PUBLIC, MAX_URL_LENGTH } from '../../routes/webhook-endpoints/outbound.ts'
+import { startDnsServer } from '../dns-server.ts'
+import { buildTestApp, createClient, createUser, drainJobs, fund, registerWebhookEndpoint, testSql, type TestClient, type TestUser } from '../helper.ts'
 
 const post = (app: App, caller: TestUser | TestClient, payload: unknown) =>
   app.inject({ method: 'POST', url: '/webhook-endpoints', headers: { authorization: caller.authorization }, payload: payload as Record<string, unknown> })
+
+// Names resolve through a DNS server of this file's own on loopback; the production policy's apps point at it.
+const PUBLIC_V4 = '93.184.215.14' // answered, never dialled
+const dns = await startDnsServer({
+  'hooks.public.test': { a: [PUBLIC_V4] },
+  'internal.test': { a: ['10.0.0.5'] },
+  'metadata.test': { a: ['169.254.169.254'] },
+  'loopback.test': { a: ['127.0.0.1'], aaaa: ['::1'] },
+  'half-private.test': { a: [PUBLIC_V4, '192.168.0.7'] },
+  'silent.test': 'drop',
+  'broken.test': 'servfail',
+  // Public when registered, loopback when delivered to (DNS rebinding).
+  'rebind.test': (query) => (query.seen === 0 ? { a: [PUBLIC_V4] } : { a: ['127.0.0.1'] })
+})
+t.teardown(dns.close)
+const productionPolicy = { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'false', WEBHOOK_DNS_SERVERS: dns.server, WEBHOOK_DNS_TIMEOUT_MS: '500' }
 
 async function endpointCount (sql: ReturnType<typeof testSql>, principalId: string) {
   const [row] = await sql`select count(*)::int as n from webhook_endpoints where principal_id = ${principalId}`
@@ -68,7 +88,7 @@ t.test('the 11th endpoint is refused, even when registrations race', async (t) =
 
 t.test('bad URLs and bodies are a 400 with a field error and write nothing', async (t) => {
   // Production policy: https and public addresses only (the address table itself is outbound.ts's test).
-  const app = await buildTestApp(t, { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'false' })
+  const app = await buildTestApp(t, productionPolicy)
   const sql = testSql(t)
   const user = await createUser(app)
   const badUrls = [
@@ -87,6 +107,81 @@ t.test('bad URLs and bodies are a 400 with a field error and write nothing', asy
     t.equal((await post(app, user, body)).statusCode, 400, JSON.stringify(body).slice(0, 80))
   }
   t.equal(await endpointCount(sql, user.id), 0)
+})
+
+t.test('the URL length is measured on the normalised URL that is stored: one that grows past the bound is a 400 at url, never a 500', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  // 1,000 x "é" is 1,019 characters as sent and 6,019 once percent-encoded (what the URL parser gives and the table stores).
+  const grown = `http://127.0.0.1:9/${'é'.repeat(1000)}`
+  t.ok(grown.length <= 2048 && new URL(grown).href.length > 2048, 'short as sent, long as stored')
+  const response = await post(app, user, { url: grown })
+  t.equal(response.statusCode, 400)
+  t.match(response.headers['content-type'], /application\/problem\+json/)
+  t.same(response.json().errors, [{ path: 'url', message: 'must be a URL of at most 2048 characters' }])
+  t.equal(await endpointCount(sql, user.id), 0)
+  // The bound is exact on the stored form: 2,048 characters once normalised is kept, 2,049 is refused.
+  const ofLength = (length: number) => {
+    const head = `http://127.0.0.1:9/${'é'.repeat(300)}` // 1,819 characters once encoded
+    return head + 'a'.repeat(length - new URL(head).href.length)
+  }
+  const longest = await post(app, user, { url: ofLength(2048) })
+  t.equal(longest.statusCode, 201, longest.body.slice(0, 200))
+  const [stored] = await sql`select length(url)::int as length from webhook_endpoints where principal_id = ${user.id}`
+  t.equal(stored?.length, 2048)
+  const over = await post(app, user, { url: ofLength(2049) })
+  t.equal(over.statusCode, 400)
+  t.same(over.json().errors, [{ path: 'url', message: 'must be a URL of at most 2048 characters' }])
+  t.equal(await endpointCount(sql, user.id), 1)
+  // One bound: the table's CHECK is the constant the API checks against.
+  const [check] = await sql`select pg_get_constraintdef(oid) as def from pg_constraint where conname = 'webhook_endpoints_url_check'`
+  t.match(check?.def, `length(url) <= ${MAX_URL_LENGTH}`)
+})
+
+t.test('registration refuses every name that does not resolve to public addresses only with one answer, so internal names cannot be probed', async (t) => {
+  const app = await buildTestApp(t, productionPolicy)
+  const sql = testSql(t)
+  const user = await createUser(app)
+  const hosts = ['no-such-name.test', 'internal.test', 'metadata.test', 'loopback.test', 'half-private.test', 'silent.test', 'broken.test', 'localhost']
+  const bodies = new Set<string>()
+  for (const host of hosts) {
+    const response = await post(app, user, { url: `https://${host}/hooks` })
+    t.equal(response.statusCode, 400, host)
+    t.match(response.headers['content-type'], /application\/problem\+json/)
+    t.same(response.json().errors, [{ path: 'url', message: HOST_NOT_PUBLIC }], host)
+    const { instance: _instance, ...rest } = response.json() as Record<string, unknown>
+    bodies.add(JSON.stringify(rest))
+  }
+  t.equal(bodies.size, 1, 'the same answer for every one of them')
+  t.equal(await endpointCount(sql, user.id), 0, 'nothing written')
+  t.ok(hosts.filter((host) => host !== 'localhost').every((host) => dns.queries.some((query) => query.name === host)), 'each name was asked of the loopback server')
+  const created = await post(app, user, { url: 'https://hooks.public.test/ledger' })
+  t.equal(created.statusCode, 201)
+  t.equal(await endpointCount(sql, user.id), 1)
+})
+
+t.test('a name re-pointed to loopback after registration is refused at the delivery\'s connection (DNS rebinding)', async (t) => {
+  const app = await buildTestApp(t, productionPolicy)
+  const sql = testSql(t)
+  // Anything reaching this listener would be the SSRF: it counts connections and answers nothing.
+  let connections = 0
+  const listener = net.createServer((socket) => { connections++; socket.destroy() })
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => listener.close(resolve)))
+  const user = await createUser(app)
+  const endpoint = await registerWebhookEndpoint(t, app, user, `https://rebind.test:${(listener.address() as AddressInfo).port}/hook`)
+  await fund(app, user, 100)
+  const [delivery] = await sql<{ id: string }[]>`select id::text from webhook_deliveries where endpoint_id = ${endpoint.id}`
+  t.ok(delivery !== undefined, 'a delivery was queued')
+  const run = await drainJobs(app, { kinds: [WEBHOOK_DELIVER], matching: [{ deliveryId: delivery?.id }], maxSteps: 1 })
+  t.equal(run.steps, 1)
+  t.match(String(run.errors[0]), /refused_address/)
+  t.equal(connections, 0, 'nothing reached the loopback listener')
+  const [row] = await sql`select status, attempts, last_status_code from webhook_deliveries where id = ${delivery?.id ?? '0'}`
+  t.same(row, { status: 'pending', attempts: 1, last_status_code: null }, 'recorded as a failed attempt, retried later')
+  const answered = dns.queries.filter((query) => query.name === 'rebind.test' && query.type === 'A')
+  t.ok(answered.length >= 2 && answered.some((query) => query.seen > 0), 'the connection asked again and got loopback')
 })
 
 t.test('a user may not register as anyone else, and a client needs events:read', async (t) => {
@@ -186,6 +281,9 @@ t.test('the API role may change an endpoint\'s health, never its URL, secret or 
     await t.rejects(app.db.unsafe(`update webhook_endpoints set ${column} = ${column} where id = $1`, [created.id]), { code: '42501' }, `no UPDATE of ${column}`)
   }
   await app.db`update webhook_endpoints set consecutive_failures = 0, failing_since = null, disabled_at = null, last_claimed_at = null where id = ${created.id}`
+  // A job's endpoint is post_transaction()'s to write: the API role cannot point a job at another endpoint.
+  await t.rejects(app.db`update jobs set endpoint_id = ${created.id} where false`, { code: '42501' }, 'no UPDATE of jobs.endpoint_id')
+  await t.rejects(app.db`insert into jobs (kind, payload, endpoint_id) values ('feed.fan_out', '{}', ${created.id})`, { code: '42501' }, 'no INSERT of jobs.endpoint_id')
   // Executable by the API role (granted), and by nobody else: PUBLIC's default EXECUTE was revoked.
   const grants = await app.db<{ fn: string, public: boolean, api: boolean }[]>`
     select p.proname as fn,
@@ -203,6 +301,6 @@ t.test('the API role may change an endpoint\'s health, never its URL, secret or 
      where proname in ('claim_webhook_jobs', 'record_webhook_attempt', 'disable_webhook_endpoint') order by proname`
   for (const row of settings) {
     t.equal(row.definer, false, `${row.fn} runs with the caller's rights`)
-    t.match(String(row.config), /search_path=""/, `${row.fn} pins an empty search_path`)
+    t.equal(row.config, 'search_path=pg_catalog, pg_temp', `${row.fn} pins search_path, pg_temp last`)
   }
 })

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import t from 'tap'
 import { feedPageQuery } from '../../routes/feed/queries.ts'
-import { recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
+import { dropDatabase, recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 
 const directUrl = process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? ''
@@ -15,12 +15,10 @@ const scratch = `ledger_follows_migration_${process.pid}`
 const url = withDatabase(directUrl, scratch)
 const sqlDir = fileURLToPath(new URL('../../sql/', import.meta.url))
 
-t.before(() => recreateDatabase(directUrl, scratch))
-t.teardown(async () => {
-  const admin = postgres(directUrl, { max: 1, onnotice: () => {} })
-  await admin`drop database if exists ${admin(scratch)} with (force)`
-  await admin.end({ timeout: 5 })
-})
+// Creating and dropping databases is the superuser's (the test runner sets DATABASE_ADMIN_URL for its stack).
+const adminUrl = process.env.DATABASE_ADMIN_URL ?? directUrl
+t.before(() => recreateDatabase(adminUrl, scratch))
+t.teardown(() => dropDatabase(adminUrl, scratch))
 
 t.test('existing posts stay on the feeds they are on', async (t) => {
   // The migrations as released before 012, then 012 on top of data written in the old shape.

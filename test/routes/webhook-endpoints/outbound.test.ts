@@ -4,9 +4,16 @@
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
-import { closeWebhookAgents, postWebhook, type WebhookRequest } from '../../../routes/webhook-endpoints/outbound.ts'
+import { closeWebhookAgents, postWebhook, type TargetPolicy, type WebhookRequest } from '../../../routes/webhook-endpoints/outbound.ts'
+import { createHostResolver } from '../../../routes/webhook-endpoints/resolver.ts'
+import { startDnsServer } from '../../dns-server.ts'
 
 t.teardown(closeWebhookAgents)
+
+// Names resolve through a DNS server of the test's own on loopback; it knows none, so every name is NXDOMAIN.
+const dns = await startDnsServer()
+t.teardown(dns.close)
+const DEV: TargetPolicy = { allowPrivate: true, resolver: createHostResolver({ servers: [dns.server], timeoutMs: 1000 }) }
 
 interface Seen { method?: string, url?: string, headers: http.IncomingHttpHeaders, body: string }
 
@@ -37,7 +44,7 @@ const request = (url: string, extra: Partial<WebhookRequest> = {}): WebhookReque
   body: JSON.stringify({ id: 'evt_1', type: 'transaction.created', data: { amount: '12.50', note: 'café' } }),
   timeoutMs: 2000,
   maxResponseBytes: 1024,
-  policy: { allowPrivate: true },
+  policy: DEV,
   ...extra
 })
 
@@ -227,6 +234,7 @@ t.test('nothing listening and a name that does not resolve fail without throwing
   })
   t.match(await postWebhook(request(closed.url)), { outcome: 'failed', statusCode: null, error: 'connect' })
   t.match(await postWebhook(request('http://no-such-host.invalid/hook')), { outcome: 'failed', statusCode: null, error: 'dns' })
+  t.ok(dns.queries.some((query) => query.name === 'no-such-host.invalid'), 'answered by the loopback DNS server')
   t.match(await postWebhook(request('not a url')), { outcome: 'failed', statusCode: null, error: 'invalid_url' })
 })
 

@@ -8,7 +8,7 @@ import t from 'tap'
 import { z } from 'zod'
 import type { App } from '../../../app.ts'
 import { CursorParamSchema } from '../../../plugins/cursors.ts'
-import { commonErrors } from '../../../routes/common/schemas.ts'
+import { responses } from '../../../plugins/openapi.ts'
 import { tamper } from '../../../scripts/ops/preflight.ts'
 import { buildTestApp, createClient, createUser, testSql } from '../../helper.ts'
 
@@ -85,7 +85,7 @@ t.test('a wrong --login stops the run at setup with the API\'s own answer', asyn
   const app = await buildTestApp(t)
   const run = await preflight(app, [], ['--login', 'nobody@example.test:not the password'])
   t.equal(run.code, 1, 'exit 1', { stdout: run.stdout })
-  t.match(run.stdout, /^FAIL {2}0 setup: logging in as nobody@example\.test -> 401 "Wrong email or password\."$/m)
+  t.match(run.stdout, /^FAIL {2}0 setup: logging in as nobody@example\.test -> 401 invalid_grant "Wrong email or password\."$/m)
 })
 
 t.test('fails check 3 when a route documented as private answers without a token', async (t) => {
@@ -93,7 +93,7 @@ t.test('fails check 3 when a route documented as private answers without a token
   // The mistake being caught: `public: true` on a route whose schema (401 and all) says it needs a token.
   app.get('/test/open', {
     config: { public: true },
-    schema: { tags: ['test'], response: { 200: z.object({ ok: z.boolean() }), ...commonErrors } }
+    schema: { tags: ['test'], ...responses({ 200: { schema: z.object({ ok: z.boolean() }), description: 'OK.' } }) }
   }, async () => ({ ok: true }))
   const run = await preflight(app)
   t.equal(run.code, 1, 'exit 1', { stdout: run.stdout })
@@ -108,7 +108,7 @@ t.test('fails check 4 when following a list\'s nextCursor breaks', async (t) => 
     schema: {
       tags: ['test'],
       querystring: z.object({ limit: z.coerce.number().int().min(1).max(10).default(10), cursor: CursorParamSchema.optional() }),
-      response: { 200: z.object({ data: z.array(z.object({ id: z.string() })), nextCursor: z.string().nullable() }), ...commonErrors }
+      ...responses({ 200: { schema: z.object({ data: z.array(z.object({ id: z.string() })), nextCursor: z.string().nullable() }), description: 'A page.' } })
     }
   }, async (request) => {
     if (request.query.cursor !== undefined) throw new Error('the second page was never written')
@@ -124,7 +124,7 @@ t.test('fails check 4 when following a list\'s nextCursor breaks', async (t) => 
 t.test('fails check 2 when a route pastes input into SQL', async (t) => {
   const app = await buildTestApp(t)
   app.get('/test/search', {
-    schema: { tags: ['test'], querystring: z.object({ q: z.string().max(100) }), response: { 200: z.object({ n: z.number() }), ...commonErrors } }
+    schema: { tags: ['test'], querystring: z.object({ q: z.string().max(100) }), ...responses({ 200: { schema: z.object({ n: z.number() }), description: 'A count.' } }) }
   }, async (request) => {
     // The bug under test. Read-only, so that a payload that does run cannot change the test database.
     const [row] = await app.db.begin('read only', (tx) => tx.unsafe<{ n: number }[]>(`select count(*)::int as n from users where name = '${request.query.q}'`))
