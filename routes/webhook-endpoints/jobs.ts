@@ -6,7 +6,7 @@ import type { ClaimedRow, LaneClaim, LaneOptions } from '../../plugins/worker.ts
 import { toTransaction } from '../transactions/queries.ts'
 import type { Transaction } from '../transactions/schemas.ts'
 import { postWebhook, type TargetPolicy } from './outbound.ts'
-import { failIfEndpointDisabled, recordAttempt, startAttempt } from './queries.ts'
+import { attemptTarget, failIfEndpointDisabled, recordAttempt } from './queries.ts'
 
 export const WEBHOOK_DELIVER = 'webhook.deliver'
 // Receivers answer with a few bytes; more is read no further (outbound.ts bounds it) and never stored.
@@ -44,7 +44,7 @@ const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9
  * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
  * ahead of retries, at most `endpointConcurrency` attempts in flight per endpoint across every worker process. One
  * slow, hanging or failing endpoint holds at most its own share; everyone else's first attempts take the next free
- * slots.
+ * slots. The same statement counts each claimed delivery's attempt (the deliveries list shows it as it starts).
  */
 export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
   return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
@@ -62,7 +62,7 @@ export function webhookLane (options: WebhookLaneOptions): LaneOptions {
     if (!parsed.success) throw new Error('webhook.deliver payload is malformed')
     const { deliveryId } = parsed.data
     const attempts = job.attempts + 1
-    const row = await startAttempt(sql, deliveryId, attempts)
+    const row = await attemptTarget(sql, deliveryId)
     if (row === undefined) {
       // Gone, already final (an attempt whose job row outlived it), or its endpoint was disabled as it was queued.
       await failIfEndpointDisabled(sql, deliveryId)

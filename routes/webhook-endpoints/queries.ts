@@ -165,20 +165,18 @@ export interface AttemptRow extends Omit<TransactionRow, 'id'> {
 }
 
 /**
- * Starts an attempt: the delivery counts it at once (the deliveries list shows it while it runs, with no next attempt
- * yet) and the row comes back with its endpoint's URL and secret and its transaction. Undefined when there is
- * nothing to send: the delivery is gone or final, or its endpoint is disabled (see failIfEndpointDisabled).
+ * What an attempt sends: the delivery (its attempt already counted by the lane's claim), its endpoint's URL and
+ * secret, and its transaction. Undefined when there is nothing to send: the delivery is gone or final, or its
+ * endpoint is disabled (see failIfEndpointDisabled).
  */
-export async function startAttempt (sql: Sql, deliveryId: string, attempt: number): Promise<AttemptRow | undefined> {
+export async function attemptTarget (sql: Sql, deliveryId: string): Promise<AttemptRow | undefined> {
   const [row] = await sql<AttemptRow[]>`
-    update webhook_deliveries d
-       set attempts = greatest(d.attempts, ${attempt}), next_attempt_at = null
-      from webhook_endpoints e, transactions t
-     where d.id = ${deliveryId} and d.status = 'pending'
-       and e.id = d.endpoint_id and e.disabled_at is null
-       and t.id = d.transaction_id
-    returning d.id::text, d.event_id, d.type, d.endpoint_id, e.url, e.secret,
-              t.id::text as t_id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at`
+    select d.id::text, d.event_id, d.type, d.endpoint_id, e.url, e.secret,
+           t.id::text as t_id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
+      from webhook_deliveries d
+      join webhook_endpoints e on e.id = d.endpoint_id
+      join transactions t on t.id = d.transaction_id
+     where d.id = ${deliveryId} and d.status = 'pending' and e.disabled_at is null`
   return row
 }
 

@@ -6,6 +6,7 @@
 --   - first attempts ahead of retries, across all endpoints;
 --   - at most p_endpoint_limit attempts in flight per endpoint, across every worker process: an attempt is in flight
 --     while its job is claimed (claimed_at) and its lease (run_at) has not run out.
+-- Each claimed delivery counts its attempt at once (webhook_deliveries.attempts, no next attempt while it runs).
 -- Two workers claiming for the same endpoint at once could both count its attempts before either commits, so each
 -- endpoint is claimed for under a transaction-scoped advisory lock (an endpoint another worker holds is skipped,
 -- it is served by that worker), and the attempts are counted by a later statement of this VOLATILE function: it
@@ -121,6 +122,15 @@ begin
     update public.webhook_endpoints e
        set last_claimed_at = pg_catalog.now()
      where e.id in (select c.endpoint_id from claimed c)
+  ), started as (
+    -- The attempt counts from here (the deliveries list shows it while it runs, with no next attempt yet), in this
+    -- one write rather than one per attempt. The id is cast only when it is one (a malformed payload must not
+    -- fail everyone's claim: its handler refuses it).
+    update public.webhook_deliveries d
+       set attempts = greatest(d.attempts, c.attempts), next_attempt_at = null
+      from claimed c
+     where d.id = case when c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$' then (c.payload->>'deliveryId')::bigint end
+       and d.status = 'pending'
   )
   select c.id::text, c.kind, c.payload, c.attempts, c.created_at, c.due_at,
          extract(epoch from pg_catalog.now() - c.due_at)::double precision,

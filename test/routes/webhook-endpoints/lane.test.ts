@@ -89,7 +89,8 @@ t.test('jobs of a deleted endpoint are still claimed (and finish at once): nothi
   const matching = endpoint.deliveries.map((deliveryId) => ({ deliveryId }))
   // As an operator (or a race with DELETE) might leave them: the endpoint gone, its jobs still queued.
   await ownerSql()`delete from webhook_endpoints where id = ${endpoint.id}`
-  t.equal(await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching }), 2, 'both claimed and run')
+  // Another file's unscoped runDue may take them first: what counts is that somebody claims and finishes them.
+  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching })
   const [left] = await sql<{ n: number }[]>`select count(*)::int as n from jobs where endpoint_id = ${endpoint.id}`
-  t.equal(left?.n, 0, 'and finished: their deliveries went with the endpoint')
+  t.equal(left?.n, 0, 'claimed and finished: their deliveries went with the endpoint')
 })
