@@ -16,11 +16,14 @@ ARG BASE=node:24-bookworm-slim
 FROM ${BASE} AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY patches ./patches
 # --omit=dev also leaves out the `node` devDependency (an npm-packaged Node for older machines); the image
-# already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run.
+# already has Node 24. --ignore-scripts: no production dependency needs an install script, and none may run;
+# that skips the postinstall hook too, so the driver fixes in patches/ (see its README) are applied here.
 # --prefer-offline: what the cache mount holds is used without asking the registry again (the lock file pins it).
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --omit=dev --ignore-scripts --prefer-offline --no-audit --no-fund
+    npm ci --omit=dev --ignore-scripts --prefer-offline --no-audit --no-fund && \
+    npm exec --yes --prefer-offline --package=patch-package@8.0.1 -- patch-package --error-on-fail
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime

@@ -170,11 +170,18 @@ const schema = z.object({
   REFRESH_TOKEN_TTL_S: z.coerce.number().int().min(300).max(365 * 86_400).default(30 * 86_400),
 
   // The job worker (plugins/worker.ts): inside every API process unless WORKER_ENABLED=false (API-only processes
-  // beside `npm run worker` ones). Jobs running at once per process; how long a claimed job is leased before
-  // another worker may take it again (longer than any attempt); the idle poll's longest pause (a Redis message
-  // wakes workers at once after a commit that queued work; the poll is the fallback).
+  // beside `npm run worker` ones). Jobs run in lanes that never share capacity: feed jobs (fan-out, backfill,
+  // removals) and webhook deliveries each have their own attempts at once per process, so slow receivers never
+  // hold up a feed, nor a feed backlog a delivery. The webhook lane's attempts are mostly waiting on receivers
+  // (each holds a socket, not a database connection), hence its larger default; it should exceed 10 endpoints
+  // (one principal's most) times WEBHOOK_ENDPOINT_CONCURRENCY, so that one principal can never fill a worker.
+  // WORKER_CONCURRENCY, the single pool these replace, is refused with a message naming them. How long a claimed
+  // job is leased before another worker may take it again (longer than any attempt); the idle poll's longest
+  // pause (a Redis message wakes workers at once after a commit that queued work; the poll is the fallback).
   WORKER_ENABLED: boolean.default(true),
-  WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(8),
+  WORKER_FEED_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(8),
+  WORKER_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(1024).default(64),
+  WORKER_CONCURRENCY: z.string().optional(),
   WORKER_LEASE_S: z.coerce.number().int().min(5).max(3600).default(60),
   WORKER_POLL_MAX_MS: z.coerce.number().int().min(10).max(60_000).default(1000),
   // Retries of a failed job attempt: exponential from JOB_RETRY_BASE_MS (each delay drawn in [half, whole] of its
@@ -185,11 +192,15 @@ const schema = z.object({
   JOB_RETRY_WINDOW_S: z.coerce.number().int().min(1).max(30 * 86_400).default(86_400),
 
   // Webhooks: http and private/loopback targets only for local development and tests; the whole attempt's
-  // timeout (10 s by contract); attempts at once per endpoint in one process; how long finished deliveries stay
-  // listed before housekeeping purges them.
+  // timeout (10 s by contract) and, inside it, how long connecting (DNS, TCP, TLS handshake) may take, so a
+  // receiver that never accepts frees its slot early; attempts in flight per endpoint across every worker process;
+  // how long an endpoint that fails every attempt keeps being tried before it is disabled (3 days by contract);
+  // how long finished deliveries stay listed before housekeeping purges them.
   WEBHOOK_ALLOW_PRIVATE_TARGETS: boolean.default(false),
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(10_000).default(10_000),
+  WEBHOOK_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(10_000).default(3000),
   WEBHOOK_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(4),
+  WEBHOOK_DISABLE_AFTER_H: z.coerce.number().int().min(1).max(24 * 365).default(72),
   WEBHOOK_DELIVERY_RETENTION_H: z.coerce.number().int().min(1).max(24 * 365).default(24 * 7),
   // Where webhook target names are resolved, at registration and for every delivery's connection: DNS servers as
   // ip, ip:port or [ipv6]:port, comma-separated. Unset: the system's resolvers (/etc/resolv.conf as the process
@@ -220,6 +231,14 @@ export const configSchema = z.preprocess((input) => {
   }
   return env
 }, schema).transform((env, ctx) => {
+  if (env.WORKER_CONCURRENCY !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['WORKER_CONCURRENCY'],
+      message: 'is replaced by one setting per lane: WORKER_FEED_CONCURRENCY (feed jobs, default 8) and WORKER_WEBHOOK_CONCURRENCY (webhook deliveries, default 64)'
+    })
+    return z.NEVER
+  }
   if (env.JWT_SECRET === undefined) {
     ctx.addIssue({
       code: 'custom',
@@ -228,8 +247,9 @@ export const configSchema = z.preprocess((input) => {
     })
     return z.NEVER
   }
+  const { WORKER_CONCURRENCY: _replaced, ...settings } = env
   return {
-    ...env,
+    ...settings,
     JWT_SECRET: env.JWT_SECRET,
     OPS_PORT: env.OPS_PORT ?? env.METRICS_PORT,
     OPS_HOST: env.OPS_HOST ?? env.HOST,

@@ -4,7 +4,7 @@
 // and record the attempts in flight, close the pools, exit 0.
 import Fastify from 'fastify'
 import { loadConfigOrExit } from './config.ts'
-import { workerOptions } from './job-handlers.ts'
+import { onePrincipalCanFillWebhookLane, workerOptions } from './job-handlers.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import databasePlugin from './plugins/database.ts'
 import errorsPlugin, { logSerializers } from './plugins/errors.ts'
@@ -45,4 +45,8 @@ closeWithGrace({ delay: config.WEBHOOK_TIMEOUT_MS + 10_000 }, async ({ signal, e
 })
 
 await app.ready()
-app.log.info({ concurrency: config.WORKER_CONCURRENCY }, 'worker started')
+if (onePrincipalCanFillWebhookLane(config)) {
+  app.log.warn({ webhookConcurrency: config.WORKER_WEBHOOK_CONCURRENCY, endpointConcurrency: config.WEBHOOK_ENDPOINT_CONCURRENCY },
+    'WORKER_WEBHOOK_CONCURRENCY is not above 10 endpoints x WEBHOOK_ENDPOINT_CONCURRENCY: one principal\'s hanging endpoints can fill this worker\'s webhook lane')
+}
+app.log.info({ lanes: { feed: config.WORKER_FEED_CONCURRENCY, webhooks: config.WORKER_WEBHOOK_CONCURRENCY } }, 'worker started')

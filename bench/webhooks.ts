@@ -14,7 +14,8 @@ import { localStackUp } from '../scripts/local-stack.ts'
 import { migrate } from '../scripts/migrate.ts'
 import { startReceiver } from '../test/webhook-receiver.ts'
 
-const count = Number(process.argv[process.argv.indexOf('--transfers') + 1] || 3000)
+const transfersAt = process.argv.indexOf('--transfers')
+const count = transfersAt === -1 ? 3000 : Number(process.argv[transfersAt + 1])
 if (!process.env.DATABASE_URL || !process.env.REDIS_URL) Object.assign(process.env, localStackUp())
 await migrate(process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL || '')
 const config = loadConfig({
@@ -23,7 +24,7 @@ const config = loadConfig({
   WORKER_ENABLED: 'false',
   WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
   WEBHOOK_ENDPOINT_CONCURRENCY: '16',
-  WORKER_CONCURRENCY: '16',
+  WORKER_WEBHOOK_CONCURRENCY: '16',
   RATE_LIMIT_STANDARD_CAPACITY: '10000000',
   RATE_LIMIT_SERVICE_CAPACITY: '10000000',
   RATE_LIMIT_PUBLIC_CAPACITY: '10000000',

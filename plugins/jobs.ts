@@ -45,8 +45,8 @@ export type JobHandler<Payload = unknown> = (job: Job<Payload>, context: JobCont
 export type JobHandlers = Readonly<Record<string, JobHandler<never>>>
 
 /**
- * Thrown by a handler that cannot start now for a reason that is not the job's fault (its endpoint already has as
- * many attempts in flight as allowed): the job is put back for `delayMs` and the attempt is not counted.
+ * Thrown by a handler that cannot start now for a reason that is not the job's fault (a resource it needs is busy):
+ * the job is put back for `delayMs` and the attempt is not counted.
  */
 export class JobDeferred extends Error {
   override name = 'JobDeferred'

@@ -177,15 +177,18 @@ export function createMetrics () {
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry]
     }),
+    // Per lane (feed, webhooks: config.ts's WORKER_*_CONCURRENCY), so a backlog in one lane shows as that lane's.
     jobsDue: new Gauge({
       name: 'ledger_jobs_due',
-      help: 'Outbox depth: jobs due now and not claimed (refreshed by the worker every few seconds).',
+      help: 'Outbox depth per lane: jobs due now and not claimed (refreshed by the worker every few seconds).',
+      labelNames: ['lane'] as const,
       aggregator: 'max',
       registers: [registry]
     }),
     jobsOldestDueAge: new Gauge({
       name: 'ledger_jobs_oldest_due_age_seconds',
-      help: 'How long the oldest due job has waited past its run time (0 when none is due).',
+      help: 'Per lane: how long the oldest due job has waited past its run time (0 when none is due).',
+      labelNames: ['lane'] as const,
       aggregator: 'max',
       registers: [registry]
     }),
@@ -197,8 +200,21 @@ export function createMetrics () {
     }),
     workerLag: new Histogram({
       name: 'ledger_worker_lag_seconds',
-      help: 'Worker lag: from a job\'s run time to its claim.',
+      help: 'Worker lag per lane: from a job\'s run time to its claim.',
+      labelNames: ['lane'] as const,
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300],
+      registers: [registry]
+    }),
+    jobFirstAttemptLag: new Histogram({
+      name: 'ledger_job_first_attempt_lag_seconds',
+      help: 'Per lane: from the commit that queued a job to the start of its first attempt (the contract holds webhooks and feed delivery to 5 s).',
+      labelNames: ['lane'] as const,
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry]
+    }),
+    webhookEndpointsDisabled: new Counter({
+      name: 'ledger_webhook_endpoints_disabled_total',
+      help: 'Webhook endpoints the worker disabled because every attempt had failed for WEBHOOK_DISABLE_AFTER_H.',
       registers: [registry]
     }),
     dbPoolMax: new Gauge({

@@ -28,6 +28,20 @@ t.test('defaults are applied to a minimal environment', async (t) => {
   t.same(config.TRUST_PROXY, [])
 })
 
+t.test('the worker\'s lanes: one concurrency each, and the single pool they replace is refused by name', async (t) => {
+  const config = loadConfig(base)
+  t.match(config, { WORKER_FEED_CONCURRENCY: 8, WORKER_WEBHOOK_CONCURRENCY: 64, WEBHOOK_ENDPOINT_CONCURRENCY: 4, WEBHOOK_TIMEOUT_MS: 10_000, WEBHOOK_CONNECT_TIMEOUT_MS: 3000, WEBHOOK_DISABLE_AFTER_H: 72 })
+  t.notOk('WORKER_CONCURRENCY' in config)
+  t.ok(config.WEBHOOK_CONNECT_TIMEOUT_MS < config.WEBHOOK_TIMEOUT_MS, 'connecting is bounded inside the whole attempt')
+  t.ok(config.WORKER_WEBHOOK_CONCURRENCY > 10 * config.WEBHOOK_ENDPOINT_CONCURRENCY, 'one principal (10 endpoints) cannot fill a worker by default')
+  const error = thrown(() => loadConfig({ ...base, WORKER_CONCURRENCY: '8' }))
+  t.ok(error instanceof ConfigError)
+  t.match(error?.message, /WORKER_CONCURRENCY: is replaced by .*WORKER_FEED_CONCURRENCY.*WORKER_WEBHOOK_CONCURRENCY/)
+  for (const [name, value] of [['WORKER_WEBHOOK_CONCURRENCY', '0'], ['WORKER_FEED_CONCURRENCY', 'many'], ['WEBHOOK_CONNECT_TIMEOUT_MS', '20000'], ['WEBHOOK_DISABLE_AFTER_H', '0']] as const) {
+    t.match(thrown(() => loadConfig({ ...base, [name]: value }))?.message, name, `${name}=${value} is refused`)
+  }
+})
+
 t.test('a bad value stops boot with a message naming the variable', async (t) => {
   for (const [name, value] of [['PORT', 'eighty'], ['DATABASE_POOL_MAX', '0'], ['JWT_TTL_S', '7200'], ['REDIS_URL', 'http://x'], ['LOG_LEVEL', 'loud']] as const) {
     const error = thrown(() => loadConfig({ ...base, [name]: value }))

@@ -5,6 +5,10 @@ import type { AddressInfo } from 'node:net'
 import { Webhook } from 'standardwebhooks'
 
 export interface Received {
+  /** The request's path and query (one receiver can stand for many endpoints). */
+  path: string
+  /** performance.now() when the whole request had arrived. */
+  arrivedAt: number
   id: string
   timestamp: string
   signature: string
@@ -21,6 +25,8 @@ export interface Receiver {
   /** webhook-ids seen, once each: a receiver that deduplicates. */
   unique: Set<string>
   behaviour: Behaviour
+  /** The most requests that were open at once, per path (the per-endpoint limit, seen from the receiver). */
+  peakOpen: Map<string, number>
   close: () => Promise<void>
 }
 
@@ -31,17 +37,25 @@ export async function startReceiver (behaviour: Behaviour = () => ({ status: 200
     received: [],
     unique: new Set(),
     behaviour,
+    peakOpen: new Map(),
     close: async () => {
       for (const response of hanging) response.destroy()
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   }
+  const open = new Map<string, number>()
   const server = createServer((request, response) => {
+    const path = request.url ?? ''
+    open.set(path, (open.get(path) ?? 0) + 1)
+    receiver.peakOpen.set(path, Math.max(receiver.peakOpen.get(path) ?? 0, open.get(path) ?? 0))
+    response.once('close', () => open.set(path, (open.get(path) ?? 1) - 1))
     const chunks: Buffer[] = []
     request.on('data', (chunk: Buffer) => chunks.push(chunk))
     request.on('end', () => {
       const received: Received = {
+        path,
+        arrivedAt: performance.now(),
         id: String(request.headers['webhook-id']),
         timestamp: String(request.headers['webhook-timestamp']),
         signature: String(request.headers['webhook-signature']),

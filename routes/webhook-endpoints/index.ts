@@ -3,10 +3,11 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { badRequest, conflict, notFound } from '../../plugins/errors.ts'
 import { responses } from '../../plugins/openapi.ts'
 import { checkTarget, targetPolicy } from './outbound.ts'
-import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, toDelivery } from './queries.ts'
+import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, setEndpointEnabled, toDelivery } from './queries.ts'
 import {
   CreatedWebhookEndpointSchema, CreateWebhookEndpointBodySchema, DeliveryCursorSchema, ListDeliveriesQuerySchema,
-  MAX_ENDPOINTS_PER_PRINCIPAL, WebhookDeliveryPageSchema, WebhookEndpointIdParamsSchema, WebhookEndpointListSchema
+  MAX_ENDPOINTS_PER_PRINCIPAL, UpdateWebhookEndpointBodySchema, WebhookDeliveryPageSchema, WebhookEndpointIdParamsSchema,
+  WebhookEndpointListSchema, WebhookEndpointSchema
 } from './schemas.ts'
 
 // Users receive the transactions that touch them; service clients (events:read) the ones they posted.
@@ -54,6 +55,25 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
       ...responses({ 200: { schema: WebhookEndpointListSchema, description: 'The caller\'s endpoints, without their secrets.' } })
     }
   }, async (request) => ({ data: await listEndpoints(db, request.user) }))
+
+  app.patch('/webhook-endpoints/:id', {
+    config: routeConfig,
+    schema: {
+      operationId: 'updateWebhookEndpoint',
+      tags: ['webhooks'],
+      summary: 'Re-enable one of the caller\'s webhook endpoints (`{ "enabled": true }`), or disable it',
+      params: WebhookEndpointIdParamsSchema,
+      body: UpdateWebhookEndpointBodySchema,
+      ...responses({
+        200: { schema: WebhookEndpointSchema, description: 'The endpoint as it is now, without its secret.' },
+        404: 'No such endpoint of the caller\'s.'
+      })
+    }
+  }, async (request) => {
+    const endpoint = await setEndpointEnabled(db, request.user, request.params.id, request.body.enabled)
+    if (endpoint === null) throw endpointNotFound()
+    return endpoint
+  })
 
   app.delete('/webhook-endpoints/:id', {
     config: routeConfig,

@@ -1,20 +1,29 @@
 import { createHmac } from 'node:crypto'
 import { z } from 'zod'
-import { JobDeferred, type JobHandler, type JobHandlers } from '../../plugins/jobs.ts'
+import type { JobHandler } from '../../plugins/jobs.ts'
 import type { Metrics } from '../../plugins/metrics.ts'
-import { toTransaction, type TransactionRow } from '../transactions/queries.ts'
+import type { ClaimedRow, LaneClaim, LaneOptions } from '../../plugins/worker.ts'
+import { toTransaction } from '../transactions/queries.ts'
 import type { Transaction } from '../transactions/schemas.ts'
 import { postWebhook, type TargetPolicy } from './outbound.ts'
+import { attemptTarget, failIfEndpointDisabled, recordAttempt } from './queries.ts'
 
 export const WEBHOOK_DELIVER = 'webhook.deliver'
 // Receivers answer with a few bytes; more is read no further (outbound.ts bounds it) and never stored.
 const MAX_RESPONSE_BYTES = 4096
 
-export interface WebhookJobOptions {
+export interface WebhookLaneOptions {
   policy: TargetPolicy
+  /** The whole attempt, connect to last byte. */
   timeoutMs: number
-  /** Attempts at once per endpoint in this process (see endpointSlots). */
+  /** Connecting (DNS, TCP, TLS handshake), within timeoutMs. */
+  connectTimeoutMs: number
+  /** Attempts in flight per endpoint, across every worker process (the lane's claim holds it). */
   endpointConcurrency: number
+  /** An endpoint whose every attempt failed for this long is disabled at its next failure. */
+  disableAfterS: number
+  /** Attempts at once in this process. */
+  concurrency: number
   metrics: Metrics
 }
 
@@ -31,114 +40,75 @@ export function webhookBody (eventId: string, type: string, transaction: Transac
 
 const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9]{0,18}$/) })
 
-/** The delivery, its endpoint and its transaction (`t_id`: the transaction's id beside the delivery's own). */
-interface DeliveryRow extends Omit<TransactionRow, 'id'> {
-  id: string
-  event_id: string
-  type: string
-  status: string
-  endpoint_id: string
-  url: string
-  secret: string
-  t_id: string
-}
-
-/** How long an attempt waits for a slot of its endpoint before it is put back (uncounted) for later. */
-const SLOT_WAIT_MS = 1000
-
 /**
- * At most `limit` attempts at once per endpoint in this process. An attempt over the limit waits briefly in line
- * (a fast receiver frees slots in milliseconds), then gives its worker slot back: put back for a second or two
- * rather than claimed again at once, so a slow endpoint neither blocks the others nor turns into a claim loop.
+ * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
+ * ahead of retries, at most `endpointConcurrency` attempts in flight per endpoint across every worker process. One
+ * slow, hanging or failing endpoint holds at most its own share; everyone else's first attempts take the next free
+ * slots. The same statement counts each claimed delivery's attempt (the deliveries list shows it as it starts).
  */
-export function endpointSlots (limit: number) {
-  const active = new Map<string, { running: number, waiting: Array<() => void> }>()
-  return {
-    async acquire (endpointId: string, waitMs = SLOT_WAIT_MS): Promise<boolean> {
-      let entry = active.get(endpointId)
-      if (entry === undefined) active.set(endpointId, entry = { running: 0, waiting: [] })
-      if (entry.running < limit) {
-        entry.running++
-        return true
-      }
-      const line = entry
-      return await new Promise<boolean>((resolve) => {
-        const take = () => { clearTimeout(timer); resolve(true) }
-        const timer = setTimeout(() => {
-          line.waiting.splice(line.waiting.indexOf(take), 1)
-          resolve(false)
-        }, waitMs)
-        line.waiting.push(take)
-      })
-    },
-    release (endpointId: string) {
-      const entry = active.get(endpointId)
-      if (entry === undefined) return
-      // The slot passes straight to the next in line (running stays the same), else it is freed.
-      const next = entry.waiting.shift()
-      if (next !== undefined) next()
-      else if (--entry.running === 0) active.delete(endpointId)
-    }
-  }
+export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
+  return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
+    select id, kind, payload, attempts, created_at, due_at, lag_s, first_attempt_lag_s
+      from claim_webhook_jobs(${limit}::int, ${leaseMs}::int, ${endpointConcurrency}::int, ${dueBy ?? null}::timestamptz,
+                              ${matching === undefined ? null : sql.json(matching as never)}::jsonb)`
 }
 
-export function webhookJobs (options: WebhookJobOptions): JobHandlers {
-  const slots = endpointSlots(options.endpointConcurrency)
+/** Webhook delivery as a lane of its own: its handler, its claim and its concurrency. */
+export function webhookLane (options: WebhookLaneOptions): LaneOptions {
   const { metrics } = options
 
-  const deliver: JobHandler<unknown> = async (job, { sql, retryAt }) => {
+  const deliver: JobHandler<unknown> = async (job, { sql, log, retryAt }) => {
     const parsed = DeliverPayloadSchema.safeParse(job.payload)
     if (!parsed.success) throw new Error('webhook.deliver payload is malformed')
-    const [row] = await sql<DeliveryRow[]>`
-      select d.id::text, d.event_id, d.type, d.status, d.endpoint_id, e.url, e.secret,
-             t.id::text as t_id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
-        from webhook_deliveries d
-        join webhook_endpoints e on e.id = d.endpoint_id
-        join transactions t on t.id = d.transaction_id
-       where d.id = ${parsed.data.deliveryId}`
-    // Gone (endpoint deleted, purged) or already recorded by an attempt whose job row outlived it: nothing to send.
-    if (row === undefined || row.status !== 'pending') return { status: 'done' }
-
-    if (!await slots.acquire(row.endpoint_id)) throw new JobDeferred(1000 + Math.floor(Math.random() * 1000))
-    let response
-    try {
-      const body = webhookBody(row.event_id, row.type, toTransaction({ ...row, id: row.t_id }))
-      // The attempt's own time (receivers refuse stale timestamps); the id is the event's, the same on every retry.
-      const timestamp = Math.floor(Date.now() / 1000)
-      response = await postWebhook({
-        url: row.url,
-        headers: {
-          'webhook-id': row.event_id,
-          'webhook-timestamp': String(timestamp),
-          'webhook-signature': signWebhook(row.secret, row.event_id, timestamp, body),
-          'content-type': 'application/json',
-          'user-agent': 'ledger-api-webhooks/1'
-        },
-        body,
-        timeoutMs: options.timeoutMs,
-        maxResponseBytes: MAX_RESPONSE_BYTES,
-        policy: options.policy
-        // No abort signal: a closing process lets the attempt finish (at most the timeout) and records it.
-      })
-    } finally {
-      slots.release(row.endpoint_id)
+    const { deliveryId } = parsed.data
+    const attempts = job.attempts + 1
+    const row = await attemptTarget(sql, deliveryId)
+    if (row === undefined) {
+      // Gone, already final (an attempt whose job row outlived it), or its endpoint was disabled as it was queued.
+      await failIfEndpointDisabled(sql, deliveryId)
+      return { status: 'done' }
     }
 
-    const attempts = job.attempts + 1
+    const body = webhookBody(row.event_id, row.type, toTransaction({ ...row, id: row.t_id }))
+    // The attempt's own time (receivers refuse stale timestamps); the id is the event's, the same on every retry.
+    const timestamp = Math.floor(Date.now() / 1000)
+    const response = await postWebhook({
+      url: row.url,
+      headers: {
+        'webhook-id': row.event_id,
+        'webhook-timestamp': String(timestamp),
+        'webhook-signature': signWebhook(row.secret, row.event_id, timestamp, body),
+        'content-type': 'application/json',
+        'user-agent': 'ledger-api-webhooks/1'
+      },
+      body,
+      timeoutMs: options.timeoutMs,
+      connectTimeoutMs: options.connectTimeoutMs,
+      maxResponseBytes: MAX_RESPONSE_BYTES,
+      policy: options.policy
+      // No abort signal: a closing process lets the attempt finish (at most the timeout) and records it.
+    })
+
     const delivered = response.outcome === 'delivered'
     const next = delivered ? null : (retryAt?.() ?? null)
-    const status = delivered ? 'delivered' : next === null ? 'failed' : 'pending'
+    const recorded = await recordAttempt(sql, {
+      deliveryId, attempts, statusCode: response.statusCode, delivered, nextAttemptAt: next, disableAfterS: options.disableAfterS
+    })
+    const status = recorded?.status ?? (delivered ? 'delivered' : 'failed')
     metrics.webhookDeliveryDuration.observe({ outcome: delivered ? 'delivered' : 'failed' }, response.durationMs / 1000)
-    metrics.webhookDeliveries.inc({ outcome: delivered ? 'delivered' : status === 'failed' ? 'failed' : 'retry', reason: delivered ? '' : response.error ?? 'status' })
-    await sql`
-      update webhook_deliveries
-         set status = ${status}, attempts = greatest(attempts, ${attempts}), last_status_code = ${response.statusCode},
-             next_attempt_at = ${next}
-       where id = ${row.id} and status = 'pending'`
+    metrics.webhookDeliveries.inc({ outcome: delivered ? 'delivered' : status === 'pending' ? 'retry' : 'failed', reason: delivered ? '' : response.error ?? 'status' })
+    if (recorded?.endpointDisabled === true) {
+      metrics.webhookEndpointsDisabled.inc()
+      log.warn({ endpointId: row.endpoint_id, disableAfterS: options.disableAfterS }, 'webhook endpoint disabled: every attempt failed for the whole window')
+    }
     if (status !== 'pending') return { status: 'done' }
     // The worker schedules the job at retryAt, the time just recorded for the deliveries list.
     throw new Error(`webhook attempt failed: ${response.error ?? 'status'}${response.statusCode === null ? '' : ` ${response.statusCode}`}`)
   }
 
-  return { [WEBHOOK_DELIVER]: deliver }
+  return {
+    handlers: { [WEBHOOK_DELIVER]: deliver },
+    concurrency: options.concurrency,
+    claim: claimWebhookJobs(options.endpointConcurrency)
+  }
 }

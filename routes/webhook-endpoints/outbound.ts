@@ -52,6 +52,11 @@ export interface WebhookRequest {
   body: string
   /** Whole attempt, connect to last byte (10 s by contract). */
   timeoutMs: number
+  /**
+   * Connecting a new socket (DNS, TCP, TLS handshake), within timeoutMs: a receiver that never accepts gives the
+   * attempt's slot back after this long instead of the whole timeout. A pooled keep-alive socket is already connected.
+   */
+  connectTimeoutMs?: number
   /** The response body is read up to this bound; the rest is discarded with the socket. */
   maxResponseBytes: number
   policy: TargetPolicy
@@ -78,6 +83,7 @@ export type WebhookError =
   | 'tls' // handshake or certificate failure
   | 'reset' // the connection closed before the whole response arrived
   | 'protocol' // the answer is not valid HTTP (garbage, oversized headers, conflicting lengths)
+  | 'connect_timeout' // connectTimeoutMs passed before the socket was connected (TLS handshake included)
   | 'timeout' // timeoutMs passed before the last byte
   | 'aborted' // the caller's signal fired
   | 'redirect' // a 3xx answer (not followed)
@@ -345,6 +351,13 @@ function exchange (url: URL, request: WebhookRequest, signal: AbortSignal, timeo
     const onAbort = () => settle({ error: timeout.aborted ? 'timeout' : 'aborted' })
     signal.addEventListener('abort', onAbort)
 
+    req.on('socket', socket => {
+      // Reused from the pool: connected long ago. A request that settles first (the whole timeout) destroys it.
+      if (req.reusedSocket || request.connectTimeoutMs === undefined || (!secure && !socket.connecting)) return
+      const timer = setTimeout(() => settle({ error: 'connect_timeout' }), request.connectTimeoutMs)
+      socket.once(secure ? 'secureConnect' : 'connect', () => clearTimeout(timer))
+      socket.once('close', () => clearTimeout(timer))
+    })
     req.on('error', error => settle({ error: classify(firstCause(error)) }))
     req.on('response', res => {
       statusCode = res.statusCode ?? null

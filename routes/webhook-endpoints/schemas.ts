@@ -18,6 +18,11 @@ export const WebhookEndpointSchema = z.object({
   id: z.uuid(),
   url: z.string(),
   events: z.array(z.string()),
+  status: z.enum(['enabled', 'disabled'])
+    .describe('`disabled`: nothing is delivered to it (every attempt failed for 3 days, or its owner disabled it); PATCH `{ "enabled": true }` resumes delivery with the next event'),
+  consecutiveFailures: z.number().int().min(0).describe('Failed attempts in a row (0 after any delivery)'),
+  failingSince: z.iso.datetime().nullable().describe('When the current run of failed attempts began; null when the last attempt was delivered'),
+  disabledAt: z.iso.datetime().nullable(),
   createdAt: z.iso.datetime()
 }).meta({ id: 'WebhookEndpoint' })
 
@@ -30,6 +35,10 @@ export const WebhookEndpointListSchema = z.object({
   data: z.array(WebhookEndpointSchema)
 }).meta({ id: 'WebhookEndpointList' })
 
+export const UpdateWebhookEndpointBodySchema = z.object({
+  enabled: z.boolean().describe('true re-enables a disabled endpoint (its run of failures starts again from zero); false disables it and fails its pending deliveries')
+}).strict()
+
 export const WebhookEndpointIdParamsSchema = z.object({ id: z.uuid().toLowerCase() }).strict()
 
 export const WebhookDeliverySchema = z.object({
@@ -37,9 +46,9 @@ export const WebhookDeliverySchema = z.object({
   type: z.string(),
   transactionId: z.string(),
   status: z.enum(['pending', 'delivered', 'failed']),
-  attempts: z.number().int(),
+  attempts: z.number().int().describe('Attempts started, one in progress included'),
   lastStatusCode: z.number().int().nullable(),
-  nextAttemptAt: z.iso.datetime().nullable(),
+  nextAttemptAt: z.iso.datetime().nullable().describe('When the next attempt is due; null once final, and while an attempt is in progress'),
   createdAt: z.iso.datetime()
 }).meta({ id: 'WebhookDelivery' })
 

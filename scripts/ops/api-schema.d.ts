@@ -355,7 +355,8 @@ export interface paths {
         delete: operations["deleteWebhookEndpoint"];
         options?: never;
         head?: never;
-        patch?: never;
+        /** Re-enable one of the caller's webhook endpoints (`{ "enabled": true }`), or disable it */
+        patch: operations["updateWebhookEndpoint"];
         trace?: never;
     };
     "/webhook-endpoints/{id}/deliveries": {
@@ -400,6 +401,16 @@ export interface components {
             id: string;
             url: string;
             events: string[];
+            /**
+             * @description `disabled`: nothing is delivered to it (every attempt failed for 3 days, or its owner disabled it); PATCH `{ "enabled": true }` resumes delivery with the next event
+             * @enum {string}
+             */
+            status: "enabled" | "disabled";
+            /** @description Failed attempts in a row (0 after any delivery) */
+            consecutiveFailures: number;
+            /** @description When the current run of failed attempts began; null when the last attempt was delivered */
+            failingSince: string | null;
+            disabledAt: string | null;
             /** Format: date-time */
             createdAt: string;
         };
@@ -408,6 +419,16 @@ export interface components {
             id: string;
             url: string;
             events: string[];
+            /**
+             * @description `disabled`: nothing is delivered to it (every attempt failed for 3 days, or its owner disabled it); PATCH `{ "enabled": true }` resumes delivery with the next event
+             * @enum {string}
+             */
+            status: "enabled" | "disabled";
+            /** @description Failed attempts in a row (0 after any delivery) */
+            consecutiveFailures: number;
+            /** @description When the current run of failed attempts began; null when the last attempt was delivered */
+            failingSince: string | null;
+            disabledAt: string | null;
             /** Format: date-time */
             createdAt: string;
             secret: string;
@@ -421,8 +442,10 @@ export interface components {
             transactionId: string;
             /** @enum {string} */
             status: "pending" | "delivered" | "failed";
+            /** @description Attempts started, one in progress included */
             attempts: number;
             lastStatusCode: number | null;
+            /** @description When the next attempt is due; null once final, and while an attempt is in progress */
             nextAttemptAt: string | null;
             /** Format: date-time */
             createdAt: string;
@@ -3134,6 +3157,147 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description The request fails validation (`errors` names each field), or its body is not well-formed. */
+            400: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid bearer token: missing, malformed, expired, revoked, or signed for another issuer or audience. */
+            401: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description insufficient_scope (with WWW-Authenticate): a service client's token without the events:read scope. */
+            403: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such endpoint of the caller's. */
+            404: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 65536 bytes. */
+            413: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation accepts (application/json). */
+            415: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited per caller (the token's tier): retry after Retry-After seconds. */
+            429: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; nothing about it is revealed. */
+            500: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The service cannot answer now (overloaded, shutting down, or a dependency it needs is down): retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description true re-enables a disabled endpoint (its run of failures starts again from zero); false disables it and fails its pending deliveries */
+                    enabled: boolean;
+                };
+            };
+        };
+        responses: {
+            /** @description The endpoint as it is now, without its secret. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "RateLimit-Limit": components["headers"]["RateLimit-Limit"];
+                    "RateLimit-Remaining": components["headers"]["RateLimit-Remaining"];
+                    "RateLimit-Reset": components["headers"]["RateLimit-Reset"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
             };
             /** @description The request fails validation (`errors` names each field), or its body is not well-formed. */
             400: {

@@ -69,9 +69,8 @@ t.test('32 job attempts on a pool of 10: every attempt is recorded, none waits o
   await app.register(metricsPlugin, { metrics: createMetrics() })
   await app.register(databasePlugin, { url: config.DATABASE_URL, max: 10, idleTimeoutS: 5, connectTimeoutS: 5 })
   await app.register(workerPlugin, {
-    handlers,
+    lanes: { test: { handlers, concurrency: 32 } },
     enabled: false,
-    concurrency: 32,
     leaseMs: 60_000,
     pollMaxMs: 1000,
     retry: { baseMs: 60_000, maxDelayMs: 60_000, windowMs: 3_600_000 }

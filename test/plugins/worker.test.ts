@@ -6,7 +6,7 @@ import databasePlugin from '../../plugins/database.ts'
 import errorsPlugin from '../../plugins/errors.ts'
 import metricsPlugin, { createMetrics } from '../../plugins/metrics.ts'
 import workerPlugin, { type WorkerOptions } from '../../plugins/worker.ts'
-import { buildTestApp, testConfig, testSql } from '../helper.ts'
+import { buildTestApp, testConfig, testSql, within } from '../helper.ts'
 
 const retry = { baseMs: 5000, maxDelayMs: 3_600_000, windowMs: 86_400_000 }
 
@@ -31,13 +31,14 @@ t.test('the retry schedule: first retry within 10 s, exponential with jitter, ca
 })
 
 /** A bare app with only what the worker needs, and handlers of the test's own kinds. */
-async function workerApp (t: Test, handlers: JobHandlers, options: Partial<WorkerOptions> = {}) {
+async function workerApp (t: Test, handlers: JobHandlers, options: Partial<WorkerOptions> & { concurrency?: number } = {}) {
   const config = testConfig()
   const app = Fastify({ logger: false })
   await app.register(errorsPlugin)
   await app.register(metricsPlugin, { metrics: createMetrics() })
   await app.register(databasePlugin, { url: config.DATABASE_URL, max: 4, idleTimeoutS: 5, connectTimeoutS: 5 })
-  await app.register(workerPlugin, { handlers, enabled: false, concurrency: 8, leaseMs: 60_000, pollMaxMs: 100, retry: { baseMs: 20, maxDelayMs: 50, windowMs: 60_000 }, ...options })
+  const { concurrency = 8, ...rest } = options
+  await app.register(workerPlugin, { lanes: { test: { handlers, concurrency } }, enabled: false, leaseMs: 60_000, pollMaxMs: 100, retry: { baseMs: 20, maxDelayMs: 50, windowMs: 60_000 }, ...rest })
   await app.ready()
   t.teardown(() => app.close())
   return app
@@ -141,7 +142,61 @@ t.test('the API app has the worker and its queue metrics', async (t) => {
   const app = await buildTestApp(t)
   await app.worker.refreshQueueMetrics()
   const text = await app.metrics.registry.metrics()
-  t.match(text, /ledger_jobs_due \d+/)
-  t.match(text, /ledger_jobs_oldest_due_age_seconds/)
+  for (const lane of ['feed', 'webhooks']) {
+    t.match(text, new RegExp(`ledger_jobs_due\\{lane="${lane}"\\} \\d+`), `jobs due in the ${lane} lane`)
+    t.match(text, new RegExp(`ledger_jobs_oldest_due_age_seconds\\{lane="${lane}"\\} [\\d.e+-]+`), `oldest due age in the ${lane} lane`)
+  }
   t.match(text, /ledger_jobs_failed \d+/)
+})
+
+t.test('lanes never share capacity: a lane full of hanging jobs leaves another lane\'s job to run at once', async (t) => {
+  const sql = testSql(t)
+  const suffix = randomUUID().slice(0, 8)
+  const [slowKind, quickKind] = [`test.slow_${suffix}`, `test.quick_${suffix}`]
+  let release = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let slowStarted = 0
+  let quickDone = 0
+  const app = await workerApp(t, {}, {
+    enabled: true,
+    lanes: {
+      slow: { concurrency: 2, handlers: { [slowKind]: async () => { slowStarted++; await released; return { status: 'done' } } } },
+      quick: { concurrency: 1, handlers: { [quickKind]: async () => { quickDone++; return { status: 'done' } } } }
+    }
+  })
+  t.teardown(release)
+  // The slow jobs are older: in one queue ordered by due time they would all go first.
+  for (let i = 0; i < 4; i++) await enqueueJob(sql as never, slowKind, { i })
+  await enqueueJob(sql as never, quickKind, {})
+  const ms = await within(5000, async () => quickDone === 1)
+  t.ok(ms < 5000, `the quick lane's job ran while the slow lane was full (${ms} ms)`)
+  t.equal(slowStarted, 2, 'the slow lane holds its own 2 slots, no more')
+  t.equal(app.worker.inFlight(), 2)
+  release()
+  t.ok(await within(5000, async () => slowStarted === 4 && app.worker.inFlight() === 0) < 5000, 'the slow lane drains once released')
+  const [left] = await sql`select count(*)::int as n from jobs where kind in (${slowKind}, ${quickKind})`
+  t.equal(left?.n, 0)
+  await app.worker.refreshQueueMetrics()
+  const text = await app.metrics.registry.metrics()
+  t.match(text, /ledger_worker_lag_seconds_count\{lane="slow"\} 4/, 'worker lag per lane')
+  t.match(text, /ledger_job_first_attempt_lag_seconds_count\{lane="quick"\} 1/, 'first-attempt lag per lane')
+})
+
+t.test('the first-attempt lag is observed once per job, however many steps it takes', async (t) => {
+  const sql = testSql(t)
+  const kind = `test.steps_${randomUUID().slice(0, 8)}`
+  const app = await workerApp(t, {
+    [kind]: async (job: { payload: { step: number } }) => job.payload.step < 2 ? { status: 'continue', payload: { step: job.payload.step + 1 } } : { status: 'done' }
+  })
+  await enqueueJob(sql as never, kind, { step: 0 })
+  t.equal(await app.worker.runDue({ kinds: [kind] }), 3, 'three steps')
+  const text = await app.metrics.registry.metrics()
+  t.match(text, /ledger_job_first_attempt_lag_seconds_count\{lane="test"\} 1\n/, 'one first attempt')
+  t.match(text, /ledger_worker_lag_seconds_count\{lane="test"\} 3\n/, 'three claims')
+})
+
+t.test('a kind belongs to one lane', async (t) => {
+  const handler = async () => ({ status: 'done' as const })
+  await t.rejects(workerApp(t, {}, { lanes: { a: { concurrency: 1, handlers: { 'test.twice': handler } }, b: { concurrency: 1, handlers: { 'test.twice': handler } } } }),
+    /job kind test\.twice is in two lanes/)
 })

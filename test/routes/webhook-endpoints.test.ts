@@ -41,7 +41,9 @@ t.test('register, list without secrets, delete; the endpoint answers 404 to ever
 
   const list = await app.inject({ method: 'GET', url: '/webhook-endpoints', headers: { authorization: alice.authorization } })
   t.equal(list.statusCode, 200)
-  t.same(list.json().data, [{ id: created.id, url: created.url, events: created.events, createdAt: created.createdAt }])
+  t.same(list.json().data, [{
+    id: created.id, url: created.url, events: created.events, status: 'enabled', consecutiveFailures: 0, failingSince: null, disabledAt: null, createdAt: created.createdAt
+  }])
   t.notMatch(list.body, /whsec_/, 'the secret is never listed')
 
   const others = await app.inject({ method: 'GET', url: '/webhook-endpoints', headers: { authorization: bob.authorization } })
@@ -249,3 +251,108 @@ t.test('finished deliveries past retention are purged; pending ones never are', 
   const rows = await sql`select status from webhook_deliveries where endpoint_id = ${hook.id}`
   t.same(rows.map((r) => r.status), ['pending'], 'the delivered one is gone, the pending one stays')
 })
+
+/** This endpoint's deliveries as `matching` fragments for runDue: the test runs only its own jobs. */
+async function jobsOf (sql: ReturnType<typeof testSql>, endpointId: string) {
+  const rows = await sql<{ id: string }[]>`select id::text from webhook_deliveries where endpoint_id = ${endpointId}`
+  return rows.map((row) => ({ deliveryId: row.id }))
+}
+
+async function endpointOf (app: App, caller: TestUser | TestClient, endpointId: string) {
+  const list = await app.inject({ method: 'GET', url: '/webhook-endpoints', headers: { authorization: caller.authorization } })
+  return (list.json().data as Array<Record<string, unknown>>).find((endpoint) => endpoint.id === endpointId)
+}
+
+t.test('an attempt in progress already counts in the deliveries list, with no next attempt until it ends', async (t) => {
+  const app = await buildTestApp(t, { ...fastRetries, WEBHOOK_TIMEOUT_MS: '1500' })
+  const sql = testSql(t)
+  const receiver = await startReceiver(() => 'hang')
+  t.teardown(receiver.close)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
+  t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
+  const running = app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
+  t.ok(await runUntilReceived(() => receiver.received.length === 1), 'the attempt is at the receiver')
+  t.match((await deliveries(app, alice, hook.id))[0], { status: 'pending', attempts: 1, lastStatusCode: null, nextAttemptAt: null }, 'counted while it runs')
+  await running
+  const [after] = await deliveries(app, alice, hook.id)
+  t.match(after, { status: 'pending', attempts: 1, lastStatusCode: null })
+  t.ok(after?.nextAttemptAt !== null && Date.parse(after!.nextAttemptAt!) > Date.now() - 1000, 'the retry is scheduled once it timed out')
+})
+
+t.test('endpoint health: failures in a row are listed, a delivery clears them; 3 days of failures disable it; PATCH re-enables', async (t) => {
+  const app = await buildTestApp(t, fastRetries)
+  const sql = testSql(t)
+  const receiver = await startReceiver(() => ({ status: 500 }))
+  t.teardown(receiver.close)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
+  for (let i = 0; i < 2; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
+  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
+  const failing = await endpointOf(app, alice, hook.id)
+  t.match(failing, { status: 'enabled', consecutiveFailures: 2, disabledAt: null })
+  t.ok(typeof failing?.failingSince === 'string', 'failing since the first failure')
+
+  receiver.behaviour = () => ({ status: 200 })
+  t.ok(await runUntil(app, async () => (await endpointOf(app, alice, hook.id))?.consecutiveFailures === 0))
+  t.match(await endpointOf(app, alice, hook.id), { status: 'enabled', consecutiveFailures: 0, failingSince: null }, 'one delivery clears the run')
+
+  // Three days of failures, compressed: the run began 72 hours ago, and the next failure ends it.
+  receiver.behaviour = () => ({ status: 500 })
+  for (let i = 0; i < 3; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
+  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
+  await sql`update webhook_endpoints set failing_since = now() - interval '72 hours 1 minute' where id = ${hook.id}`
+  const disabledBefore = (await app.metrics.webhookEndpointsDisabled.get()).values[0]?.value ?? 0
+  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
+  const disabled = await endpointOf(app, alice, hook.id)
+  t.match(disabled, { status: 'disabled' }, 'disabled after failing every attempt for 3 days')
+  t.ok(typeof disabled?.disabledAt === 'string')
+  t.ok((disabled?.consecutiveFailures as number) >= 2)
+  const list = await deliveries(app, alice, hook.id)
+  const undelivered = list.filter((d) => d.status !== 'delivered')
+  t.ok(undelivered.length >= 3 && undelivered.every((d) => d.status === 'failed' && d.nextAttemptAt === null), 'its pending deliveries are failed')
+  const [queued] = await sql<{ n: number }[]>`select count(*)::int as n from jobs where endpoint_id = ${hook.id}`
+  t.equal(queued?.n, 0, 'and their jobs are gone')
+  t.equal((await app.metrics.webhookEndpointsDisabled.get()).values[0]?.value, disabledBefore + 1, 'ledger_webhook_endpoints_disabled_total counts it')
+
+  t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
+  t.equal((await deliveries(app, alice, hook.id)).length, list.length, 'a disabled endpoint is sent nothing new')
+
+  receiver.behaviour = () => ({ status: 200 })
+  const enabled = await app.inject({ method: 'PATCH', url: `/webhook-endpoints/${hook.id}`, headers: { authorization: alice.authorization }, payload: { enabled: true } })
+  t.equal(enabled.statusCode, 200)
+  t.match(enabled.json(), { id: hook.id, status: 'enabled', consecutiveFailures: 0, failingSince: null, disabledAt: null })
+  t.notOk('secret' in enabled.json(), 'no secret in the answer')
+  const id = (await transfer(app, alice, bob, 1)).json().id as string
+  t.ok(await runUntil(app, async () => (await deliveries(app, alice, hook.id)).some((d) => d.transactionId === id && d.status === 'delivered')), 'delivery resumes with the next event')
+})
+
+t.test('its owner can disable an endpoint: pending deliveries fail and nothing more is sent', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const receiver = await startReceiver()
+  t.teardown(receiver.close)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 100)
+  const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
+  t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
+  const response = await app.inject({ method: 'PATCH', url: `/webhook-endpoints/${hook.id}`, headers: { authorization: alice.authorization }, payload: { enabled: false } })
+  t.equal(response.statusCode, 200)
+  t.match(response.json(), { status: 'disabled', disabledAt: String })
+  t.match(await deliveries(app, alice, hook.id), [{ status: 'failed', attempts: 0, nextAttemptAt: null }])
+  const [queued] = await sql<{ n: number }[]>`select count(*)::int as n from jobs where endpoint_id = ${hook.id}`
+  t.equal(queued?.n, 0)
+  t.equal(receiver.received.length, 0)
+  t.equal((await app.inject({ method: 'PATCH', url: `/webhook-endpoints/${hook.id}`, headers: { authorization: alice.authorization }, payload: { enabled: false } })).statusCode, 200, 'again: still disabled')
+})
+
+async function runUntilReceived (done: () => boolean, timeoutMs = 5000) {
+  const started = Date.now()
+  while (Date.now() - started < timeoutMs) {
+    if (done()) return true
+    await sleep(10)
+  }
+  return false
+}

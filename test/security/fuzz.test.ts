@@ -426,6 +426,7 @@ function hintsFor (world: World, route: string): Record<string, fc.Arbitrary<unk
       events: fc.constant(['transaction.created'])
     }
     case 'DELETE /webhook-endpoints/{id}': return { 'path:id': fc.constantFrom(...world.attackerEndpointIds, world.victimEndpointId, world.victimEndpointId.toUpperCase()) }
+    case 'PATCH /webhook-endpoints/{id}': return { 'path:id': fc.constantFrom(...world.attackerEndpointIds, world.victimEndpointId, world.victimEndpointId.toUpperCase()), enabled: fc.boolean() }
     case 'GET /webhook-endpoints/{id}/deliveries': return { ...common, 'query:cursor': fc.constantFrom(...world.victimCursors, ...world.attackerCursors), 'path:id': fc.constantFrom(world.attackerListedEndpointId, world.victimEndpointId) }
     default: return common
   }
@@ -506,6 +507,9 @@ function checkResponse (world: World, route: string, request: FuzzRequest, respo
     case 'DELETE /webhook-endpoints/{id}':
     case 'GET /webhook-endpoints/{id}/deliveries':
       return status < 300 && request.url.toLowerCase().includes(world.victimEndpointId) ? 'the victim\'s webhook endpoint was reached' : undefined
+    case 'PATCH /webhook-endpoints/{id}':
+      if (request.url.toLowerCase().includes(world.victimEndpointId)) return 'the victim\'s webhook endpoint was changed'
+      return 'secret' in json || json.status !== (body.enabled === true ? 'enabled' : 'disabled') ? 'the endpoint did not round-trip, or showed its secret' : undefined
     case 'GET /webhook-endpoints': return response.body.includes(world.victimEndpointId) || response.body.includes('whsec_') ? 'the victim\'s endpoint or a secret in the list' : undefined
     // The attacker's own posts, and those of users they may have followed while fuzzed (the victim, the recipient).
     case 'GET /feed': return (json.data as { author: { id: string } }[]).every((p) => [attacker.id, victim.id, recipient.id].includes(p.author.id)) ? undefined : 'a stranger\'s post in the feed'

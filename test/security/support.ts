@@ -123,6 +123,7 @@ export const PRIVATE_ROUTES: PrivateRoute[] = [
   // Service clients need events:read here (the suite's clients hold funds:write only, so they are refused too).
   { method: 'POST', path: '/webhook-endpoints', url: () => '/webhook-endpoints', payload: { url: 'http://127.0.0.1:9/auth-suite' } },
   { method: 'GET', path: '/webhook-endpoints', url: () => '/webhook-endpoints' },
+  { method: 'PATCH', path: '/webhook-endpoints/{id}', url: () => '/webhook-endpoints/00000000-0000-4000-8000-00000000d0e5', payload: { enabled: true } },
   { method: 'DELETE', path: '/webhook-endpoints/{id}', url: () => '/webhook-endpoints/00000000-0000-4000-8000-00000000d0e5' },
   { method: 'GET', path: '/webhook-endpoints/{id}/deliveries', url: () => '/webhook-endpoints/00000000-0000-4000-8000-00000000d0e5/deliveries' }
 ]

@@ -231,3 +231,76 @@ t.test('events of other users\' transactions are never queued for you', async (t
   const list = (await app.inject({ method: 'GET', url: `/webhook-endpoints/${eveHook.id}/deliveries`, headers: { authorization: eve.authorization } })).json()
   t.same(list.data, [])
 })
+
+t.test('PATCH /webhook-endpoints/:id: only the owner, only { enabled: boolean }, nothing else changes', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const [owner, attacker] = [await createUser(app), await createUser(app)]
+  const client = await createClient(app, ['events:read'])
+  const fundsOnly = await createClient(app, ['funds:write'])
+  const created = (await post(app, owner, { url: 'http://127.0.0.1:9/patched' })).json() as { id: string, url: string }
+  const patch = (caller: { authorization: string } | null, id: string, payload: unknown, contentType = 'application/json') => app.inject({
+    method: 'PATCH',
+    url: `/webhook-endpoints/${id}`,
+    headers: { ...(caller === null ? {} : { authorization: caller.authorization }), 'content-type': contentType },
+    payload: typeof payload === 'string' ? payload : JSON.stringify(payload)
+  })
+  const state = async () => (await sql`select url, secret, principal_id, disabled_at, consecutive_failures from webhook_endpoints where id = ${created.id}`)[0]
+  const before = await state()
+
+  for (const caller of [attacker, client]) {
+    const response = await patch(caller, created.id, { enabled: false })
+    t.equal(response.statusCode, 404, 'another principal\'s endpoint does not exist for them')
+    t.notMatch(response.body, '127.0.0.1:9')
+  }
+  t.equal((await patch(fundsOnly, created.id, { enabled: false })).statusCode, 403, 'events:read is needed')
+  t.equal((await patch(null, created.id, { enabled: false })).statusCode, 401)
+  t.equal((await patch(owner, randomUUID(), { enabled: true })).statusCode, 404, 'an unknown id')
+
+  for (const body of [{}, { enabled: 'true' }, { enabled: 1 }, { enabled: null }, { enabled: true, url: 'http://127.0.0.1:9/elsewhere' },
+    { enabled: true, secret: 'whsec_mine' }, { enabled: true, principalId: attacker.id }, { enabled: true, consecutiveFailures: 0 }, [true]]) {
+    const response = await patch(owner, created.id, body)
+    t.equal(response.statusCode, 400, JSON.stringify(body))
+    t.match(response.headers['content-type'], /application\/problem\+json/)
+  }
+  t.equal((await patch(owner, created.id, '{"enabled": tru')).statusCode, 400, 'malformed JSON')
+  t.equal((await patch(owner, created.id, 'enabled=true', 'application/x-www-form-urlencoded')).statusCode, 415)
+  t.equal((await patch(owner, 'not-a-uuid', { enabled: true })).statusCode, 400)
+  t.same(await state(), before, 'nothing changed')
+
+  const own = await patch(owner, created.id, { enabled: false })
+  t.equal(own.statusCode, 200)
+  t.match(await state(), { url: created.url, secret: before?.secret, principal_id: owner.id, disabled_at: Date })
+})
+
+t.test('the API role may change an endpoint\'s health, never its URL, secret or owner; the lane functions are its only', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  const created = (await post(app, user, { url: 'http://127.0.0.1:9/role' })).json() as { id: string }
+  for (const column of ['url', 'principal_id', 'principal_kind', 'events', 'created_at']) {
+    await t.rejects(app.db.unsafe(`update webhook_endpoints set ${column} = ${column} where id = $1`, [created.id]), { code: '42501' }, `no UPDATE of ${column}`)
+  }
+  await app.db`update webhook_endpoints set consecutive_failures = 0, failing_since = null, disabled_at = null, last_claimed_at = null where id = ${created.id}`
+  // A job's endpoint is post_transaction()'s to write: the API role cannot point a job at another endpoint.
+  await t.rejects(app.db`update jobs set endpoint_id = ${created.id} where false`, { code: '42501' }, 'no UPDATE of jobs.endpoint_id')
+  await t.rejects(app.db`insert into jobs (kind, payload, endpoint_id) values ('feed.fan_out', '{}', ${created.id})`, { code: '42501' }, 'no INSERT of jobs.endpoint_id')
+  // Executable by the API role (granted), and by nobody else: PUBLIC's default EXECUTE was revoked.
+  const grants = await app.db<{ fn: string, public: boolean, api: boolean }[]>`
+    select p.proname as fn,
+           exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0 and a.privilege_type = 'EXECUTE') as public,
+           has_function_privilege('ledger_api', p.oid, 'EXECUTE') as api
+      from pg_proc p
+     where p.proname in ('claim_webhook_jobs', 'record_webhook_attempt', 'disable_webhook_endpoint') order by p.proname`
+  t.same(grants, [
+    { fn: 'claim_webhook_jobs', public: false, api: true },
+    { fn: 'disable_webhook_endpoint', public: false, api: true },
+    { fn: 'record_webhook_attempt', public: false, api: true }
+  ])
+  const settings = await app.db<{ fn: string, config: string | null, definer: boolean }[]>`
+    select proname as fn, array_to_string(proconfig, ',') as config, prosecdef as definer from pg_proc
+     where proname in ('claim_webhook_jobs', 'record_webhook_attempt', 'disable_webhook_endpoint') order by proname`
+  for (const row of settings) {
+    t.equal(row.definer, false, `${row.fn} runs with the caller's rights`)
+    t.equal(row.config, 'search_path=pg_catalog, pg_temp', `${row.fn} pins search_path, pg_temp last`)
+  }
+})

@@ -127,6 +127,27 @@ t.test('a receiver that never answers is a timeout within timeoutMs', async t =>
   t.equal(hook.seen.length, 1)
 })
 
+t.test('connecting is bounded on its own: a TLS handshake that never completes ends at the connect timeout', async t => {
+  // Accepts TCP and says nothing: an https target whose handshake hangs, as a blackholed or overloaded receiver's.
+  const sockets = new Set<net.Socket>()
+  const silent = net.createServer((socket) => { sockets.add(socket) })
+  await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => { for (const socket of sockets) socket.destroy(); silent.close(() => resolve()) }))
+  const url = `https://127.0.0.1:${(silent.address() as AddressInfo).port}/hooks`
+  const result = await postWebhook(request(url, { timeoutMs: 5000, connectTimeoutMs: 300 }))
+  t.match(result, { outcome: 'failed', statusCode: null, error: 'connect_timeout' })
+  t.ok(result.durationMs >= 290, `waited the connect timeout (${result.durationMs} ms)`)
+  t.ok(result.durationMs < 300 + 1500, `and not the whole attempt's 5 s (${result.durationMs} ms)`)
+})
+
+t.test('the connect timeout does not cut an answer that is merely slow once connected', async t => {
+  const hook = await receiver(t, (_req, res) => { setTimeout(() => res.writeHead(200).end('late'), 600) })
+  t.match(await postWebhook(request(hook.url, { timeoutMs: 3000, connectTimeoutMs: 200 })), { outcome: 'delivered', statusCode: 200 })
+  // The same receiver again, over the pooled connection: no connect phase, nothing to time out.
+  t.match(await postWebhook(request(hook.url, { timeoutMs: 3000, connectTimeoutMs: 200 })), { outcome: 'delivered', statusCode: 200 })
+  t.equal(hook.connections.count, 1, 'the second attempt reused the connection')
+})
+
 t.test('the timeout covers the body: a 200 whose body never ends is a timeout, not a delivery', async t => {
   const hook = await receiver(t, (_req, res) => { res.writeHead(200); res.write('partial') })
   const result = await postWebhook(request(hook.url, { timeoutMs: 300 }))

@@ -1,0 +1,143 @@
+-- claim_webhook_jobs(): the webhook lane's claim (plugins/worker.ts runs it as the lane's claim statement). Leases up
+-- to p_limit due delivery jobs, fairly:
+--   - round-robin across endpoints: the endpoints with due work are taken in the order they were last served
+--     (webhook_endpoints.last_claimed_at, never served first), and within one claim every endpoint gets its first
+--     job before any gets a second;
+--   - first attempts ahead of retries, across all endpoints;
+--   - at most p_endpoint_limit attempts in flight per endpoint, across every worker process: an attempt is in flight
+--     while its job is claimed (claimed_at) and its lease (run_at) has not run out.
+-- Each claimed delivery counts its attempt at once (webhook_deliveries.attempts, no next attempt while it runs).
+-- Two workers claiming for the same endpoint at once could both count its attempts before either commits, so each
+-- endpoint is claimed for under a transaction-scoped advisory lock (an endpoint another worker holds is skipped,
+-- it is served by that worker), and the attempts are counted by a later statement of this VOLATILE function: it
+-- takes a fresh snapshot, which sees every claim committed before the lock was granted. One statement from the
+-- client, so it works through PgBouncer in transaction mode.
+--
+-- SECURITY INVOKER: it does what the API role (the worker's role) may do anyway; every relation is named with its
+-- schema and the search_path is pinned as the definer functions' is (pg_catalog, then pg_temp last). p_due_by bounds the due time (runDue's
+-- start, so retries coming due meanwhile wait; null: now), p_matching keeps to jobs whose payload contains one of
+-- the given JSON fragments (tests, operators), as the other lanes' claim does.
+create or replace function public.claim_webhook_jobs(
+  p_limit integer,
+  p_lease_ms integer,
+  p_endpoint_limit integer,
+  p_due_by timestamptz default null,
+  p_matching jsonb default null
+) returns table (
+  id text,
+  kind text,
+  payload jsonb,
+  attempts integer,
+  created_at timestamptz,
+  due_at timestamptz,
+  lag_s double precision,
+  first_attempt_lag_s double precision
+)
+language plpgsql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_due_by timestamptz := coalesce(p_due_by, pg_catalog.now());
+  v_endpoint uuid;
+  v_endpoints uuid[] := '{}';
+begin
+  if p_limit <= 0 then
+    return;
+  end if;
+
+  -- The endpoints with due work, least recently served first. The recursive part is a skip scan of
+  -- jobs_endpoint_idx: one probe per endpoint with pending jobs, however many jobs each holds.
+  for v_endpoint in
+    with recursive pending (endpoint_id) as (
+      (select j.endpoint_id from public.jobs j
+        where j.endpoint_id is not null and j.failed_at is null
+        order by j.endpoint_id limit 1)
+      union all
+      select (select j.endpoint_id from public.jobs j
+               where j.endpoint_id > p.endpoint_id and j.failed_at is null
+               order by j.endpoint_id limit 1)
+        from pending p
+       where p.endpoint_id is not null
+    )
+    select p.endpoint_id
+      from pending p
+      left join public.webhook_endpoints e on e.id = p.endpoint_id
+     where p.endpoint_id is not null
+       and exists (
+         select 1 from public.jobs j
+          where j.endpoint_id = p.endpoint_id and j.failed_at is null and j.run_at <= v_due_by
+            and (p_matching is null or exists (
+              select 1 from pg_catalog.jsonb_array_elements(p_matching) m (fragment) where j.payload @> m.fragment)))
+     order by e.last_claimed_at nulls first, p.endpoint_id
+     limit p_limit
+  loop
+    if pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('webhook_claim:' || v_endpoint::text, 0)) then
+      v_endpoints := v_endpoints || v_endpoint;
+    end if;
+  end loop;
+
+  if pg_catalog.cardinality(v_endpoints) = 0 then
+    return;
+  end if;
+
+  -- A new statement, hence a new snapshot: every claim for these endpoints that committed before their locks were
+  -- granted is counted. Job rows are not locked: no other claimer takes these endpoints' jobs while the locks are
+  -- held, and a row changed meanwhile (a late result, a deletion) is re-checked by the UPDATE's own condition.
+  return query
+  with ready as (
+    select r.endpoint_id, r.ord,
+           greatest(p_endpoint_limit - (
+             select count(*) from public.jobs f
+              where f.endpoint_id = r.endpoint_id and f.claimed_at is not null and f.run_at > pg_catalog.now()
+           ), 0) as free
+      from pg_catalog.unnest(v_endpoints) with ordinality as r (endpoint_id, ord)
+  ), candidates as (
+    select c.id, c.retry, c.run_at, c.started_at, r.ord,
+           pg_catalog.row_number() over (partition by r.endpoint_id order by c.retry, c.run_at, c.id) as turn
+      from ready r
+     cross join lateral (
+       select j.id, j.attempts > 0 as retry, j.run_at, j.started_at
+         from public.jobs j
+        where j.endpoint_id = r.endpoint_id and j.failed_at is null and j.run_at <= v_due_by
+          and (p_matching is null or exists (
+            select 1 from pg_catalog.jsonb_array_elements(p_matching) m (fragment) where j.payload @> m.fragment))
+        order by j.attempts > 0, j.run_at, j.id
+        limit r.free
+     ) c
+  ), picked as (
+    select c.id, c.run_at, c.started_at from candidates c
+     order by c.retry, c.turn, c.ord
+     limit p_limit
+  ), claimed as (
+    update public.jobs j
+       set run_at = pg_catalog.now() + p_lease_ms * interval '1 millisecond',
+           attempts = j.attempts + 1,
+           claimed_at = pg_catalog.now(),
+           started_at = coalesce(j.started_at, pg_catalog.now())
+      from picked p
+     where j.id = p.id and j.failed_at is null and j.run_at <= v_due_by
+    returning j.id, j.kind, j.payload, j.attempts, j.created_at, j.endpoint_id, p.run_at as due_at, p.started_at is null as first
+  ), served as (
+    update public.webhook_endpoints e
+       set last_claimed_at = pg_catalog.now()
+     where e.id in (select c.endpoint_id from claimed c)
+  ), started as (
+    -- The attempt counts from here (the deliveries list shows it while it runs, with no next attempt yet), in this
+    -- one write rather than one per attempt. The id is cast only when it is one (a malformed payload must not
+    -- fail everyone's claim: its handler refuses it).
+    update public.webhook_deliveries d
+       set attempts = greatest(d.attempts, c.attempts), next_attempt_at = null
+      from claimed c
+     where d.id = case when c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$' then (c.payload->>'deliveryId')::bigint end
+       and d.status = 'pending'
+  )
+  select c.id::text, c.kind, c.payload, c.attempts, c.created_at, c.due_at,
+         extract(epoch from pg_catalog.now() - c.due_at)::double precision,
+         case when c.first then extract(epoch from pg_catalog.now() - c.created_at)::double precision end
+    from claimed c;
+end
+$$;
+
+revoke all on function public.claim_webhook_jobs from public;
+grant execute on function public.claim_webhook_jobs to ledger_api;
