@@ -100,6 +100,7 @@ begin
        select j.id, j.attempts > 0 as retry, j.run_at, j.started_at
          from public.jobs j
         where j.endpoint_id = r.endpoint_id and j.failed_at is null and j.run_at <= v_due_by
+          and not (j.claimed_at is not null and j.run_at > pg_catalog.now())
           and (p_matching is null or exists (
             select 1 from pg_catalog.jsonb_array_elements(p_matching) m (fragment) where j.payload @> m.fragment))
         order by j.attempts > 0, j.run_at, j.id
@@ -117,6 +118,7 @@ begin
            started_at = coalesce(j.started_at, pg_catalog.now())
       from picked p
      where j.id = p.id and j.failed_at is null and j.run_at <= v_due_by
+       and not (j.claimed_at is not null and j.run_at > pg_catalog.now())
     returning j.id, j.kind, j.payload, j.attempts, j.created_at, j.endpoint_id, p.run_at as due_at, p.started_at is null as first
   ), served as (
     update public.webhook_endpoints e

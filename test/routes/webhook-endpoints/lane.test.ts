@@ -20,12 +20,14 @@ async function endpointWithDeliveries (t: Test, app: App, sql: TestSql, user: Te
   await sql`
     select (post_transaction(null, ${user.id}::uuid, ${prefix} || '-' || g, 'fp', 'transfer', 1, 'USD', ${sink.id}::uuid, null, null, 86400)).outcome
       from generate_series(1, ${count}::int) g`
+  // Due only for this file's claims (dueBy below): other files' unscoped runDue must not take them meanwhile.
+  await ownerSql()`update jobs set run_at = run_at + interval '30 minutes' where endpoint_id = ${endpoint.id}`
   const rows = await sql<{ id: string }[]>`select id::text from webhook_deliveries where endpoint_id = ${endpoint.id} order by id`
   return { id: endpoint.id, deliveries: rows.map((row) => row.id) }
 }
 
 const claim = (app: App, limit: number, matching: object[], endpointLimit = 4) =>
-  claimWebhookJobs(endpointLimit)(app.db, { kinds: [WEBHOOK_DELIVER], limit, leaseMs: 60_000, matching })
+  claimWebhookJobs(endpointLimit)(app.db, { kinds: [WEBHOOK_DELIVER], limit, leaseMs: 60_000, matching, dueBy: new Date(Date.now() + 3_600_000) })
 
 /** Which endpoint each claimed job is for, and whether it was a retry. */
 async function describe (sql: TestSql, rows: ClaimedRow[]) {
@@ -89,6 +91,7 @@ t.test('jobs of a deleted endpoint are still claimed (and finish at once): nothi
   const matching = endpoint.deliveries.map((deliveryId) => ({ deliveryId }))
   // As an operator (or a race with DELETE) might leave them: the endpoint gone, its jobs still queued.
   await ownerSql()`delete from webhook_endpoints where id = ${endpoint.id}`
+  await ownerSql()`update jobs set run_at = now() where endpoint_id = ${endpoint.id}`
   // Another file's unscoped runDue may take them first: what counts is that somebody claims and finishes them.
   await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching })
   const [left] = await sql<{ n: number }[]>`select count(*)::int as n from jobs where endpoint_id = ${endpoint.id}`
