@@ -8,8 +8,8 @@
 --     while its job is claimed (claimed_at) and its lease (run_at) has not run out.
 -- Each claimed delivery counts its attempt at once (webhook_deliveries.attempts, no next attempt while it runs).
 -- Two workers claiming for the same endpoint at once could both count its attempts before either commits, so each
--- endpoint is claimed for under a transaction-scoped advisory lock (an endpoint another worker holds is skipped,
--- it is served by that worker), and the attempts are counted by a later statement of this VOLATILE function: it
+-- endpoint is claimed for under a transaction-scoped advisory lock (taken in one global order; a claim for the same
+-- endpoint waits its milliseconds), and the attempts are counted by a later statement of this VOLATILE function: it
 -- takes a fresh snapshot, which sees every claim committed before the lock was granted. One statement from the
 -- client, so it works through PgBouncer in transaction mode.
 --
@@ -39,8 +39,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_due_by timestamptz := coalesce(p_due_by, pg_catalog.now());
-  v_endpoint uuid;
-  v_endpoints uuid[] := '{}';
+  v_endpoints uuid[];
 begin
   if p_limit <= 0 then
     return;
@@ -48,34 +47,40 @@ begin
 
   -- The endpoints with due work, least recently served first. The recursive part is a skip scan of
   -- jobs_endpoint_idx: one probe per endpoint with pending jobs, however many jobs each holds.
-  for v_endpoint in
-    with recursive pending (endpoint_id) as (
-      (select j.endpoint_id from public.jobs j
-        where j.endpoint_id is not null and j.failed_at is null
-        order by j.endpoint_id limit 1)
-      union all
-      select (select j.endpoint_id from public.jobs j
-               where j.endpoint_id > p.endpoint_id and j.failed_at is null
-               order by j.endpoint_id limit 1)
+  select coalesce(pg_catalog.array_agg(ready.endpoint_id order by ready.served nulls first, ready.endpoint_id), '{}') into v_endpoints
+    from (
+      with recursive pending (endpoint_id) as (
+        (select j.endpoint_id from public.jobs j
+          where j.endpoint_id is not null and j.failed_at is null
+          order by j.endpoint_id limit 1)
+        union all
+        select (select j.endpoint_id from public.jobs j
+                 where j.endpoint_id > p.endpoint_id and j.failed_at is null
+                 order by j.endpoint_id limit 1)
+          from pending p
+         where p.endpoint_id is not null
+      )
+      select p.endpoint_id, e.last_claimed_at as served
         from pending p
+        left join public.webhook_endpoints e on e.id = p.endpoint_id
        where p.endpoint_id is not null
-    )
-    select p.endpoint_id
-      from pending p
-      left join public.webhook_endpoints e on e.id = p.endpoint_id
-     where p.endpoint_id is not null
-       and exists (
-         select 1 from public.jobs j
-          where j.endpoint_id = p.endpoint_id and j.failed_at is null and j.run_at <= v_due_by
-            and (p_matching is null or exists (
-              select 1 from pg_catalog.jsonb_array_elements(p_matching) m (fragment) where j.payload @> m.fragment)))
-     order by e.last_claimed_at nulls first, p.endpoint_id
-     limit p_limit
-  loop
-    if pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('webhook_claim:' || v_endpoint::text, 0)) then
-      v_endpoints := v_endpoints || v_endpoint;
-    end if;
-  end loop;
+         and exists (
+           select 1 from public.jobs j
+            where j.endpoint_id = p.endpoint_id and j.failed_at is null and j.run_at <= v_due_by
+              and not (j.claimed_at is not null and j.run_at > pg_catalog.now())
+              and (p_matching is null or exists (
+                select 1 from pg_catalog.jsonb_array_elements(p_matching) m (fragment) where j.payload @> m.fragment)))
+       order by e.last_claimed_at nulls first, p.endpoint_id
+       limit p_limit
+    ) ready;
+
+  -- One claimer per endpoint at a time: another worker's claim for the same endpoint is waited for (it takes
+  -- milliseconds), so every worker gets its share of a busy endpoint. The locks are taken in one global order, so
+  -- two claims never wait for each other in a circle.
+  perform pg_catalog.pg_advisory_xact_lock(k.key)
+     from (select distinct pg_catalog.hashtextextended('webhook_claim:' || x.id::text, 0) as key
+             from pg_catalog.unnest(v_endpoints) as x (id)) k
+    order by k.key;
 
   if pg_catalog.cardinality(v_endpoints) = 0 then
     return;
@@ -123,15 +128,16 @@ begin
   ), served as (
     update public.webhook_endpoints e
        set last_claimed_at = pg_catalog.now()
-     where e.id in (select c.endpoint_id from claimed c)
+     where e.id = any (array(select c.endpoint_id from claimed c))
   ), started as (
     -- The attempt counts from here (the deliveries list shows it while it runs, with no next attempt yet), in this
     -- one write rather than one per attempt. The id is cast only when it is one (a malformed payload must not
     -- fail everyone's claim: its handler refuses it).
     update public.webhook_deliveries d
-       set attempts = greatest(d.attempts, c.attempts), next_attempt_at = null
-      from claimed c
-     where d.id = case when c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$' then (c.payload->>'deliveryId')::bigint end
+       set attempts = d.attempts + 1, next_attempt_at = null
+     where d.id = any (array(
+             select case when c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$' then (c.payload->>'deliveryId')::bigint end
+               from claimed c))
        and d.status = 'pending'
   )
   select c.id::text, c.kind, c.payload, c.attempts, c.created_at, c.due_at,
