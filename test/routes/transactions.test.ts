@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { buildTestApp, createClient, createUser, dbSpans, fund, injectTraced, testSql, type TestClient, type TestUser } from '../helper.ts'
 import type { App } from '../../app.ts'
+import { ledgerInvariants } from '../../scripts/ops/reconcile.ts'
 
 type Sql = ReturnType<typeof testSql>
 
@@ -24,17 +25,9 @@ async function transactionCount (sql: Sql, userId: string): Promise<number> {
   return row?.n as number
 }
 
-/** The ledger invariant for a set of users who only trade among themselves. */
+/** The ledger's invariants (sql/functions/ledger_invariants.sql) for a set of users who only trade among themselves. */
 async function assertLedgerBalanced (t: Test, sql: Sql, userIds: string[]) {
-  const [row] = await sql`
-    select
-      (select coalesce(sum(balance), 0) from balances where user_id = any(${userIds}::uuid[]) and currency = 'USD')::bigint as balances,
-      (select coalesce(sum(case kind when 'deposit' then amount when 'withdrawal' then -amount else 0 end), 0)
-         from transactions where currency = 'USD' and (to_user_id = any(${userIds}::uuid[]) or from_user_id = any(${userIds}::uuid[])))::bigint as net,
-      (select coalesce(sum(delta), 0) from entries e join transactions x on x.id = e.transaction_id
-         where e.user_id = any(${userIds}::uuid[]) and x.currency = 'USD')::bigint as entries`
-  t.equal(Number(row?.balances), Number(row?.net), 'sum of balances equals deposits minus withdrawals')
-  t.equal(Number(row?.entries), Number(row?.net), 'entries add up to the same')
+  for (const check of await ledgerInvariants(sql, userIds)) t.same(check.offending, [], `${check.name} (${check.checked})`)
 }
 
 t.test('deposit, withdrawal and transfer move exactly the amount', async (t) => {

@@ -5,13 +5,13 @@ import { createServer, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { App } from '../../../app.ts'
-import { feedNPlusOneRoutes } from '../../../bench/feed-n-plus-one.ts'
-import type { Diagnosis } from '../../../scripts/ops/diagnose.ts'
+import { feedNPlusOneRoutes } from './n-plus-one-route.ts'
+import type { Diagnosis } from '../../../scripts/ops/diagnose/index.ts'
 import { FEED_JOB } from '../../../routes/feed/jobs.ts'
 import { buildTestApp, createClient, createUser, drainJobs } from '../../helper.ts'
 import { injectSender, LedgerClient, waitFor } from '../../faults/support.ts'
 
-const script = fileURLToPath(new URL('../../../scripts/ops/diagnose.ts', import.meta.url))
+const script = fileURLToPath(new URL('../../../scripts/ops/diagnose/index.ts', import.meta.url))
 const database = new URL(process.env.DATABASE_URL ?? 'postgres://x/unknown').pathname.slice(1)
 
 function diagnose (args: string[]): Promise<{ code: number, stdout: string }> {

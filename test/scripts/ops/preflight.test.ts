@@ -9,10 +9,10 @@ import { z } from 'zod'
 import type { App } from '../../../app.ts'
 import { CursorParamSchema } from '../../../plugins/cursors.ts'
 import { responses } from '../../../plugins/openapi.ts'
-import { tamper } from '../../../scripts/ops/preflight.ts'
+import { tamper } from '../../../scripts/ops/preflight/pagination.ts'
 import { buildTestApp, createClient, createUser, testSql } from '../../helper.ts'
 
-const script = fileURLToPath(new URL('../../../scripts/ops/preflight.ts', import.meta.url))
+const script = fileURLToPath(new URL('../../../scripts/ops/preflight/index.ts', import.meta.url))
 
 interface Run { code: number, stdout: string, stderr: string }
 
