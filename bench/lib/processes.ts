@@ -22,54 +22,42 @@ export function freePort (): Promise<number> {
     server.once('error', reject)
     server.listen(0, '127.0.0.1', () => {
       const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
     })
   })
 }
 
-/** SIGTERM, then SIGKILL if the process is still there after `killAfterMs`; resolves when it has exited. */
-function stopper (child: ChildProcess, exited: Promise<number | null>, killAfterMs: number) {
-  return async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGTERM')
-    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs)
-    await exited
-    clearTimeout(timer)
-  }
-}
-
-/** Starts `node file` with an IPC channel; resolves once it reports that it listens. */
-export async function startNodeServer (file: string, env: NodeJS.ProcessEnv, nodeArgs: string[] = [], startTimeoutMs = 60_000): Promise<NodeServer> {
+/**
+ * Starts `node file` on a free port. With `ipc` (bench/server.ts, bench/bare-server.ts) it resolves once the child
+ * reports that it listens, and the child stops when we go away; without it (the real entry point, `node server.ts`,
+ * e.g. a node:cluster primary and its workers) it does not; either way, unless `ready` is false, it then waits for
+ * /health/ready. Stopped with SIGTERM, then SIGKILL.
+ */
+export async function startNodeServer (file: string, env: NodeJS.ProcessEnv, options: { nodeArgs?: string[], ipc?: boolean, ready?: boolean } = {}): Promise<NodeServer> {
+  const { nodeArgs = [], ipc = true, ready = true } = options
   const port = await freePort()
   const child = spawn(process.execPath, [...nodeArgs, file], {
     env: { ...env, PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${file} did not start within ${startTimeoutMs} ms`)), startTimeoutMs)
-    child.once('message', () => { clearTimeout(timer); resolve() })
-    exited.then((code) => { clearTimeout(timer); reject(new Error(`${file} exited with ${code} before listening`)) }).catch(() => {})
-  })
-  return { child, pid: child.pid!, port, url: `http://127.0.0.1:${port}`, exited, stop: stopper(child, exited, 15_000) }
-}
-
-/**
- * Starts the real entry point (`node server.ts`, e.g. with WORKERS=2: a node:cluster primary and its workers) and
- * resolves once it answers /health/ready. Stopped with SIGTERM, as a process manager would.
- */
-export async function startEntryServer (file: string, env: NodeJS.ProcessEnv): Promise<NodeServer> {
-  const port = await freePort()
-  const child = spawn(process.execPath, [file], {
-    env: { ...env, PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'inherit', 'inherit']
+    stdio: ['ignore', 'inherit', 'inherit', ...(ipc ? ['ipc' as const] : [])]
   })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   const url = `http://127.0.0.1:${port}`
-  const stop = stopper(child, exited, 20_000)
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), ipc ? 15_000 : 20_000)
+    await exited
+    clearTimeout(timer)
+  }
   try {
-    await waitReady(url)
+    if (ipc) {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${file} did not start within 60 s`)), 60_000)
+        child.once('message', () => { clearTimeout(timer); resolve() })
+        exited.then((code) => { clearTimeout(timer); reject(new Error(`${file} exited with ${code} before listening`)) }).catch(() => {})
+      })
+    }
+    if (ready) await waitReady(url)
   } catch (error) {
     await stop()
     throw error
@@ -77,7 +65,7 @@ export async function startEntryServer (file: string, env: NodeJS.ProcessEnv): P
   return { child, pid: child.pid!, port, url, exited, stop }
 }
 
-export async function waitReady (url: string, timeoutMs = 60_000) {
+async function waitReady (url: string, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs
   let last = ''
   while (Date.now() < deadline) {
@@ -90,7 +78,7 @@ export async function waitReady (url: string, timeoutMs = 60_000) {
     }
     await new Promise((resolve) => setTimeout(resolve, 250))
   }
-  throw new Error(`API not ready after ${timeoutMs} ms: ${last}`)
+  throw new Error(`${url} not ready after ${timeoutMs} ms: ${last}`)
 }
 
 function run (file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number, stdout: string, stderr: string }> {
