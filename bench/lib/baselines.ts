@@ -1,12 +1,16 @@
 // Same-run baselines, each measured right before the scenario it is compared with: a bare Fastify route (with or
 // without the API's rate-limit script in Redis), pgbench through the same PgBouncer (bench/pgbench/*.sql), and
 // redis-benchmark GET.
+import { execFile } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { withUserOf } from '../../scripts/local-stack.ts'
 import { PGBENCH_CLIENTS, sample, type Bench } from './context.ts'
-import { runLoad, summarize } from './load.ts'
-import { findPgbench, runPgbench, runRedisBenchmark, startNodeServer, type PgbenchResult } from './processes.ts'
+import { percentiles, runLoad, summarize } from './load.ts'
+import { startNodeServer } from './processes.ts'
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 
@@ -38,23 +42,54 @@ export async function bareBaseline (b: Bench, connections: number, withLimiter =
   }
 }
 
-async function pgbenchBaseline (b: Bench, id: string, label: string, run: () => Promise<PgbenchResult>) {
-  const s = await sample(b, { pid: undefined })
-  const result = await run()
-  const samples = await s.stop()
-  b.baselines.push({
-    id,
-    label,
-    tool: 'pgbench',
-    connections: result.clients,
-    rps: result.tps,
-    latency: result.latency,
-    errors: result.failed,
-    samples,
-    details: { transactions: result.transactions, failed: result.failed, retried: result.retried, exitCode: result.exitCode, script: `bench/pgbench/${result.script.split('/').at(-1)}` }
+function run (file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number, stdout: string, stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(file, args, { env, timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr })
+    })
   })
-  b.log(`baseline ${label}: ${result.tps.toFixed(0)} tps, p50 ${result.latency.p50.toFixed(2)} ms, p99 ${result.latency.p99.toFixed(2)} ms, failed ${result.failed}, retried ${result.retried}, exit ${result.exitCode}`)
-  if (result.tps === 0) b.log(`pgbench output:\n${result.output}`)
+}
+
+function findPgbench (): string | undefined {
+  if (process.env.BENCH_PGBENCH) return process.env.BENCH_PGBENCH
+  const root = '/usr/lib/postgresql'
+  const versions = existsSync(root) ? readdirSync(root).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a)) : []
+  const dirs = [...(process.env.PATH ?? '').split(':').filter((dir) => dir !== ''), ...versions.map((version) => join(root, version, 'bin'))]
+  return dirs.map((dir) => join(dir, 'pgbench')).find((candidate) => existsSync(candidate))
+}
+
+/**
+ * pgbench with a script of bench/pgbench/ through `url` (PgBouncer), simple protocol, bounded by -T, with a
+ * per-transaction log for the percentiles, sampled like a scenario run.
+ */
+async function pgbenchBaseline (b: Bench, pgbench: string, id: string, label: string, url: string, script: string) {
+  const parsed = new URL(url)
+  const logDir = mkdtempSync(join(tmpdir(), 'ledger-pgbench-'))
+  const s = await sample(b, { pid: undefined })
+  try {
+    const args = [
+      '-h', parsed.hostname, '-p', parsed.port || '5432', '-U', decodeURIComponent(parsed.username), '-n', '-M', 'simple',
+      '-c', String(PGBENCH_CLIENTS), '-j', '2', '-T', String(b.time.pgbench), '--max-tries=10', '-l', `--log-prefix=${join(logDir, 'pgbench')}`,
+      '-f', here(`../pgbench/${script}`), '-D', `users=${b.seeded.pool.length}`, decodeURIComponent(parsed.pathname.slice(1))
+    ]
+    const env = { ...process.env, PGPASSWORD: decodeURIComponent(parsed.password), PGCONNECT_TIMEOUT: '10' }
+    const { code, stdout, stderr } = await run(pgbench, args, env, (b.time.pgbench + 60) * 1000)
+    const samples = await s.stop()
+    const number = (pattern: RegExp) => Number(pattern.exec(stdout)?.[1] ?? 0)
+    // Log lines: client_id transaction_no time(us) script_no epoch us ...; failed transactions log a word instead of time.
+    const latencies = readdirSync(logDir).flatMap((file) => readFileSync(join(logDir, file), 'utf8').split('\n'))
+      .map((line) => Number(line.split(' ')[2]) / 1000).filter((ms) => Number.isFinite(ms))
+    const tps = number(/tps = ([\d.]+)/)
+    const failed = number(/number of failed transactions: (\d+)/)
+    const retried = number(/number of transactions retried: (\d+)/)
+    const latency = percentiles(latencies)
+    const details = { transactions: number(/number of transactions actually processed: (\d+)/), failed, retried, exitCode: code, script: `bench/pgbench/${script}` }
+    b.baselines.push({ id, label, tool: 'pgbench', connections: PGBENCH_CLIENTS, rps: tps, latency, errors: failed, samples, details })
+    b.log(`baseline ${label}: ${tps.toFixed(0)} tps, p50 ${latency.p50.toFixed(2)} ms, p99 ${latency.p99.toFixed(2)} ms, failed ${failed}, retried ${retried}, exit ${code}`)
+    if (tps === 0) b.log(`pgbench output:\n${stdout}\n${stderr}`)
+  } finally {
+    rmSync(logDir, { recursive: true, force: true })
+  }
 }
 
 /** The one-statement ceiling, our post_transaction() statement and the minimal ledger write, all by pgbench. */
@@ -64,13 +99,10 @@ export async function databaseBaselines (b: Bench) {
     b.log('pgbench not found (set BENCH_PGBENCH): database baselines skipped')
     return
   }
-  const options = { clients: PGBENCH_CLIENTS, threads: 2, seconds: b.time.pgbench, defines: { users: b.seeded.pool.length } }
   // The ceiling and the minimal write touch tables the API's role may not write: they run as the owner, through PgBouncer.
   const asOwner = withUserOf(b.env.databaseUrl, b.env.directUrl)
-  await pgbenchBaseline(b, 'pgbench-one-statement', 'pgbench: transfer as one CTE statement (ceiling)',
-    () => runPgbench(pgbench, asOwner, here('../pgbench/transfer-one-statement.sql'), options))
-  await pgbenchBaseline(b, 'pgbench-post-transaction', 'pgbench: select * from post_transaction(...) (our statement)',
-    () => runPgbench(pgbench, b.env.databaseUrl, here('../pgbench/post-transaction.sql'), options))
+  await pgbenchBaseline(b, pgbench, 'pgbench-one-statement', 'pgbench: transfer as one CTE statement (ceiling)', asOwner, 'transfer-one-statement.sql')
+  await pgbenchBaseline(b, pgbench, 'pgbench-post-transaction', 'pgbench: select * from post_transaction(...) (our statement)', b.env.databaseUrl, 'post-transaction.sql')
   // The minimal ledger write lives in a schema of its own, loaded after the seed it takes its accounts from and
   // rebuilt on every run like the database. A project file of several statements, sent as it is (simple protocol).
   const owner = postgres(b.env.directUrl, { max: 1, onnotice: () => {} })
@@ -81,26 +113,32 @@ export async function databaseBaselines (b: Bench) {
   } finally {
     await owner.end({ timeout: 5 })
   }
-  await pgbenchBaseline(b, 'pgbench-minimal-ledger', 'pgbench: select * from bench_minimal.transfer(...) (minimal ledger write)',
-    () => runPgbench(pgbench, asOwner, here('../pgbench/minimal-ledger-transfer.sql'), options))
+  await pgbenchBaseline(b, pgbench, 'pgbench-minimal-ledger', 'pgbench: select * from bench_minimal.transfer(...) (minimal ledger write)', asOwner, 'minimal-ledger-transfer.sql')
 }
 
 export async function redisBaseline (b: Bench) {
-  const result = await runRedisBenchmark(b.env.redisUrl, 100_000).catch(() => undefined)
-  if (result === undefined) {
+  const parsed = new URL(b.env.redisUrl)
+  const args = ['-h', parsed.hostname, '-p', parsed.port || '6379', '-t', 'get', '-n', '100000', '-q']
+  if (parsed.password !== '') args.push('-a', decodeURIComponent(parsed.password), '--no-auth-warning')
+  const { code, stdout, stderr } = await run('redis-benchmark', args, process.env, 120_000)
+  if (code !== 0 && stdout === '') {
     b.log('redis-benchmark not available: Redis baseline skipped')
     return
   }
+  // "GET: 98039.22 requests per second, p50=0.255 msec" (the progress lines before it end in \r).
+  const line = stdout.split(/[\r\n]/).filter((l) => l.startsWith('GET:')).at(-1) ?? ''
+  const rps = Number(/GET: ([\d.]+) requests per second/.exec(line)?.[1] ?? 0)
+  const p50 = Number(/p50=([\d.]+) msec/.exec(line)?.[1] ?? 0)
   b.baselines.push({
     id: 'redis-get',
     label: 'redis-benchmark -t get -n 100000 (50 clients)',
     tool: 'redis-benchmark',
     connections: 50,
-    rps: result.rps,
-    latency: { count: 100_000, mean: result.p50, p50: result.p50, p90: result.p50, p99: Number.NaN, max: Number.NaN },
+    rps,
+    latency: { count: 100_000, mean: p50, p50, p90: p50, p99: Number.NaN, max: Number.NaN },
     errors: 0,
     samples: undefined,
-    details: { output: result.output }
+    details: { output: `${line || stdout}${stderr}`.trim() }
   })
-  b.log(`baseline redis GET: ${result.rps.toFixed(0)} req/s, p50 ${result.p50} ms`)
+  b.log(`baseline redis GET: ${rps.toFixed(0)} req/s, p50 ${p50} ms`)
 }
