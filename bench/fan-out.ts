@@ -49,6 +49,8 @@ const app = await buildApp(loadConfig({
   ...process.env,
   NODE_ENV: 'development',
   LOG_LEVEL: 'warn',
+  // The fan-out steps are driven below; an in-process worker would claim the same jobs.
+  WORKER_ENABLED: 'false',
   DATABASE_URL: env.databaseUrl,
   DATABASE_DIRECT_URL: env.directUrl,
   REDIS_URL: env.redisUrl,
