@@ -56,10 +56,11 @@ export function compare (c: Omit<Comparison, 'met'>): Comparison {
 
 const n0 = (v: number) => Math.round(v).toLocaleString('en-US')
 /** Counts and req/s as integers; small values (CPU ms) with their decimals. */
-const num = (v: number) => Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
+const num = (v: number | null) => v === null ? '-' : Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
 // Saved JSON turns NaN (a percentile a tool does not report) into null.
 const ms = (v: number | null) => v === null || !Number.isFinite(v) ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)
-const fmtValue = (c: Comparison) => c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : num(c.value)
+// Saved JSON turns NaN (0 / 0 when a run completed nothing) into null too.
+const fmtValue = (c: Comparison) => c.value === null || !Number.isFinite(c.value) ? '-' : c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : num(c.value)
 const fmtTarget = (c: Comparison) => c.target === undefined
   ? '(info)'
   : `${c.target.op} ${c.unit === 'ratio' ? `${c.target.value}x` : c.unit === 'ms' ? `${c.target.value} ms` : c.unit === 'req/s' ? `${n0(c.target.value)} req/s` : c.target.value}`
