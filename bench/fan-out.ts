@@ -6,9 +6,9 @@
 // 2. Fan-out throughput: --fan-outs posts of the popular author delivered by the feed.fan_out handler, batch after
 //    batch (1,000 feeds each) until done, as the worker runs it: feed rows written per second.
 // In-process (app.inject, no HTTP sockets) against the real stack: PgBouncer, PostgreSQL, Redis. Uses a database of
-// its own (BENCH_FANOUT_DATABASE, default ledger_bench_fanout, recreated on every run). Until the worker of issue 18
-// is merged the fan-out steps are driven here, one after the other, exactly as the job model says (payload of each
-// `continue` feeds the next step).
+// its own (BENCH_FANOUT_DATABASE, default ledger_bench_fanout, recreated on every run). The fan-out steps are driven
+// here, one after the other, as the job model says (the payload of each `continue` feeds the next step), so that
+// the worker's polling and other jobs are not in the measured time.
 import { randomBytes, randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
@@ -19,16 +19,8 @@ import type { JobHandler } from '../plugins/jobs.ts'
 import { createFeedJobHandlers, FEED_JOB, type FanOutPayload } from '../routes/feed/jobs.ts'
 import { recreateDatabase, resolveEnv } from './lib/setup.ts'
 
-const { values: args } = parseArgs({
-  options: {
-    followers: { type: 'string', default: '10000' },
-    requests: { type: 'string', default: '200' },
-    'fan-outs': { type: 'string', default: '5' }
-  }
-})
-const FOLLOWERS = Number(args.followers)
-const REQUESTS = Number(args.requests)
-const FAN_OUTS = Number(args['fan-outs'])
+const { values: args } = parseArgs({ options: { followers: { type: 'string', default: '10000' }, requests: { type: 'string', default: '200' }, 'fan-outs': { type: 'string', default: '5' } } })
+const [FOLLOWERS, REQUESTS, FAN_OUTS] = [args.followers, args.requests, args['fan-outs']].map(Number) as [number, number, number]
 
 const started = Date.now()
 const log = (line: string) => console.error(`[fan-out +${((Date.now() - started) / 1000).toFixed(0).padStart(3)} s] ${line}`)
@@ -57,6 +49,8 @@ const app = await buildApp(loadConfig({
   ...process.env,
   NODE_ENV: 'development',
   LOG_LEVEL: 'warn',
+  // The fan-out steps are driven below; an in-process worker would claim the same jobs.
+  WORKER_ENABLED: 'false',
   DATABASE_URL: env.databaseUrl,
   DATABASE_DIRECT_URL: env.directUrl,
   REDIS_URL: env.redisUrl,
@@ -86,10 +80,7 @@ try {
   // The latency posts' fan-outs are not what is measured next.
   await owner`delete from jobs`
 
-  const quantile = (values: number[], q: number) => {
-    const sorted = values.toSorted((a, b) => a - b)
-    return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN
-  }
+  const quantile = (values: number[], q: number) => values.toSorted((a, b) => a - b)[Math.min(values.length - 1, Math.floor(q * values.length))] ?? Number.NaN
   const format = (ms: number) => ms.toFixed(2)
   console.log(`\n## POST /posts latency (${REQUESTS} requests each, alternating, in-process)\n`)
   console.log('| author | mean ms | p50 ms | p95 ms | p99 ms |')

@@ -3,18 +3,8 @@
 // with its exact duration, under the route tag that setupRequest put in the connection's context.
 import autocannon from 'autocannon'
 
-export interface Percentiles {
-  count: number
-  mean: number
-  p50: number
-  p90: number
-  p99: number
-  max: number
-}
-
-export interface RouteStats extends Percentiles {
-  statusCodes: Record<string, number>
-}
+export interface Percentiles { count: number, mean: number, p50: number, p90: number, p99: number, max: number }
+export interface RouteStats extends Percentiles { statusCodes: Record<string, number> }
 
 export interface LoadResult {
   requests: number
@@ -29,35 +19,24 @@ export interface LoadResult {
   perRoute: Record<string, RouteStats>
 }
 
-/** Growable list of latencies (ms) per route, plus status counts. */
+/** Latencies (ms) and status counts per route. */
 export class Recorder {
-  private readonly latencies = new Map<string, number[]>()
-  private readonly statuses = new Map<string, Record<string, number>>()
+  private readonly routes = new Map<string, { ms: number[], codes: Record<string, number> }>()
 
   record (route: string, status: number, ms: number) {
-    let list = this.latencies.get(route)
-    if (list === undefined) {
-      list = []
-      this.latencies.set(route, list)
-      this.statuses.set(route, {})
-    }
-    list.push(ms)
-    const codes = this.statuses.get(route)!
-    codes[status] = (codes[status] ?? 0) + 1
+    let entry = this.routes.get(route)
+    if (entry === undefined) this.routes.set(route, entry = { ms: [], codes: {} })
+    entry.ms.push(ms)
+    entry.codes[status] = (entry.codes[status] ?? 0) + 1
   }
 
   all (): Percentiles {
-    const merged: number[] = []
-    for (const list of this.latencies.values()) for (const ms of list) merged.push(ms)
-    return percentiles(merged)
+    return percentiles([...this.routes.values()].flatMap((entry) => entry.ms))
   }
 
-  routes (): Record<string, RouteStats> {
-    const out: Record<string, RouteStats> = {}
-    for (const [route, list] of [...this.latencies].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))) {
-      out[route] = { ...percentiles(list), statusCodes: this.statuses.get(route) ?? {} }
-    }
-    return out
+  perRoute (): Record<string, RouteStats> {
+    const sorted = [...this.routes].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))
+    return Object.fromEntries(sorted.map(([route, entry]) => [route, { ...percentiles(entry.ms), statusCodes: entry.codes }]))
   }
 }
 
@@ -65,30 +44,20 @@ export function percentiles (values: number[]): Percentiles {
   if (values.length === 0) return { count: 0, mean: 0, p50: 0, p90: 0, p99: 0, max: 0 }
   const sorted = Float64Array.from(values).sort()
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0
-  let sum = 0
-  for (const v of sorted) sum += v
-  return {
-    count: sorted.length,
-    mean: sum / sorted.length,
-    p50: at(0.5),
-    p90: at(0.9),
-    p99: at(0.99),
-    max: sorted[sorted.length - 1] ?? 0
-  }
+  const sum = sorted.reduce((a, b) => a + b, 0)
+  return { count: sorted.length, mean: sum / sorted.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0 }
 }
 
 export interface LoadSpec {
-  url: string
   connections: number
-  /** Seconds; ignored when `amount` is set. */
-  duration?: number
-  /** Stop after this many requests. */
-  amount?: number
-  overallRate?: number
   requests: autocannon.Request[]
-  /** Route tag used when setupRequest left none in the context. */
-  defaultRoute: string
-  timeoutS?: number
+  /** Tag for responses whose setupRequest left none in the context. */
+  route: string
+  /** Seconds; ignored when `amount` is set. */
+  duration?: number | undefined
+  /** Stop after this many requests. */
+  amount?: number | undefined
+  overallRate?: number | undefined
 }
 
 interface ContextCarrier { requestIterator?: { context?: { route?: unknown } } }
@@ -99,16 +68,11 @@ export function tagRoute (context: object, route: string) {
 }
 
 /** Runs one autocannon instance; `recorder` may be shared by instances that run side by side. */
-export function runLoad (spec: LoadSpec, recorder = new Recorder()): Promise<{ result: autocannon.Result, recorder: Recorder, wallS: number }> {
+export function runLoad (url: string, spec: LoadSpec, recorder = new Recorder()): Promise<{ result: autocannon.Result, recorder: Recorder, wallS: number }> {
   return new Promise((resolve, reject) => {
     const started = performance.now()
-    const options: autocannon.Options = {
-      url: spec.url,
-      connections: spec.connections,
-      requests: spec.requests,
-      // Statuses are counted, never bailed on: a 429 or a 422 is part of what is measured.
-      timeout: spec.timeoutS ?? 10
-    }
+    // Statuses are counted, never bailed on: a 429 or a 422 is part of what is measured.
+    const options: autocannon.Options = { url, connections: spec.connections, requests: spec.requests, timeout: 10 }
     if (spec.amount !== undefined) options.amount = spec.amount
     else options.duration = spec.duration ?? 10
     if (spec.overallRate !== undefined) options.overallRate = spec.overallRate
@@ -118,7 +82,7 @@ export function runLoad (spec: LoadSpec, recorder = new Recorder()): Promise<{ r
     })
     instance.on('response', (client, statusCode, _bytes, responseTime) => {
       const tag = (client as unknown as ContextCarrier).requestIterator?.context?.route
-      recorder.record(typeof tag === 'string' ? tag : spec.defaultRoute, statusCode, responseTime)
+      recorder.record(typeof tag === 'string' ? tag : spec.route, statusCode, responseTime)
     })
   })
 }
@@ -127,18 +91,13 @@ export function runLoad (spec: LoadSpec, recorder = new Recorder()): Promise<{ r
 export function summarize (results: autocannon.Result[], recorder: Recorder, wallS: number): LoadResult {
   const statusCodes: Record<string, number> = {}
   let requests = 0
-  let errors = 0
-  let timeouts = 0
-  let non2xx = 0
   for (const result of results) {
-    errors += result.errors
-    timeouts += result.timeouts
-    non2xx += result.non2xx
     for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) {
       statusCodes[code] = (statusCodes[code] ?? 0) + (stat.count ?? 0)
       requests += stat.count ?? 0
     }
   }
+  const sum = (field: 'errors' | 'timeouts' | 'non2xx') => results.reduce((total, result) => total + result[field], 0)
   const durationS = Math.max(...results.map((r) => r.duration), 0) || wallS
   return {
     requests,
@@ -146,9 +105,9 @@ export function summarize (results: autocannon.Result[], recorder: Recorder, wal
     rps: requests / durationS,
     latency: recorder.all(),
     statusCodes,
-    non2xx,
-    errors,
-    timeouts,
-    perRoute: recorder.routes()
+    non2xx: sum('non2xx'),
+    errors: sum('errors'),
+    timeouts: sum('timeouts'),
+    perRoute: recorder.perRoute()
   }
 }

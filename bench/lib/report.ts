@@ -1,5 +1,7 @@
-// Results as data (JSON), as Markdown tables (printed and saved, ready to paste into the README) and the checks
-// that make `--quick` a CI smoke test.
+// Results as data (JSON), as Markdown tables (printed, saved beside the JSON, and the summary of the latest complete
+// run in docs/bench-latest.md) and the checks that make `--quick` a CI smoke test.
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { LoadResult, Percentiles } from './load.ts'
 import type { SampleResult } from './samplers.ts'
 
@@ -54,10 +56,11 @@ export function compare (c: Omit<Comparison, 'met'>): Comparison {
 
 const n0 = (v: number) => Math.round(v).toLocaleString('en-US')
 /** Counts and req/s as integers; small values (CPU ms) with their decimals. */
-const num = (v: number) => Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
+const num = (v: number | null) => v === null ? '-' : Math.abs(v) >= 100 || Number.isInteger(v) ? n0(v) : v.toFixed(3)
 // Saved JSON turns NaN (a percentile a tool does not report) into null.
 const ms = (v: number | null) => v === null || !Number.isFinite(v) ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)
-const fmtValue = (c: Comparison) => c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : num(c.value)
+// Saved JSON turns NaN (0 / 0 when a run completed nothing) into null too.
+const fmtValue = (c: Comparison) => c.value === null || !Number.isFinite(c.value) ? '-' : c.unit === 'ratio' ? `${c.value.toFixed(2)}x` : c.unit === 'ms' ? `${ms(c.value)} ms` : c.unit === 'req/s' ? `${n0(c.value)} req/s` : num(c.value)
 const fmtTarget = (c: Comparison) => c.target === undefined
   ? '(info)'
   : `${c.target.op} ${c.unit === 'ratio' ? `${c.target.value}x` : c.unit === 'ms' ? `${c.target.value} ms` : c.unit === 'req/s' ? `${n0(c.target.value)} req/s` : c.target.value}`
@@ -100,120 +103,89 @@ export interface Report {
   failures: string[]
 }
 
-export function markdown (report: Report): string {
+/** The whole report, or (`summary`) its scenarios, baselines, ratios and failures only. */
+export function markdown (report: Report, summary = false): string {
   const { runs, baselines, comparisons } = report
-  const out: string[] = []
   const meta = report.meta as { date: string, mode: string, commit?: string, sizes: Record<string, number>, machine: Record<string, unknown> }
-  out.push(`## ledger-api benchmark: ${meta.date} (${meta.mode}${meta.commit ? `, commit ${String(meta.commit).slice(0, 10)}` : ''})`)
-  out.push('')
-  out.push(`Data: ${n0(meta.sizes.users ?? 0)} users, ${n0(meta.sizes.bigUserTransactions ?? 0)} transactions on one user, ${n0(meta.sizes.posts ?? 0)} posts. ` +
-    `Machine: ${String(meta.machine.cpus)} cores, load average ${String(meta.machine.loadavg)} at start (other work shares these cores, so compare ratios, not absolutes).`)
-  out.push('')
-  out.push('### Scenarios')
-  out.push('')
-  out.push('CPU ms per request = CPU seconds used during the run / requests: `api` the API process, `db` PostgreSQL + PgBouncer, `stack` both plus Redis. ' +
-    'Unlike req/s, it barely depends on how much of the machine other work took, so it is the fairer cost comparison on a shared machine.')
-  out.push('')
-  out.push(table(
-    ['scenario', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'socket err / timeouts', 'peak PG conns', 'peak API RSS MB', 'cache hit share (app / Redis INFO)', 'CPU ms per request: api / db / stack', 'CPU cores: api / postgres / pgbouncer / redis / bench / others'],
-    runs.map((r) => {
-      const s = r.samples
-      const caches = s === undefined
-        ? ''
-        : Object.entries(s.appCache).filter(([, c]) => c.hit + c.miss > 0).map(([name, c]) => `${name} ${((c.hitShare ?? 0) * 100).toFixed(0)}%`).join(', ') || '-'
-      const redisShare = s?.redis.hitShare === null || s?.redis.hitShare === undefined ? '-' : `${(s.redis.hitShare * 100).toFixed(0)}%`
-      return [
-        r.label,
-        `${r.connections}${r.overallRate === undefined ? '' : ` @${r.overallRate}/s`}`,
-        n0(r.load.rps),
-        ms(r.load.latency.p50),
-        ms(r.load.latency.p99),
-        ms(r.load.latency.max),
-        statusText(r.load.statusCodes),
-        `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`,
-        s === undefined ? '' : String(s.peakPgConnections),
-        s === undefined ? '' : s.peakApiRssMb.toFixed(0),
-        s === undefined ? '' : `${caches} / ${redisShare}`,
-        r.sharedSamples === true ? '(shared with the run above)' : cpuCell(s, r.load.rps),
-        r.sharedSamples === true ? '' : cpuText(s?.cpu)
-      ]
-    })
-  ))
-  out.push('')
-  out.push('### Baselines (same run, same machine)')
-  out.push('')
-  out.push(table(
-    ['baseline', 'tool', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'CPU ms per request: server / db / stack', 'CPU cores: server / postgres / pgbouncer / redis / bench / others'],
-    baselines.map((b) => [
-      b.label, b.tool, String(b.connections), n0(b.rps),
-      b.latency === undefined ? '' : ms(b.latency.p50),
-      b.latency === undefined ? '' : ms(b.latency.p99),
-      b.latency === undefined ? '' : ms(b.latency.max),
-      String(b.errors),
-      cpuCell(b.samples, b.rps),
-      cpuText(b.samples?.cpu)
-    ])
-  ))
-  out.push('')
-  out.push('### Ratios and targets')
-  out.push('')
-  out.push(table(
-    ['check', 'measured', 'reference', 'result', 'target', 'met', 'note'],
-    comparisons.map((c) => [
-      c.label,
-      `${c.measured}: ${c.unit === 'ms' ? `${ms(c.measuredValue)} ms` : num(c.measuredValue)}`,
-      c.reference === '' ? '' : `${c.reference}: ${c.unit === 'ms' ? `${ms(c.referenceValue)} ms` : num(c.referenceValue)}`,
-      fmtValue(c),
-      fmtTarget(c),
-      c.met === undefined ? '' : c.met ? 'yes' : '**no**',
-      c.note
-    ])
-  ))
+  const lat = (l: Percentiles | undefined) => l === undefined ? ['', '', ''] : [ms(l.p50), ms(l.p99), ms(l.max)]
+  const percent = (share: number | null | undefined) => share === null || share === undefined ? '-' : `${(share * 100).toFixed(0)}%`
+  const out = [
+    `## ledger-api benchmark: ${meta.date} (${meta.mode}${meta.commit ? `, commit ${String(meta.commit).slice(0, 10)}` : ''})`,
+    '',
+    `Data: ${n0(meta.sizes.users ?? 0)} users, ${n0(meta.sizes.bigUserTransactions ?? 0)} transactions on one user, ${n0(meta.sizes.posts ?? 0)} posts. ` +
+    `Machine: ${String(meta.machine.cpus)} cores, load average ${String(meta.machine.loadavg)} at start (other work shares these cores, so compare ratios, not absolutes).`,
+    '',
+    '### Scenarios',
+    '',
+    'CPU ms per request = CPU seconds used during the run / requests: `api` the API process, `db` PostgreSQL + PgBouncer, `stack` both plus Redis. ' +
+    'Unlike req/s, it barely depends on how much of the machine other work took, so it is the fairer cost comparison on a shared machine.',
+    '',
+    table(
+      ['scenario', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'socket err / timeouts', 'peak PG conns', 'peak API RSS MB', 'cache hit share (app / Redis INFO)', 'CPU ms per request: api / db / stack', 'CPU cores: api / postgres / pgbouncer / redis / bench / others'],
+      runs.map((r) => {
+        const s = r.samples
+        const caches = s === undefined ? '' : Object.entries(s.appCache).filter(([, c]) => c.hit + c.miss > 0).map(([name, c]) => `${name} ${percent(c.hitShare ?? 0)}`).join(', ') || '-'
+        return [
+          r.label, `${r.connections}${r.overallRate === undefined ? '' : ` @${r.overallRate}/s`}`, n0(r.load.rps), ...lat(r.load.latency), statusText(r.load.statusCodes),
+          `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`, s === undefined ? '' : String(s.peakPgConnections), s === undefined ? '' : s.peakApiRssMb.toFixed(0),
+          s === undefined ? '' : `${caches} / ${percent(s.redis.hitShare)}`,
+          r.sharedSamples === true ? '(shared with the run above)' : cpuCell(s, r.load.rps), r.sharedSamples === true ? '' : cpuText(s?.cpu)
+        ]
+      })
+    ),
+    '',
+    '### Baselines (same run, same machine)',
+    '',
+    table(
+      ['baseline', 'tool', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'CPU ms per request: server / db / stack', 'CPU cores: server / postgres / pgbouncer / redis / bench / others'],
+      baselines.map((b) => [b.label, b.tool, String(b.connections), n0(b.rps), ...lat(b.latency), String(b.errors), cpuCell(b.samples, b.rps), cpuText(b.samples?.cpu)])
+    ),
+    '',
+    '### Ratios and targets',
+    '',
+    table(['check', 'measured', 'reference', 'result', 'target', 'met', 'note'], comparisons.map((c) => {
+      const value = (v: number) => c.unit === 'ms' ? `${ms(v)} ms` : num(v)
+      const met = c.met === undefined ? '' : c.met ? 'yes' : '**no**'
+      return [c.label, `${c.measured}: ${value(c.measuredValue)}`, c.reference === '' ? '' : `${c.reference}: ${value(c.referenceValue)}`, fmtValue(c), fmtTarget(c), met, c.note]
+    }))
+  ]
+  if (summary) {
+    if (report.failures.length > 0) out.push('', '### Failures', '', ...report.failures.map((failure) => `- ${failure}`))
+    return out.join('\n') + '\n'
+  }
   const tripped = runs.filter((r) => r.sharedSamples !== true && r.load.requests > 0 && r.samples?.roundTrips !== undefined)
   if (tripped.length > 0) {
-    out.push('')
-    out.push('### Round trips per request')
-    out.push('')
-    out.push('Calls that reached Redis (INFO commandstats, by command; the commands a Lua script runs are counted besides its EVALSHA) and PostgreSQL (commits + rollbacks of the bench database) during the run, divided by the requests completed; background work (polls, jobs) is included.')
-    out.push('')
+    out.push('', '### Round trips per request', '', 'Calls that reached Redis (INFO commandstats, by command; the commands a Lua script runs are counted besides its EVALSHA) and ' +
+      'PostgreSQL (commits + rollbacks of the bench database) during the run, divided by the requests completed; background work (polls, jobs) is included.', '')
     out.push(table(['scenario', 'Redis commands (scripts\' included)', 'by command', 'PostgreSQL transactions'], tripped.map((r) => {
       const trips = r.samples!.roundTrips
       const per = (n: number) => (n / r.load.requests).toFixed(3)
       const commands = Object.entries(trips.redisCommands).sort(([, a], [, b]) => b - a)
-      return [
-        r.label,
-        per(commands.reduce((sum, [, calls]) => sum + calls, 0)),
-        commands.slice(0, 6).map(([command, calls]) => `${command} ${per(calls)}`).join(', ') || '-',
-        trips.pgTransactions === undefined ? '-' : per(trips.pgTransactions)
-      ]
+      const byCommand = commands.slice(0, 6).map(([command, calls]) => `${command} ${per(calls)}`).join(', ') || '-'
+      return [r.label, per(commands.reduce((sum, [, calls]) => sum + calls, 0)), byCommand, trips.pgTransactions === undefined ? '-' : per(trips.pgTransactions)]
     })))
   }
   const routed = runs.filter((r) => Object.keys(r.load.perRoute).length > 1)
   if (routed.length > 0) {
-    out.push('')
-    out.push('### Per route (client-side latency; server-side mean from the API\'s own histogram)')
-    out.push('')
-    const rows: string[][] = []
-    for (const r of routed) {
-      for (const [route, stats] of Object.entries(r.load.perRoute)) {
-        const server = Object.entries(r.samples?.serverRoutes ?? {})
-          .filter(([key]) => key.startsWith(`${route.split(' ').slice(0, 2).join(' ')} `))
-        const count = server.reduce((s, [, v]) => s + v.count, 0)
-        const mean = count === 0 ? undefined : server.reduce((s, [, v]) => s + v.meanMs * v.count, 0) / count
-        rows.push([r.label, route, n0(stats.count / r.load.durationS), ms(stats.p50), ms(stats.p99), ms(stats.max), statusText(stats.statusCodes), mean === undefined ? '' : ms(mean)])
-      }
-    }
-    out.push(table(['scenario', 'route', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'server mean ms'], rows))
+    out.push('', '### Per route (client-side latency; server-side mean from the API\'s own histogram)', '')
+    out.push(table(['scenario', 'route', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'non-2xx', 'server mean ms'], routed.flatMap((r) => Object.entries(r.load.perRoute).map(([route, stats]) => {
+      const server = Object.entries(r.samples?.serverRoutes ?? {}).filter(([key]) => key.startsWith(`${route.split(' ').slice(0, 2).join(' ')} `)).map(([, v]) => v)
+      const count = server.reduce((s, v) => s + v.count, 0)
+      const mean = count === 0 ? '' : ms(server.reduce((s, v) => s + v.meanMs * v.count, 0) / count)
+      return [r.label, route, n0(stats.count / r.load.durationS), ...lat(stats), statusText(stats.statusCodes), mean]
+    }))))
   }
-  const notes = runs.filter((r) => r.notes.length > 0)
-  if (notes.length > 0 || report.failures.length > 0) {
-    out.push('')
-    out.push('### Notes')
-    out.push('')
-    for (const r of notes) for (const note of r.notes) out.push(`- ${r.label}: ${note}`)
-    for (const failure of report.failures) out.push(`- FAILURE: ${failure}`)
-  }
+  const notes = runs.flatMap((r) => r.notes.map((note) => `- ${r.label}: ${note}`))
+  if (notes.length > 0 || report.failures.length > 0) out.push('', '### Notes', '', ...notes, ...report.failures.map((failure) => `- FAILURE: ${failure}`))
   return out.join('\n') + '\n'
+}
+
+/** Writes <dir>/<stamp>.json (every number) and <dir>/<stamp>.md (the tables); returns the Markdown. */
+export function writeReport (report: Report, dir: string, stamp: string, json = true): string {
+  const md = markdown(report)
+  if (json) writeFileSync(join(dir, `${stamp}.json`), JSON.stringify(report, null, 1) + '\n')
+  writeFileSync(join(dir, `${stamp}.md`), md)
+  return md
 }
 
 /** What fails `--quick` in CI: socket errors, timeouts and 5xx anywhere (never speed). */

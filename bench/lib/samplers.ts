@@ -41,49 +41,34 @@ export interface SampleResult {
   roundTrips: { redisCommands: Record<string, number>, pgTransactions: number | undefined }
 }
 
-function readTicks (pid: number): number {
+/** The fields of /proc/<pid>/stat after the command name (which may contain spaces), or [] once it is gone. */
+function procStat (pid: number | string): string[] {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // The command name may contain spaces; the fields after its closing parenthesis are fixed.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return Number(fields[11]) + Number(fields[12])
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   } catch {
-    return 0
+    return []
   }
 }
-
-function childrenOf (parent: number): number[] {
-  const pids: number[] = []
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      if (Number(fields[1]) === parent) pids.push(Number(entry))
-    } catch {}
-  }
-  return pids
-}
+const readTicks = (pid: number) => { const f = procStat(pid); return f.length === 0 ? 0 : Number(f[11]) + Number(f[12]) }
+const childrenOf = (parent: number) => readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && Number(procStat(entry)[1]) === parent).map(Number)
 
 function machineBusyTicks (): { busy: number, total: number } {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
-  const values = line.trim().split(/\s+/).slice(1).map(Number)
+  const values = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number)
   const total = values.reduce((a, b) => a + b, 0)
-  const idle = (values[3] ?? 0) + (values[4] ?? 0)
-  return { busy: total - idle, total }
+  return { busy: total - (values[3] ?? 0) - (values[4] ?? 0), total }
 }
 
 function rssMb (pid: number): number {
   try {
-    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-    return match?.[1] === undefined ? 0 : Number(match[1]) / 1024
+    return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024
   } catch {
     return 0
   }
 }
 
-/** Prometheus text format to a map of `name{labels}` -> value (only what this bench reads). */
-export function parseMetrics (text: string): Map<string, number> {
+/** Prometheus text format to a map of `name{labels}` -> value. */
+function parseMetrics (text: string): Map<string, number> {
   const out = new Map<string, number>()
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue
@@ -93,228 +78,142 @@ export function parseMetrics (text: string): Map<string, number> {
   return out
 }
 
-function labelsOf (series: string): Record<string, string> {
-  const labels: Record<string, string> = {}
-  const open = series.indexOf('{')
-  if (open < 0) return labels
-  for (const match of series.slice(open + 1, -1).matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[match[1]!] = match[2]!
-  return labels
-}
-
-/** Each series of `name` with its increase between two scrapes. */
-function deltasOf (first: Map<string, number>, last: Map<string, number>, name: string): Array<{ labels: Record<string, string>, value: number }> {
-  const out = []
+/** Each series of `name` with its labels and its increase between two scrapes. */
+function deltasOf (first: Map<string, number>, last: Map<string, number>, name: string) {
+  const out: Array<{ labels: Record<string, string>, value: number }> = []
   for (const [series, value] of last) {
-    if (series === name || series.startsWith(`${name}{`)) out.push({ labels: labelsOf(series), value: value - (first.get(series) ?? 0) })
+    if (series !== name && !series.startsWith(`${name}{`)) continue
+    const labels: Record<string, string> = {}
+    for (const match of series.slice(name.length + 1, -1).matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[match[1]!] = match[2]!
+    out.push({ labels, value: value - (first.get(series) ?? 0) })
   }
   return out
 }
 
-interface Snapshot {
-  at: number
-  ticks: Record<string, number>
-  machine: { busy: number, total: number }
-  benchCpuUs: number
-  redisCpuS: number
-  redisHits: number
-  redisMisses: number
-  redisCommands: Record<string, number>
-  pgTransactions: number | undefined
-  metrics: Map<string, number>
-}
+const redisField = (info: string, field: string) => Number(new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0)
 
-/** `cmdstat_evalsha:calls=12,usec=...` lines to calls by command (INFO itself left out: the sampler sends it). */
-function redisCommandCalls (info: string): Record<string, number> {
-  const calls: Record<string, number> = {}
-  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) if (match[1] !== 'info') calls[match[1]!] = Number(match[2])
-  return calls
-}
+export interface SamplerOptions { admin: postgres.Sql, database: string, redis: Redis, metricsUrl?: string, metricsToken?: string, groups: ProcessGroups }
 
-function redisField (info: string, field: string): number {
-  const match = new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)
-  return match?.[1] === undefined ? 0 : Number(match[1])
-}
+/** Starts sampling; `stop()` returns what happened between the two. */
+export async function startSampler (options: SamplerOptions): Promise<{ stop: () => Promise<SampleResult> }> {
+  const { admin, database, redis, metricsUrl, groups } = options
+  const headers: Record<string, string> = options.metricsToken === undefined ? {} : { authorization: `Bearer ${options.metricsToken}` }
+  const peak = { pg: 0, rss: 0, dbInFlight: 0, httpInFlight: 0 }
+  const busy = { pg: false, metrics: false }
 
-export class Sampler {
-  private timer: NodeJS.Timeout | undefined
-  private slowTimer: NodeJS.Timeout | undefined
-  private peakPg = 0
-  private peakRss = 0
-  private peakDbInFlight = 0
-  private peakHttpInFlight = 0
-  private pgBusy = false
-  private metricsBusy = false
-  private first: Snapshot | undefined
-  private readonly admin: postgres.Sql
-  private readonly database: string
-  private readonly redis: Redis
-  private readonly metricsUrl: string | undefined
-  private readonly metricsHeaders: Record<string, string>
-  private readonly groups: ProcessGroups
-
-  constructor (options: { admin: postgres.Sql, database: string, redis: Redis, metricsUrl?: string, metricsToken?: string, groups: ProcessGroups }) {
-    this.admin = options.admin
-    this.database = options.database
-    this.redis = options.redis
-    this.metricsUrl = options.metricsUrl
-    this.metricsHeaders = options.metricsToken === undefined ? {} : { authorization: `Bearer ${options.metricsToken}` }
-    this.groups = options.groups
-  }
-
-  private ticks (): Record<string, number> {
-    const ticks: Record<string, number> = {}
-    const api = this.groups.apiPid()
-    if (api !== undefined) ticks.api = readTicks(api)
-    const postmaster = this.groups.postmasterPid
-    if (postmaster !== undefined) {
-      ticks.postgres = readTicks(postmaster) + childrenOf(postmaster).reduce((sum, pid) => sum + readTicks(pid), 0)
-    }
-    if (this.groups.pgbouncerPid !== undefined) ticks.pgbouncer = readTicks(this.groups.pgbouncerPid)
-    return ticks
-  }
-
-  private async metrics (): Promise<Map<string, number>> {
-    if (this.metricsUrl === undefined) return new Map()
+  const metrics = async () => {
+    if (metricsUrl === undefined) return new Map<string, number>()
     try {
-      const response = await fetch(this.metricsUrl, { headers: this.metricsHeaders, signal: AbortSignal.timeout(2000) })
-      return parseMetrics(await response.text())
+      return parseMetrics(await (await fetch(metricsUrl, { headers, signal: AbortSignal.timeout(2000) })).text())
     } catch {
-      return new Map()
+      return new Map<string, number>()
     }
   }
-
-  private async snapshot (): Promise<Snapshot> {
-    const [stats, cpu, commands, pgTransactions, metrics] = await Promise.all([
-      this.redis.info('stats'), this.redis.info('cpu'), this.redis.info('commandstats'), this.pgTransactions(), this.metrics()
-    ])
-    return {
-      at: performance.now(),
-      ticks: this.ticks(),
-      machine: machineBusyTicks(),
-      benchCpuUs: process.cpuUsage().user + process.cpuUsage().system,
-      redisCpuS: redisField(cpu, 'used_cpu_sys') + redisField(cpu, 'used_cpu_user'),
-      redisHits: redisField(stats, 'keyspace_hits'),
-      redisMisses: redisField(stats, 'keyspace_misses'),
-      redisCommands: redisCommandCalls(commands),
-      pgTransactions,
-      metrics
-    }
-  }
-
-  private async pgTransactions (): Promise<number | undefined> {
+  const pgTransactions = async () => {
     try {
-      const [row] = await this.admin<{ n: string }[]>`
-        select (xact_commit + xact_rollback)::text as n from pg_stat_database where datname = ${this.database}`
+      const [row] = await admin<{ n: string }[]>`select (xact_commit + xact_rollback)::text as n from pg_stat_database where datname = ${database}`
       return row === undefined ? undefined : Number(row.n)
     } catch {
       return undefined
     }
   }
-
-  private async samplePg () {
-    if (this.pgBusy) return
-    this.pgBusy = true
-    try {
-      const [row] = await this.admin<{ n: number }[]>`
-        select count(*)::int as n from pg_stat_activity
-         where backend_type = 'client backend' and datname = ${this.database}`
-      this.peakPg = Math.max(this.peakPg, row?.n ?? 0)
-    } catch {} finally {
-      this.pgBusy = false
-    }
-  }
-
-  private async sampleMetrics () {
-    if (this.metricsBusy || this.metricsUrl === undefined) return
-    this.metricsBusy = true
-    try {
-      const metrics = await this.metrics()
-      this.peakDbInFlight = Math.max(this.peakDbInFlight, metrics.get('ledger_db_statements_in_flight') ?? 0)
-      this.peakHttpInFlight = Math.max(this.peakHttpInFlight, metrics.get('ledger_http_requests_in_flight') ?? 0)
-    } finally {
-      this.metricsBusy = false
-    }
-  }
-
-  async start () {
-    this.first = await this.snapshot()
-    this.timer = setInterval(() => {
-      this.samplePg().catch(() => {})
-      const pid = this.groups.apiPid()
-      if (pid !== undefined) this.peakRss = Math.max(this.peakRss, rssMb(pid))
-    }, 200)
-    this.slowTimer = setInterval(() => { this.sampleMetrics().catch(() => {}) }, 1000)
-  }
-
-  async stop (): Promise<SampleResult> {
-    clearInterval(this.timer)
-    clearInterval(this.slowTimer)
-    const first = this.first
-    if (first === undefined) throw new Error('Sampler.stop() before start()')
-    const last = await this.snapshot()
-    const wallS = (last.at - first.at) / 1000
-    const cores = (ticks: number) => ticks / CLOCK_TICKS / wallS
-    const cpu: Record<string, number> = {}
-    for (const [name, value] of Object.entries(last.ticks)) cpu[name] = cores(value - (first.ticks[name] ?? 0))
-    cpu.redis = (last.redisCpuS - first.redisCpuS) / wallS
-    cpu.bench = (last.benchCpuUs - first.benchCpuUs) / 1e6 / wallS
-    const machineTotal = last.machine.total - first.machine.total
-    // /proc/stat counts every core: busy share of all cores times the number of cores = cores busy.
-    cpu.machine = machineTotal > 0 ? (last.machine.busy - first.machine.busy) / machineTotal * availableParallelism() : 0
-    cpu.others = Math.max(0, cpu.machine - Object.entries(cpu).filter(([k]) => k !== 'machine').reduce((s, [, v]) => s + v, 0))
-
-    const deltas = (name: string) => deltasOf(first.metrics, last.metrics, name)
-    const appCache: SampleResult['appCache'] = {}
-    for (const { labels, value } of deltas('ledger_cache_requests_total')) {
-      const cache = labels.cache ?? '?'
-      const entry = appCache[cache] ?? { hit: 0, miss: 0, hitShare: null }
-      if (labels.result === 'hit') entry.hit += value
-      else entry.miss += value
-      entry.hitShare = entry.hit + entry.miss > 0 ? entry.hit / (entry.hit + entry.miss) : null
-      appCache[cache] = entry
-    }
-
-    const grouped = (name: string, key: (labels: Record<string, string>) => string) => {
-      const sums = new Map<string, { sum: number, count: number }>()
-      for (const [suffix, field] of [['_count', 'count'], ['_sum', 'sum']] as const) {
-        for (const { labels, value } of deltas(`${name}${suffix}`)) {
-          const k = key(labels)
-          const entry = sums.get(k) ?? { sum: 0, count: 0 }
-          entry[field] += value
-          sums.set(k, entry)
-        }
-      }
-      const out: Record<string, { count: number, meanMs: number }> = {}
-      for (const [k, { sum, count }] of sums) if (count > 0) out[k] = { count, meanMs: sum / count * 1000 }
-      return out
-    }
-
-    const dependencyErrors: Record<string, number> = {}
-    for (const { labels, value } of deltas('ledger_dependency_errors_total')) {
-      if (value > 0) dependencyErrors[`${labels.dependency}/${labels.operation}`] = value
-    }
-
+  const snapshot = async () => {
+    const [stats, cpu, commands, transactions, scraped] = await Promise.all([redis.info('stats'), redis.info('cpu'), redis.info('commandstats'), pgTransactions(), metrics()])
+    const ticks: Record<string, number> = {}
+    const api = groups.apiPid()
+    if (api !== undefined) ticks.api = readTicks(api)
+    if (groups.postmasterPid !== undefined) ticks.postgres = readTicks(groups.postmasterPid) + childrenOf(groups.postmasterPid).reduce((sum, pid) => sum + readTicks(pid), 0)
+    if (groups.pgbouncerPid !== undefined) ticks.pgbouncer = readTicks(groups.pgbouncerPid)
+    const benchCpu = process.cpuUsage()
+    // `cmdstat_evalsha:calls=12,usec=...` lines; INFO itself left out (the sampler sends it).
     const redisCommands: Record<string, number> = {}
-    for (const [command, calls] of Object.entries(last.redisCommands)) {
-      const delta = calls - (first.redisCommands[command] ?? 0)
-      if (delta > 0) redisCommands[command] = delta
-    }
-    const pgTransactions = first.pgTransactions === undefined || last.pgTransactions === undefined ? undefined : last.pgTransactions - first.pgTransactions
-
-    const hits = last.redisHits - first.redisHits
-    const misses = last.redisMisses - first.redisMisses
+    for (const match of commands.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) if (match[1] !== 'info') redisCommands[match[1]!] = Number(match[2])
     return {
-      peakPgConnections: this.peakPg,
-      peakApiRssMb: this.peakRss,
-      cpu,
-      redis: { keyspaceHits: hits, keyspaceMisses: misses, hitShare: hits + misses > 0 ? hits / (hits + misses) : null },
-      appCache,
-      peakDbStatementsInFlight: this.peakDbInFlight,
-      peakHttpInFlight: this.peakHttpInFlight,
-      serverRoutes: grouped('ledger_http_request_duration_seconds', (l) => `${l.method} ${l.route} ${l.status_code}`),
-      sqlStatements: grouped('ledger_db_query_duration_seconds', (l) => `${l.statement}${l.outcome === 'ok' ? '' : ` (${l.outcome})`}`),
-      dependencyErrors,
-      roundTrips: { redisCommands, pgTransactions }
+      at: performance.now(),
+      ticks,
+      machine: machineBusyTicks(),
+      benchCpuUs: benchCpu.user + benchCpu.system,
+      redisCpuS: redisField(cpu, 'used_cpu_sys') + redisField(cpu, 'used_cpu_user'),
+      redisHits: redisField(stats, 'keyspace_hits'),
+      redisMisses: redisField(stats, 'keyspace_misses'),
+      redisCommands,
+      pgTransactions: transactions,
+      metrics: scraped
+    }
+  }
+
+  const first = await snapshot()
+  const timer = setInterval(() => {
+    if (!busy.pg) {
+      busy.pg = true
+      admin<{ n: number }[]>`select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and datname = ${database}`
+        .then(([row]) => { peak.pg = Math.max(peak.pg, row?.n ?? 0) }, () => {}).finally(() => { busy.pg = false })
+    }
+    const pid = groups.apiPid()
+    if (pid !== undefined) peak.rss = Math.max(peak.rss, rssMb(pid))
+  }, 200)
+  const slowTimer = setInterval(() => {
+    if (busy.metrics || metricsUrl === undefined) return
+    busy.metrics = true
+    metrics().then((scraped) => {
+      peak.dbInFlight = Math.max(peak.dbInFlight, scraped.get('ledger_db_statements_in_flight') ?? 0)
+      peak.httpInFlight = Math.max(peak.httpInFlight, scraped.get('ledger_http_requests_in_flight') ?? 0)
+    }).finally(() => { busy.metrics = false }).catch(() => {})
+  }, 1000)
+
+  return {
+    async stop (): Promise<SampleResult> {
+      clearInterval(timer)
+      clearInterval(slowTimer)
+      const last = await snapshot()
+      const wallS = (last.at - first.at) / 1000
+      const cpu: Record<string, number> = {}
+      for (const [name, value] of Object.entries(last.ticks)) cpu[name] = (value - (first.ticks[name] ?? 0)) / CLOCK_TICKS / wallS
+      cpu.redis = (last.redisCpuS - first.redisCpuS) / wallS
+      cpu.bench = (last.benchCpuUs - first.benchCpuUs) / 1e6 / wallS
+      // /proc/stat counts every core: busy share of all cores times the number of cores = cores busy.
+      const machineTotal = last.machine.total - first.machine.total
+      cpu.machine = machineTotal > 0 ? (last.machine.busy - first.machine.busy) / machineTotal * availableParallelism() : 0
+      cpu.others = Math.max(0, cpu.machine - Object.entries(cpu).filter(([k]) => k !== 'machine').reduce((s, [, v]) => s + v, 0))
+
+      const deltas = (name: string) => deltasOf(first.metrics, last.metrics, name)
+      const share = (hit: number, miss: number) => hit + miss > 0 ? hit / (hit + miss) : null
+      const appCache: SampleResult['appCache'] = {}
+      for (const { labels, value } of deltas('ledger_cache_requests_total')) {
+        const entry = appCache[labels.cache ?? '?'] ??= { hit: 0, miss: 0, hitShare: null }
+        entry[labels.result === 'hit' ? 'hit' : 'miss'] += value
+        entry.hitShare = share(entry.hit, entry.miss)
+      }
+      /** Mean (ms) and count of a histogram's series grouped by `key`. */
+      const grouped = (name: string, key: (labels: Record<string, string>) => string) => {
+        const sums = new Map<string, { sum: number, count: number }>()
+        for (const field of ['count', 'sum'] as const) {
+          for (const { labels, value } of deltas(`${name}_${field}`)) {
+            const entry = sums.get(key(labels)) ?? { sum: 0, count: 0 }
+            entry[field] += value
+            sums.set(key(labels), entry)
+          }
+        }
+        return Object.fromEntries([...sums].filter(([, v]) => v.count > 0).map(([k, { sum, count }]) => [k, { count, meanMs: sum / count * 1000 }]))
+      }
+      const dependencyErrors = Object.fromEntries(deltas('ledger_dependency_errors_total').filter(({ value }) => value > 0)
+        .map(({ labels, value }) => [`${labels.dependency}/${labels.operation}`, value]))
+      const redisCommands = Object.fromEntries(Object.entries(last.redisCommands).map(([command, calls]) => [command, calls - (first.redisCommands[command] ?? 0)]).filter(([, delta]) => Number(delta) > 0))
+      const hits = last.redisHits - first.redisHits
+      const misses = last.redisMisses - first.redisMisses
+      return {
+        peakPgConnections: peak.pg,
+        peakApiRssMb: peak.rss,
+        cpu,
+        redis: { keyspaceHits: hits, keyspaceMisses: misses, hitShare: share(hits, misses) },
+        appCache,
+        peakDbStatementsInFlight: peak.dbInFlight,
+        peakHttpInFlight: peak.httpInFlight,
+        serverRoutes: grouped('ledger_http_request_duration_seconds', (l) => `${l.method} ${l.route} ${l.status_code}`),
+        sqlStatements: grouped('ledger_db_query_duration_seconds', (l) => `${l.statement}${l.outcome === 'ok' ? '' : ` (${l.outcome})`}`),
+        dependencyErrors,
+        roundTrips: { redisCommands, pgTransactions: first.pgTransactions === undefined || last.pgTransactions === undefined ? undefined : last.pgTransactions - first.pgTransactions }
+      }
     }
   }
 }

@@ -7,10 +7,7 @@ import Fastify from 'fastify'
 import { clientClaims, signOptions, userClaims, type AuthOptions, type Scope, type Tier } from '../../plugins/auth.ts'
 import { tagRoute } from './load.ts'
 
-export interface Caller {
-  id: string
-  token: string
-}
+export interface Caller { id: string, token: string }
 
 async function sign<T> (options: AuthOptions, subjects: T[], claims: (subject: T) => { sub: string, scope: string }): Promise<string[]> {
   const app = Fastify({ logger: false })
@@ -31,6 +28,14 @@ export const signTokens = (options: AuthOptions, users: Array<{ id: string, tier
 export const signClientTokens = (options: AuthOptions, clients: Array<{ id: string, scopes: Scope[] }>) => sign(options, clients, clientClaims)
 
 const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!
+/** A caller other than `caller`. */
+const other = (callers: readonly Caller[], caller: Caller) => {
+  let to = pick(callers)
+  while (to.id === caller.id) to = pick(callers)
+  return to
+}
+const get = (request: autocannon.Request, caller: Caller, path: string) =>
+  ({ ...request, method: 'GET', path, headers: { authorization: `Bearer ${caller.token}` }, body: '' }) as autocannon.Request
 
 export type MixedRoute = 'GET /users/:id' | 'GET /transactions' | 'GET /feed' | 'POST /transactions'
 export type PostKind = 'deposit' | 'withdrawal' | 'transfer'
@@ -39,61 +44,28 @@ export interface TrafficWorld {
   callers: Caller[]
   /** The service client that posts deposits and withdrawals for the callers. */
   funder: Caller
-  /** Prefix that makes every Idempotency-Key of this run unique. */
+  /** Prefix that makes every Idempotency-Key of this run unique, and the count of keys used so far. */
   keyPrefix: string
+  keys: number
 }
-
-let keyCounter = 0
 
 /** A transfer from `caller` to another caller, or a deposit or withdrawal for `caller` posted by the funder. */
-function postTransaction (world: TrafficWorld, caller: Caller, kinds: readonly PostKind[]): Partial<autocannon.Request> {
+function postTransaction (request: autocannon.Request, world: TrafficWorld, caller: Caller, kinds: readonly PostKind[]): autocannon.Request {
   const kind = pick(kinds)
-  const key = `${world.keyPrefix}-${++keyCounter}`
-  const body: Record<string, unknown> = { kind, amount: 1 + Math.floor(Math.random() * 100), currency: 'USD' }
-  let poster = caller
-  if (kind === 'transfer') {
-    let to = pick(world.callers)
-    while (to.id === caller.id) to = pick(world.callers)
-    body.toUserId = to.id
-  } else {
-    poster = world.funder
-    body.userId = caller.id
-    body.reference = key
-  }
-  return {
-    method: 'POST',
-    path: '/transactions',
-    headers: {
-      authorization: `Bearer ${poster.token}`,
-      'content-type': 'application/json',
-      'idempotency-key': key
-    },
-    body: JSON.stringify(body)
-  }
+  const key = `${world.keyPrefix}-${++world.keys}`
+  const amount = 1 + Math.floor(Math.random() * 100)
+  const body = kind === 'transfer'
+    ? { kind, amount, currency: 'USD', toUserId: other(world.callers, caller).id }
+    : { kind, amount, currency: 'USD', userId: caller.id, reference: key }
+  const poster = kind === 'transfer' ? caller : world.funder
+  const headers = { authorization: `Bearer ${poster.token}`, 'content-type': 'application/json', 'idempotency-key': key }
+  return { ...request, method: 'POST', path: '/transactions', headers, body: JSON.stringify(body) } as autocannon.Request
 }
 
-function getRoute (route: Exclude<MixedRoute, 'POST /transactions'>, world: TrafficWorld, caller: Caller, query = ''): Partial<autocannon.Request> {
-  let path: string
-  if (route === 'GET /users/:id') {
-    // Someone else's profile: the caller's own is read from the database (it includes the email) and never cached.
-    let other = pick(world.callers)
-    while (other.id === caller.id) other = pick(world.callers)
-    path = `/users/${other.id}`
-  } else {
-    path = route === 'GET /feed' ? '/feed' : '/transactions'
-  }
-  return { method: 'GET', path: `${path}${query}`, headers: { authorization: `Bearer ${caller.token}` }, body: '' }
-}
-
-export const MIXED_WEIGHTS: ReadonlyArray<[MixedRoute, number]> = [
-  ['GET /users/:id', 0.3],
-  ['GET /transactions', 0.25],
-  ['GET /feed', 0.25],
-  ['POST /transactions', 0.2]
-]
+export const MIXED_WEIGHTS: ReadonlyArray<[MixedRoute, number]> = [['GET /users/:id', 0.3], ['GET /transactions', 0.25], ['GET /feed', 0.25], ['POST /transactions', 0.2]]
 
 /** One request entry whose setupRequest draws a route by weight and a random caller, for every request. */
-export function mixedRequests (world: TrafficWorld, weights: ReadonlyArray<[MixedRoute, number]> = MIXED_WEIGHTS, kinds: readonly PostKind[] = ['deposit', 'withdrawal', 'transfer', 'transfer']): autocannon.Request[] {
+export function mixedRequests (world: TrafficWorld, weights = MIXED_WEIGHTS, kinds: readonly PostKind[] = ['deposit', 'withdrawal', 'transfer', 'transfer']): autocannon.Request[] {
   const total = weights.reduce((sum, [, w]) => sum + w, 0)
   return [{
     setupRequest: (request, context) => {
@@ -105,8 +77,9 @@ export function mixedRequests (world: TrafficWorld, weights: ReadonlyArray<[Mixe
       }
       tagRoute(context, route)
       const caller = pick(world.callers)
-      const spec = route === 'POST /transactions' ? postTransaction(world, caller, kinds) : getRoute(route, world, caller)
-      return { ...request, ...spec } as autocannon.Request
+      if (route === 'POST /transactions') return postTransaction(request, world, caller, kinds)
+      // Someone else's profile: the caller's own is read from the database (it includes the email) and never cached.
+      return get(request, caller, route === 'GET /users/:id' ? `/users/${other(world.callers, caller).id}` : route === 'GET /feed' ? '/feed' : '/transactions')
     }
   }]
 }
@@ -117,7 +90,7 @@ export function getRequests (callers: Caller[], path: (caller: Caller) => string
     setupRequest: (request, context) => {
       tagRoute(context, route)
       const caller = pick(callers)
-      return { ...request, method: 'GET', path: path(caller), headers: { authorization: `Bearer ${caller.token}` }, body: '' } as autocannon.Request
+      return get(request, caller, path(caller))
     }
   }]
 }
@@ -128,8 +101,7 @@ export function sequentialGets (caller: Caller, paths: string[], route: string):
   return [{
     setupRequest: (request, context) => {
       tagRoute(context, route)
-      const path = paths[next++ % paths.length]!
-      return { ...request, method: 'GET', path, headers: { authorization: `Bearer ${caller.token}` }, body: '' } as autocannon.Request
+      return get(request, caller, paths[next++ % paths.length]!)
     }
   }]
 }
