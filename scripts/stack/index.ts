@@ -160,7 +160,11 @@ async function stopCluster (ctx: Ctx) {
 }
 
 async function startCluster (ctx: Ctx) {
-  for (const port of clusterPorts(ctx.l)) if (pidOf(ctx.l, `cluster-${port}`) === undefined) await clusterNode(port).launch(ctx)
+  for (const port of clusterPorts(ctx.l)) {
+    const pid = pidOf(ctx.l, `cluster-${port}`)
+    if (pid === undefined) await clusterNode(port).launch(ctx)
+    else log(`cluster node :${port} already running (pid ${pid})`)
+  }
   for (const port of clusterPorts(ctx.l)) {
     const up = () => waitFor(READY_TIMEOUT, () => clusterNode(port).ready(ctx), (i) => i >= 20 && pidOf(ctx.l, `cluster-${port}`) === undefined)
     if (await up()) continue

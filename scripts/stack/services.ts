@@ -1,9 +1,9 @@
 // The stack's services as a table: each one's binary, configuration, start, readiness check and stop. Generic
 // start/stop around the table (already running? port free? ready in time? gone in time?) live in index.ts.
-import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidFilePort, pidOf, PROJECT, type PortVar } from './layout.ts'
-import { die, IS_ROOT, log, portInUse, run, runAs, type Run, SVC_USER, which } from './proc.ts'
+import { die, IS_ROOT, log, portInUse, procComm, run, runAs, type Run, sleep, SVC_USER, which } from './proc.ts'
 
 // The owner (migrations, tools: DATABASE_DIRECT_URL) and the API's restricted role (DATABASE_URL, via PgBouncer).
 export const DB_USER = 'ledger'
@@ -20,7 +20,7 @@ const OTHER_TOOLS = { pgbouncer: '/usr/sbin/pgbouncer', 'redis-server': '/usr/bi
 export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS | 'pg_basebackup', string>
 export interface Ctx { l: Layout, bins: Bins }
 
-const executable = (file: string) => existsSync(file) ? file : undefined
+const executable = (file: string) => { try { accessSync(file, constants.X_OK); return file } catch { return undefined } }
 const version = (dir: string) => (/postgresql\/(\d+)\//.exec(dir)?.[1] ?? '0').padStart(4, '0')
 
 /** The server tools' folder: the existing cluster's major version (only it can start that cluster), else the
@@ -129,8 +129,8 @@ async function clearStalePostmasterPid ({ l }: Ctx) {
   if (!Number.isInteger(old) || old <= 0) return
   for (let i = 0; i < 100; i++) {
     try { process.kill(old, 0) } catch { return }
-    if (existsSync(`/proc/${old}`) && !readFileSync(`/proc/${old}/stat`, 'utf8').includes(') Z')) break
-    await new Promise((resolve) => setTimeout(resolve, 100))
+    if (procComm(old) !== undefined) break
+    await sleep(100)
   }
   log(`removing stale ${file} (pid ${old} is not our postgres)`)
   run('rm', ['-f', file])
@@ -235,8 +235,8 @@ export interface Service {
   stop?: (ctx: Ctx, pid: number) => void
 }
 
-const restartHint = (name: string, v: PortVar, what: string) =>
-  die(`${name} is running ${what} but ${v} is different; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
+const restartHint = (l: Layout, name: string, v: PortVar, what: string) =>
+  die(`${name} ${what} but ${v} is ${l.ports[v]}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
 
 export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Service> = {
   postgres: {
@@ -255,7 +255,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       startedOrDie(ctx, 'postgres', runAs(l.dir, bins.pg_ctl, ['-D', l.pgData, '-p', bins.postgres, '-l', logFile(l, 'postgres'), '-w', '-t', String(READY_TIMEOUT), 'start'], { progress: true }))
     },
     ready: ({ l, bins }) => run(bins.pg_isready, ['-q', '-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-d', 'postgres']).ok,
-    running: ({ l }, pid) => { if (pidFilePort(l, 'postgres') !== l.ports.STACK_PG_PORT) restartHint('postgres', 'STACK_PG_PORT', `(pid ${pid}) on port ${pidFilePort(l, 'postgres')}`) },
+    running: ({ l }, pid) => { if (pidFilePort(l, 'postgres') !== l.ports.STACK_PG_PORT) restartHint(l, 'postgres', 'STACK_PG_PORT', `(pid ${pid}) is running on port ${pidFilePort(l, 'postgres')}`) },
     prepare: ensureDatabases,
     stop: (ctx, pid) => pgStop(ctx.l.pgData)(ctx, pid)
   },
@@ -272,7 +272,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
     ready: (ctx) => query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, 'pgbouncer', DB_USER, 'show version') !== undefined &&
       (pidOf(ctx.l, 'postgres') === undefined || query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, DB_USER, DB_USER, 'select 1') === '1'),
     async running ({ l }, pid) {
-      if (!(await portInUse(l.ports.STACK_PGBOUNCER_PORT))) restartHint('pgbouncer', 'STACK_PGBOUNCER_PORT', `(pid ${pid}) on another port`)
+      if (!(await portInUse(l.ports.STACK_PGBOUNCER_PORT))) restartHint(l, 'pgbouncer', 'STACK_PGBOUNCER_PORT', `(pid ${pid}) is running on another port`)
       // A stack from before the API role: its auth file learns the user (PgBouncer re-reads it on SIGHUP).
       if (!readFileSync(join(l.dir, 'pgbouncer/userlist.txt'), 'utf8').includes(`"${API_USER}"`)) { writePgbouncerConf(l); process.kill(pid, 'SIGHUP') }
     }
@@ -286,7 +286,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       startedOrDie(ctx, 'redis', runAs(l.dir, bins['redis-server'], [...redisArgs(l.ports.STACK_REDIS_PORT, join(l.dir, 'redis'), pidFile(l, 'redis'), logFile(l, 'redis')), '--maxclients', '10000'], { progress: true }))
     },
     ready: (ctx) => ping(ctx, ctx.l.ports.STACK_REDIS_PORT),
-    async running ({ l }, pid) { if (!(await portInUse(l.ports.STACK_REDIS_PORT))) restartHint('redis', 'STACK_REDIS_PORT', `(pid ${pid}) on another port`) }
+    async running ({ l }, pid) { if (!(await portInUse(l.ports.STACK_REDIS_PORT))) restartHint(l, 'redis', 'STACK_REDIS_PORT', `(pid ${pid}) is running on another port`) }
   },
   // A streaming hot standby cloned from the running primary (pg_basebackup -R); disposable: stopping deletes it.
   replica: {
@@ -310,7 +310,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       startedOrDie(ctx, 'replica', runAs(l.dir, bins.pg_ctl, ['-D', l.replicaData, '-l', logFile(l, 'replica'), '-w', '-t', String(READY_TIMEOUT), 'start'], { progress: true }))
     },
     ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't',
-    running: ({ l }, pid) => { if (pidFilePort(l, 'replica') !== l.ports.STACK_PG_REPLICA_PORT) restartHint('replica', 'STACK_PG_REPLICA_PORT', `(pid ${pid}) on port ${pidFilePort(l, 'replica')}`) },
+    running: ({ l }, pid) => { if (pidFilePort(l, 'replica') !== l.ports.STACK_PG_REPLICA_PORT) restartHint(l, 'replica', 'STACK_PG_REPLICA_PORT', `(pid ${pid}) is running on port ${pidFilePort(l, 'replica')}`) },
     stop: (ctx, pid) => pgStop(ctx.l.replicaData)(ctx, pid)
   }
 }
