@@ -6,9 +6,9 @@
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, type Layout, MAIN_PORT_VARS, pidFile, pidOf, type PortVar, resolveLayout, settlePorts, varOf, ensurePortFree } from './layout.ts'
-import { die, IS_ROOT, log, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
-import { API_USER, type Bins, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, tailLog, validateCluster } from './services.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts, varOf } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
+import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, startCluster, SUPER_USER, tailLog, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
@@ -115,7 +115,10 @@ async function prepareStop (): Promise<Ctx | undefined> {
 async function start (ctx: Ctx, name: string, service: Service) {
   const pid = pidOf(ctx.l, name)
   if (pid !== undefined) {
-    await service.running(ctx, pid)
+    const port = ctx.l.ports[service.portVar]
+    if (service.pidFileHasPort === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
+      die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
+    }
     log(`${name} already running (pid ${pid})`)
   } else {
     await ensurePortFree(ctx.l, name)
@@ -157,23 +160,6 @@ async function stopReplica (ctx: Ctx) {
 async function stopCluster (ctx: Ctx) {
   for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
   run('rm', ['-rf', ctx.l.clusterDir])
-}
-
-async function startCluster (ctx: Ctx) {
-  for (const port of clusterPorts(ctx.l)) {
-    const pid = pidOf(ctx.l, `cluster-${port}`)
-    if (pid === undefined) await clusterNode(port).launch(ctx)
-    else log(`cluster node :${port} already running (pid ${pid})`)
-  }
-  for (const port of clusterPorts(ctx.l)) {
-    const up = () => waitFor(READY_TIMEOUT, () => clusterNode(port).ready(ctx), (i) => i >= 20 && pidOf(ctx.l, `cluster-${port}`) === undefined)
-    if (await up()) continue
-    // The default ports sit in Linux's ephemeral range: a passing outgoing connection may hold one for a moment.
-    log(`cluster node :${port} did not come up; retrying once`)
-    await clusterNode(port).launch(ctx)
-    if (!(await up())) { tailLog(ctx.l, '', join(ctx.l.clusterDir, String(port), 'redis.log')); die(`cluster node :${port} did not answer within ${READY_TIMEOUT}s`) }
-  }
-  await formCluster(ctx, (check) => waitFor(READY_TIMEOUT, check))
 }
 
 const statusLine = (name: string, pid: number | undefined, port: number) =>
