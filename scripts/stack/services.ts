@@ -311,8 +311,9 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
 
 // ---- Redis Cluster: 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing persistent ----
 
-// The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535.
-const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 10000
+// The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
+// would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
+const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
 const clusterInfo = ({ bins }: Ctx, port: number) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), 'cluster', 'info']).out
 
 export function validateCluster (l: Layout) {
