@@ -1,6 +1,7 @@
-// The one TypeScript adapter for scripts/stack.sh (the project-local PostgreSQL, PgBouncer and Redis): every
-// entry point, test and bench that needs the local stack goes through here, and nothing else spawns the script.
-// Runners are bounded in time; a failure becomes a StackError carrying the script's own message, and command-line
+// The one programmatic way into the local stack (scripts/stack/, the project-local PostgreSQL, PgBouncer and
+// Redis): every entry point, test and bench that needs it goes through here. The stack runs as a child process
+// (`npm run stack` is the same command), so its daemons, lock and exit codes never mix with the caller's own.
+// Runs are bounded in time; a failure becomes a StackError carrying the stack's own message, and command-line
 // entry points (localStackUp) print that message alone and exit 1 instead of a Node stack trace.
 import { execFile, execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
@@ -8,7 +9,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 
-export const stackScript = fileURLToPath(new URL('./stack.sh', import.meta.url))
+export const stackCli = fileURLToPath(new URL('./stack/index.ts', import.meta.url))
 
 export type StackService = 'postgres' | 'pgbouncer' | 'redis'
 export type ServiceAction = 'start' | 'stop' | 'restart'
@@ -25,25 +26,25 @@ export interface StackEnv {
 }
 
 export interface RunOptions {
-  /** Kills the script after this long (default: 10 min for `up`, which may install packages; 30 s for `env`, `status` and `pgbouncer-conf`; else 3 min). */
+  /** Kills the stack command after this long (default: 10 min for `up`, which may install packages; 30 s for `env`, `status` and `pgbouncer-conf`; else 3 min). */
   timeoutMs?: number
-  /** Captures the script's progress (stderr) instead of passing it through; it then only appears in a StackError. */
+  /** Captures the stack's progress (stderr) instead of passing it through; it then only appears in a StackError. */
   quiet?: boolean
-  /** The script's environment (default: ours, so LEDGER_STACK_DIR and STACK_*_PORT carry over). */
+  /** The stack's environment (default: ours, so LEDGER_STACK_DIR and STACK_*_PORT carry over). */
   env?: NodeJS.ProcessEnv
 }
 
-/** stack.sh failed, timed out or could not be spawned. `message` is what a user needs to read, without a trace. */
+/** The stack command failed, timed out or could not be spawned. `message` is what a user needs to read, without a trace. */
 export class StackError extends Error {
   readonly args: string[]
   readonly exitCode: number | null
   readonly timedOut: boolean
-  /** The script's stderr when it was captured (quiet or async runs); otherwise it already went to our stderr. */
+  /** The stack's stderr when it was captured (quiet or async runs); otherwise it already went to our stderr. */
   readonly stderr: string
 
   constructor (args: string[], details: { exitCode: number | null, timedOut: boolean, stderr: string, cause?: unknown }) {
-    const command = `scripts/stack.sh ${args.join(' ')}`
-    // The script's own error lines ("stack: error: ...") are the message; progress lines before them are not.
+    const command = `npm run stack -- ${args.join(' ')}`
+    // The stack's own error lines ("stack: error: ...") are the message; progress lines before them are not.
     const lines = details.stderr.trim().split('\n').filter(Boolean)
     const errors = lines.filter((line) => line.startsWith('stack: error:'))
     const said = (errors.length > 0 ? errors : lines.slice(-3)).join(' | ')
@@ -70,15 +71,15 @@ function stackError (args: string[], error: unknown): StackError {
   const timedOut = failure.code === 'ETIMEDOUT' || failure.killed === true
   const exitCode = typeof failure.status === 'number' ? failure.status : null
   let stderr = failure.stderr === undefined || failure.stderr === null ? '' : String(failure.stderr)
-  // Not run at all (no bash, say): Node's own message is all there is.
+  // Not run at all: Node's own message is all there is.
   if (exitCode === null && !timedOut && stderr === '') stderr = failure.message ?? String(error)
   return new StackError(args, { exitCode, timedOut, stderr, cause: error })
 }
 
-/** Runs `bash scripts/stack.sh ...args` synchronously and returns its stdout; throws a StackError. */
+/** Runs `npm run stack -- ...args` synchronously and returns its stdout; throws a StackError. */
 export function runStack (args: string[], options: RunOptions = {}): string {
   try {
-    return execFileSync('bash', [stackScript, ...args], {
+    return execFileSync(process.execPath, [stackCli, ...args], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', options.quiet === true ? 'pipe' : 'inherit'],
       timeout: options.timeoutMs ?? defaultTimeoutMs(args),
@@ -90,20 +91,20 @@ export function runStack (args: string[], options: RunOptions = {}): string {
 }
 
 /**
- * Runs `bash scripts/stack.sh ...args` without blocking the event loop (load keeps flowing while a service stops
+ * Runs `npm run stack -- ...args` without blocking the event loop (load keeps flowing while a service stops
  * or starts) and resolves with its stdout. Progress is captured; it only shows up in a StackError.
  */
 export function runStackAsync (args: string[], options: Omit<RunOptions, 'quiet'> = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const execOptions = { encoding: 'utf8' as const, timeout: options.timeoutMs ?? defaultTimeoutMs(args), ...(options.env !== undefined ? { env: options.env } : {}) }
-    execFile('bash', [stackScript, ...args], execOptions, (error, stdout, stderr) => {
+    execFile(process.execPath, [stackCli, ...args], execOptions, (error, stdout, stderr) => {
       if (error === null) resolve(stdout)
       else reject(stackError(args, Object.assign(error, { stderr, status: typeof error.code === 'number' ? error.code : null })))
     })
   })
 }
 
-/** `KEY=value` lines, as `stack.sh env` (and `replica env`, `cluster env`) print them, as an object. */
+/** `KEY=value` lines, as `stack env` (and `replica env`, `cluster env`) print them, as an object. */
 export function parseEnvLines (text: string): Record<string, string> {
   const env: Record<string, string> = {}
   for (const line of text.split('\n')) {
@@ -113,14 +114,14 @@ export function parseEnvLines (text: string): Record<string, string> {
   return env
 }
 
-/** What `stack.sh env` prints, as variables (it starts nothing). */
+/** What `stack env` prints, as variables (it starts nothing). */
 export function readStackEnv (): Record<string, string> {
   return parseEnvLines(runStack(['env'], { quiet: true }))
 }
 
 /**
  * Brings the project-local PostgreSQL, PgBouncer and Redis up (idempotent) and returns their URLs. For command-line
- * entry points: the script's progress and its error go to stderr as it runs, and on failure the process exits 1
+ * entry points: the stack's progress and its error go to stderr as it runs, and on failure the process exits 1
  * with nothing more than that message (no Node stack trace).
  */
 export function localStackUp (): StackEnv {
@@ -128,7 +129,7 @@ export function localStackUp (): StackEnv {
     runStack(['up'])
     const env = readStackEnv()
     for (const key of ['DATABASE_URL', 'DATABASE_DIRECT_URL', 'DATABASE_ADMIN_URL', 'REDIS_URL', 'STACK_DIR', 'JWT_SECRET']) {
-      if (env[key] === undefined) throw new Error(`scripts/stack.sh env did not print ${key}`)
+      if (env[key] === undefined) throw new Error(`stack env did not print ${key}`)
     }
     stackDirCache = env.STACK_DIR
     return env as unknown as StackEnv
@@ -142,16 +143,16 @@ export function localStackUp (): StackEnv {
 
 let stackDirCache: string | undefined
 
-/** The stack folder, as `stack.sh env` reports it (cached). */
+/** The stack folder, as `stack env` reports it (cached). */
 export function stackDir (): string {
   if (stackDirCache !== undefined) return stackDirCache
   const dir = readStackEnv().STACK_DIR
-  if (dir === undefined) throw new Error('scripts/stack.sh env did not print STACK_DIR')
+  if (dir === undefined) throw new Error('stack env did not print STACK_DIR')
   stackDirCache = dir
   return dir
 }
 
-/** Where a service's pid file is (as in stack.sh's pidfile_of); `dir` defaults to this checkout's stack folder. */
+/** Where a service's pid file is (as in scripts/stack/layout.ts); `dir` defaults to this checkout's stack folder. */
 export function pidFile (service: StackService, dir: string = stackDir()): string {
   return service === 'postgres' ? join(dir, 'pg', 'data', 'postmaster.pid') : join(dir, 'run', `${service}.pid`)
 }
@@ -191,14 +192,14 @@ function noteAction (action: ServiceAction, service: StackService, phase: 'befor
   if (phase === 'after' && action !== 'stop') stoppedByUs.delete(service)
 }
 
-/** `stack.sh start|stop|restart SERVICE`, blocking; the script's progress goes to stderr. */
+/** `stack start|stop|restart SERVICE`, blocking; the stack's progress goes to stderr. */
 export function controlServiceSync (action: ServiceAction, service: StackService): void {
   noteAction(action, service, 'before')
   runStack([action, service])
   noteAction(action, service, 'after')
 }
 
-/** `stack.sh start|stop|restart SERVICE` without blocking the event loop; resolves with how long it took (ms). */
+/** `stack start|stop|restart SERVICE` without blocking the event loop; resolves with how long it took (ms). */
 export async function controlService (action: ServiceAction, service: StackService): Promise<number> {
   const started = performance.now()
   noteAction(action, service, 'before')

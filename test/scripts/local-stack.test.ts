@@ -1,6 +1,6 @@
-// scripts/local-stack.ts (the one adapter for scripts/stack.sh) and the script's choice of ports: a second clone
-// gets ports of its own when the defaults are taken, the choice is saved in the stack folder, and a port that is
-// set explicitly but taken ends `npm start` with the script's one message instead of a Node stack trace.
+// scripts/local-stack.ts (the one programmatic way into scripts/stack/) and the stack's choice of ports: a second
+// clone gets ports of its own when the defaults are taken, the choice is saved in the stack folder, and a port that
+// is set explicitly but taken ends `npm start` with the stack's one message instead of a Node stack trace.
 import { spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
@@ -14,7 +14,7 @@ import { parseEnvLines, pidFile, readPid, runStack, StackError, type StackServic
 const DEFAULTS = { pg: 61432, pgbouncer: 62432, redis: 61379 }
 const PORT_VARS = ['STACK_PG_PORT', 'STACK_PGBOUNCER_PORT', 'STACK_REDIS_PORT', 'STACK_PG_REPLICA_PORT', 'STACK_REDIS_CLUSTER_PORT']
 
-/** Our environment without STACK_*_PORT (so the script chooses), pointed at another stack folder. */
+/** Our environment without STACK_*_PORT (so the stack chooses), pointed at another stack folder. */
 function envFor (stackDir: string, ports: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, LEDGER_STACK_DIR: stackDir, ...ports }
   for (const name of PORT_VARS) if (ports[name] === undefined) delete env[name]
@@ -99,7 +99,7 @@ t.test('an explicitly set port that is taken: one clear message, exit 1, no Node
   t.notMatch(start.stderr, /^\s+at /m, 'no stack trace')
 })
 
-t.test("the adapter's pid files are the ones stack.sh reports", { skip: hasLocalStack ? false : 'needs the local stack (scripts/test.ts)' }, async (t) => {
+t.test("the adapter's pid files are the ones `stack status` reports", { skip: hasLocalStack ? false : 'needs the local stack (scripts/test.ts)' }, async (t) => {
   const status = runStack(['status'], { quiet: true })
   for (const service of ['postgres', 'pgbouncer', 'redis'] as StackService[]) {
     const pid = new RegExp(`^${service}\\s+running\\s+pid=(\\d+)`, 'm').exec(status)?.[1]

@@ -1,0 +1,270 @@
+// The project-local data stack: PostgreSQL, PgBouncer in transaction mode in front of it (local runs hit
+// production's pooling constraints) and Redis, plus an optional streaming replica and Redis Cluster; real
+// processes from the machine's binaries, on 127.0.0.1 and non-default ports, data in the stack folder.
+// `npm run stack -- help` lists the commands. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"`
+// sees only the machine-readable output.
+import { randomBytes } from 'node:crypto'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts, varOf } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
+import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, startCluster, SUPER_USER, tailLog, validateCluster } from './services.ts'
+
+const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf
+       npm run stack -- start|stop|restart postgres|pgbouncer|redis
+       npm run stack -- replica up|down|status|env
+       npm run stack -- cluster up|down|status|env
+
+  up       start whatever is not running (idempotent), wait until all accept connections
+  down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
+  status   one line per service: name, running/stopped, pid, port
+  env      DATABASE_URL / DATABASE_DIRECT_URL / DATABASE_ADMIN_URL / REDIS_URL / STACK_DIR lines for eval or .env,
+           and JWT_SECRET once \`up\` has generated it (jwt-secret in the stack folder, mode 0600)
+  pgbouncer-conf  the pgbouncer.ini that \`start pgbouncer\` writes (starts nothing)
+
+  replica up     clone the running primary (pg_basebackup -R) and start it as a streaming hot standby
+  replica down   stop the replica and delete its data (the next \`replica up\` clones again)
+  replica env    DATABASE_REPLICA_URL=... (straight to the replica, database ledger)
+  cluster up     start a Redis Cluster: 3 masters, plus 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0
+  cluster down   stop its nodes and delete their folder (a cluster holds nothing persistent here)
+  cluster env    REDIS_CLUSTER_NODES=host:port,...
+
+env: LEDGER_STACK_DIR, STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379),
+     STACK_PG_REPLICA_PORT (61433), STACK_REDIS_CLUSTER_PORT (57001), STACK_REDIS_CLUSTER_REPLICAS (1)
+     Unset ports: the stack folder's \`ports\` file, else the defaults, else (a default held by another
+     process) a block of ports derived from the stack folder's path; \`up\` says which.
+`
+const STOP_TIMEOUT = 30
+type Main = 'postgres' | 'pgbouncer' | 'redis'
+const MAIN: Main[] = ['postgres', 'pgbouncer', 'redis']
+
+function usage (): never {
+  process.stderr.write(USAGE)
+  process.exit(2)
+}
+
+// Our own connections pass host/port/user/db explicitly; the caller's libpq settings (PGSSLMODE=require, say)
+// would otherwise change how they behave.
+for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
+
+/** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
+const held = new Set<string>()
+async function takeLock (l: Layout) {
+  const file = join(l.dir, '.lock')
+  if (held.has(file)) return
+  for (let i = 0; i < 1200; i++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' })
+      held.add(file)
+      process.on('exit', () => { try { unlinkSync(file) } catch {} })
+      return
+    } catch {}
+    const holder = Number(readFileSync(file, 'utf8').trim() || 0)
+    // A holder that died (or an empty file left by an older stack) leaves a lock nobody releases.
+    if (!(holder > 0 && procComm(holder) !== undefined)) { try { unlinkSync(file) } catch {} } else await sleep(100)
+  }
+  die(`another stack command is still working on ${l.dir}`)
+}
+
+function prepareDir (l: Layout) {
+  if (l.link !== undefined) {
+    if (existsSync(l.link) && !lstatSync(l.link).isSymbolicLink()) {
+      die(`${l.link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
+    }
+    mkdirSync(l.dir, { recursive: true })
+    try { unlinkSync(l.link) } catch {}
+    symlinkSync(l.dir, l.link)
+  }
+  for (const sub of ['pg', 'run', 'log', 'redis', 'pgbouncer']) mkdirSync(join(l.dir, sub), { recursive: true })
+  // Unix socket paths are limited to ~107 bytes: a hint here beats a bind error buried in a log.
+  if (`${l.dir}/run/.s.PGSQL.65535`.length > 100) die(`stack folder path is too long for unix sockets (${l.dir}); set LEDGER_STACK_DIR to a shorter path`)
+  if (IS_ROOT) {
+    run('chown', ['-R', `${SVC_USER}:`, l.dir])
+    if (!userCanEnter(join(l.dir, 'run'))) die(`user ${SVC_USER} cannot reach ${l.dir} (a parent directory is not traversable); set LEDGER_STACK_DIR to a folder under e.g. /var/tmp`)
+  }
+}
+
+/** Everything that may create or start something goes through here; `vars` are the ports of what is to start. */
+async function prepareStart (vars: PortVar[]): Promise<Ctx> {
+  const bins = ensureBins(await resolveLayout())
+  if (IS_ROOT) {
+    if (which('runuser') === undefined) die('running as root needs runuser (util-linux) to drop privileges')
+    if (!run('id', ['-u', SVC_USER]).ok) {
+      log(`creating system user ${SVC_USER} (PostgreSQL and PgBouncer refuse to run as root)`)
+      run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/var/lib/postgresql', '--shell', '/usr/sbin/nologin', SVC_USER], { progress: true })
+    }
+  }
+  // The service user may only exist now, which can change where the stack lives.
+  const first = await resolveLayout()
+  prepareDir(first)
+  await takeLock(first)
+  // Again under the lock: a start running in parallel may just have saved its choice.
+  const l = await resolveLayout()
+  await settlePorts(l, vars)
+  return { l, bins }
+}
+
+/** Stopping never installs anything; nothing to do when the stack folder does not exist. */
+async function prepareStop (): Promise<Ctx | undefined> {
+  const l = await resolveLayout()
+  if (!existsSync(l.dir)) return undefined
+  await takeLock(l)
+  return { l, bins: resolveBins(l).bins as Bins }
+}
+
+async function start (ctx: Ctx, name: string, service: Service) {
+  const pid = pidOf(ctx.l, name)
+  if (pid !== undefined) {
+    const port = ctx.l.ports[service.portVar]
+    if (service.pidFileHasPort === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
+      die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
+    }
+    log(`${name} already running (pid ${pid})`)
+  } else {
+    await ensurePortFree(ctx.l, name)
+    await service.launch(ctx)
+  }
+  // Daemons write their pid file only after forking: a missing process counts after 3 s.
+  const ready = await waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
+  if (!ready) {
+    log(pidOf(ctx.l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${ctx.l.ports[service.portVar]} within ${READY_TIMEOUT}s`)
+    tailLog(ctx.l, name)
+    process.exit(1)
+  }
+  service.prepare?.(ctx)
+}
+
+const gone = (pid: number) => waitFor(STOP_TIMEOUT, () => procComm(pid) === undefined)
+
+async function stop (ctx: Ctx, name: string, service?: Service) {
+  const pid = pidOf(ctx.l, name)
+  if (pid === undefined) return name.startsWith('cluster-') || name === 'replica' ? undefined : log(`${name} is not running`)
+  log(`stopping ${name} (pid ${pid})`)
+  if (service?.stop !== undefined) service.stop(ctx, pid)
+  else signal(pid, 'SIGTERM')
+  if (!(await gone(pid))) {
+    // Newer PgBouncer takes SIGTERM as "wait for clients to leave", which an app holding pooled connections never does.
+    log(`${name} (pid ${pid}) still running after ${STOP_TIMEOUT}s; sending SIGKILL`)
+    signal(pid, 'SIGKILL')
+    if (!(await gone(pid))) die(`could not stop ${name} (pid ${pid})`)
+  }
+  // A killed daemon leaves its pid file behind (postgres cleans up its own).
+  if (name !== 'postgres' && name !== 'replica') run('rm', ['-f', pidFile(ctx.l, name)])
+}
+
+async function stopReplica (ctx: Ctx) {
+  await stop(ctx, 'replica', SERVICES.replica)
+  run('rm', ['-rf', ctx.l.replicaData])
+}
+
+async function stopCluster (ctx: Ctx) {
+  for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
+  run('rm', ['-rf', ctx.l.clusterDir])
+}
+
+const statusLine = (name: string, pid: number | undefined, port: number) =>
+  `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
+
+// The local JWT secret: random, made once in the stack folder (never committed), so `npm start`'s tokens survive
+// restarts and every process of this checkout signs with the same key; base64url needs no quoting.
+function ensureJwtSecret (l: Layout) {
+  const file = join(l.dir, 'jwt-secret')
+  if (existsSync(file) && readFileSync(file, 'utf8').length > 0) return
+  try {
+    writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })
+    log(`generated the local JWT secret (${file})`)
+  } catch {} // another start made it first
+  chmodSync(file, 0o600)
+}
+
+function env (l: Layout): string {
+  const secret = join(l.dir, 'jwt-secret')
+  return [
+    `DATABASE_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PGBOUNCER_PORT}/ledger`,
+    `DATABASE_DIRECT_URL=postgres://${DB_USER}@127.0.0.1:${l.ports.STACK_PG_PORT}/ledger`,
+    // For the test runner and benchmarks, which create databases of their own (scripts/local-stack.ts).
+    `DATABASE_ADMIN_URL=postgres://${SUPER_USER}@127.0.0.1:${l.ports.STACK_PG_PORT}/postgres`,
+    `REDIS_URL=redis://127.0.0.1:${l.ports.STACK_REDIS_PORT}`,
+    // Single quotes, not shell escapes: still eval-safe, and dotenv-style parsers only know how to strip quotes.
+    /^[\w./:@+-]+$/.test(l.dir) ? `STACK_DIR=${l.dir}` : `STACK_DIR='${l.dir.replaceAll("'", "'\\''")}'`,
+    ...(existsSync(secret) ? [`JWT_SECRET=${readFileSync(secret, 'utf8').trim()}`] : [])
+  ].map((line) => `${line}\n`).join('')
+}
+
+function validateReplica (l: Layout) {
+  if ([l.ports.STACK_PG_PORT, l.ports.STACK_PGBOUNCER_PORT, l.ports.STACK_REDIS_PORT].includes(l.ports.STACK_PG_REPLICA_PORT)) {
+    die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
+  }
+}
+
+const EXTRAS = {
+  replica: {
+    async up () {
+      const ctx = await prepareStart(['STACK_PG_REPLICA_PORT'])
+      validateReplica(ctx.l)
+      if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
+      await start(ctx, 'replica', SERVICES.replica)
+      process.stdout.write(`replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`)
+    },
+    down: stopReplica,
+    status: (l: Layout) => { validateReplica(l); return statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT) },
+    env: (l: Layout) => { validateReplica(l); return `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n` }
+  },
+  cluster: {
+    async up () {
+      const ctx = await prepareStart(['STACK_REDIS_CLUSTER_PORT'])
+      validateCluster(ctx.l)
+      await startCluster(ctx)
+      process.stdout.write(`cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`)
+    },
+    down: stopCluster,
+    status: (l: Layout) => { validateCluster(l); return clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join('') },
+    env: (l: Layout) => { validateCluster(l); return `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n` }
+  }
+}
+
+const [command = '', arg, ...rest] = process.argv.slice(2)
+const argc = process.argv.length - 2
+const out = (text: string) => process.stdout.write(text)
+if (command === 'up' && argc === 1) {
+  const ctx = await prepareStart(MAIN_PORT_VARS)
+  ensureJwtSecret(ctx.l)
+  for (const name of MAIN) await start(ctx, name, SERVICES[name])
+  const { ports, dir } = ctx.l
+  out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
+} else if (command === 'down' && argc === 1) {
+  const ctx = await prepareStop()
+  if (ctx !== undefined) {
+    // The extras first (the replica streams from postgres), then clients of a service before the service.
+    await stopCluster(ctx)
+    if (existsSync(ctx.l.replicaData)) await stopReplica(ctx)
+    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name as Main])
+  }
+  log('stack down')
+} else if (['start', 'stop', 'restart'].includes(command) && argc === 2 && MAIN.includes(arg as Main)) {
+  const name = arg as Main
+  if (command !== 'start') {
+    const ctx = await prepareStop()
+    if (ctx !== undefined) await stop(ctx, name, SERVICES[name])
+  }
+  if (command !== 'stop') await start(await prepareStart([varOf(name)]), name, SERVICES[name])
+} else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
+  const extra = EXTRAS[command]
+  if (arg === 'up') await extra.up()
+  else if (arg === 'down') {
+    const ctx = await prepareStop()
+    if (ctx !== undefined) await extra.down(ctx)
+    log(`${command} down`)
+  } else out(extra[arg as 'status' | 'env'](await resolveLayout()))
+} else if (command === 'status' && argc === 1) {
+  const l = await resolveLayout()
+  out(MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''))
+} else if (command === 'env' && argc === 1) {
+  out(env(await resolveLayout()))
+} else if (command === 'pgbouncer-conf' && argc === 1) {
+  out(pgbouncerConf(await resolveLayout()))
+} else if (['help', '-h', '--help'].includes(command) && rest.length === 0) {
+  process.stderr.write(USAGE)
+} else {
+  usage()
+}

@@ -1,0 +1,210 @@
+// Where a stack lives (its folder, pid files, logs) and which ports it uses.
+//
+// Each port comes from, in this order: its STACK_* variable; the `ports` file in the stack folder, where every
+// start records the ports it used, so that every later command run by any process finds the running stack; else
+// a fresh choice: the defaults when each one is free (or held by this stack's own process), otherwise a block of
+// ports derived from the stack folder's path, so that a second clone of the project gets ports of its own without
+// anyone setting anything. A start that finds a saved port held by another process while nothing of this stack
+// runs chooses again. Defaults and blocks lie above Linux's ephemeral range (32768-60999), so an outgoing
+// connection can never be holding one when a service (re)starts (the cluster's default, 57001, is older: its
+// start retries once).
+import { createHash } from 'node:crypto'
+import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { die, IS_ROOT, listener, livePid, log, portInUse, userCanEnter } from './proc.ts'
+
+export const PROJECT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '')
+
+export const PORT_VARS = ['STACK_PG_PORT', 'STACK_PGBOUNCER_PORT', 'STACK_REDIS_PORT', 'STACK_PG_REPLICA_PORT', 'STACK_REDIS_CLUSTER_PORT'] as const
+export type PortVar = typeof PORT_VARS[number]
+export const MAIN_PORT_VARS: PortVar[] = ['STACK_PG_PORT', 'STACK_PGBOUNCER_PORT', 'STACK_REDIS_PORT']
+// Default, place in a derived block (postgres, replica, pgbouncer, redis, then up to 6 cluster nodes), owner.
+const PORT_INFO: Record<PortVar, [number, number, string]> = {
+  STACK_PG_PORT: [61432, 0, 'postgres'],
+  STACK_PG_REPLICA_PORT: [61433, 1, 'replica'],
+  STACK_PGBOUNCER_PORT: [62432, 2, 'pgbouncer'],
+  STACK_REDIS_PORT: [61379, 3, 'redis'],
+  STACK_REDIS_CLUSTER_PORT: [57001, 4, 'cluster']
+}
+// A block: BLOCK_SIZE consecutive ports from BLOCK_FIRST + BLOCK_SIZE * n, n < BLOCK_COUNT (up to 65529).
+const BLOCK_FIRST = 61000; const BLOCK_SIZE = 10; const BLOCK_COUNT = 453; const BLOCK_TRIES = 64
+
+export const varOf = (service: string) => PORT_VARS.find((v) => PORT_INFO[v][2] === service) as PortVar
+const explicit = (v: PortVar) => (process.env[v] ?? '') !== ''
+const sha = (text: string) => createHash('sha256').update(text).digest('hex')
+
+export interface Layout {
+  dir: string
+  /** Set when <project>/.stack has to be a symlink to `dir` (as root, when the service user cannot reach the project). */
+  link?: string
+  pgData: string
+  replicaData: string
+  clusterDir: string
+  portsFile: string
+  ports: Record<PortVar, number>
+  clusterReplicas: string
+  chosen: { how?: 'default' | 'derived', vars: PortVar[] }
+}
+
+/** Where the stack lives and which ports it uses, writing nothing (so `env` and `status` have no side effects). */
+export async function resolveLayout (): Promise<Layout> {
+  let dir = resolve(process.cwd(), process.env.LEDGER_STACK_DIR ?? join(PROJECT, '.stack'))
+  let link: string | undefined
+  if ((process.env.LEDGER_STACK_DIR ?? '') === '' && IS_ROOT && !userCanEnter(PROJECT)) {
+    // e.g. a clone under `mktemp -d` (mode 700): keyed by the project's path so clones never share a cluster.
+    dir = `/var/tmp/ledger-api-stack-${sha(PROJECT).slice(0, 12)}`
+    link = join(PROJECT, '.stack')
+  }
+  const clusterReplicas = process.env.STACK_REDIS_CLUSTER_REPLICAS ?? '1'
+  const [pgData, replicaData, clusterDir, portsFile] = ['pg/data', 'pg/replica', 'redis-cluster', 'ports'].map((p) => join(dir, p)) as [string, string, string, string]
+  const layout: Layout = { dir, link, pgData, replicaData, clusterDir, portsFile, ports: {} as Layout['ports'], clusterReplicas, chosen: { vars: [] } }
+  const saved = existsSync(layout.portsFile) ? readFileSync(layout.portsFile, 'utf8') : ''
+  const missing: PortVar[] = []
+  for (const v of PORT_VARS) {
+    const value = explicit(v) ? process.env[v] ?? '' : [...saved.matchAll(new RegExp(`^${v}=(\\d+)$`, 'gm'))].pop()?.[1]
+    if (value === undefined) missing.push(v)
+    else layout.ports[v] = validPort(v, value)
+  }
+  if (missing.length > 0) await choosePorts(layout, missing)
+  validatePorts(layout)
+  return layout
+}
+
+function validPort (v: string, value: string): number {
+  if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 65535) die(`${v}=${value} is not a valid TCP port`)
+  return Number(value)
+}
+
+function validatePorts ({ ports }: Layout) {
+  for (const v of PORT_VARS) validPort(v, String(ports[v]))
+  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide on the socket.
+  if (new Set(MAIN_PORT_VARS.map((v) => ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
+}
+
+// 3 masters, with a replica each unless STACK_REDIS_CLUSTER_REPLICAS=0.
+export const clusterSize = (l: Layout) => l.clusterReplicas === '0' ? 3 : 6
+const portsOf = (l: Layout, v: PortVar, base: number | undefined) =>
+  base === undefined ? [] : Array.from({ length: v === 'STACK_REDIS_CLUSTER_PORT' ? clusterSize(l) : 1 }, (_, i) => base + i)
+export const clusterPorts = (l: Layout) => portsOf(l, 'STACK_REDIS_CLUSTER_PORT', l.ports.STACK_REDIS_CLUSTER_PORT)
+
+export function pidFile (l: Layout, service: string): string {
+  if (service === 'postgres') return join(l.pgData, 'postmaster.pid')
+  if (service === 'replica') return join(l.replicaData, 'postmaster.pid')
+  if (service.startsWith('cluster-')) return join(l.clusterDir, service.slice(8), 'redis.pid')
+  return join(l.dir, 'run', `${service}.pid`)
+}
+export const logFile = (l: Layout, name: string) => join(l.dir, 'log', `${name}.log`)
+const procName = (service: string) => service === 'replica' ? 'postgres' : /^(redis|cluster-)/.test(service) ? 'redis-server' : service
+export const pidOf = (l: Layout, service: string) => livePid(pidFile(l, service), procName(service))
+/** The port a running PostgreSQL (primary or replica) wrote into its pid file. */
+export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
+
+/** The cluster's node folders (not STACK_REDIS_CLUSTER_PORT), so a `down` also finds one started on other ports. */
+export const clusterNodePorts = (l: Layout) =>
+  existsSync(l.clusterDir) ? readdirSync(l.clusterDir).filter((name) => /^\d+$/.test(name)).map(Number) : []
+
+export const runsAnything = (l: Layout) =>
+  ['postgres', 'pgbouncer', 'redis', 'replica', ...clusterNodePorts(l).map((p) => `cluster-${p}`)].some((s) => pidOf(l, s) !== undefined)
+
+/** True when `port` of `v` is held by this stack's own process for it, not by a stranger. */
+function heldByUs (l: Layout, v: PortVar, port: number): boolean {
+  const service = v === 'STACK_REDIS_CLUSTER_PORT' ? `cluster-${port}` : PORT_INFO[v][2]
+  const pid = pidOf(l, service)
+  if (pid === undefined) return false
+  const holders = listener(port)
+  if (holders !== undefined && holders.pids.length > 0) return holders.pids.includes(pid)
+  if (service === 'postgres' || service === 'replica') return pidFilePort(l, service) === port
+  return true // cannot tell; our live process most likely holds its own port
+}
+
+const available = async (l: Layout, v: PortVar, port: number) => !(await portInUse(port)) || heldByUs(l, v, port)
+
+/** True when every port of variables `vars` at `baseOf(v)` is free and not another variable's. */
+async function usable (l: Layout, vars: PortVar[], baseOf: (v: PortVar) => number): Promise<boolean> {
+  for (const v of vars) {
+    for (const port of portsOf(l, v, baseOf(v))) {
+      if (PORT_VARS.some((o) => o !== v && portsOf(l, o, l.ports[o]).includes(port))) return false
+      if (!(await available(l, v, port))) return false
+    }
+  }
+  return true
+}
+
+/** Fills `vars` with the defaults when they are usable, else with the first usable block the folder hashes to. */
+async function choosePorts (l: Layout, vars: PortVar[]) {
+  l.chosen.vars.push(...vars)
+  if (await usable(l, vars, (v) => PORT_INFO[v][0])) {
+    for (const v of vars) l.ports[v] = PORT_INFO[v][0]
+    l.chosen.how ??= 'default'
+    return
+  }
+  const start = parseInt(sha(l.dir).slice(0, 8), 16) % BLOCK_COUNT
+  for (let i = 0; i < BLOCK_TRIES; i++) {
+    const base = BLOCK_FIRST + (start + i) % BLOCK_COUNT * BLOCK_SIZE
+    if (Object.values(PORT_INFO).some(([d]) => d >= base && d < base + BLOCK_SIZE)) continue
+    if (await usable(l, vars, (v) => base + PORT_INFO[v][1])) {
+      for (const v of vars) l.ports[v] = base + PORT_INFO[v][1]
+      l.chosen.how = 'derived'
+      return
+    }
+  }
+  die(`found no free ports in ${BLOCK_TRIES} blocks above ${BLOCK_FIRST}; set STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT`)
+}
+
+/** "postgres 61432, cluster 57001-57006" */
+const describe = (l: Layout, vars: PortVar[]) => vars.map((v) => v === 'STACK_REDIS_CLUSTER_PORT'
+  ? `cluster ${l.ports[v]}-${l.ports[v] + clusterSize(l) - 1}`
+  : `${PORT_INFO[v][2]} ${l.ports[v]}`).join(', ')
+
+/** Dies with the one message a user needs when `service`'s port is held by another process. */
+export async function ensurePortFree (l: Layout, service: string) {
+  const v = varOf(service)
+  const port = l.ports[v]
+  if (!(await portInUse(port))) return
+  const who = listener(port)?.who ?? ''
+  const hint = explicit(v) ? `set ${v} to a free port` : `stop this stack (npm run stack -- down) so that its next start chooses free ports, or set ${v} to a free port`
+  die(`port ${port} on 127.0.0.1 (wanted by ${service}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
+}
+
+/**
+ * With the lock held, before starting what `vars` belong to: a saved (not explicit) port that another process holds
+ * now is chosen again, for the whole stack when none of it runs, else for an idle extra (replica, cluster) alone;
+ * an explicit port, or a running service's, cannot move, so a stranger on it ends the start here. Then saves them.
+ */
+export async function settlePorts (l: Layout, vars: PortVar[]) {
+  const stale: PortVar[] = []
+  for (const v of vars) {
+    if (explicit(v)) continue
+    for (const port of portsOf(l, v, l.ports[v])) if (!(await available(l, v, port))) { stale.push(v); break }
+  }
+  if (stale.length > 0) {
+    const auto = runsAnything(l)
+      ? stale.filter((v) => v === 'STACK_PG_REPLICA_PORT' || v === 'STACK_REDIS_CLUSTER_PORT')
+      : PORT_VARS.filter((v) => !explicit(v))
+    if (auto.length > 0) {
+      log(`saved port(s) of ${describe(l, stale)} now held by another process; choosing again`)
+      for (const v of auto) delete (l.ports as Partial<Layout['ports']>)[v]
+      await choosePorts(l, auto)
+      validatePorts(l)
+    }
+  }
+  for (const v of vars) {
+    for (const port of portsOf(l, v, l.ports[v])) {
+      if (await available(l, v, port)) continue
+      if (v !== 'STACK_REDIS_CLUSTER_PORT') { await ensurePortFree(l, PORT_INFO[v][2]); continue }
+      die(`port ${port} on 127.0.0.1 (wanted by a cluster node) is already in use by another process; set ${v} to a free port`)
+    }
+  }
+  const content = '# The ports this stack last started on: written by scripts/stack, read by all its commands. STACK_*_PORT\n' +
+    '# variables override them; delete this file while the stack is down to have the next start choose again.\n' +
+    PORT_VARS.map((v) => `${v}=${l.ports[v]}\n`).join('')
+  if (!existsSync(l.portsFile) || readFileSync(l.portsFile, 'utf8') !== content) {
+    writeFileSync(`${l.portsFile}.tmp.${process.pid}`, content)
+    renameSync(`${l.portsFile}.tmp.${process.pid}`, l.portsFile)
+  }
+  if (l.chosen.how === 'default') log(`ports: ${describe(l, l.chosen.vars)} (the defaults); saved in ${l.portsFile}`)
+  if (l.chosen.how === 'derived') {
+    log(`a default port is held by another process (another clone's stack?), so this stack uses ports derived from its folder: ${describe(l, l.chosen.vars)}; saved in ${l.portsFile}`)
+  }
+}

@@ -1,0 +1,96 @@
+// Small process helpers for the stack: synchronous runs of the services' own tools, the service user, pid files
+// that may outlive their process, and polling. Progress goes to stderr so that stdout stays machine-readable.
+import { spawnSync } from 'node:child_process'
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { userInfo } from 'node:os'
+import { delimiter, join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+export { sleep }
+export const log = (message: string) => { process.stderr.write(`stack: ${message}\n`) }
+export function die (message: string): never {
+  process.stderr.write(`stack: error: ${message}\n`)
+  process.exit(1)
+}
+
+export const IS_ROOT = process.getuid?.() === 0
+// PostgreSQL and PgBouncer refuse to run as root; Redis follows along so that the stack folder has one owner.
+export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
+
+export interface Run { ok: boolean, out: string, err: string }
+
+export interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
+
+/** Runs a program to completion; with `progress` its output goes to our stderr, else it is captured. */
+export function run (cmd: string, args: string[], { progress = false, ...options }: RunOptions = {}): Run {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', ...options, stdio: ['ignore', progress ? 2 : 'pipe', progress ? 2 : 'pipe'] })
+  return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' }
+}
+
+/** Runs as the service user (as root: runuser, from a folder that user can read, which PostgreSQL's tools want). */
+export function runAs (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run {
+  return IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
+}
+
+/** True when `user` (or `nobody` before the service user exists) may enter `dir`. */
+export function userCanEnter (dir: string): boolean {
+  const user = run('id', ['-u', SVC_USER]).ok ? SVC_USER : 'nobody'
+  return run('runuser', ['-u', user, '--', 'test', '-x', dir]).ok
+}
+
+export function which (name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(delimiter).filter((d) => d.startsWith('/'))) {
+    try { accessSync(join(dir, name), constants.X_OK); return join(dir, name) } catch {}
+  }
+}
+
+/** The command name of a live process; zombies count as dead (they neither hold a port nor can be stopped). */
+export function procComm (pid: number): string | undefined {
+  if (existsSync(`/proc/${pid}/stat`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      if (stat.slice(stat.lastIndexOf(') ') + 2).startsWith('Z')) return undefined
+      return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+    } catch { return undefined }
+  }
+  const [state, comm] = run('ps', ['-o', 'stat=', '-o', 'comm=', '-p', String(pid)]).out.trim().split(/\s+/)
+  return state === undefined || state === '' || state.startsWith('Z') ? undefined : comm
+}
+
+/** The pid in the first line of `file` when that process is alive and is `name` (a stale file can name anything). */
+export function livePid (file: string, name: string): number | undefined {
+  let pid: number
+  try { pid = Number(readFileSync(file, 'utf8').split('\n')[0]) } catch { return undefined }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined
+  return procComm(pid)?.includes(name) === true ? pid : undefined
+}
+
+export function signal (pid: number, sig: NodeJS.Signals): void {
+  try { process.kill(pid, sig) } catch {}
+}
+
+export function portInUse (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+/** `ss` output for a listening port: pids (only other users' processes when root) and the users:(...) part. */
+export function listener (port: number): { pids: number[], who: string } | undefined {
+  if (which('ss') === undefined) return undefined
+  const out = run('ss', ['-Hltnp', `sport = :${port}`]).out
+  return { pids: [...out.matchAll(/pid=(\d+)/g)].map((m) => Number(m[1])), who: /users:\(.*\)/.exec(out)?.[0] ?? '' }
+}
+
+/** Polls `check` every 100 ms for up to `seconds`; `gone` ends the wait early (a daemon that died on startup). */
+export async function waitFor (seconds: number, check: () => boolean | Promise<boolean>, gone?: (tick: number) => boolean): Promise<boolean> {
+  for (let i = 0; i < seconds * 10; i++) {
+    if (await check()) return true
+    if (gone?.(i) === true) return false
+    await sleep(100)
+  }
+  return false
+}

@@ -1,0 +1,364 @@
+// The stack's services as a table: each one's binary, configuration, start, readiness check and stop. Generic
+// start/stop around the table (already running? port free? ready in time? gone in time?) live in index.ts.
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidOf, PROJECT, type PortVar } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, run, runAs, type Run, sleep, SVC_USER, waitFor, which } from './proc.ts'
+
+// The owner (migrations, tools: DATABASE_DIRECT_URL) and the API's restricted role (DATABASE_URL, via PgBouncer).
+export const DB_USER = 'ledger'
+export const API_USER = 'ledger_api'
+// The cluster's superuser: creates roles and databases (sql/bootstrap.sql), streams to the replica; never the service's.
+export const SUPER_USER = 'postgres'
+export const READY_TIMEOUT = 30
+export const INSTALL_LINE = 'sudo apt-get install -y postgresql postgresql-contrib pgbouncer redis-server'
+const DATABASES = ['ledger', 'ledger_test']
+const PGBOUNCER_NOFILE = 4096
+
+const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres', 'psql', 'pg_isready'] as const
+const OTHER_TOOLS = { pgbouncer: '/usr/sbin/pgbouncer', 'redis-server': '/usr/bin/redis-server', 'redis-cli': '/usr/bin/redis-cli' }
+export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS | 'pg_basebackup', string>
+export interface Ctx { l: Layout, bins: Bins }
+
+const executable = (file: string) => { try { accessSync(file, constants.X_OK); return file } catch { return undefined } }
+const version = (dir: string) => (/postgresql\/(\d+)\//.exec(dir)?.[1] ?? '0').padStart(4, '0')
+
+/** The server tools' folder: the existing cluster's major version (only it can start that cluster), else the
+ * `initdb` on PATH (its real folder, where the matching tools live), else the newest /usr/lib/postgresql/N. */
+function pgBinDir (l: Layout): string | undefined {
+  const ver = existsSync(join(l.pgData, 'PG_VERSION')) ? readFileSync(join(l.pgData, 'PG_VERSION'), 'utf8').trim() : ''
+  if (ver !== '' && executable(`/usr/lib/postgresql/${ver}/bin/initdb`)) return `/usr/lib/postgresql/${ver}/bin`
+  const initdb = which('initdb')
+  if (initdb !== undefined) return dirname(realpathSync(initdb))
+  const dirs = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').map((v) => `/usr/lib/postgresql/${v}/bin`) : []
+  return dirs.filter((d) => executable(`${d}/initdb`)).sort((a, b) => version(a).localeCompare(version(b))).pop()
+}
+
+export function resolveBins (l: Layout): { bins: Bins, missing: string[] } {
+  const dir = pgBinDir(l)
+  const bins: Record<string, string | undefined> = {}
+  // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
+  for (const tool of [...PG_TOOLS, 'pg_basebackup']) bins[tool] = (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)
+  for (const [tool, fallback] of Object.entries(OTHER_TOOLS)) bins[tool] = which(tool) ?? executable(fallback)
+  return { bins: bins as Bins, missing: [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => bins[tool] === undefined) }
+}
+
+/** The binaries, installed with apt-get first when missing on Debian as root; elsewhere the exact install line. */
+export function ensureBins (l: Layout): Bins {
+  let { bins, missing } = resolveBins(l)
+  if (missing.length === 0) return bins
+  if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
+    die(`missing ${missing.join(' ')}. Install them with:\n    ${INSTALL_LINE}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
+  }
+  log(`missing ${missing.join(' ')}; installing with apt-get`)
+  run('apt-get', ['update'], { progress: true })
+  // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
+  run('apt-get', ['install', '-y', '--no-upgrade', 'postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server'],
+    { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  ({ bins, missing } = resolveBins(l))
+  if (missing.length > 0) die(`still missing after apt-get install: ${missing.join(' ')}`)
+  return bins
+}
+
+/** psql straight to a server, never reading the caller's ~/.psqlrc; the caller's PG* settings are cleared in index.ts. */
+export const psql = ({ bins }: Ctx, port: number, db: string, user: string, args: string[]): Run =>
+  run(bins.psql, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', user, '-d', db, ...args],
+    { env: { ...process.env, PGCONNECT_TIMEOUT: '3' } })
+const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) => {
+  const r = psql(ctx, port, db, user, ['-tAc', sql])
+  return r.ok ? r.out.trim() : undefined
+}
+
+/** Writes `text` to `file`, owned by the service user (as root). */
+function writeOwned (file: string, text: string) {
+  mkdirSync(dirname(file), { recursive: true })
+  writeFileSync(file, text)
+  if (IS_ROOT) run('chown', [`${SVC_USER}:`, dirname(file), file])
+}
+
+function startedOrDie (ctx: Ctx, name: string, result: Run) {
+  if (result.ok) return
+  tailLog(ctx.l, name)
+  die(`${name} failed to start`)
+}
+
+export function tailLog (l: Layout, name: string, file = logFile(l, name)) {
+  if (!existsSync(file)) return
+  log(`last lines of ${file}:`)
+  process.stderr.write(readFileSync(file, 'utf8').split('\n').slice(-31).join('\n'))
+}
+
+// ---- PostgreSQL (the primary and the streaming replica) ----
+
+const pgConf = (l: Layout, port: number, extra: string) => `# Generated by scripts/stack on every start; edits are overwritten.
+listen_addresses = '127.0.0.1'
+port = ${port}
+unix_socket_directories = '${l.dir.replaceAll("'", "''")}/run'
+max_connections = 100
+${extra}`
+
+/** pg_ctl stop: fast, else immediate; without pg_ctl, SIGINT is what `pg_ctl stop -m fast` sends. */
+const pgStop = (data: string) => ({ l, bins }: Ctx, pid: number) => {
+  if (bins.pg_ctl === undefined) return process.kill(pid, 'SIGINT')
+  for (const mode of ['fast', 'immediate']) if (runAs(l.dir, bins.pg_ctl, ['-D', data, '-m', mode, '-w', '-t', '30', 'stop'], { progress: true }).ok) return
+}
+
+function initPostgres ({ l, bins }: Ctx) {
+  if (existsSync(join(l.pgData, 'PG_VERSION'))) return
+  if (existsSync(l.pgData)) die(`${l.pgData} exists but holds no cluster (interrupted initdb?); move it away and rerun`)
+  const initLog = logFile(l, 'initdb')
+  log(`initialising PostgreSQL cluster in ${l.pgData}`)
+  let output = ''
+  // C.UTF-8 is missing on older macOS/glibc; plain C still stores UTF8.
+  for (const locale of ['C.UTF-8', 'C']) {
+    const r = runAs(l.dir, bins.initdb, ['-D', l.pgData, '-U', SUPER_USER, '--auth=trust', '-E', 'UTF8', `--locale=${locale}`])
+    output += r.out + r.err
+    writeFileSync(initLog, output)
+    if (r.ok) return
+    if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); run('rm', ['-rf', l.pgData]) }
+  }
+  process.stderr.write(output.split('\n').slice(-31).join('\n'))
+  die(`initdb failed (full log: ${initLog})`)
+}
+
+// A pid left in postmaster.pid by a SIGKILLed postgres can linger as a zombie (slow PID 1 in containers) or, after
+// a reboot, belong to an unrelated process: postgres refuses to start while it answers kill -0.
+async function clearStalePostmasterPid ({ l }: Ctx) {
+  const file = pidFile(l, 'postgres')
+  const old = existsSync(file) ? Number(readFileSync(file, 'utf8').split('\n')[0]) : NaN
+  if (!Number.isInteger(old) || old <= 0) return
+  for (let i = 0; i < 100; i++) {
+    try { process.kill(old, 0) } catch { return }
+    if (procComm(old) !== undefined) break
+    await sleep(100)
+  }
+  log(`removing stale ${file} (pid ${old} is not our postgres)`)
+  run('rm', ['-f', file])
+}
+
+function ensureDatabases (ctx: Ctx) {
+  const port = ctx.l.ports.STACK_PG_PORT
+  // A cluster made before the roles were split has `ledger` as its bootstrap superuser, which cannot be demoted.
+  const bootstrap = query(ctx, port, 'postgres', SUPER_USER, 'select rolname from pg_roles where oid = 10')
+  if (bootstrap !== SUPER_USER) {
+    die(`the PostgreSQL cluster in ${ctx.l.pgData} was initialised with '${bootstrap || 'another role'}' as its superuser, not '${SUPER_USER}'; it predates the database roles of sql/bootstrap.sql. Make the stack anew: npm run stack -- down && rm -rf ${ctx.l.dir}`)
+  }
+  for (const db of DATABASES) {
+    if (query(ctx, port, 'postgres', SUPER_USER, `select 1 from pg_database where datname = '${db}'`) !== '1') {
+      log(`creating database ${db}`)
+      const r = psql(ctx, port, 'postgres', SUPER_USER, ['-c', `create database "${db}"`])
+      if (!r.ok) die(`could not create database ${db}: ${r.err.trim()}`)
+    }
+    // Roles, ownership, privileges, extensions (idempotent). Trust on loopback: the logins need no password here.
+    const r = psql(ctx, port, db, SUPER_USER, ['-f', join(PROJECT, 'sql/bootstrap.sql')])
+    if (!r.ok) die(`sql/bootstrap.sql failed in ${db}: ${r.err.trim()}`)
+  }
+}
+
+// ---- PgBouncer ----
+
+const PGBOUNCER_SOURCE = join(PROJECT, 'deploy/pgbouncer/pgbouncer.ini')
+const SHARED_BEGIN = ';; >>> shared pooling settings'
+const SHARED_END = ';; <<< shared pooling settings'
+
+/** The local pgbouncer.ini: the source's shared block verbatim, plus only what is local (address, port, trust on
+ * loopback, paths in the stack folder, the local PostgreSQL as target). */
+export function pgbouncerConf (l: Layout): string {
+  if (!existsSync(PGBOUNCER_SOURCE)) die(`${PGBOUNCER_SOURCE} is missing; it holds PgBouncer's pooling settings`)
+  const text = readFileSync(PGBOUNCER_SOURCE, 'utf8')
+  const count = (marker: string) => text.split('\n').filter((line) => line.startsWith(marker)).length
+  const shared = new RegExp(`^${SHARED_BEGIN}.*\n([^]*?)^${SHARED_END}`, 'm').exec(text)?.[1] ?? ''
+  if (count(SHARED_BEGIN) !== 1 || count(SHARED_END) !== 1 || /^[ \t]*\[/m.test(shared) || !/^[ \t]*[a-z_]+[ \t]*=/m.test(shared)) {
+    die(`${PGBOUNCER_SOURCE} needs exactly one block of settings between a '${SHARED_BEGIN}' line and a '${SHARED_END}' line`)
+  }
+  return `;; Generated by scripts/stack on every start of pgbouncer; edits are overwritten. The pooling settings are
+;; copied from deploy/pgbouncer/pgbouncer.ini; only the local ones before them are the stack's own.
+[databases]
+* = host=127.0.0.1 port=${l.ports.STACK_PG_PORT}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${l.ports.STACK_PGBOUNCER_PORT}
+unix_socket_dir = ${l.dir}/run
+;; Loopback only. auth_type=trust still requires the user to be listed in auth_file.
+auth_type = trust
+auth_file = ${l.dir}/pgbouncer/userlist.txt
+;; The admin console, for the stack's readiness check and \`npm run diagnose\`.
+admin_users = ${DB_USER}
+stats_users = ${DB_USER}
+pidfile = ${pidFile(l, 'pgbouncer')}
+logfile = ${logFile(l, 'pgbouncer')}
+
+${SHARED_BEGIN} (from deploy/pgbouncer/pgbouncer.ini)
+${shared.replace(/\n+$/, '')}
+${SHARED_END}
+`
+}
+
+function writePgbouncerConf (l: Layout) {
+  writeOwned(join(l.dir, 'pgbouncer/userlist.txt'), `"${DB_USER}" ""\n"${API_USER}" ""\n`)
+  writeOwned(join(l.dir, 'pgbouncer/pgbouncer.ini'), pgbouncerConf(l))
+}
+
+// max_client_conn=2000 needs a descriptor per client. The limit is raised inside the service user's session:
+// runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
+const NOFILE_WRAPPER = `want=$1; shift
+soft=$(ulimit -Sn); hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
+if [ "$soft" != unlimited ] && [ "$soft" -lt "$want" ]; then ulimit -Sn "$want"; fi
+exec "$@"`
+
+// ---- Redis ----
+
+const redisArgs = (port: number, dir: string, pid: string, logfile: string) =>
+  // No persistence: Redis is a cache/queue here, and tests expect a clean instance after a restart.
+  ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir,
+    '--pidfile', pid, '--logfile', logfile, '--unixsocket', '']
+export const ping = ({ bins }: Ctx, port: number) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), 'ping']).out.trim() === 'PONG'
+
+// ---- The table ----
+
+export interface Service {
+  portVar: PortVar
+  /** Starts the daemon (not running, port free); logs what it does, dies with the log's tail on failure. */
+  launch: (ctx: Ctx) => void | Promise<void>
+  /** Accepts connections (for PgBouncer: and reaches PostgreSQL when that runs). */
+  ready: (ctx: Ctx) => boolean
+  /** Where a running process says which port it is on: PostgreSQL's pid file (else a probe of the port). */
+  pidFileHasPort?: boolean
+  /** After `ready`, on every start. */
+  prepare?: (ctx: Ctx) => void
+  /** Default: SIGTERM. */
+  stop?: (ctx: Ctx, pid: number) => void
+}
+
+export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Service> = {
+  postgres: {
+    portVar: 'STACK_PG_PORT',
+    async launch (ctx) {
+      const { l, bins } = ctx
+      await clearStalePostmasterPid(ctx)
+      initPostgres(ctx)
+      // Settings in an include file, not on pg_ctl's command line, so a plain `pg_ctl restart` keeps them.
+      const conf = join(l.pgData, 'postgresql.conf')
+      if (!/^include_dir = 'conf.d'/m.test(readFileSync(conf, 'utf8'))) writeFileSync(conf, "\n# Added by scripts/stack; its settings live in conf.d/.\ninclude_dir = 'conf.d'\n", { flag: 'a' })
+      // It is a ledger: even locally, never trade durability for speed, so fault tests see production's guarantees.
+      writeOwned(join(l.pgData, 'conf.d/ledger-stack.conf'), pgConf(l, l.ports.STACK_PG_PORT,
+        "shared_buffers = 256MB\nshared_preload_libraries = 'pg_stat_statements'\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"))
+      log(`starting postgres on 127.0.0.1:${l.ports.STACK_PG_PORT}`)
+      startedOrDie(ctx, 'postgres', runAs(l.dir, bins.pg_ctl, ['-D', l.pgData, '-p', bins.postgres, '-l', logFile(l, 'postgres'), '-w', '-t', String(READY_TIMEOUT), 'start'], { progress: true }))
+    },
+    ready: ({ l, bins }) => run(bins.pg_isready, ['-q', '-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-d', 'postgres']).ok,
+    pidFileHasPort: true,
+    prepare: ensureDatabases,
+    stop: (ctx, pid) => pgStop(ctx.l.pgData)(ctx, pid)
+  },
+  pgbouncer: {
+    portVar: 'STACK_PGBOUNCER_PORT',
+    launch (ctx) {
+      const { l, bins } = ctx
+      run('rm', ['-f', pidFile(l, 'pgbouncer')])
+      writePgbouncerConf(l)
+      log(`starting pgbouncer on 127.0.0.1:${l.ports.STACK_PGBOUNCER_PORT} (transaction pooling -> postgres :${l.ports.STACK_PG_PORT})`)
+      startedOrDie(ctx, 'pgbouncer', runAs(l.dir, '/bin/sh', ['-c', NOFILE_WRAPPER, 'sh', String(PGBOUNCER_NOFILE), bins.pgbouncer, '-d', join(l.dir, 'pgbouncer/pgbouncer.ini')], { progress: true }))
+    },
+    // The admin console answers while PostgreSQL is down (fault tests stop it); with it up, the whole path must work.
+    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, 'pgbouncer', DB_USER, 'show version') !== undefined &&
+      (pidOf(ctx.l, 'postgres') === undefined || query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, DB_USER, DB_USER, 'select 1') === '1'),
+    // A stack from before the API role: its auth file learns the user (PgBouncer re-reads it on SIGHUP).
+    prepare ({ l }) {
+      if (readFileSync(join(l.dir, 'pgbouncer/userlist.txt'), 'utf8').includes(`"${API_USER}"`)) return
+      writePgbouncerConf(l)
+      process.kill(pidOf(l, 'pgbouncer') ?? 0, 'SIGHUP')
+    }
+  },
+  redis: {
+    portVar: 'STACK_REDIS_PORT',
+    launch (ctx) {
+      const { l, bins } = ctx
+      run('rm', ['-f', pidFile(l, 'redis')])
+      log(`starting redis on 127.0.0.1:${l.ports.STACK_REDIS_PORT}`)
+      startedOrDie(ctx, 'redis', runAs(l.dir, bins['redis-server'], [...redisArgs(l.ports.STACK_REDIS_PORT, join(l.dir, 'redis'), pidFile(l, 'redis'), logFile(l, 'redis')), '--maxclients', '10000'], { progress: true }))
+    },
+    ready: (ctx) => ping(ctx, ctx.l.ports.STACK_REDIS_PORT)
+  },
+  // A streaming hot standby cloned from the running primary (pg_basebackup -R); disposable: stopping deletes it.
+  replica: {
+    portVar: 'STACK_PG_REPLICA_PORT',
+    launch (ctx) {
+      const { l, bins } = ctx
+      const port = l.ports.STACK_PG_REPLICA_PORT
+      if (!existsSync(join(l.replicaData, 'standby.signal'))) {
+        if (bins.pg_basebackup === undefined) die('pg_basebackup not found (it ships with the PostgreSQL server package)')
+        run('rm', ['-rf', l.replicaData])
+        log(`cloning the primary (127.0.0.1:${l.ports.STACK_PG_PORT}) into ${l.replicaData} with pg_basebackup`)
+        const r = runAs(l.dir, bins.pg_basebackup, ['-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-D', l.replicaData, '--write-recovery-conf', '--wal-method=stream', '--checkpoint=fast'])
+        writeFileSync(logFile(l, 'replica-basebackup'), r.out + r.err)
+        if (!r.ok) { process.stderr.write(r.err); run('rm', ['-rf', l.replicaData]); die('pg_basebackup failed') }
+      }
+      // pg_hba and postgresql.conf (with its include_dir) come from the primary; PostgreSQL's defaults
+      // (wal_level = replica, max_wal_senders = 10) let the primary stream without a restart.
+      writeOwned(join(l.replicaData, 'conf.d/ledger-stack.conf'), pgConf(l, port, "shared_buffers = 128MB\nshared_preload_libraries = 'pg_stat_statements'\nhot_standby = on\n" +
+        '# Tell the primary which rows replica queries still need, so vacuum does not cancel them (SQLSTATE 40001).\nhot_standby_feedback = on\n'))
+      log(`starting the replica on 127.0.0.1:${port} (streaming from :${l.ports.STACK_PG_PORT})`)
+      startedOrDie(ctx, 'replica', runAs(l.dir, bins.pg_ctl, ['-D', l.replicaData, '-l', logFile(l, 'replica'), '-w', '-t', String(READY_TIMEOUT), 'start'], { progress: true }))
+    },
+    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't',
+    pidFileHasPort: true,
+    stop: (ctx, pid) => pgStop(ctx.l.replicaData)(ctx, pid)
+  }
+}
+
+// ---- Redis Cluster: 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing persistent ----
+
+// The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
+// would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
+const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
+const clusterInfo = ({ bins }: Ctx, port: number) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), 'cluster', 'info']).out
+
+export function validateCluster (l: Layout) {
+  if (!/^[01]$/.test(l.clusterReplicas)) die('STACK_REDIS_CLUSTER_REPLICAS must be 0 or 1')
+  const first = l.ports.STACK_REDIS_CLUSTER_PORT
+  if (first + clusterSize(l) - 1 > 65535 || first <= 10000) die(`STACK_REDIS_CLUSTER_PORT=${first} must leave room for ${clusterSize(l)} nodes and lie above 10000`)
+  const others = [l.ports.STACK_PG_PORT, l.ports.STACK_PGBOUNCER_PORT, l.ports.STACK_REDIS_PORT, l.ports.STACK_PG_REPLICA_PORT]
+  if (clusterPorts(l).some((p) => others.includes(p))) die(`the cluster's ports (${first} and up) overlap the stack's other ports`)
+}
+
+async function launchNode ({ l, bins }: Ctx, port: number) {
+  const dir = join(l.clusterDir, String(port))
+  for (const p of [port, busPort(port)]) {
+    if (await portInUse(p)) die(`port ${p} on 127.0.0.1 (${p === port ? 'wanted by a cluster node' : `cluster bus of :${port}`}) is already in use; set STACK_REDIS_CLUSTER_PORT`)
+  }
+  mkdirSync(dir, { recursive: true })
+  if (IS_ROOT) run('chown', [`${SVC_USER}:`, l.clusterDir, dir])
+  const r = runAs(l.dir, bins['redis-server'], [...redisArgs(port, dir, join(dir, 'redis.pid'), join(dir, 'redis.log')),
+    '--cluster-enabled', 'yes', '--cluster-port', String(busPort(port)), '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '5000'], { progress: true })
+  if (!r.ok) { tailLog(l, '', join(dir, 'redis.log')); die(`cluster node :${port} failed to start`) }
+}
+
+export async function startCluster (ctx: Ctx) {
+  const { l, bins } = ctx
+  for (const port of clusterPorts(l)) {
+    const pid = pidOf(l, `cluster-${port}`)
+    if (pid === undefined) await launchNode(ctx, port)
+    else log(`cluster node :${port} already running (pid ${pid})`)
+  }
+  for (const port of clusterPorts(l)) {
+    const up = () => waitFor(READY_TIMEOUT, () => ping(ctx, port), (i) => i >= 20 && pidOf(l, `cluster-${port}`) === undefined)
+    if (await up()) continue
+    // The default ports sit in Linux's ephemeral range: a passing outgoing connection may hold one for a moment.
+    log(`cluster node :${port} did not come up; retrying once`)
+    await launchNode(ctx, port)
+    if (!(await up())) { tailLog(l, '', join(l.clusterDir, String(port), 'redis.log')); die(`cluster node :${port} did not answer within ${READY_TIMEOUT}s`) }
+  }
+  const ok = () => clusterPorts(l).every((p) => /^cluster_state:ok/m.test(clusterInfo(ctx, p)))
+  if (ok()) return log('redis cluster already formed')
+  // Formed earlier and still settling (or a node restarted): wait, never form it twice.
+  if (/^cluster_slots_assigned:0\r?$/m.test(clusterInfo(ctx, l.ports.STACK_REDIS_CLUSTER_PORT))) {
+    log(`forming a Redis Cluster of ${clusterSize(l)} nodes (replicas per master: ${l.clusterReplicas})`)
+    const r = run(bins['redis-cli'], ['--cluster', 'create', ...clusterPorts(l).map((p) => `127.0.0.1:${p}`), '--cluster-replicas', l.clusterReplicas, '--cluster-yes'])
+    writeFileSync(join(l.clusterDir, 'create.log'), r.out + r.err)
+    if (!r.ok) { process.stderr.write((r.out + r.err).split('\n').slice(-31).join('\n')); die('redis-cli --cluster create failed') }
+  }
+  if (!(await waitFor(READY_TIMEOUT, ok))) die(`the Redis Cluster did not reach cluster_state:ok within ${READY_TIMEOUT}s (logs: ${l.clusterDir}/*/redis.log)`)
+}
