@@ -1,5 +1,5 @@
 // Prometheus's own binaries for the observability tests (promtool for the rule files, prometheus for the live
-// test): Debian's `prometheus` package, installed with apt-get when missing on Debian as root, as scripts/stack.sh
+// test): Debian's `prometheus` package, installed with apt-get when missing on Debian as root, as scripts/stack/
 // installs PostgreSQL, PgBouncer and Redis. Anywhere else a missing binary is an error naming the install line.
 import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'

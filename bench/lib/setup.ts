@@ -25,7 +25,7 @@ export function resolveEnv (database: string, redisDb: number, log: (line: strin
   let redisUrl = process.env.REDIS_URL
   let stackDir: string | undefined
   if (!databaseUrl || !redisUrl) {
-    log('DATABASE_URL/REDIS_URL not set: bringing up the project-local stack (scripts/stack.sh up)')
+    log('DATABASE_URL/REDIS_URL not set: bringing up the project-local stack (npm run stack -- up)')
     const stack = localStackUp()
     databaseUrl = stack.DATABASE_URL
     directUrl = stack.DATABASE_DIRECT_URL

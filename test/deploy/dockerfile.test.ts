@@ -77,7 +77,7 @@ t.test('every module the server, the worker and the migration runner load is in 
 
 t.test('.dockerignore keeps local state, secrets and development files out', async (t) => {
   const filter = ignore().add(dockerignore.split('\n').map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#')))
-  for (const file of ['.env', '.env.local', '.git/config', '.stack/jwt-secret', '.engine/data/x', 'node_modules/fastify/package.json', 'test/helper.ts', 'bench/run.ts', 'scripts/stack.sh', 'scripts/ops/clients.ts', 'deploy/k8s/kustomization.yaml']) {
+  for (const file of ['.env', '.env.local', '.git/config', '.stack/jwt-secret', '.engine/data/x', 'node_modules/fastify/package.json', 'test/helper.ts', 'bench/run.ts', 'scripts/stack/index.ts', 'scripts/ops/clients.ts', 'deploy/k8s/kustomization.yaml']) {
     t.ok(filter.ignores(file), `${file} stays out`)
   }
 })

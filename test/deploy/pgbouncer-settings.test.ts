@@ -1,5 +1,5 @@
 // deploy/pgbouncer/pgbouncer.ini is the one source of PgBouncer's pooling settings (see its header). compose.yaml
-// mounts it as is; this file holds everything else to it: the local stack's generated ini (scripts/stack.sh),
+// mounts it as is; this file holds everything else to it: the local stack's generated ini (scripts/stack/),
 // the Kubernetes ConfigMap's copy, and config.ts's pool arithmetic.
 import { readFileSync } from 'node:fs'
 import t from 'tap'
@@ -91,7 +91,7 @@ t.test('the source holds the pooling settings', async (t) => {
 })
 
 t.test('the local stack renders the shared block verbatim and adds only local settings', async (t) => {
-  const local = parseIni(runStack(['pgbouncer-conf'], { quiet: true }), 'stack.sh pgbouncer-conf')
+  const local = parseIni(runStack(['pgbouncer-conf'], { quiet: true }), 'npm run stack -- pgbouncer-conf')
   t.same(sorted(local.shared), sorted(source.shared), 'same shared settings')
   t.equal(local.sharedText, source.sharedText, 'copied verbatim, comments included')
   const localOnly = ['listen_addr', 'listen_port', 'unix_socket_dir', 'auth_type', 'auth_file', 'admin_users', 'stats_users', 'pidfile', 'logfile']

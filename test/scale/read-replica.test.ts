@@ -1,4 +1,4 @@
-// Read scaling with read-your-writes, against a real streaming replica (`stack.sh replica up`: pg_basebackup -R of
+// Read scaling with read-your-writes, against a real streaming replica (`npm run stack -- replica up`: pg_basebackup -R of
 // the test stack's primary). Replay is paused on the replica while a test writes, so a read that went to the
 // replica visibly misses the write; the db span's server.port says which server answered.
 // LEDGER_TEST_DATABASE_REPLICA_URL points the test at a replica someone else runs instead.

@@ -1,4 +1,4 @@
-// The rate limiter and the cache against a real Redis Cluster: `stack.sh cluster up` starts redis-server processes
+// The rate limiter and the cache against a real Redis Cluster: `npm run stack -- cluster up` starts redis-server processes
 // in cluster mode on 127.0.0.1 and joins them with `redis-cli --cluster create`; the app runs with
 // REDIS_CLUSTER_NODES, so ioredis runs in cluster mode (slot routing, EVALSHA by key, MOVED handling).
 // LEDGER_TEST_REDIS_CLUSTER_NODES points the test at a cluster someone else runs instead.

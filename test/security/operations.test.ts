@@ -143,7 +143,7 @@ t.test('the local stack generated its own secret (mode 0600) and the test path p
   t.equal(statSync(file).mode & 0o777, 0o600, 'readable by its owner only')
   const secret = readFileSync(file, 'utf8').trim()
   t.ok(secret.length >= 32)
-  t.equal(readStackEnv().JWT_SECRET, secret, '`stack.sh env` prints it')
+  t.equal(readStackEnv().JWT_SECRET, secret, '`npm run stack -- env` prints it')
   t.equal(process.env.JWT_SECRET, secret, 'scripts/test.ts passed it to the suite')
   t.equal(localStackSecret(stackDir()), secret, 'development without JWT_SECRET reads the same file (every process of the checkout agrees)')
 })

@@ -4,7 +4,7 @@
 // dead Redis never hides what PostgreSQL says.
 //
 // Servers come from DATABASE_URL (PgBouncer), DATABASE_DIRECT_URL (PostgreSQL) and REDIS_URL, or flags of the same
-// meaning; whatever is unset is taken from the project-local stack (`bash scripts/stack.sh env`, which starts
+// meaning; whatever is unset is taken from the project-local stack (`npm run stack -- env`, which starts
 // nothing). Everything it runs is read-only. The API is http://127.0.0.1:$PORT (3000) unless --api says otherwise.
 import { readStackEnv, withUserOf } from '../../local-stack.ts'
 import { commandLine, reason, withTimeout } from '../format.ts'
@@ -85,7 +85,7 @@ export function render (d: Diagnosis): string {
   ].join('\n')
 }
 
-/** DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL from the environment; what is unset comes from `stack.sh env`. */
+/** DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL from the environment; what is unset comes from `npm run stack -- env`. */
 export function resolveTargets (env: NodeJS.ProcessEnv, flags: Partial<Targets>): Omit<Targets, 'apiUrl' | 'metricsToken'> {
   const targets = {
     databaseUrl: flags.databaseUrl ?? (env.DATABASE_URL || undefined),
