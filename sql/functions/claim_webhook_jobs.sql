@@ -45,6 +45,10 @@ begin
   if p_limit <= 0 then
     return;
   end if;
+  -- Every claim would otherwise plan both statements again (custom plans for their parameters): more time than
+  -- running them. The generic plans are the same index walks, planned once per connection. For this transaction
+  -- only (a claim is one statement from the client).
+  perform pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
   -- The endpoints with due work, least recently served first. The recursive part is a skip scan of
   -- jobs_endpoint_idx: one probe per endpoint with pending jobs, however many jobs each holds.
