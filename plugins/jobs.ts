@@ -34,11 +34,13 @@ export interface JobContext {
 }
 
 /**
- * `done`: the job is finished and removed. `continue`: there is more to do; the payload given (for example a cursor)
+ * `done`: the job is finished and removed (`removed`: already, by the handler's own last statement, which checked the
+ * lease as the worker would, `attempts` as claimed; the worker writes nothing more). `continue`: there is more to
+ * do; the payload given (for example a cursor)
  * replaces the stored one and the job runs again at once (keeping its place in the queue), so a long job (a fan-out to 10,000 feeds) runs in bounded
  * steps and resumes where it stopped if the worker dies. A thrown error is a failed attempt, retried with backoff.
  */
-export type JobResult = { status: 'done' } | { status: 'continue', payload: unknown }
+export type JobResult = { status: 'done', removed?: boolean } | { status: 'continue', payload: unknown }
 
 export type JobHandler<Payload = unknown> = (job: Job<Payload>, context: JobContext) => Promise<JobResult>
 

@@ -215,6 +215,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
          where id = ${row.id} and attempts = ${row.attempts}`)
     }
     if (result.status === 'done') {
+      if (result.removed === true) return metrics.jobAttempts.inc({ kind: row.kind, outcome: 'done' })
       return record(row, 'done', sql`delete from jobs where id = ${row.id} and attempts = ${row.attempts}`)
     }
     return record(row, 'continue', sql`

@@ -44,7 +44,7 @@ const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9
  * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
  * ahead of retries, at most `endpointConcurrency` attempts in flight per endpoint across every worker process. One
  * slow, hanging or failing endpoint holds at most its own share; everyone else's first attempts take the next free
- * slots. The same statement counts each claimed delivery's attempt (the deliveries list shows it as it starts).
+ * slots. The claim counts each attempt on its job row, which the deliveries list reads while the attempt runs.
  */
 export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
   return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
@@ -92,16 +92,17 @@ export function webhookLane (options: WebhookLaneOptions): LaneOptions {
     const delivered = response.outcome === 'delivered'
     const next = delivered ? null : (retryAt?.() ?? null)
     const recorded = await recordAttempt(sql, {
-      deliveryId, attempts, statusCode: response.statusCode, delivered, nextAttemptAt: next, disableAfterS: options.disableAfterS
+      deliveryId, jobId: job.id, attempts, statusCode: response.statusCode, delivered, nextAttemptAt: next, disableAfterS: options.disableAfterS
     })
-    const status = recorded?.status ?? (delivered ? 'delivered' : 'failed')
+    const status = recorded.status ?? (delivered ? 'delivered' : 'failed')
     metrics.webhookDeliveryDuration.observe({ outcome: delivered ? 'delivered' : 'failed' }, response.durationMs / 1000)
     metrics.webhookDeliveries.inc({ outcome: delivered ? 'delivered' : status === 'pending' ? 'retry' : 'failed', reason: delivered ? '' : response.error ?? 'status' })
-    if (recorded?.endpointDisabled === true) {
+    if (recorded.endpointDisabled) {
       metrics.webhookEndpointsDisabled.inc()
       log.warn({ endpointId: row.endpoint_id, disableAfterS: options.disableAfterS }, 'webhook endpoint disabled: every attempt failed for the whole window')
     }
-    if (status !== 'pending') return { status: 'done' }
+    // A final outcome removed the job with it (one commit); else (the lease was lost) the worker's own check says so.
+    if (status !== 'pending') return { status: 'done', removed: recorded.jobFinished }
     // The worker schedules the job at retryAt, the time just recorded for the deliveries list.
     throw new Error(`webhook attempt failed: ${response.error ?? 'status'}${response.statusCode === null ? '' : ` ${response.statusCode}`}`)
   }

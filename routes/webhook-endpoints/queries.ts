@@ -128,14 +128,27 @@ export const toDelivery = (row: DeliveryRow): WebhookDelivery => ({
   createdAt: row.created_at.toISOString()
 })
 
-/** An endpoint's deliveries, newest first, plus one look-ahead row (cursors.page): one range scan of its index. */
+/**
+ * An endpoint's deliveries, newest first, plus one look-ahead row (cursors.page): one range scan of its index. An
+ * attempt counts from when it starts: the delivery row is written once per attempt, with its outcome, and an
+ * attempt still running (or cut short by a dead worker, until its job runs again) is read from its job row, claimed
+ * for it with the attempt counted (jobs_in_flight_idx: only the endpoint's claimed jobs, a handful). While it runs
+ * there is no next attempt.
+ */
 export function deliveriesPageQuery (sql: Sql, endpointId: string, limit: number, before?: string) {
   return sql<DeliveryRow[]>`
-    select id, event_id, type, transaction_id, status, attempts, last_status_code, next_attempt_at, created_at
-      from webhook_deliveries
-     where endpoint_id = ${endpointId}
-       ${before === undefined ? sql`` : sql`and id < ${before}`}
-     order by id desc
+    select d.id, d.event_id, d.type, d.transaction_id, d.status,
+           greatest(d.attempts, coalesce(j.attempts, 0)) as attempts, d.last_status_code,
+           case when j.attempts is null then d.next_attempt_at end as next_attempt_at, d.created_at
+      from webhook_deliveries d
+      left join lateral (
+        select max(f.attempts) as attempts from jobs f
+         where d.status = 'pending' and f.endpoint_id = d.endpoint_id and f.claimed_at is not null
+           and f.payload->>'deliveryId' = d.id::text
+      ) j on true
+     where d.endpoint_id = ${endpointId}
+       ${before === undefined ? sql`` : sql`and d.id < ${before}`}
+     order by d.id desc
      limit ${limit + 1}`
 }
 
@@ -165,7 +178,7 @@ export interface AttemptRow extends Omit<TransactionRow, 'id'> {
 }
 
 /**
- * What an attempt sends: the delivery (its attempt already counted by the lane's claim), its endpoint's URL and
+ * What an attempt sends: the delivery (its attempt counted from the lane's claim), its endpoint's URL and
  * secret, and its transaction. Undefined when there is nothing to send: the delivery is gone or final, or its
  * endpoint is disabled (see failIfEndpointDisabled).
  */
@@ -190,6 +203,8 @@ export async function failIfEndpointDisabled (sql: Sql, deliveryId: string): Pro
 
 export interface AttemptOutcome {
   deliveryId: string
+  /** The attempt's job, removed with a final outcome (its lease: attempts). */
+  jobId: string
   /** Attempts started, this one included. */
   attempts: number
   statusCode: number | null
@@ -200,13 +215,14 @@ export interface AttemptOutcome {
 }
 
 /**
- * Records an attempt's outcome on the delivery and its endpoint's health (record_webhook_attempt()), one statement.
- * Undefined when nothing was recorded (the delivery is no longer pending).
+ * Records an attempt's outcome on the delivery and its endpoint's health (record_webhook_attempt()), one statement;
+ * a final outcome removes the attempt's job in the same transaction (`jobFinished`). `status` is null when only the
+ * attempt was counted (the delivery is no longer pending).
  */
-export async function recordAttempt (sql: Sql, outcome: AttemptOutcome): Promise<{ status: WebhookDelivery['status'], endpointDisabled: boolean } | undefined> {
-  const [row] = await sql<Array<{ status: WebhookDelivery['status'], endpoint_disabled: boolean }>>`
-    select status, endpoint_disabled from record_webhook_attempt(
+export async function recordAttempt (sql: Sql, outcome: AttemptOutcome): Promise<{ status: WebhookDelivery['status'] | null, endpointDisabled: boolean, jobFinished: boolean }> {
+  const [row] = await sql<Array<{ status: WebhookDelivery['status'] | null, endpoint_disabled: boolean, job_finished: boolean }>>`
+    select status, endpoint_disabled, job_finished from record_webhook_attempt(
       ${outcome.deliveryId}::bigint, ${outcome.attempts}::int, ${outcome.statusCode}::int, ${outcome.delivered}::boolean,
-      ${outcome.nextAttemptAt}::timestamptz, ${outcome.disableAfterS}::int)`
-  return row === undefined ? undefined : { status: row.status, endpointDisabled: row.endpoint_disabled }
+      ${outcome.nextAttemptAt}::timestamptz, ${outcome.disableAfterS}::int, ${outcome.jobId}::bigint)`
+  return { status: row?.status ?? null, endpointDisabled: row?.endpoint_disabled === true, jobFinished: row?.job_finished === true }
 }

@@ -6,7 +6,8 @@
 --   - first attempts ahead of retries, across all endpoints;
 --   - at most p_endpoint_limit attempts in flight per endpoint, across every worker process: an attempt is in flight
 --     while its job is claimed (claimed_at) and its lease (run_at) has not run out.
--- Each claimed delivery counts its attempt at once (webhook_deliveries.attempts, no next attempt while it runs).
+-- The attempt counts from the claim: the deliveries list reads an attempt in flight from its job row
+-- (jobs.claimed_at, jobs.attempts), so a delivery is written once per attempt, when its outcome is recorded.
 -- Two workers claiming for the same endpoint at once could both count its attempts before either commits, so each
 -- endpoint is claimed for under a transaction-scoped advisory lock (taken in one global order; a claim for the same
 -- endpoint waits its milliseconds), and the attempts are counted by a later statement of this VOLATILE function: it
@@ -44,6 +45,10 @@ begin
   if p_limit <= 0 then
     return;
   end if;
+  -- Every claim would otherwise plan both statements again (custom plans for their parameters): more time than
+  -- running them. The generic plans are the same index walks, planned once per connection. For this transaction
+  -- only (a claim is one statement from the client).
+  perform pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
 
   -- The endpoints with due work, least recently served first. The recursive part is a skip scan of
   -- jobs_endpoint_idx: one probe per endpoint with pending jobs, however many jobs each holds.
@@ -129,16 +134,6 @@ begin
     update public.webhook_endpoints e
        set last_claimed_at = pg_catalog.now()
      where e.id = any (array(select c.endpoint_id from claimed c))
-  ), started as (
-    -- The attempt counts from here (the deliveries list shows it while it runs, with no next attempt yet), in this
-    -- one write rather than one per attempt. The id is cast only when it is one (a malformed payload must not
-    -- fail everyone's claim: its handler refuses it).
-    update public.webhook_deliveries d
-       set attempts = d.attempts + 1, next_attempt_at = null
-     where d.id = any (array(
-             select case when c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$' then (c.payload->>'deliveryId')::bigint end
-               from claimed c))
-       and d.status = 'pending'
   )
   select c.id::text, c.kind, c.payload, c.attempts, c.created_at, c.due_at,
          extract(epoch from pg_catalog.now() - c.due_at)::double precision,

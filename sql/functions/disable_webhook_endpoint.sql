@@ -1,7 +1,9 @@
 -- disable_webhook_endpoint(): takes an endpoint out of delivery, as the worker does after WEBHOOK_DISABLE_AFTER_H of
 -- failed attempts (record_webhook_attempt()) and as its owner does with PATCH /webhook-endpoints/:id. Its pending
--- deliveries become `failed` and their queued jobs go; an attempt already in flight finishes, finds its delivery
--- final and records nothing more. True when this call disabled it, false when it was disabled already (or is gone).
+-- deliveries become `failed` (keeping the count of every attempt started, those still in flight or cut short by
+-- a dead worker included: they are counted from their job rows until recorded) and their queued jobs go; an attempt
+-- already in flight finishes, finds its delivery final and records nothing more than its count. True when this call
+-- disabled it, false when it was disabled already (or is gone).
 -- post_transaction() queues nothing for a disabled endpoint; re-enabling it (the owner's PATCH) resumes delivery
 -- with the next event.
 --
@@ -18,7 +20,12 @@ begin
   if not found then
     return false;
   end if;
-  update public.webhook_deliveries d set status = 'failed', next_attempt_at = null
+  update public.webhook_deliveries d
+     set status = 'failed', next_attempt_at = null,
+         attempts = greatest(d.attempts, coalesce((
+           select pg_catalog.max(j.attempts) from public.jobs j
+            where j.endpoint_id = p_endpoint_id and j.claimed_at is not null
+              and j.payload->>'deliveryId' = d.id::text), 0))
    where d.endpoint_id = p_endpoint_id and d.status = 'pending';
   delete from public.jobs j
    where j.endpoint_id = p_endpoint_id and not (j.claimed_at is not null and j.run_at > pg_catalog.now());
