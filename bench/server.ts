@@ -5,7 +5,7 @@
 import { telemetry } from '../telemetry.ts'
 import { buildApp } from '../app.ts'
 import { loadConfig } from '../config.ts'
-import { feedNPlusOneRoutes } from './feed-n-plus-one.ts'
+import { feedNPlusOneRoutes } from '../test/feed-n-plus-one.ts'
 
 const config = loadConfig()
 const app = await buildApp(config)

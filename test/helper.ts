@@ -6,8 +6,8 @@ import type { FastifyInstance, FastifyServerOptions, InjectOptions } from 'fasti
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
-import type { Scope } from '../plugins/auth.ts'
-import { createServiceClient } from '../routes/auth/clients.ts'
+import type { Scope } from '../plugins/auth/index.ts'
+import { createServiceClient } from '../routes/identity/clients.ts'
 import { wireMismatches } from './wire-check.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }

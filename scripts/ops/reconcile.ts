@@ -3,7 +3,7 @@
 // API's role will do) or else the project-local stack. The checks themselves (one snapshot, four invariants) live in
 // plugins/ledger-invariants.ts, shared with the ledger check the API processes run every RECONCILE_INTERVAL_S.
 import postgres from 'postgres'
-import { reconcileLedger, type ReconcileCheck } from '../../plugins/ledger-invariants.ts'
+import { reconcileLedger, type ReconcileCheck } from '../../routes/ledger/invariants.ts'
 import { localStackUp } from '../local-stack.ts'
 import { migrate } from '../migrate.ts'
 

@@ -10,7 +10,7 @@ import type postgres from 'postgres'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
-import { reconcileLedger } from '../../plugins/ledger-invariants.ts'
+import { reconcileLedger } from '../../routes/ledger/invariants.ts'
 import { createClient, openSpans, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }

@@ -1,8 +1,8 @@
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
-import currenciesPlugin, { isActiveCurrency } from '../../plugins/currencies.ts'
-import { createMetrics } from '../../plugins/metrics.ts'
+import currenciesPlugin, { isActiveCurrency } from '../../routes/ledger/currencies.ts'
+import { createMetrics } from '../../plugins/metrics/index.ts'
 
 /**
  * The plugin alone, over a stand-in for the database whose answer each test sets: what it does before the first

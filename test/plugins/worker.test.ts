@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { enqueueJob, JobDeferred, nextRetryAt, type JobHandlers } from '../../plugins/jobs.ts'
+import { enqueueJob, JobDeferred, nextRetryAt, type JobHandlers } from '../../plugins/jobs/queue.ts'
 import Fastify from 'fastify'
-import databasePlugin from '../../plugins/database.ts'
-import errorsPlugin from '../../plugins/errors.ts'
-import metricsPlugin, { createMetrics } from '../../plugins/metrics.ts'
-import workerPlugin, { type WorkerOptions } from '../../plugins/worker.ts'
+import databasePlugin from '../../plugins/database/index.ts'
+import errorsPlugin from '../../plugins/errors/index.ts'
+import metricsPlugin, { createMetrics } from '../../plugins/metrics/index.ts'
+import workerPlugin, { type WorkerOptions } from '../../plugins/jobs/worker.ts'
 import { buildTestApp, testConfig, testSql, within } from '../helper.ts'
 
 const retry = { baseMs: 5000, maxDelayMs: 3_600_000, windowMs: 86_400_000 }

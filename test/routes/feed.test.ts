@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { feedNPlusOneRoutes } from '../../bench/feed-n-plus-one.ts'
+import { feedNPlusOneRoutes } from '../feed-n-plus-one.ts'
 import { buildTestApp, createUser, dbSpans, injectTraced, testSql, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { createFeedJobHandlers, FEED_JOB } from '../../routes/feed/jobs.ts'
+import { createFeedJobHandlers, FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { buildTestApp, createUser, dbSpans, drainJobs, injectTraced, makeFollowers, testSql, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>

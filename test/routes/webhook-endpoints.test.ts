@@ -3,8 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../../app.ts'
 import { buildTestApp, createClient, createUser, fund, registerWebhookEndpoint, testSql, type TestClient, type TestUser } from '../helper.ts'
-import { WEBHOOK_DELIVER } from '../../routes/webhook-endpoints/jobs.ts'
-import { purgeDeliveries } from '../../routes/webhook-endpoints/queries.ts'
+import { WEBHOOK_DELIVER } from '../../routes/webhooks/delivery-jobs.ts'
+import { purgeDeliveries } from '../../routes/webhooks/repository.ts'
 import { startReceiver, verifyStandardWebhook } from '../webhook-receiver.ts'
 
 // Retries come due within a few tens of milliseconds, and attempts time out fast, so the schedule runs in the test.

@@ -3,7 +3,7 @@
 // the follow lists are bound to their list and their caller.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { buildTestApp, createUser, drainJobs, ownerSql, testSql, uniqueEmail } from '../helper.ts'
 
 /** ASCII written in Unicode tag characters (U+E0020–U+E007E), invisible in most renderers. */

@@ -3,7 +3,7 @@
 // a client that does not exist.
 import { randomBytes, randomUUID } from 'node:crypto'
 import t from 'tap'
-import { createServiceClient } from '../../routes/auth/clients.ts'
+import { createServiceClient } from '../../routes/identity/clients.ts'
 import { buildTestApp, createClient, createUser, forgeToken, fund, ownerSql, testConfig, testSql } from '../helper.ts'
 import { assertTablesIntact, INJECTION_STRINGS } from './support.ts'
 

@@ -5,8 +5,8 @@ import { connect } from 'node:net'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
-import type { Scope } from '../../plugins/auth.ts'
-import { createServiceClient } from '../../routes/auth/clients.ts'
+import type { Scope } from '../../plugins/auth/index.ts'
+import { createServiceClient } from '../../routes/identity/clients.ts'
 import { ownerSql, type testSql, type TestClient, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>

@@ -15,8 +15,8 @@ import {
   parseTargetUrl,
   postWebhook,
   type TargetPolicy
-} from '../../routes/webhook-endpoints/outbound.ts'
-import { createHostResolver } from '../../routes/webhook-endpoints/resolver.ts'
+} from '../../routes/webhooks/outbound.ts'
+import { createHostResolver } from '../../routes/webhooks/resolver.ts'
 import { startDnsServer } from '../dns-server.ts'
 
 // Public addresses that are only ever answered, never dialled: registration resolves without connecting, and every

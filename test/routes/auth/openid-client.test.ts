@@ -6,7 +6,7 @@
 import type { AddressInfo } from 'node:net'
 import * as client from 'openid-client'
 import t from 'tap'
-import { createServiceClient } from '../../../routes/auth/clients.ts'
+import { createServiceClient } from '../../../routes/identity/clients.ts'
 import { buildTestApp, createUser, ownerSql } from '../../helper.ts'
 
 async function listening (t: Parameters<typeof buildTestApp>[0]) {

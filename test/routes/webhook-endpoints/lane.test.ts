@@ -5,8 +5,8 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { App } from '../../../app.ts'
-import type { ClaimedRow } from '../../../plugins/worker.ts'
-import { claimWebhookJobs, WEBHOOK_DELIVER } from '../../../routes/webhook-endpoints/jobs.ts'
+import type { ClaimedRow } from '../../../plugins/jobs/worker.ts'
+import { claimWebhookJobs, WEBHOOK_DELIVER } from '../../../routes/webhooks/delivery-jobs.ts'
 import { buildTestApp, createUser, fund, ownerSql, registerWebhookEndpoint, testSql, type TestUser } from '../../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>

@@ -4,8 +4,8 @@
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
-import { closeWebhookAgents, postWebhook, type TargetPolicy, type WebhookRequest } from '../../../routes/webhook-endpoints/outbound.ts'
-import { createHostResolver } from '../../../routes/webhook-endpoints/resolver.ts'
+import { closeWebhookAgents, postWebhook, type TargetPolicy, type WebhookRequest } from '../../../routes/webhooks/outbound.ts'
+import { createHostResolver } from '../../../routes/webhooks/resolver.ts'
 import { startDnsServer } from '../../dns-server.ts'
 
 t.teardown(closeWebhookAgents)
