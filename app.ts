@@ -14,7 +14,7 @@ import httpPlugin, { serverOptions } from './plugins/http/index.ts'
 import gracefulClosePlugin from './plugins/http/graceful-close.ts'
 import readinessPlugin, { autoConfig as readinessConfig } from './plugins/http/readiness.ts'
 import underPressurePlugin, { autoConfig as underPressureConfig } from './plugins/http/under-pressure.ts'
-import workerPlugin, { autoConfig as workerConfig } from './plugins/jobs/worker.ts'
+import workerPlugin, { autoConfig as workerConfig } from './plugins/jobs/index.ts'
 import metricsPlugin, { autoConfig as metricsConfig, type Metrics } from './plugins/metrics/index.ts'
 import openapiPlugin from './plugins/openapi/index.ts'
 import passwordsPlugin, { autoConfig as passwordsConfig } from './plugins/passwords/index.ts'
@@ -76,7 +76,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(passwordsPlugin, passwordsConfig(app))
   await app.register(cachePlugin, cacheConfig(app, serveRoutes))
   await app.register(housekeepingPlugin, housekeepingConfig())
-  // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.worker.runDue()
+  // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.jobs.runDue()
   // still runs due jobs on demand (tests).
   await app.register(workerPlugin, workerConfig(app))
   await app.register(cursorsPlugin, cursorsConfig(app))

@@ -1,7 +1,7 @@
 // The dependency rule, checked on every import of every TypeScript file (static, dynamic and type-only):
 //   entry files (app.ts, server.ts, worker.ts, ...) -> routes/<domain>/ -> plugins/ -> libraries.
 // - plugins/ is infrastructure: it imports plugins/, config.ts and libraries, never routes/ or an entry file.
-//   A domain registers into it (app.worker.addLane, app.housekeeping.add) instead of being imported by it.
+//   A domain registers into it (app.jobs.addLane, app.housekeeping.add) instead of being imported by it.
 // - config.ts imports no domain module; it may compose a domain's own settings schema, routes/<domain>/config.ts.
 // - A domain imports another only through that domain's public file, routes/<domain>/index.ts; routes/common/ holds
 //   schema helpers every domain may import, and imports no domain itself. A domain imports no entry file but
@@ -69,7 +69,7 @@ t.test('every import follows the dependency rule', async (t) => {
 
 t.test('the rule catches each kind of backward import', async (t) => {
   t.ok(ruleBroken('plugins/housekeeping/index.ts', 'routes/identity/sessions.ts'), 'a plugin importing a domain')
-  t.ok(ruleBroken('plugins/jobs/worker.ts', 'app.ts'), 'a plugin importing an entry file')
+  t.ok(ruleBroken('plugins/jobs/index.ts', 'app.ts'), 'a plugin importing an entry file')
   t.ok(ruleBroken('config.ts', 'plugins/passwords/scrypt.ts') === undefined, 'config may use infrastructure')
   t.ok(ruleBroken('config.ts', 'routes/identity/index.ts'), 'config importing a domain')
   t.ok(ruleBroken('config.ts', 'routes/webhooks/config.ts') === undefined, 'config composing a domain\'s settings schema')

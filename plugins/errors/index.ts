@@ -215,7 +215,7 @@ function withoutData (serialized: SerializedError, errorShape: unknown): Seriali
 }
 
 /**
- * The `err` serializer of every logger the processes build (app.ts, worker.ts): the one place an error becomes a log
+ * The `err` serializer of every logger the processes build (plugins/http, serverOptions): the one place an error becomes a log
  * line, so no line carries a database error's row data or parameters, whoever logs it. pino's own serialization
  * (type, message and stack with their causes', the other enumerable fields) minus DATA_FIELDS: the code, message,
  * constraint, table and column names stay, as they say what failed without saying with what.
@@ -227,7 +227,7 @@ export function serializeError (error: Error): SerializedError {
   return withoutData(serialized, Object.getPrototypeOf(serialized))
 }
 
-/** The serializers app.ts and worker.ts give their loggers (Fastify keeps its own req and res ones). */
+/** The serializers every logger gets (serverOptions in plugins/http; Fastify keeps its own req and res ones). */
 export const logSerializers = { err: serializeError }
 
 async function errorsPlugin (app: FastifyInstance) {

@@ -7,7 +7,7 @@ import { ProblemError, sendProblem } from '../errors/index.ts'
  * format. Node closes only the connections that are idle when close starts: a keep-alive connection whose request
  * is still running would stay open after its response and hold the drain until the grace period ends (exit 1).
  * So every response sent while closing says `Connection: close`, and its connection ends right after it.
- * Fastify's built-in 503 while closing is turned off in app.ts (`return503OnClosing: false`): it is plain JSON
+ * Fastify's built-in 503 while closing is turned off in the server options (plugins/http/index.ts, `return503OnClosing: false`): it is plain JSON
  * without Retry-After.
  */
 async function gracefulClosePlugin (app: FastifyInstance) {

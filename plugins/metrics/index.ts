@@ -309,7 +309,7 @@ export interface MetricsOptions {
   metrics: Metrics
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
   token?: string | undefined
-  /** Whether GET /metrics exists on this (the public) port: off, open, or with the token (app.ts decides). */
+  /** Whether GET /metrics exists on this (the public) port: off, open, or with the token (publicMetricsRoute decides). */
   publicRoute?: 'token' | 'open' | 'off'
 }
 

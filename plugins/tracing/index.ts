@@ -51,7 +51,7 @@ export function childSpansRecord (): boolean {
 const spansByLogger = new WeakMap<object, Span>()
 
 /**
- * The pino mixin that puts the trace and span ids on every log line (app.ts): the line's request's server span, else
+ * The pino mixin that puts the trace and span ids on every log line (plugins/http, serverOptions): the line's request's server span, else
  * the span active where it was logged. It runs only for lines actually written, where a child logger per request
  * cost every request a logger (about 4 % of the API's CPU with request logging off).
  */

@@ -12,7 +12,7 @@ import { followsRoutes } from './follows.ts'
 /** What runs whether or not this process serves HTTP: the feed lane of the job worker. */
 async function socialServices (app: FastifyInstance) {
   // Fan-out, backfill and removals clear the cached first page of each feed they change.
-  app.worker.addLane('feed', {
+  app.jobs.addLane('feed', {
     handlers: createFeedJobHandlers({ cache: app.cache, batchSize: app.config.FEED_FAN_OUT_BATCH }),
     concurrency: app.config.WORKER_FEED_CONCURRENCY
   })
@@ -24,6 +24,6 @@ async function socialRoutes (app: FastifyInstance) {
 }
 
 export const social = {
-  services: fp(socialServices, { name: 'social', dependencies: ['worker', 'cache'] }),
+  services: fp(socialServices, { name: 'social', dependencies: ['jobs', 'cache'] }),
   routes: fp(socialRoutes, { name: 'social-routes' })
 }

@@ -24,7 +24,7 @@ export function onePrincipalCanFillWebhookLane (config: Config): boolean {
 /** What runs whether or not this process serves HTTP: the delivery lane and the purge of old deliveries. */
 async function webhooksServices (app: FastifyInstance) {
   const config = app.config
-  app.worker.addLane('webhooks', {
+  app.jobs.addLane('webhooks', {
     ...webhookLane({
       policy: targetPolicy(config),
       timeoutMs: config.WEBHOOK_TIMEOUT_MS,
@@ -50,6 +50,6 @@ async function webhooksRoutes (app: FastifyInstance) {
 }
 
 export const webhooks = {
-  services: fp(webhooksServices, { name: 'webhooks', dependencies: ['worker', 'housekeeping', 'metrics'] }),
+  services: fp(webhooksServices, { name: 'webhooks', dependencies: ['jobs', 'housekeeping', 'metrics'] }),
   routes: fp(webhooksRoutes, { name: 'webhooks-routes' })
 }

@@ -12,7 +12,7 @@ import errorsPlugin from '../../plugins/errors/index.ts'
 import type { JobHandlers } from '../../plugins/jobs/queue.ts'
 import metricsPlugin, { createMetrics } from '../../plugins/metrics/index.ts'
 import databasePlugin from '../../plugins/database/index.ts'
-import workerPlugin from '../../plugins/jobs/worker.ts'
+import workerPlugin from '../../plugins/jobs/index.ts'
 import { hasLocalStack, testConfig, testSql } from '../helper.ts'
 import { deadline, sleep } from './support.ts'
 
@@ -93,16 +93,16 @@ t.test('32 job attempts on a pool of 10: every attempt is recorded, none waits o
   const gauging = { on: true }
   const gauges = (async () => {
     while (gauging.on) {
-      await app.worker.refreshQueueMetrics().catch(() => {})
+      await app.jobs.refreshQueueMetrics().catch(() => {})
       await sleep(1)
     }
   })()
-  const run = app.worker.runDue({ kinds: [kind] })
+  const run = app.jobs.runDue({ kinds: [kind] })
   const outcome = await within(run, 30_000)
   gauging.on = false
   await gauges
   const [left] = await sql<Array<{ n: number }>>`select count(*)::int as n from jobs where kind = ${kind}`
-  t.equal(outcome, 'answered', `every attempt finished and was recorded (${app.worker.inFlight()} still in flight)`)
+  t.equal(outcome, 'answered', `every attempt finished and was recorded (${app.jobs.inFlight()} still in flight)`)
   t.equal(posted, count, 'every job posted once')
   t.equal(left?.n, 0, 'no job left to wait out its lease')
 })

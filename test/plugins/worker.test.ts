@@ -5,7 +5,7 @@ import Fastify from 'fastify'
 import databasePlugin from '../../plugins/database/index.ts'
 import errorsPlugin from '../../plugins/errors/index.ts'
 import metricsPlugin, { createMetrics } from '../../plugins/metrics/index.ts'
-import workerPlugin, { type WorkerOptions } from '../../plugins/jobs/worker.ts'
+import workerPlugin, { type WorkerOptions } from '../../plugins/jobs/index.ts'
 import { buildTestApp, testConfig, testSql, within } from '../helper.ts'
 
 const retry = { baseMs: 5000, maxDelayMs: 3_600_000, windowMs: 86_400_000 }
@@ -57,7 +57,7 @@ t.test('two workers on one queue run each attempt once', async (t) => {
   }
   const [a, b] = [await workerApp(t, handlers), await workerApp(t, handlers)]
   await sql.begin(async (tx) => { for (let i = 0; i < 300; i++) await enqueueJob(tx as never, kind, { i }) })
-  const [ranA, ranB] = await Promise.all([a.worker.runDue(), b.worker.runDue()])
+  const [ranA, ranB] = await Promise.all([a.jobs.runDue(), b.jobs.runDue()])
   t.equal(runs.size, 300, 'every job ran')
   t.same([...runs.values()].filter((n) => n !== 1), [], 'none twice')
   t.equal(ranA + ranB, 300)
@@ -90,7 +90,7 @@ t.test('continue resumes with the new payload; a throw is retried; a deferral is
     await enqueueJob(tx as never, `${kind}_never`, {})
   })
   for (let i = 0; i < 60; i++) {
-    await app.worker.runDue()
+    await app.jobs.runDue()
     const [row] = await sql`select count(*)::int as n from jobs where kind like ${kind + '%'} and failed_at is null`
     if (row?.n === 0) break
     await new Promise((resolve) => setTimeout(resolve, 20))
@@ -109,7 +109,7 @@ t.test('a worker claims only the kinds it has handlers for', async (t) => {
   const kind = `test.orphan_${randomUUID().slice(0, 8)}`
   const app = await workerApp(t, { [`${kind}_known`]: async () => ({ status: 'done' }) })
   await enqueueJob(sql as never, kind, {})
-  t.equal(await app.worker.runDue(), 0)
+  t.equal(await app.jobs.runDue(), 0)
   const [row] = await sql`select attempts, run_at <= now() as due from jobs where kind = ${kind}`
   t.match(row, { attempts: 0, due: true }, 'left, untouched, for a worker that knows it')
   await sql`delete from jobs where kind = ${kind}`
@@ -127,20 +127,20 @@ t.test('the loop claims by itself, and closing waits for the attempt in flight',
     }
   }, { enabled: true })
   await enqueueJob(sql as never, kind, {})
-  for (let i = 0; i < 100 && app.worker.inFlight() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
-  t.equal(app.worker.inFlight(), 1, 'claimed without runDue')
+  for (let i = 0; i < 100 && app.jobs.inFlight() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(app.jobs.inFlight(), 1, 'claimed without runDue')
   await app.close()
   t.equal(finished, 1, 'close waited for it')
   const [row] = await sql`select count(*)::int as n from jobs where kind = ${kind}`
   t.equal(row?.n, 0, 'and recorded it')
-  await app.worker.refreshQueueMetrics().catch(() => {})
+  await app.jobs.refreshQueueMetrics().catch(() => {})
   const text = await app.metrics.registry.metrics()
   t.match(text, /ledger_job_attempts_total\{kind="test\.loop_[0-9a-f]+",outcome="done"\} 1/)
 })
 
 t.test('the API app has the worker and its queue metrics', async (t) => {
   const app = await buildTestApp(t)
-  await app.worker.refreshQueueMetrics()
+  await app.jobs.refreshQueueMetrics()
   const text = await app.metrics.registry.metrics()
   for (const lane of ['feed', 'webhooks']) {
     t.match(text, new RegExp(`ledger_jobs_due\\{lane="${lane}"\\} \\d+`), `jobs due in the ${lane} lane`)
@@ -171,12 +171,12 @@ t.test('lanes never share capacity: a lane full of hanging jobs leaves another l
   const ms = await within(5000, async () => quickDone === 1)
   t.ok(ms < 5000, `the quick lane's job ran while the slow lane was full (${ms} ms)`)
   t.equal(slowStarted, 2, 'the slow lane holds its own 2 slots, no more')
-  t.ok(await within(5000, async () => app.worker.inFlight() === 2) < 5000, 'the two slow jobs are what is in flight once the quick one is recorded')
+  t.ok(await within(5000, async () => app.jobs.inFlight() === 2) < 5000, 'the two slow jobs are what is in flight once the quick one is recorded')
   release()
-  t.ok(await within(5000, async () => slowStarted === 4 && app.worker.inFlight() === 0) < 5000, 'the slow lane drains once released')
+  t.ok(await within(5000, async () => slowStarted === 4 && app.jobs.inFlight() === 0) < 5000, 'the slow lane drains once released')
   const [left] = await sql`select count(*)::int as n from jobs where kind in (${slowKind}, ${quickKind})`
   t.equal(left?.n, 0)
-  await app.worker.refreshQueueMetrics()
+  await app.jobs.refreshQueueMetrics()
   const text = await app.metrics.registry.metrics()
   t.match(text, /ledger_worker_lag_seconds_count\{lane="slow"\} 4/, 'worker lag per lane')
   t.match(text, /ledger_job_first_attempt_lag_seconds_count\{lane="quick"\} 1/, 'first-attempt lag per lane')
@@ -189,7 +189,7 @@ t.test('the first-attempt lag is observed once per job, however many steps it ta
     [kind]: async (job: { payload: { step: number } }) => job.payload.step < 2 ? { status: 'continue', payload: { step: job.payload.step + 1 } } : { status: 'done' }
   })
   await enqueueJob(sql as never, kind, { step: 0 })
-  t.equal(await app.worker.runDue({ kinds: [kind] }), 3, 'three steps')
+  t.equal(await app.jobs.runDue({ kinds: [kind] }), 3, 'three steps')
   const text = await app.metrics.registry.metrics()
   t.match(text, /ledger_job_first_attempt_lag_seconds_count\{lane="test"\} 1\n/, 'one first attempt')
   t.match(text, /ledger_worker_lag_seconds_count\{lane="test"\} 3\n/, 'three claims')

@@ -22,7 +22,7 @@ async function deliveries (app: App, caller: TestUser | TestClient, endpointId: 
 /** Runs due jobs until `done` holds (retries come due a little later), bounded. */
 async function runUntil (app: App, done: () => boolean | Promise<boolean>, rounds = 100) {
   for (let round = 0; round < rounds; round++) {
-    await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
+    await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER] })
     if (await done()) return true
     await sleep(30)
   }
@@ -125,7 +125,7 @@ t.test('a receiver answering 500 then 200 gets the same webhook-id again, and th
   const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
 
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER] })
   t.equal(receiver.received.length, 1)
   const [failed] = await deliveries(app, alice, hook.id)
   t.match(failed, { status: 'pending', attempts: 1, lastStatusCode: 500 })
@@ -147,7 +147,7 @@ t.test('a hanging receiver times out and is retried', async (t) => {
   const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
   const started = Date.now()
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER] })
   t.ok(Date.now() - started < 5000, 'the attempt was cut at the timeout')
   t.match((await deliveries(app, alice, hook.id))[0], { status: 'pending', attempts: 1, lastStatusCode: null })
   t.ok(await runUntil(app, () => receiver.unique.size === 1))
@@ -164,7 +164,7 @@ t.test('a redirect is a failed attempt and is never followed', async (t) => {
   await fund(app, alice, 100)
   const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER] })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER] })
   t.equal(receiver.received.length, 1)
   t.equal(target.received.length, 0, 'the location was not followed')
   t.match((await deliveries(app, alice, hook.id))[0], { status: 'pending', attempts: 1, lastStatusCode: 307 })
@@ -272,7 +272,7 @@ t.test('an attempt in progress already counts in the deliveries list, with no ne
   await fund(app, alice, 100)
   const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   t.equal((await transfer(app, alice, bob, 10)).statusCode, 201)
-  const running = app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
+  const running = app.jobs.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
   t.ok(await runUntilReceived(() => receiver.received.length === 1), 'the attempt is at the receiver')
   t.match((await deliveries(app, alice, hook.id))[0], { status: 'pending', attempts: 1, lastStatusCode: null, nextAttemptAt: null }, 'counted while it runs')
   await running
@@ -290,7 +290,7 @@ t.test('endpoint health: failures in a row are listed, a delivery clears them; 3
   await fund(app, alice, 100)
   const hook = await registerWebhookEndpoint(t, app, alice, receiver.url)
   for (let i = 0; i < 2; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id) })
   const failing = await endpointOf(app, alice, hook.id)
   t.match(failing, { status: 'enabled', consecutiveFailures: 2, disabledAt: null })
   t.ok(typeof failing?.failingSince === 'string', 'failing since the first failure')
@@ -302,10 +302,10 @@ t.test('endpoint health: failures in a row are listed, a delivery clears them; 3
   // Three days of failures, compressed: the run began 72 hours ago, and the next failure ends it.
   receiver.behaviour = () => ({ status: 500 })
   for (let i = 0; i < 3; i++) t.equal((await transfer(app, alice, bob, 1)).statusCode, 201)
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
   await sql`update webhook_endpoints set failing_since = now() - interval '72 hours 1 minute' where id = ${hook.id}`
   const disabledBefore = (await app.metrics.webhookEndpointsDisabled.get()).values[0]?.value ?? 0
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER], matching: await jobsOf(sql, hook.id), limit: 1 })
   const disabled = await endpointOf(app, alice, hook.id)
   t.match(disabled, { status: 'disabled' }, 'disabled after failing every attempt for 3 days')
   t.ok(typeof disabled?.disabledAt === 'string')

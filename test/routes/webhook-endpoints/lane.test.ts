@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { App } from '../../../app.ts'
-import type { ClaimedRow } from '../../../plugins/jobs/worker.ts'
+import type { ClaimedRow } from '../../../plugins/jobs/index.ts'
 import { claimWebhookJobs, WEBHOOK_DELIVER } from '../../../routes/webhooks/delivery-jobs.ts'
 import { buildTestApp, createUser, fund, ownerSql, registerWebhookEndpoint, testSql, type TestUser } from '../../helper.ts'
 
@@ -93,7 +93,7 @@ t.test('jobs of a deleted endpoint are still claimed (and finish at once): nothi
   await ownerSql()`delete from webhook_endpoints where id = ${endpoint.id}`
   await ownerSql()`update jobs set run_at = now() where endpoint_id = ${endpoint.id}`
   // Another file's unscoped runDue may take them first: what counts is that somebody claims and finishes them.
-  await app.worker.runDue({ kinds: [WEBHOOK_DELIVER], matching })
+  await app.jobs.runDue({ kinds: [WEBHOOK_DELIVER], matching })
   const [left] = await sql<{ n: number }[]>`select count(*)::int as n from jobs where endpoint_id = ${endpoint.id}`
   t.equal(left?.n, 0, 'claimed and finished: their deliveries went with the endpoint')
 })

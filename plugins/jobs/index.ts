@@ -40,7 +40,7 @@ export interface LaneOptions {
 export interface WorkerOptions {
   /**
    * The lanes by name (the `lane` label of the queue metrics). A kind belongs to one lane. Domains usually add theirs
-   * with app.worker.addLane() instead, so that this plugin never needs to know them.
+   * with app.jobs.addLane() instead, so that this plugin never needs to know them.
    */
   lanes?: Readonly<Record<string, LaneOptions>>
   /** Run the claim loops (WORKER_ENABLED). Off, runDue() still works: tests drive it for determinism. */
@@ -85,7 +85,7 @@ export interface Worker {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    worker: Worker
+    jobs: Worker
   }
 }
 
@@ -336,7 +336,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
     inFlight: () => lanes.reduce((sum, lane) => sum + lane.running.size, 0),
     addLane
   }
-  app.decorate('worker', worker)
+  app.decorate('jobs', worker)
 
   let subscriber: { quit: () => Promise<unknown>, disconnect: () => void } | undefined
   app.addHook('onReady', async () => {
@@ -397,4 +397,4 @@ export const autoConfig = (app: FastifyInstance): WorkerOptions => {
   }
 }
 
-export default fp(workerPlugin, { name: 'worker', dependencies: ['database', 'metrics'] })
+export default fp(workerPlugin, { name: 'jobs', dependencies: ['database', 'metrics'] })
