@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import { responses } from '../../plugins/openapi/index.ts'
-import { listBalances } from './balances-repository.ts'
+import { listBalances } from './repository.ts'
 
 const BalancesSchema = z.object({
   data: z.array(z.object({ currency: z.string(), balance: z.number().int() }))

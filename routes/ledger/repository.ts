@@ -15,6 +15,16 @@ export interface TransactionRow {
   created_at: Date
 }
 
+/** What every statement that reads transactions selects: the columns of a TransactionRow, written once. */
+const TRANSACTION_COLUMNS = ['id', 'kind', 'amount', 'currency', 'from_user_id', 'to_user_id', 'description', 'reference', 'created_at'] as const satisfies ReadonlyArray<keyof TransactionRow>
+
+/**
+ * The select list of a TransactionRow, qualified by a table alias when given. A fragment of constant text (no
+ * input reaches it), so the statement reads exactly as if the list were written inline.
+ */
+export const transactionColumns = (sql: Sql, alias?: 't') =>
+  sql.unsafe(TRANSACTION_COLUMNS.map((column) => alias === undefined ? column : `${alias}.${column}`).join(', '))
+
 export const toTransaction = (row: TransactionRow): Transaction => ({
   id: row.id,
   kind: row.kind,
@@ -79,7 +89,7 @@ export async function postTransaction (sql: Sql, poster: Poster, key: string, bo
  */
 export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
   return sql<TransactionRow[]>`
-    select t.id, t.kind, t.amount, t.currency, t.from_user_id, t.to_user_id, t.description, t.reference, t.created_at
+    select ${transactionColumns(sql, 't')}
       from (
         select e.transaction_id
           from entries e
@@ -95,7 +105,7 @@ export function transactionsPageQuery (sql: Sql, userId: string, limit: number, 
 /** A page of the transactions a service client posted, newest first, plus one look-ahead row. */
 export function clientTransactionsPageQuery (sql: Sql, clientId: string, limit: number, before?: string) {
   return sql<TransactionRow[]>`
-    select id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
+    select ${transactionColumns(sql)}
       from transactions
      where client_id = ${clientId}
        ${before === undefined ? sql`` : sql`and id < ${before}`}
@@ -106,7 +116,7 @@ export function clientTransactionsPageQuery (sql: Sql, clientId: string, limit: 
 /** One transaction the caller could list: one that touches the user, or one the client posted. */
 export async function findTransaction (sql: Sql, caller: Poster, id: string): Promise<Transaction | null> {
   const [row] = await sql<TransactionRow[]>`
-    select id, kind, amount, currency, from_user_id, to_user_id, description, reference, created_at
+    select ${transactionColumns(sql)}
       from transactions
      where id = ${id}
        and ${caller.kind === 'client' ? sql`client_id = ${caller.id}` : sql`(from_user_id = ${caller.id} or to_user_id = ${caller.id})`}`
@@ -116,4 +126,10 @@ export async function findTransaction (sql: Sql, caller: Poster, id: string): Pr
 /** Removes at most `batch` idempotency keys older than `ttlS` (housekeeping); returns how many went. */
 export function purgeIdempotencyKeys (sql: Sql, ttlS: number, batch: number): Promise<number> {
   return sql<{ purged: number }[]>`select purge_idempotency_keys(${ttlS}, ${batch}) as purged`.then(([row]) => row?.purged ?? 0)
+}
+
+export async function listBalances (sql: Sql, userId: string) {
+  const rows = await sql<{ currency: string, balance: string }[]>`
+    select currency, balance from balances where user_id = ${userId} order by currency`
+  return rows.map((row) => ({ currency: row.currency, balance: toMinorUnits(row.balance) }))
 }

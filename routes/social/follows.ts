@@ -5,8 +5,8 @@ import { enqueueJob, wakeWorkers } from '../../plugins/jobs/queue.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { IdParamsSchema } from '../common/schemas.ts'
 import { FEED_JOB, type FollowPayload } from './feed-jobs.ts'
-import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './follows-repository.ts'
-import { FollowsPageSchema, FollowsPositionSchema, FollowsQuerySchema } from './follows-schemas.ts'
+import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './repository.ts'
+import { FollowsPageSchema, FollowsPositionSchema, FollowsQuerySchema } from './schemas.ts'
 
 /**
  * Follows: whom a user follows decides whose posts reach their feed (routes/social/feed-jobs.ts delivers them). Following
