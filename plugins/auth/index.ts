@@ -161,7 +161,7 @@ function verifiedTokens (size: number) {
     },
     set (token: string, principal: Principal, untilMs: number) {
       if (entries.size >= size) entries.delete(entries.keys().next().value!)
-      // Frozen: one principal object now serves many requests, and none of them may change it for the others.
+      // Frozen: one principal object serves many requests (the verified-token cache), and none of them may change it for the others.
       entries.set(token, { principal: Object.freeze(principal), untilMs })
     }
   }

@@ -53,7 +53,7 @@ const coalesced = Symbol('ledger-api coalesced writes')
  * Every command issued during one turn of the event loop leaves in one write to the socket. Without auto-pipelining
  * (off, see above) ioredis writes each command on its own, and each write is a system call that also runs the
  * loopback or network stack: under load the rate-limit script and the cache read of each request were a third of
- * the API's CPU (issue 20's profile). The socket is corked at the first command of a turn and uncorked once the turn's
+ * the API's CPU in a profile. The socket is corked at the first command of a turn and uncorked once the turn's
  * I/O callbacks have run (setImmediate), so the requests whose bytes arrived together send their commands together.
  * Unlike auto-pipelining nothing waits for earlier replies: each command is on the wire by the end of the turn and
  * keeps its own timeout, so a hung Redis still costs a command one REDIS_COMMAND_TIMEOUT_MS.

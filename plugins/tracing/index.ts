@@ -37,7 +37,7 @@ export async function traceRedis<T> (operation: string, summary: string, run: ()
  * Whether a span started here could be recorded. Under a request whose span is not recorded (no exporter configured,
  * or sampled out) a child span is not recorded either with the standard parent-based samplers, so it is not made:
  * creating and ending one per statement and per Redis command was CPU spent on nothing. Outside any request (the
- * worker, pollers) spans are made as before, for the sampler to decide.
+ * worker, pollers) spans are always made, for the sampler to decide.
  */
 export function childSpansRecord (): boolean {
   return trace.getActiveSpan()?.isRecording() ?? true

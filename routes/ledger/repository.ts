@@ -39,7 +39,7 @@ export const toTransaction = (row: TransactionRow): Transaction => ({
 
 /**
  * What makes two requests "the same" for an idempotency key: every field of the body, in a fixed order. A
- * transfer's fingerprint has the same form as before funding moved to service clients, so keys stored then still
+ * transfer's fingerprint keeps the form of the keys already stored (without the client fields), so they still
  * replay.
  */
 export function requestFingerprint (body: CreateTransactionBody): string {

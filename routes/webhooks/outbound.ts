@@ -1,4 +1,4 @@
-// The outbound HTTP call of webhook delivery, and the SSRF policy that guards it (issue 18).
+// The outbound HTTP call of webhook delivery, and the SSRF policy that guards it.
 //
 // A target is checked twice: at registration (`checkTarget`: syntax, then every address its host resolves to) and
 // at every connection (`postWebhook` passes its own `lookup` to the socket, so the address actually dialled is

@@ -1,4 +1,4 @@
-// Issue 20: hot cache entries are also held in each API process (plugins/cache/near-cache.ts), and a write on any process
+// Hot cache entries are also held in each API process (plugins/cache/near-cache.ts), and a write on any process
 // still reaches every reader at once: two apps here stand for two API processes sharing Redis and PostgreSQL.
 import t from 'tap'
 import type { App } from '../../app.ts'

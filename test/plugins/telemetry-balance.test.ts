@@ -1,4 +1,4 @@
-// Issue 22: every in-flight gauge and every span ends exactly once, whatever way a request or a statement ends:
+// Every in-flight gauge and every span ends exactly once, whatever way a request or a statement ends:
 // success, error, client abort, a pool that cannot connect, a pool that is shut down.
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'

@@ -169,7 +169,7 @@ t.test('bad transfers and bad money are refused before the database', async (t) 
   t.equal(await balance(sql, alice.id), 1_000)
 })
 
-t.test('an amount written with a fraction or an exponent is 400, even where it would round to an integer (issue #16)', async (t) => {
+t.test('an amount written with a fraction or an exponent is 400, even where it would round to an integer', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
   const processor = await createClient(app)

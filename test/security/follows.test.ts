@@ -1,4 +1,4 @@
-// Abuse of follows, posts and names (issue 19): a follow flood is bounded by the per-principal limiter and costs the
+// Abuse of follows, posts and names: a follow flood is bounded by the per-principal limiter and costs the
 // service a bounded backfill per follow; names and post bodies refuse the invisible impersonation tricks; cursors of
 // the follow lists are bound to their list and their caller.
 import { randomUUID } from 'node:crypto'

@@ -1,4 +1,4 @@
-// Issue 9, property-based fuzzing: for every operation in GET /openapi.json (generated from the same Zod schemas
+// Property-based fuzzing: for every operation in GET /openapi.json (generated from the same Zod schemas
 // that validate requests), fast-check builds requests from the operation's own parameter and body schemas, mixes
 // valid values, boundary values, attack payloads and wrong types, and checks on every response that there is no
 // 5xx, no leaked hash or foreign email, and no effect on a victim user whose data is snapshotted around each route.

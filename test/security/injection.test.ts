@@ -1,4 +1,4 @@
-// Issue 9, injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
+// Injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
 // shared payload table. Each payload is refused with a 400 (401 for credentials) or stored as inert text that
 // comes back byte for byte, from the API and from the database; afterwards every table is intact and the row
 // counts of this test's own users are exactly what the accepted requests explain. Never a 5xx. Money bodies go

@@ -1,4 +1,4 @@
-// Abuse of the service-client surface (issue 15): tokens made for one principal used as the other, forged scope
+// Abuse of the service-client surface: tokens made for one principal used as the other, forged scope
 // claims, client-secret guessing against the public limit, hostile token-endpoint bodies, and a signed token for
 // a client that does not exist.
 import { randomBytes, randomUUID } from 'node:crypto'

@@ -1,4 +1,4 @@
-// Shared pieces of the security suite (issue 9): the attack payload table, the list of private routes, a
+// Shared pieces of the security suite: the attack payload table, the list of private routes, a
 // recorder that checks every response for leaked secrets, and database probes (tables intact, a user's data).
 import { randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
