@@ -78,7 +78,7 @@ t.test('the rule catches each kind of backward import', async (t) => {
   t.ok(ruleBroken('routes/ledger/schemas.ts', 'routes/common/text.ts') === undefined, 'the shared schema helpers')
   t.ok(ruleBroken('routes/common/text.ts', 'routes/ledger/index.ts'), 'the shared helpers importing a domain')
   t.ok(ruleBroken('routes/ledger/transactions.ts', 'app.ts'), 'a domain importing an entry file')
-  t.ok(ruleBroken('test/routes/feed.test.ts', 'bench/feed-n-plus-one.ts'), 'a test importing a benchmark')
+  t.ok(ruleBroken('test/routes/social/feed.test.ts', 'bench/feed-n-plus-one.ts'), 'a test importing a benchmark')
   t.ok(ruleBroken('scripts/ops/diagnose.ts', 'bench/lib/traffic.ts'), 'a script importing a benchmark')
   t.ok(ruleBroken('bench/server.ts', 'test/feed-n-plus-one.ts') === undefined, 'a benchmark may use a test fixture')
 })

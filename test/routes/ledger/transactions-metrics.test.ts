@@ -2,7 +2,7 @@
 // ledger_money_refusals_total by reason): the counts follow the answers and the database, one per request.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { buildTestApp, createClient, createUser, fund, testSql } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, testSql } from '../../helper.ts'
 
 type App = Awaited<ReturnType<typeof buildTestApp>>
 

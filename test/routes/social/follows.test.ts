@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import type { App } from '../../app.ts'
-import { createFeedJobHandlers, FEED_JOB } from '../../routes/social/feed-jobs.ts'
-import { buildTestApp, createUser, dbSpans, drainJobs, injectTraced, makeFollowers, testSql, type TestUser } from '../helper.ts'
+import type { App } from '../../../app.ts'
+import { createFeedJobHandlers, FEED_JOB } from '../../../routes/social/feed-jobs.ts'
+import { buildTestApp, createUser, dbSpans, drainJobs, injectTraced, makeFollowers, testSql, type TestUser } from '../../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
 

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { buildTestApp } from '../helper.ts'
-import { spawnApiServer, pickFreePort } from '../scale/support.ts'
+import { buildTestApp } from '../../helper.ts'
+import { spawnApiServer, pickFreePort } from '../../scale/support.ts'
 
 t.test('live is always 200 and public', async (t) => {
   const app = await buildTestApp(t)

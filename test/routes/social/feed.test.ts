@@ -1,7 +1,7 @@
 import t from 'tap'
-import type { App } from '../../app.ts'
-import { feedNPlusOneRoutes } from '../feed-n-plus-one.ts'
-import { buildTestApp, createUser, dbSpans, injectTraced, testSql, type TestUser } from '../helper.ts'
+import type { App } from '../../../app.ts'
+import { feedNPlusOneRoutes } from '../../feed-n-plus-one.ts'
+import { buildTestApp, createUser, dbSpans, injectTraced, testSql, type TestUser } from '../../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
 

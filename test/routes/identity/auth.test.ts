@@ -2,10 +2,10 @@
 // rotation, POST /auth/revoke, and revocation reaching every API process.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { revokeServiceClient } from '../../routes/identity/clients.ts'
-import { purgeSessions } from '../../routes/identity/sessions.ts'
-import { decoyHash, hashPassword } from '../../plugins/passwords/scrypt.ts'
-import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql, within } from '../helper.ts'
+import { revokeServiceClient } from '../../../routes/identity/clients.ts'
+import { purgeSessions } from '../../../routes/identity/sessions.ts'
+import { decoyHash, hashPassword } from '../../../plugins/passwords/scrypt.ts'
+import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql, within } from '../../helper.ts'
 
 t.test('a client gets a scoped token with JSON or a form body, and no refresh token', async (t) => {
   const app = await buildTestApp(t)

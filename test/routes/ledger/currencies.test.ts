@@ -1,12 +1,12 @@
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
-import currenciesPlugin, { isActiveCurrency } from '../../routes/ledger/currencies.ts'
-import { createMetrics } from '../../plugins/metrics/index.ts'
+import currenciesPlugin, { isActiveCurrency } from '../../../routes/ledger/currencies.ts'
+import { createMetrics } from '../../../plugins/metrics/index.ts'
 
 /**
  * The plugin alone, over a stand-in for the database whose answer each test sets: what it does before the first
- * read, after a failed one, and on its timer. (The routes and the real table: test/routes/transactions.test.ts.)
+ * read, after a failed one, and on its timer. (The routes and the real table: test/routes/ledger/transactions.test.ts.)
  */
 async function appWith (answer: () => Promise<{ code: string }[]>, refreshMs = 60_000) {
   const app = Fastify({ logger: false })

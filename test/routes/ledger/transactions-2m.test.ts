@@ -3,9 +3,9 @@
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { buildTestApp, createUser, dbSpans, injectTraced, spanExporter, testSql } from '../helper.ts'
-import { seedClient, seedUserTransactions } from '../../scripts/seed.ts'
-import { transactionsPageQuery } from '../../routes/ledger/repository.ts'
+import { buildTestApp, createUser, dbSpans, injectTraced, spanExporter, testSql } from '../../helper.ts'
+import { seedClient, seedUserTransactions } from '../../../scripts/seed.ts'
+import { transactionsPageQuery } from '../../../routes/ledger/repository.ts'
 
 const ROWS = Number(process.env.LEDGER_TEST_BIG_ROWS ?? 2_000_000)
 

@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import type { App } from '../../app.ts'
-import { buildTestApp, createClient, createUser, fund, registerWebhookEndpoint, testSql, type TestClient, type TestUser } from '../helper.ts'
-import { WEBHOOK_DELIVER } from '../../routes/webhooks/delivery-jobs.ts'
-import { purgeDeliveries } from '../../routes/webhooks/repository.ts'
-import { startReceiver, verifyStandardWebhook } from '../webhook-receiver.ts'
+import type { App } from '../../../app.ts'
+import { buildTestApp, createClient, createUser, fund, registerWebhookEndpoint, testSql, type TestClient, type TestUser } from '../../helper.ts'
+import { WEBHOOK_DELIVER } from '../../../routes/webhooks/delivery-jobs.ts'
+import { purgeDeliveries } from '../../../routes/webhooks/repository.ts'
+import { startReceiver, verifyStandardWebhook } from '../../webhook-receiver.ts'
 
 // Retries come due within a few tens of milliseconds, and attempts time out fast, so the schedule runs in the test.
 const fastRetries = { JOB_RETRY_BASE_MS: '40', JOB_RETRY_MAX_DELAY_S: '1', WEBHOOK_TIMEOUT_MS: '300' }

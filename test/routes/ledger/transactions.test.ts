@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { buildTestApp, createClient, createUser, dbSpans, fund, injectTraced, testSql, type TestClient, type TestUser } from '../helper.ts'
-import type { App } from '../../app.ts'
+import { buildTestApp, createClient, createUser, dbSpans, fund, injectTraced, testSql, type TestClient, type TestUser } from '../../helper.ts'
+import type { App } from '../../../app.ts'
 
 type Sql = ReturnType<typeof testSql>
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { buildTestApp, createUser, dbSpans, injectTraced, testSql, uniqueEmail } from '../helper.ts'
+import { buildTestApp, createUser, dbSpans, injectTraced, testSql, uniqueEmail } from '../../helper.ts'
 
 const password = 'a sufficiently long password'
 
