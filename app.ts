@@ -27,8 +27,6 @@ import { ledger } from './routes/ledger/index.ts'
 import { social } from './routes/social/index.ts'
 import { webhooks } from './routes/webhooks/index.ts'
 
-export { publicMetricsRoute } from './plugins/metrics/index.ts'
-
 export interface BuildOptions {
   /** Overrides Fastify's logger (tests pass a stream to capture lines, or false). */
   logger?: FastifyServerOptions['logger']
