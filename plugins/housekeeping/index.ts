@@ -9,7 +9,7 @@ declare module 'fastify' {
 }
 
 /**
- * Background upkeep every API process shares: purging what has outlived its window, in batches, so each table stays
+ * Background upkeep every process of the app shares (API and worker): purging what has outlived its window, in batches, so each table stays
  * the size of its window. The domains add their purges (sessions, webhook deliveries, idempotency keys); this plugin
  * only schedules them. Any number of processes may run it at once (each purge skips rows another holds); the random
  * start spreads them out. Failures are logged and counted, never thrown at a request.

@@ -3,8 +3,8 @@ import type { Sql, TransactionSql } from '../database/index.ts'
 
 /**
  * The job model the worker runs: a `jobs` row (sql/009_jobs.sql) names a kind and carries a JSON payload; the worker
- * looks the kind up in the handlers it was given and runs it. Handlers live beside the resource they serve
- * (`routes/<resource>/jobs.ts`) and are collected by the app factory and the worker entry.
+ * looks the kind up in the handlers it was given and runs it. Handlers live in the domain they serve
+ * (`routes/<domain>/*-jobs.ts`), whose index.ts adds them as a lane (app.jobs.addLane).
  *
  * Delivery is at least once: a handler may run again for the same job (a worker killed after the work and before
  * the job row is deleted), so every handler must be idempotent.
