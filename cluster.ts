@@ -10,7 +10,7 @@ import type { Server } from 'node:http'
 import { hostname } from 'node:os'
 import { AggregatorRegistry } from 'prom-client'
 import { closeOps, createOpsServer, listenOps } from './ops-server.ts'
-import type { CheckResult } from './plugins/readiness.ts'
+import type { CheckResult } from './plugins/http/readiness.ts'
 
 export interface SupervisorOptions {
   workers: number
@@ -55,7 +55,7 @@ interface Slot {
   failures: number
   bootFailures: number
   restartTimer: NodeJS.Timeout | undefined
-  /** The worker's last readiness report (plugins/readiness.ts, relayed by server.ts). */
+  /** The worker's last readiness report (plugins/http/readiness.ts, relayed by server.ts). */
   readiness: ReadinessReport | undefined
 }
 

@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
-import { DEFAULT_COST, isPowerOfTwo } from './routes/users/password.ts'
+import { DEFAULT_COST, isPowerOfTwo } from './plugins/passwords/scrypt.ts'
 
 /** NODE_ENV values that relax what production must set (JWT_SECRET, a token for /metrics on the public port). */
 export const isDevelopmentEnv = (nodeEnv: string | undefined) => nodeEnv === 'development' || nodeEnv === 'test'

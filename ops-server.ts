@@ -4,8 +4,10 @@
 // serves its workers' readiness (all of them ready) and the sum of their metrics (cluster.ts). Plain node:http:
 // three fixed answers need no framework, and the primary loads no app.
 import { createServer, type Server } from 'node:http'
-import { bearerMatches } from './plugins/metrics.ts'
-import type { ReadinessResult } from './plugins/readiness.ts'
+import type { FastifyInstance } from 'fastify'
+import type { Config } from './config.ts'
+import { bearerMatches } from './plugins/metrics/index.ts'
+import type { ReadinessResult } from './plugins/http/readiness.ts'
 import { readyBody } from './routes/health/index.ts'
 
 export interface OpsServerOptions {
@@ -67,4 +69,26 @@ export function closeOps (server: Server): Promise<void> {
     server.close(() => resolve())
     server.closeAllConnections()
   })
+}
+
+/**
+ * Serves an app's own readiness and metrics on OPS_PORT (a single-process server, the standalone worker). Readiness
+ * is as on the public port, where load shedding answers /health/ready with 503: an overloaded pod leaves rotation.
+ * Closed after the public port has drained (onClose runs after it closed); readiness is 503 from preClose on.
+ */
+export async function serveOps (app: FastifyInstance, config: Pick<Config, 'OPS_PORT' | 'OPS_HOST' | 'METRICS_TOKEN'>): Promise<void> {
+  const ops = createOpsServer({
+    readiness: () => {
+      const result = app.readiness.current()
+      return app.isUnderPressure() ? { ...result, ok: false } : result
+    },
+    metrics: async () => ({ contentType: app.metrics.registry.contentType, text: await app.metrics.registry.metrics() }),
+    metricsToken: config.METRICS_TOKEN,
+    onError: (error) => app.log.error({ err: error }, 'operations listener failed')
+  })
+  app.addHook('onClose', async () => { await closeOps(ops) })
+  // The first readiness round runs in ready(), so the kubelet never sees a result that was not probed.
+  await app.ready()
+  await listenOps(ops, config.OPS_PORT, config.OPS_HOST)
+  app.log.info({ host: config.OPS_HOST, port: config.OPS_PORT }, 'operations listener (health, metrics) listening')
 }

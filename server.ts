@@ -61,25 +61,10 @@ async function serve (config: Config) {
   // Longer than the usual load balancer idle timeout (60 s), so the balancer, not us, closes idle connections.
   app.server.keepAliveTimeout = 72_000
 
+  // Opened before the public port, so a port clash fails the boot before any traffic arrives.
   if (cluster.isPrimary && config.OPS_PORT > 0) {
-    // Opened before the public port, so a port clash fails the boot before any traffic arrives.
-    const { closeOps, createOpsServer, listenOps } = await import('./ops-server.ts')
-    const ops = createOpsServer({
-      // As on the public port, where load shedding answers /health/ready with 503: an overloaded pod leaves rotation.
-      readiness: () => {
-        const result = app.readiness.current()
-        return app.isUnderPressure() ? { ...result, ok: false } : result
-      },
-      metrics: async () => ({ contentType: app.metrics.registry.contentType, text: await app.metrics.registry.metrics() }),
-      metricsToken: config.METRICS_TOKEN,
-      onError: (error) => app.log.error({ err: error }, 'operations listener failed')
-    })
-    // After the public port has drained (onClose runs after it closed); readiness is 503 from preClose on.
-    app.addHook('onClose', async () => { await closeOps(ops) })
-    // The first readiness round runs in ready(), so the kubelet never sees a result that was not probed.
-    await app.ready()
-    await listenOps(ops, config.OPS_PORT, config.OPS_HOST)
-    app.log.info({ host: config.OPS_HOST, port: config.OPS_PORT }, 'operations listener (health, metrics) listening')
+    const { serveOps } = await import('./ops-server.ts')
+    await serveOps(app, config)
   }
 
   await app.listen({ host: config.HOST, port: config.PORT })

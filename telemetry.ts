@@ -2,7 +2,7 @@
 // OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name the service, OTEL_TRACES_SAMPLER(_ARG) sample, and
 // OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) turns on the OTLP/HTTP exporter. With no endpoint nothing
 // is exported or recorded, but every request still gets trace and span ids, so every log line keeps them.
-// The app instruments itself (plugins/tracing.ts for requests, plugins/database.ts for SQL, the cache and rate
+// The app instruments itself (plugins/tracing/index.ts for requests, plugins/database/index.ts for SQL, the cache and rate
 // limiter for Redis), so no monkey-patching instrumentation is loaded.
 import { diag, DiagConsoleLogger, DiagLogLevel } from '@opentelemetry/api'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'

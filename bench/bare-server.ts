@@ -6,8 +6,8 @@
 // and Redis client settings, write coalescing included): the floor for a request that must check a limit shared by
 // every process, which each API request does.
 import Fastify from 'fastify'
-import { createTokenBucket } from '../plugins/rate-limit.ts'
-import { createRedis } from '../plugins/redis.ts'
+import { createTokenBucket } from '../plugins/rate-limit/index.ts'
+import { createRedis } from '../plugins/redis/index.ts'
 
 const app = Fastify({ logger: false })
 const body = { id: '00000000-0000-4000-8000-000000000000', name: 'Bare Fastify', avatarUrl: null, createdAt: '2026-01-01T00:00:00.000Z' }

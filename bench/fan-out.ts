@@ -15,8 +15,8 @@ import { parseArgs } from 'node:util'
 import postgres from 'postgres'
 import { buildApp } from '../app.ts'
 import { loadConfig } from '../config.ts'
-import type { JobHandler } from '../plugins/jobs.ts'
-import { createFeedJobHandlers, FEED_JOB, type FanOutPayload } from '../routes/feed/jobs.ts'
+import type { JobHandler } from '../plugins/jobs/queue.ts'
+import { createFeedJobHandlers, FEED_JOB, type FanOutPayload } from '../routes/social/feed-jobs.ts'
 import { recreateDatabase, resolveEnv } from './lib/setup.ts'
 
 const { values: args } = parseArgs({ options: { followers: { type: 'string', default: '10000' }, requests: { type: 'string', default: '200' }, 'fan-outs': { type: 'string', default: '5' } } })

@@ -3,7 +3,7 @@
 // the latency of one verify (the work of a login) alone and with the default two at a time, the memory scrypt asks
 // for (128·r·(N+2) + 128·r·p bytes) and the process's peak RSS growth while hashing. No stack is needed.
 import { parseArgs } from 'node:util'
-import { BLOCK_SIZE, createHashQueue, hashPassword, scryptMemoryBytes, verifyPassword } from '../routes/users/password.ts'
+import { BLOCK_SIZE, createHashQueue, hashPassword, scryptMemoryBytes, verifyPassword } from '../plugins/passwords/scrypt.ts'
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '10' } } })
 const rounds = Math.max(1, Number(values.rounds))

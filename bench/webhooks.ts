@@ -2,14 +2,14 @@
 //   1. POST /transactions (transfers, through the whole app with app.inject, 16 at a time) without and with a
 //      webhook endpoint registered for the sender: requests/s and the process's CPU per request. The outbox write
 //      inside post_transaction() is the only cost added to the request path.
-//   2. Delivery throughput of one in-process worker (app.worker.runDue()) against a local receiver: events/s.
+//   2. Delivery throughput of one in-process worker (app.jobs.runDue()) against a local receiver: events/s.
 // A quick measurement beside bench/run.ts's load scenarios (not yet one of them): in-process, no HTTP listener for
 // the API, so it isolates the request's own work from the network stack.
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import { buildApp } from '../app.ts'
 import { loadConfig } from '../config.ts'
-import { createServiceClient } from '../routes/auth/clients.ts'
+import { createServiceClient } from '../routes/identity/clients.ts'
 import { localStackUp } from '../scripts/local-stack.ts'
 import { migrate } from '../scripts/migrate.ts'
 import { startReceiver } from '../test/webhook-receiver.ts'
@@ -75,7 +75,7 @@ const withEndpoint = await transfers(c, d)
 const started = performance.now()
 let delivered = 0
 while (receiver.unique.size < count + 1) {
-  delivered += await app.worker.runDue()
+  delivered += await app.jobs.runDue()
   if (performance.now() - started > 300_000) break
 }
 const seconds = (performance.now() - started) / 1000

@@ -6,8 +6,8 @@ import { parseArgs } from 'node:util'
 import postgres from 'postgres'
 import { localStackUp } from './local-stack.ts'
 import { migrate } from './migrate.ts'
-import { createServiceClient } from '../routes/auth/clients.ts'
-import { hashPassword } from '../routes/users/password.ts'
+import { createServiceClient } from '../routes/identity/clients.ts'
+import { hashPassword } from '../plugins/passwords/scrypt.ts'
 
 type Sql = postgres.Sql
 

@@ -14,7 +14,7 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DATABASE) || !/^\d{1,2}$/.test(TEST_RED
   process.exit(2)
 }
 // Server processes the tests spawn (server.ts) run no job worker: webhook tests run their jobs themselves
-// (app.worker.runDue()) or spawn `node worker.ts`, and a stray worker loop would take their jobs. Nor the ledger check:
+// (app.jobs.runDue()) or spawn `node worker.ts`, and a stray worker loop would take their jobs. Nor the ledger check:
 // test files corrupt and check the shared ledger on purpose (its own tests turn it on).
 const env: NodeJS.ProcessEnv = { WORKER_ENABLED: 'false', RECONCILE_INTERVAL_S: '0', ...process.env, NODE_ENV: 'test' }
 

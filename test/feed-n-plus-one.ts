@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import type { Sql } from '../plugins/database.ts'
-import { responses } from '../plugins/openapi.ts'
-import { feedPage, feedPosition } from '../routes/feed/index.ts'
-import type { FeedRow } from '../routes/feed/queries.ts'
-import { FeedPageSchema, FeedQuerySchema, type FeedPosition } from '../routes/feed/schemas.ts'
+import type { Sql } from '../plugins/database/index.ts'
+import { responses } from '../plugins/openapi/index.ts'
+import { feedPage, feedPosition } from '../routes/social/feed.ts'
+import type { FeedRow } from '../routes/social/repository.ts'
+import { FeedPageSchema, FeedQuerySchema, type FeedPosition } from '../routes/social/schemas.ts'
 
 /**
  * The feed page loaded the naive way: the feed's posts first (feed rows joined to posts), then one query per post for its author (1 + N round trips

@@ -6,8 +6,8 @@ import type { FastifyInstance, FastifyServerOptions, InjectOptions } from 'fasti
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../config.ts'
-import type { Scope } from '../plugins/auth.ts'
-import { createServiceClient } from '../routes/auth/clients.ts'
+import type { Scope } from '../plugins/auth/index.ts'
+import { createServiceClient } from '../routes/identity/clients.ts'
 import { wireMismatches } from './wire-check.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -37,7 +37,7 @@ const generousLimits = {
   // scrypt at the production cost (2^17) takes ~128 MiB and a few hundred ms per hash: tests sign up and log in
   // hundreds of users, so they hash at the lowest cost the config accepts unless a test sets it.
   PASSWORD_HASH_COST: '1024',
-  // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.worker.runDue()), so no
+  // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.jobs.runDue()), so no
   // app's background loop takes another test's jobs.
   WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
   WORKER_ENABLED: 'false',
@@ -231,7 +231,7 @@ export async function fund (app: App, user: { id: string }, amount: number, curr
 }
 
 /**
- * Runs this test's due jobs through the app's worker (app.worker.runDue: the real claim, lease, handler and record)
+ * Runs this test's due jobs through the app's worker (app.jobs.runDue: the real claim, lease, handler and record)
  * until none of them is due, or `maxSteps` attempts have run (a test that stops a long job part-way). Failed attempts
  * come back in `errors` for the test to show; they are rescheduled by the retry policy, so a failing job is left for
  * later rather than looped on.
@@ -252,7 +252,7 @@ export async function drainJobs (app: App, options: { kinds: readonly string[], 
   let steps = 0
   while (steps < maxSteps) {
     if (Date.now() > deadline) throw new Error(`drainJobs: jobs of ${kinds.join(', ')} still due after the timeout`)
-    const ran = await app.worker.runDue({ kinds, matching, limit: maxSteps - steps, onFailure: (error) => errors.push(error) })
+    const ran = await app.jobs.runDue({ kinds, matching, limit: maxSteps - steps, onFailure: (error) => errors.push(error) })
     steps += ran
     if (ran > 0) continue
     // Nothing claimable: done, unless a job of ours is due but was not claimed (its kind has no handler here).

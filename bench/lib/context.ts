@@ -3,7 +3,7 @@
 // record, and the checks (ratios and targets) of the report.
 import type { Redis } from 'ioredis'
 import type postgres from 'postgres'
-import type { AuthOptions } from '../../plugins/auth.ts'
+import type { AuthOptions } from '../../plugins/auth/index.ts'
 import { Recorder, runLoad, summarize, type LoadResult, type LoadSpec } from './load.ts'
 import type { NodeServer } from './processes.ts'
 import { compare, cpuPerRequest, type BaselineRecord, type Comparison, type RunRecord } from './report.ts'

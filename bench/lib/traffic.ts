@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import fastifyJwt from '@fastify/jwt'
 import type autocannon from 'autocannon'
 import Fastify from 'fastify'
-import { clientClaims, signOptions, userClaims, type AuthOptions, type Scope, type Tier } from '../../plugins/auth.ts'
+import { clientClaims, signOptions, userClaims, type AuthOptions, type Scope, type Tier } from '../../plugins/auth/index.ts'
 import { tagRoute } from './load.ts'
 
 export interface Caller { id: string, token: string }

@@ -1,7 +1,7 @@
 // list-2m: GET /transactions for a user with 2M transactions (first page, walked cursors and deep cursors) vs a
 // user with 50: keyset pagination should make them cost the same.
 import type autocannon from 'autocannon'
-import { createCursorCodec } from '../../plugins/cursors.ts'
+import { createCursorCodec } from '../../plugins/auth/cursors.ts'
 import { CONNECTIONS, cpuRatio, measure, ratio, record, side, warmUp, type Bench, type Scenario } from '../lib/context.ts'
 import { tagRoute } from '../lib/load.ts'
 import { idsAtDepths } from '../lib/setup.ts'

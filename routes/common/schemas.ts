@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { ProblemSchema } from '../../plugins/errors.ts'
+import { ProblemSchema } from '../../plugins/errors/index.ts'
 
 export { ProblemSchema }
 

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
-import { responses } from '../../plugins/openapi.ts'
+import { responses } from '../../plugins/openapi/index.ts'
 
 const ReadySchema = z.object({
   status: z.enum(['ok', 'unavailable']),
@@ -17,7 +17,7 @@ export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
     schema: { operationId: 'getLiveness', tags: ['operations'], summary: 'Liveness: the process is running', security: [], ...responses({ 200: { schema: z.object({ status: z.literal('ok') }), description: 'The process runs.' } }) }
   }, async () => ({ status: 'ok' as const }))
 
-  // From the result plugins/readiness.ts refreshes in the background: no database or Redis call per request.
+  // From the result plugins/http/readiness.ts refreshes in the background: no database or Redis call per request.
   app.get('/health/ready', {
     config: { public: true, rateLimit: false },
     schema: {

@@ -396,6 +396,92 @@ export interface components {
             error: "invalid_request" | "invalid_client" | "invalid_grant" | "unauthorized_client" | "unsupported_grant_type" | "invalid_scope" | "unsupported_token_type" | "temporarily_unavailable" | "server_error";
             error_description?: string;
         };
+        User: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            avatarUrl: string | null;
+            /** Format: date-time */
+            createdAt: string;
+            email: string;
+        };
+        UserView: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            avatarUrl: string | null;
+            /** Format: date-time */
+            createdAt: string;
+            email?: string;
+        };
+        TokenResponse: {
+            access_token: string;
+            /** @constant */
+            token_type: "Bearer";
+            expires_in: number;
+            refresh_token?: string;
+            scope?: string;
+        };
+        AuthorizationServerMetadata: {
+            issuer: string;
+            token_endpoint: string;
+            revocation_endpoint: string;
+            grant_types_supported: ("password" | "refresh_token" | "client_credentials")[];
+            token_endpoint_auth_methods_supported: string[];
+            revocation_endpoint_auth_methods_supported: string[];
+            scopes_supported: string[];
+            response_types_supported: string[];
+        };
+        Balances: {
+            data: {
+                currency: string;
+                balance: number;
+            }[];
+        };
+        Transaction: {
+            id: string;
+            /** @enum {string} */
+            kind: "deposit" | "withdrawal" | "transfer";
+            amount: number;
+            currency: string;
+            fromUserId: string | null;
+            toUserId: string | null;
+            description: string | null;
+            reference: string | null;
+            /** Format: date-time */
+            createdAt: string;
+        };
+        TransactionPage: {
+            data: components["schemas"]["Transaction"][];
+            nextCursor: string | null;
+        };
+        PostAuthor: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            avatarUrl: string | null;
+        };
+        Post: {
+            id: string;
+            body: string;
+            /** Format: date-time */
+            createdAt: string;
+            author: components["schemas"]["PostAuthor"];
+        };
+        FeedPage: {
+            data: components["schemas"]["Post"][];
+            nextCursor: string | null;
+        };
+        FollowedUser: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            avatarUrl: string | null;
+        };
+        FollowsPage: {
+            data: components["schemas"]["FollowedUser"][];
+            nextCursor: string | null;
+        };
         WebhookEndpoint: {
             /** Format: uuid */
             id: string;
@@ -452,92 +538,6 @@ export interface components {
         };
         WebhookDeliveryPage: {
             data: components["schemas"]["WebhookDelivery"][];
-            nextCursor: string | null;
-        };
-        User: {
-            /** Format: uuid */
-            id: string;
-            name: string;
-            avatarUrl: string | null;
-            /** Format: date-time */
-            createdAt: string;
-            email: string;
-        };
-        UserView: {
-            /** Format: uuid */
-            id: string;
-            name: string;
-            avatarUrl: string | null;
-            /** Format: date-time */
-            createdAt: string;
-            email?: string;
-        };
-        TokenResponse: {
-            access_token: string;
-            /** @constant */
-            token_type: "Bearer";
-            expires_in: number;
-            refresh_token?: string;
-            scope?: string;
-        };
-        AuthorizationServerMetadata: {
-            issuer: string;
-            token_endpoint: string;
-            revocation_endpoint: string;
-            grant_types_supported: ("password" | "refresh_token" | "client_credentials")[];
-            token_endpoint_auth_methods_supported: string[];
-            revocation_endpoint_auth_methods_supported: string[];
-            scopes_supported: string[];
-            response_types_supported: string[];
-        };
-        Balances: {
-            data: {
-                currency: string;
-                balance: number;
-            }[];
-        };
-        PostAuthor: {
-            /** Format: uuid */
-            id: string;
-            name: string;
-            avatarUrl: string | null;
-        };
-        Post: {
-            id: string;
-            body: string;
-            /** Format: date-time */
-            createdAt: string;
-            author: components["schemas"]["PostAuthor"];
-        };
-        FeedPage: {
-            data: components["schemas"]["Post"][];
-            nextCursor: string | null;
-        };
-        FollowedUser: {
-            /** Format: uuid */
-            id: string;
-            name: string;
-            avatarUrl: string | null;
-        };
-        FollowsPage: {
-            data: components["schemas"]["FollowedUser"][];
-            nextCursor: string | null;
-        };
-        Transaction: {
-            id: string;
-            /** @enum {string} */
-            kind: "deposit" | "withdrawal" | "transfer";
-            amount: number;
-            currency: string;
-            fromUserId: string | null;
-            toUserId: string | null;
-            description: string | null;
-            reference: string | null;
-            /** Format: date-time */
-            createdAt: string;
-        };
-        TransactionPage: {
-            data: components["schemas"]["Transaction"][];
             nextCursor: string | null;
         };
     };

@@ -6,8 +6,8 @@
 import { parseArgs } from 'node:util'
 import postgres from 'postgres'
 import { z } from 'zod'
-import { scopes, type Scope } from '../../plugins/auth.ts'
-import { createServiceClient, listServiceClients, revokeServiceClient } from '../../routes/auth/clients.ts'
+import { scopes, type Scope } from '../../plugins/auth/index.ts'
+import { createServiceClient, listServiceClients, revokeServiceClient } from '../../routes/identity/clients.ts'
 import { localStackUp } from '../local-stack.ts'
 import { migrate } from '../migrate.ts'
 

@@ -9,8 +9,8 @@
 // The statement explained is the one the API runs: feedPageQuery() from routes/feed/queries.ts, embedded as a
 // postgres.js fragment, so the text (and the parameter binding, prepare: false as behind PgBouncer) cannot drift.
 import postgres from 'postgres'
-import { feedPageQuery } from '../../routes/feed/queries.ts'
-import { FEED_DEFAULT_LIMIT, type FeedPosition } from '../../routes/feed/schemas.ts'
+import { feedPageQuery } from '../../routes/social/repository.ts'
+import { FEED_DEFAULT_LIMIT, type FeedPosition } from '../../routes/social/schemas.ts'
 import { localStackUp, recreateDatabase, withDatabase } from '../local-stack.ts'
 import { migrate } from '../migrate.ts'
 

@@ -1,5 +1,5 @@
 // Every manifest in deploy/k8s is validated against the Kubernetes API schemas (kubernetes-models ships them
-// compiled, offline), the kustomization lists exactly the folder's manifests, and the security settings of issue 17
+// compiled, offline), the kustomization lists exactly the folder's manifests, and the security settings
 // hold: credentials only from Secrets, probes on the ops port, the proxy trust narrowed, a default-deny
 // NetworkPolicy with the paths the service needs. The schemas check types, required fields and enums; they do not
 // refuse unknown fields (Kubernetes' OpenAPI allows them), so the cross-references below (named ports, selectors,

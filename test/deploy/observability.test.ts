@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse, stringify } from 'yaml'
-import { createMetrics } from '../../plugins/metrics.ts'
+import { createMetrics } from '../../plugins/metrics/index.ts'
 import { prometheusBinaries } from '../../scripts/prometheus-tools.ts'
 import {
   alertRules, dashboardFile, dashboardPanels, fromJobLanes, loadDashboard, loadRules, observabilityDir, panelQuery, readText, ruleFiles, ruleTestFile

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { buildTestApp, createUser, hasLocalStack, makeFollowers, testSql } from '../helper.ts'
 import { startServer, startWorker, waitFor } from './support.ts'
 

@@ -1,4 +1,4 @@
-// The ledger check (plugins/ledger-check.ts) as it runs in production: real server processes with
+// The ledger check (routes/ledger/ledger-check.ts) as it runs in production: real server processes with
 // RECONCILE_INTERVAL_S=1, nobody calling anything. Three processes try every quarter second; each one-second slot
 // is checked by exactly one of them, and a ledger the owner corrupts behind the API's back makes the next check
 // fail, naming the row, in the runs table, the log and the metrics. Runs with the fault suite (one file at a time,

@@ -1,4 +1,4 @@
-// PgBouncer stopped in the middle of a load and started again (issue 9). Runs after the main suite, alone
+// PgBouncer stopped in the middle of a load and started again. Runs after the main suite, alone
 // (scripts/test.ts), against the stack that script controls.
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import t from 'tap'
@@ -35,7 +35,7 @@ t.test('PgBouncer stopped mid-load: fast 503s, recovery by itself, every key app
     users,
     sql
   })
-  // The circuit breaker (issue 22): while PgBouncer refuses connections, new requests fail at once instead of
+  // The circuit breaker: while PgBouncer refuses connections, new requests fail at once instead of
   // queueing behind reconnect attempts, and one probe at a time notices its return.
   const percentile = (values: number[], p: number) => {
     const sorted = [...values].sort((a, b) => a - b)

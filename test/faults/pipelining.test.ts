@@ -1,18 +1,18 @@
 // More statements at once than pooled connections, through PgBouncer in transaction mode: every statement returns.
 // postgres.js pipelines a new statement behind one without parameters on a busy connection, and PgBouncer 1.18
-// drops the answers to it (plugins/database.ts, withoutPipelining): the statement never returned and the worker's
+// drops the answers to it (plugins/database/index.ts, withoutPipelining): the statement never returned and the worker's
 // job waited out its lease. Runs alone after the main suite (scripts/test.ts): a stalled statement would hold a
 // connection of the shared PgBouncer pool until its client ends.
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import t from 'tap'
-import { createSql, type Sql } from '../../plugins/database.ts'
-import errorsPlugin from '../../plugins/errors.ts'
-import type { JobHandlers } from '../../plugins/jobs.ts'
-import metricsPlugin, { createMetrics } from '../../plugins/metrics.ts'
-import databasePlugin from '../../plugins/database.ts'
-import workerPlugin from '../../plugins/worker.ts'
+import { createSql, type Sql } from '../../plugins/database/index.ts'
+import errorsPlugin from '../../plugins/errors/index.ts'
+import type { JobHandlers } from '../../plugins/jobs/queue.ts'
+import metricsPlugin, { createMetrics } from '../../plugins/metrics/index.ts'
+import databasePlugin from '../../plugins/database/index.ts'
+import workerPlugin from '../../plugins/jobs/index.ts'
 import { hasLocalStack, testConfig, testSql } from '../helper.ts'
 import { deadline, sleep } from './support.ts'
 
@@ -93,16 +93,16 @@ t.test('32 job attempts on a pool of 10: every attempt is recorded, none waits o
   const gauging = { on: true }
   const gauges = (async () => {
     while (gauging.on) {
-      await app.worker.refreshQueueMetrics().catch(() => {})
+      await app.jobs.refreshQueueMetrics().catch(() => {})
       await sleep(1)
     }
   })()
-  const run = app.worker.runDue({ kinds: [kind] })
+  const run = app.jobs.runDue({ kinds: [kind] })
   const outcome = await within(run, 30_000)
   gauging.on = false
   await gauges
   const [left] = await sql<Array<{ n: number }>>`select count(*)::int as n from jobs where kind = ${kind}`
-  t.equal(outcome, 'answered', `every attempt finished and was recorded (${app.worker.inFlight()} still in flight)`)
+  t.equal(outcome, 'answered', `every attempt finished and was recorded (${app.jobs.inFlight()} still in flight)`)
   t.equal(posted, count, 'every job posted once')
   t.equal(left?.n, 0, 'no job left to wait out its lease')
 })

@@ -1,5 +1,5 @@
 // PostgreSQL stopped (fast shutdown: in-flight transactions are rolled back) in the middle of a load and started
-// again, behind PgBouncer (issue 9). Runs after the main suite, alone (scripts/test.ts).
+// again, behind PgBouncer. Runs after the main suite, alone (scripts/test.ts).
 import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'

@@ -1,5 +1,5 @@
 // Redis stopped, then Redis hung (SIGSTOP, and CLIENT PAUSE ALL), with the real process of the local stack
-// (issue 9). Reads fall back to PostgreSQL within a bounded time, the rate limiter fails open (or closed where
+// Reads fall back to PostgreSQL within a bounded time, the rate limiter fails open (or closed where
 // configured), readiness names Redis, and everything recovers without restarting the app.
 // Runs after the main suite, alone (scripts/test.ts).
 import { Redis } from 'ioredis'

@@ -1,4 +1,4 @@
-// SIGTERM to a real server process (issue 9). The contract: stop accepting, finish in-flight requests, close
+// SIGTERM to a real server process. The contract: stop accepting, finish in-flight requests, close
 // pools, exit 0. Runs after the main suite, alone (scripts/test.ts).
 import t from 'tap'
 import { buildTestApp, createClient, createUser, hasLocalStack, testSql, type TestUser } from '../helper.ts'

@@ -730,7 +730,7 @@ async function runOutage (t: TestLike, options: OutageOptions, unhandled: unknow
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Telemetry after a fault (issue 22)
+// Telemetry after a fault
 // ---------------------------------------------------------------------------------------------------------------
 
 /** Every `*_in_flight` gauge of a Prometheus text exposition, summed over its series. */

@@ -151,7 +151,7 @@ t.test('PostgreSQL restarted while events are due: every event delivered after i
 })
 
 // 10,000 as the issue asks, two workers running 32 attempts each on pools of 10 connections (the case that stalled a
-// statement before plugins/database.ts's withoutPipelining): about 25 s here, ~1,000 deliveries a second. The
+// statement before plugins/database/index.ts's withoutPipelining): about 25 s here, ~1,000 deliveries a second. The
 // endpoint's limit holds across both workers, so it is 64: all 32 + 32 attempts may be for the one endpoint.
 const MANY = 10_000
 

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { buildTestApp, dbSpans, injectTraced } from '../helper.ts'
-import { summarizeStatement } from '../../plugins/database.ts'
+import { summarizeStatement } from '../../plugins/database/index.ts'
 
 t.test('one query makes exactly one span, with placeholders and never the values', async (t) => {
   const app = await buildTestApp(t)

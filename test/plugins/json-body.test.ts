@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { hasNonIntegerLiteral, NonIntegerLiteral, parseJsonBody } from '../../plugins/json-body.ts'
+import { hasNonIntegerLiteral, NonIntegerLiteral, parseJsonBody } from '../../plugins/http/json-body.ts'
 import type { FastifyError, FastifyRequest } from 'fastify'
 
 /** Runs the parser as Fastify does and returns what it passed to `done`. */

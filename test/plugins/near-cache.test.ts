@@ -1,10 +1,10 @@
-// Issue 20: hot cache entries are also held in each API process (plugins/near-cache.ts), and a write on any process
+// Hot cache entries are also held in each API process (plugins/cache/near-cache.ts), and a write on any process
 // still reaches every reader at once: two apps here stand for two API processes sharing Redis and PostgreSQL.
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { createNearCache } from '../../plugins/near-cache.ts'
+import { createNearCache } from '../../plugins/cache/near-cache.ts'
 import { buildTestApp, createUser, testConfig, within } from '../helper.ts'
-import { createRedis } from '../../plugins/redis.ts'
+import { createRedis } from '../../plugins/redis/index.ts'
 
 const metric = async (app: App, name: string) => {
   const sample = (await app.metrics.registry.getSingleMetric(name)?.get())?.values.find((v) => v.labels.cache === 'user' || v.labels.cache === undefined)

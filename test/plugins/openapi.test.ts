@@ -1,8 +1,8 @@
-// What plugins/openapi.ts puts in the document beyond the route schemas, and the rules every operation follows.
+// What plugins/openapi/index.ts puts in the document beyond the route schemas, and the rules every operation follows.
 // test/scripts/openapi.test.ts compares the whole document with the committed openapi.json and lints it.
 import t from 'tap'
 import packageJson from '../../package.json' with { type: 'json' }
-import { withoutUnusedSchemas } from '../../plugins/openapi.ts'
+import { withoutUnusedSchemas } from '../../plugins/openapi/index.ts'
 import { buildTestApp } from '../helper.ts'
 
 interface Document {

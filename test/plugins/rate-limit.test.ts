@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { buildTestApp, createClient, createUser } from '../helper.ts'
-import { clientAddressKey, createTokenBucket } from '../../plugins/rate-limit.ts'
+import { clientAddressKey, createTokenBucket } from '../../plugins/rate-limit/index.ts'
 import type { App } from '../../app.ts'
 
 // A short tier: the standard shape (bucket 60) with a refill fast enough that waiting for a token takes 1 s.

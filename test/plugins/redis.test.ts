@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
 import t from 'tap'
-import { createRedis } from '../../plugins/redis.ts'
+import { createRedis } from '../../plugins/redis/index.ts'
 import { testConfig } from '../helper.ts'
 
 /** Counts the writes that reach the socket (one per system call): `_write` for one chunk, `_writev` for several. */

@@ -1,14 +1,14 @@
-// Issue 22: every in-flight gauge and every span ends exactly once, whatever way a request or a statement ends:
+// Every in-flight gauge and every span ends exactly once, whatever way a request or a statement ends:
 // success, error, client abort, a pool that cannot connect, a pool that is shut down.
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../../app.ts'
-import { CircuitBreaker, CircuitOpenError } from '../../plugins/circuit-breaker.ts'
-import { createSql, type QueryObserver } from '../../plugins/database.ts'
-import { isConnectionError, isUnavailableError } from '../../plugins/errors.ts'
-import { nPlusOnes, tallyStatement } from '../../plugins/metrics.ts'
+import { CircuitBreaker, CircuitOpenError } from '../../plugins/database/circuit-breaker.ts'
+import { createSql, type QueryObserver } from '../../plugins/database/index.ts'
+import { isConnectionError, isUnavailableError } from '../../plugins/errors/index.ts'
+import { nPlusOnes, tallyStatement } from '../../plugins/metrics/index.ts'
 import { buildTestApp, createUser, fund, openSpans } from '../helper.ts'
 
 const gauge = async (app: App, name: 'httpInFlight' | 'dbStatementsInFlight') => (await app.metrics[name].get()).values[0]?.value ?? 0

@@ -2,8 +2,8 @@
 // what travels through Redis (the lease) can keep one process's slow load from undoing the other's invalidation.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { createCacheAside } from '../../plugins/cache-aside.ts'
-import { createMetrics } from '../../plugins/metrics.ts'
+import { createCacheAside } from '../../plugins/cache/index.ts'
+import { createMetrics } from '../../plugins/metrics/index.ts'
 import { buildTestApp } from '../helper.ts'
 
 const app = await buildTestApp(t)

@@ -5,8 +5,8 @@
 import { Cluster } from 'ioredis'
 import t from 'tap'
 import { buildApp, type App } from '../../app.ts'
-import type { RedisClient } from '../../plugins/redis.ts'
-import { FEED_JOB } from '../../routes/feed/jobs.ts'
+import type { RedisClient } from '../../plugins/redis/index.ts'
+import { FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { createUser, drainJobs, hasLocalStack, testConfig } from '../helper.ts'
 import { parseEnvLines, runStack } from '../../scripts/local-stack.ts'
 

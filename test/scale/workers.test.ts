@@ -51,7 +51,7 @@ t.test('the pool is split between workers and the primary sums their metrics', a
   t.match(text, /^ledger_db_pool_max_connections 20$/m, 'two pools of 10')
   t.match(text, /ledger_rate_limit_decisions_total\{tier="standard",decision="rejected"\} 80/, 'counters of both workers, summed')
   t.equal((await fetch(`http://127.0.0.1:${metricsPort}/other`)).status, 404)
-  // The same listener (OPS_PORT; METRICS_PORT is its former name) answers readiness from the workers' reports.
+  // The same listener (OPS_PORT, also accepted as METRICS_PORT) answers readiness from the workers' reports.
   const ready = await fetch(`http://127.0.0.1:${metricsPort}/health/ready`)
   t.equal(ready.status, 200, 'ready while both workers are')
   t.same(await ready.json(), { status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })

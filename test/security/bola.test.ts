@@ -1,4 +1,4 @@
-// Issue 9, broken object level and object property level authorization: user B against every id route of user
+// Broken object level and object property level authorization: user B against every id route of user
 // A, a service client against another client's transactions, cursors carried across users, clients and lists,
 // mass assignment in every body (the clients' funding bodies too), and no response that carries a password hash
 // or someone else's email.

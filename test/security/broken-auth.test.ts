@@ -1,4 +1,4 @@
-// Issue 9, broken authentication: forged, tampered, expired and misplaced tokens (a user's or a service client's)
+// Broken authentication: forged, tampered, expired and misplaced tokens (a user's or a service client's)
 // are 401 on every private route; a token that outlives its user or its client does no harm; password guessing
 // from one address is rate limited.
 import type { AddressInfo } from 'node:net'

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { hashClientSecret } from '../../routes/auth/clients.ts'
+import { hashClientSecret } from '../../routes/identity/clients.ts'
 import { reconcileLedger } from '../../scripts/ops/reconcile.ts'
 import { buildTestApp, createClient, createUser, fund, ownerSql, type TestUser } from '../helper.ts'
 import { TEST_CURRENCY } from './support.ts'

@@ -1,9 +1,9 @@
-// Abuse of follows, posts and names (issue 19): a follow flood is bounded by the per-principal limiter and costs the
+// Abuse of follows, posts and names: a follow flood is bounded by the per-principal limiter and costs the
 // service a bounded backfill per follow; names and post bodies refuse the invisible impersonation tricks; cursors of
 // the follow lists are bound to their list and their caller.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { FEED_JOB } from '../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { buildTestApp, createUser, drainJobs, ownerSql, testSql, uniqueEmail } from '../helper.ts'
 
 /** ASCII written in Unicode tag characters (U+E0020–U+E007E), invisible in most renderers. */

@@ -1,4 +1,4 @@
-// Issue 9, property-based fuzzing: for every operation in GET /openapi.json (generated from the same Zod schemas
+// Property-based fuzzing: for every operation in GET /openapi.json (generated from the same Zod schemas
 // that validate requests), fast-check builds requests from the operation's own parameter and body schemas, mixes
 // valid values, boundary values, attack payloads and wrong types, and checks on every response that there is no
 // 5xx, no leaked hash or foreign email, and no effect on a victim user whose data is snapshotted around each route.
@@ -16,8 +16,8 @@ import t from 'tap'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { App } from '../../app.ts'
 import { MULTI_LINE, SINGLE_LINE } from '../../routes/common/text.ts'
-import { PostBodyTextSchema } from '../../routes/feed/schemas.ts'
-import { hashPassword } from '../../routes/users/password.ts'
+import { PostBodyTextSchema } from '../../routes/social/schemas.ts'
+import { hashPassword } from '../../plugins/passwords/scrypt.ts'
 import { buildTestApp, createClient, createUser, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
 import { fundingBody, INJECTION_STRINGS, PRIVATE_ROUTES, snapshotUser, TEST_CURRENCY, WRONG_TYPES } from './support.ts'
 

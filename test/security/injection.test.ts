@@ -1,4 +1,4 @@
-// Issue 9, injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
+// Injection: every string the API reads (JSON fields, query and path parameters, headers) gets the
 // shared payload table. Each payload is refused with a 400 (401 for credentials) or stored as inert text that
 // comes back byte for byte, from the API and from the database; afterwards every table is intact and the row
 // counts of this test's own users are exactly what the accepted requests explain. Never a 5xx. Money bodies go
@@ -426,7 +426,7 @@ t.test('headers: payloads in Authorization, Idempotency-Key, X-Request-Id, Conte
 
 t.test('text that cannot be stored byte for byte is refused, not silently altered', async (t) => {
   // Unpaired UTF-16 surrogates are valid in JSON text ("\ud800") but cannot be encoded as UTF-8: the driver
-  // replaces them with U+FFFD. Post bodies refuse them (routes/feed/schemas.ts); names and descriptions do not.
+  // replaces them with U+FFFD. Post bodies refuse them (routes/social/schemas.ts); names and descriptions do not.
   const app = await buildTestApp(t, FAST_HASH)
   const sql = testSql(t)
   const caller = await createUser(app)

@@ -1,4 +1,4 @@
-// Abuse of the operations surface (issue 17): a readiness flood must cost the database nothing, /metrics must not
+// Abuse of the operations surface: a readiness flood must cost the database nothing, /metrics must not
 // be public in production, and the service must not run with a secret anyone can read in the repository.
 import { spawn, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'

@@ -1,9 +1,9 @@
-// Abuse of the service-client surface (issue 15): tokens made for one principal used as the other, forged scope
+// Abuse of the service-client surface: tokens made for one principal used as the other, forged scope
 // claims, client-secret guessing against the public limit, hostile token-endpoint bodies, and a signed token for
 // a client that does not exist.
 import { randomBytes, randomUUID } from 'node:crypto'
 import t from 'tap'
-import { createServiceClient } from '../../routes/auth/clients.ts'
+import { createServiceClient } from '../../routes/identity/clients.ts'
 import { buildTestApp, createClient, createUser, forgeToken, fund, ownerSql, testConfig, testSql } from '../helper.ts'
 import { assertTablesIntact, INJECTION_STRINGS } from './support.ts'
 

@@ -1,4 +1,4 @@
-// Issue 9, unrestricted resource consumption: page sizes, body size, JSON depth and width, URL length, numeric
+// Unrestricted resource consumption: page sizes, body size, JSON depth and width, URL length, numeric
 // ceilings, runaway queries (statement_timeout) and slow clients (REQUEST_TIMEOUT_MS).
 import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'

@@ -1,4 +1,4 @@
-// Issue 17, sessions and logins: stolen refresh tokens (replay), ended sessions, tokens used in the wrong place, a
+// Sessions and logins: stolen refresh tokens (replay), ended sessions, tokens used in the wrong place, a
 // removed user, password guessing against one account from many addresses or one IPv6 /64, and a login flood.
 import { randomBytes } from 'node:crypto'
 import t from 'tap'

@@ -1,12 +1,12 @@
-// Shared pieces of the security suite (issue 9): the attack payload table, the list of private routes, a
+// Shared pieces of the security suite: the attack payload table, the list of private routes, a
 // recorder that checks every response for leaked secrets, and database probes (tables intact, a user's data).
 import { randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
-import type { Scope } from '../../plugins/auth.ts'
-import { createServiceClient } from '../../routes/auth/clients.ts'
+import type { Scope } from '../../plugins/auth/index.ts'
+import { createServiceClient } from '../../routes/identity/clients.ts'
 import { ownerSql, type testSql, type TestClient, type TestUser } from '../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>

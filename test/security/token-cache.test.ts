@@ -1,4 +1,4 @@
-// Issue 20: each process remembers the access tokens it verified (plugins/auth.ts, verifiedTokens), so a request
+// Each process remembers the access tokens it verified (plugins/auth/index.ts, verifiedTokens), so a request
 // with a known token skips decoding and the HMAC. What it must not skip: expiry (by `exp` and by maximum age),
 // revocation, and full verification of anything that is not byte-for-byte the verified token.
 import t from 'tap'

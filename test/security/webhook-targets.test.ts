@@ -1,4 +1,4 @@
-// Issue 18, SSRF: a webhook target must be https and reach only public addresses, checked by syntax, at
+// SSRF: a webhook target must be https and reach only public addresses, checked by syntax, at
 // registration (every resolved address) and at connect time (the address actually dialled). Names resolve through
 // the tests' own DNS server on loopback (test/dns-server.ts), which also stands in for a hostile one: a name that
 // answers a public address, then a private one (DNS rebinding), a black hole, a failing server. No database: the
@@ -15,8 +15,8 @@ import {
   parseTargetUrl,
   postWebhook,
   type TargetPolicy
-} from '../../routes/webhook-endpoints/outbound.ts'
-import { createHostResolver } from '../../routes/webhook-endpoints/resolver.ts'
+} from '../../routes/webhooks/outbound.ts'
+import { createHostResolver } from '../../routes/webhooks/resolver.ts'
 import { startDnsServer } from '../dns-server.ts'
 
 // Public addresses that are only ever answered, never dialled: registration resolves without connecting, and every

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import t from 'tap'
-import { feedPageQuery } from '../../routes/feed/queries.ts'
+import { feedPageQuery } from '../../routes/social/repository.ts'
 import { dropDatabase, recreateDatabase, withDatabase } from '../../scripts/local-stack.ts'
 import { migrate } from '../../scripts/migrate.ts'
 

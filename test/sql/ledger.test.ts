@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { purgeIdempotencyKeys } from '../../plugins/housekeeping.ts'
+import { purgeIdempotencyKeys } from '../../routes/ledger/repository.ts'
 import { buildTestApp, createClient, createUser, fund, testSql, type TestUser } from '../helper.ts'
 
 const apiUrl = process.env.DATABASE_URL ?? ''

@@ -7,7 +7,7 @@ import t from 'tap'
 import type { App } from '../../../app.ts'
 import { feedNPlusOneRoutes } from '../../feed-n-plus-one.ts'
 import type { Diagnosis } from '../../../scripts/ops/diagnose/index.ts'
-import { FEED_JOB } from '../../../routes/feed/jobs.ts'
+import { FEED_JOB } from '../../../routes/social/feed-jobs.ts'
 import { buildTestApp, createClient, createUser, drainJobs } from '../../helper.ts'
 import { injectSender, LedgerClient, waitFor } from '../../faults/support.ts'
 

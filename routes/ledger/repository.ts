@@ -1,0 +1,135 @@
+import { createHash } from 'node:crypto'
+import type { Sql } from '../../plugins/database/index.ts'
+import { toMinorUnits } from './money.ts'
+import type { CreateTransactionBody, Transaction } from './schemas.ts'
+
+export interface TransactionRow {
+  id: string
+  kind: Transaction['kind']
+  amount: string
+  currency: string
+  from_user_id: string | null
+  to_user_id: string | null
+  description: string | null
+  reference: string | null
+  created_at: Date
+}
+
+/** What every statement that reads transactions selects: the columns of a TransactionRow, written once. */
+const TRANSACTION_COLUMNS = ['id', 'kind', 'amount', 'currency', 'from_user_id', 'to_user_id', 'description', 'reference', 'created_at'] as const satisfies ReadonlyArray<keyof TransactionRow>
+
+/**
+ * The select list of a TransactionRow, qualified by a table alias when given. A fragment of constant text (no
+ * input reaches it), so the statement reads exactly as if the list were written inline.
+ */
+export const transactionColumns = (sql: Sql, alias?: 't') =>
+  sql.unsafe(TRANSACTION_COLUMNS.map((column) => alias === undefined ? column : `${alias}.${column}`).join(', '))
+
+export const toTransaction = (row: TransactionRow): Transaction => ({
+  id: row.id,
+  kind: row.kind,
+  amount: toMinorUnits(row.amount),
+  currency: row.currency,
+  fromUserId: row.from_user_id,
+  toUserId: row.to_user_id,
+  description: row.description,
+  reference: row.reference,
+  createdAt: row.created_at.toISOString()
+})
+
+/**
+ * What makes two requests "the same" for an idempotency key: every field of the body, in a fixed order. A
+ * transfer's fingerprint keeps the form of the keys already stored (without the client fields), so they still
+ * replay.
+ */
+export function requestFingerprint (body: CreateTransactionBody): string {
+  const common = [body.kind, body.amount, body.currency]
+  const canonical = JSON.stringify(body.kind === 'transfer'
+    ? [...common, body.toUserId, body.description ?? null]
+    : [...common, null, body.description ?? null, body.userId, body.reference])
+  return createHash('sha256').update(canonical).digest('base64url')
+}
+
+export type PostOutcome =
+  | { outcome: 'created' | 'replayed', transaction: Transaction, queued: number }
+  | { outcome: 'mismatch' }
+
+/** Who posts: a user (transfers from their own balance) or a service client (deposits and withdrawals). */
+export interface Poster {
+  kind: 'user' | 'client'
+  id: string
+}
+
+/**
+ * One statement, one round trip: post_transaction() (sql/functions/post_transaction.sql) claims the key, checks
+ * the reference, locks balances in user id order, checks funds, writes the transaction, its entries and the
+ * balances, atomically.
+ */
+export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody, keyTtlS: number): Promise<PostOutcome> {
+  const clientId = poster.kind === 'client' ? poster.id : null
+  const userId = body.kind === 'transfer' ? poster.id : body.userId
+  const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch', queued: number | null })[]>`
+    select * from post_transaction(
+      ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
+      ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
+      ${body.kind === 'transfer' ? null : body.reference}, ${keyTtlS}
+    )`
+  if (row === undefined) throw new Error('post_transaction returned no row')
+  if (row.outcome === 'mismatch') return { outcome: 'mismatch' }
+  return { outcome: row.outcome, transaction: toTransaction(row), queued: row.queued ?? 0 }
+}
+
+/**
+ * A page of the transactions that touch `userId`, newest first, plus one look-ahead row (see cursors.page): a
+ * backward range scan of entries' primary key (user_id, transaction_id) that stops after `limit + 1` rows, then
+ * one primary-key lookup per row in transactions, so its cost does not depend on table size. The limit sits
+ * inside the subquery on purpose: with it outside, the planner may pick a merge join that walks
+ * transactions_pkey down from the newest row of the whole table (the cursor bounds entries, not transactions),
+ * reading millions of rows for a deep page. Not executed until awaited, so scripts can EXPLAIN the same text.
+ */
+export function transactionsPageQuery (sql: Sql, userId: string, limit: number, before?: string) {
+  return sql<TransactionRow[]>`
+    select ${transactionColumns(sql, 't')}
+      from (
+        select e.transaction_id
+          from entries e
+         where e.user_id = ${userId}
+           ${before === undefined ? sql`` : sql`and e.transaction_id < ${before}`}
+         order by e.transaction_id desc
+         limit ${limit + 1}
+      ) page
+      join transactions t on t.id = page.transaction_id
+     order by page.transaction_id desc`
+}
+
+/** A page of the transactions a service client posted, newest first, plus one look-ahead row. */
+export function clientTransactionsPageQuery (sql: Sql, clientId: string, limit: number, before?: string) {
+  return sql<TransactionRow[]>`
+    select ${transactionColumns(sql)}
+      from transactions
+     where client_id = ${clientId}
+       ${before === undefined ? sql`` : sql`and id < ${before}`}
+     order by id desc
+     limit ${limit + 1}`
+}
+
+/** One transaction the caller could list: one that touches the user, or one the client posted. */
+export async function findTransaction (sql: Sql, caller: Poster, id: string): Promise<Transaction | null> {
+  const [row] = await sql<TransactionRow[]>`
+    select ${transactionColumns(sql)}
+      from transactions
+     where id = ${id}
+       and ${caller.kind === 'client' ? sql`client_id = ${caller.id}` : sql`(from_user_id = ${caller.id} or to_user_id = ${caller.id})`}`
+  return row === undefined ? null : toTransaction(row)
+}
+
+/** Removes at most `batch` idempotency keys older than `ttlS` (housekeeping); returns how many went. */
+export function purgeIdempotencyKeys (sql: Sql, ttlS: number, batch: number): Promise<number> {
+  return sql<{ purged: number }[]>`select purge_idempotency_keys(${ttlS}, ${batch}) as purged`.then(([row]) => row?.purged ?? 0)
+}
+
+export async function listBalances (sql: Sql, userId: string) {
+  const rows = await sql<{ currency: string, balance: string }[]>`
+    select currency, balance from balances where user_id = ${userId} order by currency`
+  return rows.map((row) => ({ currency: row.currency, balance: toMinorUnits(row.balance) }))
+}
