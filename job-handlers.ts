@@ -1,6 +1,6 @@
 // Every job kind the worker runs, by lane, collected once for both places a worker runs (app.ts inside `npm start`,
 // and worker.ts for `npm run worker`). A resource adds its handlers to a lane here.
-import type { Config } from './config.ts'
+import type { Config } from './settings.ts'
 import type { CacheAside } from './plugins/cache-aside.ts'
 import type { Metrics } from './plugins/metrics.ts'
 import type { LaneOptions, WorkerOptions } from './plugins/worker.ts'

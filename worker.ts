@@ -3,7 +3,7 @@
 // cache the feed jobs invalidate, the worker) with no listener; any number may run side by side on one queue. SIGTERM/SIGINT: stop claiming, finish
 // and record the attempts in flight, close the pools, exit 0.
 import Fastify from 'fastify'
-import { loadConfigOrExit } from './config.ts'
+import { loadConfigOrExit } from './settings.ts'
 import { onePrincipalCanFillWebhookLane, workerOptions } from './job-handlers.ts'
 import cacheAsidePlugin from './plugins/cache-aside.ts'
 import databasePlugin from './plugins/database.ts'

@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { ConfigError, loadConfig } from '../config.ts'
+import { ConfigError } from '../config.ts'
+import { loadConfig } from '../settings.ts'
 
 function thrown (fn: () => unknown): Error | undefined {
   try {

@@ -5,7 +5,7 @@ import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan, type Span
 import type { FastifyInstance, FastifyServerOptions, InjectOptions } from 'fastify'
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
-import { loadConfig, type Config } from '../config.ts'
+import { loadConfig, type Config } from '../settings.ts'
 import type { Scope } from '../plugins/auth.ts'
 import { createServiceClient } from '../routes/auth/clients.ts'
 import { wireMismatches } from './wire-check.ts'
