@@ -3,8 +3,12 @@ import { settingsGroup, url } from '../../plugins/config-helpers.ts'
 
 export const identityConfig = settingsGroup('Identity', 'Sign-in: the OAuth issuer, the login throttle and refresh tokens (sessions).', {
   OAUTH_ISSUER: url(['https:', 'http:'])
-    .refine((value) => { const parsed = new URL(value); return parsed.pathname === '/' && parsed.search === '' && parsed.hash === '' && !value.endsWith('/') },
-      { message: 'must be an origin such as https://api.example.com (no path, query, fragment or trailing slash)' })
+    .refine((value) => {
+      // Not a URL at all: the check above says so, once.
+      if (!URL.canParse(value)) return true
+      const parsed = new URL(value)
+      return parsed.pathname === '/' && parsed.search === '' && parsed.hash === '' && !value.endsWith('/')
+    }, { message: 'must be an origin such as https://api.example.com (no path, query, fragment or trailing slash)' })
     .optional()
     .describe('The OAuth issuer identifier published at /.well-known/oauth-authorization-server (RFC 8414): the public origin clients reach the API at, such as https://api.example.com (no path, query, fragment or trailing slash). Unset, the origin each request came to is used: fine locally; set it in every deployment, so the metadata never depends on a Host header.'),
   LOGIN_MAX_FAILURES: z.coerce.number().int().min(1).max(1000).default(10)
