@@ -2,7 +2,8 @@
 // what the settings schemas generate, every parsed setting is documented, and the defaults .env.example shows are
 // the ones the configuration applies. Each failure says what to run.
 import { randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { configurationReference, documentedGroups, envExample, envExampleFile, referenceFile, settingsOf } from '../../scripts/config-reference.ts'
 import { configGroups, loadConfig } from '../../settings.ts'
@@ -38,4 +39,14 @@ t.test('the values .env.example shows are the defaults the configuration applies
   const { DATABASE_DIRECT_URL: _direct, DATABASE_REPLICA_URL: _replica, REDIS_CLUSTER_NODES: _cluster, ...examples } = shown
   t.same(loadConfig({ ...examples, ...required }), loadConfig(required))
   t.doesNotThrow(() => loadConfig({ ...shown, ...required }), 'the example values of the optional settings are valid too')
+})
+
+t.test('the infrastructure\'s configuration imports no domain: the domains\' settings join in settings.ts', async (t) => {
+  const root = fileURLToPath(new URL('../../', import.meta.url))
+  const plugins = (await readdir(`${root}plugins`, { recursive: true })).filter((file) => file === 'config-helpers.ts' || file.endsWith('/config.ts'))
+  t.ok(plugins.length >= 10, 'the plugins\' settings files are found')
+  for (const file of ['config.ts', ...plugins.map((file) => `plugins/${file}`)]) {
+    const imports = [...(await readFile(`${root}${file}`, 'utf8')).matchAll(/^(?:import|export) [^;]*? from '([^']+)'/gm)].map((match) => match[1] ?? '')
+    t.same(imports.filter((path) => /(^|\/)routes\/|settings\.ts$/.test(path)), [], `${file} imports nothing from routes/ nor settings.ts`)
+  }
 })
