@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { ZodTypeProvider } from 'fastify-type-provider-zod'
-import type { Config } from './config.ts'
+import type { Config } from './settings.ts'
 import authPlugin, { autoConfig as authConfig } from './plugins/auth/index.ts'
 import credentialResponsesPlugin from './plugins/auth/credential-responses.ts'
 import cursorsPlugin, { autoConfig as cursorsConfig } from './plugins/auth/cursors.ts'

@@ -5,7 +5,7 @@
 // three fixed answers need no framework, and the primary loads no app.
 import { createServer, type Server } from 'node:http'
 import type { FastifyInstance } from 'fastify'
-import type { Config } from './config.ts'
+import type { Config } from './settings.ts'
 import { bearerMatches } from './plugins/metrics/index.ts'
 import type { ReadinessResult } from './plugins/http/readiness.ts'
 import { readyBody } from './routes/health/index.ts'

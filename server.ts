@@ -3,7 +3,7 @@
 // same file and serves on the same port.
 import cluster from 'node:cluster'
 import { fileURLToPath } from 'node:url'
-import { loadConfigOrExit, type Config } from './config.ts'
+import { loadConfigOrExit, type Config } from './settings.ts'
 
 const config = loadConfigOrExit()
 

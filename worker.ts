@@ -3,7 +3,7 @@
 // the two cannot drift; with OPS_PORT set it serves /health/live, /health/ready and /metrics (its lanes' queue
 // metrics) there. Any number may run side by side on one queue. SIGTERM/SIGINT: stop claiming, finish and record
 // the attempts in flight, close the pools, exit 0.
-import { loadConfigOrExit } from './config.ts'
+import { loadConfigOrExit } from './settings.ts'
 import { onePrincipalCanFillWebhookLane } from './routes/webhooks/index.ts'
 
 // This process exists to run the loop: WORKER_ENABLED is for API processes.

@@ -4,7 +4,7 @@
 // BENCH_SERVER_MAX_S seconds, so a crashed bench never leaves it running.
 import { telemetry } from '../telemetry.ts'
 import { buildApp } from '../app.ts'
-import { loadConfig } from '../config.ts'
+import { loadConfig } from '../settings.ts'
 import { feedNPlusOneRoutes } from '../test/feed-n-plus-one.ts'
 
 const config = loadConfig()

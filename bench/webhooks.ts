@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import { buildApp } from '../app.ts'
-import { loadConfig } from '../config.ts'
+import { loadConfig } from '../settings.ts'
 import { createServiceClient } from '../routes/identity/clients.ts'
 import { localStackUp } from '../scripts/local-stack.ts'
 import { migrate } from '../scripts/migrate.ts'

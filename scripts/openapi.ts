@@ -13,7 +13,7 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import openapiTS, { astToString } from 'openapi-typescript'
 import { buildApp, type App } from '../app.ts'
-import { loadConfig } from '../config.ts'
+import { loadConfig } from '../settings.ts'
 import { controlServiceSync, readStackEnv } from './local-stack.ts'
 
 export const documentFile = fileURLToPath(new URL('../openapi.json', import.meta.url))

@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { ConfigError, loadConfig } from '../config.ts'
+import { ConfigError } from '../config.ts'
+import { loadConfig } from '../settings.ts'
 
 function thrown (fn: () => unknown): Error | undefined {
   try {
@@ -111,4 +112,14 @@ t.test('PASSWORD_HASH_COST must be a power of two: a clear boot error, not a 500
   t.equal(server.status, 1, 'the server refuses to boot')
   t.match(server.stderr, /invalid configuration:\s+PASSWORD_HASH_COST: must be a power of two/)
   t.notMatch(server.stderr, /\n\s+at /, 'a message, not a stack trace')
+})
+
+t.test('OAUTH_ISSUER must be an origin; a value that is not a URL is a boot message too, not a TypeError', async (t) => {
+  t.equal(loadConfig({ ...base, OAUTH_ISSUER: 'https://api.example.test' }).OAUTH_ISSUER, 'https://api.example.test')
+  for (const value of ['not a url', 'ftp://api.example.test', 'https://api.example.test/', 'https://api.example.test/v1']) {
+    const error = thrown(() => loadConfig({ ...base, OAUTH_ISSUER: value }))
+    t.ok(error instanceof ConfigError, `OAUTH_ISSUER=${value} is refused`)
+    t.match(error?.message, /OAUTH_ISSUER: must be/)
+    t.equal(error?.message.split('\n').length, 2, 'one line for it')
+  }
 })

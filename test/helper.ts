@@ -5,7 +5,7 @@ import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan, type Span
 import type { FastifyInstance, FastifyServerOptions, InjectOptions } from 'fastify'
 import postgres from 'postgres'
 import { buildApp, type App } from '../app.ts'
-import { loadConfig, type Config } from '../config.ts'
+import { loadConfig, type Config } from '../settings.ts'
 import type { Scope } from '../plugins/auth/index.ts'
 import { createServiceClient } from '../routes/identity/clients.ts'
 import { wireMismatches } from './wire-check.ts'

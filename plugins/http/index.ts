@@ -2,16 +2,10 @@ import { randomUUID } from 'node:crypto'
 import { LogController, type FastifyHttpOptions, type FastifyInstance, type FastifyServerOptions, type RawServerDefault } from 'fastify'
 import fp from 'fastify-plugin'
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod'
-import type { Config } from '../../config.ts'
+import type { InfrastructureConfig } from '../../config.ts'
 import { logSerializers, ProblemError, sendProblem } from '../errors/index.ts'
 import { traceLogFields } from '../tracing/index.ts'
 import { parseJsonBody } from './json-body.ts'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    config: Config
-  }
-}
 
 const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -20,7 +14,7 @@ const safeRequestId = /^[A-Za-z0-9._:-]{1,128}$/
  * to capture lines, or false); either way every line carries the trace and span ids of the request (or work) it
  * belongs to (plugins/tracing), and errors are serialized without the data they carry (plugins/errors).
  */
-export function serverOptions (config: Config, logger?: FastifyServerOptions['logger']): FastifyHttpOptions<RawServerDefault> {
+export function serverOptions (config: InfrastructureConfig, logger?: FastifyServerOptions['logger']): FastifyHttpOptions<RawServerDefault> {
   const configured = logger ?? {
     level: config.LOG_LEVEL,
     redact: ['req.headers.authorization', 'req.headers.cookie']

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { unauthorized } from '../errors/index.ts'
-import { isDevelopmentEnv, type Config } from '../../config.ts'
+import { isDevelopmentEnv, type InfrastructureConfig } from '../../config.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -388,7 +388,7 @@ async function metricsPlugin (app: FastifyInstance, options: MetricsOptions) {
  * METRICS_TOKEN, to its bearer only; without a token only in development and test. Anywhere else it is absent
  * (404) rather than open: the metrics name routes, pools and error rates an attacker would like to watch.
  */
-export function publicMetricsRoute (config: Config): 'token' | 'open' | 'off' {
+export function publicMetricsRoute (config: InfrastructureConfig): 'token' | 'open' | 'off' {
   if (config.OPS_PORT > 0) return 'off'
   if (config.METRICS_TOKEN !== undefined) return 'token'
   return isDevelopmentEnv(config.NODE_ENV) ? 'open' : 'off'

@@ -1,4 +1,7 @@
 import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto'
+import { DEFAULT_COST, isPowerOfTwo } from './config.ts'
+
+export { DEFAULT_COST, isPowerOfTwo }
 
 /**
  * scrypt at OWASP's current parameters (N = 2^17, r = 8, p = 1: 128 MiB and a few hundred milliseconds per hash).
@@ -6,7 +9,6 @@ import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:c
  * format and the upgrade of existing hashes stay one scheme, and the memory it takes per hash is bounded here by
  * the hashing queue (PASSWORD_HASH_CONCURRENCY hashes at a time).
  */
-export const DEFAULT_COST = 1 << 17
 export const BLOCK_SIZE = 8
 const KEY_LENGTH = 64
 // Stored hashes are ours, but a corrupted or planted one must not make a login allocate gigabytes.
@@ -21,8 +23,6 @@ export interface HashParameters {
 /** What OpenSSL's scrypt allocates (V: 128·r·(N+2) bytes, B: 128·r·p bytes); maxmem must cover it. */
 export const scryptMemoryBytes = (cost: number, blockSize: number, parallelism: number) =>
   128 * blockSize * (cost + 2) + 128 * blockSize * parallelism
-
-export const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 1 && (n & (n - 1)) === 0
 
 function derive (password: string, salt: Buffer, options: ScryptOptions & { N: number, r: number, p: number }): Promise<Buffer> {
   return new Promise((resolve, reject) => {

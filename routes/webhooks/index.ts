@@ -1,6 +1,5 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Config } from '../../config.ts'
 import { webhookLane } from './delivery-jobs.ts'
 import { webhookEndpointsRoutes } from './endpoints.ts'
 import { closeWebhookAgents, targetPolicy } from './outbound.ts'
@@ -17,7 +16,7 @@ import { MAX_ENDPOINTS_PER_PRINCIPAL } from './schemas.ts'
  * WEBHOOK_ENDPOINT_CONCURRENCY attempts in flight) could fill a worker's webhook lane with hanging attempts, so that
  * everyone else's first attempts wait for a timeout. The worker says so at start (the defaults leave room: 64 > 40).
  */
-export function onePrincipalCanFillWebhookLane (config: Config): boolean {
+export function onePrincipalCanFillWebhookLane (config: { WORKER_WEBHOOK_CONCURRENCY: number, WEBHOOK_ENDPOINT_CONCURRENCY: number }): boolean {
   return config.WORKER_WEBHOOK_CONCURRENCY <= MAX_ENDPOINTS_PER_PRINCIPAL * config.WEBHOOK_ENDPOINT_CONCURRENCY
 }
 

@@ -15,7 +15,7 @@ import http from 'node:http'
 import https from 'node:https'
 import { BlockList, isIP } from 'node:net'
 import { performance } from 'node:perf_hooks'
-import type { Config } from '../../config.ts'
+import type { Config } from '../../settings.ts'
 import { createHostResolver, ResolveError, type HostResolver } from './resolver.ts'
 
 export interface TargetPolicy {

@@ -84,7 +84,7 @@ t.test('.dockerignore keeps local state, secrets and development files out', asy
 
 t.test('the checks can fail', async (t) => {
   // A COPY list naming the top-level modules one by one misses the one added after it was written.
-  const listed = dockerfile.replace('COPY . .', 'COPY package.json app.ts server.ts cluster.ts ops-server.ts config.ts telemetry.ts ./\nCOPY plugins ./plugins\nCOPY routes ./routes\nCOPY sql ./sql\nCOPY scripts/migrate.ts ./scripts/')
+  const listed = dockerfile.replace('COPY . .', 'COPY package.json app.ts server.ts cluster.ts ops-server.ts config.ts settings.ts telemetry.ts ./\nCOPY plugins ./plugins\nCOPY routes ./routes\nCOPY sql ./sql\nCOPY scripts/migrate.ts ./scripts/')
   t.same(notCopied(listed, dockerignore, runtimeFiles()), ['worker.ts'], 'a hand-kept COPY list that falls behind')
   t.same(notCopied(dockerfile, `${dockerignore}\nroutes/webhooks/outbound.ts\n`, runtimeFiles()), ['routes/webhooks/outbound.ts'], 'an ignore rule that drops a module')
   t.same(importsOf("import a from './a.ts'\nimport type { B } from '../b.ts'\nconst c = await import('./c/index.ts')\nimport './d.ts'\nimport e from 'node:fs'"), ['./a.ts', '../b.ts', './c/index.ts', './d.ts'])

@@ -2,7 +2,8 @@
 import { randomBytes } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import t from 'tap'
-import { ConfigError, defaultPoolMax, loadConfig } from '../../config.ts'
+import { ConfigError, defaultPoolMax } from '../../config.ts'
+import { loadConfig } from '../../settings.ts'
 
 const base = { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', REDIS_URL: 'redis://127.0.0.1:1', JWT_SECRET: randomBytes(32).toString('base64url') }
 

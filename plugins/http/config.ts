@@ -1,0 +1,33 @@
+import { availableParallelism } from 'node:os'
+import { z } from 'zod'
+import { list, settingsGroup } from '../config-helpers.ts'
+
+export const httpConfig = settingsGroup('HTTP server', 'The public listener, its processes, the operations listener, request limits and load shedding (503 with Retry-After instead of timeouts).', {
+  HOST: z.string().min(1).default('127.0.0.1')
+    .describe('Listen address; the image and compose use 0.0.0.0.'),
+  PORT: z.coerce.number().int().min(0).max(65535).default(3000)
+    .describe('Listen port (0-65535).'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
+    .describe('pino level: fatal, error, warn, info, debug, trace or silent.'),
+  WORKERS: z.union([
+    z.literal('auto').transform(() => availableParallelism()),
+    z.coerce.number().int().min(1).max(256)
+  ], { error: 'must be auto or a whole number from 1 to 256' }).default(1)
+    .describe('API processes on this machine behind one port (node:cluster): a whole number from 1 to 256, or `auto` for one per core. 1 runs the server in this very process. In containers keep 1 and scale with replicas (docs/scaling.md).'),
+  OPS_PORT: z.coerce.number().int().min(0).max(65535).optional().meta({ example: '0' })
+    .describe('The operations listener (0: off): /health/live, /health/ready and /metrics on a port of their own, for the kubelet and Prometheus. When set, /metrics leaves PORT (404 there); health stays on both (it costs no database call). With WORKERS > 1 the primary serves it: ready while every running worker is, metrics summed. Closed on shutdown after the public port drains; readiness is 503 from the start of the drain. Unset: METRICS_PORT, its former name.'),
+  OPS_HOST: z.string().min(1).optional()
+    .describe('Address of the operations listener. Unset: HOST (e.g. 127.0.0.1 keeps it off the network on a VM whose Prometheus runs locally).'),
+  METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(0).meta({ deprecated: true })
+    .describe('Former name of OPS_PORT, still read when OPS_PORT is unset.'),
+  BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024)
+    .describe('Largest accepted request body in bytes (1024-10485760); a larger one gets 413.'),
+  TRUST_PROXY: list.default([])
+    .describe('Comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed; empty trusts none.'),
+  REQUEST_TIMEOUT_MS: z.coerce.number().int().min(1000).default(30_000)
+    .describe('Milliseconds the whole request may take to arrive (at least 1000); slow clients are cut.'),
+  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: z.coerce.number().int().min(0).default(1000)
+    .describe('Mean event-loop delay in ms above which requests are shed (503 with Retry-After); 0 turns the check off.'),
+  PRESSURE_MAX_HEAP_USED_MB: z.coerce.number().int().min(0).default(0)
+    .describe('Heap use in MiB above which requests are shed; 0 means 90 % of V8\'s heap limit.')
+})

@@ -1,0 +1,13 @@
+import { z } from 'zod'
+import { settingsGroup } from '../../plugins/config-helpers.ts'
+
+export const ledgerConfig = settingsGroup('Ledger', 'Idempotent posting, the active currencies, and the ledger check: the whole ledger\'s invariants (those of `npm run reconcile`) verified in the background.', {
+  IDEMPOTENCY_KEY_TTL_H: z.coerce.number().int().min(24).max(24 * 365).default(24)
+    .describe('Hours an Idempotency-Key replays its first answer (24 to a year; payment APIs keep them at least a day); older keys are purged in the background and may be used afresh.'),
+  CURRENCIES_REFRESH_S: z.coerce.number().int().min(1).max(3600).default(60)
+    .describe('Seconds between each API process\'s re-reads of the active currencies (1-3600): a currency enabled or retired in the currencies table is accepted or refused by every process within about this long.'),
+  RECONCILE_INTERVAL_S: z.coerce.number().int().min(0).max(86_400).default(600)
+    .describe('The ledger check runs once per this many seconds among all API processes (0-86400): each tries, one checks the whole ledger in one snapshot per interval. 0: this process never runs it, and the ledger-check-not-run alert says so once no process does (docs/operations.md).'),
+  RECONCILE_STATEMENT_TIMEOUT_S: z.coerce.number().int().min(1).max(3600).default(300)
+    .describe('The longest one statement of the ledger check may run, in seconds (1-3600): whole-table scans, beyond the database\'s own 5 s guard rail.')
+})
