@@ -1,4 +1,4 @@
--- Baseline (c): exactly the statement POST /transactions sends for a transfer (routes/transactions/queries.ts),
+-- Baseline (c): exactly the statement POST /transactions sends for a transfer (routes/ledger/repository.ts),
 -- select * from post_transaction(...), with random users and a fresh idempotency key per call. The user ids come
 -- from bench_users by number inside the same statement (pgbench cannot draw random uuids). Compared with
 -- transfer-one-statement.sql it shows what the function's extra checks (recipient exists, lock ordering, replay

@@ -1,5 +1,5 @@
 // session-check: every authenticated request checks its session and its user against the revocation list
-// (plugins/revocations.ts), a Map each process refreshes in the background, so the check should cost nothing
+// (plugins/auth/revocations.ts), a Map each process refreshes in the background, so the check should cost nothing
 // measurable and no round trip. The same cached GET /users/:id load runs twice in the same API process: with the
 // list empty, then after 10,000 ended sessions and 1,000 ended users were written (as the owner, as logout,
 // password changes and user removal write them) and the API loaded them, which a canary session among them proves:

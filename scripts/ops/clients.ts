@@ -2,7 +2,7 @@
 // operator's tool for service clients (OAuth 2.0 client credentials). Like `npm start`, it uses the configured
 // database (as its owner: DATABASE_DIRECT_URL, else DATABASE_URL), or else brings up and migrates the local stack. `create` prints exactly one JSON line on stdout,
 // {"clientId","clientSecret"}: the secret exists nowhere else afterwards (only its hash is stored). `revoke` ends
-// the client's live tokens on every API process within a second (plugins/revocations.ts).
+// the client's live tokens on every API process within a second (plugins/auth/revocations.ts).
 import { parseArgs } from 'node:util'
 import postgres from 'postgres'
 import { z } from 'zod'

@@ -6,7 +6,7 @@
 // `explain-<n>@example.test`; skipped when they are already there), refreshes statistics and prints
 // EXPLAIN (ANALYZE, BUFFERS) of the first page and of a deep page of the largest feed.
 //
-// The statement explained is the one the API runs: feedPageQuery() from routes/feed/queries.ts, embedded as a
+// The statement explained is the one the API runs: feedPageQuery() from routes/social/repository.ts, embedded as a
 // postgres.js fragment, so the text (and the parameter binding, prepare: false as behind PgBouncer) cannot drift.
 import postgres from 'postgres'
 import { feedPageQuery } from '../../routes/social/repository.ts'

@@ -1,4 +1,4 @@
--- The ledger check's bookkeeping (sql/015_ledger_checks.sql, plugins/ledger-check.ts). SECURITY DEFINER, search_path
+-- The ledger check's bookkeeping (sql/015_ledger_checks.sql, routes/ledger/ledger-check.ts). SECURITY DEFINER, search_path
 -- pinned with pg_temp last and every relation named with its schema (scripts/migrate.ts enforces both): the API
 -- role may call these and has no write privilege on ledger_check_runs itself.
 --

@@ -1,6 +1,6 @@
 -- Deletes up to p_limit idempotency keys older than p_ttl_s seconds (never younger than a day, whatever the
 -- caller asks), oldest first, skipping keys a concurrent request holds; returns how many went. Every API process
--- calls it now and then (plugins/housekeeping.ts), so the table stays the size of the window. SECURITY DEFINER:
+-- calls it now and then (plugins/housekeeping/index.ts), so the table stays the size of the window. SECURITY DEFINER:
 -- the API role may run this, but may not DELETE from the table itself. Its search_path ends with pg_temp and every
 -- relation is named with its schema, so nothing the caller creates can stand in for them.
 create or replace function public.purge_idempotency_keys(p_ttl_s integer, p_limit integer) returns integer

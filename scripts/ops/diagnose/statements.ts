@@ -47,7 +47,7 @@ export interface NPlusOneEvidence {
 /**
  * N+1 hints from evidence only: the API counts, per request, which statement shapes it ran and how many rows each
  * returned, and exports `ledger_db_n_plus_one_total{route,statement,rows_of}` for a request that ran a statement
- * once per row of another of its statements (plugins/metrics.ts, nPlusOnes). Statements that merely ran as often
+ * once per row of another of its statements (plugins/metrics/index.ts, nPlusOnes). Statements that merely ran as often
  * as each other across requests are never related. The matching pg_stat_statements rows are marked.
  */
 export function nPlusOneHints (evidence: NPlusOneEvidence[], statements: Statement[]): string[] {

@@ -1,4 +1,4 @@
-// scripts/ops/diagnose.ts run as its own process against the test stack (DATABASE_URL, DATABASE_DIRECT_URL and
+// scripts/ops/diagnose/ run as its own process against the test stack (DATABASE_URL, DATABASE_DIRECT_URL and
 // REDIS_URL of the test run) and a test server on a real port.
 import { execFile } from 'node:child_process'
 import { createServer, type AddressInfo } from 'node:net'

@@ -1,4 +1,4 @@
-// scripts/ops/preflight.ts run as the operator runs it (its own process) against a test server on a real port: it
+// scripts/ops/preflight/ run as the operator runs it (its own process) against a test server on a real port: it
 // passes on the app as built, and it fails on the right line for two deliberately broken builds, so the checklist
 // is shown able to fail.
 import { execFile } from 'node:child_process'
