@@ -12,8 +12,7 @@ import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READ
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
-       npm run stack -- replica up|down|status|env
-       npm run stack -- cluster up|down|status|env
+       npm run stack -- replica|cluster up|down|status|env
 
   up       start whatever is not running (idempotent), wait until all accept connections
   down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
@@ -38,13 +37,7 @@ const STOP_TIMEOUT = 30
 type Main = 'postgres' | 'pgbouncer' | 'redis'
 const MAIN: Main[] = ['postgres', 'pgbouncer', 'redis']
 
-function usage (): never {
-  process.stderr.write(USAGE)
-  process.exit(2)
-}
-
-// Our own connections pass host/port/user/db explicitly; the caller's libpq settings (PGSSLMODE=require, say)
-// would otherwise change how they behave.
+// Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
 
 /** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
@@ -218,6 +211,13 @@ const EXTRAS = {
   }
 }
 
+/** The read-only commands: they print, start nothing and write nothing. */
+const PRINT: Record<string, (l: Layout) => string> = {
+  status: (l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''),
+  env,
+  'pgbouncer-conf': pgbouncerConf
+}
+
 const [command = '', arg, ...rest] = process.argv.slice(2)
 const argc = process.argv.length - 2
 const out = (text: string) => process.stdout.write(text)
@@ -258,15 +258,9 @@ if (command === 'up' && argc === 1) {
     extra.validate(l)
     out(extra[arg as 'status' | 'env'](l))
   }
-} else if (command === 'status' && argc === 1) {
-  const l = await resolveLayout()
-  out(MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''))
-} else if (command === 'env' && argc === 1) {
-  out(env(await resolveLayout()))
-} else if (command === 'pgbouncer-conf' && argc === 1) {
-  out(pgbouncerConf(await resolveLayout()))
-} else if (['help', '-h', '--help'].includes(command) && rest.length === 0) {
-  process.stderr.write(USAGE)
+} else if (Object.hasOwn(PRINT, command) && argc === 1) {
+  out(PRINT[command]!(await resolveLayout()))
 } else {
-  usage()
+  process.stderr.write(USAGE)
+  if (!(['help', '-h', '--help'].includes(command) && rest.length === 0)) process.exit(2)
 }

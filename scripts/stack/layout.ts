@@ -1,13 +1,8 @@
-// Where a stack lives (its folder, pid files, logs) and which ports it uses.
-//
-// Each port comes from, in this order: its STACK_* variable; the `ports` file in the stack folder, where every
-// start records the ports it used, so that every later command run by any process finds the running stack; else
-// a fresh choice: the defaults when each one is free (or held by this stack's own process), otherwise a block of
-// ports derived from the stack folder's path, so that a second clone of the project gets ports of its own without
-// anyone setting anything. A start that finds a saved port held by another process while nothing of this stack
-// runs chooses again. Defaults and blocks lie above Linux's ephemeral range (32768-60999), so an outgoing
-// connection can never be holding one when a service (re)starts (the cluster's default, 57001, is older: its
-// start retries once).
+// Where a stack lives (its folder, pid files, logs) and which ports it uses. Each port comes from its STACK_*
+// variable, else the `ports` file every start writes (so every later command finds the running stack), else the
+// defaults when free, else a block derived from the folder's path (a second clone gets its own ports unasked).
+// Defaults and blocks lie above Linux's ephemeral range (32768-60999), so no outgoing connection holds one
+// (the cluster's 57001 is older: its start retries once).
 import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'

@@ -11,7 +11,8 @@ export const API_USER = 'ledger_api'
 // The cluster's superuser: creates roles and databases (sql/bootstrap.sql), streams to the replica; never the service's.
 export const SUPER_USER = 'postgres'
 export const READY_TIMEOUT = 30
-export const INSTALL_LINE = 'sudo apt-get install -y postgresql postgresql-contrib pgbouncer redis-server'
+const PACKAGES = ['postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server']
+export const INSTALL_LINE = `sudo apt-get install -y ${PACKAGES.join(' ')}`
 const DATABASES = ['ledger', 'ledger_test']
 const PGBOUNCER_NOFILE = 4096
 
@@ -53,8 +54,7 @@ export function ensureBins (l: Layout): Bins {
   log(`missing ${missing.join(' ')}; installing with apt-get`)
   run('apt-get', ['update'], { progress: true })
   // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
-  run('apt-get', ['install', '-y', '--no-upgrade', 'postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server'],
-    { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
   ({ bins, missing } = resolveBins(l))
   if (missing.length > 0) die(`still missing after apt-get install: ${missing.join(' ')}`)
   return bins
