@@ -1,8 +1,6 @@
-// The project-local data stack: PostgreSQL, PgBouncer in transaction mode in front of it (local runs hit
-// production's pooling constraints) and Redis, plus an optional streaming replica and Redis Cluster; real
-// processes from the machine's binaries, on 127.0.0.1 and non-default ports, data in the stack folder.
-// `npm run stack -- help` lists the commands. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"`
-// sees only the machine-readable output.
+// The project-local data stack: PostgreSQL, PgBouncer in transaction mode (local runs hit production's pooling
+// constraints), Redis, an optional streaming replica and Redis Cluster: the machine's binaries on 127.0.0.1, data in
+// the stack folder. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
