@@ -1,8 +1,6 @@
-// The project-local data stack: PostgreSQL, PgBouncer in transaction mode in front of it (local runs hit
-// production's pooling constraints) and Redis, plus an optional streaming replica and Redis Cluster; real
-// processes from the machine's binaries, on 127.0.0.1 and non-default ports, data in the stack folder.
-// `npm run stack -- help` lists the commands. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"`
-// sees only the machine-readable output.
+// The project-local data stack: PostgreSQL, PgBouncer in transaction mode (local runs hit production's pooling
+// constraints), Redis, an optional streaming replica and Redis Cluster: the machine's binaries on 127.0.0.1, data in
+// the stack folder. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -12,8 +10,7 @@ import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READ
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
-       npm run stack -- replica up|down|status|env
-       npm run stack -- cluster up|down|status|env
+       npm run stack -- replica|cluster up|down|status|env
 
   up       start whatever is not running (idempotent), wait until all accept connections
   down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
@@ -38,13 +35,7 @@ const STOP_TIMEOUT = 30
 type Main = 'postgres' | 'pgbouncer' | 'redis'
 const MAIN: Main[] = ['postgres', 'pgbouncer', 'redis']
 
-function usage (): never {
-  process.stderr.write(USAGE)
-  process.exit(2)
-}
-
-// Our own connections pass host/port/user/db explicitly; the caller's libpq settings (PGSSLMODE=require, say)
-// would otherwise change how they behave.
+// Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
 
 /** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
@@ -116,13 +107,14 @@ async function start (ctx: Ctx, name: string, service: Service) {
   const pid = pidOf(ctx.l, name)
   if (pid !== undefined) {
     const port = ctx.l.ports[service.portVar]
-    if (service.pidFileHasPort === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
+    if (service.pg === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
       die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
     }
     log(`${name} already running (pid ${pid})`)
   } else {
     await ensurePortFree(ctx.l, name)
-    await service.launch(ctx)
+    if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
+    if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${name} failed to start`) }
   }
   // Daemons write their pid file only after forking: a missing process counts after 3 s.
   const ready = await waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
@@ -149,17 +141,7 @@ async function stop (ctx: Ctx, name: string, service?: Service) {
     if (!(await gone(pid))) die(`could not stop ${name} (pid ${pid})`)
   }
   // A killed daemon leaves its pid file behind (postgres cleans up its own).
-  if (name !== 'postgres' && name !== 'replica') run('rm', ['-f', pidFile(ctx.l, name)])
-}
-
-async function stopReplica (ctx: Ctx) {
-  await stop(ctx, 'replica', SERVICES.replica)
-  run('rm', ['-rf', ctx.l.replicaData])
-}
-
-async function stopCluster (ctx: Ctx) {
-  for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
-  run('rm', ['-rf', ctx.l.clusterDir])
+  if (service?.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
 }
 
 const statusLine = (name: string, pid: number | undefined, port: number) =>
@@ -191,36 +173,47 @@ function env (l: Layout): string {
   ].map((line) => `${line}\n`).join('')
 }
 
-function validateReplica (l: Layout) {
-  if ([l.ports.STACK_PG_PORT, l.ports.STACK_PGBOUNCER_PORT, l.ports.STACK_REDIS_PORT].includes(l.ports.STACK_PG_REPLICA_PORT)) {
-    die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
+/** The optional extras: what `<extra> up|down|status|env` do; `validate` checks their ports first. */
+const EXTRAS = {
+  replica: {
+    portVar: 'STACK_PG_REPLICA_PORT' as PortVar,
+    validate (l: Layout) {
+      const { STACK_PG_PORT, STACK_PGBOUNCER_PORT, STACK_REDIS_PORT, STACK_PG_REPLICA_PORT } = l.ports
+      if ([STACK_PG_PORT, STACK_PGBOUNCER_PORT, STACK_REDIS_PORT].includes(STACK_PG_REPLICA_PORT)) die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
+    },
+    async up (ctx: Ctx) {
+      if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
+      await start(ctx, 'replica', SERVICES.replica)
+      return `replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`
+    },
+    async down (ctx: Ctx) {
+      await stop(ctx, 'replica', SERVICES.replica)
+      run('rm', ['-rf', ctx.l.replicaData])
+    },
+    status: (l: Layout) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT),
+    env: (l: Layout) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`
+  },
+  cluster: {
+    portVar: 'STACK_REDIS_CLUSTER_PORT' as PortVar,
+    validate: validateCluster,
+    async up (ctx: Ctx) {
+      await startCluster(ctx)
+      return `cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`
+    },
+    async down (ctx: Ctx) {
+      for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
+      run('rm', ['-rf', ctx.l.clusterDir])
+    },
+    status: (l: Layout) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''),
+    env: (l: Layout) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`
   }
 }
 
-const EXTRAS = {
-  replica: {
-    async up () {
-      const ctx = await prepareStart(['STACK_PG_REPLICA_PORT'])
-      validateReplica(ctx.l)
-      if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
-      await start(ctx, 'replica', SERVICES.replica)
-      process.stdout.write(`replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`)
-    },
-    down: stopReplica,
-    status: (l: Layout) => { validateReplica(l); return statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT) },
-    env: (l: Layout) => { validateReplica(l); return `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n` }
-  },
-  cluster: {
-    async up () {
-      const ctx = await prepareStart(['STACK_REDIS_CLUSTER_PORT'])
-      validateCluster(ctx.l)
-      await startCluster(ctx)
-      process.stdout.write(`cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`)
-    },
-    down: stopCluster,
-    status: (l: Layout) => { validateCluster(l); return clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join('') },
-    env: (l: Layout) => { validateCluster(l); return `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n` }
-  }
+/** The read-only commands: they print, start nothing and write nothing. */
+const PRINT: Record<string, (l: Layout) => string> = {
+  status: (l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''),
+  env,
+  'pgbouncer-conf': pgbouncerConf
 }
 
 const [command = '', arg, ...rest] = process.argv.slice(2)
@@ -236,8 +229,8 @@ if (command === 'up' && argc === 1) {
   const ctx = await prepareStop()
   if (ctx !== undefined) {
     // The extras first (the replica streams from postgres), then clients of a service before the service.
-    await stopCluster(ctx)
-    if (existsSync(ctx.l.replicaData)) await stopReplica(ctx)
+    await EXTRAS.cluster.down(ctx)
+    if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
     for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name as Main])
   }
   log('stack down')
@@ -250,21 +243,22 @@ if (command === 'up' && argc === 1) {
   if (command !== 'stop') await start(await prepareStart([varOf(name)]), name, SERVICES[name])
 } else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
   const extra = EXTRAS[command]
-  if (arg === 'up') await extra.up()
-  else if (arg === 'down') {
+  if (arg === 'up') {
+    const ctx = await prepareStart([extra.portVar])
+    extra.validate(ctx.l)
+    out(await extra.up(ctx))
+  } else if (arg === 'down') {
     const ctx = await prepareStop()
     if (ctx !== undefined) await extra.down(ctx)
     log(`${command} down`)
-  } else out(extra[arg as 'status' | 'env'](await resolveLayout()))
-} else if (command === 'status' && argc === 1) {
-  const l = await resolveLayout()
-  out(MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''))
-} else if (command === 'env' && argc === 1) {
-  out(env(await resolveLayout()))
-} else if (command === 'pgbouncer-conf' && argc === 1) {
-  out(pgbouncerConf(await resolveLayout()))
-} else if (['help', '-h', '--help'].includes(command) && rest.length === 0) {
-  process.stderr.write(USAGE)
+  } else {
+    const l = await resolveLayout()
+    extra.validate(l)
+    out(extra[arg as 'status' | 'env'](l))
+  }
+} else if (Object.hasOwn(PRINT, command) && argc === 1) {
+  out(PRINT[command]!(await resolveLayout()))
 } else {
-  usage()
+  process.stderr.write(USAGE)
+  if (!(['help', '-h', '--help'].includes(command) && rest.length === 0)) process.exit(2)
 }

@@ -1,13 +1,8 @@
-// Where a stack lives (its folder, pid files, logs) and which ports it uses.
-//
-// Each port comes from, in this order: its STACK_* variable; the `ports` file in the stack folder, where every
-// start records the ports it used, so that every later command run by any process finds the running stack; else
-// a fresh choice: the defaults when each one is free (or held by this stack's own process), otherwise a block of
-// ports derived from the stack folder's path, so that a second clone of the project gets ports of its own without
-// anyone setting anything. A start that finds a saved port held by another process while nothing of this stack
-// runs chooses again. Defaults and blocks lie above Linux's ephemeral range (32768-60999), so an outgoing
-// connection can never be holding one when a service (re)starts (the cluster's default, 57001, is older: its
-// start retries once).
+// Where a stack lives (its folder, pid files, logs) and which ports it uses. Each port comes from its STACK_*
+// variable, else the `ports` file every start writes (so every later command finds the running stack), else the
+// defaults when free, else a block derived from the folder's path (a second clone gets its own ports unasked).
+// Defaults and blocks lie above Linux's ephemeral range (32768-60999), so no outgoing connection holds one
+// (the cluster's 57001 is older: its start retries once).
 import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -134,20 +129,15 @@ async function usable (l: Layout, vars: PortVar[], baseOf: (v: PortVar) => numbe
 /** Fills `vars` with the defaults when they are usable, else with the first usable block the folder hashes to. */
 async function choosePorts (l: Layout, vars: PortVar[]) {
   l.chosen.vars.push(...vars)
-  if (await usable(l, vars, (v) => PORT_INFO[v][0])) {
-    for (const v of vars) l.ports[v] = PORT_INFO[v][0]
-    l.chosen.how ??= 'default'
-    return
-  }
   const start = parseInt(sha(l.dir).slice(0, 8), 16) % BLOCK_COUNT
-  for (let i = 0; i < BLOCK_TRIES; i++) {
-    const base = BLOCK_FIRST + (start + i) % BLOCK_COUNT * BLOCK_SIZE
-    if (Object.values(PORT_INFO).some(([d]) => d >= base && d < base + BLOCK_SIZE)) continue
-    if (await usable(l, vars, (v) => base + PORT_INFO[v][1])) {
-      for (const v of vars) l.ports[v] = base + PORT_INFO[v][1]
-      l.chosen.how = 'derived'
-      return
-    }
+  const blocks = Array.from({ length: BLOCK_TRIES }, (_, i) => BLOCK_FIRST + (start + i) % BLOCK_COUNT * BLOCK_SIZE)
+  // The defaults (-1 here), then the blocks that hold no default.
+  for (const base of [-1, ...blocks.filter((b) => !Object.values(PORT_INFO).some(([d]) => d >= b && d < b + BLOCK_SIZE))]) {
+    const portOf = (v: PortVar) => base < 0 ? PORT_INFO[v][0] : base + PORT_INFO[v][1]
+    if (!(await usable(l, vars, portOf))) continue
+    for (const v of vars) l.ports[v] = portOf(v)
+    l.chosen.how = base < 0 ? l.chosen.how ?? 'default' : 'derived'
+    return
   }
   die(`found no free ports in ${BLOCK_TRIES} blocks above ${BLOCK_FIRST}; set STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT`)
 }
@@ -167,11 +157,8 @@ export async function ensurePortFree (l: Layout, service: string) {
   die(`port ${port} on 127.0.0.1 (wanted by ${service}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
 }
 
-/**
- * With the lock held, before starting what `vars` belong to: a saved (not explicit) port that another process holds
- * now is chosen again, for the whole stack when none of it runs, else for an idle extra (replica, cluster) alone;
- * an explicit port, or a running service's, cannot move, so a stranger on it ends the start here. Then saves them.
- */
+/** Under the lock, before starting `vars`' services: a saved port a stranger now holds is chosen again (the whole stack
+ * when none of it runs, else an idle extra alone); an explicit or running one cannot move, so the start ends. Saves them. */
 export async function settlePorts (l: Layout, vars: PortVar[]) {
   const stale: PortVar[] = []
   for (const v of vars) {
@@ -203,8 +190,6 @@ export async function settlePorts (l: Layout, vars: PortVar[]) {
     writeFileSync(`${l.portsFile}.tmp.${process.pid}`, content)
     renameSync(`${l.portsFile}.tmp.${process.pid}`, l.portsFile)
   }
-  if (l.chosen.how === 'default') log(`ports: ${describe(l, l.chosen.vars)} (the defaults); saved in ${l.portsFile}`)
-  if (l.chosen.how === 'derived') {
-    log(`a default port is held by another process (another clone's stack?), so this stack uses ports derived from its folder: ${describe(l, l.chosen.vars)}; saved in ${l.portsFile}`)
-  }
+  const how = { default: `ports: ${describe(l, l.chosen.vars)} (the defaults)`, derived: `a default port is held by another process (another clone's stack?), so this stack uses ports derived from its folder: ${describe(l, l.chosen.vars)}` }
+  if (l.chosen.how !== undefined) log(`${how[l.chosen.how]}; saved in ${l.portsFile}`)
 }

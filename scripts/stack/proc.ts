@@ -19,7 +19,6 @@ export const IS_ROOT = process.getuid?.() === 0
 export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
 
 export interface Run { ok: boolean, out: string, err: string }
-
 export interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
 
 /** Runs a program to completion; with `progress` its output goes to our stderr, else it is captured. */
@@ -29,9 +28,8 @@ export function run (cmd: string, args: string[], { progress = false, ...options
 }
 
 /** Runs as the service user (as root: runuser, from a folder that user can read, which PostgreSQL's tools want). */
-export function runAs (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run {
-  return IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
-}
+export const runAs = (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run =>
+  IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
 
 /** True when `user` (or `nobody` before the service user exists) may enter `dir`. */
 export function userCanEnter (dir: string): boolean {
@@ -66,9 +64,7 @@ export function livePid (file: string, name: string): number | undefined {
   return procComm(pid)?.includes(name) === true ? pid : undefined
 }
 
-export function signal (pid: number, sig: NodeJS.Signals): void {
-  try { process.kill(pid, sig) } catch {}
-}
+export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }
 
 export function portInUse (port: number): Promise<boolean> {
   return new Promise((resolve) => {
