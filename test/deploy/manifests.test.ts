@@ -154,7 +154,7 @@ t.test('a worker Deployment beside the API runs the image\'s worker, with the AP
   t.same(Object.keys(env).sort(), ['DATABASE_URL', 'JWT_SECRET', 'REDIS_URL'], 'nothing else: no replica, no metrics token, no owner credentials')
   t.equal(envOf(api).WORKER_ENABLED, 'false', 'the API pods run no job loop')
   t.ok(worker.spec.terminationGracePeriodSeconds >= 25, 'the grace period covers an attempt in flight (10 s) and the drain')
-  t.equal(container.ports, undefined, 'no listener')
+  t.same(container.ports, [{ name: 'ops', containerPort: 9090 }], 'one listener: the ops port (probes and metrics)')
 })
 
 t.test('the migrator\'s credentials are in a Secret of their own, mounted by the migration Job only', async (t) => {
@@ -187,11 +187,13 @@ t.test('every pod: no service account token, non-root, RuntimeDefault seccomp, e
   }
 })
 
-t.test('NetworkPolicies: the worker reaches PgBouncer, Redis, DNS, the collector and public HTTPS; nothing reaches it', async (t) => {
+t.test('NetworkPolicies: the worker reaches PgBouncer, Redis, DNS, the collector and public HTTPS; only monitoring reaches it, on its ops port', async (t) => {
   const policy = find('NetworkPolicy', 'ledger-api-worker').spec
   t.same(policy.podSelector.matchLabels, find('Deployment', 'ledger-api-worker').spec.template.metadata.labels, 'selects the worker pods')
   t.same(policy.policyTypes, ['Ingress', 'Egress'])
-  t.equal(policy.ingress, undefined, 'no ingress at all')
+  t.same(policy.ingress, [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }], ports: [{ port: 'ops', protocol: 'TCP' }] }],
+    'one ingress rule: the monitoring namespace to the ops port')
+  t.equal(find('Deployment', 'ledger-api-worker').spec.template.spec.containers[0].readinessProbe.httpGet.port, 'ops', 'the probes use the port the policy opens')
   const peers = policy.egress.map((rule: { to: Array<Record<string, any>>, ports: Array<{ port: number }> }) => `${rule.to.map((peer) =>
     peer.ipBlock?.cidr ?? Object.values(peer.podSelector?.matchLabels ?? {}).join(',')).join('+')}:${rule.ports.map((p) => p.port).join('/')}`)
   t.same(peers.sort(), ['0.0.0.0/0+::/0:443', 'kube-dns:53/53', 'opentelemetry-collector:4318', 'pgbouncer:6432', 'redis-cluster:6379'])
