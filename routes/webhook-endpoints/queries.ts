@@ -215,7 +215,8 @@ export interface AttemptOutcome {
 }
 
 /**
- * Records an attempt's outcome on the delivery and its endpoint's health (record_webhook_attempt()), one statement;
+ * Records an attempt's outcome on the delivery and its endpoint's health, one statement (a failure through
+ * record_webhook_attempt(), which may disable the endpoint; a success as the same writes, sent directly);
  * a final outcome removes the attempt's job in the same transaction (`jobFinished`). `status` is null when only the
  * attempt was counted (the delivery is no longer pending).
  */
