@@ -103,6 +103,8 @@ export interface ClaimedRow {
   lag_s: number
   /** From queued to claimed, in seconds, when this is the job's first attempt; else null. */
   first_attempt_lag_s: number | null
+  /** What the lane's claim read for the attempt beside the job (the handler's `claimed`); absent for most lanes. */
+  context?: unknown
 }
 
 export interface ClaimRequest {
@@ -207,7 +209,7 @@ async function workerPlugin (app: FastifyInstance, options: WorkerOptions) {
     try {
       if (handler === undefined) throw new Error(`no handler for job kind ${row.kind}`)
       // A handler narrows its payload type (JobHandler<Payload>); the payload is whatever its own kind enqueued.
-      result = await (handler as JobHandler<unknown>)(job, { sql, log, signal: abort.signal, retryAt })
+      result = await (handler as JobHandler<unknown>)(job, { sql, log, signal: abort.signal, retryAt, claimed: row.context ?? undefined })
     } catch (error) {
       if (!(error instanceof JobDeferred)) onFailure?.(error, job)
       if (error instanceof JobDeferred) {

@@ -31,6 +31,11 @@ export interface JobContext {
    * three fields above; the worker always passes it.
    */
   retryAt?: () => Date | null
+  /**
+   * What the lane's claim read for this attempt in the same statement (the webhook lane: what the attempt sends),
+   * so the handler need not read it again; undefined when the claim read nothing for it.
+   */
+  claimed?: unknown
 }
 
 /**

@@ -11,7 +11,7 @@ import { transactionsRoutes } from './transactions.ts'
  * invariants. This file is the domain's public face: what other modules may use of it, and its two plugins.
  */
 export { toTransaction, type TransactionRow } from './repository.ts'
-export type { Transaction } from './schemas.ts'
+export { TransactionKindSchema, type Transaction } from './schemas.ts'
 
 /** What runs whether or not this process serves HTTP: the currency list, the ledger check, the key purge. */
 async function ledgerServices (app: FastifyInstance) {

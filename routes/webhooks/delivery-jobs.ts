@@ -1,11 +1,12 @@
 import { createHmac } from 'node:crypto'
 import { z } from 'zod'
+import type { Sql } from '../../plugins/database/index.ts'
 import type { JobHandler } from '../../plugins/jobs/queue.ts'
 import type { Metrics } from '../../plugins/metrics/index.ts'
 import type { ClaimedRow, LaneClaim, LaneOptions } from '../../plugins/jobs/index.ts'
-import { toTransaction, type Transaction } from '../ledger/index.ts'
+import { toTransaction, TransactionKindSchema, type Transaction } from '../ledger/index.ts'
 import { postWebhook, type TargetPolicy } from './outbound.ts'
-import { attemptTarget, failIfEndpointDisabled, recordAttempt } from './repository.ts'
+import { attemptTarget, type AttemptRow, failIfEndpointDisabled, recordAttempt } from './repository.ts'
 
 export const WEBHOOK_DELIVER = 'webhook.deliver'
 // Receivers answer with a few bytes; more is read no further (outbound.ts bounds it) and never stored.
@@ -38,6 +39,30 @@ export function webhookBody (eventId: string, type: string, transaction: Transac
 }
 
 const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9]{0,18}$/) })
+// What the claim read for the attempt (claim_webhook_jobs()'s context): an AttemptRow, created_at as JSON text.
+const ClaimedTargetSchema = z.object({
+  event_id: z.string(),
+  type: z.string(),
+  endpoint_id: z.string(),
+  url: z.string(),
+  secret: z.string(),
+  t_id: z.string(),
+  kind: TransactionKindSchema,
+  amount: z.string(),
+  currency: z.string(),
+  from_user_id: z.string().nullable(),
+  to_user_id: z.string().nullable(),
+  description: z.string().nullable(),
+  reference: z.string().nullable(),
+  created_at: z.string()
+})
+
+/** The attempt's target from the claim's context when it has one (no round trip), else read now. */
+async function target (sql: Sql, deliveryId: string, claimed: unknown): Promise<AttemptRow | undefined> {
+  const parsed = ClaimedTargetSchema.safeParse(claimed)
+  if (!parsed.success) return await attemptTarget(sql, deliveryId)
+  return { ...parsed.data, id: deliveryId, created_at: new Date(parsed.data.created_at) }
+}
 
 /**
  * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
@@ -47,7 +72,7 @@ const DeliverPayloadSchema = z.object({ deliveryId: z.string().regex(/^[1-9][0-9
  */
 export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
   return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
-    select id, kind, payload, attempts, created_at, due_at, lag_s, first_attempt_lag_s
+    select id, kind, payload, attempts, created_at, due_at, lag_s, first_attempt_lag_s, context
       from claim_webhook_jobs(${limit}::int, ${leaseMs}::int, ${endpointConcurrency}::int, ${dueBy ?? null}::timestamptz,
                               ${matching === undefined ? null : sql.json(matching as never)}::jsonb)`
 }
@@ -56,12 +81,12 @@ export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
 export function webhookLane (options: WebhookLaneOptions): LaneOptions {
   const { metrics } = options
 
-  const deliver: JobHandler<unknown> = async (job, { sql, log, retryAt }) => {
+  const deliver: JobHandler<unknown> = async (job, { sql, log, retryAt, claimed }) => {
     const parsed = DeliverPayloadSchema.safeParse(job.payload)
     if (!parsed.success) throw new Error('webhook.deliver payload is malformed')
     const { deliveryId } = parsed.data
     const attempts = job.attempts + 1
-    const row = await attemptTarget(sql, deliveryId)
+    const row = await target(sql, deliveryId, claimed)
     if (row === undefined) {
       // Gone, already final (an attempt whose job row outlived it), or its endpoint was disabled as it was queued.
       await failIfEndpointDisabled(sql, deliveryId)

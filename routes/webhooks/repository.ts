@@ -215,11 +215,38 @@ export interface AttemptOutcome {
 }
 
 /**
- * Records an attempt's outcome on the delivery and its endpoint's health (record_webhook_attempt()), one statement;
+ * Records an attempt's outcome on the delivery and its endpoint's health, one statement (a failure through
+ * record_webhook_attempt(), which may disable the endpoint; a success as the same writes, sent directly);
  * a final outcome removes the attempt's job in the same transaction (`jobFinished`). `status` is null when only the
  * attempt was counted (the delivery is no longer pending).
  */
 export async function recordAttempt (sql: Sql, outcome: AttemptOutcome): Promise<{ status: WebhookDelivery['status'] | null, endpointDisabled: boolean, jobFinished: boolean }> {
+  if (outcome.delivered) {
+    // The healthy path as record_webhook_attempt() writes it, sent as one plain statement: a success never
+    // disables anything, and the function call's own cost (its pinned search_path, PL/pgSQL) was most of the
+    // statement's time. The delivery, its endpoint's run of failures (written only when there is one), the job;
+    // a delivery already final (deleted or disabled endpoint, a late attempt) only counts the attempt.
+    const [done] = await sql<Array<{ status: 'delivered' | null, job_finished: boolean }>>`
+      with delivered as (
+        update webhook_deliveries d
+           set status = 'delivered', attempts = greatest(d.attempts, ${outcome.attempts}::int),
+               last_status_code = ${outcome.statusCode}::int, next_attempt_at = null
+         where d.id = ${outcome.deliveryId}::bigint and d.status = 'pending'
+        returning d.endpoint_id
+      ), healthy as (
+        update webhook_endpoints e set consecutive_failures = 0, failing_since = null
+         where e.id = (select x.endpoint_id from delivered x) and e.consecutive_failures > 0
+      ), finished as (
+        delete from jobs j where j.id = ${outcome.jobId}::bigint and j.attempts = ${outcome.attempts}::int
+        returning 1
+      ), counted as (
+        update webhook_deliveries d set attempts = ${outcome.attempts}::int
+         where d.id = ${outcome.deliveryId}::bigint and d.attempts < ${outcome.attempts}::int and d.status <> 'pending'
+           and not exists (select 1 from delivered)
+      )
+      select (select 'delivered' from delivered) as status, exists (select 1 from finished) as job_finished`
+    return { status: done?.status ?? null, endpointDisabled: false, jobFinished: done?.job_finished === true }
+  }
   const [row] = await sql<Array<{ status: WebhookDelivery['status'] | null, endpoint_disabled: boolean, job_finished: boolean }>>`
     select status, endpoint_disabled, job_finished from record_webhook_attempt(
       ${outcome.deliveryId}::bigint, ${outcome.attempts}::int, ${outcome.statusCode}::int, ${outcome.delivered}::boolean,

@@ -14,10 +14,18 @@
 -- takes a fresh snapshot, which sees every claim committed before the lock was granted. One statement from the
 -- client, so it works through PgBouncer in transaction mode.
 --
+-- Each claimed delivery comes with what its attempt sends (context: the delivery's event, its endpoint's URL and
+-- secret, its transaction), read in this statement rather than by one more round trip per attempt; null when there
+-- is nothing to send (the delivery is gone or final, or its endpoint disabled), which the handler reads for itself.
+--
 -- SECURITY INVOKER: it does what the API role (the worker's role) may do anyway; every relation is named with its
 -- schema and the search_path is pinned as the definer functions' is (pg_catalog, then pg_temp last). p_due_by bounds the due time (runDue's
 -- start, so retries coming due meanwhile wait; null: now), p_matching keeps to jobs whose payload contains one of
 -- the given JSON fragments (tests, operators), as the other lanes' claim does.
+-- The result gained a column (context): a return type is changed by dropping the function first. A worker of the
+-- previous release names the columns it reads, so the extra one does not disturb it.
+drop function if exists public.claim_webhook_jobs(integer, integer, integer, timestamptz, jsonb);
+
 create or replace function public.claim_webhook_jobs(
   p_limit integer,
   p_lease_ms integer,
@@ -32,7 +40,8 @@ create or replace function public.claim_webhook_jobs(
   created_at timestamptz,
   due_at timestamptz,
   lag_s double precision,
-  first_attempt_lag_s double precision
+  first_attempt_lag_s double precision,
+  context jsonb
 )
 language plpgsql
 volatile
@@ -137,8 +146,22 @@ begin
   )
   select c.id::text, c.kind, c.payload, c.attempts, c.created_at, c.due_at,
          extract(epoch from pg_catalog.now() - c.due_at)::double precision,
-         case when c.first then extract(epoch from pg_catalog.now() - c.created_at)::double precision end
-    from claimed c;
+         case when c.first then extract(epoch from pg_catalog.now() - c.created_at)::double precision end,
+         s.context
+    from claimed c
+    left join lateral (
+      select pg_catalog.jsonb_build_object(
+               'event_id', d.event_id, 'type', d.type, 'endpoint_id', d.endpoint_id, 'url', e.url, 'secret', e.secret,
+               't_id', t.id::text, 'kind', t.kind, 'amount', t.amount::text, 'currency', t.currency,
+               'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id, 'description', t.description,
+               'reference', t.reference, 'created_at', t.created_at) as context
+        from public.webhook_deliveries d
+        join public.webhook_endpoints e on e.id = d.endpoint_id
+        join public.transactions t on t.id = d.transaction_id
+       -- A payload that is not a delivery id (never written so) gets no context rather than failing the claim.
+       where c.payload->>'deliveryId' ~ '^[1-9][0-9]{0,17}$'
+         and d.id = (c.payload->>'deliveryId')::bigint and d.status = 'pending' and e.disabled_at is null
+    ) s on true;
 end
 $$;
 

@@ -1,5 +1,6 @@
 -- record_webhook_attempt(): the outcome of one delivery attempt, in one statement from the worker
--- (routes/webhook-endpoints/jobs.ts): the delivery's status, attempts, last status code and next attempt, and its
+-- (routes/webhook-endpoints/queries.ts recordAttempt, which sends a success's writes as a plain statement of the same
+-- shape as the delivered branch here, so keep the two alike): the delivery's status, attempts, last status code and next attempt, and its
 -- endpoint's health. A 2xx resets the endpoint's run of failures; a failure extends it, and a failure when the run
 -- has lasted p_disable_after_s (every attempt failed since failing_since) disables the endpoint
 -- (disable_webhook_endpoint()), which also fails this delivery. When the delivery is no longer pending (its endpoint
