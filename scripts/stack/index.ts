@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts, varOf } from './layout.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
 import { die, IS_ROOT, log, portInUse, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
 import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, startCluster, SUPER_USER, tailLog, validateCluster } from './services.ts'
 
@@ -112,7 +112,7 @@ async function start (ctx: Ctx, name: string, service: Service) {
     }
     log(`${name} already running (pid ${pid})`)
   } else {
-    await ensurePortFree(ctx.l, name)
+    await ensurePortFree(ctx.l, service.portVar)
     if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
     if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${name} failed to start`) }
   }
@@ -240,7 +240,7 @@ if (command === 'up' && argc === 1) {
     const ctx = await prepareStop()
     if (ctx !== undefined) await stop(ctx, name, SERVICES[name])
   }
-  if (command !== 'stop') await start(await prepareStart([varOf(name)]), name, SERVICES[name])
+  if (command !== 'stop') await start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
 } else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
   const extra = EXTRAS[command]
   if (arg === 'up') {

@@ -25,7 +25,6 @@ const PORT_INFO: Record<PortVar, [number, number, string]> = {
 // A block: BLOCK_SIZE consecutive ports from BLOCK_FIRST + BLOCK_SIZE * n, n < BLOCK_COUNT (up to 65529).
 const BLOCK_FIRST = 61000; const BLOCK_SIZE = 10; const BLOCK_COUNT = 453; const BLOCK_TRIES = 64
 
-export const varOf = (service: string) => PORT_VARS.find((v) => PORT_INFO[v][2] === service) as PortVar
 const explicit = (v: PortVar) => (process.env[v] ?? '') !== ''
 const sha = (text: string) => createHash('sha256').update(text).digest('hex')
 
@@ -102,28 +101,26 @@ export const clusterNodePorts = (l: Layout) =>
 export const runsAnything = (l: Layout) =>
   ['postgres', 'pgbouncer', 'redis', 'replica', ...clusterNodePorts(l).map((p) => `cluster-${p}`)].some((s) => pidOf(l, s) !== undefined)
 
-/** True when `port` of `v` is held by this stack's own process for it, not by a stranger. */
-function heldByUs (l: Layout, v: PortVar, port: number): boolean {
+/** True when `port` of `v` is free or held by this stack's own process for it, not by a stranger. */
+async function available (l: Layout, v: PortVar, port: number): Promise<boolean> {
+  if (!(await portInUse(port))) return true
   const service = v === 'STACK_REDIS_CLUSTER_PORT' ? `cluster-${port}` : PORT_INFO[v][2]
   const pid = pidOf(l, service)
   if (pid === undefined) return false
   const holders = listener(port)
   if (holders !== undefined && holders.pids.length > 0) return holders.pids.includes(pid)
-  if (service === 'postgres' || service === 'replica') return pidFilePort(l, service) === port
-  return true // cannot tell; our live process most likely holds its own port
+  // Cannot tell: a PostgreSQL's pid file names its port; another live process of ours most likely holds its own.
+  return !(service === 'postgres' || service === 'replica') || pidFilePort(l, service) === port
 }
 
-const available = async (l: Layout, v: PortVar, port: number) => !(await portInUse(port)) || heldByUs(l, v, port)
-
-/** True when every port of variables `vars` at `baseOf(v)` is free and not another variable's. */
-async function usable (l: Layout, vars: PortVar[], baseOf: (v: PortVar) => number): Promise<boolean> {
+/** The first of `vars` with a port (at `baseOf(v)`) that a stranger holds or, with `others`, another variable has. */
+async function blocked (l: Layout, vars: PortVar[], baseOf = (v: PortVar) => l.ports[v], others = false) {
   for (const v of vars) {
     for (const port of portsOf(l, v, baseOf(v))) {
-      if (PORT_VARS.some((o) => o !== v && portsOf(l, o, l.ports[o]).includes(port))) return false
-      if (!(await available(l, v, port))) return false
+      if (others && PORT_VARS.some((o) => o !== v && portsOf(l, o, l.ports[o]).includes(port))) return { v, port }
+      if (!(await available(l, v, port))) return { v, port }
     }
   }
-  return true
 }
 
 /** Fills `vars` with the defaults when they are usable, else with the first usable block the folder hashes to. */
@@ -134,7 +131,7 @@ async function choosePorts (l: Layout, vars: PortVar[]) {
   // The defaults (-1 here), then the blocks that hold no default.
   for (const base of [-1, ...blocks.filter((b) => !Object.values(PORT_INFO).some(([d]) => d >= b && d < b + BLOCK_SIZE))]) {
     const portOf = (v: PortVar) => base < 0 ? PORT_INFO[v][0] : base + PORT_INFO[v][1]
-    if (!(await usable(l, vars, portOf))) continue
+    if (await blocked(l, vars, portOf, true) !== undefined) continue
     for (const v of vars) l.ports[v] = portOf(v)
     l.chosen.how = base < 0 ? l.chosen.how ?? 'default' : 'derived'
     return
@@ -147,24 +144,19 @@ const describe = (l: Layout, vars: PortVar[]) => vars.map((v) => v === 'STACK_RE
   ? `cluster ${l.ports[v]}-${l.ports[v] + clusterSize(l) - 1}`
   : `${PORT_INFO[v][2]} ${l.ports[v]}`).join(', ')
 
-/** Dies with the one message a user needs when `service`'s port is held by another process. */
-export async function ensurePortFree (l: Layout, service: string) {
-  const v = varOf(service)
-  const port = l.ports[v]
+/** Dies with the one message a user needs when `port` of `v` is held by another process. */
+export async function ensurePortFree (l: Layout, v: PortVar, port = l.ports[v]) {
   if (!(await portInUse(port))) return
   const who = listener(port)?.who ?? ''
   const hint = explicit(v) ? `set ${v} to a free port` : `stop this stack (npm run stack -- down) so that its next start chooses free ports, or set ${v} to a free port`
-  die(`port ${port} on 127.0.0.1 (wanted by ${service}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
+  die(`port ${port} on 127.0.0.1 (wanted by ${v === 'STACK_REDIS_CLUSTER_PORT' ? 'a cluster node' : PORT_INFO[v][2]}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
 }
 
 /** Under the lock, before starting `vars`' services: a saved port a stranger now holds is chosen again (the whole stack
  * when none of it runs, else an idle extra alone); an explicit or running one cannot move, so the start ends. Saves them. */
 export async function settlePorts (l: Layout, vars: PortVar[]) {
   const stale: PortVar[] = []
-  for (const v of vars) {
-    if (explicit(v)) continue
-    for (const port of portsOf(l, v, l.ports[v])) if (!(await available(l, v, port))) { stale.push(v); break }
-  }
+  for (const v of vars.filter((v) => !explicit(v))) if (await blocked(l, [v]) !== undefined) stale.push(v)
   if (stale.length > 0) {
     const auto = runsAnything(l)
       ? stale.filter((v) => v === 'STACK_PG_REPLICA_PORT' || v === 'STACK_REDIS_CLUSTER_PORT')
@@ -176,13 +168,8 @@ export async function settlePorts (l: Layout, vars: PortVar[]) {
       validatePorts(l)
     }
   }
-  for (const v of vars) {
-    for (const port of portsOf(l, v, l.ports[v])) {
-      if (await available(l, v, port)) continue
-      if (v !== 'STACK_REDIS_CLUSTER_PORT') { await ensurePortFree(l, PORT_INFO[v][2]); continue }
-      die(`port ${port} on 127.0.0.1 (wanted by a cluster node) is already in use by another process; set ${v} to a free port`)
-    }
-  }
+  const taken = await blocked(l, vars)
+  if (taken !== undefined) await ensurePortFree(l, taken.v, taken.port)
   const content = '# The ports this stack last started on: written by scripts/stack, read by all its commands. STACK_*_PORT\n' +
     '# variables override them; delete this file while the stack is down to have the next start choose again.\n' +
     PORT_VARS.map((v) => `${v}=${l.ports[v]}\n`).join('')
