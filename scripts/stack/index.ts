@@ -8,28 +8,23 @@ import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layou
 import { die, IS_ROOT, log, portInUse, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
 import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, startCluster, SUPER_USER, tailLog, validateCluster } from './services.ts'
 
-const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf
+const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
        npm run stack -- replica|cluster up|down|status|env
 
-  up       start whatever is not running (idempotent), wait until all accept connections
-  down     stop the processes named in the stack's pid files (and the replica and cluster, if any)
-  status   one line per service: name, running/stopped, pid, port
-  env      DATABASE_URL / DATABASE_DIRECT_URL / DATABASE_ADMIN_URL / REDIS_URL / STACK_DIR lines for eval or .env,
-           and JWT_SECRET once \`up\` has generated it (jwt-secret in the stack folder, mode 0600)
+  up              start whatever is not running (idempotent), wait until all accept connections
+  down            stop every process of the stack (the replica and cluster too)
+  status          one line per service: name, running/stopped, pid, port
+  env             DATABASE_URL, DATABASE_DIRECT_URL, DATABASE_ADMIN_URL, REDIS_URL, STACK_DIR (for eval or .env),
+                  and JWT_SECRET once \`up\` has generated it (jwt-secret in the stack folder, mode 0600)
   pgbouncer-conf  the pgbouncer.ini that \`start pgbouncer\` writes (starts nothing)
+  replica         a streaming hot standby cloned from the primary; \`down\` deletes it; env: DATABASE_REPLICA_URL
+  cluster         a Redis Cluster of 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing
+                  persistent; env: REDIS_CLUSTER_NODES
 
-  replica up     clone the running primary (pg_basebackup -R) and start it as a streaming hot standby
-  replica down   stop the replica and delete its data (the next \`replica up\` clones again)
-  replica env    DATABASE_REPLICA_URL=... (straight to the replica, database ledger)
-  cluster up     start a Redis Cluster: 3 masters, plus 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0
-  cluster down   stop its nodes and delete their folder (a cluster holds nothing persistent here)
-  cluster env    REDIS_CLUSTER_NODES=host:port,...
-
-env: LEDGER_STACK_DIR, STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379),
-     STACK_PG_REPLICA_PORT (61433), STACK_REDIS_CLUSTER_PORT (57001), STACK_REDIS_CLUSTER_REPLICAS (1)
-     Unset ports: the stack folder's \`ports\` file, else the defaults, else (a default held by another
-     process) a block of ports derived from the stack folder's path; \`up\` says which.
+Ports: STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379), STACK_PG_REPLICA_PORT (61433),
+STACK_REDIS_CLUSTER_PORT (57001); when unset: the stack folder's \`ports\` file, else the defaults, else (a default
+held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.
 `
 const STOP_TIMEOUT = 30
 type Main = 'postgres' | 'pgbouncer' | 'redis'
