@@ -172,10 +172,7 @@ function env (l: Layout): string {
 const EXTRAS = {
   replica: {
     portVar: 'STACK_PG_REPLICA_PORT' as PortVar,
-    validate (l: Layout) {
-      const { STACK_PG_PORT, STACK_PGBOUNCER_PORT, STACK_REDIS_PORT, STACK_PG_REPLICA_PORT } = l.ports
-      if ([STACK_PG_PORT, STACK_PGBOUNCER_PORT, STACK_REDIS_PORT].includes(STACK_PG_REPLICA_PORT)) die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
-    },
+    validate: (l: Layout) => MAIN_PORT_VARS.some((v) => l.ports[v] === l.ports.STACK_PG_REPLICA_PORT) && die("STACK_PG_REPLICA_PORT must differ from the stack's other ports"),
     async up (ctx: Ctx) {
       if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
       await start(ctx, 'replica', SERVICES.replica)
