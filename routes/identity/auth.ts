@@ -3,12 +3,13 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import { authorize, scopes, type AccessToken } from '../../plugins/auth/index.ts'
-import { oauthError, OAuthErrorSchema, unauthorized } from '../../plugins/errors/index.ts'
+import { OAuthErrorSchema } from '../../plugins/errors/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit/index.ts'
 import { findCredentials } from './repository.ts'
 import { EmailSchema } from './schemas.ts'
-import { BASIC_CHALLENGE, clientAuthenticationOf, invalidClient, verifyClientCredentials, type PresentedClient } from './clients.ts'
+import { clientAuthenticationOf, verifyClientCredentials, type PresentedClient } from './clients.ts'
+import { IdentityError, toProblem } from './errors.ts'
 import { accountGuard } from './login-throttle.ts'
 import { endSession, endSessionOfRefreshToken, openSession, REFRESH_TOKEN_PATTERN, rotateRefreshToken, sessionSubject, upgradePasswordHash } from './sessions.ts'
 
@@ -87,8 +88,6 @@ const tokenResponse = (token: AccessToken & { scope?: string }, refreshToken?: s
   ...(token.scope === undefined ? {} : { scope: token.scope })
 })
 
-const REFRESH_REFUSED = 'The refresh token is invalid, expired, revoked or already used.'
-
 const isForm = (request: FastifyRequest) => /^application\/x-www-form-urlencoded\s*(;|$)/i.test(request.headers['content-type'] ?? '')
 
 export const authRoutes: FastifyPluginAsyncZod = async (app) => {
@@ -99,13 +98,13 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
 
   /** The client this request authenticates as, or null when it presents no secret; throws 401 invalid_client. */
   const authenticatedClient = async (presented: PresentedClient) => {
-    if (presented.method === 'invalid') throw presented.error
+    if (presented.method === 'invalid') throw toProblem(presented.error)
     if (presented.method === 'none') return null
     const id = z.uuid().safeParse(presented.id)
     const client = id.success ? await verifyClientCredentials(db, id.data.toLowerCase(), presented.secret) : null
     // Unknown client, wrong secret and revoked client: one answer, after the same work. A malformed id is
     // refused without a lookup: its sender knows it is malformed, so the timing tells nothing.
-    if (client === null) throw invalidClient()
+    if (client === null) throw toProblem(new IdentityError('invalid_client'))
     return client
   }
 
@@ -115,14 +114,14 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     // "a parameter sent without a value is omitted" holds for every field.
     preValidation: async (request) => {
       const body = request.body
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw oauthError(400, 'invalid_request', 'Send the parameters as a form or a JSON object.')
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw toProblem(new IdentityError('token_request_not_an_object'))
       const parameters = Object.fromEntries(Object.entries(body).filter(([, value]) => value !== ''))
       // This API's own login predates grant_type: email (or username) and password, and no grant_type.
       if (parameters.grant_type === undefined && (parameters.email !== undefined || parameters.username !== undefined)) parameters.grant_type = 'password'
       const grantType = parameters.grant_type
-      if (grantType === undefined) throw oauthError(400, 'invalid_request', 'grant_type is required.')
+      if (grantType === undefined) throw toProblem(new IdentityError('grant_type_missing'))
       if (grantType !== undefined && !(grantTypes as readonly unknown[]).includes(grantType)) {
-        throw oauthError(400, typeof grantType === 'string' ? 'unsupported_grant_type' : 'invalid_request', `grant_type must be one of: ${grantTypes.join(', ')}.`)
+        throw toProblem(new IdentityError(typeof grantType === 'string' ? 'grant_type_unsupported' : 'grant_type_malformed', { supported: grantTypes }))
       }
       request.body = parameters as typeof request.body
     },
@@ -161,10 +160,10 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     const client = await authenticatedClient(clientAuthenticationOf(request.headers.authorization, body))
 
     if (body.grant_type === 'client_credentials') {
-      if (client === null) throw invalidClient()
+      if (client === null) throw toProblem(new IdentityError('invalid_client'))
       const requested = body.scope?.split(' ')
       if (requested !== undefined && !requested.every((scope) => (client.scopes as string[]).includes(scope))) {
-        throw oauthError(400, 'invalid_scope', `The client may have only: ${client.scopes.join(' ')}.`)
+        throw toProblem(new IdentityError('scope_not_granted', { granted: client.scopes }))
       }
       const granted = requested === undefined ? client.scopes : client.scopes.filter((scope) => requested.includes(scope))
       return tokenResponse(await app.issueClientToken({ id: client.id, scopes: granted }))
@@ -172,20 +171,20 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
 
     if (body.grant_type === 'refresh_token') {
       // An access token (or anything else not shaped like ours) is refused without a lookup.
-      if (!REFRESH_TOKEN_PATTERN.test(body.refresh_token)) throw oauthError(400, 'invalid_grant', REFRESH_REFUSED)
+      if (!REFRESH_TOKEN_PATTERN.test(body.refresh_token)) throw toProblem(new IdentityError('refresh_token_refused'))
       const outcome = await rotateRefreshToken(db, body.refresh_token, config.REFRESH_TOKEN_TTL_S)
       if (outcome.status === 'reused') {
         app.revocations.markRevoked([sessionSubject(outcome.sessionId)])
         request.log.warn({ sessionId: outcome.sessionId }, 'refresh token presented twice: session ended')
       }
-      if (outcome.status !== 'rotated') throw oauthError(400, 'invalid_grant', REFRESH_REFUSED)
+      if (outcome.status !== 'rotated') throw toProblem(new IdentityError('refresh_token_refused'))
       const token = await app.issueToken({ id: outcome.userId, tier: outcome.tier, sessionId: outcome.sessionId })
       return tokenResponse(token, outcome.refreshToken)
     }
 
     const email = (body.email ?? body.username)!
     const { password } = body
-    const wrong = () => oauthError(401, 'invalid_grant', 'Wrong email or password.', BASIC_CHALLENGE)
+    const wrong = () => toProblem(new IdentityError('wrong_credentials'))
     const counted = await guard.admit(email)
     let credentials
     let valid
@@ -244,7 +243,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
         if (sessionId !== null) app.revocations.markRevoked([sessionSubject(sessionId)])
       } else {
         const principal = await app.principalOf(token)
-        if (principal?.kind === 'client') throw oauthError(400, 'unsupported_token_type', 'A service client\'s access token cannot be revoked on its own; revoke the client.')
+        if (principal?.kind === 'client') throw toProblem(new IdentityError('client_token_not_revocable'))
         if (principal?.kind === 'user') {
           await endSession(db, principal.id, principal.sessionId)
           app.revocations.markRevoked([sessionSubject(principal.sessionId)])
@@ -256,7 +255,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     }
     const user = await app.authenticate(request)
     authorize(user, ['user'])
-    if (user.kind !== 'user') throw unauthorized()
+    if (user.kind !== 'user') throw toProblem(new IdentityError('not_a_user_session'))
     await endSession(db, user.id, user.sessionId)
     app.revocations.markRevoked([sessionSubject(user.sessionId)])
     return reply.code(204).send(null)

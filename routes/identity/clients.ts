@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Scope } from '../../plugins/auth/index.ts'
 import type { Sql } from '../../plugins/database/index.ts'
-import { oauthError, type ProblemError } from '../../plugins/errors/index.ts'
+import { IdentityError } from './errors.ts'
 
 /**
  * Client secrets are 256 random bits, stored as their SHA-256. A slow KDF protects secrets people choose, which
@@ -84,18 +84,12 @@ export async function verifyClientCredentials (sql: Sql, id: string, secret: str
   return row === undefined ? null : { id: row.id, scopes: parseScopes(row.scopes) }
 }
 
-// RFC 9110 asks every 401 for a challenge; at the token endpoint a client authenticates with HTTP Basic.
-export const BASIC_CHALLENGE = { 'www-authenticate': 'Basic realm="ledger-api"' }
-
-export const invalidClient = () =>
-  oauthError(401, 'invalid_client', 'Client authentication failed: unknown client, malformed client id, wrong secret or revoked client.', BASIC_CHALLENGE)
-
 /** How a request to the token or revocation endpoint authenticates its client (RFC 6749 section 2.3.1). */
 export type PresentedClient =
   | { method: 'client_secret_basic' | 'client_secret_post', id: string, secret: string }
   /** No secret: a public client's bare client_id (ignored), or nothing. */
   | { method: 'none', id?: string, secret?: undefined }
-  | { method: 'invalid', error: ProblemError }
+  | { method: 'invalid', error: IdentityError }
 
 // RFC 6749 section 2.3.1: the id and secret are form-encoded before they are joined and base64-encoded.
 function formDecode (value: string): string | null {
@@ -122,12 +116,12 @@ export function clientAuthenticationOf (authorization: string | undefined, body:
   const colon = decoded.indexOf(':')
   const id = colon < 0 ? null : formDecode(decoded.slice(0, colon))
   const secret = colon < 0 ? null : formDecode(decoded.slice(colon + 1))
-  if (id === null || secret === null) return { method: 'invalid', error: invalidClient() }
+  if (id === null || secret === null) return { method: 'invalid', error: new IdentityError('invalid_client') }
   if (body.client_secret !== undefined) {
-    return { method: 'invalid', error: oauthError(400, 'invalid_request', 'Authenticate the client one way: HTTP Basic or client_secret in the body, not both.') }
+    return { method: 'invalid', error: new IdentityError('client_authenticated_twice') }
   }
   if (body.client_id !== undefined && body.client_id !== id) {
-    return { method: 'invalid', error: oauthError(400, 'invalid_request', 'The client_id in the body is not the one HTTP Basic authenticates.') }
+    return { method: 'invalid', error: new IdentityError('client_id_mismatch') }
   }
   return { method: 'client_secret_basic', id, secret }
 }

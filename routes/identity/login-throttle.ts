@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { Result } from 'ioredis'
-import { ProblemError, serviceUnavailable } from '../../plugins/errors/index.ts'
+import { serviceUnavailable } from '../../plugins/errors/index.ts'
 import type { Metrics } from '../../plugins/metrics/index.ts'
 import type { RedisClient } from '../../plugins/redis/index.ts'
 import { traceRedis } from '../../plugins/tracing/index.ts'
+import { IdentityError, toProblem } from './errors.ts'
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
@@ -97,14 +98,7 @@ export function createAccountGuard (redis: RedisClient, options: LoginThrottleOp
       }
       if (!admitted.allowed) {
         const retryAfterS = Math.max(1, Math.ceil(admitted.retryAfterMs / 1000))
-        throw new ProblemError(429, 'rate_limited', `Too many failed password checks for this account; retry in ${retryAfterS} s.`, {
-          headers: {
-            'retry-after': String(retryAfterS),
-            'ratelimit-limit': String(options.maxFailures),
-            'ratelimit-remaining': '0',
-            'ratelimit-reset': String(retryAfterS)
-          }
-        })
+        throw toProblem(new IdentityError('account_locked', { retryAfterS, maxFailures: options.maxFailures }))
       }
       return true
     },

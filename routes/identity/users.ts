@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { conflict, forbidden, notFound, unauthorized } from '../../plugins/errors/index.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { IdParamsSchema } from '../common/schemas.ts'
 import { z } from 'zod'
+import { IdentityError, toProblem } from './errors.ts'
 import { accountGuard } from './login-throttle.ts'
 import { changePassword, sessionSubject } from './sessions.ts'
 import { findOwnCredentials, findPublicUser, findUser, insertUser, updateUser } from './repository.ts'
@@ -34,7 +34,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request, reply) => {
     const { email, name, password } = request.body
     const user = await insertUser(db, { email, name, passwordHash: await app.passwords.hash(password) })
-    if (user === null) throw conflict('email_taken', 'An account with this email already exists.')
+    if (user === null) throw toProblem(new IdentityError('email_taken'))
     return reply.code(201).header('location', `/users/${user.id}`).send(user)
   })
 
@@ -47,7 +47,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
     }
   }, async (request) => {
     const user = await findUser(db, request.user.id)
-    if (user === null) throw notFound('User not found.')
+    if (user === null) throw toProblem(new IdentityError('user_not_found'))
     return user
   })
 
@@ -69,7 +69,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request, reply) => {
     const { currentPassword, newPassword } = request.body
     const credentials = await findOwnCredentials(db, request.user.id)
-    if (credentials === null) throw unauthorized('The user no longer exists.')
+    if (credentials === null) throw toProblem(new IdentityError('user_gone'))
     const stored = credentials.password_hash
     // A wrong current password counts against the account like a failed login: a stolen access token must not
     // buy unlimited guesses at the password it would need to take the account over.
@@ -81,10 +81,10 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       if (counted) guard.refund(credentials.email)
       throw error
     }
-    if (!valid) throw forbidden('The current password is wrong.')
+    if (!valid) throw toProblem(new IdentityError('wrong_current_password'))
     if (counted) guard.refund(credentials.email)
     const ended = await changePassword(db, request.user.id, stored, await app.passwords.hash(newPassword))
-    if (ended === null) throw conflict('password_changed_concurrently', 'The password changed while this request ran; try again.')
+    if (ended === null) throw toProblem(new IdentityError('password_changed_concurrently'))
     app.revocations.markRevoked(ended.map(sessionSubject))
     return reply.code(204).send(null)
   })
@@ -101,7 +101,7 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
     const { id } = request.params
     // The caller's own profile includes the email, which is never cached, so it is read from the database.
     const user = id === request.user.id ? await findUser(db, id) : await cachedPublicUser(id)
-    if (user === null) throw notFound('User not found.')
+    if (user === null) throw toProblem(new IdentityError('user_not_found'))
     return user
   })
 
@@ -119,9 +119,9 @@ export const usersRoutes: FastifyPluginAsyncZod = async (app) => {
       })
     }
   }, async (request) => {
-    if (request.params.id !== request.user.id) throw forbidden('You can only change your own profile.')
+    if (request.params.id !== request.user.id) throw toProblem(new IdentityError('not_own_profile'))
     const user = await updateUser(db, request.user.id, request.body)
-    if (user === null) throw notFound('User not found.')
+    if (user === null) throw toProblem(new IdentityError('user_not_found'))
     await cache.invalidate(USER_CACHE, user.id)
     return user
   })

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Sql } from '../../plugins/database/index.ts'
+import { LedgerError, type LedgerErrorCode } from './errors.ts'
 import { toMinorUnits } from './money.ts'
 import type { CreateTransactionBody, Transaction } from './schemas.ts'
 
@@ -54,6 +55,24 @@ export type PostOutcome =
   | { outcome: 'created' | 'replayed', transaction: Transaction, queued: number }
   | { outcome: 'mismatch' }
 
+// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the caller's to fix.
+const refusalsBySqlState: Record<string, LedgerErrorCode> = {
+  LDG01: 'insufficient_funds',
+  LDG02: 'user_not_found',
+  LDG03: 'balance_limit_exceeded',
+  LDG04: 'caller_not_found',
+  LDG05: 'transfer_to_self',
+  LDG06: 'client_revoked'
+}
+
+/** The refusal a failed post_transaction() call means, or undefined for a failure that is not the caller's to fix. */
+function postRefusal (error: unknown): LedgerErrorCode | undefined {
+  const { code, constraint_name: constraint } = error as { code?: string, constraint_name?: string }
+  // A reference another transaction of this client already holds: the database's unique index says so.
+  if (code === '23505' && constraint === 'transactions_client_reference_key') return 'reference_used'
+  return code !== undefined && Object.hasOwn(refusalsBySqlState, code) ? refusalsBySqlState[code] : undefined
+}
+
 /** Who posts: a user (transfers from their own balance) or a service client (deposits and withdrawals). */
 export interface Poster {
   kind: 'user' | 'client'
@@ -68,12 +87,18 @@ export interface Poster {
 export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody, keyTtlS: number): Promise<PostOutcome> {
   const clientId = poster.kind === 'client' ? poster.id : null
   const userId = body.kind === 'transfer' ? poster.id : body.userId
-  const [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch', queued: number | null })[]>`
-    select * from post_transaction(
-      ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
-      ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
-      ${body.kind === 'transfer' ? null : body.reference}, ${keyTtlS}
-    )`
+  let row
+  try {
+    [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch', queued: number | null })[]>`
+      select * from post_transaction(
+        ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
+        ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
+        ${body.kind === 'transfer' ? null : body.reference}, ${keyTtlS}
+      )`
+  } catch (error) {
+    const refusal = postRefusal(error)
+    throw refusal === undefined ? error : new LedgerError(refusal)
+  }
   if (row === undefined) throw new Error('post_transaction returned no row')
   if (row.outcome === 'mismatch') return { outcome: 'mismatch' }
   return { outcome: row.outcome, transaction: toTransaction(row), queued: row.queued ?? 0 }

@@ -1,32 +1,18 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { authorize, type PrincipalKind } from '../../plugins/auth/index.ts'
-import { badRequest, conflict, notFound, ProblemError, serviceUnavailable, unauthorized, unprocessable } from '../../plugins/errors/index.ts'
+import { serviceUnavailable } from '../../plugins/errors/index.ts'
 import { wakeWorkers } from '../../plugins/jobs/queue.ts'
-import type { MoneyKind, MoneyRefusal } from '../../plugins/metrics/index.ts'
+import { MONEY_REFUSALS, type MoneyKind, type MoneyRefusal } from '../../plugins/metrics/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './repository.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
   TransactionIdParamsSchema, TransactionPageSchema, TransactionSchema
 } from './schemas.ts'
+import { LedgerError, toProblem, type LedgerErrorCode } from './errors.ts'
 
-const transferToSelf = () => badRequest('A transfer needs another user.', [{ path: 'toUserId', message: 'must not be your own id' }])
-
-// SQLSTATEs raised by post_transaction() (sql/functions/post_transaction.sql) for refusals that are the caller's to
-// fix, each with the reason the refusal is counted under (ledger_money_refusals_total).
-const ledgerRefusals: Record<string, { reason: MoneyRefusal, problem: () => ProblemError }> = {
-  LDG01: { reason: 'insufficient_funds', problem: () => unprocessable('insufficient_funds', 'The balance is too low for this amount; nothing was written.') },
-  LDG02: { reason: 'user_not_found', problem: () => notFound('The user does not exist.') },
-  LDG03: { reason: 'balance_limit_exceeded', problem: () => unprocessable('balance_limit_exceeded', 'The recipient balance would pass the largest amount the ledger holds.') },
-  LDG04: { reason: 'caller_not_found', problem: () => unauthorized('The account this token was issued for no longer exists.') },
-  LDG05: { reason: 'transfer_to_self', problem: transferToSelf },
-  LDG06: { reason: 'client_revoked', problem: () => unauthorized('The client was revoked.') }
-}
-
-/** A reference another transaction of this client already holds: the database's unique index says so. */
-const isReferenceUsed = (error: unknown) =>
-  (error as { code?: string, constraint_name?: string }).code === '23505' &&
-  (error as { constraint_name?: string }).constraint_name === 'transactions_client_reference_key'
+/** A refusal of a money write, counted under its code (ledger_money_refusals_total). */
+const isMoneyRefusal = (code: LedgerErrorCode): code is MoneyRefusal => (MONEY_REFUSALS as readonly string[]).includes(code)
 
 // Who may post which kind: users move their own money; money enters and leaves only through service clients (whose
 // funds:write scope the route config already requires).
@@ -39,10 +25,10 @@ const posters: Record<string, readonly PrincipalKind[]> = {
 export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, reads, currencies, config, metrics } = app
   /** Counts a refusal (nothing written) and returns its problem to throw. */
-  const refused = (kind: MoneyKind, reason: MoneyRefusal, problem: ProblemError) => {
+  const refused = (kind: MoneyKind, reason: MoneyRefusal) => {
     metrics.moneyWrites.inc({ kind, outcome: 'refused' })
     metrics.moneyRefusals.inc({ kind, reason })
-    return problem
+    return toProblem(new LedgerError(reason))
   }
 
   app.post('/transactions', {
@@ -75,19 +61,17 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     const { body, user } = request
     const { kind } = body
     // Checked here to skip a round trip; post_transaction() refuses it too (LDG05), whatever the caller sends.
-    if (kind === 'transfer' && body.toUserId === user.id) throw refused(kind, 'transfer_to_self', transferToSelf())
+    if (kind === 'transfer' && body.toUserId === user.id) throw refused(kind, 'transfer_to_self')
     let result
     try {
       result = await postTransaction(db, user, request.headers['idempotency-key'], body, config.IDEMPOTENCY_KEY_TTL_H * 3600)
     } catch (error) {
-      if (isReferenceUsed(error)) throw refused(kind, 'reference_used', conflict('reference_used', 'This reference was already used by another transaction of this client; nothing was written.'))
-      const refusal = ledgerRefusals[(error as { code?: string }).code ?? '']
-      if (refusal !== undefined) throw refused(kind, refusal.reason, refusal.problem())
+      if (error instanceof LedgerError && isMoneyRefusal(error.code)) throw refused(kind, error.code)
       metrics.moneyWrites.inc({ kind, outcome: 'error' })
       throw error
     }
     if (result.outcome === 'mismatch') {
-      throw refused(kind, 'idempotency_key_reused', unprocessable('idempotency_key_reused', 'This Idempotency-Key was already used with a different request.'))
+      throw refused(kind, 'idempotency_key_reused')
     }
     metrics.moneyWrites.inc({ kind, outcome: result.outcome })
     if (result.outcome === 'replayed') reply.header('idempotent-replayed', 'true')
@@ -132,7 +116,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request) => {
     // Someone else's transaction is "not found", never "forbidden": its existence is not revealed.
     const transaction = await findTransaction(db, request.user, request.params.id)
-    if (transaction === null) throw notFound('Transaction not found.')
+    if (transaction === null) throw toProblem(new LedgerError('transaction_not_found'))
     return transaction
   })
 }

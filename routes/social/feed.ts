@@ -1,9 +1,9 @@
 import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { CursorCodec } from '../../plugins/auth/cursors.ts'
-import { notFound } from '../../plugins/errors/index.ts'
 import { enqueueJob, wakeWorkers } from '../../plugins/jobs/queue.ts'
 import { responses } from '../../plugins/openapi/index.ts'
+import { SocialError, toProblem } from './errors.ts'
 import { FEED_CACHE, FEED_JOB, type FanOutPayload, type RemovePostPayload } from './feed-jobs.ts'
 import { feedPageQuery, feedPositionOf, insertPost, markPostDeleted, toPost, type FeedRow } from './repository.ts'
 import { CreatePostBodySchema, FEED_DEFAULT_LIMIT, FeedPageSchema, FeedPositionSchema, FeedQuerySchema, PostIdParamsSchema, PostSchema, type FeedPage, type FeedPosition } from './schemas.ts'
@@ -39,7 +39,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       if (inserted !== null) await enqueueJob(tx, FEED_JOB.fanOut, { postId: inserted.id, authorId, after: null } satisfies FanOutPayload)
       return inserted
     })
-    if (post === null) throw notFound('User not found.')
+    if (post === null) throw toProblem(new SocialError('user_not_found'))
     wakeWorkers(app.redis, request.log)
     // After the commit, so a reader that misses the cache next loads a page that includes this post.
     await cache.invalidate(FEED_CACHE, authorId)
@@ -63,8 +63,7 @@ export const feedRoutes: FastifyPluginAsyncZod = async (app) => {
       await enqueueJob(tx, FEED_JOB.removePost, { postId, authorId } satisfies RemovePostPayload)
       return true
     })
-    // Someone else's post and no post at all are the same answer.
-    if (!deleted) throw notFound('Post not found.')
+    if (!deleted) throw toProblem(new SocialError('post_not_found'))
     wakeWorkers(app.redis, request.log)
     await cache.invalidate(FEED_CACHE, authorId)
     await reads.wrote(authorId)

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
-import { badRequest, notFound } from '../../plugins/errors/index.ts'
 import { enqueueJob, wakeWorkers } from '../../plugins/jobs/queue.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { IdParamsSchema } from '../common/schemas.ts'
+import { SocialError, toProblem } from './errors.ts'
 import { FEED_JOB, type FollowPayload } from './feed-jobs.ts'
 import { deleteFollow, followersPageQuery, followingPageQuery, followsPositionOf, insertFollow, toFollowedUser } from './repository.ts'
 import { FollowsPageSchema, FollowsPositionSchema, FollowsQuerySchema } from './schemas.ts'
@@ -32,13 +32,13 @@ export const followsRoutes: FastifyPluginAsyncZod = async (app) => {
   }, async (request, reply) => {
     const followerId = request.user.id
     const followeeId = request.params.id
-    if (followeeId === followerId) throw badRequest('You cannot follow yourself.', [{ path: 'id', message: 'must not be your own id' }])
+    if (followeeId === followerId) throw toProblem(new SocialError('follow_self'))
     const { exists, created } = await db.begin(async (tx) => {
       const follow = await insertFollow(tx, followerId, followeeId)
       if (follow.created) await enqueueJob(tx, FEED_JOB.backfill, { followerId, followeeId } satisfies FollowPayload)
       return follow
     })
-    if (!exists) throw notFound('User not found.')
+    if (!exists) throw toProblem(new SocialError('user_not_found'))
     // Committed: the backfill may be claimed now.
     if (created) wakeWorkers(app.redis, request.log)
     await reads.wrote(followerId)

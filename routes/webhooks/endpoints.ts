@@ -1,7 +1,7 @@
 import { z } from 'zod'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { badRequest, conflict, notFound } from '../../plugins/errors/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
+import { toProblem, WebhookError } from './errors.ts'
 import { checkTarget, targetPolicy } from './outbound.ts'
 import { createEndpoint, deleteEndpoint, deliveriesPageQuery, endpointExists, listEndpoints, setEndpointEnabled, toDelivery } from './repository.ts'
 import {
@@ -13,8 +13,7 @@ import {
 // Users receive the transactions that touch them; service clients (events:read) the ones they posted.
 const routeConfig = { principals: ['user', 'client'] as const, scope: 'events:read' as const }
 
-// Someone else's endpoint is "not found", never "forbidden": its existence is not revealed.
-const endpointNotFound = () => notFound('Webhook endpoint not found.')
+const endpointNotFound = () => toProblem(new WebhookError('endpoint_not_found'))
 
 export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
   const { db, cursors, config } = app
@@ -38,11 +37,9 @@ export const webhookEndpointsRoutes: FastifyPluginAsyncZod = async (app) => {
     const { url, events } = request.body
     // Syntax, scheme and every address the host resolves to (deliveries check the connected address again).
     const target = await checkTarget(url, policy)
-    if (!target.ok) throw badRequest('The webhook URL is not allowed.', [{ path: 'url', message: target.reason }])
+    if (!target.ok) throw toProblem(new WebhookError('url_not_allowed', { reason: target.reason }))
     const created = await createEndpoint(db, request.user, target.url.href, events)
-    if (created === null) {
-      throw conflict('webhook_endpoint_limit', `At most ${MAX_ENDPOINTS_PER_PRINCIPAL} webhook endpoints per account; delete one first.`)
-    }
+    if (created === null) throw toProblem(new WebhookError('endpoint_limit'))
     return reply.code(201).header('location', `/webhook-endpoints/${created.id}`).send(created)
   })
 
