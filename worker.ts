@@ -6,8 +6,10 @@
 import { loadConfigOrExit } from './settings.ts'
 import { onePrincipalCanFillWebhookLane } from './routes/webhooks/index.ts'
 
-// This process exists to run the loop: WORKER_ENABLED is for API processes.
-const config = { ...loadConfigOrExit(), WORKER_ENABLED: true }
+// This process exists to run the loop: WORKER_ENABLED is for API processes. The ledger check is the API processes'
+// (RECONCILE_INTERVAL_S): a whole-ledger snapshot held in a worker would also hold back the cleanup of the job
+// rows its claims walk.
+const config = { ...loadConfigOrExit(), WORKER_ENABLED: true, RECONCILE_INTERVAL_S: 0 }
 
 // Telemetry first, so the tracer provider exists before the app creates a span.
 const { telemetry } = await import('./telemetry.ts')
