@@ -2,6 +2,8 @@
 // are set, gives the suite a fresh database of its own and a Redis database index of its own, migrates it,
 // then runs tap. Arguments after `--` go to tap (for example a single test file).
 import { spawnSync } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { localStackUp, recreateDatabase, withDatabase } from './local-stack.ts'
 import { migrate } from './migrate.ts'
@@ -46,11 +48,45 @@ async function freshState () {
   redis.disconnect()
 }
 
+/**
+ * Exits with tap's status; on a failure it first repeats which assertions failed, last, so a log that keeps only
+ * its tail (CI's) still names them: tap prints them before its long coverage table.
+ */
+function finish (status: number | null): never {
+  if (status !== 0) {
+    const failures = failedAssertions()
+    if (failures.length > 0) console.error(`\n# failed assertions (${failures.length}):\n${failures.slice(0, 40).join('\n')}`)
+  }
+  process.exit(status ?? 1)
+}
+
+/** The `not ok` lines of the last run's per-file TAP output (.tap/test-results), with their file and subtest path. */
+function failedAssertions (): string[] {
+  const dir = '.tap/test-results'
+  let files: string[]
+  try { files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.tap')) } catch { return [] }
+  const failures: string[] = []
+  for (const file of files) {
+    const path: string[] = []
+    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+      const subtest = /^(\s*)# Subtest: (.*)$/.exec(line)
+      if (subtest?.[1] !== undefined && subtest[2] !== undefined) path.splice(subtest[1].length / 4, Infinity, subtest[2])
+      const failed = /^(\s*)not ok \d+ - (.*?)(?: # time=\S+)?(\s+# (?:TODO|SKIP).*)?$/i.exec(line)
+      if (failed?.[1] !== undefined && failed[2] !== undefined && failed[3] === undefined) {
+        const depth = failed[1].length / 4
+        // A failing subtest repeats as a `not ok` in its parent; its own assertions were listed already.
+        if (path[depth] !== failed[2]) failures.push(`${file.replace(/\.tap$/, '')}: ${[...path.slice(0, depth), failed[2]].join(' > ')}`)
+      }
+    }
+  }
+  return failures
+}
+
 const args = process.argv.slice(2)
 await freshState()
 const main = spawnSync('tap', args, { stdio: 'inherit', env })
-if (main.status !== 0 || args.length > 0) process.exit(main.status ?? 1)
+if (main.status !== 0 || args.length > 0) finish(main.status)
 // Fault tests stop and restart shared processes, so they run after the main suite, one file at a time.
 await freshState()
 const faults = spawnSync('tap', ['--jobs=1', '--exclude=', '--include=test/faults/**/*.test.ts'], { stdio: 'inherit', env })
-process.exit(faults.status ?? 1)
+finish(faults.status)
