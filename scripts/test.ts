@@ -2,7 +2,7 @@
 // are set, gives the suite a fresh database of its own and a Redis database index of its own, migrates it,
 // then runs tap. Arguments after `--` go to tap (for example a single test file).
 import { spawnSync } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { localStackUp, recreateDatabase, withDatabase } from './local-stack.ts'
@@ -48,6 +48,8 @@ async function freshState () {
   redis.disconnect()
 }
 
+const TAP_RESULTS = '.tap/test-results'
+
 /**
  * Exits with tap's status; on a failure it first repeats which assertions failed, last, so a log that keeps only
  * its tail (CI's) still names them: tap prints them before its long coverage table.
@@ -62,13 +64,12 @@ function finish (status: number | null): never {
 
 /** The `not ok` lines of the last run's per-file TAP output (.tap/test-results), with their file and subtest path. */
 function failedAssertions (): string[] {
-  const dir = '.tap/test-results'
   let files: string[]
-  try { files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.tap')) } catch { return [] }
+  try { files = readdirSync(TAP_RESULTS, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.tap')) } catch { return [] }
   const failures: string[] = []
   for (const file of files) {
     const path: string[] = []
-    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+    for (const line of readFileSync(join(TAP_RESULTS, file), 'utf8').split('\n')) {
       const subtest = /^(\s*)# Subtest: (.*)$/.exec(line)
       if (subtest?.[1] !== undefined && subtest[2] !== undefined) path.splice(subtest[1].length / 4, Infinity, subtest[2])
       const failed = /^(\s*)not ok \d+ - (.*?)(?: # time=\S+)?(\s+# (?:TODO|SKIP).*)?$/i.exec(line)
@@ -82,11 +83,17 @@ function failedAssertions (): string[] {
   return failures
 }
 
+/** Runs tap; the per-file results it leaves are this run's alone (tap keeps those of files it did not run). */
+function runTap (tapArgs: string[]) {
+  rmSync(TAP_RESULTS, { recursive: true, force: true })
+  return spawnSync('tap', tapArgs, { stdio: 'inherit', env })
+}
+
 const args = process.argv.slice(2)
 await freshState()
-const main = spawnSync('tap', args, { stdio: 'inherit', env })
+const main = runTap(args)
 if (main.status !== 0 || args.length > 0) finish(main.status)
 // Fault tests stop and restart shared processes, so they run after the main suite, one file at a time.
 await freshState()
-const faults = spawnSync('tap', ['--jobs=1', '--exclude=', '--include=test/faults/**/*.test.ts'], { stdio: 'inherit', env })
+const faults = runTap(['--jobs=1', '--exclude=', '--include=test/faults/**/*.test.ts'])
 finish(faults.status)

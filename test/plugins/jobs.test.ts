@@ -165,8 +165,11 @@ t.test('lanes never share capacity: a lane full of hanging jobs leaves another l
     }
   })
   t.teardown(release)
-  // The slow jobs are older: in one queue ordered by due time they would all go first.
+  // The slow jobs are older: in one queue ordered by due time they would all go first. The quick job is queued
+  // once the slow lane is full: the lanes claim independently, so queued together the quick one may well finish
+  // before the slow lane's first claim, which would prove nothing.
   for (let i = 0; i < 4; i++) await enqueueJob(sql as never, slowKind, { i })
+  t.ok(await within(5000, async () => slowStarted === 2) < 5000, 'the slow lane fills its 2 slots')
   await enqueueJob(sql as never, quickKind, {})
   const ms = await within(5000, async () => quickDone === 1)
   t.ok(ms < 5000, `the quick lane's job ran while the slow lane was full (${ms} ms)`)
