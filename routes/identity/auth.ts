@@ -6,12 +6,12 @@ import { authorize, scopes, type AccessToken } from '../../plugins/auth/index.ts
 import { OAuthErrorSchema } from '../../plugins/errors/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
 import { publicRouteRateLimit } from '../../plugins/rate-limit/index.ts'
-import { findCredentials } from './repository.ts'
+import { endSession, findCredentials, sessionSubject, upgradePasswordHash } from './repository.ts'
 import { EmailSchema } from './schemas.ts'
 import { clientAuthenticationOf, verifyClientCredentials, type PresentedClient } from './clients.ts'
 import { IdentityError, toProblem } from './errors.ts'
 import { accountGuard } from './login-throttle.ts'
-import { endSession, endSessionOfRefreshToken, openSession, REFRESH_TOKEN_PATTERN, rotateRefreshToken, sessionSubject, upgradePasswordHash } from './sessions.ts'
+import { exchangeRefreshToken, openSession, REFRESH_TOKEN_PATTERN, revokeRefreshToken } from './sessions.ts'
 
 export const grantTypes = ['password', 'refresh_token', 'client_credentials'] as const
 
@@ -172,7 +172,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     if (body.grant_type === 'refresh_token') {
       // An access token (or anything else not shaped like ours) is refused without a lookup.
       if (!REFRESH_TOKEN_PATTERN.test(body.refresh_token)) throw toProblem(new IdentityError('refresh_token_refused'))
-      const outcome = await rotateRefreshToken(db, body.refresh_token, config.REFRESH_TOKEN_TTL_S)
+      const outcome = await exchangeRefreshToken(db, body.refresh_token, config.REFRESH_TOKEN_TTL_S)
       if (outcome.status === 'reused') {
         app.revocations.markRevoked([sessionSubject(outcome.sessionId)])
         request.log.warn({ sessionId: outcome.sessionId }, 'refresh token presented twice: session ended')
@@ -239,7 +239,7 @@ export const authRoutes: FastifyPluginAsyncZod = async (app) => {
     if (isForm(request)) {
       const { token } = request.body as z.infer<typeof RevocationRequestSchema>
       if (REFRESH_TOKEN_PATTERN.test(token)) {
-        const sessionId = await endSessionOfRefreshToken(db, token)
+        const sessionId = await revokeRefreshToken(db, token)
         if (sessionId !== null) app.revocations.markRevoked([sessionSubject(sessionId)])
       } else {
         const principal = await app.principalOf(token)

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import type { Scope } from '../../plugins/auth/index.ts'
 import type { Sql } from '../../plugins/database/index.ts'
 import { IdentityError } from './errors.ts'
+import { authenticateClient, insertServiceClient, type ServiceClient } from './repository.ts'
 
 /**
  * Client secrets are 256 random bits, stored as their SHA-256. A slow KDF protects secrets people choose, which
@@ -14,74 +15,16 @@ const SECRET_PREFIX = 'lsk_'
 export const newClientSecret = () => SECRET_PREFIX + randomBytes(32).toString('base64url')
 export const hashClientSecret = (secret: string) => createHash('sha256').update(secret).digest()
 
-export interface ServiceClient {
-  id: string
-  name: string
-  scopes: Scope[]
-  createdAt: string
-  revokedAt: string | null
-}
-
-interface ClientRow {
-  id: string
-  name: string
-  scopes: string
-  created_at: Date
-  revoked_at: Date | null
-}
-
-// postgres.js runs without fetch_types (plugins/database/index.ts), so text[] arrives as its text form; scopes never
-// contain commas, quotes or braces, so `{a,b}` splits plainly.
-const parseScopes = (text: string) => text.replace(/^\{|\}$/g, '').split(',').filter(Boolean) as Scope[]
-
-const toClient = (row: ClientRow): ServiceClient => ({
-  id: row.id,
-  name: row.name,
-  scopes: parseScopes(row.scopes),
-  createdAt: row.created_at.toISOString(),
-  revokedAt: row.revoked_at?.toISOString() ?? null
-})
-
 /** Creates a client and returns its secret, which exists nowhere else afterwards. */
 export async function createServiceClient (sql: Sql, name: string, scopes: readonly Scope[]): Promise<{ client: ServiceClient, secret: string }> {
   const secret = newClientSecret()
-  const [row] = await sql<ClientRow[]>`
-    insert into service_clients (name, secret_hash, scopes)
-    values (${name}, ${hashClientSecret(secret)}, ${`{${scopes.join(',')}}`}::text[])
-    returning id, name, scopes::text as scopes, created_at, revoked_at`
-  if (row === undefined) throw new Error('insert returned no row')
-  return { client: toClient(row), secret }
+  const client = await insertServiceClient(sql, { name, secretHash: hashClientSecret(secret), scopes })
+  return { client, secret }
 }
 
-export async function listServiceClients (sql: Sql): Promise<ServiceClient[]> {
-  const rows = await sql<ClientRow[]>`
-    select id, name, scopes::text as scopes, created_at, revoked_at from service_clients order by created_at, id`
-  return rows.map(toClient)
-}
-
-/**
- * Revokes a client and records `client:<id>` in the revocation list in the same transaction, so every API process
- * refuses its live tokens within one poll. Returns false when there is no such client (or it was revoked before).
- */
-export async function revokeServiceClient (sql: Sql, id: string): Promise<boolean> {
-  return sql.begin(async (tx) => {
-    const revoked = await tx`update service_clients set revoked_at = now() where id = ${id} and revoked_at is null returning id`
-    await tx`
-      insert into revocations (subject) values (${`client:${id}`})
-      on conflict (subject) do update set revoked_at = now()`
-    return revoked.length === 1
-  })
-}
-
-/**
- * The active client with this id and secret, or null. The database compares (authenticate_client(), so the API's
- * role never reads a secret hash); unknown id, wrong secret and revoked client are one answer from one
- * primary-key lookup.
- */
+/** The active client with this id and secret, or null (authenticateClient). */
 export async function verifyClientCredentials (sql: Sql, id: string, secret: string): Promise<{ id: string, scopes: Scope[] } | null> {
-  const [row] = await sql<{ id: string, scopes: string }[]>`
-    select id, scopes from authenticate_client(${id}, ${hashClientSecret(secret)})`
-  return row === undefined ? null : { id: row.id, scopes: parseScopes(row.scopes) }
+  return authenticateClient(sql, id, hashClientSecret(secret))
 }
 
 /** How a request to the token or revocation endpoint authenticates its client (RFC 6749 section 2.3.1). */

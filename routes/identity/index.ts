@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { MAX_ACCESS_TOKEN_AGE_S } from '../../plugins/auth/index.ts'
 import { authRoutes } from './auth.ts'
-import { purgeSessions } from './sessions.ts'
+import { purgeSessions } from './repository.ts'
 import { usersRoutes } from './users.ts'
 
 /**

@@ -1,6 +1,8 @@
 import type { Sql, TransactionSql } from '../../plugins/database/index.ts'
 import type { FeedPosition, FollowedUser, FollowsPosition, Post } from './schemas.ts'
 
+// Posts and the feed page
+
 interface PostRow {
   id: string
   body: string
@@ -92,6 +94,8 @@ export async function markPostDeleted (tx: TransactionSql, postId: string, autho
   return true
 }
 
+// Follows
+
 export interface FollowsRow {
   id: string
   name: string
@@ -158,4 +162,105 @@ export function followersPageQuery (sql: Sql, userId: string, limit: number, aft
        ${position(sql, 'f.follower_id', after)}
      order by f.created_at desc, f.follower_id desc
      limit ${limit + 1}`
+}
+
+// The feed jobs' steps (routes/social/feed-jobs.ts): each one bounded statement or transaction
+
+// Races are settled by row locks taken inside the steps, not by the order jobs happen to run in:
+// - a fan-out or backfill step locks the follows rows it delivers through (FOR KEY SHARE) and the post rows it
+//   delivers (FOR SHARE). An unfollow (DELETE of the follows row) or a post deletion (UPDATE of deleted_at) waits
+//   for that step to commit, and the removal job it queues is only visible after that, so it sees and removes what
+//   the step inserted. A step that starts after the unfollow or the deletion committed no longer finds the follows
+//   row or the live post, and inserts nothing;
+// - the unfollow removal deletes nothing when the follows row exists again (a re-follow in between), checked in the
+//   same statement as the delete.
+
+/**
+ * One fan-out batch: the next `batchSize` followers (in id order) after `payload.after` get the post, if it is still
+ * live. `last` is the batch's last follower (where the next batch starts), null when none was left or the post is
+ * no longer live.
+ */
+export async function fanOutBatch (sql: Sql, payload: { postId: string, authorId: string, after: string | null }, batchSize: number): Promise<{ delivered: string[], last: string | null }> {
+  return sql.begin(async (tx) => {
+    const [live] = await tx`select 1 from posts where id = ${payload.postId} and deleted_at is null for share`
+    if (live === undefined) return { delivered: [], last: null }
+    const [row] = await tx<{ last: string | null, delivered: string[] }[]>`
+      with batch as (
+        select follower_id from follows
+         where followee_id = ${payload.authorId}
+           ${payload.after === null ? tx`` : tx`and follower_id > ${payload.after}::uuid`}
+         order by follower_id
+         limit ${batchSize}
+           for key share
+      ), inserted as (
+        insert into feed_items (feed_user_id, post_id, created_at)
+        select b.follower_id, p.id, p.created_at
+          from batch b
+         cross join posts p
+         where p.id = ${payload.postId}
+        on conflict do nothing
+        returning feed_user_id
+      )
+      select (select follower_id from batch order by follower_id desc limit 1) as last,
+             coalesce((select json_agg(feed_user_id) from inserted), '[]') as delivered`
+    return { delivered: row?.delivered ?? [], last: row?.last ?? null }
+  })
+}
+
+/** One batch of a deleted post's feed rows removed; returns the feeds they were on. */
+export async function deleteFeedItemsOfPost (sql: Sql, postId: string, batchSize: number): Promise<string[]> {
+  const removed = await sql<{ feed_user_id: string }[]>`
+      delete from feed_items
+       where post_id = ${postId}
+         and feed_user_id in (select feed_user_id from feed_items where post_id = ${postId} limit ${batchSize})
+      returning feed_user_id::text`
+  return removed.map((row) => row.feed_user_id)
+}
+
+/** Deletes a post marked deleted, once its feed rows are gone. */
+export async function deleteMarkedPost (sql: Sql, postId: string): Promise<void> {
+  await sql`delete from posts where id = ${postId} and deleted_at is not null`
+}
+
+/**
+ * Brings the followee's `postLimit` most recent live posts into the follower's feed, while the follow still exists;
+ * returns how many feed rows it inserted.
+ */
+export async function backfillFeed (sql: Sql, followerId: string, followeeId: string, postLimit: number): Promise<number> {
+  return sql.begin(async (tx) => {
+    const [follow] = await tx`
+        select 1 from follows where follower_id = ${followerId} and followee_id = ${followeeId} for key share`
+    if (follow === undefined) return 0
+    const rows = await tx`
+        with recent as (
+          select id, created_at from posts
+           where author_id = ${followeeId} and deleted_at is null
+           order by created_at desc, id desc
+           limit ${postLimit}
+             for share
+        )
+        insert into feed_items (feed_user_id, post_id, created_at)
+        select ${followerId}, id, created_at from recent
+        on conflict do nothing
+        returning post_id`
+    return rows.length
+  })
+}
+
+/**
+ * One batch of the followee's posts removed from the follower's feed, unless the follower follows them again by now;
+ * returns how many rows it deleted.
+ */
+export async function deleteFeedItemsOfFollowee (sql: Sql, followerId: string, followeeId: string, batchSize: number): Promise<number> {
+  const removed = await sql`
+      delete from feed_items
+       where feed_user_id = ${followerId}
+         and post_id in (
+           select f.post_id from feed_items f
+             join posts p on p.id = f.post_id
+            where f.feed_user_id = ${followerId} and p.author_id = ${followeeId}
+            limit ${batchSize})
+         and not exists (select 1 from follows where follower_id = ${followerId} and followee_id = ${followeeId})
+      returning post_id`
+  return removed.length
 }

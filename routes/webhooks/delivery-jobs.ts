@@ -3,10 +3,10 @@ import { z } from 'zod'
 import type { Sql } from '../../plugins/database/index.ts'
 import type { JobHandler } from '../../plugins/jobs/queue.ts'
 import type { Metrics } from '../../plugins/metrics/index.ts'
-import type { ClaimedRow, LaneClaim, LaneOptions } from '../../plugins/jobs/index.ts'
+import type { LaneOptions } from '../../plugins/jobs/index.ts'
 import { toTransaction, TransactionKindSchema, type Transaction } from '../ledger/index.ts'
 import { postWebhook, type TargetPolicy } from './outbound.ts'
-import { attemptTarget, type AttemptRow, failIfEndpointDisabled, recordAttempt } from './repository.ts'
+import { attemptTarget, type AttemptRow, claimWebhookJobs, failIfEndpointDisabled, recordAttempt } from './repository.ts'
 
 export const WEBHOOK_DELIVER = 'webhook.deliver'
 // Receivers answer with a few bytes; more is read no further (outbound.ts bounds it) and never stored.
@@ -62,19 +62,6 @@ async function target (sql: Sql, deliveryId: string, claimed: unknown): Promise<
   const parsed = ClaimedTargetSchema.safeParse(claimed)
   if (!parsed.success) return await attemptTarget(sql, deliveryId)
   return { ...parsed.data, id: deliveryId, created_at: new Date(parsed.data.created_at) }
-}
-
-/**
- * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
- * ahead of retries, at most `endpointConcurrency` attempts in flight per endpoint across every worker process. One
- * slow, hanging or failing endpoint holds at most its own share; everyone else's first attempts take the next free
- * slots. The claim counts each attempt on its job row, which the deliveries list reads while the attempt runs.
- */
-export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
-  return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
-    select id, kind, payload, attempts, created_at, due_at, lag_s, first_attempt_lag_s, context
-      from claim_webhook_jobs(${limit}::int, ${leaseMs}::int, ${endpointConcurrency}::int, ${dueBy ?? null}::timestamptz,
-                              ${matching === undefined ? null : sql.json(matching as never)}::jsonb)`
 }
 
 /** Webhook delivery as a lane of its own: its handler, its claim and its concurrency. */

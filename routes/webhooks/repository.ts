@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import type { Sql, TransactionSql } from '../../plugins/database/index.ts'
+import type { ClaimedRow, LaneClaim } from '../../plugins/jobs/index.ts'
 import type { TransactionRow } from '../ledger/index.ts'
 import { MAX_ENDPOINTS_PER_PRINCIPAL, type WebhookDelivery, type WebhookEndpoint, type WebhookEventType } from './schemas.ts'
+
+// Endpoints
 
 export interface Principal {
   kind: 'user' | 'client'
@@ -105,6 +108,8 @@ export async function endpointExists (sql: Sql, principal: Principal, id: string
   return rows.length === 1
 }
 
+// Deliveries
+
 interface DeliveryRow {
   id: string
   event_id: string
@@ -164,6 +169,21 @@ export async function purgeDeliveries (sql: Sql, retentionS: number, batch: numb
         for update skip locked)
     returning 1`
   return rows.length
+}
+
+// Attempts: the lane's claim, what an attempt sends, its outcome
+
+/**
+ * The webhook lane's claim (sql/functions/claim_webhook_jobs.sql): round-robin across endpoints, first attempts
+ * ahead of retries, at most `endpointConcurrency` attempts in flight per endpoint across every worker process. One
+ * slow, hanging or failing endpoint holds at most its own share; everyone else's first attempts take the next free
+ * slots. The claim counts each attempt on its job row, which the deliveries list reads while the attempt runs.
+ */
+export function claimWebhookJobs (endpointConcurrency: number): LaneClaim {
+  return (sql, { limit, leaseMs, dueBy, matching }) => sql<ClaimedRow[]>`
+    select id, kind, payload, attempts, created_at, due_at, lag_s, first_attempt_lag_s, context
+      from claim_webhook_jobs(${limit}::int, ${leaseMs}::int, ${endpointConcurrency}::int, ${dueBy ?? null}::timestamptz,
+                              ${matching === undefined ? null : sql.json(matching as never)}::jsonb)`
 }
 
 /** What one attempt sends: the delivery, its endpoint and its transaction (`t_id`: the transaction's id). */

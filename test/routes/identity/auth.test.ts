@@ -2,8 +2,7 @@
 // rotation, POST /auth/revoke, and revocation reaching every API process.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { revokeServiceClient } from '../../../routes/identity/clients.ts'
-import { purgeSessions } from '../../../routes/identity/sessions.ts'
+import { purgeSessions, revokeServiceClient } from '../../../routes/identity/repository.ts'
 import { decoyHash, hashPassword } from '../../../plugins/passwords/scrypt.ts'
 import { buildTestApp, claimsOf, createClient, createUser, dbSpans, injectTraced, testSql, within } from '../../helper.ts'
 

@@ -6,7 +6,8 @@ import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { App } from '../../../app.ts'
 import type { ClaimedRow } from '../../../plugins/jobs/index.ts'
-import { claimWebhookJobs, WEBHOOK_DELIVER } from '../../../routes/webhooks/delivery-jobs.ts'
+import { WEBHOOK_DELIVER } from '../../../routes/webhooks/delivery-jobs.ts'
+import { claimWebhookJobs } from '../../../routes/webhooks/repository.ts'
 import { buildTestApp, createUser, fund, ownerSql, registerWebhookEndpoint, testSql, type TestUser } from '../../helper.ts'
 
 type TestSql = ReturnType<typeof testSql>
