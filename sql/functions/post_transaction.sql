@@ -173,40 +173,15 @@ begin
     from (values (v_from, -p_amount), (v_to, p_amount)) as e (user_id, delta)
    where user_id is not null;
 
-  -- The events, in this same transaction (sql/010): one per interested principal that has an endpoint subscribed
-  -- (the users the money moved for; the posting client if it holds events:read), delivered to each such endpoint
-  -- that is not disabled (sql/014). Each job names its endpoint: the webhook lane's fairness goes by it.
-  -- Most writes touch no principal with an endpoint, so one probe of the principal index decides first: the
-  -- statement below is the only one that can queue a delivery, and it finds none when no endpoint names these
-  -- principals. Skipping it then spares its executor start-up and its locks, taken on every call even when it
-  -- writes nothing (webhook_deliveries, jobs, service_clients, the endpoint indexes): they push a transfer past the
-  -- 16 relations a backend can lock on its fast path, into the shared lock table. About 10 % of the function's
-  -- database CPU in pgbench (issue 20). An endpoint that commits while this runs may be seen or not, as before:
-  -- nothing orders a registration against a concurrent money write.
+  -- The events, in this same transaction: queue_transaction_webhooks() writes them. Most writes touch no principal
+  -- with an endpoint, so one probe of the principal index decides first whether to call it. Skipping it then spares
+  -- its executor start-up and its locks, taken on every call even when it writes nothing (webhook_deliveries, jobs,
+  -- service_clients, the endpoint indexes): they push a transfer past the 16 relations a backend can lock on its
+  -- fast path, into the shared lock table; about 10 % of this function's database CPU in pgbench. An endpoint that
+  -- commits while this runs may be seen or not: nothing orders a registration against a concurrent money write.
   v_queued := 0;
   if exists (select 1 from public.webhook_endpoints e where e.principal_id in (v_from, v_to, p_client_id)) then
-    with targets as (
-      select e.id as endpoint_id, e.principal_id
-        from public.webhook_endpoints e
-       where e.principal_kind = 'user' and e.principal_id in (v_from, v_to)
-         and 'transaction.created' = any (e.events) and e.disabled_at is null
-      union all
-      select e.id, e.principal_id
-        from public.webhook_endpoints e
-       where p_client_id is not null and e.principal_kind = 'client' and e.principal_id = p_client_id
-         and 'transaction.created' = any (e.events) and e.disabled_at is null
-         and exists (select 1 from public.service_clients c where c.id = p_client_id and 'events:read' = any (c.scopes))
-    ), events as (
-      select principal_id, pg_catalog.gen_random_uuid() as event_id from targets group by principal_id
-    ), deliveries as (
-      insert into public.webhook_deliveries (event_id, endpoint_id, type, transaction_id)
-      select ev.event_id, t.endpoint_id, 'transaction.created', v_id
-        from targets t join events ev using (principal_id)
-      returning id, endpoint_id
-    )
-    insert into public.jobs (kind, payload, endpoint_id)
-    select 'webhook.deliver', pg_catalog.jsonb_build_object('deliveryId', id::text), endpoint_id from deliveries;
-    get diagnostics v_queued = row_count;
+    v_queued := public.queue_transaction_webhooks(v_id, v_from, v_to, p_client_id);
   end if;
   v_result.queued := v_queued;
 

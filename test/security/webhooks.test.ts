@@ -232,6 +232,26 @@ t.test('events of other users\' transactions are never queued for you', async (t
   t.same(list.data, [])
 })
 
+t.test('the API role cannot queue events itself: queue_transaction_webhooks() runs only inside post_transaction()', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = testSql(t)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  const hook = (await post(app, alice, { url: 'http://127.0.0.1:9/forged' })).json() as { id: string }
+  const bank = await createClient(app, ['funds:write'])
+  const deposit = (await fund(app, alice, 7, 'USD', { client: bank })).json() as { id: string }
+  // As whoever holds the API role's credentials: queue alice's transaction again, or bob's money as alice's event.
+  await t.rejects(app.db`select queue_transaction_webhooks(${deposit.id}::bigint, null, ${alice.id}::uuid, null)`, { code: '42501' }, 'no EXECUTE for the API role')
+  await t.rejects(app.db`select queue_transaction_webhooks(${deposit.id}::bigint, ${bob.id}::uuid, ${alice.id}::uuid, ${bank.id}::uuid)`, { code: '42501' })
+  const [fn] = await sql<{ definer: boolean, config: string, public: boolean }[]>`
+    select prosecdef as definer, array_to_string(proconfig, ',') as config,
+           exists (select 1 from aclexplode(coalesce(proacl, acldefault('f', proowner))) a where a.grantee = 0 and a.privilege_type = 'EXECUTE') as public
+      from pg_proc where proname = 'queue_transaction_webhooks'`
+  t.same(fn, { definer: false, config: 'search_path=pg_catalog, pg_temp', public: false }, 'its caller\'s rights, pinned search_path, no PUBLIC execute')
+  const [queued] = await sql<{ n: number }[]>`select count(*)::int as n from webhook_deliveries where endpoint_id = ${hook.id}`
+  t.equal(queued?.n, 1, 'the deposit queued its one event, through post_transaction(); the refused calls queued none')
+  await sql`delete from webhook_endpoints where id = ${hook.id}`
+})
+
 t.test('PATCH /webhook-endpoints/:id: only the owner, only { enabled: boolean }, nothing else changes', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
