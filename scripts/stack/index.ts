@@ -6,7 +6,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync,
 import { join } from 'node:path'
 import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
 import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, tail, userCanEnter, waitFor, which } from './proc.ts'
-import { API_USER, type Bins, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
+import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
@@ -27,8 +27,8 @@ STACK_REDIS_CLUSTER_PORT (57001); when unset: the stack folder's \`ports\` file,
 held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.
 `
 const STOP_TIMEOUT = 30
-type Main = 'postgres' | 'pgbouncer' | 'redis'
-const MAIN: Main[] = ['postgres', 'pgbouncer', 'redis']
+const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
+type Main = typeof MAIN[number]
 
 // Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
@@ -82,12 +82,12 @@ async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   return { l, bins }
 }
 
-/** Stopping never installs anything; nothing to do when the stack folder does not exist. */
-async function prepareStop (): Promise<Ctx | undefined> {
+/** Runs a stop under the lock: stopping never installs anything, and there is nothing to stop without a stack folder. */
+async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
   const l = await resolveLayout()
-  if (!existsSync(l.dir)) return undefined
+  if (!existsSync(l.dir)) return
   await takeLock(l.dir)
-  return { l, bins: resolveBins(l).bins as Bins }
+  await act({ l, bins: resolveBins(l) })
 }
 
 /** How messages name a service: a cluster node by its port. */
@@ -230,20 +230,16 @@ if (command === 'up' && argc === 1) {
   const { ports, dir } = ctx.l
   out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
 } else if (command === 'down' && argc === 1) {
-  const ctx = await prepareStop()
-  if (ctx !== undefined) {
+  await stopping(async (ctx) => {
     // The extras first (the replica streams from postgres), then clients of a service before the service.
     await EXTRAS.cluster.down(ctx)
     if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
-    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name as Main])
-  }
+    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
+  })
   log('stack down')
 } else if (['start', 'stop', 'restart'].includes(command) && argc === 2 && MAIN.includes(arg as Main)) {
   const name = arg as Main
-  if (command !== 'start') {
-    const ctx = await prepareStop()
-    if (ctx !== undefined) await stop(ctx, name, SERVICES[name])
-  }
+  if (command !== 'start') await stopping((ctx) => stop(ctx, name, SERVICES[name]))
   if (command !== 'stop') await start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
 } else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
   const extra = EXTRAS[command]
@@ -252,8 +248,7 @@ if (command === 'up' && argc === 1) {
     extra.validate(ctx.l)
     out(await extra.up(ctx))
   } else if (arg === 'down') {
-    const ctx = await prepareStop()
-    if (ctx !== undefined) await extra.down(ctx)
+    await stopping(extra.down)
     log(`${command} down`)
   } else {
     const l = await resolveLayout()

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { die, IS_ROOT, listener, livePid, log, portInUse, userCanEnter } from './proc.ts'
+import { die, IS_ROOT, listener, log, portInUse, procComm, readPid, userCanEnter } from './proc.ts'
 
 export const PROJECT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '')
 
@@ -61,8 +61,7 @@ export async function resolveLayout (): Promise<Layout> {
     else layout.ports[v] = validPort(v, value)
   }
   if (missing.length > 0) await choosePorts(layout, missing)
-  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide on the socket. (Chosen ports
-  // never collide with the others.)
+  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide (chosen ones never do).
   if (new Set(MAIN_PORT_VARS.map((v) => layout.ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
   return layout
 }
@@ -88,7 +87,11 @@ export function pidFile (l: Layout, service: string): string {
 export const logFile = (l: Layout, name: string) =>
   name.startsWith('cluster-') ? join(l.clusterDir, name.slice(8), 'redis.log') : join(l.dir, 'log', `${name}.log`)
 const procName = (service: string) => service === 'replica' ? 'postgres' : /^(redis|cluster-)/.test(service) ? 'redis-server' : service
-export const pidOf = (l: Layout, service: string) => livePid(pidFile(l, service), procName(service))
+/** The pid of the service's live process (its pid file may be stale). */
+export function pidOf (l: Layout, service: string): number | undefined {
+  const pid = readPid(pidFile(l, service))
+  return pid !== undefined && procComm(pid)?.includes(procName(service)) === true ? pid : undefined
+}
 /** The port a running PostgreSQL (primary or replica) wrote into its pid file. */
 export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
 

@@ -55,18 +55,12 @@ export function procComm (pid: number): string | undefined {
   return state === undefined || state === '' || state.startsWith('Z') ? undefined : comm
 }
 
-/** The pid in the first line of `file`, when there is one. */
+/** The pid in the first line of `file`, if any (a stale file can name any process). */
 export function readPid (file: string): number | undefined {
   try {
     const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
     return Number.isInteger(pid) && pid > 0 ? pid : undefined
   } catch { return undefined }
-}
-
-/** The pid in `file` when that process is alive and is `name` (a stale file can name anything). */
-export function livePid (file: string, name: string): number | undefined {
-  const pid = readPid(file)
-  return pid !== undefined && procComm(pid)?.includes(name) === true ? pid : undefined
 }
 
 export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }

@@ -32,18 +32,17 @@ function pgBinDir (l: Layout): string | undefined {
   return dirs.filter((d) => executable(`${d}/initdb`)).sort((a, b) => version(a).localeCompare(version(b))).pop()
 }
 
-export function resolveBins (l: Layout): { bins: Bins, missing: string[] } {
+export function resolveBins (l: Layout): Bins {
   const dir = pgBinDir(l)
-  const bins: Record<string, string | undefined> = {}
   // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
-  for (const tool of [...PG_TOOLS, 'pg_basebackup']) bins[tool] = (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)
-  for (const [tool, fallback] of Object.entries(OTHER_TOOLS)) bins[tool] = which(tool) ?? executable(fallback)
-  return { bins: bins as Bins, missing: [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => bins[tool] === undefined) }
+  const pg = [...PG_TOOLS, 'pg_basebackup'].map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
+  return Object.fromEntries([...pg, ...Object.entries(OTHER_TOOLS).map(([tool, fallback]) => [tool, which(tool) ?? executable(fallback)])])
 }
+const missingBins = (l: Layout) => [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => resolveBins(l)[tool as keyof Bins] === undefined)
 
 /** The binaries, installed with apt-get first when missing on Debian as root; elsewhere the exact install line. */
 export function ensureBins (l: Layout): Bins {
-  const { missing } = resolveBins(l)
+  const missing = missingBins(l)
   if (missing.length > 0) {
     if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
       die(`missing ${missing.join(' ')}. Install them with:\n    sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
@@ -52,10 +51,9 @@ export function ensureBins (l: Layout): Bins {
     run('apt-get', ['update'], { progress: true })
     // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
     run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+    if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
   }
-  const { bins, missing: still } = resolveBins(l)
-  if (still.length > 0) die(`still missing after apt-get install: ${still.join(' ')}`)
-  return bins
+  return resolveBins(l)
 }
 
 /** psql straight to a server, never reading the caller's ~/.psqlrc; the caller's PG* settings are cleared in index.ts. */
@@ -102,8 +100,7 @@ function initPostgres ({ l, bins }: Ctx) {
   // C.UTF-8 is missing on older macOS/glibc; plain C still stores UTF8.
   for (const locale of ['C.UTF-8', 'C']) {
     const r = runAs(l.dir, bins.initdb, ['-D', l.pgData, '-U', SUPER_USER, '--auth=trust', '-E', 'UTF8', `--locale=${locale}`])
-    output += r.out + r.err
-    writeFileSync(initLog, output)
+    writeFileSync(initLog, output += r.out + r.err)
     if (r.ok) return
     if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); run('rm', ['-rf', l.pgData]) }
   }
