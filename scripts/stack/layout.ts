@@ -87,7 +87,6 @@ export function pidFile (l: Layout, service: string): string {
 export const logFile = (l: Layout, name: string) =>
   name.startsWith('cluster-') ? join(l.clusterDir, name.slice(8), 'redis.log') : join(l.dir, 'log', `${name}.log`)
 const procName = (service: string) => service === 'replica' ? 'postgres' : /^(redis|cluster-)/.test(service) ? 'redis-server' : service
-/** The pid of the service's live process (its pid file may be stale). */
 export function pidOf (l: Layout, service: string): number | undefined {
   const pid = readPid(pidFile(l, service))
   return pid !== undefined && procComm(pid)?.includes(procName(service)) === true ? pid : undefined

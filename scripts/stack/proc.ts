@@ -55,7 +55,6 @@ export function procComm (pid: number): string | undefined {
   return state === undefined || state === '' || state.startsWith('Z') ? undefined : comm
 }
 
-/** The pid in the first line of `file`, if any (a stale file can name any process). */
 export function readPid (file: string): number | undefined {
   try {
     const pid = Number(readFileSync(file, 'utf8').split('\n')[0])

@@ -65,7 +65,6 @@ const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) =>
   return r.ok ? r.out.trim() : undefined
 }
 
-/** Writes `text` to `file`, owned by the service user (as root). */
 function writeOwned (file: string, text: string) {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, text)
@@ -296,7 +295,6 @@ export function validateCluster (l: Layout) {
   if (clusterPorts(l).some((p) => others.includes(p))) die(`the cluster's ports (${first} and up) overlap the stack's other ports`)
 }
 
-/** A node of the cluster: its files in a folder of its own. */
 export const clusterNode = (port: number): Service => ({
   portVar: 'STACK_REDIS_CLUSTER_PORT',
   port,
