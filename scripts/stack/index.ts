@@ -4,9 +4,9 @@
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
-import { die, IS_ROOT, log, portInUse, procComm, run, signal, sleep, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
-import { API_USER, type Bins, type Ctx, DB_USER, ensureBins, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, startCluster, SUPER_USER, tailLog, validateCluster } from './services.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, tail, userCanEnter, waitFor, which } from './proc.ts'
+import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
@@ -27,94 +27,105 @@ STACK_REDIS_CLUSTER_PORT (57001); when unset: the stack folder's \`ports\` file,
 held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.
 `
 const STOP_TIMEOUT = 30
-type Main = 'postgres' | 'pgbouncer' | 'redis'
-const MAIN: Main[] = ['postgres', 'pgbouncer', 'redis']
+const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
+type Main = typeof MAIN[number]
 
 // Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
 
 /** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
 const held = new Set<string>()
-async function takeLock (l: Layout) {
-  const file = join(l.dir, '.lock')
+async function takeLock (dir: string) {
+  const file = join(dir, '.lock')
   if (held.has(file)) return
-  for (let i = 0; i < 1200; i++) {
-    try {
-      writeFileSync(file, String(process.pid), { flag: 'wx' })
-      held.add(file)
-      process.on('exit', () => { try { unlinkSync(file) } catch {} })
-      return
-    } catch {}
-    const holder = Number(readFileSync(file, 'utf8').trim() || 0)
+  const take = () => {
+    try { writeFileSync(file, String(process.pid), { flag: 'wx' }); return true } catch {}
+    const holder = readPid(file)
     // A holder that died (or an empty file left by an older stack) leaves a lock nobody releases.
-    if (!(holder > 0 && procComm(holder) !== undefined)) { try { unlinkSync(file) } catch {} } else await sleep(100)
+    if (holder === undefined || procComm(holder) === undefined) { try { unlinkSync(file) } catch {} }
+    return false
   }
-  die(`another stack command is still working on ${l.dir}`)
-}
-
-function prepareDir (l: Layout) {
-  if (l.link !== undefined) {
-    if (existsSync(l.link) && !lstatSync(l.link).isSymbolicLink()) {
-      die(`${l.link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
-    }
-    mkdirSync(l.dir, { recursive: true })
-    try { unlinkSync(l.link) } catch {}
-    symlinkSync(l.dir, l.link)
-  }
-  for (const sub of ['pg', 'run', 'log', 'redis', 'pgbouncer']) mkdirSync(join(l.dir, sub), { recursive: true })
-  // Unix socket paths are limited to ~107 bytes: a hint here beats a bind error buried in a log.
-  if (`${l.dir}/run/.s.PGSQL.65535`.length > 100) die(`stack folder path is too long for unix sockets (${l.dir}); set LEDGER_STACK_DIR to a shorter path`)
-  if (IS_ROOT) {
-    run('chown', ['-R', `${SVC_USER}:`, l.dir])
-    if (!userCanEnter(join(l.dir, 'run'))) die(`user ${SVC_USER} cannot reach ${l.dir} (a parent directory is not traversable); set LEDGER_STACK_DIR to a folder under e.g. /var/tmp`)
-  }
+  if (!(await waitFor(120, take))) die(`another stack command is still working on ${dir}`)
+  held.add(file)
+  process.on('exit', () => { try { unlinkSync(file) } catch {} })
 }
 
 /** Everything that may create or start something goes through here; `vars` are the ports of what is to start. */
 async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   const bins = ensureBins(await resolveLayout())
-  if (IS_ROOT) {
-    if (which('runuser') === undefined) die('running as root needs runuser (util-linux) to drop privileges')
-    if (!run('id', ['-u', SVC_USER]).ok) {
-      log(`creating system user ${SVC_USER} (PostgreSQL and PgBouncer refuse to run as root)`)
-      run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/var/lib/postgresql', '--shell', '/usr/sbin/nologin', SVC_USER], { progress: true })
-    }
+  if (IS_ROOT && which('runuser') === undefined) die('running as root needs runuser (util-linux) to drop privileges')
+  if (IS_ROOT && !run('id', ['-u', SVC_USER]).ok) {
+    log(`creating system user ${SVC_USER} (PostgreSQL and PgBouncer refuse to run as root)`)
+    run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/var/lib/postgresql', '--shell', '/usr/sbin/nologin', SVC_USER], { progress: true })
   }
   // The service user may only exist now, which can change where the stack lives.
-  const first = await resolveLayout()
-  prepareDir(first)
-  await takeLock(first)
+  const { dir, link } = await resolveLayout()
+  if (link !== undefined) {
+    if (existsSync(link) && !lstatSync(link).isSymbolicLink()) {
+      die(`${link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
+    }
+    mkdirSync(dir, { recursive: true })
+    try { unlinkSync(link) } catch {}
+    symlinkSync(dir, link)
+  }
+  for (const sub of ['pg', 'run', 'log', 'redis', 'pgbouncer']) mkdirSync(join(dir, sub), { recursive: true })
+  // Unix socket paths are limited to ~107 bytes: a hint here beats a bind error buried in a log.
+  if (`${dir}/run/.s.PGSQL.65535`.length > 100) die(`stack folder path is too long for unix sockets (${dir}); set LEDGER_STACK_DIR to a shorter path`)
+  if (IS_ROOT) {
+    run('chown', ['-R', `${SVC_USER}:`, dir])
+    if (!userCanEnter(join(dir, 'run'))) die(`user ${SVC_USER} cannot reach ${dir} (a parent directory is not traversable); set LEDGER_STACK_DIR to a folder under e.g. /var/tmp`)
+  }
+  await takeLock(dir)
   // Again under the lock: a start running in parallel may just have saved its choice.
   const l = await resolveLayout()
   await settlePorts(l, vars)
   return { l, bins }
 }
 
-/** Stopping never installs anything; nothing to do when the stack folder does not exist. */
-async function prepareStop (): Promise<Ctx | undefined> {
+/** Runs a stop under the lock: stopping never installs anything, and there is nothing to stop without a stack folder. */
+async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
   const l = await resolveLayout()
-  if (!existsSync(l.dir)) return undefined
-  await takeLock(l)
-  return { l, bins: resolveBins(l).bins as Bins }
+  if (!existsSync(l.dir)) return
+  await takeLock(l.dir)
+  await act({ l, bins: resolveBins(l) })
+}
+
+/** How messages name a service: a cluster node by its port. */
+const label = (name: string) => name.startsWith('cluster-') ? `cluster node :${name.slice(8)}` : name
+
+function tailLog (l: Layout, name: string) {
+  const file = logFile(l, name)
+  if (!existsSync(file)) return
+  log(`last lines of ${file}:`)
+  tail(readFileSync(file, 'utf8'))
 }
 
 async function start (ctx: Ctx, name: string, service: Service) {
+  const port = service.port ?? ctx.l.ports[service.portVar]
+  const launch = async () => {
+    if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
+    if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${label(name)} failed to start`) }
+  }
   const pid = pidOf(ctx.l, name)
   if (pid !== undefined) {
-    const port = ctx.l.ports[service.portVar]
     if (service.pg === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
       die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
     }
-    log(`${name} already running (pid ${pid})`)
+    log(`${label(name)} already running (pid ${pid})`)
   } else {
-    await ensurePortFree(ctx.l, service.portVar)
-    if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
-    if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${name} failed to start`) }
+    await ensurePortFree(ctx.l, service.portVar, port)
+    await launch()
   }
   // Daemons write their pid file only after forking: a missing process counts after 3 s.
-  const ready = await waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
-  if (!ready) {
-    log(pidOf(ctx.l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${ctx.l.ports[service.portVar]} within ${READY_TIMEOUT}s`)
+  const ready = () => waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
+  let up = await ready()
+  if (!up && service.retry === true) {
+    log(`${label(name)} did not come up; retrying once`)
+    await launch()
+    up = await ready()
+  }
+  if (!up) {
+    log(pidOf(ctx.l, name) === undefined ? `${label(name)} exited during startup` : `${label(name)} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`)
     tailLog(ctx.l, name)
     process.exit(1)
   }
@@ -189,7 +200,8 @@ const EXTRAS = {
     portVar: 'STACK_REDIS_CLUSTER_PORT' as PortVar,
     validate: validateCluster,
     async up (ctx: Ctx) {
-      await startCluster(ctx)
+      for (const port of clusterPorts(ctx.l)) await start(ctx, `cluster-${port}`, clusterNode(port))
+      await formCluster(ctx)
       return `cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`
     },
     async down (ctx: Ctx) {
@@ -218,20 +230,16 @@ if (command === 'up' && argc === 1) {
   const { ports, dir } = ctx.l
   out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
 } else if (command === 'down' && argc === 1) {
-  const ctx = await prepareStop()
-  if (ctx !== undefined) {
+  await stopping(async (ctx) => {
     // The extras first (the replica streams from postgres), then clients of a service before the service.
     await EXTRAS.cluster.down(ctx)
     if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
-    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name as Main])
-  }
+    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
+  })
   log('stack down')
 } else if (['start', 'stop', 'restart'].includes(command) && argc === 2 && MAIN.includes(arg as Main)) {
   const name = arg as Main
-  if (command !== 'start') {
-    const ctx = await prepareStop()
-    if (ctx !== undefined) await stop(ctx, name, SERVICES[name])
-  }
+  if (command !== 'start') await stopping((ctx) => stop(ctx, name, SERVICES[name]))
   if (command !== 'stop') await start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
 } else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
   const extra = EXTRAS[command]
@@ -240,8 +248,7 @@ if (command === 'up' && argc === 1) {
     extra.validate(ctx.l)
     out(await extra.up(ctx))
   } else if (arg === 'down') {
-    const ctx = await prepareStop()
-    if (ctx !== undefined) await extra.down(ctx)
+    await stopping(extra.down)
     log(`${command} down`)
   } else {
     const l = await resolveLayout()

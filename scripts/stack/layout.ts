@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { die, IS_ROOT, listener, livePid, log, portInUse, userCanEnter } from './proc.ts'
+import { die, IS_ROOT, listener, log, portInUse, procComm, readPid, userCanEnter } from './proc.ts'
 
 export const PROJECT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '')
 
@@ -61,7 +61,8 @@ export async function resolveLayout (): Promise<Layout> {
     else layout.ports[v] = validPort(v, value)
   }
   if (missing.length > 0) await choosePorts(layout, missing)
-  validatePorts(layout)
+  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide (chosen ones never do).
+  if (new Set(MAIN_PORT_VARS.map((v) => layout.ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
   return layout
 }
 
@@ -70,27 +71,26 @@ function validPort (v: string, value: string): number {
   return Number(value)
 }
 
-function validatePorts ({ ports }: Layout) {
-  for (const v of PORT_VARS) validPort(v, String(ports[v]))
-  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide on the socket.
-  if (new Set(MAIN_PORT_VARS.map((v) => ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
-}
-
 // 3 masters, with a replica each unless STACK_REDIS_CLUSTER_REPLICAS=0.
 export const clusterSize = (l: Layout) => l.clusterReplicas === '0' ? 3 : 6
 const portsOf = (l: Layout, v: PortVar, base: number | undefined) =>
   base === undefined ? [] : Array.from({ length: v === 'STACK_REDIS_CLUSTER_PORT' ? clusterSize(l) : 1 }, (_, i) => base + i)
 export const clusterPorts = (l: Layout) => portsOf(l, 'STACK_REDIS_CLUSTER_PORT', l.ports.STACK_REDIS_CLUSTER_PORT)
 
+// A cluster node's files live in its own folder, cluster-<port> in the names of its pid and log files.
 export function pidFile (l: Layout, service: string): string {
   if (service === 'postgres') return join(l.pgData, 'postmaster.pid')
   if (service === 'replica') return join(l.replicaData, 'postmaster.pid')
   if (service.startsWith('cluster-')) return join(l.clusterDir, service.slice(8), 'redis.pid')
   return join(l.dir, 'run', `${service}.pid`)
 }
-export const logFile = (l: Layout, name: string) => join(l.dir, 'log', `${name}.log`)
+export const logFile = (l: Layout, name: string) =>
+  name.startsWith('cluster-') ? join(l.clusterDir, name.slice(8), 'redis.log') : join(l.dir, 'log', `${name}.log`)
 const procName = (service: string) => service === 'replica' ? 'postgres' : /^(redis|cluster-)/.test(service) ? 'redis-server' : service
-export const pidOf = (l: Layout, service: string) => livePid(pidFile(l, service), procName(service))
+export function pidOf (l: Layout, service: string): number | undefined {
+  const pid = readPid(pidFile(l, service))
+  return pid !== undefined && procComm(pid)?.includes(procName(service)) === true ? pid : undefined
+}
 /** The port a running PostgreSQL (primary or replica) wrote into its pid file. */
 export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
 
@@ -165,7 +165,6 @@ export async function settlePorts (l: Layout, vars: PortVar[]) {
       log(`saved port(s) of ${describe(l, stale)} now held by another process; choosing again`)
       for (const v of auto) delete (l.ports as Partial<Layout['ports']>)[v]
       await choosePorts(l, auto)
-      validatePorts(l)
     }
   }
   const taken = await blocked(l, vars)

@@ -13,6 +13,8 @@ export function die (message: string): never {
   process.stderr.write(`stack: error: ${message}\n`)
   process.exit(1)
 }
+/** The last 30 lines of a failed tool's output or log, on stderr. */
+export const tail = (text: string) => { process.stderr.write(text.split('\n').slice(-31).join('\n')) }
 
 export const IS_ROOT = process.getuid?.() === 0
 // PostgreSQL and PgBouncer refuse to run as root; Redis follows along so that the stack folder has one owner.
@@ -37,31 +39,27 @@ export function userCanEnter (dir: string): boolean {
   return run('runuser', ['-u', user, '--', 'test', '-x', dir]).ok
 }
 
-export function which (name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter).filter((d) => d.startsWith('/'))) {
-    try { accessSync(join(dir, name), constants.X_OK); return join(dir, name) } catch {}
-  }
-}
+export const executable = (file: string) => { try { accessSync(file, constants.X_OK); return file } catch { return undefined } }
+export const which = (name: string) =>
+  (process.env.PATH ?? '').split(delimiter).filter((d) => d.startsWith('/')).map((d) => executable(join(d, name))).find(Boolean)
 
 /** The command name of a live process; zombies count as dead (they neither hold a port nor can be stopped). */
 export function procComm (pid: number): string | undefined {
-  if (existsSync(`/proc/${pid}/stat`)) {
+  if (existsSync('/proc/self/stat')) {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-      if (stat.slice(stat.lastIndexOf(') ') + 2).startsWith('Z')) return undefined
-      return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+      return stat.slice(stat.lastIndexOf(') ') + 2).startsWith('Z') ? undefined : readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
     } catch { return undefined }
   }
   const [state, comm] = run('ps', ['-o', 'stat=', '-o', 'comm=', '-p', String(pid)]).out.trim().split(/\s+/)
   return state === undefined || state === '' || state.startsWith('Z') ? undefined : comm
 }
 
-/** The pid in the first line of `file` when that process is alive and is `name` (a stale file can name anything). */
-export function livePid (file: string, name: string): number | undefined {
-  let pid: number
-  try { pid = Number(readFileSync(file, 'utf8').split('\n')[0]) } catch { return undefined }
-  if (!Number.isInteger(pid) || pid <= 0) return undefined
-  return procComm(pid)?.includes(name) === true ? pid : undefined
+export function readPid (file: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').split('\n')[0])
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch { return undefined }
 }
 
 export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }

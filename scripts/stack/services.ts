@@ -1,9 +1,9 @@
 // The stack's services as a table: each one's binary, configuration, start, readiness check and stop. Generic
 // start/stop around the table (already running? port free? ready in time? gone in time?) live in index.ts.
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidOf, PROJECT, type PortVar } from './layout.ts'
-import { die, IS_ROOT, log, portInUse, procComm, run, runAs, type Run, sleep, SVC_USER, waitFor, which } from './proc.ts'
+import { die, executable, IS_ROOT, log, portInUse, procComm, readPid, run, runAs, type Run, SVC_USER, tail, waitFor, which } from './proc.ts'
 
 // The owner (migrations, tools: DATABASE_DIRECT_URL) and the API's restricted role (DATABASE_URL, via PgBouncer).
 export const DB_USER = 'ledger'
@@ -12,7 +12,6 @@ export const API_USER = 'ledger_api'
 export const SUPER_USER = 'postgres'
 export const READY_TIMEOUT = 30
 const PACKAGES = ['postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server']
-export const INSTALL_LINE = `sudo apt-get install -y ${PACKAGES.join(' ')}`
 const DATABASES = ['ledger', 'ledger_test']
 const PGBOUNCER_NOFILE = 4096
 
@@ -21,9 +20,7 @@ const OTHER_TOOLS = { pgbouncer: '/usr/sbin/pgbouncer', 'redis-server': '/usr/bi
 export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS | 'pg_basebackup', string>
 export interface Ctx { l: Layout, bins: Bins }
 
-const executable = (file: string) => { try { accessSync(file, constants.X_OK); return file } catch { return undefined } }
 const version = (dir: string) => (/postgresql\/(\d+)\//.exec(dir)?.[1] ?? '0').padStart(4, '0')
-
 /** The server tools' folder: the existing cluster's major version (only it can start that cluster), else the
  * `initdb` on PATH (its real folder, where the matching tools live), else the newest /usr/lib/postgresql/N. */
 function pgBinDir (l: Layout): string | undefined {
@@ -35,33 +32,32 @@ function pgBinDir (l: Layout): string | undefined {
   return dirs.filter((d) => executable(`${d}/initdb`)).sort((a, b) => version(a).localeCompare(version(b))).pop()
 }
 
-export function resolveBins (l: Layout): { bins: Bins, missing: string[] } {
+export function resolveBins (l: Layout): Bins {
   const dir = pgBinDir(l)
-  const bins: Record<string, string | undefined> = {}
   // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
-  for (const tool of [...PG_TOOLS, 'pg_basebackup']) bins[tool] = (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)
-  for (const [tool, fallback] of Object.entries(OTHER_TOOLS)) bins[tool] = which(tool) ?? executable(fallback)
-  return { bins: bins as Bins, missing: [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => bins[tool] === undefined) }
+  const pg = [...PG_TOOLS, 'pg_basebackup'].map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
+  return Object.fromEntries([...pg, ...Object.entries(OTHER_TOOLS).map(([tool, fallback]) => [tool, which(tool) ?? executable(fallback)])])
 }
+const missingBins = (l: Layout) => [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => resolveBins(l)[tool as keyof Bins] === undefined)
 
 /** The binaries, installed with apt-get first when missing on Debian as root; elsewhere the exact install line. */
 export function ensureBins (l: Layout): Bins {
-  let { bins, missing } = resolveBins(l)
-  if (missing.length === 0) return bins
-  if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
-    die(`missing ${missing.join(' ')}. Install them with:\n    ${INSTALL_LINE}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
+  const missing = missingBins(l)
+  if (missing.length > 0) {
+    if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
+      die(`missing ${missing.join(' ')}. Install them with:\n    sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
+    }
+    log(`missing ${missing.join(' ')}; installing with apt-get`)
+    run('apt-get', ['update'], { progress: true })
+    // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
+    run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+    if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
   }
-  log(`missing ${missing.join(' ')}; installing with apt-get`)
-  run('apt-get', ['update'], { progress: true })
-  // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
-  run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  ({ bins, missing } = resolveBins(l))
-  if (missing.length > 0) die(`still missing after apt-get install: ${missing.join(' ')}`)
-  return bins
+  return resolveBins(l)
 }
 
 /** psql straight to a server, never reading the caller's ~/.psqlrc; the caller's PG* settings are cleared in index.ts. */
-export const psql = ({ bins }: Ctx, port: number, db: string, user: string, args: string[]): Run =>
+const psql = ({ bins }: Ctx, port: number, db: string, user: string, args: string[]): Run =>
   run(bins.psql, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', user, '-d', db, ...args],
     { env: { ...process.env, PGCONNECT_TIMEOUT: '3' } })
 const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) => {
@@ -69,21 +65,13 @@ const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) =>
   return r.ok ? r.out.trim() : undefined
 }
 
-/** Writes `text` to `file`, owned by the service user (as root). */
 function writeOwned (file: string, text: string) {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, text)
   if (IS_ROOT) run('chown', [`${SVC_USER}:`, dirname(file), file])
 }
 
-export function tailLog (l: Layout, name: string, file = logFile(l, name)) {
-  if (!existsSync(file)) return
-  log(`last lines of ${file}:`)
-  process.stderr.write(readFileSync(file, 'utf8').split('\n').slice(-31).join('\n'))
-}
-
 // ---- PostgreSQL (the primary and the streaming replica) ----
-
 /** pg_ctl stop: fast, else immediate; without pg_ctl, SIGINT is what `pg_ctl stop -m fast` sends. */
 const pgStop = (data: 'pgData' | 'replicaData') => ({ l, bins }: Ctx, pid: number) => {
   if (bins.pg_ctl === undefined) return process.kill(pid, 'SIGINT')
@@ -111,12 +99,11 @@ function initPostgres ({ l, bins }: Ctx) {
   // C.UTF-8 is missing on older macOS/glibc; plain C still stores UTF8.
   for (const locale of ['C.UTF-8', 'C']) {
     const r = runAs(l.dir, bins.initdb, ['-D', l.pgData, '-U', SUPER_USER, '--auth=trust', '-E', 'UTF8', `--locale=${locale}`])
-    output += r.out + r.err
-    writeFileSync(initLog, output)
+    writeFileSync(initLog, output += r.out + r.err)
     if (r.ok) return
     if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); run('rm', ['-rf', l.pgData]) }
   }
-  process.stderr.write(output.split('\n').slice(-31).join('\n'))
+  tail(output)
   die(`initdb failed (full log: ${initLog})`)
 }
 
@@ -124,26 +111,25 @@ function initPostgres ({ l, bins }: Ctx) {
 // a reboot, belong to an unrelated process: postgres refuses to start while it answers kill -0.
 async function clearStalePostmasterPid ({ l }: Ctx) {
   const file = pidFile(l, 'postgres')
-  const old = existsSync(file) ? Number(readFileSync(file, 'utf8').split('\n')[0]) : NaN
-  if (!Number.isInteger(old) || old <= 0) return
-  for (let i = 0; i < 100; i++) {
-    try { process.kill(old, 0) } catch { return }
-    if (procComm(old) !== undefined) break
-    await sleep(100)
-  }
+  const old = readPid(file)
+  const exists = () => { try { return old !== undefined && process.kill(old, 0) } catch { return false } }
+  // A zombie may yet be reaped: wait until it is gone, or a live (other) process holds the pid, for up to 10 s.
+  await waitFor(10, () => !exists() || procComm(old ?? 0) !== undefined)
+  if (!exists()) return
   log(`removing stale ${file} (pid ${old} is not our postgres)`)
   run('rm', ['-f', file])
 }
 
 function ensureDatabases (ctx: Ctx) {
   const port = ctx.l.ports.STACK_PG_PORT
+  const asSuper = (sql: string) => query(ctx, port, 'postgres', SUPER_USER, sql)
   // A cluster made before the roles were split has `ledger` as its bootstrap superuser, which cannot be demoted.
-  const bootstrap = query(ctx, port, 'postgres', SUPER_USER, 'select rolname from pg_roles where oid = 10')
+  const bootstrap = asSuper('select rolname from pg_roles where oid = 10')
   if (bootstrap !== SUPER_USER) {
     die(`the PostgreSQL cluster in ${ctx.l.pgData} was initialised with '${bootstrap || 'another role'}' as its superuser, not '${SUPER_USER}'; it predates the database roles of sql/bootstrap.sql. Make the stack anew: npm run stack -- down && rm -rf ${ctx.l.dir}`)
   }
   for (const db of DATABASES) {
-    if (query(ctx, port, 'postgres', SUPER_USER, `select 1 from pg_database where datname = '${db}'`) !== '1') {
+    if (asSuper(`select 1 from pg_database where datname = '${db}'`) !== '1') {
       log(`creating database ${db}`)
       const r = psql(ctx, port, 'postgres', SUPER_USER, ['-c', `create database "${db}"`])
       if (!r.ok) die(`could not create database ${db}: ${r.err.trim()}`)
@@ -155,7 +141,6 @@ function ensureDatabases (ctx: Ctx) {
 }
 
 // ---- PgBouncer ----
-
 const PGBOUNCER_SOURCE = join(PROJECT, 'deploy/pgbouncer/pgbouncer.ini')
 const SHARED_BEGIN = ';; >>> shared pooling settings'
 const SHARED_END = ';; <<< shared pooling settings'
@@ -207,30 +192,28 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
 if [ "$soft" != unlimited ] && [ "$soft" -lt "$want" ]; then ulimit -Sn "$want"; fi
 exec "$@"`
 
-// ---- Redis ----
-
-function launchRedis ({ l, bins }: Ctx, port: number, dir: string, pid: string, logfile: string, extra: string[]): Run {
-  log(`starting ${port === l.ports.STACK_REDIS_PORT ? 'redis' : 'cluster node'} on 127.0.0.1:${port}`)
-  // No persistence: Redis is a cache/queue here, and tests expect a clean instance after a restart.
+// ---- Redis (the stack's own and the cluster's nodes) ----
+/** No persistence: Redis is a cache/queue here, and tests expect a clean instance after a restart. */
+function launchRedis ({ l, bins }: Ctx, name: string, port: number, dir: string, extra: string[]): Run {
+  log(`starting ${name === 'redis' ? 'redis' : 'cluster node'} on 127.0.0.1:${port}`)
   return runAs(l.dir, bins['redis-server'], ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no',
-    '--dir', dir, '--pidfile', pid, '--logfile', logfile, '--unixsocket', '', ...extra], { progress: true })
+    '--dir', dir, '--pidfile', pidFile(l, name), '--logfile', logFile(l, name), '--unixsocket', '', ...extra], { progress: true })
 }
-export const ping = ({ bins }: Ctx, port: number) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), 'ping']).out.trim() === 'PONG'
+const redisCli = ({ bins }: Ctx, port: number, ...args: string[]) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), ...args]).out
+const ping = (ctx: Ctx, port: number) => redisCli(ctx, port, 'ping').trim() === 'PONG'
 
 // ---- The table ----
-
 export interface Service {
   portVar: PortVar
+  port?: number // default: the port of portVar
   /** Starts the daemon (not running, port free) and logs what it does; a failed run ends `up` with the log's tail. */
   launch: (ctx: Ctx) => Run | Promise<Run>
-  /** Accepts connections (for PgBouncer: and reaches PostgreSQL when that runs). */
-  ready: (ctx: Ctx) => boolean
+  ready: (ctx: Ctx) => boolean // accepts connections (PgBouncer: and reaches PostgreSQL when that runs)
   /** A PostgreSQL: its pid file says its port and is its own to clean up; others' stale pid files are removed. */
   pg?: boolean
-  /** After `ready`, on every start. */
-  prepare?: (ctx: Ctx) => void
-  /** Default: SIGTERM. */
-  stop?: (ctx: Ctx, pid: number) => void
+  prepare?: (ctx: Ctx) => void // after `ready`, on every start
+  stop?: (ctx: Ctx, pid: number) => void // default: SIGTERM
+  retry?: boolean // launched once more when not ready in time
 }
 
 export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Service> = {
@@ -271,7 +254,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
   },
   redis: {
     portVar: 'STACK_REDIS_PORT',
-    launch: (ctx) => launchRedis(ctx, ctx.l.ports.STACK_REDIS_PORT, join(ctx.l.dir, 'redis'), pidFile(ctx.l, 'redis'), logFile(ctx.l, 'redis'), ['--maxclients', '10000']),
+    launch: (ctx) => launchRedis(ctx, 'redis', ctx.l.ports.STACK_REDIS_PORT, join(ctx.l.dir, 'redis'), ['--maxclients', '10000']),
     ready: (ctx) => ping(ctx, ctx.l.ports.STACK_REDIS_PORT)
   },
   // A streaming hot standby cloned from the running primary (pg_basebackup -R); disposable: stopping deletes it.
@@ -300,11 +283,9 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
 }
 
 // ---- Redis Cluster: 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing persistent ----
-
 // The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
 // would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
 const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
-const clusterInfo = ({ bins }: Ctx, port: number) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), 'cluster', 'info']).out
 
 export function validateCluster (l: Layout) {
   if (!/^[01]$/.test(l.clusterReplicas)) die('STACK_REDIS_CLUSTER_REPLICAS must be 0 or 1')
@@ -314,42 +295,33 @@ export function validateCluster (l: Layout) {
   if (clusterPorts(l).some((p) => others.includes(p))) die(`the cluster's ports (${first} and up) overlap the stack's other ports`)
 }
 
-async function launchNode (ctx: Ctx, port: number) {
-  const { l } = ctx
-  const dir = join(l.clusterDir, String(port))
-  for (const p of [port, busPort(port)]) {
-    if (await portInUse(p)) die(`port ${p} on 127.0.0.1 (${p === port ? 'wanted by a cluster node' : `cluster bus of :${port}`}) is already in use; set STACK_REDIS_CLUSTER_PORT`)
-  }
-  mkdirSync(dir, { recursive: true })
-  if (IS_ROOT) run('chown', [`${SVC_USER}:`, l.clusterDir, dir])
-  const r = launchRedis(ctx, port, dir, join(dir, 'redis.pid'), join(dir, 'redis.log'),
-    ['--cluster-enabled', 'yes', '--cluster-port', String(busPort(port)), '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '5000'])
-  if (!r.ok) { tailLog(l, '', join(dir, 'redis.log')); die(`cluster node :${port} failed to start`) }
-}
+export const clusterNode = (port: number): Service => ({
+  portVar: 'STACK_REDIS_CLUSTER_PORT',
+  port,
+  async launch (ctx) {
+    const dir = join(ctx.l.clusterDir, String(port))
+    if (await portInUse(busPort(port))) die(`port ${busPort(port)} on 127.0.0.1 (cluster bus of :${port}) is already in use; set STACK_REDIS_CLUSTER_PORT`)
+    mkdirSync(dir, { recursive: true })
+    if (IS_ROOT) run('chown', [`${SVC_USER}:`, ctx.l.clusterDir, dir])
+    return launchRedis(ctx, `cluster-${port}`, port, dir,
+      ['--cluster-enabled', 'yes', '--cluster-port', String(busPort(port)), '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '5000'])
+  },
+  ready: (ctx) => ping(ctx, port),
+  // The default ports sit in Linux's ephemeral range: a passing outgoing connection may hold one for a moment.
+  retry: true
+})
 
-export async function startCluster (ctx: Ctx) {
-  const { l, bins } = ctx
-  for (const port of clusterPorts(l)) {
-    const pid = pidOf(l, `cluster-${port}`)
-    if (pid === undefined) await launchNode(ctx, port)
-    else log(`cluster node :${port} already running (pid ${pid})`)
-  }
-  for (const port of clusterPorts(l)) {
-    const up = () => waitFor(READY_TIMEOUT, () => ping(ctx, port), (i) => i >= 20 && pidOf(l, `cluster-${port}`) === undefined)
-    if (await up()) continue
-    // The default ports sit in Linux's ephemeral range: a passing outgoing connection may hold one for a moment.
-    log(`cluster node :${port} did not come up; retrying once`)
-    await launchNode(ctx, port)
-    if (!(await up())) { tailLog(l, '', join(l.clusterDir, String(port), 'redis.log')); die(`cluster node :${port} did not answer within ${READY_TIMEOUT}s`) }
-  }
-  const ok = () => clusterPorts(l).every((p) => /^cluster_state:ok/m.test(clusterInfo(ctx, p)))
+/** Forms the cluster of its running nodes, unless it is formed already. */
+export async function formCluster (ctx: Ctx) {
+  const { l } = ctx
+  const ok = () => clusterPorts(l).every((p) => /^cluster_state:ok/m.test(redisCli(ctx, p, 'cluster', 'info')))
   if (ok()) return log('redis cluster already formed')
   // Formed earlier and still settling (or a node restarted): wait, never form it twice.
-  if (/^cluster_slots_assigned:0\r?$/m.test(clusterInfo(ctx, l.ports.STACK_REDIS_CLUSTER_PORT))) {
+  if (/^cluster_slots_assigned:0\r?$/m.test(redisCli(ctx, l.ports.STACK_REDIS_CLUSTER_PORT, 'cluster', 'info'))) {
     log(`forming a Redis Cluster of ${clusterSize(l)} nodes (replicas per master: ${l.clusterReplicas})`)
-    const r = run(bins['redis-cli'], ['--cluster', 'create', ...clusterPorts(l).map((p) => `127.0.0.1:${p}`), '--cluster-replicas', l.clusterReplicas, '--cluster-yes'])
+    const r = run(ctx.bins['redis-cli'], ['--cluster', 'create', ...clusterPorts(l).map((p) => `127.0.0.1:${p}`), '--cluster-replicas', l.clusterReplicas, '--cluster-yes'])
     writeFileSync(join(l.clusterDir, 'create.log'), r.out + r.err)
-    if (!r.ok) { process.stderr.write((r.out + r.err).split('\n').slice(-31).join('\n')); die('redis-cli --cluster create failed') }
+    if (!r.ok) { tail(r.out + r.err); die('redis-cli --cluster create failed') }
   }
   if (!(await waitFor(READY_TIMEOUT, ok))) die(`the Redis Cluster did not reach cluster_state:ok within ${READY_TIMEOUT}s (logs: ${l.clusterDir}/*/redis.log)`)
 }
