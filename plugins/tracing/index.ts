@@ -12,6 +12,11 @@ declare module 'fastify' {
 const tracer = trace.getTracer('ledger-api/http')
 const redisTracer = trace.getTracer('ledger-api/redis')
 
+/** A synchronous throw as the rejection an async function would have returned. */
+async function rejectedWith (error: unknown): Promise<never> {
+  throw error
+}
+
 /**
  * A client span around one Redis command group (cache read, cache write, rate-limit script), named and
  * attributed per the database semantic conventions. Keys and values stay out of it: they carry user ids and data.
@@ -22,7 +27,7 @@ export function traceRedis<T> (operation: string, summary: string, run: () => Pr
     try {
       return run()
     } catch (error) {
-      return Promise.reject(error as Error)
+      return rejectedWith(error)
     }
   }
   return redisTracer.startActiveSpan(summary, {
