@@ -19,8 +19,10 @@ export const credentialResponseHeaders = { 'cache-control': 'no-store', pragma: 
 
 async function credentialResponsesPlugin (app: FastifyInstance) {
   // onSend runs for every answer, whichever hook or handler produced it (a 429 from the limiter, a 503 while closing).
-  app.addHook('onSend', async (request, reply) => {
+  // A callback hook: it runs for every response, and an async one costs each a promise and a microtask turn.
+  app.addHook('onSend', (request, reply, payload, next) => {
     if (request.routeOptions.config?.carriesCredentials === true) reply.headers(credentialResponseHeaders)
+    next()
   })
 }
 

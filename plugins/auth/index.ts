@@ -140,6 +140,8 @@ const acceptedUntil = new WeakMap<Principal, number>()
 interface VerifiedToken {
   principal: Principal
   untilMs: number
+  /** What a revocation of this token would name (revocationSubjects), built once rather than on every request. */
+  subjects: readonly string[]
 }
 
 /**
@@ -152,17 +154,19 @@ interface VerifiedToken {
 function verifiedTokens (size: number) {
   const entries = new Map<string, VerifiedToken>()
   return {
-    get (token: string, nowMs: number): Principal | undefined {
+    get (token: string, nowMs: number): VerifiedToken | undefined {
       const entry = entries.get(token)
       if (entry === undefined) return undefined
-      if (entry.untilMs > nowMs) return entry.principal
+      if (entry.untilMs > nowMs) return entry
       entries.delete(token)
       return undefined
     },
-    set (token: string, principal: Principal, untilMs: number) {
+    set (token: string, principal: Principal, untilMs: number): VerifiedToken {
       if (entries.size >= size) entries.delete(entries.keys().next().value!)
-      // Frozen: one principal object serves many requests (the verified-token cache), and none of them may change it for the others.
-      entries.set(token, { principal: Object.freeze(principal), untilMs })
+      // Frozen: one principal object (and its subjects) serves many requests, and none of them may change it for the others.
+      const entry = { principal: Object.freeze(principal), untilMs, subjects: Object.freeze(revocationSubjects(principal)) }
+      entries.set(token, entry)
+      return entry
     }
   }
 }
@@ -216,9 +220,12 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
       throw unauthorized('Send exactly one Authorization header.')
     }
     if (header === undefined) throw unauthorized('Send Authorization: Bearer <token>.')
+    let subjects: readonly string[]
     const known = verified.get(header, Date.now())
-    if (known !== undefined) request.user = known
-    else {
+    if (known !== undefined) {
+      request.user = known.principal
+      subjects = known.subjects
+    } else {
       if (!bearerHeader.test(header)) throw unauthorized('Send Authorization: Bearer <token>.')
       try {
         await request.jwtVerify()
@@ -226,10 +233,10 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
         throw unauthorized('The token is invalid or expired.', error)
       }
       const untilMs = acceptedUntil.get(request.user)
-      if (untilMs !== undefined) verified.set(header, request.user, untilMs)
+      subjects = untilMs === undefined ? revocationSubjects(request.user) : verified.set(header, request.user, untilMs).subjects
     }
     if (app.revocations.isStale()) throw serviceUnavailable('token revocation list')
-    if (app.revocations.isRevoked(revocationSubjects(request.user))) throw unauthorized('The token was revoked.')
+    if (app.revocations.isRevoked(subjects)) throw unauthorized('The token was revoked.')
     return request.user
   }
   app.decorate('authenticate', authenticate)
@@ -243,11 +250,12 @@ async function authPlugin (app: FastifyInstance, options: AuthOptions) {
   })
 
   app.addHook('onRequest', async (request: FastifyRequest) => {
+    // Read once: each read of routeOptions builds a new object.
+    const route = request.routeOptions
     // Unknown routes have no options; they fall through to the 404 handler without revealing anything.
-    if (request.routeOptions.url === undefined || request.routeOptions.config.public === true) return
+    if (route.url === undefined || route.config.public === true) return
     await authenticate(request)
-    const { principals, scope } = request.routeOptions.config
-    authorize(request.user, principals, scope)
+    authorize(request.user, route.config.principals, route.config.scope)
   })
 }
 

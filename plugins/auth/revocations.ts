@@ -85,7 +85,11 @@ export function createRevocationList (options: RevocationOptions): RevocationLis
   }
 
   const list: RevocationList = {
-    isRevoked: (subjects) => subjects.some((subject) => revoked.has(subject)),
+    isRevoked (subjects) {
+      if (revoked.size === 0) return false
+      for (const subject of subjects) if (revoked.has(subject)) return true
+      return false
+    },
     isStale: () => Date.now() - refreshedAt > options.maxStalenessMs,
     ageMs: () => Date.now() - refreshedAt,
     async revoke (sql, subject) {

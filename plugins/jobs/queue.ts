@@ -88,12 +88,25 @@ export function nextRetryAt (policy: RetryPolicy, queuedAt: Date, attempts: numb
 /** The Redis channel that wakes idle workers when a commit queued work (best effort: they also poll). */
 export const JOBS_WAKE_CHANNEL = 'ledger:jobs:wake'
 
+interface WakePublisher { publish: (channel: string, message: string) => Promise<unknown> }
+
+/** Clients with a wake-up already due to be published at the end of this turn of the event loop. */
+const wakeDue = new WeakSet<WakePublisher>()
+
 /**
  * Wakes the workers after the transaction that queued jobs has committed (never before: a woken worker must see
  * the rows). Best effort, never awaited by a request: a lost message costs at most one poll interval.
+ * Commits that land in the same turn of the event loop share one message: a woken worker claims everything due, so
+ * more would only cost Redis a command each and every subscribed worker a wake-up each.
  */
-export function wakeWorkers (redis: { publish: (channel: string, message: string) => Promise<unknown> }, log: FastifyBaseLogger): void {
-  redis.publish(JOBS_WAKE_CHANNEL, '1').catch((error: unknown) => log.debug({ err: error }, 'worker wake-up not published'))
+export function wakeWorkers (redis: WakePublisher, log: FastifyBaseLogger): void {
+  if (wakeDue.has(redis)) return
+  wakeDue.add(redis)
+  setImmediate(() => {
+    wakeDue.delete(redis)
+    Promise.resolve().then(() => redis.publish(JOBS_WAKE_CHANNEL, '1'))
+      .catch((error: unknown) => log.debug({ err: error }, 'worker wake-up not published'))
+  })
 }
 
 /**

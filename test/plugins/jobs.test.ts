@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { enqueueJob, JobDeferred, nextRetryAt, type JobHandlers } from '../../plugins/jobs/queue.ts'
+import { enqueueJob, JOBS_WAKE_CHANNEL, JobDeferred, nextRetryAt, wakeWorkers, type JobHandlers } from '../../plugins/jobs/queue.ts'
 import Fastify from 'fastify'
+import { Redis } from 'ioredis'
+import pino from 'pino'
 import databasePlugin from '../../plugins/database/index.ts'
 import errorsPlugin from '../../plugins/errors/index.ts'
 import metricsPlugin, { createMetrics } from '../../plugins/metrics/index.ts'
@@ -202,4 +204,40 @@ t.test('a kind belongs to one lane', async (t) => {
   const handler = async () => ({ status: 'done' as const })
   await t.rejects(workerApp(t, {}, { lanes: { a: { concurrency: 1, handlers: { 'test.twice': handler } }, b: { concurrency: 1, handlers: { 'test.twice': handler } } } }),
     /job kind test\.twice is in two lanes/)
+})
+
+t.test('commits in one turn of the event loop wake the workers with one message', async (t) => {
+  const url = testConfig().REDIS_URL
+  const publisher = new Redis(url)
+  const subscriber = new Redis(url)
+  t.teardown(() => { publisher.disconnect(); subscriber.disconnect() })
+  // The real client, counting what it is asked to send; other test files may publish on the channel too, so the
+  // subscriber only shows the message arrives.
+  let sent = 0
+  const counting = { publish: (channel: string, message: string) => { sent++; return publisher.publish(channel, message) } }
+  await subscriber.subscribe(JOBS_WAKE_CHANNEL)
+  const received = new Promise<string>((resolve) => subscriber.once('message', (_channel: string, message: string) => resolve(message)))
+  const log = pino({ level: 'silent' })
+  for (let i = 0; i < 5; i++) wakeWorkers(counting, log)
+  t.equal(sent, 0, 'nothing is sent before the turn ends')
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(sent, 1, 'five wake-ups in one turn are one message')
+  const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('no message within 5 s'), 5000).unref())
+  t.equal(await Promise.race([received, timeout]), '1', 'and it reaches the subscribers')
+  wakeWorkers(counting, log)
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(sent, 2, 'a wake-up in a later turn is a message of its own')
+})
+
+t.test('a wake-up that cannot be published is logged at debug and goes no further', async (t) => {
+  const lines: Array<{ msg?: string }> = []
+  const log = pino({ level: 'debug' }, { write: (line: string) => { lines.push(JSON.parse(line) as { msg?: string }) } })
+  // Never connected, and commands are not queued for later: every command fails at once, as during an outage.
+  const offline = new Redis(testConfig().REDIS_URL, { lazyConnect: true, enableOfflineQueue: false })
+  t.teardown(() => offline.disconnect())
+  wakeWorkers(offline, log)
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.same(lines.map((line) => line.msg), ['worker wake-up not published'])
 })

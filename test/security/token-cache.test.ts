@@ -2,7 +2,7 @@
 // with a known token skips decoding and the HMAC. What it must not skip: expiry (by `exp` and by maximum age),
 // revocation, and full verification of anything that is not byte-for-byte the verified token.
 import t from 'tap'
-import { buildTestApp, claimsOf, createUser, forgeToken } from '../helper.ts'
+import { buildTestApp, claimsOf, createClient, createUser, forgeToken, ownerSql } from '../helper.ts'
 import { assertProblem } from './support.ts'
 
 const now = () => Math.floor(Date.now() / 1000)
@@ -60,4 +60,25 @@ t.test('a remembered token stops as soon as its session is revoked', async (t) =
   }
   t.equal((await app.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: user.authorization } })).statusCode, 204)
   assertProblem(t, await app.inject({ method: 'GET', url: `/users/${other.id}`, headers: { authorization: user.authorization } }), 401, 'revoked')
+})
+
+t.test('a remembered token stops at the next read of the list when another process revokes its user or its client', async (t) => {
+  const app = await buildTestApp(t)
+  const user = await createUser(app)
+  const other = await createUser(app)
+  const client = await createClient(app, ['funds:write'])
+  const asUser = () => app.inject({ method: 'GET', url: `/users/${other.id}`, headers: { authorization: user.authorization } })
+  const asClient = () => app.inject({ method: 'GET', url: '/transactions', headers: { authorization: client.authorization } })
+  for (let i = 0; i < 3; i++) {
+    t.equal((await asUser()).statusCode, 200, 'the user token is remembered')
+    t.equal((await asClient()).statusCode, 200, 'the client token is remembered')
+  }
+  // Written as another process or the operator's tool writes it: only in the table, so this process learns of it
+  // when it next reads the list (its poll, run here rather than waited for).
+  await ownerSql()`insert into revocations (subject) values (${`user:${user.id}`}), (${`client:${client.id}`})`
+  await app.revocations.refresh()
+  assertProblem(t, await asUser(), 401, 'the removed user\'s remembered token')
+  assertProblem(t, await asClient(), 401, 'the revoked client\'s remembered token')
+  const fresh = await createUser(app)
+  t.equal((await app.inject({ method: 'GET', url: `/users/${other.id}`, headers: { authorization: fresh.authorization } })).statusCode, 200, 'other tokens still work')
 })
