@@ -28,6 +28,8 @@ export interface GroupCommitOptions {
   maxInFlight: number
   /** Told the size of every call it makes (1 for a single post_transaction()). */
   observeBatch?: (size: number) => void
+  /** Told the queue's length whenever it changes. */
+  observeQueue?: (length: number) => void
 }
 
 /**
@@ -59,6 +61,7 @@ export class GroupCommit {
     return new Promise((resolve, reject) => {
       this.#queue.push({ request, context: context.active(), resolve, reject })
       this.#dispatch()
+      this.#options.observeQueue?.(this.#queue.length)
     })
   }
 
@@ -70,6 +73,7 @@ export class GroupCommit {
   #dispatch () {
     while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
       const batch = this.#queue.splice(0, this.#options.maxBatch)
+      this.#options.observeQueue?.(this.#queue.length)
       this.#inFlight++
       this.#options.observeBatch?.(batch.length)
       const run = batch.length === 1 ? this.#single(batch[0] as Waiting) : this.#batch(batch)

@@ -161,7 +161,7 @@ type BatchRow = { [K in keyof TransactionRow]: TransactionRow[K] | null } & {
  */
 export async function postTransactions (sql: Sql, requests: readonly PostRequest[], keyTtlS: number): Promise<PostResult[]> {
   const rows = await sql<BatchRow[]>`
-    select * from post_transactions(${JSON.stringify(requests.map(batchElement))}::jsonb, ${keyTtlS})`
+    select * from post_transactions(${sql.json(requests.map(batchElement))}, ${keyTtlS})`
   if (rows.length !== requests.length) throw new Error(`post_transactions returned ${rows.length} rows for ${requests.length} requests`)
   return rows.toSorted((a, b) => a.ordinal - b.ordinal).map((row): PostResult => {
     if (row.outcome === 'refused') {

@@ -37,7 +37,8 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     keyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600,
     maxBatch: config.LEDGER_BATCH_MAX,
     maxInFlight: config.LEDGER_BATCHES_IN_FLIGHT,
-    observeBatch: (size) => metrics.ledgerWriteBatchSize.observe(size)
+    observeBatch: (size) => metrics.ledgerWriteBatchSize.observe(size),
+    observeQueue: (length) => metrics.ledgerWriteQueue.set(length)
   })
 
   app.post('/transactions', {
