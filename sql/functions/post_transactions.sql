@@ -134,7 +134,8 @@ begin
         v_request->>'fingerprint',
         v_request->>'kind',
         (v_request->>'amount')::bigint,
-        (v_request->>'currency')::char(3),
+        -- bpchar, not char(3): an explicit cast to char(3) would cut a longer value down to a valid-looking code.
+        (v_request->>'currency')::bpchar,
         (v_request->>'to_user_id')::uuid,
         v_request->>'description',
         v_request->>'reference',

@@ -79,30 +79,28 @@ t.test('malformed batches and elements are refused, each element on its own, wit
 
   const good = () => ({ user_id: alice.id, key: randomUUID(), fingerprint: 'fp', kind: 'transfer', amount: 5, currency: TEST_CURRENCY, to_user_id: bob.id })
   const { key: _, ...keyless } = good()
-  const hostile: Array<[string, unknown]> = [
-    ['a number, not an object', 42],
-    ['an array, not an object', [good()]],
-    ['an amount as words', { ...good(), amount: 'five' }],
-    ['a fractional amount', { ...good(), amount: 1.5 }],
-    ['an amount as an object', { ...good(), amount: { value: 5 } }],
-    ['a user id that is no uuid', { ...good(), user_id: 'alice' }],
-    ['a recipient that is no uuid', { ...good(), to_user_id: "' or 1=1 --" }],
-    ['a client id that is no uuid', { ...good(), client_id: 12 }],
-    ['no key', keyless],
-    ['a currency of four letters', { ...good(), currency: 'USDX' }],
-    ['an unknown kind', { ...good(), kind: 'mint', to_user_id: null }],
-    ['a zero amount', { ...good(), amount: 0 }],
-    ['a negative amount', { ...good(), amount: -500 }],
-    ['an amount past the money bound', { ...good(), amount: 9_007_199_254_740_992 }],
-    ['an amount past bigint', { ...good(), amount: '99999999999999999999' }],
-    ['a transfer to oneself', { ...good(), to_user_id: alice.id }]
+  const hostile: Array<[string, unknown, string]> = [
+    ['a number, not an object', 42, '22023'],
+    ['an array, not an object', [good()], '22023'],
+    ['an amount as words', { ...good(), amount: 'five' }, '22P02'],
+    ['a fractional amount', { ...good(), amount: 1.5 }, '22P02'],
+    ['an amount as an object', { ...good(), amount: { value: 5 } }, '22P02'],
+    ['a user id that is no uuid', { ...good(), user_id: 'alice' }, '22P02'],
+    ['a recipient that is no uuid', { ...good(), to_user_id: "' or 1=1 --" }, '22P02'],
+    ['a client id that is no uuid', { ...good(), client_id: 12 }, '22P02'],
+    ['no key', keyless, '23502'],
+    ['a currency of four letters', { ...good(), currency: 'USDX' }, '22001'],
+    ['an unknown kind', { ...good(), kind: 'mint', to_user_id: null }, '23514'],
+    ['a zero amount', { ...good(), amount: 0 }, '23514'],
+    ['a negative amount', { ...good(), amount: -500 }, '23514'],
+    ['an amount past the money bound', { ...good(), amount: 9_007_199_254_740_992 }, '23514'],
+    ['an amount past bigint', { ...good(), amount: '99999999999999999999' }, '22003'],
+    ['a transfer to oneself', { ...good(), to_user_id: alice.id }, 'LDG05']
   ]
   const rows = await call(sql, hostile.map(([, element]) => element))
   t.equal(rows.length, hostile.length, 'one row per element')
-  rows.forEach((row, index) => {
-    t.equal(row.outcome, 'refused', `${hostile[index]?.[0]}: refused (${row.error_sqlstate})`)
-    t.ok(row.error_sqlstate !== null && row.error_sqlstate !== '', `${hostile[index]?.[0]}: with its SQLSTATE`)
-  })
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), hostile.map(([, , code]) => ['refused', code]))
+  for (const [index, [label, , code]] of hostile.entries()) t.equal(rows[index]?.error_sqlstate, code, label)
   t.same(await footprint([alice.id, bob.id]), before, 'nothing written, no balance row made')
 })
 
