@@ -13,6 +13,7 @@ const skip = hasLocalStack ? false : 'needs the local stack started by scripts/t
 
 const TOTAL = 600
 const CONCURRENCY = 40
+const KILL_AFTER = 200
 // One call slot and the largest batch: with 40 clients, nearly every write leaves in a batch.
 const BATCHING = { LEDGER_BATCHES_IN_FLIGHT: '1', LEDGER_BATCH_MAX: '32' }
 
@@ -43,7 +44,8 @@ t.test('SIGKILL with batches in flight: after retries every key has exactly one 
   }
   const load = Promise.all(Array.from({ length: CONCURRENCY }, worker))
 
-  // A batch statement running on the server for the process about to die.
+  // Some writes answered first, so the kill lands mid-run; then a batch statement running for the process.
+  t.ok(await waitFor(async () => client.samples.length >= KILL_AFTER, 60_000, 10) >= 0, `${KILL_AFTER} writes answered before the kill`)
   const seenMs = await waitFor(async () => {
     const [row] = await sql<Array<{ n: number }>>`
       select count(*)::int as n from pg_stat_activity where state = 'active' and query like '%post_transactions(%' and pid <> pg_backend_pid()`
