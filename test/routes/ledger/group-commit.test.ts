@@ -46,7 +46,7 @@ const oneSlot = { LEDGER_BATCHES_IN_FLIGHT: '1', LEDGER_BATCH_MAX: '32' }
  * whose balance row the test holds locked occupies the only call slot, the requests queue behind it, and the lock
  * is released once all of them wait. Returns their responses, in order.
  */
-async function inOneBatch (t: Test, app: App, requests: Array<() => ReturnType<typeof post>>) {
+async function inOneBatch (t: Test, app: App, requests: Array<() => ReturnType<typeof post>>, whileRunning: () => Promise<void> = async () => {}) {
   const sql = testSql(t)
   const holder = await createUser(app)
   const processor = await createClient(app)
@@ -70,6 +70,7 @@ async function inOneBatch (t: Test, app: App, requests: Array<() => ReturnType<t
   const pending = requests.map((send) => send())
   await within(10_000, async () => (await app.metrics.ledgerWriteQueue.get()).values[0]?.value === requests.length)
   release()
+  await whileRunning()
   t.equal((await blocker).statusCode, 201, 'the blocking deposit went through')
   const responses = await Promise.all(pending)
   const after = await batchSizes(app)
@@ -176,6 +177,57 @@ t.test('an unknown user, a revoked client and a used reference are refused in a 
   const [rows] = await sql`select count(*)::int as n from transactions where client_id = ${revoked.id} or to_user_id = ${ghost.id}`
   t.equal(rows?.n, 0)
   await assertLedgerBalanced(t, sql, [alice.id, bob.id])
+})
+
+t.test('a request the deadlock detector aborts inside a batch is retried alone and posted once', async (t) => {
+  const app = await buildTestApp(t, oneSlot)
+  const sql = testSql(t)
+  const [alice, bob, carol, dave] = [await createUser(app), await createUser(app), await createUser(app), await createUser(app)]
+  await fund(app, alice, 1_000)
+  await fund(app, carol, 1_000)
+  const key = randomUUID()
+  // Another transaction holds alice's key (as a concurrent write with the same key would) and, once the batch
+  // waits for that key while holding alice's balance, asks for alice's balance: a cycle. The batch waited first,
+  // so its deadlock check runs first and aborts its own wait, which is only that request's subtransaction.
+  let keyHeld = () => {}
+  const held = new Promise<void>((resolve) => { keyHeld = resolve })
+  let batchWaits = () => {}
+  const waiting = new Promise<void>((resolve) => { batchWaits = resolve })
+  let otherSide = 'not run'
+  const other = sql.begin(async (tx) => {
+    await tx`insert into idempotency_keys (principal_id, key, fingerprint, transaction_id) values (${alice.id}, ${key}, 'held', 0)`
+    keyHeld()
+    await waiting
+    try {
+      await tx`select 1 from balances where user_id = ${alice.id} and currency = 'USD' for update`
+      otherSide = 'got the balance'
+    } catch (error) {
+      otherSide = (error as { code?: string }).code ?? 'failed'
+    }
+    throw new Error('roll back')
+  }).catch(() => {})
+  await held
+  const [retried, untouched] = await inOneBatch(t, app, [
+    () => post(app, alice, transfer(bob, 100), key),
+    () => post(app, carol, transfer(dave, 50))
+  ], async () => {
+    await within(10_000, async () => {
+      const [row] = await sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%post_transactions(%'`
+      return (row?.n ?? 0) > 0
+    })
+    batchWaits()
+  })
+  await other
+  t.equal(otherSide, 'got the balance', 'the other transaction was not the deadlock victim: the batch\'s request was')
+  t.equal(retried?.statusCode, 201)
+  t.equal(retried?.headers['idempotent-replayed'], undefined)
+  t.equal(untouched?.statusCode, 201)
+  const [keys] = await sql`select count(*)::int as n from idempotency_keys where principal_id = ${alice.id} and key = ${key}`
+  t.equal(keys?.n, 1)
+  t.equal(await balance(sql, alice.id), 900, 'posted once')
+  t.equal(await balance(sql, bob.id), 100)
+  t.equal(await balance(sql, dave.id), 50)
+  await assertLedgerBalanced(t, sql, [alice.id, bob.id, carol.id, dave.id])
 })
 
 t.test('a batch runs under a span of its own, linked to every member request and linked back from each', async (t) => {
