@@ -2,6 +2,7 @@
 // is busy. Each request still gets exactly the answer its own post_transaction() call would give, and one request's
 // refusal never touches another's writes.
 import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
 import t, { type Test } from 'tap'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { App } from '../../../app.ts'
@@ -228,6 +229,69 @@ t.test('a request the deadlock detector aborts inside a batch is retried alone a
   t.equal(await balance(sql, bob.id), 100)
   t.equal(await balance(sql, dave.id), 50)
   await assertLedgerBalanced(t, sql, [alice.id, bob.id, carol.id, dave.id])
+})
+
+const adminUrl = process.env.DATABASE_ADMIN_URL
+const needsAdmin = adminUrl === undefined ? 'needs DATABASE_ADMIN_URL (the test runner sets it for its local stack)' : false
+
+t.test('a batch whose connection is lost fails each of its requests, and their retries post each once', { skip: needsAdmin }, async (t) => {
+  const app = await buildTestApp(t, oneSlot)
+  const sql = testSql(t)
+  const admin = postgres(adminUrl ?? '', { max: 1, onnotice: () => {} })
+  t.teardown(() => admin.end({ timeout: 5 }))
+  const [alice, bob, carol] = [await createUser(app), await createUser(app), await createUser(app)]
+  await fund(app, alice, 1_000)
+  await fund(app, carol, 1_000)
+  await fund(app, bob, 1)
+  // Bob's balance is held, so the batch waits in its lock phase, where it is cut off.
+  let release = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  const holding = new Promise<void>((resolve, reject) => {
+    ownerSql().begin(async (tx) => {
+      await tx`select 1 from balances where user_id = ${bob.id} for update`
+      resolve()
+      await released
+    }).catch(reject)
+  })
+  await holding
+  const keys = [randomUUID(), randomUUID(), randomUUID()]
+  const send = () => [
+    post(app, alice, transfer(bob, 10), keys[0]),
+    post(app, carol, transfer(bob, 20), keys[1]),
+    post(app, alice, transfer(carol, 30), keys[2])
+  ]
+  // The first leaves alone and waits for bob; the other two queue behind it. Cutting off the single call frees
+  // the slot, and the queued two leave as one batch, which waits for bob in turn and is cut off too.
+  const waitingOn = async (statement: string) => {
+    let pid = 0
+    await within(10_000, async () => {
+      const [row] = await admin<Array<{ pid: number }>>`
+        select pid from pg_stat_activity where wait_event_type = 'Lock' and query like ${`%${statement}(%`} and application_name <> 'psql'`
+      pid = row?.pid ?? 0
+      return pid !== 0
+    })
+    return pid
+  }
+  const first = send()
+  const single = await waitingOn('post_transaction')
+  t.ok(single > 0, 'the lone request waits for bob')
+  await within(10_000, async () => (await app.metrics.ledgerWriteQueue.get()).values[0]?.value === 2)
+  await admin`select pg_terminate_backend(${single})`
+  const batch = await waitingOn('post_transactions')
+  t.ok(batch > 0, 'the batch of the other two waits for bob')
+  await admin`select pg_terminate_backend(${batch})`
+  const cut = await Promise.all(first)
+  release()
+  t.same(cut.map((r) => r.statusCode), [503, 503, 503], 'each request fails as a lost connection fails a single call')
+  t.equal(await balance(sql, alice.id), 1_000, 'nothing was written')
+  const [written] = await sql`select count(*)::int as n from idempotency_keys where key in ${sql(keys)}`
+  t.equal(written?.n, 0)
+  const retried = await Promise.all(send())
+  t.same(retried.map((r) => [r.statusCode, r.headers['idempotent-replayed']]), [[201, undefined], [201, undefined], [201, undefined]],
+    'the client\'s retries with the same keys post each once')
+  t.equal(await balance(sql, alice.id), 960)
+  t.equal(await balance(sql, bob.id), 31)
+  await assertLedgerBalanced(t, sql, [alice.id, bob.id, carol.id])
 })
 
 t.test('a batch runs under a span of its own, linked to every member request and linked back from each', async (t) => {
