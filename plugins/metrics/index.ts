@@ -229,6 +229,17 @@ export function createMetrics () {
       labelNames: ['kind', 'outcome'] as const,
       registers: [registry]
     }),
+    ledgerWriteBatchSize: new Histogram({
+      name: 'ledger_write_batch_size',
+      help: 'Money writes per database call (group commit): 1 is a write that went alone, more are writes that queued while every call slot was busy and committed together.',
+      buckets: [1, 2, 4, 8, 16, 32],
+      registers: [registry]
+    }),
+    ledgerWriteQueue: new Gauge({
+      name: 'ledger_write_queue_length',
+      help: 'Money writes waiting in this process for a database call slot (LEDGER_BATCHES_IN_FLIGHT busy); they leave together as the next batch.',
+      registers: [registry]
+    }),
     moneyRefusals: new Counter({
       name: 'ledger_money_refusals_total',
       help: 'Money writes the ledger refused, nothing written, by kind and reason (insufficient_funds, reference_used, idempotency_key_reused ...).',

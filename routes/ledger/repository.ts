@@ -104,6 +104,76 @@ export async function postTransaction (sql: Sql, poster: Poster, key: string, bo
   return { outcome: row.outcome, transaction: toTransaction(row), queued: row.queued ?? 0 }
 }
 
+/** One POST /transactions as post_transaction() takes it: who posts, the Idempotency-Key and the body. */
+export interface PostRequest {
+  poster: Poster
+  key: string
+  body: CreateTransactionBody
+}
+
+/** What one request of a batch came to: its outcome, or exactly the error a single post_transaction() call would throw. */
+export type PostResult = { ok: true, outcome: PostOutcome } | { ok: false, error: unknown }
+
+/** The most requests post_transactions() takes in one call (its own cap, sql/functions/post_transactions.sql). */
+export const MAX_BATCH = 32
+
+/** post_transaction()'s arguments under the keys post_transactions() reads them from. */
+function batchElement ({ poster, key, body }: PostRequest) {
+  return {
+    client_id: poster.kind === 'client' ? poster.id : null,
+    user_id: body.kind === 'transfer' ? poster.id : body.userId,
+    key,
+    fingerprint: requestFingerprint(body),
+    kind: body.kind,
+    amount: body.amount,
+    currency: body.currency,
+    to_user_id: body.kind === 'transfer' ? body.toUserId : null,
+    description: body.description ?? null,
+    reference: body.kind === 'transfer' ? null : body.reference
+  }
+}
+
+/** An error shaped like the driver's, so a request refused inside a batch maps to what its single call would throw. */
+export class BatchedPostError extends Error {
+  readonly code: string
+  // The driver's field name, which postRefusal() reads.
+  readonly constraint_name: string | undefined
+  constructor (code: string, constraint: string | null) {
+    super(`post_transaction failed in a batch with SQLSTATE ${code}`)
+    this.name = 'BatchedPostError'
+    this.code = code
+    this.constraint_name = constraint ?? undefined
+  }
+}
+
+type BatchRow = { [K in keyof TransactionRow]: TransactionRow[K] | null } & {
+  ordinal: number
+  outcome: 'created' | 'replayed' | 'mismatch' | 'refused'
+  queued: number | null
+  error_sqlstate: string | null
+  error_constraint: string | null
+}
+
+/**
+ * Several requests in one statement and one commit: post_transactions() (sql/functions/post_transactions.sql)
+ * locks every balance they touch in one order, then applies each through post_transaction() in its own
+ * subtransaction, so each request's result is its own. A throw means the statement failed as a whole.
+ */
+export async function postTransactions (sql: Sql, requests: readonly PostRequest[], keyTtlS: number): Promise<PostResult[]> {
+  const rows = await sql<BatchRow[]>`
+    select * from post_transactions(${sql.json(requests.map(batchElement))}, ${keyTtlS})`
+  if (rows.length !== requests.length) throw new Error(`post_transactions returned ${rows.length} rows for ${requests.length} requests`)
+  return rows.toSorted((a, b) => a.ordinal - b.ordinal).map((row): PostResult => {
+    if (row.outcome === 'refused') {
+      const error = new BatchedPostError(row.error_sqlstate ?? 'XX000', row.error_constraint)
+      const refusal = postRefusal(error)
+      return { ok: false, error: refusal === undefined ? error : new LedgerError(refusal) }
+    }
+    if (row.outcome === 'mismatch') return { ok: true, outcome: { outcome: 'mismatch' } }
+    return { ok: true, outcome: { outcome: row.outcome, transaction: toTransaction(row as TransactionRow), queued: row.queued ?? 0 } }
+  })
+}
+
 /**
  * A page of the transactions that touch `userId`, newest first, plus one look-ahead row (see cursors.page): a
  * backward range scan of entries' primary key (user_id, transaction_id) that stops after `limit + 1` rows, then

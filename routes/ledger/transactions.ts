@@ -4,7 +4,8 @@ import { serviceUnavailable } from '../../plugins/errors/index.ts'
 import { wakeWorkers } from '../../plugins/jobs/queue.ts'
 import { MONEY_REFUSALS, type MoneyKind, type MoneyRefusal } from '../../plugins/metrics/index.ts'
 import { responses } from '../../plugins/openapi/index.ts'
-import { clientTransactionsPageQuery, findTransaction, postTransaction, toTransaction, transactionsPageQuery } from './repository.ts'
+import { GroupCommit } from './group-commit.ts'
+import { clientTransactionsPageQuery, findTransaction, toTransaction, transactionsPageQuery } from './repository.ts'
 import {
   CreateTransactionBodySchema, IdempotencyHeadersSchema, ListTransactionsQuerySchema, TransactionCursorSchema,
   TransactionIdParamsSchema, TransactionPageSchema, TransactionSchema
@@ -30,6 +31,15 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     metrics.moneyRefusals.inc({ kind, reason })
     return toProblem(new LedgerError(reason))
   }
+  // Concurrent money writes share database calls and commits (group commit): each still gets its own answer.
+  const writes = new GroupCommit({
+    sql: db,
+    keyTtlS: config.IDEMPOTENCY_KEY_TTL_H * 3600,
+    maxBatch: config.LEDGER_BATCH_MAX,
+    maxInFlight: config.LEDGER_BATCHES_IN_FLIGHT,
+    observeBatch: (size) => metrics.ledgerWriteBatchSize.observe(size),
+    observeQueue: (length) => metrics.ledgerWriteQueue.set(length)
+  })
 
   app.post('/transactions', {
     config: { principals: ['user', 'client'], scope: 'funds:write' },
@@ -64,7 +74,7 @@ export const transactionsRoutes: FastifyPluginAsyncZod = async (app) => {
     if (kind === 'transfer' && body.toUserId === user.id) throw refused(kind, 'transfer_to_self')
     let result
     try {
-      result = await postTransaction(db, user, request.headers['idempotency-key'], body, config.IDEMPOTENCY_KEY_TTL_H * 3600)
+      result = await writes.post({ poster: user, key: request.headers['idempotency-key'], body })
     } catch (error) {
       if (error instanceof LedgerError && isMoneyRefusal(error.code)) throw refused(kind, error.code)
       metrics.moneyWrites.inc({ kind, outcome: 'error' })

@@ -1,0 +1,148 @@
+import { context, INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api'
+import type { Sql } from '../../plugins/database/index.ts'
+import { MAX_BATCH, postTransaction, postTransactions, type PostOutcome, type PostRequest, type PostResult } from './repository.ts'
+
+const tracer = trace.getTracer('ledger-api/ledger')
+
+/** SQLSTATEs that guarantee the failed statement wrote nothing and that a retry may succeed: deadlock, serialization. */
+const RETRYABLE = new Set(['40P01', '40001'])
+const isRetryable = (error: unknown) => RETRYABLE.has(String((error as { code?: unknown } | null)?.code))
+
+/** A single call that loses a deadlock (only possible against a batch, on a shared key or reference) is tried this often. */
+const SINGLE_ATTEMPTS = 3
+
+interface Waiting {
+  request: PostRequest
+  /** The request's async context: its server span (for links) and whatever else rides in it. */
+  context: Context
+  resolve: (outcome: PostOutcome) => void
+  reject: (error: unknown) => void
+}
+
+export interface GroupCommitOptions {
+  sql: Sql
+  keyTtlS: number
+  /** The most requests one database call carries (1: every request is its own post_transaction() call). */
+  maxBatch: number
+  /** How many calls this process keeps in flight at once; more requests wait in the queue meanwhile. */
+  maxInFlight: number
+  /** Told the size of every call it makes (1 for a single post_transaction()). */
+  observeBatch?: (size: number) => void
+  /** Told the queue's length whenever it changes. */
+  observeQueue?: (length: number) => void
+}
+
+/**
+ * Coalesces concurrent money writes into fewer database calls (group commit). A request leaves at once when a call
+ * slot is free, alone, through post_transaction(): nothing ever waits for a timer. While every slot is taken,
+ * requests queue; when a call returns, everything queued (up to maxBatch) leaves as one post_transactions() call,
+ * one round trip and one commit for all of them. Each request still gets its own answer: its refusal is its own,
+ * and it is exactly what its single call would have given.
+ *
+ * A batch that fails as a whole with an error guaranteeing nothing was written (deadlock, serialization failure) is
+ * retried request by request; any other failure (connection lost, timeout) may have committed, so each request fails
+ * as its single call would, and the client's retry with the same Idempotency-Key is what makes it safe.
+ */
+export class GroupCommit {
+  readonly #options: GroupCommitOptions
+  readonly #queue: Waiting[] = []
+  #inFlight = 0
+
+  constructor (options: GroupCommitOptions) {
+    if (!Number.isInteger(options.maxBatch) || options.maxBatch < 1 || options.maxBatch > MAX_BATCH) {
+      throw new RangeError(`maxBatch must be 1 to ${MAX_BATCH}`)
+    }
+    if (!Number.isInteger(options.maxInFlight) || options.maxInFlight < 1) throw new RangeError('maxInFlight must be at least 1')
+    this.#options = options
+  }
+
+  /** Posts one request; resolves or rejects exactly as postTransaction() would for it. */
+  post (request: PostRequest): Promise<PostOutcome> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ request, context: context.active(), resolve, reject })
+      this.#dispatch()
+      this.#options.observeQueue?.(this.#queue.length)
+    })
+  }
+
+  /** Requests waiting for a call slot (for tests and diagnostics). */
+  get queued (): number {
+    return this.#queue.length
+  }
+
+  #dispatch () {
+    while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
+      const batch = this.#queue.splice(0, this.#options.maxBatch)
+      this.#options.observeQueue?.(this.#queue.length)
+      this.#inFlight++
+      this.#options.observeBatch?.(batch.length)
+      const run = batch.length === 1 ? this.#single(batch[0] as Waiting) : this.#batch(batch)
+      run.finally(() => {
+        this.#inFlight--
+        this.#dispatch()
+      })
+    }
+  }
+
+  /** One request through post_transaction(), in its own request's context (its span parents the statement's). */
+  async #single (waiting: Waiting): Promise<void> {
+    const { sql, keyTtlS } = this.#options
+    const { poster, key, body } = waiting.request
+    for (let attempt = 1; ; attempt++) {
+      try {
+        waiting.resolve(await context.with(waiting.context, () => postTransaction(sql, poster, key, body, keyTtlS)))
+        return
+      } catch (error) {
+        if (attempt < SINGLE_ATTEMPTS && isRetryable(error)) continue
+        waiting.reject(error)
+        return
+      }
+    }
+  }
+
+  async #batch (batch: Waiting[]): Promise<void> {
+    const span = batchSpan(batch)
+    let results: PostResult[]
+    try {
+      results = await context.with(trace.setSpan(ROOT_CONTEXT, span), () =>
+        postTransactions(this.#options.sql, batch.map((waiting) => waiting.request), this.#options.keyTtlS))
+    } catch (error) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: String((error as { code?: unknown }).code ?? 'batch failed') })
+      span.end()
+      if (isRetryable(error)) await Promise.all(batch.map((waiting) => this.#single(waiting)))
+      else for (const waiting of batch) waiting.reject(error)
+      return
+    }
+    span.end()
+    const retries: Waiting[] = []
+    results.forEach((result, index) => {
+      const waiting = batch[index] as Waiting
+      if (result.ok) waiting.resolve(result.outcome)
+      // The deadlock detector chose this request's wait inside the batch: only its subtransaction was rolled back.
+      else if (isRetryable(result.error)) retries.push(waiting)
+      else waiting.reject(result.error)
+    })
+    await Promise.all(retries.map((waiting) => this.#single(waiting)))
+  }
+}
+
+/**
+ * The span a batch's statement runs under. It belongs to no single request (whichever request's turn it was says
+ * nothing about the others), so it starts a trace of its own, linked to each member's span, and each member's span
+ * is linked back to it. With no member recorded (not sampled, or no tracing), nothing is recorded for the batch
+ * either: a non-recording span keeps the statement from starting a trace of its own.
+ */
+function batchSpan (batch: readonly Waiting[]): Span {
+  const members = batch.flatMap((waiting) => {
+    const span = trace.getSpan(waiting.context)
+    return span === undefined ? [] : [span]
+  })
+  if (!members.some((span) => span.isRecording())) return trace.wrapSpanContext(INVALID_SPAN_CONTEXT)
+  const span = tracer.startSpan('ledger.post_transactions', {
+    kind: SpanKind.INTERNAL,
+    attributes: { 'ledger.batch.size': batch.length },
+    links: members.map((member) => ({ context: member.spanContext() }))
+  }, ROOT_CONTEXT)
+  for (const member of members) member.addLink({ context: span.spanContext() })
+  return span
+}

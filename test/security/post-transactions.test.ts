@@ -1,0 +1,137 @@
+// post_transactions() (the group-commit form of post_transaction()) attacked directly by whoever holds the API
+// role's credentials: through PgBouncer as ledger_api, with hostile batches. Each request is refused on its own,
+// nothing is written for it (no transaction, no entry, no idempotency key, no balance row), and a batch past the cap
+// is refused whole before it can pile up subtransactions.
+import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
+import t, { type Test } from 'tap'
+import { buildTestApp, createClient, createUser, fund, ownerSql } from '../helper.ts'
+import { TEST_CURRENCY } from './support.ts'
+
+const apiUrl = process.env.DATABASE_URL ?? ''
+
+function asApiRole (t: Test) {
+  const sql = postgres(apiUrl, { max: 1, prepare: false, onnotice: () => {}, connection: { application_name: 'attacker' } })
+  t.teardown(() => sql.end({ timeout: 5 }))
+  return sql
+}
+
+async function outcome (statement: Promise<unknown>): Promise<string> {
+  try {
+    await statement
+    return 'ok'
+  } catch (error) {
+    return (error as { code?: string }).code ?? String(error)
+  }
+}
+
+/** What the ledger holds for a set of users: balance rows, entries, and keys and transactions they or a client own. */
+async function footprint (userIds: string[], principals: string[] = userIds) {
+  const owner = ownerSql()
+  const [row] = await owner<Array<{ balances: string, entries: number, keys: number, transactions: number }>>`
+    select (select coalesce(string_agg(user_id || ':' || currency || '=' || balance, ',' order by user_id, currency), '') from balances where user_id in ${owner(userIds)}) as balances,
+           (select count(*)::int from entries where user_id in ${owner(userIds)}) as entries,
+           (select count(*)::int from idempotency_keys where principal_id in ${owner(principals)}) as keys,
+           (select count(*)::int from transactions where from_user_id in ${owner(userIds)} or to_user_id in ${owner(userIds)} or client_id in ${owner(principals)}) as transactions`
+  return row
+}
+
+type Element = Record<string, unknown>
+
+const call = (sql: postgres.Sql, requests: unknown) =>
+  sql<Array<{ ordinal: number, outcome: string, error_sqlstate: string | null }>>`
+    select ordinal, outcome, error_sqlstate from post_transactions(${sql.json(requests as postgres.JSONValue)}, 86400)`
+
+t.test('only the API role may call post_transactions(), and it is a pinned SECURITY DEFINER like post_transaction()', async (t) => {
+  const [fn] = await ownerSql()<Array<{ definer: boolean, config: string[], owner: string, api: boolean, public: boolean }>>`
+    select p.prosecdef as definer, p.proconfig as config, pg_get_userbyid(p.proowner) as owner,
+           has_function_privilege('ledger_api', p.oid, 'execute') as api,
+           exists (select 1 from aclexplode(p.proacl) a where a.grantee = 0) as public
+      from pg_proc p where p.proname = 'post_transactions' and p.pronamespace = 'public'::regnamespace`
+  t.same(fn, { definer: true, config: ['search_path=pg_catalog, pg_temp'], owner: 'ledger_owner', api: true, public: false })
+})
+
+t.test('a batch past the cap is refused whole, before anything is written', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 1_000, TEST_CURRENCY)
+  const before = await footprint([alice.id, bob.id])
+  const element = () => ({ user_id: alice.id, key: randomUUID(), fingerprint: 'fp', kind: 'transfer', amount: 1, currency: TEST_CURRENCY, to_user_id: bob.id })
+  t.equal(await outcome(call(sql, Array.from({ length: 33 }, element))), 'LDG07', '33 requests')
+  t.equal(await outcome(call(sql, Array.from({ length: 10_000 }, element))), 'LDG07', '10,000 requests')
+  t.same(await footprint([alice.id, bob.id]), before, 'nothing written')
+  const [subtransactions] = await call(sql, Array.from({ length: 32 }, element))
+  t.equal(subtransactions?.outcome, 'created', 'the cap itself is accepted')
+})
+
+t.test('malformed batches and elements are refused, each element on its own, without a partial write', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  await fund(app, alice, 1_000, TEST_CURRENCY)
+  const before = await footprint([alice.id, bob.id])
+  for (const [label, batch] of [['an object', { user_id: alice.id }], ['a string', 'x'], ['a number', 1], ['json null', null]] as const) {
+    t.equal(await outcome(call(sql, batch)), '22023', `a batch that is ${label}`)
+  }
+  t.equal(await outcome(sql`select * from post_transactions('not json', 86400)`), '22P02', 'text that is no json')
+  t.equal(await outcome(sql`select * from post_transactions(null, 86400)`), '22023', 'SQL null')
+
+  const good = () => ({ user_id: alice.id, key: randomUUID(), fingerprint: 'fp', kind: 'transfer', amount: 5, currency: TEST_CURRENCY, to_user_id: bob.id })
+  const { key: _, ...keyless } = good()
+  const hostile: Array<[string, unknown, string]> = [
+    ['a number, not an object', 42, '22023'],
+    ['an array, not an object', [good()], '22023'],
+    ['an amount as words', { ...good(), amount: 'five' }, '22P02'],
+    ['a fractional amount', { ...good(), amount: 1.5 }, '22P02'],
+    ['an amount as an object', { ...good(), amount: { value: 5 } }, '22P02'],
+    ['a user id that is no uuid', { ...good(), user_id: 'alice' }, '22P02'],
+    ['a recipient that is no uuid', { ...good(), to_user_id: "' or 1=1 --" }, '22P02'],
+    ['a client id that is no uuid', { ...good(), client_id: 12 }, '22P02'],
+    ['no key', keyless, '23502'],
+    ['a currency of four letters', { ...good(), currency: 'USDX' }, '22001'],
+    ['an unknown kind', { ...good(), kind: 'mint', to_user_id: null }, '23514'],
+    ['a zero amount', { ...good(), amount: 0 }, '23514'],
+    ['a negative amount', { ...good(), amount: -500 }, '23514'],
+    ['an amount past the money bound', { ...good(), amount: 9_007_199_254_740_992 }, '23514'],
+    ['an amount past bigint', { ...good(), amount: '99999999999999999999' }, '22003'],
+    ['a transfer to oneself', { ...good(), to_user_id: alice.id }, 'LDG05']
+  ]
+  const rows = await call(sql, hostile.map(([, element]) => element))
+  t.equal(rows.length, hostile.length, 'one row per element')
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), hostile.map(([, , code]) => ['refused', code]))
+  for (const [index, [label, , code]] of hostile.entries()) t.equal(rows[index]?.error_sqlstate, code, label)
+  t.same(await footprint([alice.id, bob.id]), before, 'nothing written, no balance row made')
+})
+
+t.test('clients that do not exist, are revoked or lack funds:write, and users posting as clients, are refused', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const [victim, thief] = [await createUser(app), await createUser(app)]
+  const processor = await createClient(app)
+  await fund(app, victim, 1_000, TEST_CURRENCY, { client: processor })
+  const reader = await createClient(app, ['events:read'], 'events only')
+  const revoked = await createClient(app, ['funds:write'], 'revoked settlement')
+  await ownerSql()`update service_clients set revoked_at = now() where id = ${revoked.id}`
+  const principals = [victim.id, thief.id, reader.id, revoked.id]
+  const before = await footprint([victim.id, thief.id], principals)
+  const funding = (clientId: string | null, kind: string, userId: string, extra: Element = {}) =>
+    ({ client_id: clientId, user_id: userId, key: randomUUID(), fingerprint: 'fp', kind, amount: 100, currency: TEST_CURRENCY, reference: `forged-${randomUUID()}`, ...extra })
+  const cases: Array<[string, Element, string]> = [
+    ['an unknown client deposits', funding(randomUUID(), 'deposit', thief.id), 'LDG06'],
+    ['a client with only events:read deposits', funding(reader.id, 'deposit', thief.id), 'LDG06'],
+    ['a revoked client deposits', funding(revoked.id, 'deposit', thief.id), 'LDG06'],
+    ['a revoked client withdraws the victim\'s money', funding(revoked.id, 'withdrawal', victim.id), 'LDG06'],
+    ['a user id given as the client id withdraws from the victim', funding(thief.id, 'withdrawal', victim.id), 'LDG06'],
+    ['the victim\'s id given as the client id', funding(victim.id, 'withdrawal', victim.id), 'LDG06'],
+    ['a user deposits to themselves without a client', funding(null, 'deposit', thief.id), '23514'],
+    ['a user withdraws from the victim without a client', funding(null, 'withdrawal', victim.id), '23514'],
+    ['a client transfers the victim\'s money to the thief', funding(processor.id, 'transfer', victim.id, { to_user_id: thief.id, reference: null }), '23514'],
+    ['a client withdraws past the victim\'s balance', funding(processor.id, 'withdrawal', victim.id, { amount: 1_001 }), 'LDG01'],
+    ['a transfer from a user who does not exist', funding(null, 'transfer', randomUUID(), { to_user_id: thief.id, reference: null }), 'LDG04']
+  ]
+  const rows = await call(sql, cases.map(([, element]) => element))
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), cases.map(([, , code]) => ['refused', code]))
+  for (const [index, [label, , code]] of cases.entries()) t.equal(rows[index]?.error_sqlstate, code, label)
+  t.same(await footprint([victim.id, thief.id], principals), before, 'nothing written for any of them')
+})
