@@ -16,6 +16,8 @@ export interface RunRecord {
   /** Sampled together with another run (side-by-side instances): CPU per request is not its own. */
   sharedSamples?: boolean
   notes: string[]
+  /** The API process's resident memory before and after the run (first-minute), per minute and its slope (soak). */
+  rss?: { startMb: number, endMb: number, perMinuteMb?: number[], slopeMbPerMin?: number }
 }
 
 export interface BaselineRecord {
@@ -133,7 +135,7 @@ export function markdown (report: Report, summary = false): string {
         ]
       })
     ),
-    '',
+    ...firstMinuteTable(runs),
     '### Baselines (same run, same machine)',
     '',
     table(
@@ -178,6 +180,22 @@ export function markdown (report: Report, summary = false): string {
   const notes = runs.flatMap((r) => r.notes.map((note) => `- ${r.label}: ${note}`))
   if (notes.length > 0 || report.failures.length > 0) out.push('', '### Notes', '', ...notes, ...report.failures.map((failure) => `- FAILURE: ${failure}`))
   return out.join('\n') + '\n'
+}
+
+/** Runs recorded in time windows (first-minute): p99 per window, errors and the API's RSS before and after. */
+function firstMinuteTable (runs: RunRecord[]): string[] {
+  const windowed = runs.filter((r) => r.load.windows !== undefined)
+  if (windowed.length === 0) return ['']
+  const span = (r: RunRecord) => {
+    const [first, second] = r.load.windows!
+    return first === undefined || second === undefined ? 0 : second.fromS - first.fromS
+  }
+  return ['', '### First minute', '', 'p99 of the responses that arrived in each window of the run (a window\'s count in brackets), and the API process\'s resident memory.', '',
+    table(['run', 'p99 ms', 'p99 ms per window', 'window s', 'socket err / timeouts', 'non-2xx', 'RSS MB start -> end', 'RSS slope MB/min (last half)'], windowed.map((r) => [
+      r.label, ms(r.load.latency.p99), r.load.windows!.map((w) => `${ms(w.p99)} (${w.count})`).join(', '), String(span(r)),
+      `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`, statusText(r.load.statusCodes),
+      r.rss === undefined ? '' : `${r.rss.startMb.toFixed(0)} -> ${r.rss.endMb.toFixed(0)}`, r.rss?.slopeMbPerMin === undefined ? '' : r.rss.slopeMbPerMin.toFixed(2)
+    ])), '']
 }
 
 /** Writes <dir>/<stamp>.json (every number) and <dir>/<stamp>.md (the tables); returns the Markdown. */

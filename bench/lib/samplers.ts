@@ -59,7 +59,8 @@ function machineBusyTicks (): { busy: number, total: number } {
   return { busy: total - (values[3] ?? 0) - (values[4] ?? 0), total }
 }
 
-function rssMb (pid: number): number {
+/** Resident memory of a process in MB, or 0 once it is gone. */
+export function rssMb (pid: number): number {
   try {
     return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024
   } catch {
