@@ -2,6 +2,7 @@
 // run in docs/bench-latest.md) and the checks that make `--quick` a CI smoke test.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { formatHistogram } from './histogram.ts'
 import type { LoadResult, Percentiles } from './load.ts'
 import type { SampleResult } from './samplers.ts'
 
@@ -136,6 +137,7 @@ export function markdown (report: Report, summary = false): string {
       })
     ),
     ...firstMinuteTable(runs),
+    ...writeBatchTable(runs),
     '### Baselines (same run, same machine)',
     '',
     table(
@@ -196,6 +198,20 @@ function firstMinuteTable (runs: RunRecord[]): string[] {
       `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`, statusText(r.load.statusCodes),
       r.rss === undefined ? '' : `${r.rss.startMb.toFixed(0)} -> ${r.rss.endMb.toFixed(0)}`, r.rss?.slopeMbPerMin === undefined ? '' : r.rss.slopeMbPerMin.toFixed(2)
     ])), '']
+}
+
+/**
+ * The money write's batches (server-side group commit) in the POST /transactions runs, from the API's
+ * ledger_write_batch_size histogram: '-' where the API does not export it.
+ */
+function writeBatchTable (runs: RunRecord[]): string[] {
+  const posting = runs.filter((r) => r.scenario === 'post-transactions')
+  if (posting.length === 0) return []
+  return ['### Ledger write batches', '', 'Money writes per database round trip, from the API\'s `ledger_write_batch_size` histogram (increase over the run; percentiles are bucket bounds). \'-\': the API does not export it (no group commit).', '',
+    table(['run', 'conns', 'req/s', 'p99 ms', 'batches', 'mean writes per batch', 'p50', 'p99'], posting.map((r) => {
+      const h = formatHistogram(r.samples?.writeBatchSize)
+      return [r.label, String(r.connections), n0(r.load.rps), ms(r.load.latency.p99), h.count, h.mean, h.p50, h.p99]
+    })), '']
 }
 
 /** Writes <dir>/<stamp>.json (every number) and <dir>/<stamp>.md (the tables); returns the Markdown. */
