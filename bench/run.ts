@@ -7,7 +7,8 @@
 // `node bench/run.ts --render bench/results/<stamp>.json` redraws <stamp>.md from a saved run.
 //
 // Environment: DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL (else the project-local stack is brought up),
-// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench).
+// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench), BENCH_FIRST_MINUTE_CONNECTIONS
+// (1000: first-minute's connections, each sending 1 req/s).
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
