@@ -1,12 +1,14 @@
-// `npm run bench [-- --quick] [--only id,id] [--cpu-prof] [--keep-server]`: seeds a dedicated database, starts the
+// `npm run bench [-- --quick] [--only id,id] [--cpu-prof] [--keep-server] [--soak <minutes>]`: seeds a dedicated database, starts the
 // API (bench/server.ts) in production mode as a separate process, runs the scenarios (bench/scenarios/, each next to
 // the same-run baselines it is compared with), then prints Markdown tables, writes bench/results/<date>.{json,md}
 // (git-ignored) and, after a run of every scenario, the summary to docs/bench-latest.md.
 // `--quick` is the CI smoke test: small data, short runs, and a non-zero exit on any socket error, timeout or 5xx.
+// `--soak <minutes>` keeps first-minute's load going that long afterwards and reports whether RSS settles.
 // `node bench/run.ts --render bench/results/<stamp>.json` redraws <stamp>.md from a saved run.
 //
 // Environment: DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL (else the project-local stack is brought up),
-// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench).
+// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench), BENCH_FIRST_MINUTE_CONNECTIONS
+// (1000: first-minute's connections, each sending 1 req/s).
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -23,6 +25,7 @@ import { recreateDatabase, resolveEnv, seed, type SeedSizes } from './lib/setup.
 import { signClientTokens, signTokens } from './lib/traffic.ts'
 import { scenario as abuse } from './scenarios/abuse.ts'
 import { FEED_LIMIT, scenario as feed } from './scenarios/feed.ts'
+import { scenario as firstMinute } from './scenarios/first-minute.ts'
 import { scenario as fixedRate } from './scenarios/fixed-rate.ts'
 import { LIST_LIMIT, scenario as list } from './scenarios/list-2m.ts'
 import { scenario as mixed } from './scenarios/mixed-1000.ts'
@@ -31,8 +34,9 @@ import { scenario as sessionCheck } from './scenarios/session-check.ts'
 import { scenario as userCache } from './scenarios/user-cache.ts'
 import { scenario as workers } from './scenarios/workers.ts'
 
-// In this order. session-check comes last among them: its 11,001 revocations stay in the API's memory afterwards.
-const scenarios: Scenario[] = [mixed, post, list, userCache, feed, abuse, fixedRate, workers, sessionCheck]
+// In this order. session-check comes last among those that use the shared API process: its 11,001 revocations stay in
+// that process's memory afterwards. first-minute starts processes of its own.
+const scenarios: Scenario[] = [mixed, post, list, userCache, feed, abuse, fixedRate, workers, sessionCheck, firstMinute]
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 const { values: args } = parseArgs({
@@ -41,6 +45,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
     'keep-server': { type: 'boolean', default: false },
+    soak: { type: 'string' },
     render: { type: 'string' }
   }
 })
@@ -58,6 +63,11 @@ if (unknown.length > 0) {
 }
 
 const quick = args.quick
+const soakMinutes = args.soak === undefined ? undefined : Number(args.soak)
+if (soakMinutes !== undefined && !(Number.isInteger(soakMinutes) && soakMinutes >= 2)) {
+  console.error('bench: --soak takes whole minutes, at least 2')
+  process.exit(2)
+}
 const started = Date.now()
 const log = (line: string) => console.error(`[bench +${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${line}`)
 const sizes: SeedSizes = quick
@@ -112,7 +122,7 @@ const callers = seeded.pool.map((id, i) => ({ id, token: tokens[i]! }))
 const [funderToken] = await signClientTokens(jwt, [{ id: seeded.clientId, scopes: ['funds:write'] }])
 const world = { callers, funder: { id: seeded.clientId, token: funderToken! }, keyPrefix: `bench-${Date.now().toString(36)}`, keys: 0 }
 const results = { runs: [], baselines: [], comparisons: [], inFlightLeaks: [] }
-const bench: Bench = { quick, sizes, time, env, seeded, admin, redis, api, serverEnv, jwt, metricsToken, log, callers, world, ...results, abuser: abuser!, bigUser: bigUser!, smallUser: smallUser!, children: new Set([api]) }
+const bench: Bench = { quick, sizes, time, soakMinutes, env, seeded, admin, redis, api, serverEnv, jwt, metricsToken, log, callers, world, ...results, abuser: abuser!, bigUser: bigUser!, smallUser: smallUser!, children: new Set([api]) }
 
 let shuttingDown = false
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -26,6 +26,8 @@ export interface Bench {
   sizes: SeedSizes
   /** Seconds: long runs, paired runs (compared with each other), warm-ups, pgbench runs. */
   time: { long: number, pair: number, warm: number, pgbench: number }
+  /** `--soak <minutes>`: how long first-minute keeps its load going afterwards to watch RSS. */
+  soakMinutes?: number | undefined
   env: BenchEnv
   seeded: SeedResult
   /** Superuser connection to the maintenance database (drop/create, pg_stat_activity). */
@@ -55,13 +57,17 @@ export interface Measured { load: LoadResult, samples: SampleResult }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Starts sampling around the API, or around another server's pid (no metrics URL then), or around no process. */
-export function sample (b: Bench, target: { pid: number | undefined } | 'api' = 'api') {
+/**
+ * Starts sampling around the API, or around another server's pid (with its metrics when `metricsUrl` is given: an
+ * API process of its own), or around no process.
+ */
+export function sample (b: Bench, target: { pid: number | undefined, metricsUrl?: string } | 'api' = 'api') {
+  const metricsUrl = target === 'api' ? `${b.api.url}/metrics` : target.metricsUrl
   return startSampler({
     admin: b.admin,
     database: b.env.database,
     redis: b.redis,
-    ...(target === 'api' ? { metricsUrl: `${b.api.url}/metrics`, metricsToken: b.metricsToken } : {}),
+    ...(metricsUrl === undefined ? {} : { metricsUrl, metricsToken: b.metricsToken }),
     groups: { apiPid: () => target === 'api' ? b.api.pid : target.pid, ...stackPids(b.env.stackDir) }
   })
 }
@@ -71,11 +77,11 @@ export async function warmUp (b: Bench, specs: Array<Omit<LoadSpec, 'route'>>, u
 }
 
 /** Runs several autocannon instances side by side (started `staggerMs` apart) under one sampler. */
-export async function measure (b: Bench, specs: LoadSpec[], options: { staggerMs?: number, server?: NodeServer } = {}): Promise<Measured> {
+export async function measure (b: Bench, specs: LoadSpec[], options: { staggerMs?: number, server?: NodeServer, windowMs?: number, scrapeMetrics?: boolean } = {}): Promise<Measured> {
   const server = options.server ?? b.api
-  const s = await sample(b, server === b.api ? 'api' : { pid: server.pid })
+  const s = await sample(b, server === b.api ? 'api' : { pid: server.pid, ...(options.scrapeMetrics === true ? { metricsUrl: `${server.url}/metrics` } : {}) })
   const began = performance.now()
-  const recorder = new Recorder()
+  const recorder = new Recorder(options.windowMs)
   const results = await Promise.all(specs.map(async (spec, i) => {
     if (i > 0) await sleep((options.staggerMs ?? 0) * i)
     return (await runLoad(server.url, { duration: b.time.long, ...spec }, recorder)).result

@@ -17,17 +17,44 @@ export interface LoadResult {
   errors: number
   timeouts: number
   perRoute: Record<string, RouteStats>
+  /** By arrival time, when the recorder kept windows. */
+  windows?: Window[]
 }
 
-/** Latencies (ms) and status counts per route. */
+/** One slice of a run's wall time: the responses that arrived in it, whatever their route. */
+export interface Window extends Percentiles { fromS: number, non2xx: number }
+
+/**
+ * Latencies (ms) and status counts per route; with `windowMs`, also by arrival time in windows of that length
+ * counted from the recorder's creation (the first minute of a process, ten seconds at a time).
+ */
 export class Recorder {
   private readonly routes = new Map<string, { ms: number[], codes: Record<string, number> }>()
+  private readonly slices: Array<{ ms: number[], non2xx: number }> = []
+  private readonly createdAt = performance.now()
+  private readonly windowMs: number | undefined
+
+  constructor (windowMs?: number) {
+    this.windowMs = windowMs
+  }
 
   record (route: string, status: number, ms: number) {
     let entry = this.routes.get(route)
     if (entry === undefined) this.routes.set(route, entry = { ms: [], codes: {} })
     entry.ms.push(ms)
     entry.codes[status] = (entry.codes[status] ?? 0) + 1
+    if (this.windowMs !== undefined) {
+      const index = Math.floor((performance.now() - this.createdAt) / this.windowMs)
+      for (let i = this.slices.length; i <= index; i++) this.slices.push({ ms: [], non2xx: 0 })
+      const slice = this.slices[index]!
+      slice.ms.push(ms)
+      if (status < 200 || status > 299) slice.non2xx++
+    }
+  }
+
+  windows (): Window[] {
+    const length = (this.windowMs ?? 0) / 1000
+    return this.slices.map((slice, i) => ({ fromS: i * length, non2xx: slice.non2xx, ...percentiles(slice.ms) }))
   }
 
   all (): Percentiles {
@@ -58,6 +85,8 @@ export interface LoadSpec {
   /** Stop after this many requests. */
   amount?: number | undefined
   overallRate?: number | undefined
+  /** Requests per second per connection: each connection waits for its answer, then for the rest of its second. */
+  connectionRate?: number | undefined
 }
 
 interface ContextCarrier { requestIterator?: { context?: { route?: unknown } } }
@@ -76,6 +105,7 @@ export function runLoad (url: string, spec: LoadSpec, recorder = new Recorder())
     if (spec.amount !== undefined) options.amount = spec.amount
     else options.duration = spec.duration ?? 10
     if (spec.overallRate !== undefined) options.overallRate = spec.overallRate
+    if (spec.connectionRate !== undefined) options.connectionRate = spec.connectionRate
     const instance = autocannon(options, (error, result) => {
       if (error !== null && error !== undefined) reject(error)
       else resolve({ result, recorder, wallS: (performance.now() - started) / 1000 })
@@ -99,6 +129,7 @@ export function summarize (results: autocannon.Result[], recorder: Recorder, wal
   }
   const sum = (field: 'errors' | 'timeouts' | 'non2xx') => results.reduce((total, result) => total + result[field], 0)
   const durationS = Math.max(...results.map((r) => r.duration), 0) || wallS
+  const windows = recorder.windows()
   return {
     requests,
     durationS,
@@ -108,6 +139,7 @@ export function summarize (results: autocannon.Result[], recorder: Recorder, wal
     non2xx: sum('non2xx'),
     errors: sum('errors'),
     timeouts: sum('timeouts'),
-    perRoute: recorder.perRoute()
+    perRoute: recorder.perRoute(),
+    ...(windows.length > 0 ? { windows } : {})
   }
 }

@@ -2,6 +2,7 @@
 // run in docs/bench-latest.md) and the checks that make `--quick` a CI smoke test.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { formatHistogram } from './histogram.ts'
 import type { LoadResult, Percentiles } from './load.ts'
 import type { SampleResult } from './samplers.ts'
 
@@ -16,6 +17,8 @@ export interface RunRecord {
   /** Sampled together with another run (side-by-side instances): CPU per request is not its own. */
   sharedSamples?: boolean
   notes: string[]
+  /** The API process's resident memory before and after the run (first-minute), per minute and its slope (soak). */
+  rss?: { startMb: number, endMb: number, perMinuteMb?: number[], slopeMbPerMin?: number }
 }
 
 export interface BaselineRecord {
@@ -133,7 +136,8 @@ export function markdown (report: Report, summary = false): string {
         ]
       })
     ),
-    '',
+    ...firstMinuteTable(runs),
+    ...writeBatchTable(runs),
     '### Baselines (same run, same machine)',
     '',
     table(
@@ -178,6 +182,36 @@ export function markdown (report: Report, summary = false): string {
   const notes = runs.flatMap((r) => r.notes.map((note) => `- ${r.label}: ${note}`))
   if (notes.length > 0 || report.failures.length > 0) out.push('', '### Notes', '', ...notes, ...report.failures.map((failure) => `- FAILURE: ${failure}`))
   return out.join('\n') + '\n'
+}
+
+/** Runs recorded in time windows (first-minute): p99 per window, errors and the API's RSS before and after. */
+function firstMinuteTable (runs: RunRecord[]): string[] {
+  const windowed = runs.filter((r) => r.load.windows !== undefined)
+  if (windowed.length === 0) return ['']
+  const span = (r: RunRecord) => {
+    const [first, second] = r.load.windows!
+    return first === undefined || second === undefined ? 0 : second.fromS - first.fromS
+  }
+  return ['', '### First minute', '', 'p99 of the responses that arrived in each window of the run (a window\'s count in brackets), and the API process\'s resident memory.', '',
+    table(['run', 'p99 ms', 'p99 ms per window', 'window s', 'socket err / timeouts', 'non-2xx', 'RSS MB start -> end', 'RSS slope MB/min (last half)'], windowed.map((r) => [
+      r.label, ms(r.load.latency.p99), r.load.windows!.map((w) => `${ms(w.p99)} (${w.count})`).join(', '), String(span(r)),
+      `${r.load.errors - r.load.timeouts} / ${r.load.timeouts}`, statusText(r.load.statusCodes),
+      r.rss === undefined ? '' : `${r.rss.startMb.toFixed(0)} -> ${r.rss.endMb.toFixed(0)}`, r.rss?.slopeMbPerMin === undefined ? '' : r.rss.slopeMbPerMin.toFixed(2)
+    ])), '']
+}
+
+/**
+ * The money write's batches (server-side group commit) in the POST /transactions runs, from the API's
+ * ledger_write_batch_size histogram: '-' where the API does not export it.
+ */
+function writeBatchTable (runs: RunRecord[]): string[] {
+  const posting = runs.filter((r) => r.scenario === 'post-transactions')
+  if (posting.length === 0) return []
+  return ['### Ledger write batches', '', 'Money writes per database round trip, from the API\'s `ledger_write_batch_size` histogram (increase over the run; percentiles are bucket bounds). \'-\': the API does not export it (no group commit).', '',
+    table(['run', 'conns', 'req/s', 'p99 ms', 'batches', 'mean writes per batch', 'p50', 'p99'], posting.map((r) => {
+      const h = formatHistogram(r.samples?.writeBatchSize)
+      return [r.label, String(r.connections), n0(r.load.rps), ms(r.load.latency.p99), h.count, h.mean, h.p50, h.p99]
+    })), '']
 }
 
 /** Writes <dir>/<stamp>.json (every number) and <dir>/<stamp>.md (the tables); returns the Markdown. */

@@ -7,8 +7,11 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import type { Redis } from 'ioredis'
 import type postgres from 'postgres'
+import { summarizeHistogram, type HistogramSummary } from './histogram.ts'
 
 const CLOCK_TICKS = 100 // getconf CLK_TCK on Linux
+/** The API's histogram of money writes per batch (buckets 1, 2, 4, 8, 16, 32), when it groups commits. */
+export const WRITE_BATCH_SIZE = 'ledger_write_batch_size'
 
 export interface ProcessGroups {
   apiPid: () => number | undefined
@@ -39,6 +42,11 @@ export interface SampleResult {
    * report when they go idle, at most about a second late; undefined when it could not be read).
    */
   roundTrips: { redisCommands: Record<string, number>, pgTransactions: number | undefined }
+  /**
+   * Money writes per database round trip (server-side group commit), from the API's `ledger_write_batch_size`
+   * histogram; undefined when the API does not export it.
+   */
+  writeBatchSize?: HistogramSummary | undefined
 }
 
 /** The fields of /proc/<pid>/stat after the command name (which may contain spaces), or [] once it is gone. */
@@ -59,7 +67,8 @@ function machineBusyTicks (): { busy: number, total: number } {
   return { busy: total - (values[3] ?? 0) - (values[4] ?? 0), total }
 }
 
-function rssMb (pid: number): number {
+/** Resident memory of a process in MB, or 0 once it is gone. */
+export function rssMb (pid: number): number {
   try {
     return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024
   } catch {
@@ -68,7 +77,7 @@ function rssMb (pid: number): number {
 }
 
 /** Prometheus text format to a map of `name{labels}` -> value. */
-function parseMetrics (text: string): Map<string, number> {
+export function parseMetrics (text: string): Map<string, number> {
   const out = new Map<string, number>()
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue
@@ -79,7 +88,7 @@ function parseMetrics (text: string): Map<string, number> {
 }
 
 /** Each series of `name` with its labels and its increase between two scrapes. */
-function deltasOf (first: Map<string, number>, last: Map<string, number>, name: string) {
+export function deltasOf (first: Map<string, number>, last: Map<string, number>, name: string) {
   const out: Array<{ labels: Record<string, string>, value: number }> = []
   for (const [series, value] of last) {
     if (series !== name && !series.startsWith(`${name}{`)) continue
@@ -212,6 +221,7 @@ export async function startSampler (options: SamplerOptions): Promise<{ stop: ()
         serverRoutes: grouped('ledger_http_request_duration_seconds', (l) => `${l.method} ${l.route} ${l.status_code}`),
         sqlStatements: grouped('ledger_db_query_duration_seconds', (l) => `${l.statement}${l.outcome === 'ok' ? '' : ` (${l.outcome})`}`),
         dependencyErrors,
+        writeBatchSize: summarizeHistogram(deltas(`${WRITE_BATCH_SIZE}_bucket`), deltas(`${WRITE_BATCH_SIZE}_sum`), deltas(`${WRITE_BATCH_SIZE}_count`)),
         roundTrips: { redisCommands, pgTransactions: first.pgTransactions === undefined || last.pgTransactions === undefined ? undefined : last.pgTransactions - first.pgTransactions }
       }
     }

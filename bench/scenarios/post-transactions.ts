@@ -3,6 +3,7 @@
 // and the minimal ledger write (what any transfer must do: key, ordered locks, funds check, two balances, the
 // transaction and its entries), so the gap to the last is what our API and our function add to the necessary work.
 import { databaseBaselines } from '../lib/baselines.ts'
+import { formatHistogram } from '../lib/histogram.ts'
 import { apiCpuGoal, BIG_CONNECTIONS, cpuRatio, findBaseline, goal, measure, PGBENCH_CLIENTS, ratio, record, side, warmUp, type Scenario } from '../lib/context.ts'
 import { mixedRequests } from '../lib/traffic.ts'
 
@@ -47,6 +48,14 @@ export const scenario: Scenario = {
       ratio(b, 'post-vs-minimal', label, side(atPgbench), side(minimal), 0.6,
         'pgbench: 50 clients through the same PgBouncer, bench_minimal.transfer() on tables of its own (bench/pgbench/minimal-ledger.sql)')
       cpuRatio(b, 'post-vs-minimal', label, side(atPgbench), side(minimal), 'db', 'database work per money write: post_transaction() vs the minimal function')
+      ratio(b, 'post-1000-vs-minimal', `${label} (${post.connections} connections)`, side(post), side(minimal), undefined,
+        `the API at ${post.connections} connections, the minimal write at pgbench's ${PGBENCH_CLIENTS}: what the API makes of a crowd`)
+    }
+    for (const run of [post, atPgbench]) {
+      const batches = formatHistogram(run.samples?.writeBatchSize)
+      run.notes.push(run.samples?.writeBatchSize === undefined
+        ? 'write batches: - (the API exports no ledger_write_batch_size histogram)'
+        : `write batches: ${batches.count}, mean ${batches.mean} writes per batch, p50 ${batches.p50}, p99 ${batches.p99}`)
     }
     apiCpuGoal(b, 'post-api-cpu', 'POST /transactions: API CPU per request', atPgbench, 0.18)
     if (ours !== undefined && minimal !== undefined) {

@@ -21,8 +21,10 @@ export const databaseConfig = settingsGroup('PostgreSQL', 'The primary through P
     .describe('PostgreSQL directly, as the `ledger` login that acts as the schema owner (sql/bootstrap.sql): migrations, seeding, `npm run clients` and `npm run reconcile`. A transaction-mode pooler is fine for queries, not for them. Unset: DATABASE_URL.'),
   DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(100).optional().meta({ example: String(DEFAULT_POOL_MAX) })
     .describe(`Connections each API process opens to PgBouncer (1-100). Unset: ${DEFAULT_POOL_MAX}, or with WORKERS > 1 max(2, floor(${PGBOUNCER_SERVER_CONNECTIONS} / WORKERS)), each worker's share of PgBouncer's max_db_connections = ${PGBOUNCER_SERVER_CONNECTIONS}, so queueing happens in the pools rather than in PgBouncer. Rule: processes x pool <= PgBouncer's max_client_conn (2000).`),
-  DATABASE_IDLE_TIMEOUT_S: z.coerce.number().int().min(0).default(30)
-    .describe('Seconds an idle pooled connection is kept.'),
+  DATABASE_POOL_WARM: z.coerce.number().int().min(0).max(100).optional().meta({ example: String(DEFAULT_POOL_MAX) })
+    .describe('Connections each pool opens while the process starts, before it listens and reports ready (0-100, at most the pool\'s size), so the first burst of requests does not wait for connects. Unset: the whole pool (DATABASE_POOL_MAX); 0: connections open on demand. A connection that does not open within DATABASE_CONNECT_TIMEOUT_S delays the start by that long at most and opens on demand later.'),
+  DATABASE_IDLE_TIMEOUT_S: z.coerce.number().int().min(0).default(0)
+    .describe('Seconds an idle pooled connection is kept before it is closed; 0 (the default) keeps it until its lifetime ends (30-60 minutes, drawn per connection). An idle client connection to PgBouncer holds no PostgreSQL backend, and one closed during a quiet period would be reopened by the first request after it.'),
   DATABASE_CONNECT_TIMEOUT_S: z.coerce.number().int().min(1).max(60).default(5)
     .describe('Seconds to wait for a new connection (1-60); after it the request gets 503.'),
   DATABASE_CIRCUIT_FAILURES: z.coerce.number().int().min(1).max(1000).default(5)

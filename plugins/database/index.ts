@@ -44,8 +44,16 @@ export interface DatabaseOptions {
   /** A streaming replica for reads that tolerate a little lag; its pool has the same size and timeouts. */
   replicaUrl?: string | undefined
   max: number
+  /**
+   * Connections each pool opens while the app starts, before it is ready (at most `max`): the first requests then
+   * find them open instead of waiting for connects. Unset or 0: every connection opens on demand.
+   */
+  warm?: number | undefined
+  /** Seconds an idle connection is kept; 0 keeps it until its lifetime ends. */
   idleTimeoutS: number
   connectTimeoutS: number
+  /** Told how many connections each pool opened at start, and how long that took. */
+  onWarm?: (result: WarmResult & { pool: 'primary' | 'replica' }) => void
   observeQuery?: QueryObserver
   /** Fail fast while the database is unreachable (one breaker per pool); unset, every statement is sent. */
   circuit?: CircuitOptions
@@ -222,8 +230,9 @@ export function createSql (options: DatabaseOptions, url = options.url, pool: 'p
     max: options.max,
     idle_timeout: options.idleTimeoutS,
     connect_timeout: options.connectTimeoutS,
-    // A connection lives at most this long so that a PgBouncer or PostgreSQL restart is absorbed gradually.
-    max_lifetime: 60 * 30,
+    // max_lifetime is postgres.js's default: each connection lives 30 to 60 minutes, drawn per connection, so a
+    // PgBouncer or PostgreSQL restart is absorbed gradually and the connections opened together by the warm-up do
+    // not all close together.
     // The default reconnect backoff grows to 20 s and is shared by the whole pool, so after a short PgBouncer
     // outage queued queries would wait on a timer instead of failing fast (503) or recovering: keep it short.
     backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 0.5),
@@ -235,13 +244,48 @@ export function createSql (options: DatabaseOptions, url = options.url, pool: 'p
     connection: { application_name: 'ledger-api' }
   })
   const breaker = createBreaker(options, pool, sql)
-  return instrumentSql(sql, {
+  const instrumented = instrumentSql(sql, {
     'db.system': 'postgresql',
     'db.system.name': 'postgresql',
     'db.namespace': parsed.pathname.slice(1),
     'server.address': parsed.hostname,
     'server.port': Number(parsed.port || 5432)
   }, options.observeQuery, breaker)
+  rawPools.set(instrumented, sql)
+  return instrumented
+}
+
+export interface WarmResult {
+  /** Connections that were open (or opened) at once. */
+  opened: number
+  /** Connections that could not be opened (the database or PgBouncer did not answer within the connect timeout). */
+  failed: number
+  ms: number
+}
+
+/** The uninstrumented pool behind each `sql` createSql returns: the warm-up's statements are not the app's. */
+const rawPools = new WeakMap<Sql, Sql>()
+
+/**
+ * Opens `count` connections of a pool at once: postgres.js opens a connection only when a statement needs one, so
+ * a process that has just started would make its first burst of requests wait for the connects (PgBouncer's, and
+ * PostgreSQL's when PgBouncer has no idle server connection either), each with a queue of statements behind it.
+ * `count` statements sent together while no connection is open each take a connection of their own (postgres.js
+ * connects a closed slot before it queues a statement behind a busy one), and leave it open and idle. `reserve()`
+ * cannot do this: with fetch_types off, a reservation that has to open its connection is never granted
+ * (postgres.js 3.4.9). A connection that does not open in time is counted, not thrown: the readiness probe says
+ * whether the database answers.
+ */
+export async function warmPool (sql: Sql, count: number, timeoutMs: number): Promise<WarmResult> {
+  const pool = rawPools.get(sql) ?? sql
+  const started = performance.now()
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), timeoutMs) })
+  const attempts = Array.from({ length: count }, () => Promise.race([withoutPipelining(pool`select 1`).then(() => 'open' as const, () => 'failed' as const), deadline]))
+  const outcomes = await Promise.all(attempts)
+  clearTimeout(timer)
+  const opened = outcomes.filter((outcome) => outcome === 'open').length
+  return { opened, failed: count - opened, ms: performance.now() - started }
 }
 
 function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', sql: Sql): CircuitBreaker | undefined {
@@ -267,6 +311,14 @@ async function databasePlugin (app: FastifyInstance, options: DatabaseOptions) {
   app.addHook('onClose', async () => {
     await Promise.all([sql.end({ timeout: 5 }), replica?.end({ timeout: 5 })])
   })
+  // Before the app is ready (and so before it listens or reports ready): the first requests find the pools open.
+  const warm = Math.min(options.warm ?? 0, options.max)
+  if (warm > 0) {
+    const pools = [['primary', sql] as const, ...(replica === null ? [] : [['replica', replica] as const])]
+    // Bounded like a statement's connect: a database that is down delays the start by that long, not forever.
+    const timeoutMs = options.connectTimeoutS * 1000 + 1000
+    await Promise.all(pools.map(async ([pool, target]) => options.onWarm?.({ pool, ...await warmPool(target, warm, timeoutMs) })))
+  }
 }
 
 const circuitStateValue = { closed: 0, half_open: 1, open: 2 } as const
@@ -285,6 +337,7 @@ export const autoConfig = (app: FastifyInstance): DatabaseOptions => {
     url: config.DATABASE_URL,
     replicaUrl: config.DATABASE_REPLICA_URL,
     max: config.DATABASE_POOL_MAX,
+    warm: config.DATABASE_POOL_WARM ?? config.DATABASE_POOL_MAX,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
     circuit: {
@@ -297,6 +350,10 @@ export const autoConfig = (app: FastifyInstance): DatabaseOptions => {
         else if (state === 'closed') app.log.info({ pool }, 'database circuit breaker closed: the database answers again')
         else app.log.debug({ pool, state }, `database circuit breaker ${state.replace('_', '-')}`)
       }
+    },
+    onWarm: ({ pool, opened, failed, ms }) => {
+      if (failed === 0) app.log.info({ pool, opened, ms: Math.round(ms) }, 'database pool warmed')
+      else app.log.warn({ pool, opened, failed, ms: Math.round(ms) }, 'database pool warm-up: some connections did not open; they open on demand')
     },
     observeQuery: {
       refused: () => metrics.dbCircuitRefused.inc(),
