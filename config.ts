@@ -64,6 +64,7 @@ interface Resolved {
   OPS_PORT: number
   OPS_HOST: string
   DATABASE_POOL_MAX: number
+  DATABASE_POOL_WARM: number
 }
 /** The configuration of the infrastructure alone, as the plugins see it. */
 export type InfrastructureConfig = Flat<Omit<InfrastructureSettings, 'WORKER_CONCURRENCY' | keyof Resolved> & Resolved>
@@ -118,12 +119,15 @@ export function composeConfig<const G extends readonly SettingsGroup[]> (domains
       return z.NEVER
     }
     const { WORKER_CONCURRENCY: _replaced, ...rest } = parsed as Record<string, unknown>
+    const poolMax = env.DATABASE_POOL_MAX ?? defaultPoolMax(env.WORKERS)
     return {
       ...rest,
       JWT_SECRET: env.JWT_SECRET,
       OPS_PORT: env.OPS_PORT ?? env.METRICS_PORT,
       OPS_HOST: env.OPS_HOST ?? env.HOST,
-      DATABASE_POOL_MAX: env.DATABASE_POOL_MAX ?? defaultPoolMax(env.WORKERS)
+      DATABASE_POOL_MAX: poolMax,
+      // Unset: the whole pool; never more than the pool holds.
+      DATABASE_POOL_WARM: Math.min(env.DATABASE_POOL_WARM ?? poolMax, poolMax)
     } as ComposedConfig<G>
   })
 }

@@ -337,7 +337,7 @@ export const autoConfig = (app: FastifyInstance): DatabaseOptions => {
     url: config.DATABASE_URL,
     replicaUrl: config.DATABASE_REPLICA_URL,
     max: config.DATABASE_POOL_MAX,
-    warm: config.DATABASE_POOL_WARM ?? config.DATABASE_POOL_MAX,
+    warm: config.DATABASE_POOL_WARM,
     idleTimeoutS: config.DATABASE_IDLE_TIMEOUT_S,
     connectTimeoutS: config.DATABASE_CONNECT_TIMEOUT_S,
     circuit: {

@@ -59,7 +59,8 @@ t.test('the app opens DATABASE_POOL_WARM connections before it is ready, and say
 
 t.test('warm-up settings: unset is the whole pool, 0 turns it off, the idle timeout keeps connections by default', async (t) => {
   const defaults = testConfig({ DATABASE_POOL_MAX: '6' })
-  t.equal(defaults.DATABASE_POOL_WARM, undefined, 'unset: the plugin warms DATABASE_POOL_MAX')
+  t.equal(defaults.DATABASE_POOL_WARM, 6, 'unset: the whole pool (DATABASE_POOL_MAX)')
+  t.equal(testConfig({ DATABASE_POOL_MAX: '4', DATABASE_POOL_WARM: '9' }).DATABASE_POOL_WARM, 4, 'never more than the pool holds')
   t.equal(defaults.DATABASE_IDLE_TIMEOUT_S, 0, 'idle connections are kept')
   t.equal(testConfig({ DATABASE_POOL_WARM: '0' }).DATABASE_POOL_WARM, 0)
   t.throws(() => testConfig({ DATABASE_POOL_WARM: '-1' }), /DATABASE_POOL_WARM/)
