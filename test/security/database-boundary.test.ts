@@ -4,31 +4,14 @@
 // real ledger rows, and the ledger reconciles afterwards.
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { hashClientSecret } from '../../routes/identity/clients.ts'
 import { reconcileLedger } from '../../scripts/ops/reconcile.ts'
 import { buildTestApp, createClient, createUser, fund, ownerSql, type TestUser } from '../helper.ts'
-import { TEST_CURRENCY } from './support.ts'
+import { asApiRole, outcome, TEST_CURRENCY } from './support.ts'
 
 const apiUrl = process.env.DATABASE_URL ?? ''
 const adminUrl = process.env.DATABASE_ADMIN_URL
-
-/** A connection as the API role, through PgBouncer in transaction mode: exactly what a leaked DATABASE_URL gives. */
-function asApiRole (t: Test) {
-  const sql = postgres(apiUrl, { max: 1, prepare: false, onnotice: () => {}, connection: { application_name: 'attacker' } })
-  t.teardown(() => sql.end({ timeout: 5 }))
-  return sql
-}
-
-/** The SQLSTATE a statement fails with, or 'ok' when PostgreSQL ran it. */
-async function outcome (statement: Promise<unknown>): Promise<string> {
-  try {
-    await statement
-    return 'ok'
-  } catch (error) {
-    return (error as { code?: string }).code ?? String(error)
-  }
-}
 
 const INSUFFICIENT_PRIVILEGE = '42501'
 

@@ -4,26 +4,9 @@
 // is refused whole before it can pile up subtransactions.
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { buildTestApp, createClient, createUser, fund, ownerSql } from '../helper.ts'
-import { TEST_CURRENCY } from './support.ts'
-
-const apiUrl = process.env.DATABASE_URL ?? ''
-
-function asApiRole (t: Test) {
-  const sql = postgres(apiUrl, { max: 1, prepare: false, onnotice: () => {}, connection: { application_name: 'attacker' } })
-  t.teardown(() => sql.end({ timeout: 5 }))
-  return sql
-}
-
-async function outcome (statement: Promise<unknown>): Promise<string> {
-  try {
-    await statement
-    return 'ok'
-  } catch (error) {
-    return (error as { code?: string }).code ?? String(error)
-  }
-}
+import { asApiRole, outcome, TEST_CURRENCY } from './support.ts'
 
 /** What the ledger holds for a set of users: balance rows, entries, and keys and transactions they or a client own. */
 async function footprint (userIds: string[], principals: string[] = userIds) {

@@ -1,7 +1,9 @@
 // Shared pieces of the security suite: the attack payload table, the list of private routes, a
-// recorder that checks every response for leaked secrets, and database probes (tables intact, a user's data).
+// recorder that checks every response for leaked secrets, database probes (tables intact, a user's data), and a
+// connection as the API role with the SQLSTATE its statements fail with.
 import { randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
+import postgres from 'postgres'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
@@ -291,4 +293,21 @@ export function rawExchange (port: number, chunks: (string | Buffer)[], options:
     socket.on('close', () => finish(true))
     socket.on('error', () => finish(true))
   })
+}
+
+/** A connection as the API role, through PgBouncer in transaction mode: exactly what a leaked DATABASE_URL gives. */
+export function asApiRole (t: Pick<Test, 'teardown'>) {
+  const sql = postgres(process.env.DATABASE_URL ?? '', { max: 1, prepare: false, onnotice: () => {}, connection: { application_name: 'attacker' } })
+  t.teardown(() => sql.end({ timeout: 5 }))
+  return sql
+}
+
+/** The SQLSTATE a statement fails with, or 'ok' when PostgreSQL ran it. */
+export async function outcome (statement: Promise<unknown>): Promise<string> {
+  try {
+    await statement
+    return 'ok'
+  } catch (error) {
+    return (error as { code?: string }).code ?? String(error)
+  }
 }

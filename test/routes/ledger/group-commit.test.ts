@@ -6,30 +6,14 @@ import postgres from 'postgres'
 import t, { type Test } from 'tap'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { App } from '../../../app.ts'
-import { ledgerInvariants } from '../../../scripts/ops/reconcile.ts'
+import { assertLedgerBalanced, balance, transactionCount } from './support.ts'
 import { buildTestApp, createClient, createUser, fund, ownerSql, spanExporter, testSql, within, type TestClient, type TestUser } from '../../helper.ts'
-
-type Sql = ReturnType<typeof testSql>
 
 function post (app: App, caller: TestUser | TestClient, payload: Record<string, unknown>, key: string = randomUUID(), headers: Record<string, string> = {}) {
   return app.inject({ method: 'POST', url: '/transactions', headers: { authorization: caller.authorization, 'idempotency-key': key, ...headers }, payload })
 }
 
 const transfer = (to: TestUser, amount: number) => ({ kind: 'transfer', amount, currency: 'USD', toUserId: to.id })
-
-async function balance (sql: Sql, userId: string, currency = 'USD'): Promise<number | null> {
-  const [row] = await sql`select balance from balances where user_id = ${userId} and currency = ${currency}`
-  return row === undefined ? null : Number(row.balance)
-}
-
-async function transactionCount (sql: Sql, userId: string): Promise<number> {
-  const [row] = await sql`select count(*)::int as n from transactions where from_user_id = ${userId} or to_user_id = ${userId}`
-  return row?.n as number
-}
-
-async function assertLedgerBalanced (t: Test, sql: Sql, userIds: string[]) {
-  for (const check of await ledgerInvariants(sql, userIds)) t.same(check.offending, [], `${check.name} (${check.checked})`)
-}
 
 /** The sizes of the database calls the app's money writes made so far: how many, and how many writes they carried. */
 async function batchSizes (app: App) {

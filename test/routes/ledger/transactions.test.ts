@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { buildTestApp, createClient, createUser, dbSpans, fund, injectTraced, testSql, type TestClient, type TestUser } from '../../helper.ts'
 import type { App } from '../../../app.ts'
-import { ledgerInvariants } from '../../../scripts/ops/reconcile.ts'
-
-type Sql = ReturnType<typeof testSql>
+import { assertLedgerBalanced, balance, transactionCount } from './support.ts'
 
 /** A user posts transfers; a service client posts deposits and withdrawals. */
 function post (app: App, caller: TestUser | TestClient, payload: Record<string, unknown>, key: string = randomUUID()) {
@@ -14,21 +12,6 @@ function post (app: App, caller: TestUser | TestClient, payload: Record<string, 
 /** A deposit or withdrawal body for `user`, with a fresh settlement reference unless one is given. */
 const funding = (kind: 'deposit' | 'withdrawal', user: TestUser, amount: number, extra: Record<string, unknown> = {}) =>
   ({ kind, userId: user.id, amount, currency: 'USD', reference: `ref-${randomUUID()}`, ...extra })
-
-async function balance (sql: Sql, userId: string, currency = 'USD'): Promise<number | null> {
-  const [row] = await sql`select balance from balances where user_id = ${userId} and currency = ${currency}`
-  return row === undefined ? null : Number(row.balance)
-}
-
-async function transactionCount (sql: Sql, userId: string): Promise<number> {
-  const [row] = await sql`select count(*)::int as n from transactions where from_user_id = ${userId} or to_user_id = ${userId}`
-  return row?.n as number
-}
-
-/** The ledger's invariants (sql/functions/ledger_invariants.sql) for a set of users who only trade among themselves. */
-async function assertLedgerBalanced (t: Test, sql: Sql, userIds: string[]) {
-  for (const check of await ledgerInvariants(sql, userIds)) t.same(check.offending, [], `${check.name} (${check.checked})`)
-}
 
 t.test('deposit, withdrawal and transfer move exactly the amount', async (t) => {
   const app = await buildTestApp(t)
