@@ -80,20 +80,38 @@ export interface Poster {
 }
 
 /**
+ * post_transaction()'s arguments for one request, by name: who pays or is paid follows from the kind (a user
+ * transfers from their own balance; a client names the user it deposits to or withdraws from). The single call
+ * passes them in order, post_transactions() reads them from one json object per request.
+ */
+function postArguments ({ poster, key, body }: PostRequest) {
+  return {
+    client_id: poster.kind === 'client' ? poster.id : null,
+    user_id: body.kind === 'transfer' ? poster.id : body.userId,
+    key,
+    fingerprint: requestFingerprint(body),
+    kind: body.kind,
+    amount: body.amount,
+    currency: body.currency,
+    to_user_id: body.kind === 'transfer' ? body.toUserId : null,
+    description: body.description ?? null,
+    reference: body.kind === 'transfer' ? null : body.reference
+  }
+}
+
+/**
  * One statement, one round trip: post_transaction() (sql/functions/post_transaction.sql) claims the key, checks
  * the reference, locks balances in user id order, checks funds, writes the transaction, its entries and the
  * balances, atomically.
  */
 export async function postTransaction (sql: Sql, poster: Poster, key: string, body: CreateTransactionBody, keyTtlS: number): Promise<PostOutcome> {
-  const clientId = poster.kind === 'client' ? poster.id : null
-  const userId = body.kind === 'transfer' ? poster.id : body.userId
+  const a = postArguments({ poster, key, body })
   let row
   try {
     [row] = await sql<(TransactionRow & { outcome: 'created' | 'replayed' | 'mismatch', queued: number | null })[]>`
       select * from post_transaction(
-        ${clientId}, ${userId}, ${key}, ${requestFingerprint(body)}, ${body.kind}, ${body.amount}, ${body.currency},
-        ${body.kind === 'transfer' ? body.toUserId : null}, ${body.description ?? null},
-        ${body.kind === 'transfer' ? null : body.reference}, ${keyTtlS}
+        ${a.client_id}, ${a.user_id}, ${a.key}, ${a.fingerprint}, ${a.kind}, ${a.amount}, ${a.currency},
+        ${a.to_user_id}, ${a.description}, ${a.reference}, ${keyTtlS}
       )`
   } catch (error) {
     const refusal = postRefusal(error)
@@ -116,22 +134,6 @@ export type PostResult = { ok: true, outcome: PostOutcome } | { ok: false, error
 
 /** The most requests post_transactions() takes in one call (its own cap, sql/functions/post_transactions.sql). */
 export const MAX_BATCH = 32
-
-/** post_transaction()'s arguments under the keys post_transactions() reads them from. */
-function batchElement ({ poster, key, body }: PostRequest) {
-  return {
-    client_id: poster.kind === 'client' ? poster.id : null,
-    user_id: body.kind === 'transfer' ? poster.id : body.userId,
-    key,
-    fingerprint: requestFingerprint(body),
-    kind: body.kind,
-    amount: body.amount,
-    currency: body.currency,
-    to_user_id: body.kind === 'transfer' ? body.toUserId : null,
-    description: body.description ?? null,
-    reference: body.kind === 'transfer' ? null : body.reference
-  }
-}
 
 /** An error shaped like the driver's, so a request refused inside a batch maps to what its single call would throw. */
 export class BatchedPostError extends Error {
@@ -161,7 +163,7 @@ type BatchRow = { [K in keyof TransactionRow]: TransactionRow[K] | null } & {
  */
 export async function postTransactions (sql: Sql, requests: readonly PostRequest[], keyTtlS: number): Promise<PostResult[]> {
   const rows = await sql<BatchRow[]>`
-    select * from post_transactions(${sql.json(requests.map(batchElement))}, ${keyTtlS})`
+    select * from post_transactions(${sql.json(requests.map(postArguments))}, ${keyTtlS})`
   if (rows.length !== requests.length) throw new Error(`post_transactions returned ${rows.length} rows for ${requests.length} requests`)
   return rows.toSorted((a, b) => a.ordinal - b.ordinal).map((row): PostResult => {
     if (row.outcome === 'refused') {
