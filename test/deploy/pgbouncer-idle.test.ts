@@ -4,25 +4,14 @@
 // configuration without min_pool_size loses them all. The contrast is what shows the setting does the work.
 import { spawn } from 'node:child_process'
 import { chownSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
 import { runStack, stackDir } from '../../scripts/local-stack.ts'
+import { freePort } from '../free-port.ts'
 
 const PGBOUNCER = '/usr/sbin/pgbouncer'
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
-}
 
 interface PoolRow { user: string, sv_active: string, sv_idle: string, sv_used: string, sv_tested: string, sv_login: string }
 

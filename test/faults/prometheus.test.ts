@@ -16,7 +16,8 @@ import { prometheusBinaries } from '../../scripts/prometheus-tools.ts'
 import { dashboardPanels, durationMs, fromJobLanes, panelQuery, readText, ruleFiles, scaledRules, alertRules } from '../deploy/observability-files.ts'
 import { buildTestApp, createClient, createUser, fund, hasLocalStack, makeFollowers, registerWebhookEndpoint, type TestUser } from '../helper.ts'
 import { startReceiver } from '../webhook-receiver.ts'
-import { fetchSender, freePort, sleep, startServer, waitFor, type Send } from './support.ts'
+import { freePort } from '../free-port.ts'
+import { fetchSender, sleep, startServer, waitFor, type Send } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 

@@ -3,7 +3,6 @@
 // Every target is on 127.0.0.1; every loop is bounded in count and time.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type postgres from 'postgres'
@@ -11,6 +10,7 @@ import type { Test } from 'tap'
 import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { ledgerInvariants, reconcileLedger, type ReconcileCheck } from '../../scripts/ops/reconcile.ts'
+import { freePort } from '../free-port.ts'
 import { createClient, openSpans, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }
@@ -44,18 +44,6 @@ export function freeze (service: Service): number {
 
 export function thaw (pid: number) {
   try { process.kill(pid, 'SIGCONT') } finally { frozen.delete(pid) }
-}
-
-/** A TCP port that was free on 127.0.0.1 a moment ago. */
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')))
-    })
-  })
 }
 
 /** Polls `probe` until it returns true; resolves with the elapsed ms, or -1 once `timeoutMs` has passed. */

@@ -7,7 +7,8 @@ import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, fund, hasLocalStack, registerWebhookEndpoint, testSql, type TestUser } from '../helper.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
-import { freePort, sleep, startWorker, waitFor } from './support.ts'
+import { freePort } from '../free-port.ts'
+import { sleep, startWorker, waitFor } from './support.ts'
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 

@@ -9,7 +9,6 @@
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { createWriteStream, existsSync, readdirSync, readFileSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { Webhook } from 'standardwebhooks'
@@ -17,6 +16,7 @@ import t, { type Test } from 'tap'
 import { createServiceClient } from '../../routes/identity/clients.ts'
 import { parseEnvLines } from '../../scripts/local-stack.ts'
 import { projectRoot, runtimeFiles } from '../deploy/runtime-files.ts'
+import { freePort } from '../free-port.ts'
 import { startReceiver, type Received } from '../webhook-receiver.ts'
 
 const engineScript = join(projectRoot, 'scripts/engine.sh')
@@ -62,14 +62,6 @@ function docker (args: string[], options: { timeoutMs?: number, env?: Record<str
 
 /** `-e NAME` for each variable (the values reach the container through the client's environment, not its argv). */
 const envArgs = (env: Record<string, string>) => Object.keys(env).flatMap((name) => ['-e', name])
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 function commandOutput (command: string, args: string[]): string {
   try {

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { freePort } from '../free-port.ts'
 import { buildTestApp, createUser, dbSpans, injectTraced, openSpans } from '../helper.ts'
 
 /** Parses Prometheus text exposition into `name{labels}` -> value, failing on any malformed line. */
@@ -135,15 +135,6 @@ t.test('an overloaded event loop sheds requests with 503 + Retry-After, but live
   t.equal(shed?.json().type, 'https://ledger-api.dev/problems/overloaded')
   t.equal((await app.inject({ method: 'GET', url: '/health/live' })).statusCode, 200, 'liveness is exempt')
 })
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')))
-    })
-  })
-}
 
 t.test('invalid OTEL_* values do not stop the real server', { timeout: 30_000 }, async (t) => {
   const port = await freePort()
