@@ -168,8 +168,9 @@ begin
   -- few set statements instead of a subtransaction and post_transaction()'s statements per request, and give
   -- exactly what the per-request path below would: the same rows, ids in input order, outcomes, balances, entries,
   -- keys and outbox rows. Whatever is not plain, and whatever raises here, is rolled back with this block (its
-  -- keys, balance rows and locks too) and the whole batch goes the per-request way, so every refusal, replay and
-  -- mismatch comes from post_transaction() alone.
+  -- keys, balance rows and locks too; only the ids it drew are not given back, as with any rolled-back write) and
+  -- the whole batch goes the per-request way, so every refusal, replay and mismatch comes from post_transaction()
+  -- alone.
   --
   -- Checked before writing, because nothing would raise otherwise: every element is an object; a client may move
   -- funds (client_may_move_funds(), post_transaction()'s own rule); every side a request moves money for is one
