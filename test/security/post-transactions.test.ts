@@ -157,3 +157,20 @@ t.test('a batch that balances only in sum, or names a balance by another spellin
   t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), [['created', null], ['refused', 'LDG06'], ['created', null]])
   t.equal(await balances(), [`${alice.id}:${TEST_CURRENCY}=1490`, `${bob.id}:${TEST_CURRENCY}=20`].sort().join(','))
 })
+
+t.test('the API role cannot call the helpers post_transactions() runs with its owner\'s rights', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const alice = await createUser(app)
+  const before = await footprint([alice.id])
+  t.equal(await outcome(sql`select * from lock_batch_balances(array[${alice.id}]::uuid[], array['EUR'])`), '42501', 'lock_batch_balances(): no EXECUTE')
+  t.equal(await outcome(sql`select client_may_move_funds(${randomUUID()}::uuid)`), '42501', 'client_may_move_funds(): no EXECUTE')
+  t.same(await footprint([alice.id]), before, 'no balance row made')
+  const helpers = await ownerSql()<Array<{ fn: string, definer: boolean, config: string, public: boolean }>>`
+    select p.proname as fn, p.prosecdef as definer, array_to_string(p.proconfig, ',') as config,
+           exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0 and a.privilege_type = 'EXECUTE') as public
+      from pg_proc p
+     where p.pronamespace = 'public'::regnamespace and p.proname in ('lock_batch_balances', 'client_may_move_funds') order by p.proname`
+  t.same(helpers, ['client_may_move_funds', 'lock_batch_balances'].map((fn) => ({ fn, definer: false, config: 'search_path=pg_catalog, pg_temp', public: false })),
+    'their caller\'s rights, pinned search_path, no PUBLIC execute')
+})
