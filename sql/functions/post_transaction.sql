@@ -72,10 +72,7 @@ begin
     if not exists (select 1 from public.users where id = p_user_id) then
       raise exception 'caller_not_found' using errcode = 'LDG04';
     end if;
-  elsif not exists (
-    select 1 from public.service_clients
-     where id = p_client_id and revoked_at is null and 'funds:write' = any (scopes)
-  ) then
+  elsif not public.client_may_move_funds(p_client_id) then
     -- Revocation reaches every API process within a second; the ledger itself never waits for that. The scope is
     -- checked here too: the API checks it first, but this function must hold for whoever holds the API's role.
     raise exception 'client_revoked' using errcode = 'LDG06';

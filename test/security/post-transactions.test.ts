@@ -118,3 +118,59 @@ t.test('clients that do not exist, are revoked or lack funds:write, and users po
   for (const [index, [label, , code]] of cases.entries()) t.equal(rows[index]?.error_sqlstate, code, label)
   t.same(await footprint([victim.id, thief.id], principals), before, 'nothing written for any of them')
 })
+
+t.test('a batch that balances only in sum, or names a balance by another spelling of its user id, gets the per-request answers', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const [alice, bob] = [await createUser(app), await createUser(app)]
+  const processor = await createClient(app)
+  const revoked = await createClient(app, ['funds:write'], 'revoked settlement')
+  await ownerSql()`update service_clients set revoked_at = now() where id = ${revoked.id}`
+  await fund(app, alice, 1_000, TEST_CURRENCY, { client: processor })
+  await fund(app, bob, 500, TEST_CURRENCY, { client: processor })
+  const principals = [alice.id, bob.id, processor.id, revoked.id]
+  const send = (from: string, to: string, amount: unknown) =>
+    ({ user_id: from, key: randomUUID(), fingerprint: 'fp', kind: 'transfer', amount, currency: TEST_CURRENCY, to_user_id: to })
+  const balances = async () => (await footprint([alice.id, bob.id], principals))?.balances
+
+  // Alice overdraws first and is refilled after: in sum she never goes below 0, request by request she does.
+  const before = await footprint([alice.id, bob.id], principals)
+  let rows = await call(sql, [send(alice.id, bob.id, 1_200), send(bob.id, alice.id, -100), send(bob.id, alice.id, 500)])
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), [['refused', 'LDG01'], ['refused', '23514'], ['created', null]])
+  t.same(await footprint([alice.id, bob.id], principals), {
+    balances: [`${alice.id}:${TEST_CURRENCY}=1500`, `${bob.id}:${TEST_CURRENCY}=0`].sort().join(','),
+    entries: (before?.entries ?? 0) + 2,
+    keys: (before?.keys ?? 0) + 1,
+    transactions: (before?.transactions ?? 0) + 1
+  }, 'only the refill was written')
+
+  // The same users spelled otherwise: the uuid is the same, so is the balance, and so is the refusal of oneself.
+  const spellings = [bob.id.toUpperCase(), bob.id.replaceAll('-', ''), `{${bob.id}}`]
+  rows = await call(sql, [...spellings.map((spelling) => send(alice.id, spelling, 1)), send(alice.id, alice.id.toUpperCase(), 1)])
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), [['created', null], ['created', null], ['created', null], ['refused', 'LDG05']])
+  t.equal(await balances(), [`${alice.id}:${TEST_CURRENCY}=1497`, `${bob.id}:${TEST_CURRENCY}=3`].sort().join(','))
+
+  // A revoked client among requests that are all fine otherwise.
+  const deposit = (clientId: string, amount: number) =>
+    ({ client_id: clientId, user_id: bob.id, key: randomUUID(), fingerprint: 'fp', kind: 'deposit', amount, currency: TEST_CURRENCY, reference: `ref-${randomUUID()}` })
+  rows = await call(sql, [deposit(processor.id, 10), deposit(revoked.id, 1_000_000), send(alice.id, bob.id, 7)])
+  t.same(rows.map((row) => [row.outcome, row.error_sqlstate]), [['created', null], ['refused', 'LDG06'], ['created', null]])
+  t.equal(await balances(), [`${alice.id}:${TEST_CURRENCY}=1490`, `${bob.id}:${TEST_CURRENCY}=20`].sort().join(','))
+})
+
+t.test('the API role cannot call the helpers post_transactions() runs with its owner\'s rights', async (t) => {
+  const app = await buildTestApp(t)
+  const sql = asApiRole(t)
+  const alice = await createUser(app)
+  const before = await footprint([alice.id])
+  t.equal(await outcome(sql`select * from lock_batch_balances(array[${alice.id}]::uuid[], array['EUR'])`), '42501', 'lock_batch_balances(): no EXECUTE')
+  t.equal(await outcome(sql`select client_may_move_funds(${randomUUID()}::uuid)`), '42501', 'client_may_move_funds(): no EXECUTE')
+  t.same(await footprint([alice.id]), before, 'no balance row made')
+  const helpers = await ownerSql()<Array<{ fn: string, definer: boolean, config: string, public: boolean }>>`
+    select p.proname as fn, p.prosecdef as definer, array_to_string(p.proconfig, ',') as config,
+           exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0 and a.privilege_type = 'EXECUTE') as public
+      from pg_proc p
+     where p.pronamespace = 'public'::regnamespace and p.proname in ('lock_batch_balances', 'client_may_move_funds') order by p.proname`
+  t.same(helpers, ['client_may_move_funds', 'lock_batch_balances'].map((fn) => ({ fn, definer: false, config: 'search_path=pg_catalog, pg_temp', public: false })),
+    'their caller\'s rights, pinned search_path, no PUBLIC execute')
+})
