@@ -2,9 +2,9 @@
 // constraints), Redis, an optional streaming replica and Redis Cluster: the machine's binaries on 127.0.0.1, data in
 // the stack folder. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, isPostgres, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
 import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, tail, userCanEnter, waitFor, which } from './proc.ts'
 import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
@@ -28,7 +28,6 @@ held by another process) a block derived from the folder's path. LEDGER_STACK_DI
 `
 const STOP_TIMEOUT = 30
 const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
-type Main = typeof MAIN[number]
 
 // Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
@@ -61,11 +60,9 @@ async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   // The service user may only exist now, which can change where the stack lives.
   const { dir, link } = await resolveLayout()
   if (link !== undefined) {
-    if (existsSync(link) && !lstatSync(link).isSymbolicLink()) {
-      die(`${link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
-    }
+    if (existsSync(link) && !lstatSync(link).isSymbolicLink()) die(`${link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
     mkdirSync(dir, { recursive: true })
-    try { unlinkSync(link) } catch {}
+    rmSync(link, { force: true })
     symlinkSync(dir, link)
   }
   for (const sub of ['pg', 'run', 'log', 'redis', 'pgbouncer']) mkdirSync(join(dir, sub), { recursive: true })
@@ -90,45 +87,40 @@ async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
   await act({ l, bins: resolveBins(l) })
 }
 
-/** How messages name a service: a cluster node by its port. */
-const label = (name: string) => name.startsWith('cluster-') ? `cluster node :${name.slice(8)}` : name
-
-function tailLog (l: Layout, name: string) {
+/** Ends a failed start with the last lines of the service's log. */
+function fail (l: Layout, name: string, message: string): never {
   const file = logFile(l, name)
-  if (!existsSync(file)) return
-  log(`last lines of ${file}:`)
-  tail(readFileSync(file, 'utf8'))
+  if (existsSync(file)) {
+    log(`last lines of ${file}:`)
+    tail(readFileSync(file, 'utf8'))
+  }
+  die(message)
 }
 
 async function start (ctx: Ctx, name: string, service: Service) {
-  const port = service.port ?? ctx.l.ports[service.portVar]
+  const { l } = ctx
+  const port = service.port ?? l.ports[service.portVar]
   const launch = async () => {
-    if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
-    if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${label(name)} failed to start`) }
+    if (!isPostgres(name)) rmSync(pidFile(l, name), { force: true })
+    log(`starting ${name} on 127.0.0.1:${port}`)
+    if (!(await service.launch(ctx)).ok) fail(l, name, `${name} failed to start`)
   }
-  const pid = pidOf(ctx.l, name)
-  if (pid !== undefined) {
-    if (service.pg === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
-      die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
-    }
-    log(`${label(name)} already running (pid ${pid})`)
-  } else {
-    await ensurePortFree(ctx.l, service.portVar, port)
+  const pid = pidOf(l, name)
+  if (pid === undefined) {
+    await ensurePortFree(l, service.portVar, port)
     await launch()
-  }
+  } else if (isPostgres(name) ? pidFilePort(l, name) !== port : !(await portInUse(port))) {
+    die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
+  } else log(`${name} already running (pid ${pid})`)
   // Daemons write their pid file only after forking: a missing process counts after 3 s.
-  const ready = () => waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
+  const ready = () => waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(l, name) === undefined)
   let up = await ready()
   if (!up && service.retry === true) {
-    log(`${label(name)} did not come up; retrying once`)
+    log(`${name} did not come up; retrying once`)
     await launch()
     up = await ready()
   }
-  if (!up) {
-    log(pidOf(ctx.l, name) === undefined ? `${label(name)} exited during startup` : `${label(name)} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`)
-    tailLog(ctx.l, name)
-    process.exit(1)
-  }
+  if (!up) fail(l, name, pidOf(l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`)
   service.prepare?.(ctx)
 }
 
@@ -136,7 +128,8 @@ const gone = (pid: number) => waitFor(STOP_TIMEOUT, () => procComm(pid) === unde
 
 async function stop (ctx: Ctx, name: string, service?: Service) {
   const pid = pidOf(ctx.l, name)
-  if (pid === undefined) return name.startsWith('cluster-') || name === 'replica' ? undefined : log(`${name} is not running`)
+  // `down` stops the extras whether or not they were started: only a main service not running is news.
+  if (pid === undefined) return service === undefined || name === 'replica' ? undefined : log(`${name} is not running`)
   log(`stopping ${name} (pid ${pid})`)
   if (service?.stop !== undefined) service.stop(ctx, pid)
   else signal(pid, 'SIGTERM')
@@ -147,7 +140,7 @@ async function stop (ctx: Ctx, name: string, service?: Service) {
     if (!(await gone(pid))) die(`could not stop ${name} (pid ${pid})`)
   }
   // A killed daemon leaves its pid file behind (postgres cleans up its own).
-  if (service?.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
+  if (!isPostgres(name)) rmSync(pidFile(ctx.l, name), { force: true })
 }
 
 const statusLine = (name: string, pid: number | undefined, port: number) =>
@@ -158,11 +151,10 @@ const statusLine = (name: string, pid: number | undefined, port: number) =>
 function ensureJwtSecret (l: Layout) {
   const file = join(l.dir, 'jwt-secret')
   if (existsSync(file) && readFileSync(file, 'utf8').length > 0) return
-  try {
-    writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })
-    log(`generated the local JWT secret (${file})`)
-  } catch {} // another start made it first
+  // Written under the lock of `up`; an empty file (an interrupted write) is replaced, and keeps no other mode.
+  writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { mode: 0o600 })
   chmodSync(file, 0o600)
+  log(`generated the local JWT secret (${file})`)
 }
 
 function env (l: Layout): string {
@@ -179,7 +171,7 @@ function env (l: Layout): string {
   ].map((line) => `${line}\n`).join('')
 }
 
-/** The optional extras: what `<extra> up|down|status|env` do; `validate` checks their ports first. */
+/** The optional extras, `<extra> up|down|status|env`; `validate` checks their ports first. */
 const EXTRAS = {
   replica: {
     portVar: 'STACK_PG_REPLICA_PORT' as PortVar,
@@ -191,7 +183,7 @@ const EXTRAS = {
     },
     async down (ctx: Ctx) {
       await stop(ctx, 'replica', SERVICES.replica)
-      run('rm', ['-rf', ctx.l.replicaData])
+      rmSync(ctx.l.replicaData, { recursive: true, force: true })
     },
     status: (l: Layout) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT),
     env: (l: Layout) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`
@@ -206,58 +198,55 @@ const EXTRAS = {
     },
     async down (ctx: Ctx) {
       for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
-      run('rm', ['-rf', ctx.l.clusterDir])
+      rmSync(ctx.l.clusterDir, { recursive: true, force: true })
     },
     status: (l: Layout) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''),
     env: (l: Layout) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`
   }
 }
 
-/** The read-only commands: they print, start nothing and write nothing. */
-const PRINT: Record<string, (l: Layout) => string> = {
-  status: (l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''),
-  env,
-  'pgbouncer-conf': pgbouncerConf
-}
-
-const [command = '', arg, ...rest] = process.argv.slice(2)
-const argc = process.argv.length - 2
 const out = (text: string) => process.stdout.write(text)
-if (command === 'up' && argc === 1) {
-  const ctx = await prepareStart(MAIN_PORT_VARS)
-  ensureJwtSecret(ctx.l)
-  for (const name of MAIN) await start(ctx, name, SERVICES[name])
-  const { ports, dir } = ctx.l
-  out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
-} else if (command === 'down' && argc === 1) {
-  await stopping(async (ctx) => {
-    // The extras first (the replica streams from postgres), then clients of a service before the service.
-    await EXTRAS.cluster.down(ctx)
-    if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
-    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
-  })
-  log('stack down')
-} else if (['start', 'stop', 'restart'].includes(command) && argc === 2 && MAIN.includes(arg as Main)) {
-  const name = arg as Main
-  if (command !== 'start') await stopping((ctx) => stop(ctx, name, SERVICES[name]))
-  if (command !== 'stop') await start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
-} else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
-  const extra = EXTRAS[command]
-  if (arg === 'up') {
+/** A read-only command: it prints, starts nothing and writes nothing. */
+const print = (text: (l: Layout) => string) => async () => out(text(await resolveLayout()))
+const COMMANDS: Record<string, () => Promise<unknown>> = {
+  async up () {
+    const ctx = await prepareStart(MAIN_PORT_VARS)
+    ensureJwtSecret(ctx.l)
+    for (const name of MAIN) await start(ctx, name, SERVICES[name])
+    const { ports, dir } = ctx.l
+    out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
+  },
+  async down () {
+    await stopping(async (ctx) => {
+      // The extras first (the replica streams from postgres), then clients of a service before the service.
+      await EXTRAS.cluster.down(ctx)
+      if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
+      for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
+    })
+    log('stack down')
+  },
+  status: print((l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join('')),
+  env: print(env),
+  'pgbouncer-conf': print(pgbouncerConf)
+}
+for (const name of MAIN) {
+  COMMANDS[`stop ${name}`] = () => stopping((ctx) => stop(ctx, name, SERVICES[name]))
+  COMMANDS[`start ${name}`] = async () => start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
+  COMMANDS[`restart ${name}`] = async () => { await COMMANDS[`stop ${name}`]!(); await COMMANDS[`start ${name}`]!() }
+}
+for (const [name, extra] of Object.entries(EXTRAS)) {
+  COMMANDS[`${name} up`] = async () => {
     const ctx = await prepareStart([extra.portVar])
     extra.validate(ctx.l)
     out(await extra.up(ctx))
-  } else if (arg === 'down') {
-    await stopping(extra.down)
-    log(`${command} down`)
-  } else {
-    const l = await resolveLayout()
-    extra.validate(l)
-    out(extra[arg as 'status' | 'env'](l))
   }
-} else if (Object.hasOwn(PRINT, command) && argc === 1) {
-  out(PRINT[command]!(await resolveLayout()))
-} else {
+  COMMANDS[`${name} down`] = async () => { await stopping(extra.down); log(`${name} down`) }
+  for (const what of ['status', 'env'] as const) COMMANDS[`${name} ${what}`] = print((l) => { extra.validate(l); return extra[what](l) })
+}
+
+const args = process.argv.slice(2)
+if (Object.hasOwn(COMMANDS, args.join(' '))) await COMMANDS[args.join(' ')]!()
+else {
   process.stderr.write(USAGE)
-  if (!(['help', '-h', '--help'].includes(command) && rest.length === 0)) process.exit(2)
+  if (!(args.length === 1 && ['help', '-h', '--help'].includes(args[0] ?? ''))) process.exit(2)
 }

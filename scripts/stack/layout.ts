@@ -28,47 +28,34 @@ const BLOCK_FIRST = 61000; const BLOCK_SIZE = 10; const BLOCK_COUNT = 453; const
 const explicit = (v: PortVar) => (process.env[v] ?? '') !== ''
 const sha = (text: string) => createHash('sha256').update(text).digest('hex')
 
-export interface Layout {
-  dir: string
-  /** Set when <project>/.stack has to be a symlink to `dir` (as root, when the service user cannot reach the project). */
-  link?: string
-  pgData: string
-  replicaData: string
-  clusterDir: string
-  portsFile: string
-  ports: Record<PortVar, number>
-  clusterReplicas: string
-  chosen: { how?: 'default' | 'derived', vars: PortVar[] }
-}
+export type Layout = Awaited<ReturnType<typeof resolveLayout>>
 
 /** Where the stack lives and which ports it uses, writing nothing (so `env` and `status` have no side effects). */
-export async function resolveLayout (): Promise<Layout> {
+export async function resolveLayout () {
   let dir = resolve(process.cwd(), process.env.LEDGER_STACK_DIR ?? join(PROJECT, '.stack'))
+  // Set when <project>/.stack has to be a symlink to `dir` (as root, when the service user cannot reach the project).
   let link: string | undefined
   if ((process.env.LEDGER_STACK_DIR ?? '') === '' && IS_ROOT && !userCanEnter(PROJECT)) {
     // e.g. a clone under `mktemp -d` (mode 700): keyed by the project's path so clones never share a cluster.
     dir = `/var/tmp/ledger-api-stack-${sha(PROJECT).slice(0, 12)}`
     link = join(PROJECT, '.stack')
   }
-  const clusterReplicas = process.env.STACK_REDIS_CLUSTER_REPLICAS ?? '1'
   const [pgData, replicaData, clusterDir, portsFile] = ['pg/data', 'pg/replica', 'redis-cluster', 'ports'].map((p) => join(dir, p)) as [string, string, string, string]
-  const layout: Layout = { dir, link, pgData, replicaData, clusterDir, portsFile, ports: {} as Layout['ports'], clusterReplicas, chosen: { vars: [] } }
+  const chosen: { how?: 'default' | 'derived', vars: PortVar[] } = { vars: [] }
+  const clusterReplicas = process.env.STACK_REDIS_CLUSTER_REPLICAS ?? '1'
+  const layout = { dir, link, pgData, replicaData, clusterDir, portsFile, ports: {} as Record<PortVar, number>, clusterReplicas, chosen }
   const saved = existsSync(layout.portsFile) ? readFileSync(layout.portsFile, 'utf8') : ''
   const missing: PortVar[] = []
   for (const v of PORT_VARS) {
     const value = explicit(v) ? process.env[v] ?? '' : [...saved.matchAll(new RegExp(`^${v}=(\\d+)$`, 'gm'))].pop()?.[1]
     if (value === undefined) missing.push(v)
-    else layout.ports[v] = validPort(v, value)
+    else if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 65535) die(`${v}=${value} is not a valid TCP port`)
+    else layout.ports[v] = Number(value)
   }
   if (missing.length > 0) await choosePorts(layout, missing)
   // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide (chosen ones never do).
   if (new Set(MAIN_PORT_VARS.map((v) => layout.ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
   return layout
-}
-
-function validPort (v: string, value: string): number {
-  if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 65535) die(`${v}=${value} is not a valid TCP port`)
-  return Number(value)
 }
 
 // 3 masters, with a replica each unless STACK_REDIS_CLUSTER_REPLICAS=0.
@@ -91,7 +78,8 @@ export function pidOf (l: Layout, service: string): number | undefined {
   const pid = readPid(pidFile(l, service))
   return pid !== undefined && procComm(pid)?.includes(procName(service)) === true ? pid : undefined
 }
-/** The port a running PostgreSQL (primary or replica) wrote into its pid file. */
+export const isPostgres = (service: string) => service === 'postgres' || service === 'replica'
+/** The port a running PostgreSQL wrote into its pid file. */
 export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
 
 /** The cluster's node folders (not STACK_REDIS_CLUSTER_PORT), so a `down` also finds one started on other ports. */
@@ -110,7 +98,7 @@ async function available (l: Layout, v: PortVar, port: number): Promise<boolean>
   const holders = listener(port)
   if (holders !== undefined && holders.pids.length > 0) return holders.pids.includes(pid)
   // Cannot tell: a PostgreSQL's pid file names its port; another live process of ours most likely holds its own.
-  return !(service === 'postgres' || service === 'replica') || pidFilePort(l, service) === port
+  return !isPostgres(service) || pidFilePort(l, service) === port
 }
 
 /** The first of `vars` with a port (at `baseOf(v)`) that a stranger holds or, with `others`, another variable has. */
@@ -140,9 +128,8 @@ async function choosePorts (l: Layout, vars: PortVar[]) {
 }
 
 /** "postgres 61432, cluster 57001-57006" */
-const describe = (l: Layout, vars: PortVar[]) => vars.map((v) => v === 'STACK_REDIS_CLUSTER_PORT'
-  ? `cluster ${l.ports[v]}-${l.ports[v] + clusterSize(l) - 1}`
-  : `${PORT_INFO[v][2]} ${l.ports[v]}`).join(', ')
+const describe = (l: Layout, vars: PortVar[]) =>
+  vars.map((v) => `${PORT_INFO[v][2]} ${l.ports[v]}${v === 'STACK_REDIS_CLUSTER_PORT' ? `-${l.ports[v] + clusterSize(l) - 1}` : ''}`).join(', ')
 
 /** Dies with the one message a user needs when `port` of `v` is held by another process. */
 export async function ensurePortFree (l: Layout, v: PortVar, port = l.ports[v]) {
@@ -172,10 +159,9 @@ export async function settlePorts (l: Layout, vars: PortVar[]) {
   const content = '# The ports this stack last started on: written by scripts/stack, read by all its commands. STACK_*_PORT\n' +
     '# variables override them; delete this file while the stack is down to have the next start choose again.\n' +
     PORT_VARS.map((v) => `${v}=${l.ports[v]}\n`).join('')
-  if (!existsSync(l.portsFile) || readFileSync(l.portsFile, 'utf8') !== content) {
-    writeFileSync(`${l.portsFile}.tmp.${process.pid}`, content)
-    renameSync(`${l.portsFile}.tmp.${process.pid}`, l.portsFile)
-  }
+  // Readers (env, status) take no lock: they see the old file or the new one, never half of one.
+  writeFileSync(`${l.portsFile}.tmp.${process.pid}`, content)
+  renameSync(`${l.portsFile}.tmp.${process.pid}`, l.portsFile)
   const how = { default: `ports: ${describe(l, l.chosen.vars)} (the defaults)`, derived: `a default port is held by another process (another clone's stack?), so this stack uses ports derived from its folder: ${describe(l, l.chosen.vars)}` }
   if (l.chosen.how !== undefined) log(`${how[l.chosen.how]}; saved in ${l.portsFile}`)
 }

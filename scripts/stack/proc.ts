@@ -7,13 +7,12 @@ import { userInfo } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-export { sleep }
 export const log = (message: string) => { process.stderr.write(`stack: ${message}\n`) }
 export function die (message: string): never {
   process.stderr.write(`stack: error: ${message}\n`)
   process.exit(1)
 }
-/** The last 30 lines of a failed tool's output or log, on stderr. */
+/** The last 30 lines of a failed tool's output or log. */
 export const tail = (text: string) => { process.stderr.write(text.split('\n').slice(-31).join('\n')) }
 
 export const IS_ROOT = process.getuid?.() === 0
@@ -21,7 +20,7 @@ export const IS_ROOT = process.getuid?.() === 0
 export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
 
 export interface Run { ok: boolean, out: string, err: string }
-export interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
+interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
 
 /** Runs a program to completion; with `progress` its output goes to our stderr, else it is captured. */
 export function run (cmd: string, args: string[], { progress = false, ...options }: RunOptions = {}): Run {
@@ -33,7 +32,7 @@ export function run (cmd: string, args: string[], { progress = false, ...options
 export const runAs = (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run =>
   IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
 
-/** True when `user` (or `nobody` before the service user exists) may enter `dir`. */
+/** True when the service user (or `nobody` before it exists) may enter `dir`. */
 export function userCanEnter (dir: string): boolean {
   const user = run('id', ['-u', SVC_USER]).ok ? SVC_USER : 'nobody'
   return run('runuser', ['-u', user, '--', 'test', '-x', dir]).ok
@@ -64,13 +63,11 @@ export function readPid (file: string): number | undefined {
 
 export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }
 
-export function portInUse (port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1')
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
-  })
-}
+export const portInUse = (port: number) => new Promise<boolean>((resolve) => {
+  const socket = connect(port, '127.0.0.1')
+  socket.once('connect', () => { socket.destroy(); resolve(true) })
+  socket.once('error', () => resolve(false))
+})
 
 /** `ss` output for a listening port: pids (only other users' processes when root) and the users:(...) part. */
 export function listener (port: number): { pids: number[], who: string } | undefined {

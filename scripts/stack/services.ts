@@ -1,6 +1,6 @@
 // The stack's services as a table: each one's binary, configuration, start, readiness check and stop. Generic
 // start/stop around the table (already running? port free? ready in time? gone in time?) live in index.ts.
-import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidOf, PROJECT, type PortVar } from './layout.ts'
 import { die, executable, IS_ROOT, log, portInUse, procComm, readPid, run, runAs, type Run, SVC_USER, tail, waitFor, which } from './proc.ts'
@@ -12,47 +12,44 @@ export const API_USER = 'ledger_api'
 export const SUPER_USER = 'postgres'
 export const READY_TIMEOUT = 30
 const PACKAGES = ['postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server']
-const DATABASES = ['ledger', 'ledger_test']
-const PGBOUNCER_NOFILE = 4096
-
-const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres', 'psql', 'pg_isready'] as const
+const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres', 'psql', 'pg_isready', 'pg_basebackup'] as const
 const OTHER_TOOLS = { pgbouncer: '/usr/sbin/pgbouncer', 'redis-server': '/usr/bin/redis-server', 'redis-cli': '/usr/bin/redis-cli' }
-export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS | 'pg_basebackup', string>
+export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS, string>
 export interface Ctx { l: Layout, bins: Bins }
 
-const version = (dir: string) => (/postgresql\/(\d+)\//.exec(dir)?.[1] ?? '0').padStart(4, '0')
 /** The server tools' folder: the existing cluster's major version (only it can start that cluster), else the
  * `initdb` on PATH (its real folder, where the matching tools live), else the newest /usr/lib/postgresql/N. */
 function pgBinDir (l: Layout): string | undefined {
-  const ver = existsSync(join(l.pgData, 'PG_VERSION')) ? readFileSync(join(l.pgData, 'PG_VERSION'), 'utf8').trim() : ''
-  if (ver !== '' && executable(`/usr/lib/postgresql/${ver}/bin/initdb`)) return `/usr/lib/postgresql/${ver}/bin`
+  const bin = (version: string) => `/usr/lib/postgresql/${version}/bin`
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').filter((v) => executable(`${bin(v)}/initdb`)) : []
+  const cluster = existsSync(join(l.pgData, 'PG_VERSION')) ? readFileSync(join(l.pgData, 'PG_VERSION'), 'utf8').trim() : ''
+  if (versions.includes(cluster)) return bin(cluster)
   const initdb = which('initdb')
   if (initdb !== undefined) return dirname(realpathSync(initdb))
-  const dirs = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').map((v) => `/usr/lib/postgresql/${v}/bin`) : []
-  return dirs.filter((d) => executable(`${d}/initdb`)).sort((a, b) => version(a).localeCompare(version(b))).pop()
+  const newest = versions.sort((a, b) => Number(a) - Number(b)).pop()
+  return newest === undefined ? undefined : bin(newest)
 }
-
 export function resolveBins (l: Layout): Bins {
   const dir = pgBinDir(l)
   // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
-  const pg = [...PG_TOOLS, 'pg_basebackup'].map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
+  const pg = PG_TOOLS.map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
   return Object.fromEntries([...pg, ...Object.entries(OTHER_TOOLS).map(([tool, fallback]) => [tool, which(tool) ?? executable(fallback)])])
 }
-const missingBins = (l: Layout) => [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => resolveBins(l)[tool as keyof Bins] === undefined)
+// pg_basebackup only matters to the replica, which says so when it is missing.
+const missingBins = (l: Layout) => Object.entries(resolveBins(l)).filter(([tool, bin]) => bin === undefined && tool !== 'pg_basebackup').map(([tool]) => tool)
 
 /** The binaries, installed with apt-get first when missing on Debian as root; elsewhere the exact install line. */
 export function ensureBins (l: Layout): Bins {
   const missing = missingBins(l)
-  if (missing.length > 0) {
-    if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
-      die(`missing ${missing.join(' ')}. Install them with:\n    sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
-    }
-    log(`missing ${missing.join(' ')}; installing with apt-get`)
-    run('apt-get', ['update'], { progress: true })
-    // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
-    run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
-    if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
+  if (missing.length === 0) return resolveBins(l)
+  if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
+    die(`missing ${missing.join(' ')}. Install them with:\n    sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
   }
+  log(`missing ${missing.join(' ')}; installing with apt-get`)
+  run('apt-get', ['update'], { progress: true })
+  // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
+  run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+  if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
   return resolveBins(l)
 }
 
@@ -64,7 +61,6 @@ const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) =>
   const r = psql(ctx, port, db, user, ['-tAc', sql])
   return r.ok ? r.out.trim() : undefined
 }
-
 function writeOwned (file: string, text: string) {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, text)
@@ -101,7 +97,7 @@ function initPostgres ({ l, bins }: Ctx) {
     const r = runAs(l.dir, bins.initdb, ['-D', l.pgData, '-U', SUPER_USER, '--auth=trust', '-E', 'UTF8', `--locale=${locale}`])
     writeFileSync(initLog, output += r.out + r.err)
     if (r.ok) return
-    if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); run('rm', ['-rf', l.pgData]) }
+    if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); rmSync(l.pgData, { recursive: true, force: true }) }
   }
   tail(output)
   die(`initdb failed (full log: ${initLog})`)
@@ -117,7 +113,7 @@ async function clearStalePostmasterPid ({ l }: Ctx) {
   await waitFor(10, () => !exists() || procComm(old ?? 0) !== undefined)
   if (!exists()) return
   log(`removing stale ${file} (pid ${old} is not our postgres)`)
-  run('rm', ['-f', file])
+  rmSync(file, { force: true })
 }
 
 function ensureDatabases (ctx: Ctx) {
@@ -128,7 +124,7 @@ function ensureDatabases (ctx: Ctx) {
   if (bootstrap !== SUPER_USER) {
     die(`the PostgreSQL cluster in ${ctx.l.pgData} was initialised with '${bootstrap || 'another role'}' as its superuser, not '${SUPER_USER}'; it predates the database roles of sql/bootstrap.sql. Make the stack anew: npm run stack -- down && rm -rf ${ctx.l.dir}`)
   }
-  for (const db of DATABASES) {
+  for (const db of ['ledger', 'ledger_test']) {
     if (asSuper(`select 1 from pg_database where datname = '${db}'`) !== '1') {
       log(`creating database ${db}`)
       const r = psql(ctx, port, 'postgres', SUPER_USER, ['-c', `create database "${db}"`])
@@ -144,7 +140,6 @@ function ensureDatabases (ctx: Ctx) {
 const PGBOUNCER_SOURCE = join(PROJECT, 'deploy/pgbouncer/pgbouncer.ini')
 const SHARED_BEGIN = ';; >>> shared pooling settings'
 const SHARED_END = ';; <<< shared pooling settings'
-
 /** The local pgbouncer.ini: the source's shared block verbatim, plus only what is local (address, port, trust on
  * loopback, paths in the stack folder, the local PostgreSQL as target). */
 export function pgbouncerConf (l: Layout): string {
@@ -184,8 +179,8 @@ function writePgbouncerConf (l: Layout) {
   writeOwned(join(l.dir, 'pgbouncer/pgbouncer.ini'), pgbouncerConf(l))
 }
 
-// max_client_conn=2000 needs a descriptor per client. The limit is raised inside the service user's session:
-// runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
+// max_client_conn=2000 needs a descriptor per client (4096 are asked for). The limit is raised inside the service
+// user's session: runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
 const NOFILE_WRAPPER = `want=$1; shift
 soft=$(ulimit -Sn); hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
@@ -194,11 +189,9 @@ exec "$@"`
 
 // ---- Redis (the stack's own and the cluster's nodes) ----
 /** No persistence: Redis is a cache/queue here, and tests expect a clean instance after a restart. */
-function launchRedis ({ l, bins }: Ctx, name: string, port: number, dir: string, extra: string[]): Run {
-  log(`starting ${name === 'redis' ? 'redis' : 'cluster node'} on 127.0.0.1:${port}`)
-  return runAs(l.dir, bins['redis-server'], ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no',
+const launchRedis = ({ l, bins }: Ctx, name: string, port: number, dir: string, extra: string[]): Run =>
+  runAs(l.dir, bins['redis-server'], ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no',
     '--dir', dir, '--pidfile', pidFile(l, name), '--logfile', logFile(l, name), '--unixsocket', '', ...extra], { progress: true })
-}
 const redisCli = ({ bins }: Ctx, port: number, ...args: string[]) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), ...args]).out
 const ping = (ctx: Ctx, port: number) => redisCli(ctx, port, 'ping').trim() === 'PONG'
 
@@ -206,11 +199,8 @@ const ping = (ctx: Ctx, port: number) => redisCli(ctx, port, 'ping').trim() === 
 export interface Service {
   portVar: PortVar
   port?: number // default: the port of portVar
-  /** Starts the daemon (not running, port free) and logs what it does; a failed run ends `up` with the log's tail. */
-  launch: (ctx: Ctx) => Run | Promise<Run>
+  launch: (ctx: Ctx) => Run | Promise<Run> // only when not running and its port is free
   ready: (ctx: Ctx) => boolean // accepts connections (PgBouncer: and reaches PostgreSQL when that runs)
-  /** A PostgreSQL: its pid file says its port and is its own to clean up; others' stale pid files are removed. */
-  pg?: boolean
   prepare?: (ctx: Ctx) => void // after `ready`, on every start
   stop?: (ctx: Ctx, pid: number) => void // default: SIGTERM
   retry?: boolean // launched once more when not ready in time
@@ -226,12 +216,10 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       // Settings in an include file, not on pg_ctl's command line, so a plain `pg_ctl restart` keeps them.
       const conf = join(l.pgData, 'postgresql.conf')
       if (!/^include_dir = 'conf.d'/m.test(readFileSync(conf, 'utf8'))) writeFileSync(conf, "\n# Added by scripts/stack; its settings live in conf.d/.\ninclude_dir = 'conf.d'\n", { flag: 'a' })
-      log(`starting postgres on 127.0.0.1:${l.ports.STACK_PG_PORT}`)
       // It is a ledger: even locally, never trade durability for speed, so fault tests see production's guarantees.
       return pgStart(ctx, 'postgres', l.pgData, l.ports.STACK_PG_PORT, 'shared_buffers = 256MB\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on\n', ['-p', bins.postgres])
     },
     ready: ({ l, bins }) => run(bins.pg_isready, ['-q', '-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-d', 'postgres']).ok,
-    pg: true,
     prepare: ensureDatabases,
     stop: pgStop('pgData')
   },
@@ -239,8 +227,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
     portVar: 'STACK_PGBOUNCER_PORT',
     launch ({ l, bins }) {
       writePgbouncerConf(l)
-      log(`starting pgbouncer on 127.0.0.1:${l.ports.STACK_PGBOUNCER_PORT} (transaction pooling -> postgres :${l.ports.STACK_PG_PORT})`)
-      return runAs(l.dir, '/bin/sh', ['-c', NOFILE_WRAPPER, 'sh', String(PGBOUNCER_NOFILE), bins.pgbouncer, '-d', join(l.dir, 'pgbouncer/pgbouncer.ini')], { progress: true })
+      return runAs(l.dir, '/bin/sh', ['-c', NOFILE_WRAPPER, 'sh', '4096', bins.pgbouncer, '-d', join(l.dir, 'pgbouncer/pgbouncer.ini')], { progress: true })
     },
     // The admin console answers while PostgreSQL is down (fault tests stop it); with it up, the whole path must work.
     ready: (ctx) => query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, 'pgbouncer', DB_USER, 'show version') !== undefined &&
@@ -264,25 +251,23 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       const { l, bins } = ctx
       if (!existsSync(join(l.replicaData, 'standby.signal'))) {
         if (bins.pg_basebackup === undefined) die('pg_basebackup not found (it ships with the PostgreSQL server package)')
-        run('rm', ['-rf', l.replicaData])
+        rmSync(l.replicaData, { recursive: true, force: true })
         log(`cloning the primary (127.0.0.1:${l.ports.STACK_PG_PORT}) into ${l.replicaData} with pg_basebackup`)
         const r = runAs(l.dir, bins.pg_basebackup, ['-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-D', l.replicaData, '--write-recovery-conf', '--wal-method=stream', '--checkpoint=fast'])
         writeFileSync(logFile(l, 'replica-basebackup'), r.out + r.err)
-        if (!r.ok) { process.stderr.write(r.err); run('rm', ['-rf', l.replicaData]); die('pg_basebackup failed') }
+        if (!r.ok) { process.stderr.write(r.err); rmSync(l.replicaData, { recursive: true, force: true }); die('pg_basebackup failed') }
       }
-      log(`starting the replica on 127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT} (streaming from :${l.ports.STACK_PG_PORT})`)
       // pg_hba and postgresql.conf (with its include_dir) come from the primary; PostgreSQL's defaults
       // (wal_level = replica, max_wal_senders = 10) let the primary stream without a restart.
       return pgStart(ctx, 'replica', l.replicaData, l.ports.STACK_PG_REPLICA_PORT, 'shared_buffers = 128MB\nhot_standby = on\n' +
         '# Tell the primary which rows replica queries still need, so vacuum does not cancel them (SQLSTATE 40001).\nhot_standby_feedback = on\n')
     },
     ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't',
-    pg: true,
     stop: pgStop('replicaData')
   }
 }
 
-// ---- Redis Cluster: 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing persistent ----
+// ---- Redis Cluster ----
 // The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
 // would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
 const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
