@@ -1,11 +1,10 @@
-// The project-local data stack: PostgreSQL, PgBouncer in transaction mode (local runs hit production's pooling
-// constraints), Redis, an optional streaming replica and Redis Cluster: the machine's binaries on 127.0.0.1, data in
-// the stack folder. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
+// The project-local data stack (PgBouncer in transaction mode: local runs hit production's pooling constraints).
+// Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, isPostgres, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
-import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, tail, userCanEnter, waitFor, which } from './proc.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, isPostgres, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
 import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
@@ -24,8 +23,7 @@ const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
 
 Ports: STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379), STACK_PG_REPLICA_PORT (61433),
 STACK_REDIS_CLUSTER_PORT (57001); when unset: the stack folder's \`ports\` file, else the defaults, else (a default
-held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.
-`
+held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.\n`
 const STOP_TIMEOUT = 30
 const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
 
@@ -41,12 +39,12 @@ async function takeLock (dir: string) {
     try { writeFileSync(file, String(process.pid), { flag: 'wx' }); return true } catch {}
     const holder = readPid(file)
     // A holder that died (or an empty file left by an older stack) leaves a lock nobody releases.
-    if (holder === undefined || procComm(holder) === undefined) { try { unlinkSync(file) } catch {} }
+    if (holder === undefined || procComm(holder) === undefined) rmSync(file, { force: true })
     return false
   }
   if (!(await waitFor(120, take))) die(`another stack command is still working on ${dir}`)
   held.add(file)
-  process.on('exit', () => { try { unlinkSync(file) } catch {} })
+  process.on('exit', () => rmSync(file, { force: true }))
 }
 
 /** Everything that may create or start something goes through here; `vars` are the ports of what is to start. */
@@ -87,29 +85,18 @@ async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
   await act({ l, bins: resolveBins(l) })
 }
 
-/** Ends a failed start with the last lines of the service's log. */
-function fail (l: Layout, name: string, message: string): never {
-  const file = logFile(l, name)
-  if (existsSync(file)) {
-    log(`last lines of ${file}:`)
-    tail(readFileSync(file, 'utf8'))
-  }
-  die(message)
-}
-
 async function start (ctx: Ctx, name: string, service: Service) {
   const { l } = ctx
   const port = service.port ?? l.ports[service.portVar]
   const launch = async () => {
     if (!isPostgres(name)) rmSync(pidFile(l, name), { force: true })
     log(`starting ${name} on 127.0.0.1:${port}`)
-    if (!(await service.launch(ctx)).ok) fail(l, name, `${name} failed to start`)
+    if (!(await service.launch(ctx)).ok) die(`${name} failed to start`, logFile(l, name))
   }
   const pid = pidOf(l, name)
-  if (pid === undefined) {
-    await ensurePortFree(l, service.portVar, port)
-    await launch()
-  } else if (isPostgres(name) ? pidFilePort(l, name) !== port : !(await portInUse(port))) {
+  // settlePorts saw its ports free, under the lock.
+  if (pid === undefined) await launch()
+  else if (isPostgres(name) ? pidFilePort(l, name) !== port : !(await portInUse(port))) {
     die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
   } else log(`${name} already running (pid ${pid})`)
   // Daemons write their pid file only after forking: a missing process counts after 3 s.
@@ -120,7 +107,7 @@ async function start (ctx: Ctx, name: string, service: Service) {
     await launch()
     up = await ready()
   }
-  if (!up) fail(l, name, pidOf(l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`)
+  if (!up) die(pidOf(l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`, logFile(l, name))
   service.prepare?.(ctx)
 }
 
@@ -146,12 +133,11 @@ async function stop (ctx: Ctx, name: string, service?: Service) {
 const statusLine = (name: string, pid: number | undefined, port: number) =>
   `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
 
-// The local JWT secret: random, made once in the stack folder (never committed), so `npm start`'s tokens survive
-// restarts and every process of this checkout signs with the same key; base64url needs no quoting.
+// Made once per stack folder (never committed), so `npm start`'s tokens survive restarts and every process of this
+// checkout signs with the same key; under the lock of `up`. base64url needs no quoting.
 function ensureJwtSecret (l: Layout) {
   const file = join(l.dir, 'jwt-secret')
   if (existsSync(file) && readFileSync(file, 'utf8').length > 0) return
-  // Written under the lock of `up`; an empty file (an interrupted write) is replaced, and keeps no other mode.
   writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { mode: 0o600 })
   chmodSync(file, 0o600)
   log(`generated the local JWT secret (${file})`)
@@ -171,43 +157,27 @@ function env (l: Layout): string {
   ].map((line) => `${line}\n`).join('')
 }
 
-/** The optional extras, `<extra> up|down|status|env`; `validate` checks their ports first. */
-const EXTRAS = {
-  replica: {
-    portVar: 'STACK_PG_REPLICA_PORT' as PortVar,
-    validate: (l: Layout) => MAIN_PORT_VARS.some((v) => l.ports[v] === l.ports.STACK_PG_REPLICA_PORT) && die("STACK_PG_REPLICA_PORT must differ from the stack's other ports"),
-    async up (ctx: Ctx) {
-      if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
-      await start(ctx, 'replica', SERVICES.replica)
-      return `replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`
-    },
-    async down (ctx: Ctx) {
-      await stop(ctx, 'replica', SERVICES.replica)
-      rmSync(ctx.l.replicaData, { recursive: true, force: true })
-    },
-    status: (l: Layout) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT),
-    env: (l: Layout) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`
-  },
-  cluster: {
-    portVar: 'STACK_REDIS_CLUSTER_PORT' as PortVar,
-    validate: validateCluster,
-    async up (ctx: Ctx) {
-      for (const port of clusterPorts(ctx.l)) await start(ctx, `cluster-${port}`, clusterNode(port))
-      await formCluster(ctx)
-      return `cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`
-    },
-    async down (ctx: Ctx) {
-      for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
-      rmSync(ctx.l.clusterDir, { recursive: true, force: true })
-    },
-    status: (l: Layout) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''),
-    env: (l: Layout) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`
-  }
+const checkReplicaPort = (l: Layout) => MAIN_PORT_VARS.some((v) => l.ports[v] === l.ports.STACK_PG_REPLICA_PORT) && die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
+async function replicaDown (ctx: Ctx) {
+  await stop(ctx, 'replica', SERVICES.replica)
+  rmSync(ctx.l.replicaData, { recursive: true, force: true })
+}
+async function clusterDown (ctx: Ctx) {
+  for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
+  rmSync(ctx.l.clusterDir, { recursive: true, force: true })
 }
 
 const out = (text: string) => process.stdout.write(text)
-/** A read-only command: it prints, starts nothing and writes nothing. */
-const print = (text: (l: Layout) => string) => async () => out(text(await resolveLayout()))
+/** A read-only command: it prints, starts nothing and writes nothing; `check` vets the ports it prints. */
+const print = (text: (l: Layout) => string, check?: (l: Layout) => unknown) => async () => {
+  const l = await resolveLayout()
+  check?.(l)
+  out(text(l))
+}
+const down = (what: string, act: (ctx: Ctx) => Promise<unknown>) => async () => {
+  await stopping(act)
+  log(`${what} down`)
+}
 const COMMANDS: Record<string, () => Promise<unknown>> = {
   async up () {
     const ctx = await prepareStart(MAIN_PORT_VARS)
@@ -216,32 +186,40 @@ const COMMANDS: Record<string, () => Promise<unknown>> = {
     const { ports, dir } = ctx.l
     out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
   },
-  async down () {
-    await stopping(async (ctx) => {
-      // The extras first (the replica streams from postgres), then clients of a service before the service.
-      await EXTRAS.cluster.down(ctx)
-      if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
-      for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
-    })
-    log('stack down')
-  },
+  down: down('stack', async (ctx) => {
+    // The extras first (the replica streams from postgres), then clients of a service before the service.
+    await clusterDown(ctx)
+    if (existsSync(ctx.l.replicaData)) await replicaDown(ctx)
+    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
+  }),
   status: print((l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join('')),
   env: print(env),
-  'pgbouncer-conf': print(pgbouncerConf)
+  'pgbouncer-conf': print(pgbouncerConf),
+  async 'replica up' () {
+    const ctx = await prepareStart(['STACK_PG_REPLICA_PORT'])
+    checkReplicaPort(ctx.l)
+    if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
+    await start(ctx, 'replica', SERVICES.replica)
+    out(`replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`)
+  },
+  'replica down': down('replica', replicaDown),
+  'replica status': print((l) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT), checkReplicaPort),
+  'replica env': print((l) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`, checkReplicaPort),
+  async 'cluster up' () {
+    const ctx = await prepareStart(['STACK_REDIS_CLUSTER_PORT'])
+    validateCluster(ctx.l)
+    for (const port of clusterPorts(ctx.l)) await start(ctx, `cluster-${port}`, clusterNode(port))
+    await formCluster(ctx)
+    out(`cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`)
+  },
+  'cluster down': down('cluster', clusterDown),
+  'cluster status': print((l) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''), validateCluster),
+  'cluster env': print((l) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`, validateCluster)
 }
 for (const name of MAIN) {
   COMMANDS[`stop ${name}`] = () => stopping((ctx) => stop(ctx, name, SERVICES[name]))
   COMMANDS[`start ${name}`] = async () => start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
   COMMANDS[`restart ${name}`] = async () => { await COMMANDS[`stop ${name}`]!(); await COMMANDS[`start ${name}`]!() }
-}
-for (const [name, extra] of Object.entries(EXTRAS)) {
-  COMMANDS[`${name} up`] = async () => {
-    const ctx = await prepareStart([extra.portVar])
-    extra.validate(ctx.l)
-    out(await extra.up(ctx))
-  }
-  COMMANDS[`${name} down`] = async () => { await stopping(extra.down); log(`${name} down`) }
-  for (const what of ['status', 'env'] as const) COMMANDS[`${name} ${what}`] = print((l) => { extra.validate(l); return extra[what](l) })
 }
 
 const args = process.argv.slice(2)

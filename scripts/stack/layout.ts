@@ -1,8 +1,7 @@
-// Where a stack lives (its folder, pid files, logs) and which ports it uses. Each port comes from its STACK_*
-// variable, else the `ports` file every start writes (so every later command finds the running stack), else the
-// defaults when free, else a block derived from the folder's path (a second clone gets its own ports unasked).
-// Defaults and blocks lie above Linux's ephemeral range (32768-60999), so no outgoing connection holds one
-// (the cluster's 57001 is older: its start retries once).
+// Where a stack lives and which ports it uses: each from its STACK_* variable, else the `ports` file every start writes
+// (so every later command finds the running stack), else the defaults when free, else a block derived from the folder's
+// path (a second clone gets its own ports unasked). Defaults and blocks lie above Linux's ephemeral range (32768-60999),
+// so no outgoing connection holds one (the cluster's 57001 is older: its start retries once).
 import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -58,28 +57,23 @@ export async function resolveLayout () {
   return layout
 }
 
-// 3 masters, with a replica each unless STACK_REDIS_CLUSTER_REPLICAS=0.
 export const clusterSize = (l: Layout) => l.clusterReplicas === '0' ? 3 : 6
 const portsOf = (l: Layout, v: PortVar, base: number | undefined) =>
   base === undefined ? [] : Array.from({ length: v === 'STACK_REDIS_CLUSTER_PORT' ? clusterSize(l) : 1 }, (_, i) => base + i)
 export const clusterPorts = (l: Layout) => portsOf(l, 'STACK_REDIS_CLUSTER_PORT', l.ports.STACK_REDIS_CLUSTER_PORT)
 
+export const isPostgres = (service: string) => service === 'postgres' || service === 'replica'
 // A cluster node's files live in its own folder, cluster-<port> in the names of its pid and log files.
-export function pidFile (l: Layout, service: string): string {
-  if (service === 'postgres') return join(l.pgData, 'postmaster.pid')
-  if (service === 'replica') return join(l.replicaData, 'postmaster.pid')
-  if (service.startsWith('cluster-')) return join(l.clusterDir, service.slice(8), 'redis.pid')
-  return join(l.dir, 'run', `${service}.pid`)
-}
-export const logFile = (l: Layout, name: string) =>
-  name.startsWith('cluster-') ? join(l.clusterDir, name.slice(8), 'redis.log') : join(l.dir, 'log', `${name}.log`)
+const daemonFile = (l: Layout, name: string, kind: 'pid' | 'log') =>
+  name.startsWith('cluster-') ? join(l.clusterDir, name.slice(8), `redis.${kind}`) : join(l.dir, kind === 'pid' ? 'run' : 'log', `${name}.${kind}`)
+export const pidFile = (l: Layout, name: string) =>
+  isPostgres(name) ? join(name === 'postgres' ? l.pgData : l.replicaData, 'postmaster.pid') : daemonFile(l, name, 'pid')
+export const logFile = (l: Layout, name: string) => daemonFile(l, name, 'log')
 const procName = (service: string) => service === 'replica' ? 'postgres' : /^(redis|cluster-)/.test(service) ? 'redis-server' : service
 export function pidOf (l: Layout, service: string): number | undefined {
   const pid = readPid(pidFile(l, service))
   return pid !== undefined && procComm(pid)?.includes(procName(service)) === true ? pid : undefined
 }
-export const isPostgres = (service: string) => service === 'postgres' || service === 'replica'
-/** The port a running PostgreSQL wrote into its pid file. */
 export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
 
 /** The cluster's node folders (not STACK_REDIS_CLUSTER_PORT), so a `down` also finds one started on other ports. */
@@ -127,35 +121,27 @@ async function choosePorts (l: Layout, vars: PortVar[]) {
   die(`found no free ports in ${BLOCK_TRIES} blocks above ${BLOCK_FIRST}; set STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT`)
 }
 
-/** "postgres 61432, cluster 57001-57006" */
 const describe = (l: Layout, vars: PortVar[]) =>
   vars.map((v) => `${PORT_INFO[v][2]} ${l.ports[v]}${v === 'STACK_REDIS_CLUSTER_PORT' ? `-${l.ports[v] + clusterSize(l) - 1}` : ''}`).join(', ')
-
-/** Dies with the one message a user needs when `port` of `v` is held by another process. */
-export async function ensurePortFree (l: Layout, v: PortVar, port = l.ports[v]) {
-  if (!(await portInUse(port))) return
-  const who = listener(port)?.who ?? ''
-  const hint = explicit(v) ? `set ${v} to a free port` : `stop this stack (npm run stack -- down) so that its next start chooses free ports, or set ${v} to a free port`
-  die(`port ${port} on 127.0.0.1 (wanted by ${v === 'STACK_REDIS_CLUSTER_PORT' ? 'a cluster node' : PORT_INFO[v][2]}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
-}
 
 /** Under the lock, before starting `vars`' services: a saved port a stranger now holds is chosen again (the whole stack
  * when none of it runs, else an idle extra alone); an explicit or running one cannot move, so the start ends. Saves them. */
 export async function settlePorts (l: Layout, vars: PortVar[]) {
   const stale: PortVar[] = []
   for (const v of vars.filter((v) => !explicit(v))) if (await blocked(l, [v]) !== undefined) stale.push(v)
-  if (stale.length > 0) {
-    const auto = runsAnything(l)
-      ? stale.filter((v) => v === 'STACK_PG_REPLICA_PORT' || v === 'STACK_REDIS_CLUSTER_PORT')
-      : PORT_VARS.filter((v) => !explicit(v))
-    if (auto.length > 0) {
-      log(`saved port(s) of ${describe(l, stale)} now held by another process; choosing again`)
-      for (const v of auto) delete (l.ports as Partial<Layout['ports']>)[v]
-      await choosePorts(l, auto)
-    }
+  const auto = runsAnything(l) ? stale.filter((v) => v === 'STACK_PG_REPLICA_PORT' || v === 'STACK_REDIS_CLUSTER_PORT') : PORT_VARS.filter((v) => !explicit(v))
+  if (stale.length > 0 && auto.length > 0) {
+    log(`saved port(s) of ${describe(l, stale)} now held by another process; choosing again`)
+    for (const v of auto) delete (l.ports as Partial<Layout['ports']>)[v]
+    await choosePorts(l, auto)
   }
   const taken = await blocked(l, vars)
-  if (taken !== undefined) await ensurePortFree(l, taken.v, taken.port)
+  if (taken !== undefined) {
+    const { v, port } = taken
+    const who = listener(port)?.who ?? ''
+    const hint = explicit(v) ? `set ${v} to a free port` : `stop this stack (npm run stack -- down) so that its next start chooses free ports, or set ${v} to a free port`
+    die(`port ${port} on 127.0.0.1 (wanted by ${v === 'STACK_REDIS_CLUSTER_PORT' ? 'a cluster node' : PORT_INFO[v][2]}) is already in use by another process${who === '' ? '' : ` ${who}`}; ${hint}`)
+  }
   const content = '# The ports this stack last started on: written by scripts/stack, read by all its commands. STACK_*_PORT\n' +
     '# variables override them; delete this file while the stack is down to have the next start choose again.\n' +
     PORT_VARS.map((v) => `${v}=${l.ports[v]}\n`).join('')

@@ -1,5 +1,4 @@
-// Small process helpers for the stack: synchronous runs of the services' own tools, the service user, pid files
-// that may outlive their process, and polling. Progress goes to stderr so that stdout stays machine-readable.
+// Process helpers for the stack; progress goes to stderr so that stdout stays machine-readable.
 import { spawnSync } from 'node:child_process'
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
@@ -8,12 +7,12 @@ import { delimiter, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 export const log = (message: string) => { process.stderr.write(`stack: ${message}\n`) }
-export function die (message: string): never {
+/** Ends the command with an error, after the last 30 lines of `logFile` (a failed tool's output) when there is one. */
+export function die (message: string, logFile?: string): never {
+  if (logFile !== undefined && existsSync(logFile)) process.stderr.write(`stack: last lines of ${logFile}:\n${readFileSync(logFile, 'utf8').split('\n').slice(-31).join('\n')}`)
   process.stderr.write(`stack: error: ${message}\n`)
   process.exit(1)
 }
-/** The last 30 lines of a failed tool's output or log. */
-export const tail = (text: string) => { process.stderr.write(text.split('\n').slice(-31).join('\n')) }
 
 export const IS_ROOT = process.getuid?.() === 0
 // PostgreSQL and PgBouncer refuse to run as root; Redis follows along so that the stack folder has one owner.
@@ -22,7 +21,6 @@ export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
 export interface Run { ok: boolean, out: string, err: string }
 interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
 
-/** Runs a program to completion; with `progress` its output goes to our stderr, else it is captured. */
 export function run (cmd: string, args: string[], { progress = false, ...options }: RunOptions = {}): Run {
   const r = spawnSync(cmd, args, { encoding: 'utf8', ...options, stdio: ['ignore', progress ? 2 : 'pipe', progress ? 2 : 'pipe'] })
   return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' }
