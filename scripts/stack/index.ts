@@ -5,7 +5,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, syml
 import { join } from 'node:path'
 import { clusterNodePorts, clusterPorts, clusterSize, isPostgres, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
 import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
-import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
+import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
@@ -31,19 +31,17 @@ const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
 
 /** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
-const held = new Set<string>()
 async function takeLock (dir: string) {
   const file = join(dir, '.lock')
-  if (held.has(file)) return
   const take = () => {
     try { writeFileSync(file, String(process.pid), { flag: 'wx' }); return true } catch {}
     const holder = readPid(file)
-    // A holder that died (or an empty file left by an older stack) leaves a lock nobody releases.
+    // Ours already (a restart stops, then starts); a dead holder's (or an older stack's empty file) nobody releases.
+    if (holder === process.pid) return true
     if (holder === undefined || procComm(holder) === undefined) rmSync(file, { force: true })
     return false
   }
   if (!(await waitFor(120, take))) die(`another stack command is still working on ${dir}`)
-  held.add(file)
   process.on('exit', () => rmSync(file, { force: true }))
 }
 
@@ -77,12 +75,14 @@ async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   return { l, bins }
 }
 
-/** Runs a stop under the lock: stopping never installs anything, and there is nothing to stop without a stack folder. */
-async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
+/** A command that stops, under the lock: it never installs anything, and without a stack folder there is nothing to stop. */
+const stopping = (act: (l: Layout) => Promise<unknown>, done?: string) => async () => {
   const l = await resolveLayout()
-  if (!existsSync(l.dir)) return
-  await takeLock(l.dir)
-  await act({ l, bins: resolveBins(l) })
+  if (existsSync(l.dir)) {
+    await takeLock(l.dir)
+    await act(l)
+  }
+  if (done !== undefined) log(done)
 }
 
 async function start (ctx: Ctx, name: string, service: Service) {
@@ -112,26 +112,25 @@ async function start (ctx: Ctx, name: string, service: Service) {
 }
 
 const gone = (pid: number) => waitFor(STOP_TIMEOUT, () => procComm(pid) === undefined)
-
-async function stop (ctx: Ctx, name: string, service?: Service) {
-  const pid = pidOf(ctx.l, name)
+async function stop (l: Layout, name: string) {
+  const pid = pidOf(l, name)
   // `down` stops the extras whether or not they were started: only a main service not running is news.
-  if (pid === undefined) return service === undefined || name === 'replica' ? undefined : log(`${name} is not running`)
+  if (pid === undefined) return name === 'replica' || name.startsWith('cluster-') ? undefined : log(`${name} is not running`)
   log(`stopping ${name} (pid ${pid})`)
-  if (service?.stop !== undefined) service.stop(ctx, pid)
-  else signal(pid, 'SIGTERM')
-  if (!(await gone(pid))) {
-    // Newer PgBouncer takes SIGTERM as "wait for clients to leave", which an app holding pooled connections never does.
-    log(`${name} (pid ${pid}) still running after ${STOP_TIMEOUT}s; sending SIGKILL`)
-    signal(pid, 'SIGKILL')
-    if (!(await gone(pid))) die(`could not stop ${name} (pid ${pid})`)
+  // PostgreSQL: a fast shutdown, else an immediate one (what `pg_ctl stop -m fast|immediate` send). Newer PgBouncer
+  // takes SIGTERM as "wait for clients to leave", which an app holding pooled connections never does.
+  const signals: NodeJS.Signals[] = isPostgres(name) ? ['SIGINT', 'SIGQUIT', 'SIGKILL'] : ['SIGTERM', 'SIGKILL']
+  for (const sig of signals) {
+    if (sig !== signals[0]) log(`${name} (pid ${pid}) still running after ${STOP_TIMEOUT}s; sending ${sig}`)
+    signal(pid, sig)
+    if (await gone(pid)) break
   }
+  if (procComm(pid) !== undefined) die(`could not stop ${name} (pid ${pid})`)
   // A killed daemon leaves its pid file behind (postgres cleans up its own).
-  if (!isPostgres(name)) rmSync(pidFile(ctx.l, name), { force: true })
+  if (!isPostgres(name)) rmSync(pidFile(l, name), { force: true })
 }
 
-const statusLine = (name: string, pid: number | undefined, port: number) =>
-  `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
+const statusLine = (name: string, pid: number | undefined, port: number) => `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
 
 // Made once per stack folder (never committed), so `npm start`'s tokens survive restarts and every process of this
 // checkout signs with the same key; under the lock of `up`. base64url needs no quoting.
@@ -157,27 +156,17 @@ function env (l: Layout): string {
   ].map((line) => `${line}\n`).join('')
 }
 
-const checkReplicaPort = (l: Layout) => MAIN_PORT_VARS.some((v) => l.ports[v] === l.ports.STACK_PG_REPLICA_PORT) && die("STACK_PG_REPLICA_PORT must differ from the stack's other ports")
-async function replicaDown (ctx: Ctx) {
-  await stop(ctx, 'replica', SERVICES.replica)
-  rmSync(ctx.l.replicaData, { recursive: true, force: true })
+async function replicaDown (l: Layout) {
+  await stop(l, 'replica')
+  rmSync(l.replicaData, { recursive: true, force: true })
 }
-async function clusterDown (ctx: Ctx) {
-  for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
-  rmSync(ctx.l.clusterDir, { recursive: true, force: true })
+async function clusterDown (l: Layout) {
+  for (const port of clusterNodePorts(l)) await stop(l, `cluster-${port}`)
+  rmSync(l.clusterDir, { recursive: true, force: true })
 }
-
 const out = (text: string) => process.stdout.write(text)
-/** A read-only command: it prints, starts nothing and writes nothing; `check` vets the ports it prints. */
-const print = (text: (l: Layout) => string, check?: (l: Layout) => unknown) => async () => {
-  const l = await resolveLayout()
-  check?.(l)
-  out(text(l))
-}
-const down = (what: string, act: (ctx: Ctx) => Promise<unknown>) => async () => {
-  await stopping(act)
-  log(`${what} down`)
-}
+/** A read-only command: it prints, starts nothing and writes nothing. */
+const print = (text: (l: Layout) => string) => async () => out(text(await resolveLayout()))
 const COMMANDS: Record<string, () => Promise<unknown>> = {
   async up () {
     const ctx = await prepareStart(MAIN_PORT_VARS)
@@ -186,25 +175,24 @@ const COMMANDS: Record<string, () => Promise<unknown>> = {
     const { ports, dir } = ctx.l
     out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
   },
-  down: down('stack', async (ctx) => {
+  down: stopping(async (l) => {
     // The extras first (the replica streams from postgres), then clients of a service before the service.
-    await clusterDown(ctx)
-    if (existsSync(ctx.l.replicaData)) await replicaDown(ctx)
-    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
-  }),
+    await clusterDown(l)
+    if (existsSync(l.replicaData)) await replicaDown(l)
+    for (const name of [...MAIN].reverse()) await stop(l, name)
+  }, 'stack down'),
   status: print((l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join('')),
   env: print(env),
   'pgbouncer-conf': print(pgbouncerConf),
   async 'replica up' () {
     const ctx = await prepareStart(['STACK_PG_REPLICA_PORT'])
-    checkReplicaPort(ctx.l)
     if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
     await start(ctx, 'replica', SERVICES.replica)
     out(`replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`)
   },
-  'replica down': down('replica', replicaDown),
-  'replica status': print((l) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT), checkReplicaPort),
-  'replica env': print((l) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`, checkReplicaPort),
+  'replica down': stopping(replicaDown, 'replica down'),
+  'replica status': print((l) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT)),
+  'replica env': print((l) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`),
   async 'cluster up' () {
     const ctx = await prepareStart(['STACK_REDIS_CLUSTER_PORT'])
     validateCluster(ctx.l)
@@ -212,12 +200,12 @@ const COMMANDS: Record<string, () => Promise<unknown>> = {
     await formCluster(ctx)
     out(`cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`)
   },
-  'cluster down': down('cluster', clusterDown),
-  'cluster status': print((l) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''), validateCluster),
-  'cluster env': print((l) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`, validateCluster)
+  'cluster down': stopping(clusterDown, 'cluster down'),
+  'cluster status': print((l) => clusterPorts(validateCluster(l)).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join('')),
+  'cluster env': print((l) => `REDIS_CLUSTER_NODES=${clusterPorts(validateCluster(l)).map((p) => `127.0.0.1:${p}`).join(',')}\n`)
 }
 for (const name of MAIN) {
-  COMMANDS[`stop ${name}`] = () => stopping((ctx) => stop(ctx, name, SERVICES[name]))
+  COMMANDS[`stop ${name}`] = stopping((l) => stop(l, name))
   COMMANDS[`start ${name}`] = async () => start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
   COMMANDS[`restart ${name}`] = async () => { await COMMANDS[`stop ${name}`]!(); await COMMANDS[`start ${name}`]!() }
 }

@@ -9,7 +9,6 @@ import { fileURLToPath } from 'node:url'
 import { die, IS_ROOT, listener, log, portInUse, procComm, readPid, userCanEnter } from './proc.ts'
 
 export const PROJECT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '')
-
 export const PORT_VARS = ['STACK_PG_PORT', 'STACK_PGBOUNCER_PORT', 'STACK_REDIS_PORT', 'STACK_PG_REPLICA_PORT', 'STACK_REDIS_CLUSTER_PORT'] as const
 export type PortVar = typeof PORT_VARS[number]
 export const MAIN_PORT_VARS: PortVar[] = ['STACK_PG_PORT', 'STACK_PGBOUNCER_PORT', 'STACK_REDIS_PORT']
@@ -28,7 +27,6 @@ const explicit = (v: PortVar) => (process.env[v] ?? '') !== ''
 const sha = (text: string) => createHash('sha256').update(text).digest('hex')
 
 export type Layout = Awaited<ReturnType<typeof resolveLayout>>
-
 /** Where the stack lives and which ports it uses, writing nothing (so `env` and `status` have no side effects). */
 export async function resolveLayout () {
   let dir = resolve(process.cwd(), process.env.LEDGER_STACK_DIR ?? join(PROJECT, '.stack'))
@@ -52,8 +50,9 @@ export async function resolveLayout () {
     else layout.ports[v] = Number(value)
   }
   if (missing.length > 0) await choosePorts(layout, missing)
-  // PostgreSQL and PgBouncer both create run/.s.PGSQL.<port>: equal ports would collide (chosen ones never do).
-  if (new Set(MAIN_PORT_VARS.map((v) => layout.ports[v])).size !== 3) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT and STACK_REDIS_PORT must all differ')
+  // Both PostgreSQLs and PgBouncer create run/.s.PGSQL.<port>: equal ports would collide (chosen ones never do).
+  const own = [...MAIN_PORT_VARS, 'STACK_PG_REPLICA_PORT'] as const
+  if (new Set(own.map((v) => layout.ports[v])).size !== own.length) die('STACK_PG_PORT, STACK_PGBOUNCER_PORT, STACK_REDIS_PORT and STACK_PG_REPLICA_PORT must all differ')
   return layout
 }
 
@@ -77,8 +76,7 @@ export function pidOf (l: Layout, service: string): number | undefined {
 export const pidFilePort = (l: Layout, service: string) => Number(readFileSync(pidFile(l, service), 'utf8').split('\n')[3])
 
 /** The cluster's node folders (not STACK_REDIS_CLUSTER_PORT), so a `down` also finds one started on other ports. */
-export const clusterNodePorts = (l: Layout) =>
-  existsSync(l.clusterDir) ? readdirSync(l.clusterDir).filter((name) => /^\d+$/.test(name)).map(Number) : []
+export const clusterNodePorts = (l: Layout) => existsSync(l.clusterDir) ? readdirSync(l.clusterDir).filter((name) => /^\d+$/.test(name)).map(Number) : []
 
 export const runsAnything = (l: Layout) =>
   ['postgres', 'pgbouncer', 'redis', 'replica', ...clusterNodePorts(l).map((p) => `cluster-${p}`)].some((s) => pidOf(l, s) !== undefined)

@@ -20,12 +20,10 @@ export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
 
 export interface Run { ok: boolean, out: string, err: string }
 interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
-
 export function run (cmd: string, args: string[], { progress = false, ...options }: RunOptions = {}): Run {
   const r = spawnSync(cmd, args, { encoding: 'utf8', ...options, stdio: ['ignore', progress ? 2 : 'pipe', progress ? 2 : 'pipe'] })
   return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' }
 }
-
 /** Runs as the service user (as root: runuser, from a folder that user can read, which PostgreSQL's tools want). */
 export const runAs = (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run =>
   IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
@@ -58,7 +56,6 @@ export function readPid (file: string): number | undefined {
     return Number.isInteger(pid) && pid > 0 ? pid : undefined
   } catch { return undefined }
 }
-
 export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }
 
 export const portInUse = (port: number) => new Promise<boolean>((resolve) => {
@@ -66,7 +63,6 @@ export const portInUse = (port: number) => new Promise<boolean>((resolve) => {
   socket.once('connect', () => { socket.destroy(); resolve(true) })
   socket.once('error', () => resolve(false))
 })
-
 /** `ss` output for a listening port: pids (only other users' processes when root) and the users:(...) part. */
 export function listener (port: number): { pids: number[], who: string } | undefined {
   if (which('ss') === undefined) return undefined

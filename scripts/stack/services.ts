@@ -1,4 +1,4 @@
-// The stack's services as a table: binary, configuration, start, readiness, stop; index.ts starts and stops them.
+// The stack's services as a table: binary, configuration, start, readiness; index.ts starts and stops them.
 import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidOf, PROJECT, type PortVar } from './layout.ts'
@@ -63,12 +63,6 @@ function writeOwned (file: string, text: string) {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, text)
   if (IS_ROOT) run('chown', [`${SVC_USER}:`, dirname(file), file])
-}
-
-/** pg_ctl stop: fast, else immediate; without pg_ctl, SIGINT is what `pg_ctl stop -m fast` sends. */
-const pgStop = (data: 'pgData' | 'replicaData') => ({ l, bins }: Ctx, pid: number) => {
-  if (bins.pg_ctl === undefined) return process.kill(pid, 'SIGINT')
-  for (const mode of ['fast', 'immediate']) if (runAs(l.dir, bins.pg_ctl, ['-D', l[data], '-m', mode, '-w', '-t', '30', 'stop'], { progress: true }).ok) return
 }
 
 function pgStart ({ l, bins }: Ctx, name: string, data: string, port: number, settings: string, args: string[] = []): Run {
@@ -168,7 +162,6 @@ function writePgbouncerConf (l: Layout) {
   writeOwned(join(l.dir, 'pgbouncer/userlist.txt'), `"${DB_USER}" ""\n"${API_USER}" ""\n`)
   writeOwned(join(l.dir, 'pgbouncer/pgbouncer.ini'), pgbouncerConf(l))
 }
-
 // max_client_conn=2000 needs a descriptor per client (4096 are asked for). The limit is raised inside the service
 // user's session: runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
 const NOFILE_WRAPPER = `want=$1; shift
@@ -190,7 +183,6 @@ export interface Service {
   launch: (ctx: Ctx) => Run | Promise<Run> // only when not running and its port is free
   ready: (ctx: Ctx) => boolean // accepts connections (PgBouncer: and reaches PostgreSQL when that runs)
   prepare?: (ctx: Ctx) => void // after `ready`, on every start
-  stop?: (ctx: Ctx, pid: number) => void // default: SIGTERM
   retry?: boolean // launched once more when not ready in time
 }
 
@@ -208,8 +200,7 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       return pgStart(ctx, 'postgres', l.pgData, l.ports.STACK_PG_PORT, 'shared_buffers = 256MB\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on\n', ['-p', bins.postgres])
     },
     ready: ({ l, bins }) => run(bins.pg_isready, ['-q', '-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-d', 'postgres']).ok,
-    prepare: ensureDatabases,
-    stop: pgStop('pgData')
+    prepare: ensureDatabases
   },
   pgbouncer: {
     portVar: 'STACK_PGBOUNCER_PORT',
@@ -252,21 +243,20 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       return pgStart(ctx, 'replica', l.replicaData, l.ports.STACK_PG_REPLICA_PORT, 'shared_buffers = 128MB\nhot_standby = on\n' +
         '# Tell the primary which rows replica queries still need, so vacuum does not cancel them (SQLSTATE 40001).\nhot_standby_feedback = on\n')
     },
-    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't',
-    stop: pgStop('replicaData')
+    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't'
   }
 }
 
 // The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
 // would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
 const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
-
-export function validateCluster (l: Layout) {
+export function validateCluster (l: Layout): Layout {
   if (!/^[01]$/.test(l.clusterReplicas)) die('STACK_REDIS_CLUSTER_REPLICAS must be 0 or 1')
   const first = l.ports.STACK_REDIS_CLUSTER_PORT
   if (first + clusterSize(l) - 1 > 65535 || first <= 10000) die(`STACK_REDIS_CLUSTER_PORT=${first} must leave room for ${clusterSize(l)} nodes and lie above 10000`)
   const others = [l.ports.STACK_PG_PORT, l.ports.STACK_PGBOUNCER_PORT, l.ports.STACK_REDIS_PORT, l.ports.STACK_PG_REPLICA_PORT]
   if (clusterPorts(l).some((p) => others.includes(p))) die(`the cluster's ports (${first} and up) overlap the stack's other ports`)
+  return l
 }
 
 export const clusterNode = (port: number): Service => ({
