@@ -1,12 +1,11 @@
-// The project-local data stack: PostgreSQL, PgBouncer in transaction mode (local runs hit production's pooling
-// constraints), Redis, an optional streaming replica and Redis Cluster: the machine's binaries on 127.0.0.1, data in
-// the stack folder. Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
+// The project-local data stack (PgBouncer in transaction mode: local runs hit production's pooling constraints).
+// Progress goes to stderr, so `eval "$(npm run -s stack -- env)"` sees only machine-readable output.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { clusterNodePorts, clusterPorts, clusterSize, ensurePortFree, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
-import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, tail, userCanEnter, waitFor, which } from './proc.ts'
-import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, resolveBins, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
+import { clusterNodePorts, clusterPorts, clusterSize, isPostgres, type Layout, logFile, MAIN_PORT_VARS, pidFile, pidFilePort, pidOf, type PortVar, resolveLayout, settlePorts } from './layout.ts'
+import { die, IS_ROOT, log, portInUse, procComm, readPid, run, signal, SVC_USER, userCanEnter, waitFor, which } from './proc.ts'
+import { API_USER, clusterNode, type Ctx, DB_USER, ensureBins, formCluster, pgbouncerConf, READY_TIMEOUT, type Service, SERVICES, SUPER_USER, validateCluster } from './services.ts'
 
 const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
        npm run stack -- start|stop|restart postgres|pgbouncer|redis
@@ -24,30 +23,26 @@ const USAGE = `usage: npm run stack -- up|down|status|env|pgbouncer-conf|help
 
 Ports: STACK_PG_PORT (61432), STACK_PGBOUNCER_PORT (62432), STACK_REDIS_PORT (61379), STACK_PG_REPLICA_PORT (61433),
 STACK_REDIS_CLUSTER_PORT (57001); when unset: the stack folder's \`ports\` file, else the defaults, else (a default
-held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.
-`
+held by another process) a block derived from the folder's path. LEDGER_STACK_DIR: the stack folder.\n`
 const STOP_TIMEOUT = 30
 const MAIN = ['postgres', 'pgbouncer', 'redis'] as const
-type Main = typeof MAIN[number]
 
 // Our connections pass host/port/user/db; the caller's libpq settings (PGSSLMODE=require, say) would change them.
 for (const name of ['PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGDATA', 'PGOPTIONS', 'PGSERVICE', 'PGSERVICEFILE', 'PGSSLMODE', 'PGREQUIRESSL', 'PGTARGETSESSIONATTRS']) delete process.env[name]
 
 /** Serialises concurrent starts and stops (two test runners calling `up`): a file naming the holder's pid. */
-const held = new Set<string>()
 async function takeLock (dir: string) {
   const file = join(dir, '.lock')
-  if (held.has(file)) return
   const take = () => {
     try { writeFileSync(file, String(process.pid), { flag: 'wx' }); return true } catch {}
     const holder = readPid(file)
-    // A holder that died (or an empty file left by an older stack) leaves a lock nobody releases.
-    if (holder === undefined || procComm(holder) === undefined) { try { unlinkSync(file) } catch {} }
+    // Ours already (a restart stops, then starts); a dead holder's (or an older stack's empty file) nobody releases.
+    if (holder === process.pid) return true
+    if (holder === undefined || procComm(holder) === undefined) rmSync(file, { force: true })
     return false
   }
   if (!(await waitFor(120, take))) die(`another stack command is still working on ${dir}`)
-  held.add(file)
-  process.on('exit', () => { try { unlinkSync(file) } catch {} })
+  process.on('exit', () => rmSync(file, { force: true }))
 }
 
 /** Everything that may create or start something goes through here; `vars` are the ports of what is to start. */
@@ -61,11 +56,9 @@ async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   // The service user may only exist now, which can change where the stack lives.
   const { dir, link } = await resolveLayout()
   if (link !== undefined) {
-    if (existsSync(link) && !lstatSync(link).isSymbolicLink()) {
-      die(`${link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
-    }
+    if (existsSync(link) && !lstatSync(link).isSymbolicLink()) die(`${link} exists but the ${SVC_USER} user cannot reach it (a parent directory is not traversable); remove it or set LEDGER_STACK_DIR`)
     mkdirSync(dir, { recursive: true })
-    try { unlinkSync(link) } catch {}
+    rmSync(link, { force: true })
     symlinkSync(dir, link)
   }
   for (const sub of ['pg', 'run', 'log', 'redis', 'pgbouncer']) mkdirSync(join(dir, sub), { recursive: true })
@@ -82,87 +75,71 @@ async function prepareStart (vars: PortVar[]): Promise<Ctx> {
   return { l, bins }
 }
 
-/** Runs a stop under the lock: stopping never installs anything, and there is nothing to stop without a stack folder. */
-async function stopping (act: (ctx: Ctx) => Promise<unknown>) {
+/** A command that stops, under the lock: it never installs anything, and without a stack folder there is nothing to stop. */
+const stopping = (act: (l: Layout) => Promise<unknown>, done?: string) => async () => {
   const l = await resolveLayout()
-  if (!existsSync(l.dir)) return
-  await takeLock(l.dir)
-  await act({ l, bins: resolveBins(l) })
-}
-
-/** How messages name a service: a cluster node by its port. */
-const label = (name: string) => name.startsWith('cluster-') ? `cluster node :${name.slice(8)}` : name
-
-function tailLog (l: Layout, name: string) {
-  const file = logFile(l, name)
-  if (!existsSync(file)) return
-  log(`last lines of ${file}:`)
-  tail(readFileSync(file, 'utf8'))
+  if (existsSync(l.dir)) {
+    await takeLock(l.dir)
+    await act(l)
+  }
+  if (done !== undefined) log(done)
 }
 
 async function start (ctx: Ctx, name: string, service: Service) {
-  const port = service.port ?? ctx.l.ports[service.portVar]
+  const { l } = ctx
+  const port = service.port ?? l.ports[service.portVar]
   const launch = async () => {
-    if (service.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
-    if (!(await service.launch(ctx)).ok) { tailLog(ctx.l, name); die(`${label(name)} failed to start`) }
+    if (!isPostgres(name)) rmSync(pidFile(l, name), { force: true })
+    log(`starting ${name} on 127.0.0.1:${port}`)
+    if (!(await service.launch(ctx)).ok) die(`${name} failed to start`, logFile(l, name))
   }
-  const pid = pidOf(ctx.l, name)
-  if (pid !== undefined) {
-    if (service.pg === true ? pidFilePort(ctx.l, name) !== port : !(await portInUse(port))) {
-      die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
-    }
-    log(`${label(name)} already running (pid ${pid})`)
-  } else {
-    await ensurePortFree(ctx.l, service.portVar, port)
-    await launch()
-  }
+  const pid = pidOf(l, name)
+  // settlePorts saw its ports free, under the lock.
+  if (pid === undefined) await launch()
+  else if (isPostgres(name) ? pidFilePort(l, name) !== port : !(await portInUse(port))) {
+    die(`${name} (pid ${pid}) is running on another port than ${service.portVar}=${port}; run: npm run stack -- ${name === 'replica' ? 'replica down' : `restart ${name}`}`)
+  } else log(`${name} already running (pid ${pid})`)
   // Daemons write their pid file only after forking: a missing process counts after 3 s.
-  const ready = () => waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(ctx.l, name) === undefined)
+  const ready = () => waitFor(READY_TIMEOUT, () => service.ready(ctx), (i) => i >= 30 && pidOf(l, name) === undefined)
   let up = await ready()
   if (!up && service.retry === true) {
-    log(`${label(name)} did not come up; retrying once`)
+    log(`${name} did not come up; retrying once`)
     await launch()
     up = await ready()
   }
-  if (!up) {
-    log(pidOf(ctx.l, name) === undefined ? `${label(name)} exited during startup` : `${label(name)} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`)
-    tailLog(ctx.l, name)
-    process.exit(1)
-  }
+  if (!up) die(pidOf(l, name) === undefined ? `${name} exited during startup` : `${name} did not accept connections on 127.0.0.1:${port} within ${READY_TIMEOUT}s`, logFile(l, name))
   service.prepare?.(ctx)
 }
 
 const gone = (pid: number) => waitFor(STOP_TIMEOUT, () => procComm(pid) === undefined)
-
-async function stop (ctx: Ctx, name: string, service?: Service) {
-  const pid = pidOf(ctx.l, name)
-  if (pid === undefined) return name.startsWith('cluster-') || name === 'replica' ? undefined : log(`${name} is not running`)
+async function stop (l: Layout, name: string) {
+  const pid = pidOf(l, name)
+  // `down` stops the extras whether or not they were started: only a main service not running is news.
+  if (pid === undefined) return name === 'replica' || name.startsWith('cluster-') ? undefined : log(`${name} is not running`)
   log(`stopping ${name} (pid ${pid})`)
-  if (service?.stop !== undefined) service.stop(ctx, pid)
-  else signal(pid, 'SIGTERM')
-  if (!(await gone(pid))) {
-    // Newer PgBouncer takes SIGTERM as "wait for clients to leave", which an app holding pooled connections never does.
-    log(`${name} (pid ${pid}) still running after ${STOP_TIMEOUT}s; sending SIGKILL`)
-    signal(pid, 'SIGKILL')
-    if (!(await gone(pid))) die(`could not stop ${name} (pid ${pid})`)
+  // PostgreSQL: a fast shutdown, else an immediate one (what `pg_ctl stop -m fast|immediate` send). Newer PgBouncer
+  // takes SIGTERM as "wait for clients to leave", which an app holding pooled connections never does.
+  const signals: NodeJS.Signals[] = isPostgres(name) ? ['SIGINT', 'SIGQUIT', 'SIGKILL'] : ['SIGTERM', 'SIGKILL']
+  for (const sig of signals) {
+    if (sig !== signals[0]) log(`${name} (pid ${pid}) still running after ${STOP_TIMEOUT}s; sending ${sig}`)
+    signal(pid, sig)
+    if (await gone(pid)) break
   }
+  if (procComm(pid) !== undefined) die(`could not stop ${name} (pid ${pid})`)
   // A killed daemon leaves its pid file behind (postgres cleans up its own).
-  if (service?.pg !== true) run('rm', ['-f', pidFile(ctx.l, name)])
+  if (!isPostgres(name)) rmSync(pidFile(l, name), { force: true })
 }
 
-const statusLine = (name: string, pid: number | undefined, port: number) =>
-  `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
+const statusLine = (name: string, pid: number | undefined, port: number) => `${name.padEnd(10)} ${(pid === undefined ? 'stopped' : 'running').padEnd(8)} pid=${String(pid ?? '-').padEnd(8)} port=${port}\n`
 
-// The local JWT secret: random, made once in the stack folder (never committed), so `npm start`'s tokens survive
-// restarts and every process of this checkout signs with the same key; base64url needs no quoting.
+// Made once per stack folder (never committed), so `npm start`'s tokens survive restarts and every process of this
+// checkout signs with the same key; under the lock of `up`. base64url needs no quoting.
 function ensureJwtSecret (l: Layout) {
   const file = join(l.dir, 'jwt-secret')
   if (existsSync(file) && readFileSync(file, 'utf8').length > 0) return
-  try {
-    writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 })
-    log(`generated the local JWT secret (${file})`)
-  } catch {} // another start made it first
+  writeFileSync(file, `${randomBytes(48).toString('base64url')}\n`, { mode: 0o600 })
   chmodSync(file, 0o600)
+  log(`generated the local JWT secret (${file})`)
 }
 
 function env (l: Layout): string {
@@ -179,85 +156,63 @@ function env (l: Layout): string {
   ].map((line) => `${line}\n`).join('')
 }
 
-/** The optional extras: what `<extra> up|down|status|env` do; `validate` checks their ports first. */
-const EXTRAS = {
-  replica: {
-    portVar: 'STACK_PG_REPLICA_PORT' as PortVar,
-    validate: (l: Layout) => MAIN_PORT_VARS.some((v) => l.ports[v] === l.ports.STACK_PG_REPLICA_PORT) && die("STACK_PG_REPLICA_PORT must differ from the stack's other ports"),
-    async up (ctx: Ctx) {
-      if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
-      await start(ctx, 'replica', SERVICES.replica)
-      return `replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`
-    },
-    async down (ctx: Ctx) {
-      await stop(ctx, 'replica', SERVICES.replica)
-      run('rm', ['-rf', ctx.l.replicaData])
-    },
-    status: (l: Layout) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT),
-    env: (l: Layout) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`
-  },
-  cluster: {
-    portVar: 'STACK_REDIS_CLUSTER_PORT' as PortVar,
-    validate: validateCluster,
-    async up (ctx: Ctx) {
-      for (const port of clusterPorts(ctx.l)) await start(ctx, `cluster-${port}`, clusterNode(port))
-      await formCluster(ctx)
-      return `cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`
-    },
-    async down (ctx: Ctx) {
-      for (const port of clusterNodePorts(ctx.l)) await stop(ctx, `cluster-${port}`)
-      run('rm', ['-rf', ctx.l.clusterDir])
-    },
-    status: (l: Layout) => clusterPorts(l).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join(''),
-    env: (l: Layout) => `REDIS_CLUSTER_NODES=${clusterPorts(l).map((p) => `127.0.0.1:${p}`).join(',')}\n`
-  }
+async function replicaDown (l: Layout) {
+  await stop(l, 'replica')
+  rmSync(l.replicaData, { recursive: true, force: true })
 }
-
-/** The read-only commands: they print, start nothing and write nothing. */
-const PRINT: Record<string, (l: Layout) => string> = {
-  status: (l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join(''),
-  env,
-  'pgbouncer-conf': pgbouncerConf
+async function clusterDown (l: Layout) {
+  for (const port of clusterNodePorts(l)) await stop(l, `cluster-${port}`)
+  rmSync(l.clusterDir, { recursive: true, force: true })
 }
-
-const [command = '', arg, ...rest] = process.argv.slice(2)
-const argc = process.argv.length - 2
 const out = (text: string) => process.stdout.write(text)
-if (command === 'up' && argc === 1) {
-  const ctx = await prepareStart(MAIN_PORT_VARS)
-  ensureJwtSecret(ctx.l)
-  for (const name of MAIN) await start(ctx, name, SERVICES[name])
-  const { ports, dir } = ctx.l
-  out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
-} else if (command === 'down' && argc === 1) {
-  await stopping(async (ctx) => {
+/** A read-only command: it prints, starts nothing and writes nothing. */
+const print = (text: (l: Layout) => string) => async () => out(text(await resolveLayout()))
+const COMMANDS: Record<string, () => Promise<unknown>> = {
+  async up () {
+    const ctx = await prepareStart(MAIN_PORT_VARS)
+    ensureJwtSecret(ctx.l)
+    for (const name of MAIN) await start(ctx, name, SERVICES[name])
+    const { ports, dir } = ctx.l
+    out(`stack up: postgres 127.0.0.1:${ports.STACK_PG_PORT}, pgbouncer 127.0.0.1:${ports.STACK_PGBOUNCER_PORT} (transaction pool), redis 127.0.0.1:${ports.STACK_REDIS_PORT}, dir ${dir}\n`)
+  },
+  down: stopping(async (l) => {
     // The extras first (the replica streams from postgres), then clients of a service before the service.
-    await EXTRAS.cluster.down(ctx)
-    if (existsSync(ctx.l.replicaData)) await EXTRAS.replica.down(ctx)
-    for (const name of [...MAIN].reverse()) await stop(ctx, name, SERVICES[name])
-  })
-  log('stack down')
-} else if (['start', 'stop', 'restart'].includes(command) && argc === 2 && MAIN.includes(arg as Main)) {
-  const name = arg as Main
-  if (command !== 'start') await stopping((ctx) => stop(ctx, name, SERVICES[name]))
-  if (command !== 'stop') await start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
-} else if ((command === 'replica' || command === 'cluster') && argc === 2 && ['up', 'down', 'status', 'env'].includes(arg ?? '')) {
-  const extra = EXTRAS[command]
-  if (arg === 'up') {
-    const ctx = await prepareStart([extra.portVar])
-    extra.validate(ctx.l)
-    out(await extra.up(ctx))
-  } else if (arg === 'down') {
-    await stopping(extra.down)
-    log(`${command} down`)
-  } else {
-    const l = await resolveLayout()
-    extra.validate(l)
-    out(extra[arg as 'status' | 'env'](l))
-  }
-} else if (Object.hasOwn(PRINT, command) && argc === 1) {
-  out(PRINT[command]!(await resolveLayout()))
-} else {
+    await clusterDown(l)
+    if (existsSync(l.replicaData)) await replicaDown(l)
+    for (const name of [...MAIN].reverse()) await stop(l, name)
+  }, 'stack down'),
+  status: print((l) => MAIN.map((name) => statusLine(name, pidOf(l, name), l.ports[SERVICES[name].portVar])).join('')),
+  env: print(env),
+  'pgbouncer-conf': print(pgbouncerConf),
+  async 'replica up' () {
+    const ctx = await prepareStart(['STACK_PG_REPLICA_PORT'])
+    if (pidOf(ctx.l, 'postgres') === undefined) die('postgres (the primary) is not running; run: npm run stack -- up')
+    await start(ctx, 'replica', SERVICES.replica)
+    out(`replica up: 127.0.0.1:${ctx.l.ports.STACK_PG_REPLICA_PORT} streaming from 127.0.0.1:${ctx.l.ports.STACK_PG_PORT}\n`)
+  },
+  'replica down': stopping(replicaDown, 'replica down'),
+  'replica status': print((l) => statusLine('replica', pidOf(l, 'replica'), l.ports.STACK_PG_REPLICA_PORT)),
+  'replica env': print((l) => `DATABASE_REPLICA_URL=postgres://${API_USER}@127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT}/ledger\n`),
+  async 'cluster up' () {
+    const ctx = await prepareStart(['STACK_REDIS_CLUSTER_PORT'])
+    validateCluster(ctx.l)
+    for (const port of clusterPorts(ctx.l)) await start(ctx, `cluster-${port}`, clusterNode(port))
+    await formCluster(ctx)
+    out(`cluster up: ${clusterSize(ctx.l)} nodes from 127.0.0.1:${ctx.l.ports.STACK_REDIS_CLUSTER_PORT}\n`)
+  },
+  'cluster down': stopping(clusterDown, 'cluster down'),
+  'cluster status': print((l) => clusterPorts(validateCluster(l)).map((p) => statusLine('cluster', pidOf(l, `cluster-${p}`), p)).join('')),
+  'cluster env': print((l) => `REDIS_CLUSTER_NODES=${clusterPorts(validateCluster(l)).map((p) => `127.0.0.1:${p}`).join(',')}\n`)
+}
+for (const name of MAIN) {
+  COMMANDS[`stop ${name}`] = stopping((l) => stop(l, name))
+  COMMANDS[`start ${name}`] = async () => start(await prepareStart([SERVICES[name].portVar]), name, SERVICES[name])
+  COMMANDS[`restart ${name}`] = async () => { await COMMANDS[`stop ${name}`]!(); await COMMANDS[`start ${name}`]!() }
+}
+
+const args = process.argv.slice(2)
+if (Object.hasOwn(COMMANDS, args.join(' '))) await COMMANDS[args.join(' ')]!()
+else {
   process.stderr.write(USAGE)
-  if (!(['help', '-h', '--help'].includes(command) && rest.length === 0)) process.exit(2)
+  if (!(args.length === 1 && ['help', '-h', '--help'].includes(args[0] ?? ''))) process.exit(2)
 }

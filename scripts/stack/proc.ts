@@ -1,5 +1,4 @@
-// Small process helpers for the stack: synchronous runs of the services' own tools, the service user, pid files
-// that may outlive their process, and polling. Progress goes to stderr so that stdout stays machine-readable.
+// Process helpers for the stack; progress goes to stderr so that stdout stays machine-readable.
 import { spawnSync } from 'node:child_process'
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
@@ -7,33 +6,29 @@ import { userInfo } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-export { sleep }
 export const log = (message: string) => { process.stderr.write(`stack: ${message}\n`) }
-export function die (message: string): never {
+/** Ends the command with an error, after the last 30 lines of `logFile` (a failed tool's output) when there is one. */
+export function die (message: string, logFile?: string): never {
+  if (logFile !== undefined && existsSync(logFile)) process.stderr.write(`stack: last lines of ${logFile}:\n${readFileSync(logFile, 'utf8').split('\n').slice(-31).join('\n')}`)
   process.stderr.write(`stack: error: ${message}\n`)
   process.exit(1)
 }
-/** The last 30 lines of a failed tool's output or log, on stderr. */
-export const tail = (text: string) => { process.stderr.write(text.split('\n').slice(-31).join('\n')) }
 
 export const IS_ROOT = process.getuid?.() === 0
 // PostgreSQL and PgBouncer refuse to run as root; Redis follows along so that the stack folder has one owner.
 export const SVC_USER = IS_ROOT ? 'postgres' : userInfo().username
 
 export interface Run { ok: boolean, out: string, err: string }
-export interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
-
-/** Runs a program to completion; with `progress` its output goes to our stderr, else it is captured. */
+interface RunOptions { cwd?: string, env?: NodeJS.ProcessEnv, progress?: boolean }
 export function run (cmd: string, args: string[], { progress = false, ...options }: RunOptions = {}): Run {
   const r = spawnSync(cmd, args, { encoding: 'utf8', ...options, stdio: ['ignore', progress ? 2 : 'pipe', progress ? 2 : 'pipe'] })
   return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' }
 }
-
 /** Runs as the service user (as root: runuser, from a folder that user can read, which PostgreSQL's tools want). */
 export const runAs = (cwd: string, cmd: string, args: string[], options: RunOptions = {}): Run =>
   IS_ROOT ? run('runuser', ['-u', SVC_USER, '--', cmd, ...args], { cwd, ...options }) : run(cmd, args, options)
 
-/** True when `user` (or `nobody` before the service user exists) may enter `dir`. */
+/** True when the service user (or `nobody` before it exists) may enter `dir`. */
 export function userCanEnter (dir: string): boolean {
   const user = run('id', ['-u', SVC_USER]).ok ? SVC_USER : 'nobody'
   return run('runuser', ['-u', user, '--', 'test', '-x', dir]).ok
@@ -61,17 +56,13 @@ export function readPid (file: string): number | undefined {
     return Number.isInteger(pid) && pid > 0 ? pid : undefined
   } catch { return undefined }
 }
-
 export const signal = (pid: number, sig: NodeJS.Signals) => { try { process.kill(pid, sig) } catch {} }
 
-export function portInUse (port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1')
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
-  })
-}
-
+export const portInUse = (port: number) => new Promise<boolean>((resolve) => {
+  const socket = connect(port, '127.0.0.1')
+  socket.once('connect', () => { socket.destroy(); resolve(true) })
+  socket.once('error', () => resolve(false))
+})
 /** `ss` output for a listening port: pids (only other users' processes when root) and the users:(...) part. */
 export function listener (port: number): { pids: number[], who: string } | undefined {
   if (which('ss') === undefined) return undefined

@@ -1,9 +1,8 @@
-// The stack's services as a table: each one's binary, configuration, start, readiness check and stop. Generic
-// start/stop around the table (already running? port free? ready in time? gone in time?) live in index.ts.
-import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, writeFileSync } from 'node:fs'
+// The stack's services as a table: binary, configuration, start, readiness; index.ts starts and stops them.
+import { existsSync, mkdirSync, readFileSync, realpathSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { clusterPorts, clusterSize, type Layout, logFile, pidFile, pidOf, PROJECT, type PortVar } from './layout.ts'
-import { die, executable, IS_ROOT, log, portInUse, procComm, readPid, run, runAs, type Run, SVC_USER, tail, waitFor, which } from './proc.ts'
+import { die, executable, IS_ROOT, log, portInUse, procComm, readPid, run, runAs, type Run, SVC_USER, waitFor, which } from './proc.ts'
 
 // The owner (migrations, tools: DATABASE_DIRECT_URL) and the API's restricted role (DATABASE_URL, via PgBouncer).
 export const DB_USER = 'ledger'
@@ -12,47 +11,43 @@ export const API_USER = 'ledger_api'
 export const SUPER_USER = 'postgres'
 export const READY_TIMEOUT = 30
 const PACKAGES = ['postgresql', 'postgresql-contrib', 'pgbouncer', 'redis-server']
-const DATABASES = ['ledger', 'ledger_test']
-const PGBOUNCER_NOFILE = 4096
-
-const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres', 'psql', 'pg_isready'] as const
+const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres', 'psql', 'pg_isready', 'pg_basebackup'] as const
 const OTHER_TOOLS = { pgbouncer: '/usr/sbin/pgbouncer', 'redis-server': '/usr/bin/redis-server', 'redis-cli': '/usr/bin/redis-cli' }
-export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS | 'pg_basebackup', string>
+export type Bins = Record<typeof PG_TOOLS[number] | keyof typeof OTHER_TOOLS, string>
 export interface Ctx { l: Layout, bins: Bins }
 
-const version = (dir: string) => (/postgresql\/(\d+)\//.exec(dir)?.[1] ?? '0').padStart(4, '0')
 /** The server tools' folder: the existing cluster's major version (only it can start that cluster), else the
  * `initdb` on PATH (its real folder, where the matching tools live), else the newest /usr/lib/postgresql/N. */
 function pgBinDir (l: Layout): string | undefined {
-  const ver = existsSync(join(l.pgData, 'PG_VERSION')) ? readFileSync(join(l.pgData, 'PG_VERSION'), 'utf8').trim() : ''
-  if (ver !== '' && executable(`/usr/lib/postgresql/${ver}/bin/initdb`)) return `/usr/lib/postgresql/${ver}/bin`
+  const bin = (version: string) => `/usr/lib/postgresql/${version}/bin`
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').filter((v) => executable(`${bin(v)}/initdb`)) : []
+  const cluster = existsSync(join(l.pgData, 'PG_VERSION')) ? readFileSync(join(l.pgData, 'PG_VERSION'), 'utf8').trim() : ''
+  if (versions.includes(cluster)) return bin(cluster)
   const initdb = which('initdb')
   if (initdb !== undefined) return dirname(realpathSync(initdb))
-  const dirs = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').map((v) => `/usr/lib/postgresql/${v}/bin`) : []
-  return dirs.filter((d) => executable(`${d}/initdb`)).sort((a, b) => version(a).localeCompare(version(b))).pop()
+  const newest = versions.sort((a, b) => Number(a) - Number(b)).pop()
+  return newest === undefined ? undefined : bin(newest)
 }
-
 export function resolveBins (l: Layout): Bins {
   const dir = pgBinDir(l)
   // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
-  const pg = [...PG_TOOLS, 'pg_basebackup'].map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
+  const pg = PG_TOOLS.map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
   return Object.fromEntries([...pg, ...Object.entries(OTHER_TOOLS).map(([tool, fallback]) => [tool, which(tool) ?? executable(fallback)])])
 }
-const missingBins = (l: Layout) => [...PG_TOOLS, ...Object.keys(OTHER_TOOLS)].filter((tool) => resolveBins(l)[tool as keyof Bins] === undefined)
+// pg_basebackup only matters to the replica, which says so when it is missing.
+const missingBins = (l: Layout) => Object.entries(resolveBins(l)).filter(([tool, bin]) => bin === undefined && tool !== 'pg_basebackup').map(([tool]) => tool)
 
 /** The binaries, installed with apt-get first when missing on Debian as root; elsewhere the exact install line. */
 export function ensureBins (l: Layout): Bins {
   const missing = missingBins(l)
-  if (missing.length > 0) {
-    if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) {
-      die(`missing ${missing.join(' ')}. Install them with:\n    sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`)
-    }
-    log(`missing ${missing.join(' ')}; installing with apt-get`)
-    run('apt-get', ['update'], { progress: true })
-    // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
-    run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
-    if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
-  }
+  if (missing.length === 0) return resolveBins(l)
+  const install = `sudo apt-get install -y ${PACKAGES.join(' ')}\n  (macOS: brew install postgresql@15 pgbouncer redis)`
+  if (!(IS_ROOT && existsSync('/etc/debian_version') && which('apt-get') !== undefined)) die(`missing ${missing.join(' ')}. Install them with:\n    ${install}`)
+  log(`missing ${missing.join(' ')}; installing with apt-get`)
+  run('apt-get', ['update'], { progress: true })
+  // --no-upgrade: installed packages (the system PostgreSQL/Redis) must not be upgraded and restarted as a side effect.
+  run('apt-get', ['install', '-y', '--no-upgrade', ...PACKAGES], { progress: true, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+  if (missingBins(l).length > 0) die(`still missing after apt-get install: ${missingBins(l).join(' ')}`)
   return resolveBins(l)
 }
 
@@ -64,21 +59,12 @@ const query = (ctx: Ctx, port: number, db: string, user: string, sql: string) =>
   const r = psql(ctx, port, db, user, ['-tAc', sql])
   return r.ok ? r.out.trim() : undefined
 }
-
 function writeOwned (file: string, text: string) {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, text)
   if (IS_ROOT) run('chown', [`${SVC_USER}:`, dirname(file), file])
 }
 
-// ---- PostgreSQL (the primary and the streaming replica) ----
-/** pg_ctl stop: fast, else immediate; without pg_ctl, SIGINT is what `pg_ctl stop -m fast` sends. */
-const pgStop = (data: 'pgData' | 'replicaData') => ({ l, bins }: Ctx, pid: number) => {
-  if (bins.pg_ctl === undefined) return process.kill(pid, 'SIGINT')
-  for (const mode of ['fast', 'immediate']) if (runAs(l.dir, bins.pg_ctl, ['-D', l[data], '-m', mode, '-w', '-t', '30', 'stop'], { progress: true }).ok) return
-}
-
-/** Writes the cluster's local settings (conf.d, included from postgresql.conf) and starts it with pg_ctl. */
 function pgStart ({ l, bins }: Ctx, name: string, data: string, port: number, settings: string, args: string[] = []): Run {
   writeOwned(join(data, 'conf.d/ledger-stack.conf'), `# Generated by scripts/stack on every start; edits are overwritten.
 listen_addresses = '127.0.0.1'
@@ -101,23 +87,21 @@ function initPostgres ({ l, bins }: Ctx) {
     const r = runAs(l.dir, bins.initdb, ['-D', l.pgData, '-U', SUPER_USER, '--auth=trust', '-E', 'UTF8', `--locale=${locale}`])
     writeFileSync(initLog, output += r.out + r.err)
     if (r.ok) return
-    if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); run('rm', ['-rf', l.pgData]) }
+    if (locale !== 'C') { log('initdb with --locale=C.UTF-8 failed, retrying with --locale=C'); rmSync(l.pgData, { recursive: true, force: true }) }
   }
-  tail(output)
-  die(`initdb failed (full log: ${initLog})`)
+  die(`initdb failed (full log: ${initLog})`, initLog)
 }
 
-// A pid left in postmaster.pid by a SIGKILLed postgres can linger as a zombie (slow PID 1 in containers) or, after
-// a reboot, belong to an unrelated process: postgres refuses to start while it answers kill -0.
+// A SIGKILLed postgres's pid can linger as a zombie (slow PID 1 in containers) or, after a reboot, belong to an
+// unrelated process: postgres refuses to start while it answers kill -0. A zombie may yet be reaped: wait up to 10 s.
 async function clearStalePostmasterPid ({ l }: Ctx) {
   const file = pidFile(l, 'postgres')
   const old = readPid(file)
   const exists = () => { try { return old !== undefined && process.kill(old, 0) } catch { return false } }
-  // A zombie may yet be reaped: wait until it is gone, or a live (other) process holds the pid, for up to 10 s.
   await waitFor(10, () => !exists() || procComm(old ?? 0) !== undefined)
   if (!exists()) return
   log(`removing stale ${file} (pid ${old} is not our postgres)`)
-  run('rm', ['-f', file])
+  rmSync(file, { force: true })
 }
 
 function ensureDatabases (ctx: Ctx) {
@@ -125,10 +109,9 @@ function ensureDatabases (ctx: Ctx) {
   const asSuper = (sql: string) => query(ctx, port, 'postgres', SUPER_USER, sql)
   // A cluster made before the roles were split has `ledger` as its bootstrap superuser, which cannot be demoted.
   const bootstrap = asSuper('select rolname from pg_roles where oid = 10')
-  if (bootstrap !== SUPER_USER) {
-    die(`the PostgreSQL cluster in ${ctx.l.pgData} was initialised with '${bootstrap || 'another role'}' as its superuser, not '${SUPER_USER}'; it predates the database roles of sql/bootstrap.sql. Make the stack anew: npm run stack -- down && rm -rf ${ctx.l.dir}`)
-  }
-  for (const db of DATABASES) {
+  const anew = `it predates the database roles of sql/bootstrap.sql. Make the stack anew: npm run stack -- down && rm -rf ${ctx.l.dir}`
+  if (bootstrap !== SUPER_USER) die(`the PostgreSQL cluster in ${ctx.l.pgData} was initialised with '${bootstrap || 'another role'}' as its superuser, not '${SUPER_USER}'; ${anew}`)
+  for (const db of ['ledger', 'ledger_test']) {
     if (asSuper(`select 1 from pg_database where datname = '${db}'`) !== '1') {
       log(`creating database ${db}`)
       const r = psql(ctx, port, 'postgres', SUPER_USER, ['-c', `create database "${db}"`])
@@ -140,21 +123,17 @@ function ensureDatabases (ctx: Ctx) {
   }
 }
 
-// ---- PgBouncer ----
 const PGBOUNCER_SOURCE = join(PROJECT, 'deploy/pgbouncer/pgbouncer.ini')
 const SHARED_BEGIN = ';; >>> shared pooling settings'
 const SHARED_END = ';; <<< shared pooling settings'
-
-/** The local pgbouncer.ini: the source's shared block verbatim, plus only what is local (address, port, trust on
- * loopback, paths in the stack folder, the local PostgreSQL as target). */
+/** The local pgbouncer.ini: the source's shared block verbatim, plus only what is local. */
 export function pgbouncerConf (l: Layout): string {
   if (!existsSync(PGBOUNCER_SOURCE)) die(`${PGBOUNCER_SOURCE} is missing; it holds PgBouncer's pooling settings`)
   const text = readFileSync(PGBOUNCER_SOURCE, 'utf8')
   const count = (marker: string) => text.split('\n').filter((line) => line.startsWith(marker)).length
   const shared = new RegExp(`^${SHARED_BEGIN}.*\n([^]*?)^${SHARED_END}`, 'm').exec(text)?.[1] ?? ''
-  if (count(SHARED_BEGIN) !== 1 || count(SHARED_END) !== 1 || /^[ \t]*\[/m.test(shared) || !/^[ \t]*[a-z_]+[ \t]*=/m.test(shared)) {
-    die(`${PGBOUNCER_SOURCE} needs exactly one block of settings between a '${SHARED_BEGIN}' line and a '${SHARED_END}' line`)
-  }
+  const wellFormed = count(SHARED_BEGIN) === 1 && count(SHARED_END) === 1 && !/^[ \t]*\[/m.test(shared) && /^[ \t]*[a-z_]+[ \t]*=/m.test(shared)
+  if (!wellFormed) die(`${PGBOUNCER_SOURCE} needs exactly one block of settings between a '${SHARED_BEGIN}' line and a '${SHARED_END}' line`)
   return `;; Generated by scripts/stack on every start of pgbouncer; edits are overwritten. The pooling settings are
 ;; copied from deploy/pgbouncer/pgbouncer.ini; only the local ones before them are the stack's own.
 [databases]
@@ -183,36 +162,27 @@ function writePgbouncerConf (l: Layout) {
   writeOwned(join(l.dir, 'pgbouncer/userlist.txt'), `"${DB_USER}" ""\n"${API_USER}" ""\n`)
   writeOwned(join(l.dir, 'pgbouncer/pgbouncer.ini'), pgbouncerConf(l))
 }
-
-// max_client_conn=2000 needs a descriptor per client. The limit is raised inside the service user's session:
-// runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
+// max_client_conn=2000 needs a descriptor per client (4096 are asked for). The limit is raised inside the service
+// user's session: runuser's pam_limits resets the soft limit (to 1024 on Debian), so raising it here would be lost.
 const NOFILE_WRAPPER = `want=$1; shift
 soft=$(ulimit -Sn); hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
 if [ "$soft" != unlimited ] && [ "$soft" -lt "$want" ]; then ulimit -Sn "$want"; fi
 exec "$@"`
 
-// ---- Redis (the stack's own and the cluster's nodes) ----
 /** No persistence: Redis is a cache/queue here, and tests expect a clean instance after a restart. */
-function launchRedis ({ l, bins }: Ctx, name: string, port: number, dir: string, extra: string[]): Run {
-  log(`starting ${name === 'redis' ? 'redis' : 'cluster node'} on 127.0.0.1:${port}`)
-  return runAs(l.dir, bins['redis-server'], ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no',
+const launchRedis = ({ l, bins }: Ctx, name: string, port: number, dir: string, extra: string[]): Run =>
+  runAs(l.dir, bins['redis-server'], ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no',
     '--dir', dir, '--pidfile', pidFile(l, name), '--logfile', logFile(l, name), '--unixsocket', '', ...extra], { progress: true })
-}
 const redisCli = ({ bins }: Ctx, port: number, ...args: string[]) => run(bins['redis-cli'], ['-h', '127.0.0.1', '-p', String(port), ...args]).out
 const ping = (ctx: Ctx, port: number) => redisCli(ctx, port, 'ping').trim() === 'PONG'
 
-// ---- The table ----
 export interface Service {
   portVar: PortVar
   port?: number // default: the port of portVar
-  /** Starts the daemon (not running, port free) and logs what it does; a failed run ends `up` with the log's tail. */
-  launch: (ctx: Ctx) => Run | Promise<Run>
+  launch: (ctx: Ctx) => Run | Promise<Run> // only when not running and its port is free
   ready: (ctx: Ctx) => boolean // accepts connections (PgBouncer: and reaches PostgreSQL when that runs)
-  /** A PostgreSQL: its pid file says its port and is its own to clean up; others' stale pid files are removed. */
-  pg?: boolean
   prepare?: (ctx: Ctx) => void // after `ready`, on every start
-  stop?: (ctx: Ctx, pid: number) => void // default: SIGTERM
   retry?: boolean // launched once more when not ready in time
 }
 
@@ -226,21 +196,17 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       // Settings in an include file, not on pg_ctl's command line, so a plain `pg_ctl restart` keeps them.
       const conf = join(l.pgData, 'postgresql.conf')
       if (!/^include_dir = 'conf.d'/m.test(readFileSync(conf, 'utf8'))) writeFileSync(conf, "\n# Added by scripts/stack; its settings live in conf.d/.\ninclude_dir = 'conf.d'\n", { flag: 'a' })
-      log(`starting postgres on 127.0.0.1:${l.ports.STACK_PG_PORT}`)
       // It is a ledger: even locally, never trade durability for speed, so fault tests see production's guarantees.
       return pgStart(ctx, 'postgres', l.pgData, l.ports.STACK_PG_PORT, 'shared_buffers = 256MB\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on\n', ['-p', bins.postgres])
     },
     ready: ({ l, bins }) => run(bins.pg_isready, ['-q', '-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-d', 'postgres']).ok,
-    pg: true,
-    prepare: ensureDatabases,
-    stop: pgStop('pgData')
+    prepare: ensureDatabases
   },
   pgbouncer: {
     portVar: 'STACK_PGBOUNCER_PORT',
     launch ({ l, bins }) {
       writePgbouncerConf(l)
-      log(`starting pgbouncer on 127.0.0.1:${l.ports.STACK_PGBOUNCER_PORT} (transaction pooling -> postgres :${l.ports.STACK_PG_PORT})`)
-      return runAs(l.dir, '/bin/sh', ['-c', NOFILE_WRAPPER, 'sh', String(PGBOUNCER_NOFILE), bins.pgbouncer, '-d', join(l.dir, 'pgbouncer/pgbouncer.ini')], { progress: true })
+      return runAs(l.dir, '/bin/sh', ['-c', NOFILE_WRAPPER, 'sh', '4096', bins.pgbouncer, '-d', join(l.dir, 'pgbouncer/pgbouncer.ini')], { progress: true })
     },
     // The admin console answers while PostgreSQL is down (fault tests stop it); with it up, the whole path must work.
     ready: (ctx) => query(ctx, ctx.l.ports.STACK_PGBOUNCER_PORT, 'pgbouncer', DB_USER, 'show version') !== undefined &&
@@ -264,35 +230,33 @@ export const SERVICES: Record<'postgres' | 'pgbouncer' | 'redis' | 'replica', Se
       const { l, bins } = ctx
       if (!existsSync(join(l.replicaData, 'standby.signal'))) {
         if (bins.pg_basebackup === undefined) die('pg_basebackup not found (it ships with the PostgreSQL server package)')
-        run('rm', ['-rf', l.replicaData])
+        rmSync(l.replicaData, { recursive: true, force: true })
         log(`cloning the primary (127.0.0.1:${l.ports.STACK_PG_PORT}) into ${l.replicaData} with pg_basebackup`)
         const r = runAs(l.dir, bins.pg_basebackup, ['-h', '127.0.0.1', '-p', String(l.ports.STACK_PG_PORT), '-U', SUPER_USER, '-D', l.replicaData, '--write-recovery-conf', '--wal-method=stream', '--checkpoint=fast'])
         writeFileSync(logFile(l, 'replica-basebackup'), r.out + r.err)
-        if (!r.ok) { process.stderr.write(r.err); run('rm', ['-rf', l.replicaData]); die('pg_basebackup failed') }
+        if (!r.ok) {
+          rmSync(l.replicaData, { recursive: true, force: true })
+          die('pg_basebackup failed', logFile(l, 'replica-basebackup'))
+        }
       }
-      log(`starting the replica on 127.0.0.1:${l.ports.STACK_PG_REPLICA_PORT} (streaming from :${l.ports.STACK_PG_PORT})`)
-      // pg_hba and postgresql.conf (with its include_dir) come from the primary; PostgreSQL's defaults
-      // (wal_level = replica, max_wal_senders = 10) let the primary stream without a restart.
+      // pg_hba and postgresql.conf come from the primary, whose defaults (wal_level = replica) let it stream as is.
       return pgStart(ctx, 'replica', l.replicaData, l.ports.STACK_PG_REPLICA_PORT, 'shared_buffers = 128MB\nhot_standby = on\n' +
         '# Tell the primary which rows replica queries still need, so vacuum does not cancel them (SQLSTATE 40001).\nhot_standby_feedback = on\n')
     },
-    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't',
-    pg: true,
-    stop: pgStop('replicaData')
+    ready: (ctx) => query(ctx, ctx.l.ports.STACK_PG_REPLICA_PORT, 'postgres', DB_USER, 'select pg_is_in_recovery()') === 't'
   }
 }
 
-// ---- Redis Cluster: 3 masters (+ 3 replicas unless STACK_REDIS_CLUSTER_REPLICAS=0), nothing persistent ----
 // The cluster bus needs a port of its own; Redis's default (port + 10000) does not exist above 55535, and port - 10000
 // would lie in Linux's ephemeral range, where an outgoing connection's TIME_WAIT can keep it from binding for a minute.
 const busPort = (port: number) => port + 10000 <= 65535 ? port + 10000 : port - 40000
-
-export function validateCluster (l: Layout) {
+export function validateCluster (l: Layout): Layout {
   if (!/^[01]$/.test(l.clusterReplicas)) die('STACK_REDIS_CLUSTER_REPLICAS must be 0 or 1')
   const first = l.ports.STACK_REDIS_CLUSTER_PORT
   if (first + clusterSize(l) - 1 > 65535 || first <= 10000) die(`STACK_REDIS_CLUSTER_PORT=${first} must leave room for ${clusterSize(l)} nodes and lie above 10000`)
   const others = [l.ports.STACK_PG_PORT, l.ports.STACK_PGBOUNCER_PORT, l.ports.STACK_REDIS_PORT, l.ports.STACK_PG_REPLICA_PORT]
   if (clusterPorts(l).some((p) => others.includes(p))) die(`the cluster's ports (${first} and up) overlap the stack's other ports`)
+  return l
 }
 
 export const clusterNode = (port: number): Service => ({
@@ -311,7 +275,6 @@ export const clusterNode = (port: number): Service => ({
   retry: true
 })
 
-/** Forms the cluster of its running nodes, unless it is formed already. */
 export async function formCluster (ctx: Ctx) {
   const { l } = ctx
   const ok = () => clusterPorts(l).every((p) => /^cluster_state:ok/m.test(redisCli(ctx, p, 'cluster', 'info')))
@@ -321,7 +284,7 @@ export async function formCluster (ctx: Ctx) {
     log(`forming a Redis Cluster of ${clusterSize(l)} nodes (replicas per master: ${l.clusterReplicas})`)
     const r = run(ctx.bins['redis-cli'], ['--cluster', 'create', ...clusterPorts(l).map((p) => `127.0.0.1:${p}`), '--cluster-replicas', l.clusterReplicas, '--cluster-yes'])
     writeFileSync(join(l.clusterDir, 'create.log'), r.out + r.err)
-    if (!r.ok) { tail(r.out + r.err); die('redis-cli --cluster create failed') }
+    if (!r.ok) die('redis-cli --cluster create failed', join(l.clusterDir, 'create.log'))
   }
   if (!(await waitFor(READY_TIMEOUT, ok))) die(`the Redis Cluster did not reach cluster_state:ok within ${READY_TIMEOUT}s (logs: ${l.clusterDir}/*/redis.log)`)
 }
