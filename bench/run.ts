@@ -18,11 +18,11 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
-import { BIG_CONNECTIONS, CONNECTIONS, goal, type Bench, type Scenario } from './lib/context.ts'
+import { BIG_CONNECTIONS, CONNECTIONS, FRESH_PROCESS_WARM_S, goal, warmUp, type Bench, type Scenario } from './lib/context.ts'
 import { startNodeServer } from './lib/processes.ts'
 import { markdown, smokeFailures, writeReport, type Report } from './lib/report.ts'
 import { recreateDatabase, resolveEnv, seed, type SeedSizes } from './lib/setup.ts'
-import { signClientTokens, signTokens } from './lib/traffic.ts'
+import { mixedRequests, signClientTokens, signTokens } from './lib/traffic.ts'
 import { scenario as abuse } from './scenarios/abuse.ts'
 import { FEED_LIMIT, scenario as feed } from './scenarios/feed.ts'
 import { scenario as firstMinute } from './scenarios/first-minute.ts'
@@ -133,6 +133,9 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     Promise.allSettled([...bench.children].map((child) => child.stop())).finally(() => process.exit(130)).catch(() => {})
   })
 }
+
+log(`warming the new API process: the mixed load at ${BIG_CONNECTIONS} connections for ${FRESH_PROCESS_WARM_S} s`)
+await warmUp(bench, [{ connections: BIG_CONNECTIONS, requests: mixedRequests(world) }], api.url, FRESH_PROCESS_WARM_S)
 
 // ---------------------------------------------------------------------------------------------------------------
 // The scenarios

@@ -2,7 +2,7 @@
 // WORKERS=1 and WORKERS=2 (node:cluster), one after the other. On a 2-core machine the workers share the cores with
 // PostgreSQL, PgBouncer, Redis and the load generator, so the speed-up says where the next limit is.
 import { fileURLToPath } from 'node:url'
-import { BIG_CONNECTIONS, measure, ratio, record, side, warmUp, type Scenario } from '../lib/context.ts'
+import { BIG_CONNECTIONS, FRESH_PROCESS_WARM_S, measure, ratio, record, side, warmUp, type Scenario } from '../lib/context.ts'
 import { startNodeServer } from '../lib/processes.ts'
 import type { RunRecord } from '../lib/report.ts'
 import { mixedRequests } from '../lib/traffic.ts'
@@ -16,7 +16,7 @@ export const scenario: Scenario = {
       const server = await startNodeServer(fileURLToPath(new URL('../../server.ts', import.meta.url)), { ...b.serverEnv, WORKERS: String(workers) }, { ipc: false })
       b.children.add(server)
       try {
-        await warmUp(b, [{ connections: BIG_CONNECTIONS, requests }], server.url)
+        await warmUp(b, [{ connections: BIG_CONNECTIONS, requests }], server.url, FRESH_PROCESS_WARM_S)
         measured.push(record(b, {
           id: `mixed-workers-${workers}`,
           scenario: 'mixed-workers',
