@@ -14,8 +14,8 @@
 // timeout, quick starts the process with it shortened to 3 s so that it passes too. PgBouncer's server_idle_timeout
 // and the user cache's TTL do not pass in quick mode.
 import { fileURLToPath } from 'node:url'
-import { goal, measure, record, sleep, type Bench, type Scenario } from '../lib/context.ts'
-import { runLoad, type LoadSpec } from '../lib/load.ts'
+import { goal, measure, record, sleep, warmUp, type Bench, type Scenario } from '../lib/context.ts'
+import type { LoadSpec } from '../lib/load.ts'
 import { startNodeServer, type NodeServer } from '../lib/processes.ts'
 import type { RunRecord } from '../lib/report.ts'
 import { rssMb } from '../lib/samplers.ts'
@@ -124,8 +124,7 @@ export const scenario: Scenario = {
     const lifetimeS = 2 * durationS + idleS + (b.soakMinutes ?? 0) * 60 + 300
     const shortened = b.quick && Number(b.serverEnv.DATABASE_IDLE_TIMEOUT_S ?? 0) > 0
     const env = { ...b.serverEnv, BENCH_SERVER_MAX_S: String(lifetimeS), ...(shortened ? { DATABASE_IDLE_TIMEOUT_S: '3' } : {}) }
-    const generator = dayFive(b, 5)
-    await Promise.all(generator.specs.map((spec) => runLoad(b.api.url, { ...spec, route: 'warm-up' })))
+    await warmUp(b, dayFive(b, 5).specs, b.api.url, 5)
     const server = await startNodeServer(fileURLToPath(new URL('../server.ts', import.meta.url)), env)
     b.children.add(server)
     try {
