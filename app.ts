@@ -14,6 +14,7 @@ import httpPlugin, { serverOptions } from './plugins/http/index.ts'
 import gracefulClosePlugin from './plugins/http/graceful-close.ts'
 import readinessPlugin, { autoConfig as readinessConfig } from './plugins/http/readiness.ts'
 import underPressurePlugin, { autoConfig as underPressureConfig } from './plugins/http/under-pressure.ts'
+import warmUpPlugin from './plugins/http/warm-up.ts'
 import workerPlugin, { autoConfig as workerConfig } from './plugins/jobs/index.ts'
 import metricsPlugin, { autoConfig as metricsConfig, type Metrics } from './plugins/metrics/index.ts'
 import openapiPlugin from './plugins/openapi/index.ts'
@@ -72,6 +73,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(revocationsPlugin, revocationsConfig(app))
   await app.register(authPlugin, authConfig(app))
   await app.register(passwordsPlugin, passwordsConfig(app))
+  await app.register(warmUpPlugin)
   await app.register(cachePlugin, cacheConfig(app, serveRoutes))
   await app.register(housekeepingPlugin, housekeepingConfig())
   // Job delivery (webhooks, feed fan-out) in this process unless WORKER_ENABLED=false; off, app.jobs.runDue()

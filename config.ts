@@ -11,7 +11,7 @@ import { settingsGroup, type SettingsGroup } from './plugins/config-helpers.ts'
 import { authConfig } from './plugins/auth/config.ts'
 import { cacheConfig } from './plugins/cache/config.ts'
 import { databaseConfig, defaultPoolMax } from './plugins/database/config.ts'
-import { httpConfig } from './plugins/http/config.ts'
+import { DEFAULT_WARM_UP_S, httpConfig } from './plugins/http/config.ts'
 import { jobsConfig } from './plugins/jobs/config.ts'
 import { metricsConfig } from './plugins/metrics/config.ts'
 import { passwordsConfig } from './plugins/passwords/config.ts'
@@ -65,6 +65,7 @@ interface Resolved {
   OPS_HOST: string
   DATABASE_POOL_MAX: number
   DATABASE_POOL_WARM: number
+  WARM_UP_S: number
 }
 /** The configuration of the infrastructure alone, as the plugins see it. */
 export type InfrastructureConfig = Flat<Omit<InfrastructureSettings, 'WORKER_CONCURRENCY' | keyof Resolved> & Resolved>
@@ -127,7 +128,9 @@ export function composeConfig<const G extends readonly SettingsGroup[]> (domains
       OPS_HOST: env.OPS_HOST ?? env.HOST,
       DATABASE_POOL_MAX: poolMax,
       // Unset: the whole pool; never more than the pool holds.
-      DATABASE_POOL_WARM: Math.min(env.DATABASE_POOL_WARM ?? poolMax, poolMax)
+      DATABASE_POOL_WARM: Math.min(env.DATABASE_POOL_WARM ?? poolMax, poolMax),
+      // Unset: production warms up; development and test start at once.
+      WARM_UP_S: env.WARM_UP_S ?? (isDevelopmentEnv(env.NODE_ENV) ? 0 : DEFAULT_WARM_UP_S)
     } as ComposedConfig<G>
   })
 }

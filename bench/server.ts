@@ -35,5 +35,6 @@ process.once('disconnect', () => { stop('parent gone').catch(() => {}) })
 const maxSeconds = Number(process.env.BENCH_SERVER_MAX_S ?? 1800)
 setTimeout(() => { stop(`reached BENCH_SERVER_MAX_S=${maxSeconds}`).catch(() => {}) }, maxSeconds * 1000).unref()
 
-await app.listen({ host: config.HOST, port: config.PORT })
+await app.warmUp.run({ seconds: config.WARM_UP_S })
+await app.listen({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG })
 process.send?.({ listening: config.PORT })

@@ -23,9 +23,11 @@ async function identityServices (app: FastifyInstance) {
 async function identityRoutes (app: FastifyInstance) {
   await app.register(authRoutes)
   await app.register(usersRoutes)
+  // Someone's profile: a made-up id, so the read misses the cache and the database and answers 404.
+  app.warmUp.add((who) => ({ method: 'GET', url: `/users/${who.otherUserId}`, authorization: who.user.authorization }))
 }
 
 export const identity = {
   services: fp(identityServices, { name: 'identity', dependencies: ['database', 'housekeeping'] }),
-  routes: fp(identityRoutes, { name: 'identity-routes' })
+  routes: fp(identityRoutes, { name: 'identity-routes', dependencies: ['warm-up'] })
 }

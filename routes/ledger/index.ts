@@ -31,9 +31,29 @@ async function ledgerServices (app: FastifyInstance) {
 async function ledgerRoutes (app: FastifyInstance) {
   await app.register(transactionsRoutes)
   await app.register(balancesRoutes)
+  // The warm-up's principals exist nowhere: reads come back empty, and every write is refused (caller unknown)
+  // after it went through group commit and post_transactions(), so no money moves.
+  app.warmUp.add((who) => ({ method: 'GET', url: '/transactions', authorization: who.user.authorization }))
+  app.warmUp.add((who) => ({
+    method: 'POST',
+    url: '/transactions',
+    authorization: who.user.authorization,
+    headers: { 'idempotency-key': who.key() },
+    body: { kind: 'transfer', amount: 1, currency: 'USD', toUserId: who.otherUserId }
+  }))
+  app.warmUp.add((who) => {
+    const key = who.key()
+    return {
+      method: 'POST',
+      url: '/transactions',
+      authorization: who.client.authorization,
+      headers: { 'idempotency-key': key },
+      body: { kind: 'deposit', amount: 1, currency: 'USD', userId: who.user.id, reference: key }
+    }
+  })
 }
 
 export const ledger = {
   services: fp(ledgerServices, { name: 'ledger', dependencies: ['database', 'metrics', 'housekeeping'] }),
-  routes: fp(ledgerRoutes, { name: 'ledger-routes' })
+  routes: fp(ledgerRoutes, { name: 'ledger-routes', dependencies: ['warm-up'] })
 }

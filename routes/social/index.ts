@@ -21,9 +21,10 @@ async function socialServices (app: FastifyInstance) {
 async function socialRoutes (app: FastifyInstance) {
   await app.register(followsRoutes)
   await app.register(feedRoutes)
+  app.warmUp.add((who) => ({ method: 'GET', url: '/feed', authorization: who.user.authorization }))
 }
 
 export const social = {
   services: fp(socialServices, { name: 'social', dependencies: ['jobs', 'cache'] }),
-  routes: fp(socialRoutes, { name: 'social-routes' })
+  routes: fp(socialRoutes, { name: 'social-routes', dependencies: ['warm-up'] })
 }

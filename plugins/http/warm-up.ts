@@ -1,0 +1,148 @@
+import { randomBytes, randomUUID } from 'node:crypto'
+import { Agent, request as httpRequest } from 'node:http'
+import { createServer, type AddressInfo } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+
+/**
+ * Who a warm-up request is sent as: principals made up for the warm-up, whose ids exist nowhere, with tokens
+ * this process signs for them. A read finds nothing (404, an empty page) and a money write is refused (the
+ * caller is unknown), so the warm-up reads and writes no one's data; what it exercises is the whole path up to
+ * and including the database and Redis round trips.
+ */
+export interface WarmUpPrincipals {
+  user: { id: string, authorization: string }
+  otherUserId: string
+  client: { id: string, authorization: string }
+  /** A fresh Idempotency-Key. */
+  key: () => string
+}
+
+export interface WarmUpRequest {
+  method: 'GET' | 'POST'
+  url: string
+  authorization: string
+  headers?: Record<string, string>
+  body?: unknown
+}
+
+export type WarmUpRequestFactory = (who: WarmUpPrincipals) => WarmUpRequest
+
+export interface WarmUpResult {
+  requests: number
+  /** Responses by status code. */
+  statuses: Record<number, number>
+  seconds: number
+}
+
+/** Connections the warm-up sends on at once: enough to keep the event loop busy, as traffic would. */
+const WARM_UP_CONNECTIONS = 10
+/** Requests per made-up principal: well inside the pro tier's bucket (600). */
+const PRINCIPAL_REQUESTS = 300
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    warmUp: {
+      /** A request the domains' routes take in production; the warm-up cycles through all of them. */
+      add: (factory: WarmUpRequestFactory) => void
+      /**
+       * Sends the added requests to this app over loopback sockets of its own for `seconds`, from `connections`
+       * connections at once, before the public port listens. Resolves when the last response is in.
+       */
+      run: (options: { seconds: number, connections?: number }) => Promise<WarmUpResult>
+    }
+  }
+}
+
+/**
+ * A newly started process runs its request path in V8's interpreter until the optimising compiler has seen
+ * enough calls: at the day-5 load (1,000 connections, 1,000 req/s) that made the first seconds cost about twice
+ * the CPU per request, the event loop fell behind, and p99 reached seconds before it caught up. So the process
+ * warms itself before it takes traffic: its own requests, through the same HTTP server (node:http, every hook,
+ * validation, the database and Redis clients, serialization), over sockets that only it can reach. The public
+ * port opens afterwards, so no client waits behind the warm-up.
+ *
+ * Warm-up requests carry a traceparent that is not sampled, so a parent-based sampler records none of them; their
+ * request logs are held back (the logger at warn while it runs). Their metrics count like any request: they
+ * happen before the first scrape a ready process gets, and rate() does not see a counter's first value.
+ */
+async function warmUpPlugin (app: FastifyInstance) {
+  const factories: WarmUpRequestFactory[] = []
+
+  async function principals (): Promise<WarmUpPrincipals> {
+    const user = { id: randomUUID(), tier: 'pro' as const, sessionId: randomUUID() }
+    const client = { id: randomUUID(), scopes: ['funds:write'] as const }
+    const [userToken, clientToken] = await Promise.all([app.issueToken(user), app.issueClientToken(client)])
+    let keys = 0
+    const prefix = `warm-up-${randomUUID()}`
+    return {
+      user: { id: user.id, authorization: `Bearer ${userToken.accessToken}` },
+      otherUserId: randomUUID(),
+      client: { id: client.id, authorization: `Bearer ${clientToken.accessToken}` },
+      key: () => `${prefix}-${++keys}`
+    }
+  }
+
+  async function run ({ seconds, connections = WARM_UP_CONNECTIONS }: { seconds: number, connections?: number }): Promise<WarmUpResult> {
+    const result: WarmUpResult = { requests: 0, statuses: {}, seconds: 0 }
+    if (seconds <= 0 || factories.length === 0) return result
+    await app.ready()
+    // Connections are handed to the app's own HTTP server, as node:cluster and TLS-terminating proxies do.
+    const loopback = createServer((socket) => { app.server.emit('connection', socket) })
+    await new Promise<void>((resolve, reject) => {
+      loopback.once('error', reject)
+      loopback.listen(0, '127.0.0.1', resolve)
+    })
+    const { port } = loopback.address() as AddressInfo
+    const agent = new Agent({ keepAlive: true, maxSockets: connections })
+    const level = app.log.level
+    app.log.level = 'warn'
+    const started = performance.now()
+    const deadline = started + seconds * 1000
+    try {
+      await Promise.all(Array.from({ length: connections }, async (_, lane) => {
+        let who = await principals()
+        for (let i = lane; performance.now() < deadline; i++) {
+          // A new made-up user now and then, so that no one's rate limit is reached: the warm-up is not about 429s.
+          if (i % PRINCIPAL_REQUESTS === 0) who = await principals()
+          const status = await send(port, agent, factories[i % factories.length]!(who))
+          result.requests++
+          result.statuses[status] = (result.statuses[status] ?? 0) + 1
+        }
+      }))
+    } finally {
+      app.log.level = level
+      agent.destroy()
+      await new Promise((resolve) => loopback.close(resolve))
+    }
+    result.seconds = (performance.now() - started) / 1000
+    app.log.info(result, 'warmed up')
+    return result
+  }
+
+  app.decorate('warmUp', {
+    add: (factory: WarmUpRequestFactory) => { factories.push(factory) },
+    run
+  })
+}
+
+function send (port: number, agent: Agent, warmUpRequest: WarmUpRequest): Promise<number> {
+  const body = warmUpRequest.body === undefined ? undefined : JSON.stringify(warmUpRequest.body)
+  const headers: Record<string, string> = {
+    ...warmUpRequest.headers,
+    authorization: warmUpRequest.authorization,
+    traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
+    ...(body === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
+  }
+  return new Promise((resolve, reject) => {
+    const outgoing = httpRequest({ host: '127.0.0.1', port, agent, method: warmUpRequest.method, path: warmUpRequest.url, headers }, (response) => {
+      response.resume()
+      response.once('end', () => resolve(response.statusCode ?? 0))
+      response.once('error', reject)
+    })
+    outgoing.once('error', reject)
+    outgoing.end(body)
+  })
+}
+
+export default fp(warmUpPlugin, { name: 'warm-up', dependencies: ['auth'] })
