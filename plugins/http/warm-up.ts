@@ -1,8 +1,9 @@
-import { randomBytes, randomUUID } from 'node:crypto'
-import { Agent, request as httpRequest } from 'node:http'
+import { randomUUID } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
+import { Worker } from 'node:worker_threads'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import type { ClientRequestSpec, WarmUpClientData, WarmUpClientResult } from './warm-up-client.ts'
 
 /**
  * Who a warm-up request is sent as: principals made up for the warm-up, whose ids exist nowhere, with tokens
@@ -28,15 +29,12 @@ export interface WarmUpRequest {
 
 export type WarmUpRequestFactory = (who: WarmUpPrincipals) => WarmUpRequest
 
-export interface WarmUpResult {
-  requests: number
-  /** Responses by status code. */
-  statuses: Record<number, number>
-  seconds: number
-}
+export type WarmUpResult = WarmUpClientResult & { seconds: number }
 
 /** Connections the warm-up sends on at once: enough to keep the event loop busy, as traffic would. */
 const WARM_UP_CONNECTIONS = 10
+/** More requests a second than the warm-up can send here, so that the principals made for it always suffice. */
+const MAX_RATE = 4000
 /** Requests per made-up principal: well inside the pro tier's bucket (600). */
 const PRINCIPAL_REQUESTS = 300
 
@@ -87,32 +85,36 @@ async function warmUpPlugin (app: FastifyInstance) {
     const result: WarmUpResult = { requests: 0, statuses: {}, seconds: 0 }
     if (seconds <= 0 || factories.length === 0) return result
     await app.ready()
+    // Enough made-up principals that none of them reaches its rate limit (the warm-up is not about 429s).
+    const count = Math.max(connections, Math.ceil(seconds * MAX_RATE / PRINCIPAL_REQUESTS))
+    const who = await Promise.all(Array.from({ length: count }, principals))
+    const requests: ClientRequestSpec[] = who.flatMap((principals) => factories.map((factory) => {
+      const { method, url, authorization, headers, body } = factory(principals)
+      return { method, path: url, headers: { ...headers, authorization }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) }
+    }))
     // Connections are handed to the app's own HTTP server, as node:cluster and TLS-terminating proxies do.
     const loopback = createServer((socket) => { app.server.emit('connection', socket) })
     await new Promise<void>((resolve, reject) => {
       loopback.once('error', reject)
       loopback.listen(0, '127.0.0.1', resolve)
     })
-    const { port } = loopback.address() as AddressInfo
-    const agent = new Agent({ keepAlive: true, maxSockets: connections })
     const level = app.log.level
     app.log.level = 'warn'
     const started = performance.now()
-    const deadline = started + seconds * 1000
     try {
-      await Promise.all(Array.from({ length: connections }, async (_, lane) => {
-        let who = await principals()
-        for (let i = lane; performance.now() < deadline; i++) {
-          // A new made-up user now and then, so that no one's rate limit is reached: the warm-up is not about 429s.
-          if (i % PRINCIPAL_REQUESTS === 0) who = await principals()
-          const status = await send(port, agent, factories[i % factories.length]!(who))
-          result.requests++
-          result.statuses[status] = (result.statuses[status] ?? 0) + 1
-        }
-      }))
+      // The client runs on a thread of its own, so that this event loop spends the warm-up serving.
+      const worker = new Worker(new URL('./warm-up-client.ts', import.meta.url), {
+        workerData: { port: (loopback.address() as AddressInfo).port, connections, seconds, requests } satisfies WarmUpClientData
+      })
+      const sent = await new Promise<WarmUpClientResult>((resolve, reject) => {
+        worker.once('message', resolve)
+        worker.once('error', reject)
+        worker.once('exit', (code) => reject(new Error(`the warm-up client exited with ${code}`)))
+      })
+      result.requests = sent.requests
+      result.statuses = sent.statuses
     } finally {
       app.log.level = level
-      agent.destroy()
       await new Promise((resolve) => loopback.close(resolve))
     }
     result.seconds = (performance.now() - started) / 1000
@@ -123,25 +125,6 @@ async function warmUpPlugin (app: FastifyInstance) {
   app.decorate('warmUp', {
     add: (factory: WarmUpRequestFactory) => { factories.push(factory) },
     run
-  })
-}
-
-function send (port: number, agent: Agent, warmUpRequest: WarmUpRequest): Promise<number> {
-  const body = warmUpRequest.body === undefined ? undefined : JSON.stringify(warmUpRequest.body)
-  const headers: Record<string, string> = {
-    ...warmUpRequest.headers,
-    authorization: warmUpRequest.authorization,
-    traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
-    ...(body === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
-  }
-  return new Promise((resolve, reject) => {
-    const outgoing = httpRequest({ host: '127.0.0.1', port, agent, method: warmUpRequest.method, path: warmUpRequest.url, headers }, (response) => {
-      response.resume()
-      response.once('end', () => resolve(response.statusCode ?? 0))
-      response.once('error', reject)
-    })
-    outgoing.once('error', reject)
-    outgoing.end(body)
   })
 }
 

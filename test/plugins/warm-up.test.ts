@@ -1,9 +1,10 @@
 // The warm-up a process runs before its public port listens (plugins/http/warm-up.ts): what it sends, what it
-// leaves behind (no log line per request, no recorded span, no data), and the settings that drive it.
+// leaves behind (no log line per request, no recorded span), and the settings that drive it. That it writes
+// nothing and keeps no listener: test/security/warm-up.test.ts.
 import t from 'tap'
 import { loadConfig } from '../../settings.ts'
 import { DEFAULT_WARM_UP_S } from '../../plugins/http/config.ts'
-import { buildTestApp, ownerSql, spanExporter, testConfig } from '../helper.ts'
+import { buildTestApp, spanExporter, testConfig } from '../helper.ts'
 
 t.test('the warm-up sends every domain\'s requests through the HTTP server for the time asked, then stops', async (t) => {
   const lines: Array<Record<string, unknown>> = []
@@ -32,15 +33,6 @@ t.test('the warm-up sends every domain\'s requests through the HTTP server for t
 t.test('0 seconds sends nothing', async (t) => {
   const app = await buildTestApp(t)
   t.same(await app.warmUp.run({ seconds: 0 }), { requests: 0, statuses: {}, seconds: 0 })
-})
-
-t.test('the warm-up writes nothing: its money writes are refused before any key is stored', async (t) => {
-  const app = await buildTestApp(t)
-  const sql = ownerSql()
-  const result = await app.warmUp.run({ seconds: 1, connections: 2 })
-  t.ok(result.requests > 0)
-  const [keys] = await sql<{ n: number }[]>`select count(*)::int as n from idempotency_keys where key like 'warm-up-%'`
-  t.equal(keys?.n, 0, 'no Idempotency-Key of the warm-up was stored')
 })
 
 t.test('WARM_UP_S: unset is on in production and off in development and test; a value wins', async (t) => {

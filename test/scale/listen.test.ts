@@ -1,0 +1,43 @@
+// How server.ts opens its public port: the listen backlog the kernel keeps for it, and the warm-up it runs before
+// (plugins/http/warm-up.ts), alone and as a node:cluster primary's workers.
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import t from 'tap'
+import { spawnApiServer } from './support.ts'
+
+/** The backlog of the socket listening on `port`: ss shows it as Send-Q for a listening socket. */
+function listenBacklog (port: number): number {
+  const line = execFileSync('ss', ['-ltnH', `sport = :${port}`], { encoding: 'utf8' }).trim().split('\n')[0] ?? ''
+  const [, , sendQ] = line.split(/\s+/)
+  return Number(sendQ)
+}
+
+const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'))
+
+t.test('the public port listens with a backlog of 4096 (capped by somaxconn), not Node\'s 511', async (t) => {
+  const api = await spawnApiServer(t)
+  t.equal(listenBacklog(api.port), Math.min(4096, somaxconn))
+})
+
+t.test('LISTEN_BACKLOG sets it', async (t) => {
+  const api = await spawnApiServer(t, { LISTEN_BACKLOG: '1234' })
+  t.equal(listenBacklog(api.port), Math.min(1234, somaxconn))
+})
+
+t.test('with WARM_UP_S the process warms up before the public port listens', async (t) => {
+  const api = await spawnApiServer(t, { WARM_UP_S: '1', LOG_LEVEL: 'info' })
+  const lines = api.output().split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>)
+  const warmed = lines.findIndex((line) => line.msg === 'warmed up')
+  const listening = lines.findIndex((line) => typeof line.msg === 'string' && line.msg.startsWith('Server listening'))
+  t.ok(warmed >= 0, 'one line says the warm-up ran')
+  t.ok(listening > warmed, 'the port opened afterwards')
+  t.ok(Number(lines[warmed]!.requests) > 0, `${String(lines[warmed]!.requests)} requests`)
+  t.same(Object.keys(lines[warmed]!.statuses as object).sort(), ['200', '401', '404'])
+})
+
+t.test('each cluster worker warms itself up before the primary reports ready', async (t) => {
+  const api = await spawnApiServer(t, { WARM_UP_S: '1', WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
+  const warmed = api.output().split('\n').filter((line) => line.includes('"msg":"warmed up"'))
+  t.equal(warmed.length, 2, 'two warm-ups, one per worker')
+  t.equal(new Set(warmed.map((line) => (JSON.parse(line) as { pid: number }).pid)).size, 2, 'in two processes')
+})
