@@ -43,16 +43,11 @@ async function serve (config: Config) {
     await telemetry.shutdown().catch((error: unknown) => app.log.warn({ err: error }, 'telemetry flush failed'))
   })
 
-  let warmedUp = false
-  let afterWarmUp = () => {}
   if (cluster.isWorker) {
     // The primary serves OPS_PORT: it is ready while every worker is (each tells it its readiness over IPC) ...
-    // Not before the warm-up is over: until then this worker does not listen.
-    const report = (result: { ok: boolean, checks: unknown }) => {
-      if (warmedUp) process.send?.({ type: 'ledger:readiness', ok: result.ok, checks: result.checks })
-    }
+    const report = (result: { ok: boolean, checks: unknown }) => { process.send?.({ type: 'ledger:readiness', ok: result.ok, checks: result.checks }) }
     app.readiness.onChange(report)
-    afterWarmUp = () => { report(app.readiness.current()) }
+    app.addHook('onReady', async () => { report(app.readiness.current()) })
     // ... and sums every worker's metrics; this answers its requests over IPC.
     // Constructing an AggregatorRegistry is what installs prom-client's responder in a worker.
     const { AggregatorRegistry } = await import('prom-client')
@@ -66,16 +61,19 @@ async function serve (config: Config) {
   // Longer than the usual load balancer idle timeout (60 s), so the balancer, not us, closes idle connections.
   app.server.keepAliveTimeout = 72_000
 
-  // Before any port opens: traffic arrives only once the request path is optimised (plugins/http/warm-up.ts).
-  await app.warmUp.run({ seconds: config.WARM_UP_S })
-  warmedUp = true
-  afterWarmUp()
+  // Not ready (503 on /health/ready, here and on the operations port) until the warm-up is over.
+  const warming = app.readiness.hold()
 
-  // Opened before the public port, so a port clash fails the boot before any traffic arrives.
+  // Opened before the public port, so a port clash fails the boot before any traffic arrives; it answers
+  // /health/live from the start, so the kubelet's startup probe passes while the process warms up.
   if (cluster.isPrimary && config.OPS_PORT > 0) {
     const { serveOps } = await import('./ops-server.ts')
     await serveOps(app, config)
   }
 
+  // Before the public port opens: traffic arrives once the request path is optimised (plugins/http/warm-up.ts).
+  await app.warmUp.run({ seconds: config.WARM_UP_S })
+
   await app.listen({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG })
+  warming()
 }

@@ -23,6 +23,11 @@ export interface Readiness {
   onChange: (listener: (result: ReadinessResult) => void) => void
   /** Probe rounds run so far (tests count them against the statements the app sent). */
   rounds: () => number
+  /**
+   * Not ready, whatever the dependencies say, until the returned function is called: what the process still has
+   * to do before it should take traffic (its warm-up). Listeners hear both changes.
+   */
+  hold: () => () => void
 }
 
 export interface ReadinessOptions {
@@ -46,6 +51,7 @@ async function readinessPlugin (app: FastifyInstance, options: ReadinessOptions)
   let result = notYet
   let closing = false
   let rounds = 0
+  let holds = 0
   let timer: NodeJS.Timeout | undefined
   const listeners: Array<(result: ReadinessResult) => void> = []
   const pending = { postgres: false, redis: false }
@@ -77,7 +83,13 @@ async function readinessPlugin (app: FastifyInstance, options: ReadinessOptions)
     if (!changed) return
     if (next.ok) app.log.info({ checks: next.checks }, 'ready')
     else app.log.warn({ checks: next.checks }, 'not ready: a dependency does not answer')
-    for (const listener of listeners) listener(next)
+    notify()
+  }
+
+  const current = () => closing || holds > 0 ? { ...result, ok: false } : result
+  function notify () {
+    const effective = current()
+    for (const listener of listeners) listener(effective)
   }
 
   function schedule () {
@@ -90,9 +102,20 @@ async function readinessPlugin (app: FastifyInstance, options: ReadinessOptions)
   }
 
   app.decorate('readiness', {
-    current: () => closing ? { ...result, ok: false } : result,
+    current,
     onChange: (listener: (result: ReadinessResult) => void) => { listeners.push(listener) },
-    rounds: () => rounds
+    rounds: () => rounds,
+    hold: () => {
+      holds++
+      notify()
+      let released = false
+      return () => {
+        if (released) return
+        released = true
+        holds--
+        notify()
+      }
+    }
   })
   app.addHook('onReady', async () => {
     await round()
@@ -102,7 +125,7 @@ async function readinessPlugin (app: FastifyInstance, options: ReadinessOptions)
   app.addHook('preClose', async () => {
     closing = true
     clearTimeout(timer)
-    for (const listener of listeners) listener(app.readiness.current())
+    notify()
   })
 }
 

@@ -113,6 +113,9 @@ async function warmUpPlugin (app: FastifyInstance) {
       })
       result.requests = sent.requests
       result.statuses = sent.statuses
+    } catch (error) {
+      // An optimisation, not a condition of serving: the process starts cold rather than not at all.
+      app.log.warn({ err: error }, 'warm-up failed; serving without it')
     } finally {
       app.log.level = level
       await new Promise((resolve) => loopback.close(resolve))

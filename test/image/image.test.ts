@@ -220,6 +220,9 @@ await phase('an API container and a worker container start, hardened, as uid 100
   t.ok(ready, 'GET /health/ready on the ops port: 200')
   if (!ready) for (const id of Object.values(containers)) t.comment(await logsOf(id))
   t.equal((await fetch(`${apiUrl}/health/ready`)).status, 200, 'and on the public port')
+  // Production warms up (WARM_UP_S unset: 8 s) before either port opens; its client runs on a worker thread.
+  const warmedUp = (await logsOf(containers.api)).split('\n').find((line) => line.includes('"msg":"warmed up"'))
+  t.match(warmedUp === undefined ? undefined : JSON.parse(warmedUp), { statuses: { 200: Number, 401: Number, 404: Number } }, 'the API warmed up before its ports opened')
   t.equal((await fetch(`${apiUrl}/metrics`)).status, 404, 'metrics are not on the public port')
 
   for (const [name, id] of Object.entries(containers)) {

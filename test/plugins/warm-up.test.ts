@@ -1,6 +1,6 @@
 // The warm-up a process runs before its public port listens (plugins/http/warm-up.ts): what it sends, what it
-// leaves behind (no log line per request, no recorded span), and the settings that drive it. That it writes
-// nothing and keeps no listener: test/security/warm-up.test.ts.
+// leaves behind (no log line per request, no recorded span), the readiness it holds, and the settings that drive it.
+// That it writes nothing and keeps no listener: test/security/warm-up.test.ts.
 import t from 'tap'
 import { loadConfig } from '../../settings.ts'
 import { DEFAULT_WARM_UP_S } from '../../plugins/http/config.ts'
@@ -46,4 +46,21 @@ t.test('WARM_UP_S: unset is on in production and off in development and test; a 
   t.throws(() => loadConfig({ ...base, WARM_UP_S: '-1' }), /WARM_UP_S/)
   t.throws(() => loadConfig({ ...base, WARM_UP_S: 'soon' }), /WARM_UP_S/)
   t.equal(testConfig().WARM_UP_S, 0, 'the tests\' apps start at once')
+})
+
+t.test('readiness held for the warm-up: /health/ready answers 503 until released, and listeners hear both changes', async (t) => {
+  const app = await buildTestApp(t)
+  await app.ready()
+  t.equal(app.readiness.current().ok, true, 'ready to begin with')
+  const heard: boolean[] = []
+  app.readiness.onChange((result) => { heard.push(result.ok) })
+  const release = app.readiness.hold()
+  t.equal(app.readiness.current().ok, false, 'held: not ready')
+  t.equal((await app.inject({ method: 'GET', url: '/health/ready' })).statusCode, 503)
+  t.equal((await app.inject({ method: 'GET', url: '/health/live' })).statusCode, 200, 'alive all the same')
+  release()
+  release()
+  t.equal(app.readiness.current().ok, true, 'released: ready again')
+  t.equal((await app.inject({ method: 'GET', url: '/health/ready' })).statusCode, 200)
+  t.same(heard, [false, true], 'a second release changes nothing')
 })

@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { spawnApiServer } from './support.ts'
+import { pickFreePort, spawnApiServer } from './support.ts'
 
 /** The backlog of the socket listening on `port`: ss shows it as Send-Q for a listening socket. */
 function listenBacklog (port: number): number {
@@ -33,6 +33,24 @@ t.test('with WARM_UP_S the process warms up before the public port listens', asy
   t.ok(listening > warmed, 'the port opened afterwards')
   t.ok(Number(lines[warmed]!.requests) > 0, `${String(lines[warmed]!.requests)} requests`)
   t.same(Object.keys(lines[warmed]!.statuses as object).sort(), ['200', '401', '404'])
+})
+
+t.test('the operations port answers /health/live during the warm-up and /health/ready only after it', async (t) => {
+  const opsPort = await pickFreePort()
+  const started = spawnApiServer(t, { WARM_UP_S: '3', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' })
+  const ops = `http://127.0.0.1:${opsPort}`
+  let live = 0
+  const deadline = Date.now() + 20_000
+  while (live !== 200 && Date.now() < deadline) {
+    live = await fetch(`${ops}/health/live`).then((r) => r.status, () => 0)
+    if (live !== 200) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.equal(live, 200, 'live while warming up')
+  t.equal(await fetch(`${ops}/health/ready`).then((r) => r.status, () => 0), 503, 'not ready while warming up')
+  const api = await started
+  t.equal((await fetch(`${ops}/health/ready`)).status, 200, 'ready once the public port listens')
+  const lines = api.output().split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>)
+  t.ok(lines.some((line) => line.msg === 'warmed up'))
 })
 
 t.test('each cluster worker warms itself up before the primary reports ready', async (t) => {
