@@ -7,9 +7,9 @@ import type { ClientRequestSpec, WarmUpClientData, WarmUpClientResult } from './
 
 /**
  * Who a warm-up request is sent as: principals made up for the warm-up, whose ids exist nowhere, with tokens
- * this process signs for them. A read finds nothing (404, an empty page) and a money write is refused (the
- * caller is unknown), so the warm-up reads and writes no one's data; what it exercises is the whole path up to
- * and including the database and Redis round trips.
+ * this process signs for them. A read finds nothing (404, an empty page) and a money write stops at the session
+ * or client check (401), so the warm-up reads and writes no one's data; what it exercises is the whole path of a
+ * read, up to and including its database and Redis round trips, and authentication.
  */
 export interface WarmUpPrincipals {
   user: { id: string, authorization: string }
@@ -35,6 +35,8 @@ export type WarmUpResult = WarmUpClientResult & { seconds: number }
 const WARM_UP_CONNECTIONS = 10
 /** More requests a second than the warm-up can send here, so that the principals made for it always suffice. */
 const MAX_RATE = 4000
+/** Seconds past its time after which a warm-up client that has not finished is stopped. */
+const CLIENT_GRACE_S = 30
 /** Requests per made-up principal: well inside the pro tier's bucket (600). */
 const PRINCIPAL_REQUESTS = 300
 
@@ -45,9 +47,10 @@ declare module 'fastify' {
       add: (factory: WarmUpRequestFactory) => void
       /**
        * Sends the added requests to this app over loopback sockets of its own for `seconds`, from `connections`
-       * connections at once, before the public port listens. Resolves when the last response is in.
+       * connections at once, before the public port listens. Resolves when the last response is in, or `graceS`
+       * (30) past its time, when a client still waiting is stopped and the warm-up counts as failed.
        */
-      run: (options: { seconds: number, connections?: number }) => Promise<WarmUpResult>
+      run: (options: { seconds: number, connections?: number, graceS?: number }) => Promise<WarmUpResult>
     }
   }
 }
@@ -81,7 +84,7 @@ async function warmUpPlugin (app: FastifyInstance) {
     }
   }
 
-  async function run ({ seconds, connections = WARM_UP_CONNECTIONS }: { seconds: number, connections?: number }): Promise<WarmUpResult> {
+  async function run ({ seconds, connections = WARM_UP_CONNECTIONS, graceS = CLIENT_GRACE_S }: { seconds: number, connections?: number, graceS?: number }): Promise<WarmUpResult> {
     const result: WarmUpResult = { requests: 0, statuses: {}, seconds: 0 }
     if (seconds <= 0 || factories.length === 0) return result
     await app.ready()
@@ -106,11 +109,13 @@ async function warmUpPlugin (app: FastifyInstance) {
       const worker = new Worker(new URL('./warm-up-client.ts', import.meta.url), {
         workerData: { port: (loopback.address() as AddressInfo).port, connections, seconds, requests } satisfies WarmUpClientData
       })
+      // A client that never finishes (a request that hangs) must not hold the boot: it is stopped, and that fails.
+      const stop = setTimeout(() => { worker.terminate().catch(() => {}) }, (seconds + graceS) * 1000)
       const sent = await new Promise<WarmUpClientResult>((resolve, reject) => {
         worker.once('message', resolve)
         worker.once('error', reject)
         worker.once('exit', (code) => reject(new Error(`the warm-up client exited with ${code}`)))
-      })
+      }).finally(() => { clearTimeout(stop) })
       result.requests = sent.requests
       result.statuses = sent.statuses
     } catch (error) {

@@ -31,8 +31,8 @@ async function ledgerServices (app: FastifyInstance) {
 async function ledgerRoutes (app: FastifyInstance) {
   await app.register(transactionsRoutes)
   await app.register(balancesRoutes)
-  // The warm-up's principals exist nowhere: reads come back empty, and every write is refused (caller unknown)
-  // after it went through group commit and post_transactions(), so no money moves.
+  // The warm-up's principals exist nowhere: reads come back empty, and a write stops at the session or client
+  // check (401), before the ledger, so no money moves.
   app.warmUp.add((who) => ({ method: 'GET', url: '/transactions', authorization: who.user.authorization }))
   app.warmUp.add((who) => ({
     method: 'POST',

@@ -64,3 +64,21 @@ t.test('readiness held for the warm-up: /health/ready answers 503 until released
   t.equal((await app.inject({ method: 'GET', url: '/health/ready' })).statusCode, 200)
   t.same(heard, [false, true], 'a second release changes nothing')
 })
+
+t.test('a warm-up request that never answers does not hold the boot: the client is stopped after the grace, and the app starts', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const app = await buildTestApp(t, {}, {
+    logger: { level: 'info', stream: { write: (line: string) => { lines.push(JSON.parse(line) as Record<string, unknown>) } } },
+    beforeRoutes: (instance) => {
+      instance.get('/never-answers', { config: { rateLimit: false } }, () => new Promise(() => {}))
+    }
+  })
+  app.warmUp.add((who) => ({ method: 'GET', url: '/never-answers', authorization: who.user.authorization }))
+  const started = performance.now()
+  const result = await app.warmUp.run({ seconds: 0.2, connections: 2, graceS: 1 })
+  const took = (performance.now() - started) / 1000
+  t.ok(took >= 1 && took < 5, `returned after ${took.toFixed(1)} s`)
+  t.match(lines.find((line) => line.msg === 'warm-up failed; serving without it'), { level: 40 }, 'logged as a warning')
+  t.equal(result.requests, 0, 'and counted as no requests')
+  t.equal((await app.inject({ method: 'GET', url: '/health/live' })).statusCode, 200, 'the app serves')
+})
