@@ -54,10 +54,13 @@ begin
   if p_limit <= 0 then
     return;
   end if;
-  -- Every claim would otherwise plan both statements again (custom plans for their parameters): more time than
-  -- running them. The generic plans are the same index walks, planned once per connection. For this transaction
-  -- only (a claim is one statement from the client).
-  perform pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
+  -- Planned at every claim, for the queue as it is now. A plan cached per connection (a generic plan) is made
+  -- for the queue as it was then: made while the jobs table was empty, or analyzed as empty after a drain, it
+  -- stayed in use after a burst of 10,000 jobs, each claim took seconds (statement and lock timeouts) and nothing
+  -- was delivered until autovacuum's next ANALYZE, up to a minute later (test/faults/webhooks.test.ts after the
+  -- fairness file). Planning each claim costs a little CPU; the custom plan reads the table's current size. For
+  -- this transaction only (a claim is one statement from the client).
+  perform pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
 
   -- The endpoints with due work, least recently served first. The recursive part is a skip scan of
   -- jobs_endpoint_idx: one probe per endpoint with pending jobs, however many jobs each holds.
