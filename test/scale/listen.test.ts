@@ -54,8 +54,21 @@ t.test('the operations port answers /health/live during the warm-up and /health/
 })
 
 t.test('each cluster worker warms itself up before the primary reports ready', async (t) => {
-  const api = await spawnApiServer(t, { WARM_UP_S: '1', WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
-  const warmed = api.output().split('\n').filter((line) => line.includes('"msg":"warmed up"'))
-  t.equal(warmed.length, 2, 'two warm-ups, one per worker')
-  t.equal(new Set(warmed.map((line) => (JSON.parse(line) as { pid: number }).pid)).size, 2, 'in two processes')
+  // The primary's readiness (on OPS_PORT) needs every worker's: the public port answers as soon as one worker
+  // listens, so it is the operations port that must wait for both warm-ups.
+  const opsPort = await pickFreePort()
+  const api = await spawnApiServer(t, { WARM_UP_S: '1', WORKERS: '2', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
+  const warmUps = () => api.output().split('\n').filter((line) => line.includes('"msg":"warmed up"'))
+  let ready = false
+  const deadline = Date.now() + 30_000
+  while (!ready && Date.now() < deadline) {
+    ready = await fetch(`http://127.0.0.1:${opsPort}/health/ready`).then((r) => r.status === 200, () => false)
+    if (!ready) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.ok(ready, 'the primary said ready')
+  // The lines were written before readiness was reported; 200 ms lets this process read them off the pipe. A worker
+  // that warmed up only after the primary said ready would log its line a second (WARM_UP_S) later.
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal(warmUps().length, 2, 'both workers had warmed up when the primary said ready')
+  t.equal(new Set(warmUps().map((line) => (JSON.parse(line) as { pid: number }).pid)).size, 2, 'two warm-ups, in two processes')
 })
