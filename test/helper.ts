@@ -8,6 +8,7 @@ import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../settings.ts'
 import type { Scope } from '../plugins/auth/index.ts'
 import { createServiceClient } from '../routes/identity/clients.ts'
+import { SUITE_LIMITS } from './suite-limits.ts'
 import { wireMismatches } from './wire-check.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -29,14 +30,7 @@ new NodeTracerProvider({ spanProcessors: [openSpanTracker, new SimpleSpanProcess
 
 // Tests create many users from one address and send bursts; limits are lifted unless a test sets them.
 const generousLimits = {
-  RATE_LIMIT_STANDARD_CAPACITY: '100000',
-  RATE_LIMIT_PRO_CAPACITY: '100000',
-  RATE_LIMIT_PUBLIC_CAPACITY: '100000',
-  // A busy CI machine lags its event loop; shedding is tested on purpose in observability.test.ts only.
-  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
-  // scrypt at the production cost (2^17) takes ~128 MiB and a few hundred ms per hash: tests sign up and log in
-  // hundreds of users, so they hash at the lowest cost the config accepts unless a test sets it.
-  PASSWORD_HASH_COST: '1024',
+  ...SUITE_LIMITS,
   // Webhook receivers in tests listen on loopback; tests run due jobs themselves (app.jobs.runDue()), so no
   // app's background loop takes another test's jobs.
   WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',

@@ -11,6 +11,7 @@ import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { ledgerInvariants, reconcileLedger, type ReconcileCheck } from '../../scripts/ops/reconcile.ts'
 import { freePort } from '../free-port.ts'
+import { SUITE_LIMITS } from '../suite-limits.ts'
 import { createClient, openSpans, type TestClient, type TestUser } from '../helper.ts'
 
 export { sleep }
@@ -98,11 +99,9 @@ export async function startServer (env: Record<string, string> = {}): Promise<Se
       HOST: '127.0.0.1',
       PORT: String(port),
       LOG_LEVEL: 'warn',
-      RATE_LIMIT_STANDARD_CAPACITY: '100000',
-      RATE_LIMIT_PRO_CAPACITY: '100000',
-      RATE_LIMIT_PUBLIC_CAPACITY: '100000',
-      // As in helper.ts's testConfig(): a busy machine must not turn the fault under test into load shedding.
-      PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0',
+      // As in helper.ts's testConfig(): the suite's Redis buckets, and a busy machine must not turn the fault under
+      // test into load shedding.
+      ...SUITE_LIMITS,
       ...env
     },
     stdio: ['ignore', 'pipe', 'pipe']

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { freePort } from '../free-port.ts'
 import { buildTestApp, createUser, dbSpans, injectTraced, openSpans } from '../helper.ts'
+import { SUITE_LIMITS } from '../suite-limits.ts'
 
 /** Parses Prometheus text exposition into `name{labels}` -> value, failing on any malformed line. */
 function parsePrometheus (text: string): Map<string, number> {
@@ -141,6 +142,7 @@ t.test('invalid OTEL_* values do not stop the real server', { timeout: 30_000 },
   const child = spawn(process.execPath, [fileURLToPath(new URL('../../server.ts', import.meta.url))], {
     env: {
       ...process.env,
+      ...SUITE_LIMITS,
       PORT: String(port),
       LOG_LEVEL: 'warn',
       OTEL_TRACES_SAMPLER: 'no-such-sampler',

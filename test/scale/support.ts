@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { createServer as createNetServer } from 'node:net'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { SUITE_LIMITS } from '../suite-limits.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -39,8 +40,8 @@ export interface ApiProcess {
 export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
   const port = await pickFreePort()
   const child = spawn(process.execPath, [serverScript], {
-    // The lowest scrypt cost the config accepts, as in buildTestApp (test/helper.ts): the boot's decoy hash and logins stay cheap.
-    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', PASSWORD_HASH_COST: '1024', ...env, PORT: String(port) },
+    // The suite's limits, as in buildTestApp (test/helper.ts): the process shares the suite's Redis buckets.
+    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...SUITE_LIMITS, ...env, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''

@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { SUITE_LIMITS } from '../suite-limits.ts'
 
 t.test('workers that cannot start make the primary give up and exit 1 instead of restarting forever', { timeout: 110_000 }, async (t) => {
   // Something else holds the port, so every worker fails before it listens.
@@ -13,7 +14,7 @@ t.test('workers that cannot start make the primary give up and exit 1 instead of
   const address = squatter.address()
   const port = typeof address === 'object' && address !== null ? address.port : 0
   const child = spawn(process.execPath, [fileURLToPath(new URL('../../server.ts', import.meta.url))], {
-    env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), WORKERS: '2', LOG_LEVEL: 'info' },
+    env: { ...process.env, ...SUITE_LIMITS, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), WORKERS: '2', LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { buildTestApp } from '../../helper.ts'
 import { spawnApiServer, pickFreePort } from '../../scale/support.ts'
+import { SUITE_LIMITS } from '../../suite-limits.ts'
 
 t.test('live is always 200 and public', async (t) => {
   const app = await buildTestApp(t)
@@ -45,7 +46,11 @@ t.test('OPS_PORT: a second listener with health and metrics; /metrics leaves the
   t.equal((await fetch(`${ops}/transactions`)).status, 404, 'nothing else on the ops port')
   t.equal((await fetch(`${ops}/health/ready`, { method: 'POST' })).status, 405)
 
-  t.equal((await fetch(`${server.url}/metrics`)).status, 404, 'no /metrics on the public port')
+  const unknown = await fetch(`${server.url}/metrics`)
+  t.equal(unknown.status, 404, 'no /metrics on the public port')
+  // A process the suite starts answers 127.0.0.1 from the suite's one Redis: on the production limits (20) that one
+  // request would clamp 127.0.0.1's bucket for every other test (test/suite-limits.ts).
+  t.equal(unknown.headers.get('ratelimit-limit'), SUITE_LIMITS.RATE_LIMIT_PUBLIC_CAPACITY, 'a spawned server has the suite\'s limits')
   t.equal((await fetch(`${server.url}/health/ready`)).status, 200, 'health stays on the public port (no database call per request)')
 
   server.child.kill('SIGTERM')
