@@ -151,6 +151,29 @@ export interface WorkerProcess {
   kill: (signal?: NodeJS.Signals) => Promise<{ code: number | null, signal: NodeJS.Signals | null }>
 }
 
+/**
+ * The last `limit` characters a process wrote, stdout and stderr in arrival order. Adding a chunk costs the chunk,
+ * not the text kept: re-slicing the whole kept string per chunk cost ~3.5 ms a chunk once it held 5 MB, so a
+ * worker logging a line per failed attempt saturated the test process, the pipe filled, and the worker's
+ * synchronous log writes stalled its deliveries (test/faults/webhooks.test.ts, 10,000 attempts at a closed port).
+ */
+function outputTail (limit: number) {
+  const chunks: string[] = []
+  let length = 0
+  return {
+    add: (chunk: Buffer | string) => {
+      const text = chunk.toString()
+      chunks.push(text)
+      length += text.length
+      while (chunks.length > 1 && length - chunks[0]!.length >= limit) length -= chunks.shift()!.length
+    },
+    text: () => {
+      const all = chunks.join('')
+      return all.length > limit ? all.slice(-limit) : all
+    }
+  }
+}
+
 /** `node worker.ts` against the test stack; resolves once it logged that it started. SIGKILLed at test end. */
 export async function startWorker (t: Test, env: Record<string, string> = {}): Promise<WorkerProcess> {
   const child = spawn(process.execPath, ['worker.ts'], {
@@ -158,17 +181,16 @@ export async function startWorker (t: Test, env: Record<string, string> = {}): P
     env: { ...process.env, LOG_LEVEL: 'info', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true', JOB_RETRY_BASE_MS: '200', JOB_RETRY_MAX_DELAY_S: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
-  let output = ''
-  const keep = (chunk: Buffer) => { output = (output + chunk.toString()).slice(-5_000_000) }
-  child.stdout.on('data', keep)
-  child.stderr.on('data', keep)
+  const output = outputTail(5_000_000)
+  child.stdout.on('data', output.add)
+  child.stderr.on('data', output.add)
   let done = false
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => { done = true; resolve({ code, signal }) })
   })
   const worker: WorkerProcess = {
     pid: child.pid ?? -1,
-    output: () => output,
+    output: output.text,
     exited,
     kill: async (signal = 'SIGKILL') => {
       if (!done) child.kill(signal)
@@ -176,8 +198,8 @@ export async function startWorker (t: Test, env: Record<string, string> = {}): P
     }
   }
   t.teardown(() => worker.kill())
-  const ms = await waitFor(async () => done || output.includes('worker started'), 20_000, 50)
-  if (ms < 0 || done) throw new Error(`worker.ts did not start:\n${output}`)
+  const ms = await waitFor(async () => done || output.text().includes('worker started'), 20_000, 50)
+  if (ms < 0 || done) throw new Error(`worker.ts did not start:\n${output.text()}`)
   return worker
 }
 

@@ -3,6 +3,7 @@
 // while the endpoint is down. Runs after the main suite, alone (scripts/test.ts), so the workers here see only
 // this file's jobs.
 import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
 import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
 import { buildTestApp, createUser, fund, hasLocalStack, registerWebhookEndpoint, testSql, type TestUser } from '../helper.ts'
@@ -32,6 +33,48 @@ async function deliveryStates (sql: ReturnType<typeof testSql>, endpointId: stri
     states.tried = (states.tried ?? 0) + row.tried
   }
   return states
+}
+
+/**
+ * Where the database's time went, for a queue that fell behind: the statements by total time since `statsFrom`
+ * (pg_stat_statements, reset by the caller), the queue tables' scans and dead rows, and what backends wait on.
+ * As the superuser (DATABASE_ADMIN_URL), which sees every role's statements.
+ */
+async function databaseDiagnostics (database: string): Promise<unknown> {
+  const adminUrl = process.env.DATABASE_ADMIN_URL
+  if (adminUrl === undefined) return 'DATABASE_ADMIN_URL is not set'
+  const url = new URL(adminUrl)
+  url.pathname = `/${database}`
+  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} })
+  try {
+    return {
+      statements: await admin`
+        select calls, round(mean_exec_time::numeric, 2)::float8 as mean_ms, round(total_exec_time::numeric)::float8 as total_ms,
+               left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 160) as query
+          from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+         order by total_exec_time desc limit 8`,
+      tables: await admin`
+        select relname, seq_scan, seq_tup_read, idx_scan, n_live_tup, n_dead_tup, last_autovacuum, last_autoanalyze
+          from pg_stat_user_tables where relname in ('jobs', 'webhook_deliveries', 'webhook_endpoints')`,
+      waits: await admin`
+        select state, wait_event_type, wait_event, count(*)::int as n from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid() group by 1, 2, 3 order by n desc`
+    }
+  } catch (error) {
+    return `diagnostics failed: ${String(error)}`
+  } finally {
+    await admin.end()
+  }
+}
+
+/** Starts pg_stat_statements afresh, so databaseDiagnostics() reports this test's statements only. */
+async function resetStatementStats (database: string) {
+  const adminUrl = process.env.DATABASE_ADMIN_URL
+  if (adminUrl === undefined) return
+  const url = new URL(adminUrl)
+  url.pathname = `/${database}`
+  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} })
+  await admin`select pg_stat_statements_reset()`.finally(() => admin.end())
 }
 
 async function queuedFor (sql: ReturnType<typeof testSql>, endpointId: string) {
@@ -168,9 +211,20 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   await transfers(sql, alice, bob, count)
   const posted = performance.now()
   const env = { WORKER_LEASE_S: '15', WORKER_WEBHOOK_CONCURRENCY: '32', WEBHOOK_ENDPOINT_CONCURRENCY: '64', DATABASE_POOL_MAX: '10', JOB_RETRY_BASE_MS: '500', JOB_RETRY_MAX_DELAY_S: '2' }
+  const [{ database } = { database: '' }] = await sql<{ database: string }[]>`select current_database() as database`
+  await resetStatementStats(database)
   const workers = await Promise.all([startWorker(t, env), startWorker(t, env)])
   const triedMs = await waitFor(async () => (await deliveryStates(sql, hook.id)).tried === count, 60_000, 250)
-  t.ok(triedMs >= 0, 'every event was tried against the closed port', { states: await deliveryStates(sql, hook.id) })
+  const triedDiagnostics = triedMs >= 0
+    ? {}
+    : {
+        database: await databaseDiagnostics(database),
+        workers: workers.map((w) => {
+          const lines = w.output().split('\n')
+          return { failedAttempts: lines.filter((line) => line.includes('job attempt failed')).length, warnings: lines.filter((line) => /"level":(4|5)0/.test(line)).slice(-5) }
+        })
+      }
+  t.ok(triedMs >= 0, 'every event was tried against the closed port', { states: await deliveryStates(sql, hook.id), ...triedDiagnostics })
   t.equal((await deliveryStates(sql, hook.id)).delivered, 0)
   const receiver: Receiver = await startReceiver(() => ({ status: 200 }), '/hooks', port)
   t.teardown(receiver.close)
