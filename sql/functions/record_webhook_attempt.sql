@@ -66,6 +66,16 @@ begin
       returning e.disabled_at is null and e.failing_since <= pg_catalog.now() - pg_catalog.make_interval(secs => p_disable_after_s)
         into v_expired;
       v_status := case when p_next_attempt_at is null or coalesce(v_expired, false) then 'failed' else 'pending' end;
+      -- A retry's record commits without waiting for its WAL flush. Every failure of an endpoint updates that
+      -- endpoint's row (its run of failures), so the failures of a down endpoint hold its row lock one after the
+      -- other; a synchronous commit holds it through its own flush, one flush per failure, while deliveries, which
+      -- share no row, are flushed in groups. A database crash may lose the newest of these records (the run's
+      -- count, the delivery's attempts and next time): the worker's own record of the retry, and any later
+      -- synchronous commit, make them durable, and a lost one is an attempt counted once less. Final outcomes
+      -- (failed, disabled) wait for their flush as before.
+      if v_status = 'pending' then
+        perform pg_catalog.set_config('synchronous_commit', 'off', true);
+      end if;
 
       update public.webhook_deliveries d
          set status = v_status,
