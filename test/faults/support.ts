@@ -153,9 +153,8 @@ export interface WorkerProcess {
 
 /**
  * The last `limit` characters a process wrote, stdout and stderr in arrival order. Adding a chunk costs the chunk,
- * not the text kept: re-slicing the whole kept string per chunk cost ~3.5 ms a chunk once it held 5 MB, so a
- * worker logging a line per failed attempt saturated the test process, the pipe filled, and the worker's
- * synchronous log writes stalled its deliveries (test/faults/webhooks.test.ts, 10,000 attempts at a closed port).
+ * not the text kept: re-slicing the whole kept string costs ~3.5 ms a chunk once it holds 5 MB, enough for a worker
+ * logging a line per failed attempt to keep the test process busy while the worker's log writes wait on the pipe.
  */
 function outputTail (limit: number) {
   const chunks: string[] = []

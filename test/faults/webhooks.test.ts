@@ -35,17 +35,29 @@ async function deliveryStates (sql: ReturnType<typeof testSql>, endpointId: stri
   return states
 }
 
-/**
- * Where the database's time went, for a queue that fell behind: the statements by total time since `statsFrom`
- * (pg_stat_statements, reset by the caller), the queue tables' scans and dead rows, and what backends wait on.
- * As the superuser (DATABASE_ADMIN_URL), which sees every role's statements.
- */
-async function databaseDiagnostics (database: string): Promise<unknown> {
+/** A connection to `database` as the superuser (DATABASE_ADMIN_URL), which sees every role's statements. */
+function superuserSql (database: string) {
   const adminUrl = process.env.DATABASE_ADMIN_URL
-  if (adminUrl === undefined) return 'DATABASE_ADMIN_URL is not set'
+  if (adminUrl === undefined) return undefined
   const url = new URL(adminUrl)
   url.pathname = `/${database}`
-  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} })
+  return postgres(url.toString(), { max: 1, onnotice: () => {} })
+}
+
+/** Starts pg_stat_statements afresh, so databaseDiagnostics() reports this test's statements only. */
+async function resetStatementStats (database: string) {
+  const admin = superuserSql(database)
+  if (admin === undefined) return
+  await admin`select pg_stat_statements_reset()`.finally(() => admin.end())
+}
+
+/**
+ * Where the database's time went, for a queue that fell behind: the statements by total time since
+ * resetStatementStats(), the queue tables' scans and dead rows, and what backends wait on.
+ */
+async function databaseDiagnostics (database: string): Promise<unknown> {
+  const admin = superuserSql(database)
+  if (admin === undefined) return 'DATABASE_ADMIN_URL is not set'
   try {
     return {
       statements: await admin`
@@ -65,16 +77,6 @@ async function databaseDiagnostics (database: string): Promise<unknown> {
   } finally {
     await admin.end()
   }
-}
-
-/** Starts pg_stat_statements afresh, so databaseDiagnostics() reports this test's statements only. */
-async function resetStatementStats (database: string) {
-  const adminUrl = process.env.DATABASE_ADMIN_URL
-  if (adminUrl === undefined) return
-  const url = new URL(adminUrl)
-  url.pathname = `/${database}`
-  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} })
-  await admin`select pg_stat_statements_reset()`.finally(() => admin.end())
 }
 
 async function queuedFor (sql: ReturnType<typeof testSql>, endpointId: string) {
