@@ -8,6 +8,7 @@ import { buildApp, type App } from '../app.ts'
 import { loadConfig, type Config } from '../settings.ts'
 import type { Scope } from '../plugins/auth/index.ts'
 import { createServiceClient } from '../routes/identity/clients.ts'
+import { withDatabase } from '../scripts/local-stack.ts'
 import { SUITE_LIMITS } from './suite-limits.ts'
 import { wireMismatches } from './wire-check.ts'
 
@@ -104,6 +105,19 @@ export function ownerSql (): postgres.Sql {
 /** A direct SQL client for assertions on database state, closed when the test ends. */
 export function testSql (t: Teardown) {
   const sql = postgres(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '', { max: 2, onnotice: () => {} })
+  t.teardown(() => sql.end({ timeout: 5 }))
+  return sql
+}
+
+/**
+ * The test database as the superuser (DATABASE_ADMIN_URL, which the test runner sets for its local stack): every
+ * role's statistics and the superuser-only functions. Undefined without it; closed when the test ends.
+ */
+export function superuserSql (t: Teardown): postgres.Sql | undefined {
+  const adminUrl = process.env.DATABASE_ADMIN_URL
+  if (adminUrl === undefined) return undefined
+  const database = new URL(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '').pathname.slice(1)
+  const sql = postgres(withDatabase(adminUrl, database), { max: 1, onnotice: () => {} })
   t.teardown(() => sql.end({ timeout: 5 }))
   return sql
 }

@@ -34,7 +34,8 @@ declare
   v_expired boolean := false;
   v_finished boolean := false;
 begin
-  -- Planned once per connection, not at every call (as claim_webhook_jobs()); for this transaction only.
+  -- Planned once per connection, not at every call (its statements look rows up by primary key); for this
+  -- transaction only.
   perform pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
   if p_delivered then
     -- The healthy path, one statement: the delivery, the endpoint's run of failures (written only when there is

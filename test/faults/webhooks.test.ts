@@ -3,10 +3,10 @@
 // while the endpoint is down. Runs after the main suite, alone (scripts/test.ts), so the workers here see only
 // this file's jobs.
 import { randomUUID } from 'node:crypto'
-import postgres from 'postgres'
+import type postgres from 'postgres'
 import t from 'tap'
 import { controlService } from '../../scripts/local-stack.ts'
-import { buildTestApp, createUser, fund, hasLocalStack, registerWebhookEndpoint, testSql, type TestUser } from '../helper.ts'
+import { buildTestApp, createUser, fund, hasLocalStack, registerWebhookEndpoint, superuserSql, testSql, type TestUser } from '../helper.ts'
 import { startReceiver, verifyStandardWebhook, type Receiver } from '../webhook-receiver.ts'
 import { freePort } from '../free-port.ts'
 import { sleep, startWorker, waitFor } from './support.ts'
@@ -35,28 +35,16 @@ async function deliveryStates (sql: ReturnType<typeof testSql>, endpointId: stri
   return states
 }
 
-/** A connection to `database` as the superuser (DATABASE_ADMIN_URL), which sees every role's statements. */
-function superuserSql (database: string) {
-  const adminUrl = process.env.DATABASE_ADMIN_URL
-  if (adminUrl === undefined) return undefined
-  const url = new URL(adminUrl)
-  url.pathname = `/${database}`
-  return postgres(url.toString(), { max: 1, onnotice: () => {} })
-}
-
 /** Starts pg_stat_statements afresh, so databaseDiagnostics() reports this test's statements only. */
-async function resetStatementStats (database: string) {
-  const admin = superuserSql(database)
-  if (admin === undefined) return
-  await admin`select pg_stat_statements_reset()`.finally(() => admin.end())
+async function resetStatementStats (admin: postgres.Sql | undefined) {
+  if (admin !== undefined) await admin`select pg_stat_statements_reset()`
 }
 
 /**
  * Where the database's time went, for a queue that fell behind: the statements by total time since
  * resetStatementStats(), the queue tables' scans and dead rows, and what backends wait on.
  */
-async function databaseDiagnostics (database: string): Promise<unknown> {
-  const admin = superuserSql(database)
+async function databaseDiagnostics (admin: postgres.Sql | undefined): Promise<unknown> {
   if (admin === undefined) return 'DATABASE_ADMIN_URL is not set'
   try {
     return {
@@ -74,8 +62,6 @@ async function databaseDiagnostics (database: string): Promise<unknown> {
     }
   } catch (error) {
     return `diagnostics failed: ${String(error)}`
-  } finally {
-    await admin.end()
   }
 }
 
@@ -213,14 +199,14 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   await transfers(sql, alice, bob, count)
   const posted = performance.now()
   const env = { WORKER_LEASE_S: '15', WORKER_WEBHOOK_CONCURRENCY: '32', WEBHOOK_ENDPOINT_CONCURRENCY: '64', DATABASE_POOL_MAX: '10', JOB_RETRY_BASE_MS: '500', JOB_RETRY_MAX_DELAY_S: '2' }
-  const [{ database } = { database: '' }] = await sql<{ database: string }[]>`select current_database() as database`
-  await resetStatementStats(database)
+  const admin = superuserSql(t)
+  await resetStatementStats(admin)
   const workers = await Promise.all([startWorker(t, env), startWorker(t, env)])
   const triedMs = await waitFor(async () => (await deliveryStates(sql, hook.id)).tried === count, 60_000, 250)
   const triedDiagnostics = triedMs >= 0
     ? {}
     : {
-        database: await databaseDiagnostics(database),
+        database: await databaseDiagnostics(admin),
         workers: workers.map((w) => {
           const lines = w.output().split('\n')
           return { failedAttempts: lines.filter((line) => line.includes('job attempt failed')).length, warnings: lines.filter((line) => /"level":(4|5)0/.test(line)).slice(-5) }

@@ -10,9 +10,8 @@
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { withDatabase } from '../../scripts/local-stack.ts'
 import { assertLedgerBalanced, balance } from '../routes/ledger/support.ts'
-import { buildTestApp, createClient, createUser, fund, ownerSql, testSql, type TestClient, type TestUser } from '../helper.ts'
+import { buildTestApp, createClient, createUser, fund, ownerSql, superuserSql, testSql, type TestClient, type TestUser } from '../helper.ts'
 
 const adminUrl = process.env.DATABASE_ADMIN_URL
 const needsAdmin = adminUrl === undefined ? 'needs DATABASE_ADMIN_URL (the test runner sets it for its local stack)' : false
@@ -35,13 +34,6 @@ interface BatchRow {
   queued: number | null
   error_sqlstate: string | null
   error_constraint: string | null
-}
-
-function adminSql (t: Test) {
-  const database = new URL(process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? '').pathname.slice(1)
-  const sql = postgres(withDatabase(adminUrl ?? '', database), { max: 1, onnotice: () => {} })
-  t.teardown(() => sql.end({ timeout: 5 }))
-  return sql
 }
 
 /** Runs one batch in a transaction of its own; `perRequest` is how many post_transaction() calls it made that returned. */
@@ -110,7 +102,7 @@ async function endpointFor (t: Test, kind: 'user' | 'client', principalId: strin
 
 t.test('a plain batch is applied set-based and leaves exactly what the per-request path leaves for the same requests', { skip: needsAdmin }, async (t) => {
   const app = await buildTestApp(t)
-  const admin = adminSql(t)
+  const admin = superuserSql(t)!
   const sql = testSql(t)
 
   /** One set of principals, funded alike, with the same endpoints; `names` maps each id (and key, fingerprint) to a role. */
@@ -182,7 +174,7 @@ t.test('a plain batch is applied set-based and leaves exactly what the per-reque
 
 t.test('batches that are not plain fall back to the per-request path and get exactly its answers', { skip: needsAdmin }, async (t) => {
   const app = await buildTestApp(t)
-  const admin = adminSql(t)
+  const admin = superuserSql(t)!
   const sql = testSql(t)
   const client = await createClient(app)
 
