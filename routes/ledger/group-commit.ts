@@ -7,6 +7,7 @@ const tracer = trace.getTracer('ledger-api/ledger')
 /** SQLSTATEs that guarantee the failed statement wrote nothing and that a retry may succeed: deadlock, serialization. */
 const RETRYABLE = new Set(['40P01', '40001'])
 const isRetryable = (error: unknown) => RETRYABLE.has(String((error as { code?: unknown } | null)?.code))
+const isRetryableResult = (result: PostResult | undefined) => result !== undefined && !result.ok && isRetryable(result.error)
 
 /** A single call that loses a deadlock (only possible against a batch, on a shared key or reference) is tried this often. */
 const SINGLE_ATTEMPTS = 3
@@ -76,31 +77,45 @@ export class GroupCommit {
       this.#options.observeQueue?.(this.#queue.length)
       this.#inFlight++
       this.#options.observeBatch?.(batch.length)
-      const run = batch.length === 1 ? this.#single(batch[0] as Waiting) : this.#batch(batch)
-      run.finally(() => {
+      let released = false
+      // Called once the slot's database work is over, before the members' answers are handed out: each answer's
+      // continuation (serializing and sending the reply) runs synchronously when resolved, so freeing the slot
+      // after them would keep the next batch from the database for as long as the whole batch takes to answer.
+      const release = () => {
+        if (released) return
+        released = true
         this.#inFlight--
         this.#dispatch()
-      })
+      }
+      const run = batch.length === 1 ? this.#single(batch[0] as Waiting, release) : this.#batch(batch, release)
+      run.finally(release)
     }
   }
 
-  /** One request through post_transaction(), in its own request's context (its span parents the statement's). */
-  async #single (waiting: Waiting): Promise<void> {
+  /**
+   * One request through post_transaction(), in its own request's context (its span parents the statement's).
+   * `release` is called when no more database work is left for it, before its answer.
+   */
+  async #single (waiting: Waiting, release?: () => void): Promise<void> {
     const { sql, keyTtlS } = this.#options
     const { poster, key, body } = waiting.request
     for (let attempt = 1; ; attempt++) {
+      let outcome: PostOutcome
       try {
-        waiting.resolve(await context.with(waiting.context, () => postTransaction(sql, poster, key, body, keyTtlS)))
-        return
+        outcome = await context.with(waiting.context, () => postTransaction(sql, poster, key, body, keyTtlS))
       } catch (error) {
         if (attempt < SINGLE_ATTEMPTS && isRetryable(error)) continue
+        release?.()
         waiting.reject(error)
         return
       }
+      release?.()
+      waiting.resolve(outcome)
+      return
     }
   }
 
-  async #batch (batch: Waiting[]): Promise<void> {
+  async #batch (batch: Waiting[], release: () => void): Promise<void> {
     const span = batchSpan(batch)
     let results: PostResult[]
     try {
@@ -109,18 +124,19 @@ export class GroupCommit {
     } catch (error) {
       span.setStatus({ code: SpanStatusCode.ERROR, message: String((error as { code?: unknown }).code ?? 'batch failed') })
       span.end()
+      // Retries keep the slot until they end, so the calls in flight never exceed the cap.
       if (isRetryable(error)) await Promise.all(batch.map((waiting) => this.#single(waiting)))
       else for (const waiting of batch) waiting.reject(error)
       return
     }
     span.end()
-    const retries: Waiting[] = []
+    // The deadlock detector chose these requests' waits inside the batch: only their subtransactions were rolled back.
+    const retries = batch.filter((_, index) => isRetryableResult(results[index]))
+    if (retries.length === 0) release()
     results.forEach((result, index) => {
       const waiting = batch[index] as Waiting
       if (result.ok) waiting.resolve(result.outcome)
-      // The deadlock detector chose this request's wait inside the batch: only its subtransaction was rolled back.
-      else if (isRetryable(result.error)) retries.push(waiting)
-      else waiting.reject(result.error)
+      else if (!isRetryable(result.error)) waiting.reject(result.error)
     })
     await Promise.all(retries.map((waiting) => this.#single(waiting)))
   }

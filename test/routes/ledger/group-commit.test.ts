@@ -6,6 +6,8 @@ import postgres from 'postgres'
 import t, { type Test } from 'tap'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import type { App } from '../../../app.ts'
+import { GroupCommit } from '../../../routes/ledger/group-commit.ts'
+import type { PostRequest } from '../../../routes/ledger/repository.ts'
 import { assertLedgerBalanced, balance, transactionCount } from './support.ts'
 import { buildTestApp, createClient, createUser, fund, ownerSql, spanExporter, testSql, within, type TestClient, type TestUser } from '../../helper.ts'
 
@@ -302,6 +304,39 @@ t.test('a batch runs under a span of its own, linked to every member request and
   }
   const statement = spans.find((span) => span.name === 'SELECT post_transactions')
   t.equal(statement?.parentSpanContext?.spanId, batch.spanContext().spanId, 'the statement is the batch span\'s child')
+})
+
+t.test('the next batch leaves for the database before the returning call\'s requests are answered', async (t) => {
+  const app = await buildTestApp(t)
+  const [holder, alice, bob] = [await createUser(app), await createUser(app), await createUser(app)]
+  const processor = await createClient(app)
+  await fund(app, holder, 1)
+  await fund(app, alice, 100)
+  const events: string[] = []
+  const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 32, maxInFlight: 1, observeBatch: (size) => events.push(`call of ${size}`) })
+  const transferOf = (amount: number): PostRequest =>
+    ({ poster: { kind: 'user', id: alice.id }, key: randomUUID(), body: { kind: 'transfer', amount, currency: 'USD', toUserId: bob.id } })
+  let release = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  const locked = new Promise<void>((resolve, reject) => {
+    ownerSql().begin(async (tx) => {
+      await tx`select 1 from balances where user_id = ${holder.id} for update`
+      resolve()
+      await released
+    }).catch(reject)
+  })
+  await locked
+  // The only slot waits on the held row; the two transfers queue behind it.
+  const first = writes.post({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
+    .then((outcome) => { events.push('first answered'); return outcome })
+  const queued = [writes.post(transferOf(1)), writes.post(transferOf(2))]
+  t.equal(writes.queued, 2)
+  release()
+  t.equal((await first).outcome, 'created')
+  t.same((await Promise.all(queued)).map((outcome) => outcome.outcome), ['created', 'created'])
+  // The answer's own continuation runs the reply; the database should not wait for it.
+  t.same(events, ['call of 1', 'call of 2', 'first answered'], 'the queued pair was sent before the first request\'s answer ran')
+  t.equal(await balance(testSql(t), bob.id), 3)
 })
 
 t.test('many concurrent transfers among a few users form batches, never overdraw, and keep the ledger balanced', async (t) => {
