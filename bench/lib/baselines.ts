@@ -11,6 +11,7 @@ import { withUserOf } from '../../scripts/local-stack.ts'
 import { PGBENCH_CLIENTS, sample, type Bench } from './context.ts'
 import { percentiles, runLoad, summarize } from './load.ts'
 import { startNodeServer } from './processes.ts'
+import type { BaselineRecord } from './report.ts'
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 
@@ -62,7 +63,7 @@ function findPgbench (): string | undefined {
  * pgbench with a script of bench/pgbench/ through `url` (PgBouncer), simple protocol, bounded by -T, with a
  * per-transaction log for the percentiles, sampled like a scenario run.
  */
-async function pgbenchBaseline (b: Bench, pgbench: string, id: string, label: string, url: string, script: string) {
+async function pgbenchBaseline (b: Bench, pgbench: string, id: string, label: string, url: string, script: string): Promise<BaselineRecord> {
   const parsed = new URL(url)
   const logDir = mkdtempSync(join(tmpdir(), 'ledger-pgbench-'))
   const s = await sample(b, { pid: undefined })
@@ -84,9 +85,11 @@ async function pgbenchBaseline (b: Bench, pgbench: string, id: string, label: st
     const retried = number(/number of transactions retried: (\d+)/)
     const latency = percentiles(latencies)
     const details = { transactions: number(/number of transactions actually processed: (\d+)/), failed, retried, exitCode: code, script: `bench/pgbench/${script}` }
-    b.baselines.push({ id, label, tool: 'pgbench', connections: PGBENCH_CLIENTS, rps: tps, latency, errors: failed, samples, details })
+    const record: BaselineRecord = { id, label, tool: 'pgbench', connections: PGBENCH_CLIENTS, rps: tps, latency, errors: failed, samples, details }
+    b.baselines.push(record)
     b.log(`baseline ${label}: ${tps.toFixed(0)} tps, p50 ${latency.p50.toFixed(2)} ms, p99 ${latency.p99.toFixed(2)} ms, failed ${failed}, retried ${retried}, exit ${code}`)
     if (tps === 0) b.log(`pgbench output:\n${stdout}\n${stderr}`)
+    return record
   } finally {
     rmSync(logDir, { recursive: true, force: true })
   }
@@ -113,7 +116,17 @@ export async function databaseBaselines (b: Bench) {
   } finally {
     await owner.end({ timeout: 5 })
   }
-  await pgbenchBaseline(b, pgbench, 'pgbench-minimal-ledger', 'pgbench: select * from bench_minimal.transfer(...) (minimal ledger write)', asOwner, 'minimal-ledger-transfer.sql')
+  await minimalLedgerBaseline(b, 'pgbench-minimal-ledger', 'pgbench: select * from bench_minimal.transfer(...) (minimal ledger write)')
+}
+
+/**
+ * The minimal ledger write once more (its schema is loaded by databaseBaselines), for a comparison that pairs it with
+ * a run right next to it. Undefined without pgbench.
+ */
+export async function minimalLedgerBaseline (b: Bench, id: string, label: string): Promise<BaselineRecord | undefined> {
+  const pgbench = findPgbench()
+  if (pgbench === undefined) return undefined
+  return await pgbenchBaseline(b, pgbench, id, label, withUserOf(b.env.databaseUrl, b.env.directUrl), 'minimal-ledger-transfer.sql')
 }
 
 export async function redisBaseline (b: Bench) {
