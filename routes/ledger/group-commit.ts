@@ -124,13 +124,18 @@ export class GroupCommit {
     } catch (error) {
       span.setStatus({ code: SpanStatusCode.ERROR, message: String((error as { code?: unknown }).code ?? 'batch failed') })
       span.end()
-      // Retries keep the slot until they end, so the calls in flight never exceed the cap.
-      if (isRetryable(error)) await Promise.all(batch.map((waiting) => this.#single(waiting)))
-      else for (const waiting of batch) waiting.reject(error)
+      // Retried request by request, which keeps the slot taken until the last retry ends.
+      if (isRetryable(error)) {
+        await Promise.all(batch.map((waiting) => this.#single(waiting)))
+        return
+      }
+      release()
+      for (const waiting of batch) waiting.reject(error)
       return
     }
     span.end()
-    // The deadlock detector chose these requests' waits inside the batch: only their subtransactions were rolled back.
+    // The deadlock detector chose these requests' waits inside the batch: only their subtransactions were rolled
+    // back. They are retried alone, and keep the slot taken until they end.
     const retries = batch.filter((_, index) => isRetryableResult(results[index]))
     if (retries.length === 0) release()
     results.forEach((result, index) => {
