@@ -202,7 +202,10 @@ t.test(`${MANY} transfers while the endpoint is down, then up: every event deliv
   const admin = superuserSql(t)
   await resetStatementStats(admin)
   const workers = await Promise.all([startWorker(t, env), startWorker(t, env)])
-  const triedMs = await waitFor(async () => (await deliveryStates(sql, hook.id)).tried === count, 60_000, 250)
+  // A deadline for liveness (the down endpoint's events are all tried, none lost), not a speed target: the same
+  // phase took 12-29 s in isolated runs and 55 s, then over 60 s, in full CI runs on one 2-core machine, with the
+  // claim statement's mean at 154 ms (the diagnostics below) and no statement over 300 ms in the isolated runs.
+  const triedMs = await waitFor(async () => (await deliveryStates(sql, hook.id)).tried === count, 120_000, 250)
   const triedDiagnostics = triedMs >= 0
     ? {}
     : {
