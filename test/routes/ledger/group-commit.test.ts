@@ -28,6 +28,20 @@ async function batchSizes (app: App) {
 /** One call slot, so that requests sent while it is busy queue and leave together. */
 const oneSlot = { LEDGER_BATCHES_IN_FLIGHT: '1', LEDGER_BATCH_MAX: '32' }
 
+/** Holds a user's balance row locked (FOR UPDATE) in a transaction of its own until the returned function is called. */
+async function holdBalanceRow (userId: string): Promise<() => void> {
+  let release = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  await new Promise<void>((resolve, reject) => {
+    ownerSql().begin(async (tx) => {
+      await tx`select 1 from balances where user_id = ${userId} for update`
+      resolve()
+      await released
+    }).catch(reject)
+  })
+  return release
+}
+
 /**
  * Sends `requests` so that they reach the database as exactly one post_transactions() call: a deposit for a user
  * whose balance row the test holds locked occupies the only call slot, the requests queue behind it, and the lock
@@ -39,16 +53,7 @@ async function inOneBatch (t: Test, app: App, requests: Array<() => ReturnType<t
   const processor = await createClient(app)
   await fund(app, holder, 1)
   const before = await batchSizes(app)
-  let release = () => {}
-  const released = new Promise<void>((resolve) => { release = resolve })
-  const locked = new Promise<void>((resolve, reject) => {
-    ownerSql().begin(async (tx) => {
-      await tx`select 1 from balances where user_id = ${holder.id} for update`
-      resolve()
-      await released
-    }).catch(reject)
-  })
-  await locked
+  const release = await holdBalanceRow(holder.id)
   const blocker = post(app, processor, { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` })
   await within(10_000, async () => {
     const [row] = await sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%post_transaction%'`
@@ -316,16 +321,7 @@ t.test('the next batch leaves for the database before the returning call\'s requ
   const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 32, maxInFlight: 1, observeBatch: (size) => events.push(`call of ${size}`) })
   const transferOf = (amount: number): PostRequest =>
     ({ poster: { kind: 'user', id: alice.id }, key: randomUUID(), body: { kind: 'transfer', amount, currency: 'USD', toUserId: bob.id } })
-  let release = () => {}
-  const released = new Promise<void>((resolve) => { release = resolve })
-  const locked = new Promise<void>((resolve, reject) => {
-    ownerSql().begin(async (tx) => {
-      await tx`select 1 from balances where user_id = ${holder.id} for update`
-      resolve()
-      await released
-    }).catch(reject)
-  })
-  await locked
+  const release = await holdBalanceRow(holder.id)
   // The only slot waits on the held row; the two transfers queue behind it.
   const first = writes.post({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
     .then((outcome) => { events.push('first answered'); return outcome })
