@@ -47,8 +47,7 @@ export const scenario: Scenario = {
     // The round whose ratio is the median stands for the comparison (without pgbench, the one round there is).
     const paired = rounds.filter((r): r is { post: RunRecord, minimal: BaselineRecord } => r.minimal !== undefined && r.minimal.rps > 0)
       .map((r) => ({ ...r, ratio: r.post.load.rps / r.minimal.rps }))
-      .sort((x, y) => x.ratio - y.ratio)
-    const median = paired[Math.floor((paired.length - 1) / 2)]
+    const median = paired.toSorted((x, y) => x.ratio - y.ratio)[Math.floor((paired.length - 1) / 2)]
     const atPgbench = median?.post ?? (rounds[0] as { post: RunRecord }).post
 
     goal(b, { id: 'post-rps', label: 'POST /transactions at 1,000 connections', measured: post.label, value: post.load.rps, unit: 'req/s', target: { op: '>=', value: 1200 }, note: `p99 ${post.load.latency.p99.toFixed(0)} ms` })
@@ -75,7 +74,7 @@ export const scenario: Scenario = {
         value: median.ratio,
         unit: 'ratio',
         target: { op: '>=', value: 1 },
-        note: `rounds in order: ${rounds.flatMap((r) => r.minimal === undefined ? [] : [`${r.post.load.rps.toFixed(0)}/${r.minimal.rps.toFixed(0)} = ${(r.post.load.rps / r.minimal.rps).toFixed(2)}x`]).join(', ')}; ` +
+        note: `rounds in order: ${paired.map((r) => `${r.post.load.rps.toFixed(0)}/${r.minimal.rps.toFixed(0)} = ${r.ratio.toFixed(2)}x`).join(', ')}; ` +
           'pgbench: 50 clients through the same PgBouncer, bench_minimal.transfer() on tables of its own (bench/pgbench/minimal-ledger.sql)'
       })
       cpuRatio(b, 'post-vs-minimal', label, side(atPgbench), side(median.minimal), 'db', 'database work per money write: post_transaction() vs the minimal function')
