@@ -11,6 +11,7 @@ import type { App } from '../../app.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { ledgerInvariants, reconcileLedger, type ReconcileCheck } from '../../scripts/ops/reconcile.ts'
 import { freePort } from '../free-port.ts'
+import { captureProcessEvent } from '../process-events.ts'
 import { SUITE_LIMITS } from '../suite-limits.ts'
 import { createClient, openSpans, type TestClient, type TestUser } from '../helper.ts'
 
@@ -584,26 +585,6 @@ export interface TestLike extends Assert {
   comment (...args: unknown[]): unknown
 }
 
-/**
- * Records unhandled promise rejections instead of letting tap fail the file on the first one, so a test can
- * count them and assert on them. In server.ts, close-with-grace turns any such rejection into a shutdown
- * (exit 1): each one would take the whole API process down. Call restore() in a finally.
- */
-export function captureUnhandledRejections () {
-  const saved = process.listeners('unhandledRejection')
-  process.removeAllListeners('unhandledRejection')
-  const reasons: unknown[] = []
-  const record = (reason: unknown) => { reasons.push(reason) }
-  process.on('unhandledRejection', record)
-  return {
-    reasons,
-    restore () {
-      process.removeListener('unhandledRejection', record)
-      for (const listener of saved) process.on('unhandledRejection', listener)
-    }
-  }
-}
-
 /** A short, log-safe description of a rejection reason. */
 export const describeReason = (reason: unknown) => {
   const error = reason as { code?: unknown, message?: unknown } | null
@@ -630,7 +611,7 @@ const ALLOWED_STATUSES = new Set([200, 201, 422, 503])
  * itself, every write retried with its Idempotency-Key lands exactly once, and the ledger still balances.
  */
 export async function outageUnderLoad (t: TestLike, options: OutageOptions) {
-  const unhandled = captureUnhandledRejections()
+  const unhandled = captureProcessEvent('unhandledRejection')
   try {
     return await runOutage(t, options, unhandled.reasons)
   } finally {

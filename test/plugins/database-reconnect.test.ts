@@ -6,6 +6,7 @@
 import net, { type AddressInfo } from 'node:net'
 import postgres from 'postgres'
 import t, { type Test } from 'tap'
+import { captureProcessEvent } from '../process-events.ts'
 
 /** AuthenticationOk then ReadyForQuery (idle): what a server sends once it accepts a startup message. */
 const ready = Buffer.concat([
@@ -145,22 +146,6 @@ async function droppingServer (t: Test, marker: string, drop: 'end' | 'reset') {
   return { port: (server.address() as AddressInfo).port, statements }
 }
 
-/** Records uncaught exceptions instead of letting them end the test process; restore() puts tap's handlers back. */
-function captureUncaught () {
-  const saved = process.listeners('uncaughtException')
-  process.removeAllListeners('uncaughtException')
-  const errors: string[] = []
-  const record = (error: Error) => { errors.push(String(error.message)) }
-  process.on('uncaughtException', record)
-  return {
-    errors,
-    restore () {
-      process.removeListener('uncaughtException', record)
-      for (const listener of saved) process.on('uncaughtException', listener)
-    }
-  }
-}
-
 const settledWithin = async (promise: Promise<unknown>, ms: number) => {
   let timer: NodeJS.Timeout | undefined
   const outcome = await Promise.race([
@@ -185,7 +170,7 @@ const dropCases = [
 for (const { drop, straggler } of dropCases) {
   t.test(`a transaction whose connection is dropped (${drop}) mid-statement fails cleanly (its next statement ${straggler}), and the pool serves the next statement`, async (t) => {
     const { port, statements } = await droppingServer(t, 'drop_here', drop)
-    const uncaught = captureUncaught()
+    const uncaught = captureProcessEvent('uncaughtException')
     t.teardown(() => uncaught.restore())
     const sql = postgres({ host: '127.0.0.1', port, user: 'test', database: 'test', max: 1, prepare: false, fetch_types: false, connect_timeout: 2, backoff: () => 0, onnotice: () => {} })
     t.teardown(() => sql.end({ timeout: 0 }))
@@ -208,13 +193,13 @@ for (const { drop, straggler } of dropCases) {
     await t.rejects(transaction, { code: 'CONNECTION_CLOSED' }, 'with CONNECTION_CLOSED')
     // Long enough for every buffered write (setImmediate) and the pool's reconnect (no backoff) to have run.
     await new Promise((resolve) => setTimeout(resolve, 100))
-    t.same(uncaught.errors, [], 'no uncaught exception')
+    t.same(uncaught.reasons.map(String), [], 'no uncaught exception')
     t.ok(rollback !== undefined, 'the code after the failed statement ran')
     t.equal(await settledWithin(rollback ?? Promise.resolve(), 1000), 'rejected', 'a statement sent down the dropped connection is rejected, not left pending')
     t.notOk(statements.includes("select 'after the drop'"), 'and never reaches the server: not on the dropped session, not on the next one')
 
     const next = sql`select 2`
     t.equal(await settledWithin(next, 2000), 'resolved', 'the pool answers the next statement on a new connection')
-    t.same(uncaught.errors, [], 'still no uncaught exception')
+    t.same(uncaught.reasons.map(String), [], 'still no uncaught exception')
   })
 }
