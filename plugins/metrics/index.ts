@@ -237,7 +237,7 @@ export function createMetrics () {
     }),
     ledgerWriteQueue: new Gauge({
       name: 'ledger_write_queue_length',
-      help: 'Money writes waiting in this process for a database call slot (LEDGER_BATCHES_IN_FLIGHT busy); they leave together as the next batch.',
+      help: 'Money writes waiting in this process for their database call (one is in flight and fewer than a full batch wait, or LEDGER_BATCHES_IN_FLIGHT are); they leave together as the next batch.',
       registers: [registry]
     }),
     moneyRefusals: new Counter({

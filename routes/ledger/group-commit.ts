@@ -25,7 +25,11 @@ export interface GroupCommitOptions {
   keyTtlS: number
   /** The most requests one database call carries (1: every request is its own post_transaction() call). */
   maxBatch: number
-  /** How many calls this process keeps in flight at once; more requests wait in the queue meanwhile. */
+  /**
+   * The most calls this process keeps in flight at once. The first takes whatever waits; each further one leaves
+   * only with a full batch (maxBatch requests waiting), so a backlog drains in parallel while a light load still
+   * makes one call at a time with everything that queued behind it.
+   */
   maxInFlight: number
   /** Told the size of every call it makes (1 for a single post_transaction()). */
   observeBatch?: (size: number) => void
@@ -34,11 +38,14 @@ export interface GroupCommitOptions {
 }
 
 /**
- * Coalesces concurrent money writes into fewer database calls (group commit). A request leaves at once when a call
- * slot is free, alone, through post_transaction(): nothing ever waits for a timer. While every slot is taken,
- * requests queue; when a call returns, everything queued (up to maxBatch) leaves as one post_transactions() call,
- * one round trip and one commit for all of them. Each request still gets its own answer: its refusal is its own,
- * and it is exactly what its single call would have given.
+ * Coalesces concurrent money writes into fewer database calls (group commit). A request leaves at once when no call
+ * is in flight, alone, through post_transaction(): nothing ever waits for a timer. While a call is in flight,
+ * requests queue; when it returns, everything queued (up to maxBatch) leaves as one post_transactions() call, one
+ * round trip and one commit for all of them. Once a full batch waits, it leaves at once on a further call, up to
+ * maxInFlight: a call is slowest when the database is busiest (it also waits for a pooled connection behind the
+ * reads), and a backlog of writes held to one call at a time would then wait seconds while reads do not. Each
+ * request still gets its own answer: its refusal is its own, and it is exactly what its single call would have
+ * given.
  *
  * A batch that fails as a whole with an error guaranteeing nothing was written (deadlock, serialization failure) is
  * retried request by request; any other failure (connection lost, timeout) may have committed, so each request fails
@@ -72,8 +79,9 @@ export class GroupCommit {
   }
 
   #dispatch () {
-    while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
-      const batch = this.#queue.splice(0, this.#options.maxBatch)
+    const { maxBatch, maxInFlight } = this.#options
+    while (this.#queue.length > 0 && this.#inFlight < maxInFlight && (this.#inFlight === 0 || this.#queue.length >= maxBatch)) {
+      const batch = this.#queue.splice(0, maxBatch)
       this.#options.observeQueue?.(this.#queue.length)
       this.#inFlight++
       this.#options.observeBatch?.(batch.length)

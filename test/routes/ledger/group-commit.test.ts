@@ -335,6 +335,30 @@ t.test('the next batch leaves for the database before the returning call\'s requ
   t.equal(await balance(testSql(t), bob.id), 3)
 })
 
+t.test('a further call leaves only with a full batch: fewer writes wait for the call in flight', async (t) => {
+  const app = await buildTestApp(t)
+  const [holder, alice, bob] = [await createUser(app), await createUser(app), await createUser(app)]
+  const processor = await createClient(app)
+  await fund(app, holder, 1)
+  await fund(app, alice, 100)
+  const calls: number[] = []
+  const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 2, maxInFlight: 2, observeBatch: (size) => calls.push(size) })
+  const transferOf = (amount: number): PostRequest =>
+    ({ poster: { kind: 'user', id: alice.id }, key: randomUUID(), body: { kind: 'transfer', amount, currency: 'USD', toUserId: bob.id } })
+  const release = await holdBalanceRow(holder.id)
+  t.teardown(release)
+  // The first call waits on the held row.
+  const first = writes.post({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
+  const lone = writes.post(transferOf(1))
+  t.same({ calls, queued: writes.queued }, { calls: [1], queued: 1 }, 'one write waits for the call in flight, though a second call is allowed')
+  const pair = writes.post(transferOf(2))
+  t.same({ calls, queued: writes.queued }, { calls: [1, 2], queued: 0 }, 'with a full batch waiting, it leaves at once on a second call')
+  t.same((await Promise.all([lone, pair])).map((outcome) => outcome.outcome), ['created', 'created'], 'and commits while the first call still waits')
+  t.equal(await balance(testSql(t), bob.id), 3)
+  release()
+  t.equal((await first).outcome, 'created')
+})
+
 t.test('many concurrent transfers among a few users form batches, never overdraw, and keep the ledger balanced', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
