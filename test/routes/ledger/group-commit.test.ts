@@ -311,19 +311,33 @@ t.test('a batch runs under a span of its own, linked to every member request and
   t.equal(statement?.parentSpanContext?.spanId, batch.spanContext().spanId, 'the statement is the batch span\'s child')
 })
 
-t.test('the next batch leaves for the database before the returning call\'s requests are answered', async (t) => {
-  const app = await buildTestApp(t)
+/**
+ * For tests that drive a GroupCommit directly: alice (funded with 100) can pay bob, and a deposit to a third user
+ * can be made to wait, holding its call, on that user's balance row locked by the test (hold(), then post
+ * request(); the function hold() returns releases the row).
+ */
+async function heldCallScene (app: App) {
   const [holder, alice, bob] = [await createUser(app), await createUser(app), await createUser(app)]
   const processor = await createClient(app)
   await fund(app, holder, 1)
   await fund(app, alice, 100)
-  const events: string[] = []
-  const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 32, maxInFlight: 1, observeBatch: (size) => events.push(`call of ${size}`) })
   const transferOf = (amount: number): PostRequest =>
     ({ poster: { kind: 'user', id: alice.id }, key: randomUUID(), body: { kind: 'transfer', amount, currency: 'USD', toUserId: bob.id } })
-  const release = await holdBalanceRow(holder.id)
+  const heldDeposit = {
+    hold: () => holdBalanceRow(holder.id),
+    request: (): PostRequest => ({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
+  }
+  return { bob, transferOf, heldDeposit }
+}
+
+t.test('the next batch leaves for the database before the returning call\'s requests are answered', async (t) => {
+  const app = await buildTestApp(t)
+  const { bob, transferOf, heldDeposit } = await heldCallScene(app)
+  const events: string[] = []
+  const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 32, maxInFlight: 1, observeBatch: (size) => events.push(`call of ${size}`) })
+  const release = await heldDeposit.hold()
   // The only slot waits on the held row; the two transfers queue behind it.
-  const first = writes.post({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
+  const first = writes.post(heldDeposit.request())
     .then((outcome) => { events.push('first answered'); return outcome })
   const queued = [writes.post(transferOf(1)), writes.post(transferOf(2))]
   t.equal(writes.queued, 2)
@@ -337,18 +351,13 @@ t.test('the next batch leaves for the database before the returning call\'s requ
 
 t.test('a further call leaves only with a full batch: fewer writes wait for the call in flight', async (t) => {
   const app = await buildTestApp(t)
-  const [holder, alice, bob] = [await createUser(app), await createUser(app), await createUser(app)]
-  const processor = await createClient(app)
-  await fund(app, holder, 1)
-  await fund(app, alice, 100)
+  const { bob, transferOf, heldDeposit } = await heldCallScene(app)
   const calls: number[] = []
   const writes = new GroupCommit({ sql: app.db, keyTtlS: 3600, maxBatch: 2, maxInFlight: 2, observeBatch: (size) => calls.push(size) })
-  const transferOf = (amount: number): PostRequest =>
-    ({ poster: { kind: 'user', id: alice.id }, key: randomUUID(), body: { kind: 'transfer', amount, currency: 'USD', toUserId: bob.id } })
-  const release = await holdBalanceRow(holder.id)
+  const release = await heldDeposit.hold()
   t.teardown(release)
   // The first call waits on the held row.
-  const first = writes.post({ poster: { kind: 'client', id: processor.id }, key: randomUUID(), body: { kind: 'deposit', userId: holder.id, amount: 1, currency: 'USD', reference: `hold-${randomUUID()}` } })
+  const first = writes.post(heldDeposit.request())
   const lone = writes.post(transferOf(1))
   t.same({ calls, queued: writes.queued }, { calls: [1], queued: 1 }, 'one write waits for the call in flight, though a second call is allowed')
   const pair = writes.post(transferOf(2))
