@@ -160,8 +160,8 @@ const settledWithin = async (promise: Promise<unknown>, ms: number) => {
 // own catch then sends `rollback` down the same connection. Unpatched, that write was buffered behind a setImmediate
 // on a connection whose socket was already gone (a clean close), and the immediate threw: an uncaught TypeError,
 // the whole API process down (seen once under test/faults/prometheus.test.ts, PgBouncer stopped under load). After a
-// reset, the rollback was queued behind the dead statement instead and never settled. Sent once the pool has reconnected that connection for another statement, it
-// ran on the new session, outside any transaction.
+// reset, the rollback was queued behind the dead statement instead and never settled. Sent once the pool has
+// reconnected that connection for another statement, it ran on the new session, outside any transaction.
 const dropCases = [
   { drop: 'end', straggler: 'at once' },
   { drop: 'reset', straggler: 'at once' },
