@@ -32,7 +32,9 @@ const servedBy = (reqIdPrefix: string) => new Set(server.output().split('\n')
   .map((line) => (JSON.parse(line) as { pid: number }).pid))
 
 t.test('two workers share one port and one token bucket', async (t) => {
-  await waitFor('two workers', () => childPids(primary).length === 2)
+  // Readiness answers once one worker listens; the primary hands connections only to workers that listen.
+  await waitFor('two listening workers', () => (server.output().match(/"msg":"worker listening"/g) ?? []).length >= 2)
+  t.equal(childPids(primary).length, 2, 'two workers')
   const user = await createUser(app)
   const responses = await Promise.all(Array.from({ length: 100 }, (_, i) => fetch(`${server.url}/balances`, {
     headers: { authorization: user.authorization, 'x-request-id': `bucket-${i}` },
