@@ -159,7 +159,15 @@ export async function seed (env: BenchEnv, sizes: SeedSizes, log: (line: string)
     // measured reads, and autovacuum would wake up mid-run.
     await timed('vacuum analyze + checkpoint', async () => {
       await sql`vacuum analyze users, transactions, entries, balances, posts, feed_items, idempotency_keys, bench_users`
-      await sql`checkpoint`.catch(() => {})
+      // CHECKPOINT needs a superuser (or pg_checkpoint): the seed's WAL would otherwise start one during the runs.
+      const admin = postgres(env.adminUrl, { max: 1, onnotice: () => {} })
+      try {
+        await admin`checkpoint`
+      } catch (error) {
+        log(`seed: no checkpoint (${error instanceof Error ? error.message : String(error)}): one may start during the runs`)
+      } finally {
+        await admin.end()
+      }
     })
     const ordered = await sql<{ id: string }[]>`select id from bench_users order by n`
     return { pool: ordered.map((r) => r.id), abuserId, bigUserId, smallUserId, profileIds, depositPerUser: DEPOSIT_PER_USER, clientId, seconds }
