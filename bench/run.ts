@@ -4,11 +4,13 @@
 // (git-ignored) and, after a run of every scenario, the summary to docs/bench-latest.md.
 // `--quick` is the CI smoke test: small data, short runs, and a non-zero exit on any socket error, timeout or 5xx.
 // `--soak <minutes>` keeps first-minute's load going that long afterwards and reports whether RSS settles.
+// `--cpu-prof` writes a CPU profile of every API process the bench starts to bench/results/profiles/.
 // `node bench/run.ts --render bench/results/<stamp>.json` redraws <stamp>.md from a saved run.
 //
 // Environment: DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL (else the project-local stack is brought up),
 // BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench), BENCH_FIRST_MINUTE_CONNECTIONS
-// (1000: first-minute's connections, each sending 1 req/s).
+// (1000: first-minute's connections, each sending 1 req/s), BENCH_FIRST_MINUTE_IDLE_S (first-minute's idle period:
+// 660 s, or 35 s with --quick).
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -109,7 +111,8 @@ const serverEnv: NodeJS.ProcessEnv = {
 }
 const cpuProfDir = here('./results/profiles')
 log('starting the API: node bench/server.ts (NODE_ENV=production, LOG_LEVEL=warn)')
-const api = await startNodeServer(here('./server.ts'), serverEnv, { nodeArgs: args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [] })
+const serverNodeArgs = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : []
+const api = await startNodeServer(here('./server.ts'), serverEnv, { nodeArgs: serverNodeArgs })
 log(`API ready at ${api.url} (pid ${api.pid})`)
 
 const tokens = await signTokens(jwt, [
@@ -122,7 +125,7 @@ const callers = seeded.pool.map((id, i) => ({ id, token: tokens[i]! }))
 const [funderToken] = await signClientTokens(jwt, [{ id: seeded.clientId, scopes: ['funds:write'] }])
 const world = { callers, funder: { id: seeded.clientId, token: funderToken! }, keyPrefix: `bench-${Date.now().toString(36)}`, keys: 0 }
 const results = { runs: [], baselines: [], comparisons: [], inFlightLeaks: [] }
-const bench: Bench = { quick, sizes, time, soakMinutes, env, seeded, admin, redis, api, serverEnv, jwt, metricsToken, log, callers, world, ...results, abuser: abuser!, bigUser: bigUser!, smallUser: smallUser!, children: new Set([api]) }
+const bench: Bench = { quick, sizes, time, soakMinutes, env, seeded, admin, redis, api, serverEnv, serverNodeArgs, jwt, metricsToken, log, callers, world, ...results, abuser: abuser!, bigUser: bigUser!, smallUser: smallUser!, children: new Set([api]) }
 
 let shuttingDown = false
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -42,6 +42,8 @@ export interface Bench {
   api: NodeServer
   /** The API's environment, for scenarios that start the real entry point with it. */
   serverEnv: NodeJS.ProcessEnv
+  /** Node's flags for every API process the bench starts (`--cpu-prof`: a CPU profile of each). */
+  serverNodeArgs: string[]
   jwt: AuthOptions
   metricsToken: string
   callers: Caller[]

@@ -12,7 +12,9 @@
 // keeps idle connections), PgBouncer's server_idle_timeout (600 s) and the user cache's TTL (300 s), as a quiet night
 // would. `--quick` idles 35 s, past the feed cache's TTL (30 s plus jitter); when the API runs with a pool idle
 // timeout, quick starts the process with it shortened to 3 s so that it passes too. PgBouncer's server_idle_timeout
-// and the user cache's TTL do not pass in quick mode.
+// and the user cache's TTL do not pass in quick mode. BENCH_FIRST_MINUTE_IDLE_S sets another idle period, to find
+// which of those a slow idle minute waits on.
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { goal, measure, record, sleep, warmUp, type Bench, type Scenario } from '../lib/context.ts'
 import type { LoadSpec } from '../lib/load.ts'
@@ -51,10 +53,36 @@ function dayFive (b: Bench, durationS: number): { specs: LoadSpec[], staggerMs: 
   return { specs, staggerMs: 1000 / INSTANCES }
 }
 
+/**
+ * The load generator's own event-loop delay, its maximum per window: autocannon times a response when its callback
+ * runs, so a stalled client adds its stall to every route's latency alike.
+ */
+function clientLoopDelay (windowMs: number) {
+  const histogram = monitorEventLoopDelay({ resolution: 10 })
+  histogram.enable()
+  const maxima: number[] = []
+  const timer = setInterval(() => { maxima.push(histogram.max / 1e6); histogram.reset() }, windowMs)
+  return {
+    stop (): number[] {
+      clearInterval(timer)
+      maxima.push(histogram.max / 1e6)
+      histogram.disable()
+      return maxima
+    }
+  }
+}
+
 async function firstMinute (b: Bench, server: NodeServer, id: string, label: string, durationS: number, notes: string[]): Promise<RunRecord> {
   const startMb = rssMb(server.pid)
   const { specs, staggerMs } = dayFive(b, durationS)
-  const measured = await measure(b, specs, { server, staggerMs, windowMs: WINDOW_S * 1000, scrapeMetrics: true })
+  const clientDelay = clientLoopDelay(WINDOW_S * 1000)
+  let clientMaxima: number[]
+  let measured
+  try {
+    measured = await measure(b, specs, { server, staggerMs, windowMs: WINDOW_S * 1000, scrapeMetrics: true })
+  } finally {
+    clientMaxima = clientDelay.stop()
+  }
   const endMb = rssMb(server.pid)
   const caches = Object.entries(measured.samples.appCache).map(([name, c]) => `${name} ${((c.hitShare ?? 0) * 100).toFixed(0)} % of ${c.hit + c.miss}`).join(', ')
   const statements = Object.entries(measured.samples.sqlStatements).sort(([, x], [, y]) => y.count * y.meanMs - x.count * x.meanMs).slice(0, 4)
@@ -65,11 +93,13 @@ async function firstMinute (b: Bench, server: NodeServer, id: string, label: str
     label,
     connections: CONNECTIONS,
     overallRate: CONNECTIONS,
-    notes: [...notes, `cache hits: ${caches || '-'}; SQL statements, mean time including the wait for a pooled connection: ${statements || '-'}`],
+    notes: [...notes, `cache hits: ${caches || '-'}; SQL statements, mean time including the wait for a pooled connection: ${statements || '-'}`,
+      `the load generator's longest event-loop delay per ${WINDOW_S} s window: ${clientMaxima.map((ms) => ms.toFixed(0)).join(', ')} ms`],
     rss: { startMb, endMb }
   }, measured)
   const windows = (run.load.windows ?? []).map((w) => `${w.fromS}-${w.fromS + WINDOW_S} s: ${w.p99.toFixed(0)} ms (${w.count})`).join(', ')
-  b.log(`${label}: p99 per ${WINDOW_S} s window: ${windows}; RSS ${startMb.toFixed(0)} -> ${endMb.toFixed(0)} MB`)
+  b.log(`${label}: p99 per ${WINDOW_S} s window: ${windows}; RSS ${startMb.toFixed(0)} -> ${endMb.toFixed(0)} MB; ` +
+    `load generator's longest event-loop delay per window: ${clientMaxima.map((ms) => ms.toFixed(0)).join(', ')} ms`)
   goal(b, {
     id: `${id}-p99`,
     label: `${label}: p99`,
@@ -120,12 +150,12 @@ export const scenario: Scenario = {
   id: 'first-minute',
   async run (b) {
     const durationS = 60
-    const idleS = b.quick ? 35 : 11 * 60
+    const idleS = Number(process.env.BENCH_FIRST_MINUTE_IDLE_S ?? (b.quick ? 35 : 11 * 60))
     const lifetimeS = 2 * durationS + idleS + (b.soakMinutes ?? 0) * 60 + 300
     const shortened = b.quick && Number(b.serverEnv.DATABASE_IDLE_TIMEOUT_S ?? 0) > 0
     const env = { ...b.serverEnv, BENCH_SERVER_MAX_S: String(lifetimeS), ...(shortened ? { DATABASE_IDLE_TIMEOUT_S: '3' } : {}) }
     await warmUp(b, dayFive(b, 5).specs, b.api.url, 5)
-    const server = await startNodeServer(fileURLToPath(new URL('../server.ts', import.meta.url)), env)
+    const server = await startNodeServer(fileURLToPath(new URL('../server.ts', import.meta.url)), env, { nodeArgs: b.serverNodeArgs })
     b.children.add(server)
     try {
       await firstMinute(b, server, 'first-minute-fresh', 'first-minute: fresh process', durationS, [

@@ -13,7 +13,7 @@ export const scenario: Scenario = {
     const requests = mixedRequests(b.world)
     const measured: RunRecord[] = []
     for (const workers of [1, 2]) {
-      const server = await startNodeServer(fileURLToPath(new URL('../../server.ts', import.meta.url)), { ...b.serverEnv, WORKERS: String(workers) }, { ipc: false })
+      const server = await startNodeServer(fileURLToPath(new URL('../../server.ts', import.meta.url)), { ...b.serverEnv, WORKERS: String(workers) }, { ipc: false, nodeArgs: b.serverNodeArgs })
       b.children.add(server)
       try {
         await warmUp(b, [{ connections: BIG_CONNECTIONS, requests }], server.url, FRESH_PROCESS_WARM_S)
