@@ -5,12 +5,15 @@ import { list, settingsGroup } from '../config-helpers.ts'
 /** Seconds a production process warms itself up before its public port listens (plugins/http/warm-up.ts). */
 export const DEFAULT_WARM_UP_S = 8
 
+/** The public port's listen(2) backlog unless LISTEN_BACKLOG says otherwise. */
+export const DEFAULT_LISTEN_BACKLOG = 4096
+
 export const httpConfig = settingsGroup('HTTP server', 'The public listener, its processes, the operations listener, request limits and load shedding (503 with Retry-After instead of timeouts).', {
   HOST: z.string().min(1).default('127.0.0.1')
     .describe('Listen address; the image and compose use 0.0.0.0.'),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000)
     .describe('Listen port (0-65535).'),
-  LISTEN_BACKLOG: z.coerce.number().int().min(1).max(65535).default(4096)
+  LISTEN_BACKLOG: z.coerce.number().int().min(1).max(65535).default(DEFAULT_LISTEN_BACKLOG)
     .describe('Connections the kernel holds for the public port before the process accepts them (listen(2) backlog, 1-65535, capped by net.core.somaxconn). Node\'s own 511 overflows when a thousand clients connect while a fresh process is busy, and the kernel then drops their SYNs: each dropped client waits 1 s, then 3 s, for its retry.'),
   WARM_UP_S: z.coerce.number().min(0).max(120).optional().meta({ example: String(DEFAULT_WARM_UP_S) })
     .describe(`Seconds the process sends itself requests (made-up principals, nothing read or written) before the public port listens, so that V8 has optimised the request path when traffic arrives; 0 turns it off. Unset: ${DEFAULT_WARM_UP_S} in production, 0 with NODE_ENV development or test.`),
