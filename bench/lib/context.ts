@@ -133,6 +133,11 @@ export function record (b: Bench, run: Omit<RunRecord, 'load' | 'samples' | 'not
   return recorded
 }
 
+/** The item whose value is the median (the lower middle of an even count): paired rounds stand for their comparison by it. */
+export function medianBy<T> (items: readonly T[], value: (item: T) => number): T | undefined {
+  return items.toSorted((x, y) => value(x) - value(y))[Math.floor((items.length - 1) / 2)]
+}
+
 export const findRun = (b: Bench, id: string) => b.runs.find((r) => r.id === id)
 export const findBaseline = (b: Bench, id: string) => b.baselines.find((r) => r.id === id)
 

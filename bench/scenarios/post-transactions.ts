@@ -7,7 +7,7 @@
 // by more than the difference being measured.
 import { databaseBaselines, minimalLedgerBaseline } from '../lib/baselines.ts'
 import { formatHistogram } from '../lib/histogram.ts'
-import { apiCpuGoal, BIG_CONNECTIONS, check, cpuRatio, findBaseline, goal, measure, PGBENCH_CLIENTS, ratio, record, side, warmUp, type Scenario } from '../lib/context.ts'
+import { apiCpuGoal, BIG_CONNECTIONS, check, cpuRatio, findBaseline, goal, measure, medianBy, PGBENCH_CLIENTS, ratio, record, side, warmUp, type Scenario } from '../lib/context.ts'
 import type { BaselineRecord, RunRecord } from '../lib/report.ts'
 import { mixedRequests } from '../lib/traffic.ts'
 
@@ -47,7 +47,7 @@ export const scenario: Scenario = {
     // The round whose ratio is the median stands for the comparison (without pgbench, the one round there is).
     const paired = rounds.filter((r): r is { post: RunRecord, minimal: BaselineRecord } => r.minimal !== undefined && r.minimal.rps > 0)
       .map((r) => ({ ...r, ratio: r.post.load.rps / r.minimal.rps }))
-    const median = paired.toSorted((x, y) => x.ratio - y.ratio)[Math.floor((paired.length - 1) / 2)]
+    const median = medianBy(paired, (r) => r.ratio)
     const atPgbench = median?.post ?? (rounds[0] as { post: RunRecord }).post
 
     goal(b, { id: 'post-rps', label: 'POST /transactions at 1,000 connections', measured: post.label, value: post.load.rps, unit: 'req/s', target: { op: '>=', value: 1200 }, note: `p99 ${post.load.latency.p99.toFixed(0)} ms` })
