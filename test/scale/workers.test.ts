@@ -31,9 +31,12 @@ const servedBy = (reqIdPrefix: string) => new Set(server.output().split('\n')
   .filter((line) => line.includes(`"reqId":"${reqIdPrefix}`) && line.includes('request completed'))
   .map((line) => (JSON.parse(line) as { pid: number }).pid))
 
+/** How many times the primary has logged a worker as listening (each start and each replacement). */
+const workersListened = () => (server.output().match(/"msg":"worker listening"/g) ?? []).length
+
 t.test('two workers share one port and one token bucket', async (t) => {
   // Readiness answers once one worker listens; the primary hands connections only to workers that listen.
-  await waitFor('two listening workers', () => (server.output().match(/"msg":"worker listening"/g) ?? []).length >= 2)
+  await waitFor('two listening workers', () => workersListened() >= 2)
   t.equal(childPids(primary).length, 2, 'two workers')
   const user = await createUser(app)
   const responses = await Promise.all(Array.from({ length: 100 }, (_, i) => fetch(`${server.url}/balances`, {
@@ -67,7 +70,7 @@ t.test('a worker that dies is replaced', async (t) => {
     return pids.length === 2 && !pids.includes(victim!)
   })
   t.match(server.output(), /"msg":"worker died; restarting"/)
-  await waitFor('the replacement to listen', () => (server.output().match(/"msg":"worker listening"/g) ?? []).length >= 3)
+  await waitFor('the replacement to listen', () => workersListened() >= 3)
   const statuses = await Promise.all(Array.from({ length: 10 }, () => fetch(`${server.url}/health/ready`).then((r) => r.status)))
   t.same(statuses, Array(10).fill(200), 'both workers answer again')
 })
