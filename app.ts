@@ -12,6 +12,7 @@ import errorsPlugin from './plugins/errors/index.ts'
 import housekeepingPlugin, { autoConfig as housekeepingConfig } from './plugins/housekeeping/index.ts'
 import httpPlugin, { serverOptions } from './plugins/http/index.ts'
 import gracefulClosePlugin from './plugins/http/graceful-close.ts'
+import publicPortPlugin from './plugins/http/public-port.ts'
 import readinessPlugin, { autoConfig as readinessConfig } from './plugins/http/readiness.ts'
 import underPressurePlugin, { autoConfig as underPressureConfig } from './plugins/http/under-pressure.ts'
 import warmUpPlugin from './plugins/http/warm-up.ts'
@@ -61,6 +62,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(httpPlugin)
   await app.register(errorsPlugin)
   await app.register(gracefulClosePlugin)
+  await app.register(publicPortPlugin)
   await app.register(credentialResponsesPlugin)
   await app.register(metricsPlugin, metricsConfig(app, options.metrics))
   await app.register(tracingPlugin)

@@ -74,6 +74,6 @@ async function serve (config: Config) {
   // Before the public port opens: traffic arrives once the request path is optimised (plugins/http/warm-up.ts).
   await app.warmUp.run({ seconds: config.WARM_UP_S })
 
-  await app.listen({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG })
+  await app.listenPublic({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG, sockets: config.LISTEN_SOCKETS })
   warming()
 }

@@ -36,5 +36,5 @@ const maxSeconds = Number(process.env.BENCH_SERVER_MAX_S ?? 1800)
 setTimeout(() => { stop(`reached BENCH_SERVER_MAX_S=${maxSeconds}`).catch(() => {}) }, maxSeconds * 1000).unref()
 
 await app.warmUp.run({ seconds: config.WARM_UP_S })
-await app.listen({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG })
+await app.listenPublic({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG, sockets: config.LISTEN_SOCKETS })
 process.send?.({ listening: config.PORT })

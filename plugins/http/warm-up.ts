@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto'
-import { createServer, type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { Worker } from 'node:worker_threads'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { handOffServer, listenOn } from './public-port.ts'
 import type { ClientRequestSpec, WarmUpClientData, WarmUpClientResult } from './warm-up-client.ts'
 
 /**
@@ -95,12 +96,8 @@ async function warmUpPlugin (app: FastifyInstance) {
       const { method, url, authorization, headers, body } = factory(principals)
       return { method, path: url, headers: { ...headers, authorization }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) }
     }))
-    // Connections are handed to the app's own HTTP server, as node:cluster and TLS-terminating proxies do.
-    const loopback = createServer((socket) => { app.server.emit('connection', socket) })
-    await new Promise<void>((resolve, reject) => {
-      loopback.once('error', reject)
-      loopback.listen(0, '127.0.0.1', resolve)
-    })
+    const loopback = handOffServer(app.server)
+    await listenOn(loopback, { port: 0, host: '127.0.0.1' })
     const level = app.log.level
     app.log.level = 'warn'
     const started = performance.now()

@@ -1,27 +1,26 @@
-// How server.ts opens its public port: the listen backlog the kernel keeps for it, and the warm-up it runs before
+// How server.ts opens its public port: its listening sockets and the backlog the kernel keeps for each, and the warm-up it runs before
 // (plugins/http/warm-up.ts), alone and as a node:cluster primary's workers.
-import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { pickFreePort, spawnApiServer } from './support.ts'
-
-/** The backlog of the socket listening on `port`: ss shows it as Send-Q for a listening socket. */
-function listenBacklog (port: number): number {
-  const line = execFileSync('ss', ['-ltnH', `sport = :${port}`], { encoding: 'utf8' }).trim().split('\n')[0] ?? ''
-  const [, , sendQ] = line.split(/\s+/)
-  return Number(sendQ)
-}
+import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
+import { listenBacklogs, pickFreePort, spawnApiServer } from './support.ts'
 
 const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'))
 
-t.test('the public port listens with a backlog of 4096 (capped by somaxconn), not Node\'s 511', async (t) => {
+t.test('the public port listens on 8 sockets, each with a backlog of 4096 (capped by somaxconn), not Node\'s 511', async (t) => {
   const api = await spawnApiServer(t)
-  t.equal(listenBacklog(api.port), Math.min(4096, somaxconn))
+  t.same(listenBacklogs(api.port), Array(DEFAULT_LISTEN_SOCKETS).fill(Math.min(4096, somaxconn)))
+  t.equal(DEFAULT_LISTEN_SOCKETS, 8)
 })
 
-t.test('LISTEN_BACKLOG sets it', async (t) => {
-  const api = await spawnApiServer(t, { LISTEN_BACKLOG: '1234' })
-  t.equal(listenBacklog(api.port), Math.min(1234, somaxconn))
+t.test('LISTEN_BACKLOG and LISTEN_SOCKETS set them', async (t) => {
+  const api = await spawnApiServer(t, { LISTEN_BACKLOG: '1234', LISTEN_SOCKETS: '3' })
+  t.same(listenBacklogs(api.port), Array(3).fill(Math.min(1234, somaxconn)))
+})
+
+t.test('a node:cluster primary listens on one socket and accepts for its workers', async (t) => {
+  const api = await spawnApiServer(t, { WORKERS: '2' }, { timeoutMs: 60_000 })
+  t.same(listenBacklogs(api.port), [Math.min(4096, somaxconn)])
 })
 
 t.test('with WARM_UP_S the process warms up before the public port listens', async (t) => {

@@ -1,7 +1,7 @@
 // Shared by the test/scale files: real server processes (server.ts, also as a node:cluster primary) and the
 // stack's optional extras (a streaming replica, a Redis Cluster), which these files start through scripts/local-stack.ts.
 // Everything binds 127.0.0.1 and is bounded in time.
-import { spawn, type ChildProcessByStdio } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { createServer as createNetServer } from 'node:net'
 import type { Readable } from 'node:stream'
@@ -21,6 +21,12 @@ export function pickFreePort (): Promise<number> {
     })
     server.on('error', reject)
   })
+}
+
+/** The backlog of each socket listening on `port`, one entry per socket: ss shows it as Send-Q for a listening socket. */
+export function listenBacklogs (port: number): number[] {
+  const lines = execFileSync('ss', ['-ltnH', `sport = :${port}`], { encoding: 'utf8' }).trim().split('\n').filter(Boolean)
+  return lines.map((line) => Number(line.split(/\s+/)[2]))
 }
 
 export interface ApiProcess {

@@ -3,6 +3,7 @@
 // uses must be gone before the process takes traffic.
 import { execFileSync } from 'node:child_process'
 import t from 'tap'
+import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
 import { buildTestApp, createUser, fund, ownerSql } from '../helper.ts'
 import { spawnApiServer } from '../scale/support.ts'
 
@@ -27,6 +28,6 @@ t.test('a warm-up moves no money, stores no key and leaves real users\' balances
 t.test('after the warm-up the process listens on its public port only: the loopback listener is closed', async (t) => {
   const api = await spawnApiServer(t, { WARM_UP_S: '1' })
   const listening = execFileSync('ss', ['-ltnpH'], { encoding: 'utf8' }).split('\n').filter((line) => line.includes(`pid=${api.child.pid},`))
-  t.equal(listening.length, 1, listening.join('\n'))
-  t.match(listening[0], `127.0.0.1:${api.port} `)
+  t.equal(listening.length, DEFAULT_LISTEN_SOCKETS, `its ${DEFAULT_LISTEN_SOCKETS} public sockets (LISTEN_SOCKETS):\n${listening.join('\n')}`)
+  t.ok(listening.every((line) => line.includes(` 127.0.0.1:${api.port} `)), 'all on the public port')
 })

@@ -1,0 +1,42 @@
+// The public port's sockets share it with SO_REUSEPORT (plugins/http/public-port.ts, LISTEN_SOCKETS). Sharing must
+// stay inside the process: another instance started on the same port, or any other program, must fail to bind it
+// rather than take a share of the connections (and of the requests, tokens and bodies they carry).
+import { createServer } from 'node:net'
+import t from 'tap'
+import { freePort } from '../free-port.ts'
+import { buildTestApp } from '../helper.ts'
+import { listenBacklogs } from '../scale/support.ts'
+
+function bindError (listen: () => Promise<unknown>): Promise<string> {
+  return listen().then(() => 'bound', (error: NodeJS.ErrnoException) => error.code ?? String(error))
+}
+
+t.test('while the API holds its port on 8 sockets, nothing else can bind it', async (t) => {
+  const port = await freePort()
+  const api = await buildTestApp(t)
+  await api.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 8 })
+  t.equal(listenBacklogs(port).length, 8)
+
+  const other = createServer()
+  t.teardown(() => { other.close() })
+  t.equal(await bindError(() => new Promise<void>((resolve, reject) => {
+    other.once('error', reject)
+    other.listen({ host: '127.0.0.1', port }, resolve)
+  })), 'EADDRINUSE', 'a plain listen on the port is refused')
+
+  const second = await buildTestApp(t)
+  t.equal(await bindError(() => second.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 8 })), 'EADDRINUSE', 'a second instance with LISTEN_SOCKETS=8 fails to start')
+  t.equal(await bindError(() => second.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 1 })), 'EADDRINUSE', 'and so does one with a single socket')
+  t.equal(listenBacklogs(port).length, 8, 'the port still has the first instance\'s 8 sockets and no more')
+})
+
+t.test('a port that another program holds is not joined: the API fails to start', async (t) => {
+  const port = await freePort()
+  const holder = createServer()
+  await new Promise<void>((resolve) => holder.listen({ host: '127.0.0.1', port, reusePort: true }, resolve))
+  t.teardown(() => { holder.close() })
+  const api = await buildTestApp(t)
+  t.equal(await bindError(() => api.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 8 })), 'EADDRINUSE', 'even a holder that set SO_REUSEPORT itself')
+  t.equal(listenBacklogs(port).length, 1, 'only the holder\'s socket')
+  t.equal(api.server.listening, false)
+})
