@@ -11,7 +11,10 @@ import {
 
 const skip = hasLocalStack ? false : 'needs the local stack started by scripts/test.ts'
 
-const TOTAL = 600
+// The load goes on until the kill, so it cannot end before a batch has been seen in flight; a batch statement is
+// active for a few milliseconds, and the poll below has caught the first one after 200 to 1,000 more writes. The
+// poll's 20 s bounds the load in time, this in count.
+const MAX_WRITES = 20_000
 const CONCURRENCY = 40
 const KILL_AFTER = 200
 // One call slot and the largest batch: with 40 clients, nearly every write leaves in a batch.
@@ -34,7 +37,7 @@ t.test('SIGKILL with batches in flight: after retries every key has exactly one 
   let next = 0
   const state = { killed: false }
   const worker = async () => {
-    while (next < TOTAL && !state.killed) {
+    while (next < MAX_WRITES && !state.killed) {
       const i = next++
       const user = users[i % users.length] as TestUser
       const other = users[(i + 1) % users.length] as TestUser
