@@ -3,6 +3,7 @@
 // rather than take a share of the connections (and of the requests, tokens and bodies they carry).
 import { createServer } from 'node:net'
 import t from 'tap'
+import { listenOn } from '../../plugins/http/public-port.ts'
 import { freePort } from '../free-port.ts'
 import { buildTestApp } from '../helper.ts'
 import { listenBacklogs } from '../scale/support.ts'
@@ -19,10 +20,7 @@ t.test('while the API holds its port on 8 sockets, nothing else can bind it', as
 
   const other = createServer()
   t.teardown(() => { other.close() })
-  t.equal(await bindError(() => new Promise<void>((resolve, reject) => {
-    other.once('error', reject)
-    other.listen({ host: '127.0.0.1', port }, resolve)
-  })), 'EADDRINUSE', 'a plain listen on the port is refused')
+  t.equal(await bindError(() => listenOn(other, { host: '127.0.0.1', port })), 'EADDRINUSE', 'a plain listen on the port is refused')
 
   const second = await buildTestApp(t)
   t.equal(await bindError(() => second.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 8 })), 'EADDRINUSE', 'a second instance with LISTEN_SOCKETS=8 fails to start')
@@ -33,7 +31,7 @@ t.test('while the API holds its port on 8 sockets, nothing else can bind it', as
 t.test('a port that another program holds is not joined: the API fails to start', async (t) => {
   const port = await freePort()
   const holder = createServer()
-  await new Promise<void>((resolve) => holder.listen({ host: '127.0.0.1', port, reusePort: true }, resolve))
+  await listenOn(holder, { host: '127.0.0.1', port, reusePort: true })
   t.teardown(() => { holder.close() })
   const api = await buildTestApp(t)
   t.equal(await bindError(() => api.listenPublic({ host: '127.0.0.1', port, backlog: 511, sockets: 8 })), 'EADDRINUSE', 'even a holder that set SO_REUSEPORT itself')
