@@ -1,7 +1,10 @@
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import t from 'tap'
 import { createRedis } from '../../plugins/redis/index.ts'
+import { freePort } from '../free-port.ts'
 import { testConfig } from '../helper.ts'
 
 /** Counts the writes that reach the socket (one per system call): `_write` for one chunk, `_writev` for several. */
@@ -15,9 +18,11 @@ function countSocketWrites (socket: Socket): { count: () => number } {
   return { count: () => writes }
 }
 
-const connect = async (t: { teardown: (fn: () => unknown) => void }) => {
+type Teardown = { teardown: (fn: () => unknown) => void }
+
+const connect = async (t: Teardown, url = testConfig().REDIS_URL) => {
   const config = testConfig()
-  const redis = createRedis({ url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS })
+  const redis = createRedis({ url, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS })
   t.teardown(() => redis.disconnect())
   if (redis.status !== 'ready') await new Promise((resolve) => redis.once('ready', resolve))
   if (!('stream' in redis)) throw new Error('not a single Redis')
@@ -43,9 +48,35 @@ t.test('commands of different turns are not held back for each other', async (t)
   t.equal(writes.count(), 5, 'one write per awaited command')
 })
 
+/**
+ * A redis-server of this test's own, on a free port, with nothing kept on disk: CLIENT PAUSE stops a whole server,
+ * and pausing the suite's shared one would time out every other test's commands meanwhile (the rate limiter then
+ * fails open and admits what it should refuse).
+ */
+async function privateRedis (t: Teardown): Promise<string> {
+  const binary = ['/usr/bin/redis-server', '/usr/local/bin/redis-server', '/opt/homebrew/bin/redis-server'].find((path) => existsSync(path)) ?? 'redis-server'
+  const port = await freePort()
+  const child = spawn(binary, ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--unixsocket', ''], { stdio: 'ignore' })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const exited = new Promise<never>((_resolve, reject) => child.once('exit', (code) => reject(new Error(`redis-server exited (${code})`))))
+  const ready = (async () => {
+    const probe = createRedis({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: 1000 })
+    try {
+      for (const deadline = Date.now() + 10_000; Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 50))) {
+        if (await probe.ping().catch(() => undefined) === 'PONG') return `redis://127.0.0.1:${port}`
+      }
+      throw new Error('redis-server did not answer within 10 s')
+    } finally {
+      probe.disconnect()
+    }
+  })()
+  return await Promise.race([ready, exited])
+}
+
 t.test('a hung Redis costs each command one timeout, not a queue of them', async (t) => {
-  const redis = await connect(t)
-  const pauser = await connect(t)
+  const url = await privateRedis(t)
+  const redis = await connect(t, url)
+  const pauser = await connect(t, url)
   const timeoutMs = testConfig().REDIS_COMMAND_TIMEOUT_MS
   // Paused for every client (this one too) until it lifts by itself: nothing can unpause it in between.
   const pauseMs = timeoutMs * 3
