@@ -203,15 +203,18 @@ export async function changePassword (sql: Sql, userId: string, verifiedHash: st
 }
 
 /**
- * Deletes, in batches, sessions that are over (ended, or their refresh token expired; their refresh tokens go with
- * them), used refresh tokens older than a refresh token's lifetime (past it, a replay is refused as expired anyway),
- * and revocations older than the longest access token lifetime (they concern only expired tokens).
+ * Deletes, in batches, sessions that are over (ended longer ago than the longest access token lifetime, or their
+ * refresh token expired; their refresh tokens go with them), used refresh tokens older than a refresh token's
+ * lifetime (past it, a replay is refused as expired anyway), and revocations older than the longest access token
+ * lifetime (they concern only expired tokens). An ended session stays as long as a token issued under it could
+ * still be presented, so why it ended (a logout, a password change, a replayed refresh token) can be read while
+ * that matters; its refresh tokens are refused meanwhile because it has ended.
  */
 export async function purgeSessions (sql: Sql, options: { refreshTokenTtlS: number, maxTokenAgeS: number, batch: number }): Promise<number> {
   const [row] = await sql<{ purged: number }[]>`
     with sessions_over as (
       delete from sessions where id in (
-        select id from sessions where ended_at is not null or expires_at < now() limit ${options.batch}
+        select id from sessions where ended_at < now() - make_interval(secs => ${options.maxTokenAgeS}) or expires_at < now() limit ${options.batch}
       ) returning 1
     ), tokens_over as (
       delete from refresh_tokens where token_hash in (

@@ -219,11 +219,14 @@ t.test('a successful login upgrades a hash below the current cost; the decoy is 
   t.ok(app.passwords.needsRehash(weak) && !app.passwords.needsRehash(upgraded?.password_hash ?? ''))
 })
 
-t.test('housekeeping purges ended and expired sessions, old used refresh tokens and old revocations', async (t) => {
+t.test('housekeeping purges sessions ended over an hour ago and expired ones, old used refresh tokens and old revocations', async (t) => {
   const app = await buildTestApp(t)
   const sql = testSql(t)
-  const [ended, expired, live] = [await createUser(app), await createUser(app), await createUser(app)]
-  t.equal((await app.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: ended.authorization } })).statusCode, 204)
+  const [ended, endedNow, expired, live] = [await createUser(app), await createUser(app), await createUser(app), await createUser(app)]
+  for (const user of [ended, endedNow]) {
+    t.equal((await app.inject({ method: 'POST', url: '/auth/revoke', headers: { authorization: user.authorization } })).statusCode, 204)
+  }
+  await sql`update sessions set ended_at = now() - interval '3901 seconds' where id = ${ended.sessionId}`
   await sql`update sessions set expires_at = now() - interval '1 second' where id = ${expired.sessionId}`
   t.equal((await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: live.refreshToken } })).statusCode, 200)
   await sql`update refresh_tokens set used_at = now() - interval '31 days' where session_id = ${live.sessionId} and used_at is not null`
@@ -235,11 +238,13 @@ t.test('housekeeping purges ended and expired sessions, old used refresh tokens 
     if (count === 0) break
   }
   t.ok(purged >= 4)
-  const [left] = await sql<{ sessions: string[], tokens: number, old: number }[]>`
+  const [left] = await sql<{ sessions: string[], endedNow: string | null, tokens: number, old: number }[]>`
     select array(select id::text from sessions where id in (${ended.sessionId}, ${expired.sessionId}, ${live.sessionId}) order by 1) as sessions,
+           (select end_reason from sessions where id = ${endedNow.sessionId}) as "endedNow",
            (select count(*)::int from refresh_tokens where session_id = ${live.sessionId}) as tokens,
            (select count(*)::int from revocations where revoked_at < now() - interval '2 hours') as old`
   t.same(left?.sessions, [live.sessionId], 'only the live session is left')
+  t.equal(left?.endedNow, 'logout', 'a session ended within the access token window is kept, with why it ended')
   t.equal(left?.tokens, 1, 'with its current refresh token only')
   t.equal(left?.old, 0, 'old revocations are gone')
   t.equal((await app.inject({ method: 'GET', url: '/users/me', headers: { authorization: ended.authorization } })).statusCode, 401,
