@@ -13,6 +13,12 @@ declare module 'fastify' {
     db: Sql
     /** The read replica's pool, or null when DATABASE_REPLICA_URL is unset. */
     dbReplica: Sql | null
+    /**
+     * `select 1` on a connection of its own to the primary (through PgBouncer), outside the pool: the readiness
+     * probe. Through the pool it would wait behind the requests' statements, and a busy process would report its
+     * database down.
+     */
+    dbProbe: () => Promise<void>
   }
 }
 
@@ -222,12 +228,12 @@ export function instrumentSql<S extends Sql | TransactionSql> (sql: S, attribute
   })
 }
 
-export function createSql (options: DatabaseOptions, url = options.url, pool: 'primary' | 'replica' = 'primary'): Sql {
-  const parsed = new URL(url)
-  const sql = postgres(url, {
+/** A postgres.js pool with the app's connection settings: `max` connections, the given idle timeout. */
+function rawPool (options: DatabaseOptions, url: string, max: number, applicationName: string): Sql {
+  return postgres(url, {
     // PgBouncer 1.18 in transaction mode cannot keep prepared statements across transactions.
     prepare: false,
-    max: options.max,
+    max,
     idle_timeout: options.idleTimeoutS,
     connect_timeout: options.connectTimeoutS,
     // max_lifetime is postgres.js's default: each connection lives 30 to 60 minutes, drawn per connection, so a
@@ -241,8 +247,13 @@ export function createSql (options: DatabaseOptions, url = options.url, pool: 'p
     // types that would need it.
     fetch_types: false,
     onnotice: () => {},
-    connection: { application_name: 'ledger-api' }
+    connection: { application_name: applicationName }
   })
+}
+
+export function createSql (options: DatabaseOptions, url = options.url, pool: 'primary' | 'replica' = 'primary'): Sql {
+  const parsed = new URL(url)
+  const sql = rawPool(options, url, options.max, 'ledger-api')
   const breaker = createBreaker(options, pool, sql)
   const instrumented = instrumentSql(sql, {
     'db.system': 'postgresql',
@@ -306,10 +317,13 @@ function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', s
 async function databasePlugin (app: FastifyInstance, options: DatabaseOptions) {
   const sql = createSql(options)
   const replica = options.replicaUrl === undefined ? null : createSql(options, options.replicaUrl, 'replica')
+  // Uninstrumented: the probe's statement every second is not the app's (no span, no statement metric).
+  const probe = rawPool(options, options.url, 1, 'ledger-api readiness')
   app.decorate('db', sql)
   app.decorate('dbReplica', replica)
+  app.decorate('dbProbe', async () => { await withoutPipelining(probe`select 1`) })
   app.addHook('onClose', async () => {
-    await Promise.all([sql.end({ timeout: 5 }), replica?.end({ timeout: 5 })])
+    await Promise.all([sql.end({ timeout: 5 }), replica?.end({ timeout: 5 }), probe.end({ timeout: 5 })])
   })
   // Before the app is ready (and so before it listens or reports ready): the first requests find the pools open.
   const warm = Math.min(options.warm ?? 0, options.max)

@@ -42,7 +42,9 @@ const notYet: ReadinessResult = { ok: false, checks: { postgres: 'down', redis: 
 /**
  * Readiness from a result refreshed in the background: one `select 1` through PgBouncer and one Redis PING per
  * round, at most one round in flight, whatever the number of /health/ready calls (a flood of them takes no database
- * connection and no Redis round trip). The first round runs before the app is ready, so a listening server
+ * connection and no Redis round trip). The `select 1` has a connection of its own (app.dbProbe), so it says whether
+ * the database answers, not how long the pool's queue is: a process under load stays ready, and an orchestrator
+ * does not take traffic away from every busy replica at once. The first round runs before the app is ready, so a listening server
  * always has a real result (never an optimistic default). A probe still pending from an earlier round (the
  * dependency hangs) is not sent again: it counts as down, so a hung dependency holds one connection, not one per
  * round.
@@ -73,7 +75,7 @@ async function readinessPlugin (app: FastifyInstance, options: ReadinessOptions)
 
   async function round () {
     const [postgres, redis] = await Promise.all([
-      probe('postgres', () => app.db`select 1`),
+      probe('postgres', () => app.dbProbe()),
       probe('redis', () => app.redis.ping())
     ])
     rounds++

@@ -19,6 +19,22 @@ t.test('ready is 200 with the stack up, from a result probed before the app was 
   t.same(response.json(), { status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
 })
 
+t.test('a busy pool does not make the database look down: the probe has a connection of its own', async (t) => {
+  const app = await buildTestApp(t, { DATABASE_POOL_MAX: '1' })
+  await app.ready()
+  // The pool's one connection is busy for 2.5 s, longer than a probe may wait (900 ms).
+  const busy = app.db`select pg_sleep(2.5)`.then(() => 'done')
+  const rounds = app.readiness.rounds()
+  const changes: string[] = []
+  app.readiness.onChange((result) => { changes.push(result.checks.postgres) })
+  while (app.readiness.rounds() < rounds + 2) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(app.readiness.current().checks.postgres, 'ok', 'postgres answers while the pool is busy')
+  const response = await app.inject({ method: 'GET', url: '/health/ready' })
+  t.equal(response.statusCode, 200)
+  t.same(changes, [], 'readiness never changed')
+  t.equal(await busy, 'done')
+})
+
 t.test('the OpenAPI document is generated and public', async (t) => {
   const app = await buildTestApp(t)
   const response = await app.inject({ method: 'GET', url: '/openapi.json' })
