@@ -8,7 +8,7 @@
 // `node bench/run.ts --render bench/results/<stamp>.json` redraws <stamp>.md from a saved run.
 //
 // Environment: DATABASE_URL / DATABASE_DIRECT_URL / REDIS_URL (else the project-local stack is brought up),
-// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench), BENCH_FIRST_MINUTE_CONNECTIONS
+// BENCH_DATABASE (ledger_bench), BENCH_REDIS_DB (3), BENCH_PGBENCH (path to pgbench), BENCH_SERVER_NODE_ARGS (below), BENCH_FIRST_MINUTE_CONNECTIONS
 // (1000: first-minute's connections, each sending 1 req/s), BENCH_FIRST_MINUTE_IDLE_S (first-minute's idle period:
 // 660 s, or 35 s with --quick).
 import { execFileSync } from 'node:child_process'
@@ -111,7 +111,10 @@ const serverEnv: NodeJS.ProcessEnv = {
 }
 const cpuProfDir = here('./results/profiles')
 log('starting the API: node bench/server.ts (NODE_ENV=production, LOG_LEVEL=warn)')
-const serverNodeArgs = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : []
+// BENCH_SERVER_NODE_ARGS: Node or V8 flags for every API process the bench starts (space-separated), for experiments
+// with flags NODE_OPTIONS does not take (--no-memory-reducer, --no-flush-bytecode).
+const extraNodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '')
+const serverNodeArgs = [...extraNodeArgs, ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [])]
 const api = await startNodeServer(here('./server.ts'), serverEnv, { nodeArgs: serverNodeArgs })
 log(`API ready at ${api.url} (pid ${api.pid})`)
 
