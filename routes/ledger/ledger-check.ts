@@ -65,6 +65,9 @@ async function ledgerCheckPlugin (app: FastifyInstance, options: LedgerCheckOpti
       const checks = await sql.begin(SNAPSHOT, async (tx) => {
         // Waits only for a claim in progress (a check in progress is never claimed over: see the function).
         await tx`select pg_advisory_xact_lock(ledger_check_lock_key())`
+        // One backend's worth of CPU, not three: the check is background work beside the requests, and its parallel
+        // workers took every core of the bench's 2-core machine for its 13 s on a 2M-row ledger (docs/performance.md).
+        await tx`select set_config('max_parallel_workers_per_gather', '0', true)`
         return await checkLedger(tx, options.statementTimeoutMs)
       })
       const broken = checks.filter((c) => !c.ok)
