@@ -3,6 +3,7 @@
 // same file and serves on the same port.
 import cluster from 'node:cluster'
 import { fileURLToPath } from 'node:url'
+import { API_NODE_FLAGS } from './plugins/http/config.ts'
 import { loadConfigOrExit, type Config } from './settings.ts'
 
 const config = loadConfigOrExit()
@@ -28,6 +29,11 @@ async function serve (config: Config) {
   const { buildApp } = await import('./app.ts')
 
   const app = await buildApp(config)
+  // node:cluster's workers inherit the primary's flags, so one check here covers every process.
+  const missingFlags = API_NODE_FLAGS.filter((flag) => !process.execArgv.includes(flag))
+  if (missingFlags.length > 0) {
+    app.log.warn({ missingFlags }, 'started without the V8 flags that keep a process warm through quiet periods: the first seconds after an idle period will be slow (node --no-memory-reducer --no-flush-bytecode server.ts)')
+  }
 
   // SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close pools (onClose hooks), exit 0.
   const grace = closeWithGrace({

@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
+import { API_NODE_FLAGS } from '../plugins/http/config.ts'
 import { BIG_CONNECTIONS, CONNECTIONS, FRESH_PROCESS_WARM_S, goal, warmUp, type Bench, type Scenario } from './lib/context.ts'
 import { startNodeServer } from './lib/processes.ts'
 import { markdown, smokeFailures, writeReport, type Report } from './lib/report.ts'
@@ -111,10 +112,10 @@ const serverEnv: NodeJS.ProcessEnv = {
 }
 const cpuProfDir = here('./results/profiles')
 log('starting the API: node bench/server.ts (NODE_ENV=production, LOG_LEVEL=warn)')
-// BENCH_SERVER_NODE_ARGS: Node or V8 flags for every API process the bench starts (space-separated), for experiments
-// with flags NODE_OPTIONS does not take (--no-memory-reducer, --no-flush-bytecode).
+// Every API process the bench starts runs with the production V8 flags, and BENCH_SERVER_NODE_ARGS (space-separated)
+// adds more, for experiments with flags NODE_OPTIONS does not take.
 const extraNodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '')
-const serverNodeArgs = [...extraNodeArgs, ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [])]
+const serverNodeArgs = [...API_NODE_FLAGS, ...extraNodeArgs, ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [])]
 const api = await startNodeServer(here('./server.ts'), serverEnv, { nodeArgs: serverNodeArgs })
 log(`API ready at ${api.url} (pid ${api.pid})`)
 

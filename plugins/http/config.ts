@@ -5,6 +5,16 @@ import { list, settingsGroup } from '../config-helpers.ts'
 /** Seconds a production process warms itself up before its public port listens (plugins/http/warm-up.ts). */
 export const DEFAULT_WARM_UP_S = 8
 
+/**
+ * V8 flags every API process starts with (the image's CMD, deploy/k8s, `npm start`, the bench and the tests' server
+ * processes; test/deploy/node-flags.test.ts holds them to this list). After about ten quiet minutes V8's memory
+ * reducer had shrunk the heap (about 430 to 166 MB) and bytecode flushing had dropped the request path's compiled
+ * code, so the next burst met a process as cold as a fresh one without its warm-up: the day-5 load's first 10 s
+ * after 11 idle minutes reached p99 2.5-2.9 s in two full-bench runs, 332 ms with these flags (docs/performance.md).
+ * The price is memory held through quiet periods, the heap of a busy minute instead of an idle one.
+ */
+export const API_NODE_FLAGS = ['--no-memory-reducer', '--no-flush-bytecode'] as const
+
 /** The public port's listen(2) backlog unless LISTEN_BACKLOG says otherwise. */
 export const DEFAULT_LISTEN_BACKLOG = 4096
 

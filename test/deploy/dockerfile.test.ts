@@ -63,7 +63,7 @@ t.test('the runtime stage runs as the non-root node user and serves by default',
   t.same(users, ['node'], 'USER node, once')
   const userAt = runtime.findIndex((i) => i.keyword === 'USER')
   t.notOk(runtime.slice(userAt).some((i) => i.keyword === 'COPY' || i.keyword === 'RUN'), 'nothing is written into the image as node (the app cannot change its own files)')
-  t.same(runtime.find((i) => i.keyword === 'CMD')?.args, '["node", "server.ts"]')
+  t.same(runtime.find((i) => i.keyword === 'CMD')?.args, '["node", "--no-memory-reducer", "--no-flush-bytecode", "server.ts"]')
   t.same(runtime.find((i) => i.keyword === 'STOPSIGNAL')?.args, 'SIGTERM')
 })
 

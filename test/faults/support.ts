@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url'
 import type postgres from 'postgres'
 import type { Test } from 'tap'
 import type { App } from '../../app.ts'
+import { API_NODE_FLAGS } from '../../plugins/http/config.ts'
 import { controlService, servicePid, type StackService } from '../../scripts/local-stack.ts'
 import { ledgerInvariants, reconcileLedger, type ReconcileCheck } from '../../scripts/ops/reconcile.ts'
 import { freePort } from '../free-port.ts'
@@ -93,7 +94,7 @@ export interface ServerProcess {
 export async function startServer (env: Record<string, string> = {}): Promise<ServerProcess> {
   const port = await freePort()
   const spawnedAt = performance.now()
-  const child = spawn(process.execPath, ['server.ts'], {
+  const child = spawn(process.execPath, [...API_NODE_FLAGS, 'server.ts'], {
     cwd: projectRoot,
     env: {
       ...process.env,

@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { createServer as createNetServer } from 'node:net'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { API_NODE_FLAGS } from '../../plugins/http/config.ts'
 import { SUITE_LIMITS } from '../suite-limits.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -45,7 +46,7 @@ export interface ApiProcess {
  */
 export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
   const port = await pickFreePort()
-  const child = spawn(process.execPath, [serverScript], {
+  const child = spawn(process.execPath, [...API_NODE_FLAGS, serverScript], {
     // The suite's limits, as in buildTestApp (test/helper.ts): the process shares the suite's Redis buckets.
     env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...SUITE_LIMITS, ...env, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe']
