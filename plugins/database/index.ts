@@ -16,7 +16,7 @@ declare module 'fastify' {
     /**
      * `select 1` on a connection of its own to the primary (through PgBouncer), outside the pool: the readiness
      * probe. Through the pool it would wait behind the requests' statements, and a busy process would report its
-     * database down.
+     * database down. Observed like every statement (span, statement metrics).
      */
     dbProbe: () => Promise<void>
   }
@@ -251,10 +251,15 @@ function rawPool (options: DatabaseOptions, url: string, max: number, applicatio
   })
 }
 
-export function createSql (options: DatabaseOptions, url = options.url, pool: 'primary' | 'replica' = 'primary'): Sql {
+/**
+ * A pool to `url` with a span and the statement metrics per statement, and the circuit breaker; `probe` instead
+ * makes the readiness probe's single connection, observed like any statement but with no breaker (it is what says
+ * whether the database answers).
+ */
+export function createSql (options: DatabaseOptions, url = options.url, pool: 'primary' | 'replica' | 'probe' = 'primary'): Sql {
   const parsed = new URL(url)
-  const sql = rawPool(options, url, options.max, 'ledger-api')
-  const breaker = createBreaker(options, pool, sql)
+  const sql = pool === 'probe' ? rawPool(options, url, 1, 'ledger-api readiness') : rawPool(options, url, options.max, 'ledger-api')
+  const breaker = pool === 'probe' ? undefined : createBreaker(options, pool, sql)
   const instrumented = instrumentSql(sql, {
     'db.system': 'postgresql',
     'db.system.name': 'postgresql',
@@ -317,11 +322,10 @@ function createBreaker (options: DatabaseOptions, pool: 'primary' | 'replica', s
 async function databasePlugin (app: FastifyInstance, options: DatabaseOptions) {
   const sql = createSql(options)
   const replica = options.replicaUrl === undefined ? null : createSql(options, options.replicaUrl, 'replica')
-  // Uninstrumented: the probe's statement every second is not the app's (no span, no statement metric).
-  const probe = rawPool(options, options.url, 1, 'ledger-api readiness')
+  const probe = createSql(options, options.url, 'probe')
   app.decorate('db', sql)
   app.decorate('dbReplica', replica)
-  app.decorate('dbProbe', async () => { await withoutPipelining(probe`select 1`) })
+  app.decorate('dbProbe', async () => { await probe`select 1` })
   app.addHook('onClose', async () => {
     await Promise.all([sql.end({ timeout: 5 }), replica?.end({ timeout: 5 }), probe.end({ timeout: 5 })])
   })
