@@ -1,11 +1,14 @@
 // scripts/ops/reconcile.ts run as the operator runs it (its own process) against the test database: it passes on
-// the ledger as the API leaves it and fails, naming the row, on one the owner corrupted on purpose.
+// the ledger as the API leaves it and fails, naming the row, on one the owner corrupted on purpose. Runs with the
+// fault suite (one file at a time, after the main suite), as test/faults/ledger-check.test.ts does: it corrupts the
+// shared test ledger for a few seconds, and the main suite's files check it whole (test/security/database-boundary's
+// reconcile failed on this test's +7 when the two ran side by side).
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { buildTestApp, createUser, fund, testSql } from '../../helper.ts'
+import { buildTestApp, createUser, fund, testSql } from '../helper.ts'
 
-const script = fileURLToPath(new URL('../../../scripts/ops/reconcile.ts', import.meta.url))
+const script = fileURLToPath(new URL('../../scripts/ops/reconcile.ts', import.meta.url))
 
 function reconcile (): Promise<{ code: number, stdout: string, stderr: string }> {
   return new Promise((resolve) => {
