@@ -32,7 +32,7 @@ async function serve (config: Config) {
   // node:cluster's workers inherit the primary's flags, so one check here covers every process.
   const missingFlags = API_NODE_FLAGS.filter((flag) => !process.execArgv.includes(flag))
   if (missingFlags.length > 0) {
-    app.log.warn({ missingFlags }, 'started without the V8 flags that keep a process warm through quiet periods: the first seconds after an idle period will be slow (node --no-memory-reducer --no-flush-bytecode server.ts)')
+    app.log.warn({ missingFlags }, `started without the V8 flags that keep a process warm through quiet periods: the first seconds after an idle period will be slow (node ${API_NODE_FLAGS.join(' ')} server.ts)`)
   }
 
   // SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close pools (onClose hooks), exit 0.
