@@ -1,7 +1,8 @@
 // The process supervisor for WORKERS > 1, run by server.ts in the primary process. It uses node:cluster: the
-// primary forks the workers (each runs server.ts and builds the app with its own small pool), owns the listening
-// socket and hands connections to them in turn (round-robin, Node's default on Linux), restarts a worker that
-// dies, and on SIGTERM/SIGINT drains them all. It serves no requests itself and opens no database or Redis client.
+// primary checks that the public port is free, forks the workers (each runs server.ts, builds the app with its own
+// small pool and opens its own sockets on the port, which the kernel spreads connections over: see
+// plugins/http/public-port.ts), restarts a worker that dies, and on SIGTERM/SIGINT drains them all. It serves no
+// requests itself and opens no database or Redis client.
 //
 // Beyond one machine, run one process per container (WORKERS=1) and let the orchestrator do this job (see
 // docs-scaling.md); WORKERS=auto is for a VM or bare machine where one Node process would use one core.
@@ -10,6 +11,8 @@ import type { Server } from 'node:http'
 import { hostname } from 'node:os'
 import { AggregatorRegistry } from 'prom-client'
 import { closeOps, createOpsServer, listenOps } from './ops-server.ts'
+import { REUSE_PORT_SPREADS } from './plugins/http/config.ts'
+import { claimPort } from './plugins/http/public-port.ts'
 import type { CheckResult } from './plugins/http/readiness.ts'
 
 export interface SupervisorOptions {
@@ -17,6 +20,9 @@ export interface SupervisorOptions {
   /** The script every worker runs (server.ts), whatever script started the primary (scripts/start.ts). */
   exec: string
   logLevel: string
+  /** The public port (HOST, PORT) the workers share; PORT=0 becomes one free port for all of them. */
+  publicHost: string
+  publicPort: number
   /** Where the primary serves health and the sum of every worker's metrics (OPS_PORT); 0 turns it off. */
   opsPort: number
   opsHost: string
@@ -74,6 +80,7 @@ export function runPrimary (options: SupervisorOptions) {
   let shuttingDown = false
   let exitCode = 0
   let opsServer: Server | undefined
+  let publicPort = options.publicPort
 
   function fork (slot: Slot) {
     slot.restartTimer = undefined
@@ -81,17 +88,19 @@ export function runPrimary (options: SupervisorOptions) {
     slot.listened = false
     slot.readiness = undefined
     // LEDGER_WORKER tells the worker it is one of several (for its logs); it is not a setting.
-    const worker = cluster.fork({ LEDGER_WORKER: String(slot.index + 1) })
+    const worker = cluster.fork({ LEDGER_WORKER: String(slot.index + 1), PORT: String(publicPort) })
     slot.worker = worker
     worker.on('message', (message: { type?: unknown, ok?: unknown, checks?: ReadinessReport['checks'] }) => {
       if (message.type === 'ledger:readiness' && typeof message.ok === 'boolean' && message.checks !== undefined) {
         slot.readiness = { ok: message.ok, checks: message.checks }
       }
-    })
-    worker.once('listening', () => {
-      slot.listened = true
-      slot.bootFailures = 0
-      log.info({ worker: slot.index + 1, workerPid: worker.process.pid }, 'worker listening')
+      // Sent by server.ts once its public port listens: a worker's own sockets (exclusive) raise no cluster
+      // 'listening' event in the primary.
+      if (message.type === 'ledger:listening' && !slot.listened) {
+        slot.listened = true
+        slot.bootFailures = 0
+        log.info({ worker: slot.index + 1, workerPid: worker.process.pid }, 'worker listening')
+      }
     })
   }
 
@@ -164,8 +173,18 @@ export function runPrimary (options: SupervisorOptions) {
   }
 
   if (options.opsPort > 0) opsServer = serveOps(options, log, slots, () => shuttingDown)
-  log.info({ workers: options.workers }, 'starting workers')
-  for (const slot of slots) fork(slot)
+  // The workers share the port with each other (SO_REUSEPORT), so none of them can tell a stranger already holds
+  // it: the primary checks once, before any of them starts.
+  const claimed = REUSE_PORT_SPREADS ? claimPort(options.publicHost, options.publicPort) : Promise.resolve(options.publicPort)
+  claimed.then((port) => {
+    if (shuttingDown) return
+    publicPort = port
+    log.info({ workers: options.workers, port }, 'starting workers')
+    for (const slot of slots) fork(slot)
+  }, (error: NodeJS.ErrnoException) => {
+    log.error({ err: { message: error.message, code: error.code }, host: options.publicHost, port: options.publicPort }, 'the public port is not free; stopping')
+    shutdown('public port unavailable', 1)
+  })
 }
 
 /**

@@ -1,6 +1,6 @@
 // The only file that listens. With WORKERS=1 (the default) this process is the server; with WORKERS > 1 (or
 // `auto`, one per core) it becomes the node:cluster primary (cluster.ts), and every worker it forks runs this
-// same file and serves on the same port.
+// same file and opens its own sockets on the same port.
 import cluster from 'node:cluster'
 import { fileURLToPath } from 'node:url'
 import { API_NODE_FLAGS } from './plugins/http/config.ts'
@@ -14,6 +14,8 @@ if (cluster.isPrimary && config.WORKERS > 1) {
     workers: config.WORKERS,
     exec: fileURLToPath(import.meta.url),
     logLevel: config.LOG_LEVEL,
+    publicHost: config.HOST,
+    publicPort: config.PORT,
     opsPort: config.OPS_PORT,
     opsHost: config.OPS_HOST,
     metricsToken: config.METRICS_TOKEN
@@ -60,7 +62,8 @@ async function serve (config: Config) {
     const responder = new AggregatorRegistry()
     AggregatorRegistry.setRegistries([app.metrics.registry])
     app.addHook('onClose', async () => { responder.clear() })
-    // The primary is gone (killed): nobody hands us connections any more, so drain and leave.
+    // The primary is gone (killed): nobody restarts us, answers the operations port or counts our metrics any more,
+    // and a new primary's workers would share the port with us, so drain and leave.
     process.once('disconnect', () => grace.close())
   }
 
@@ -81,5 +84,6 @@ async function serve (config: Config) {
   await app.warmUp.run({ seconds: config.WARM_UP_S })
 
   await app.listenPublic({ host: config.HOST, port: config.PORT, backlog: config.LISTEN_BACKLOG, sockets: config.LISTEN_SOCKETS })
+  if (cluster.isWorker) process.send?.({ type: 'ledger:listening' })
   warming()
 }

@@ -18,8 +18,15 @@ export const API_NODE_FLAGS = ['--no-memory-reducer', '--no-flush-bytecode'] as 
 /** The public port's listen(2) backlog unless LISTEN_BACKLOG says otherwise. */
 export const DEFAULT_LISTEN_BACKLOG = 4096
 
-/** Listening sockets on the public port unless LISTEN_SOCKETS says otherwise: SO_REUSEPORT spreads them on Linux. */
-export const DEFAULT_LISTEN_SOCKETS = process.platform === 'linux' ? 8 : 1
+/**
+ * Whether the kernel spreads new connections over sockets that share a port with SO_REUSEPORT. Linux does (by a hash
+ * of each connection's addresses); elsewhere (macOS) the option exists without the balancing, so one socket per
+ * process, and a node:cluster primary accepts for its workers.
+ */
+export const REUSE_PORT_SPREADS = process.platform === 'linux'
+
+/** Listening sockets on the public port unless LISTEN_SOCKETS says otherwise. */
+export const DEFAULT_LISTEN_SOCKETS = REUSE_PORT_SPREADS ? 8 : 1
 
 export const httpConfig = settingsGroup('HTTP server', 'The public listener, its processes, the operations listener, request limits and load shedding (503 with Retry-After instead of timeouts).', {
   HOST: z.string().min(1).default('127.0.0.1')
@@ -29,7 +36,7 @@ export const httpConfig = settingsGroup('HTTP server', 'The public listener, its
   LISTEN_BACKLOG: z.coerce.number().int().min(1).max(65535).default(DEFAULT_LISTEN_BACKLOG)
     .describe('Connections the kernel holds for the public port before the process accepts them (listen(2) backlog, 1-65535, capped by net.core.somaxconn). Node\'s own 511 overflows when a thousand clients connect while a fresh process is busy, and the kernel then drops their SYNs: each dropped client waits 1 s, then 3 s, for its retry.'),
   LISTEN_SOCKETS: z.coerce.number().int().min(1).max(64).default(DEFAULT_LISTEN_SOCKETS)
-    .describe('Sockets listening on the public port in this process (1-64; the default is 8 on Linux and 1 elsewhere, where the kernel does not spread connections over the sockets). Above 1 they share the port with SO_REUSEPORT and the kernel spreads new connections over them: a busy process accepts one connection per socket per turn of its event loop, so with one socket a thousand clients that connect at once wait seconds to be accepted. A second process on the same port still fails to start. Ignored in node:cluster workers (the primary accepts for them).'),
+    .describe('Sockets listening on the public port in this process (1-64; the default is 8 on Linux and 1 elsewhere, where the kernel does not spread connections over the sockets). Above 1 they share the port with SO_REUSEPORT and the kernel spreads new connections over them: a busy process accepts one connection per socket per turn of its event loop, so with one socket a thousand clients that connect at once wait seconds to be accepted. A second instance on the same port still fails to start. With WORKERS > 1 each worker opens this many sockets of its own on the port (WORKERS × LISTEN_SOCKETS in all); where the kernel does not spread connections, the primary accepts for the workers instead.'),
   WARM_UP_S: z.coerce.number().min(0).max(120).optional().meta({ example: String(DEFAULT_WARM_UP_S) })
     .describe(`Seconds the process sends itself requests (made-up principals, nothing read or written) before the public port listens, so that V8 has optimised the request path when traffic arrives; 0 turns it off. Unset: ${DEFAULT_WARM_UP_S} in production, 0 with NODE_ENV development or test.`),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')

@@ -1,6 +1,6 @@
 // The public port (plugins/http/public-port.ts): LISTEN_SOCKETS sockets on one port, every one of them served by
-// the app's own server, and a close that waits for the connections of all of them. A second process on the port:
-// test/security/public-port.test.ts. The real process's sockets and backlog: test/scale/listen.test.ts.
+// the app's own server, and a close that stops all of them accepting at once and waits for the connections of all
+// of them. A second process on the port: test/security/public-port.test.ts. The real process's sockets and backlog: test/scale/listen.test.ts.
 import { request as httpRequest } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import t from 'tap'
@@ -81,6 +81,12 @@ t.test('close waits for the requests in flight on every socket before the app sh
 
   let closedWith = -1
   const closing = app.close().then(() => { closedWith = finished })
+  // While the requests above are still held, every socket has stopped accepting: a new connection, wherever the
+  // kernel would place it, is refused rather than accepted for a 503.
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const late = await Promise.allSettled(Array.from({ length: 16 }, () => getOnNewConnection(port, '/health/live')))
+  t.same(late.map((attempt) => attempt.status === 'rejected' ? (attempt.reason as NodeJS.ErrnoException).code : attempt.value.status),
+    Array(16).fill('ECONNREFUSED'), 'new connections are refused once close has begun')
   setTimeout(release, 300)
   await closing
   t.equal(closedWith, 32, 'the app closed only after all 32 responses had been sent')

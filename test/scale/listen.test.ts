@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
-import { listenBacklogs, pickFreePort, spawnApiServer } from './support.ts'
+import { childPids, listenBacklogs, listenerPids, pickFreePort, spawnApiServer } from './support.ts'
 
 const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'))
 
@@ -18,9 +18,17 @@ t.test('LISTEN_BACKLOG and LISTEN_SOCKETS set them', async (t) => {
   t.same(listenBacklogs(api.port), Array(3).fill(Math.min(1234, somaxconn)))
 })
 
-t.test('a node:cluster primary listens on one socket and accepts for its workers', async (t) => {
-  const api = await spawnApiServer(t, { WORKERS: '2' }, { timeoutMs: 60_000 })
-  t.same(listenBacklogs(api.port), [Math.min(4096, somaxconn)])
+t.test('each node:cluster worker listens on 8 sockets of its own; the primary holds none', async (t) => {
+  const api = await spawnApiServer(t, { WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
+  // Readiness answers once one worker listens; both have once the primary has logged both.
+  const deadline = Date.now() + 30_000
+  while ((api.output().match(/"msg":"worker listening"/g) ?? []).length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+  const workers = childPids(api.child.pid!).sort()
+  t.equal(workers.length, 2)
+  t.same(listenBacklogs(api.port), Array(2 * DEFAULT_LISTEN_SOCKETS).fill(Math.min(4096, somaxconn)))
+  const owners = listenerPids(api.port)
+  t.same([...new Set(owners)].sort(), workers, 'every socket is a worker\'s')
+  t.same(workers.map((pid) => owners.filter((owner) => owner === pid).length), [DEFAULT_LISTEN_SOCKETS, DEFAULT_LISTEN_SOCKETS])
 })
 
 t.test('with WARM_UP_S the process warms up before the public port listens', async (t) => {

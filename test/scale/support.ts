@@ -30,6 +30,12 @@ export function listenBacklogs (port: number): number[] {
   return lines.map((line) => Number(line.split(/\s+/)[2]))
 }
 
+/** The pid owning each socket listening on `port`, one entry per socket (ss -p). */
+export function listenerPids (port: number): number[] {
+  const lines = execFileSync('ss', ['-ltnpH', `sport = :${port}`], { encoding: 'utf8' }).trim().split('\n').filter(Boolean)
+  return lines.map((line) => Number(/pid=(\d+)/.exec(line)?.[1]))
+}
+
 export interface ApiProcess {
   port: number
   url: string

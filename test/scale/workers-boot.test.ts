@@ -1,18 +1,17 @@
-// A cluster whose workers cannot boot (here: the port is taken) must not restart them forever: the primary gives
-// up after a few consecutive boot failures and exits 1, so whatever supervises it (systemd, Kubernetes) sees it.
+// A cluster that cannot serve must say so with exit 1, so whatever supervises it (systemd, Kubernetes) sees it:
+// a public port that something else holds stops the primary before it forks a worker, and workers that keep failing
+// to boot make it give up instead of restarting them forever.
 import { spawn } from 'node:child_process'
-import { createServer } from 'node:net'
+import { createServer, type Server } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { listenOn } from '../../plugins/http/public-port.ts'
 import { SUITE_LIMITS } from '../suite-limits.ts'
+import { pickFreePort } from './support.ts'
 
-t.test('workers that cannot start make the primary give up and exit 1 instead of restarting forever', { timeout: 110_000 }, async (t) => {
-  // Something else holds the port, so every worker fails before it listens.
-  const squatter = createServer().listen(0, '127.0.0.1')
-  await new Promise((resolve) => squatter.once('listening', resolve))
-  t.teardown(() => { squatter.close() })
-  const address = squatter.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+function startCluster (t: Teardown, port: number) {
   const child = spawn(process.execPath, [fileURLToPath(new URL('../../server.ts', import.meta.url))], {
     env: { ...process.env, ...SUITE_LIMITS, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), WORKERS: '2', LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe']
@@ -22,8 +21,35 @@ t.test('workers that cannot start make the primary give up and exit 1 instead of
   child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const killer = setTimeout(() => child.kill('SIGKILL'), 100_000)
   t.teardown(() => { clearTimeout(killer); child.kill('SIGKILL') })
-  const code = await new Promise((resolve) => child.once('exit', (exitCode) => resolve(exitCode)))
-  t.equal(code, 1, 'exit 1, so the process manager above (systemd, Kubernetes) sees the failure')
-  t.match(output, /"msg":"worker keeps failing to start; stopping"/)
-  t.match(output, /EADDRINUSE/, 'the workers say why')
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)))
+  return { output: () => output, exited }
+}
+
+function squat (t: Teardown, port: number): Promise<Server> {
+  const squatter = createServer()
+  t.teardown(() => { squatter.close() })
+  return listenOn(squatter, { host: '127.0.0.1', port }).then(() => squatter)
+}
+
+t.test('a public port that something else holds stops the primary at once, before any worker starts', { timeout: 60_000 }, async (t) => {
+  const port = await pickFreePort()
+  await squat(t, port)
+  const cluster = startCluster(t, port)
+  t.equal(await cluster.exited, 1, 'exit 1')
+  t.match(cluster.output(), /"msg":"the public port is not free; stopping"/)
+  t.match(cluster.output(), /EADDRINUSE/, 'it says why')
+  t.notMatch(cluster.output(), /"msg":"starting workers"/, 'no worker was forked')
+})
+
+t.test('workers that cannot start make the primary give up and exit 1 instead of restarting forever', { timeout: 110_000 }, async (t) => {
+  const port = await pickFreePort()
+  const cluster = startCluster(t, port)
+  // Taken between the primary's check and the workers' listen (a worker needs seconds to boot), so every worker
+  // fails before it listens.
+  const deadline = Date.now() + 30_000
+  while (!cluster.output().includes('"msg":"starting workers"') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+  await squat(t, port)
+  t.equal(await cluster.exited, 1, 'exit 1, so the process manager above (systemd, Kubernetes) sees the failure')
+  t.match(cluster.output(), /"msg":"worker keeps failing to start; stopping"/)
+  t.match(cluster.output(), /EADDRINUSE/, 'the workers say why')
 })
