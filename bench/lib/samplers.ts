@@ -1,5 +1,6 @@
 // What happens around the load while it runs: PostgreSQL client backends of the bench database (direct connection,
-// every 200 ms), the API's resident memory (/proc/<pid>/status), CPU seconds per process group (/proc/<pid>/stat,
+// every 200 ms), the API's resident memory (/proc/<pid>/status, a cluster primary's with its workers'), CPU seconds
+// per process group (/proc/<pid>/stat,
 // Redis INFO cpu), Redis INFO stats hits/misses, and the API's own /metrics (cache hits, in-flight statements,
 // server-side latency per route, time per SQL statement), and round trips: Redis commands (INFO commandstats) and
 // transactions of the bench database (pg_stat_database), so a scenario can show what a request costs in calls.
@@ -130,7 +131,8 @@ export async function startSampler (options: SamplerOptions): Promise<{ stop: ()
     const [stats, cpu, commands, transactions, scraped] = await Promise.all([redis.info('stats'), redis.info('cpu'), redis.info('commandstats'), pgTransactions(), metrics()])
     const ticks: Record<string, number> = {}
     const api = groups.apiPid()
-    if (api !== undefined) ticks.api = readTicks(api)
+    // A node:cluster primary's workers are its children; a single process has none.
+    if (api !== undefined) ticks.api = [api, ...childrenOf(api)].reduce((sum, pid) => sum + readTicks(pid), 0)
     if (groups.postmasterPid !== undefined) ticks.postgres = readTicks(groups.postmasterPid) + childrenOf(groups.postmasterPid).reduce((sum, pid) => sum + readTicks(pid), 0)
     if (groups.pgbouncerPid !== undefined) ticks.pgbouncer = readTicks(groups.pgbouncerPid)
     const benchCpu = process.cpuUsage()
@@ -152,6 +154,11 @@ export async function startSampler (options: SamplerOptions): Promise<{ stop: ()
   }
 
   const first = await snapshot()
+  // A node:cluster primary's workers, looked up once a second: reading all of /proc every 200 ms would cost the
+  // load generator's core more than the sample is worth.
+  let apiChildren: number[] = []
+  const findChildren = () => { const pid = groups.apiPid(); apiChildren = pid === undefined ? [] : childrenOf(pid) }
+  findChildren()
   const timer = setInterval(() => {
     if (!busy.pg) {
       busy.pg = true
@@ -159,9 +166,10 @@ export async function startSampler (options: SamplerOptions): Promise<{ stop: ()
         .then(([row]) => { peak.pg = Math.max(peak.pg, row?.n ?? 0) }, () => {}).finally(() => { busy.pg = false })
     }
     const pid = groups.apiPid()
-    if (pid !== undefined) peak.rss = Math.max(peak.rss, rssMb(pid))
+    if (pid !== undefined) peak.rss = Math.max(peak.rss, [pid, ...apiChildren].reduce((sum, each) => sum + rssMb(each), 0))
   }, 200)
   const slowTimer = setInterval(() => {
+    findChildren()
     if (busy.metrics || metricsUrl === undefined) return
     busy.metrics = true
     metrics().then((scraped) => {

@@ -22,7 +22,7 @@ export const scenario: Scenario = {
           scenario: 'mixed-workers',
           label: `mixed-1000, server.ts WORKERS=${workers}`,
           connections: BIG_CONNECTIONS,
-          notes: [`node server.ts with WORKERS=${workers}${workers > 1 ? ' (node:cluster primary + workers, each with its own pool)' : ''}; the same mix as mixed-1000; API CPU and RSS columns show the primary process only`]
+          notes: [`node server.ts with WORKERS=${workers}${workers > 1 ? ' (node:cluster primary + workers, each with its own pool and its own sockets on the port)' : ''}; the same mix as mixed-1000; API CPU and RSS columns sum the primary and its workers`]
         }, await measure(b, [{ connections: BIG_CONNECTIONS, requests, route: 'mixed' }], { server })))
       } finally {
         await server.stop()
