@@ -58,6 +58,8 @@ interface Slot {
   worker: Worker | undefined
   startedAt: number
   listened: boolean
+  /** Some worker of this slot has listened since the primary started: the first boot of every slot is over. */
+  everListened: boolean
   failures: number
   bootFailures: number
   restartTimer: NodeJS.Timeout | undefined
@@ -75,7 +77,7 @@ export function runPrimary (options: SupervisorOptions) {
 
   cluster.setupPrimary({ exec: options.exec })
   const slots: Slot[] = Array.from({ length: options.workers }, (_, index) => ({
-    index, worker: undefined, startedAt: 0, listened: false, failures: 0, bootFailures: 0, restartTimer: undefined, readiness: undefined
+    index, worker: undefined, startedAt: 0, listened: false, everListened: false, failures: 0, bootFailures: 0, restartTimer: undefined, readiness: undefined
   }))
   let shuttingDown = false
   let exitCode = 0
@@ -98,6 +100,7 @@ export function runPrimary (options: SupervisorOptions) {
       // 'listening' event in the primary.
       if (message.type === 'ledger:listening' && !slot.listened) {
         slot.listened = true
+        slot.everListened = true
         slot.bootFailures = 0
         log.info({ worker: slot.index + 1, workerPid: worker.process.pid }, 'worker listening')
       }
@@ -188,9 +191,10 @@ export function runPrimary (options: SupervisorOptions) {
 }
 
 /**
- * Readiness: ready while every worker that is up has finished booting and reports ready (a dependency down
- * shows in all of them; a worker being replaced is not counted, the others serve meanwhile), and not while
- * shutting down. Metrics: each worker's /metrics describes that worker only (whichever one the connection landed
+ * Readiness: not before every worker has booted once (a primary that said ready with one of its workers up would
+ * get the traffic of all of them), then ready while every worker that is up has finished booting and reports ready
+ * (a dependency down shows in all of them; a worker being replaced is not counted, the others serve meanwhile),
+ * and not while shutting down. Metrics: each worker's /metrics describes that worker only (whichever one the connection landed
  * on), which would make counters jump between scrapes, so the primary asks every worker over IPC and serves the
  * sum (prom-client's AggregatorRegistry; gauges such as the pool size are summed too, process metrics use
  * prom-client's own rules).
@@ -204,7 +208,8 @@ function serveOps (options: SupervisorOptions, log: ReturnType<typeof createLogg
       const down = (name: 'postgres' | 'redis'): CheckResult =>
         reports.length === 0 || reports.some((report) => report === undefined || report.checks[name] === 'down') ? 'down' : 'ok'
       const checks = { postgres: down('postgres'), redis: down('redis') }
-      const ok = !shuttingDown() && reports.length > 0 && reports.every((report) => report?.ok === true)
+      const booted = slots.every((slot) => slot.everListened)
+      const ok = !shuttingDown() && booted && reports.length > 0 && reports.every((report) => report?.ok === true)
       return { ok, checks }
     },
     metrics: async () => ({ contentType: aggregator.contentType, text: await aggregator.clusterMetrics() }),
