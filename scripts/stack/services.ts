@@ -28,11 +28,15 @@ function pgBinDir (l: Layout): string | undefined {
   const newest = versions.sort((a, b) => Number(a) - Number(b)).pop()
   return newest === undefined ? undefined : bin(newest)
 }
+/** PgBouncer's or Redis's binary: the one on PATH, else where Debian installs it; undefined when neither exists. */
+export function serviceBin (tool: keyof typeof OTHER_TOOLS): string | undefined {
+  return which(tool) ?? executable(OTHER_TOOLS[tool])
+}
 export function resolveBins (l: Layout): Bins {
   const dir = pgBinDir(l)
   // Server and client tools from one folder, so that versions match (Debian's /usr/bin/psql picks a version).
   const pg = PG_TOOLS.map((tool) => [tool, (dir === undefined ? undefined : executable(join(dir, tool))) ?? which(tool)])
-  return Object.fromEntries([...pg, ...Object.entries(OTHER_TOOLS).map(([tool, fallback]) => [tool, which(tool) ?? executable(fallback)])])
+  return Object.fromEntries([...pg, ...(Object.keys(OTHER_TOOLS) as Array<keyof typeof OTHER_TOOLS>).map((tool) => [tool, serviceBin(tool)])])
 }
 // pg_basebackup only matters to the replica, which says so when it is missing.
 const missingBins = (l: Layout) => Object.entries(resolveBins(l)).filter(([tool, bin]) => bin === undefined && tool !== 'pg_basebackup').map(([tool]) => tool)

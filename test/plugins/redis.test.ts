@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { existsSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import t from 'tap'
 import { createRedis } from '../../plugins/redis/index.ts'
+import { serviceBin } from '../../scripts/stack/services.ts'
 import { freePort } from '../free-port.ts'
 import { testConfig } from '../helper.ts'
 
@@ -54,7 +54,8 @@ t.test('commands of different turns are not held back for each other', async (t)
  * fails open and admits what it should refuse).
  */
 async function privateRedis (t: Teardown): Promise<string> {
-  const binary = ['/usr/bin/redis-server', '/usr/local/bin/redis-server', '/opt/homebrew/bin/redis-server'].find((path) => existsSync(path)) ?? 'redis-server'
+  // The stack's own lookup: the suite's stack has just started one from it.
+  const binary = serviceBin('redis-server') ?? 'redis-server'
   const port = await freePort()
   const child = spawn(binary, ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--unixsocket', ''], { stdio: 'ignore' })
   t.teardown(() => { child.kill('SIGKILL') })

@@ -3,7 +3,8 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
-import { childPids, listenBacklogs, listenerPids, pickFreePort, spawnApiServer } from './support.ts'
+import { freePort } from '../free-port.ts'
+import { childPids, listenBacklogs, listenerPids, spawnApiServer } from './support.ts'
 
 const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'))
 
@@ -43,7 +44,7 @@ t.test('with WARM_UP_S the process warms up before the public port listens', asy
 })
 
 t.test('the operations port answers /health/live during the warm-up and /health/ready only after it', async (t) => {
-  const opsPort = await pickFreePort()
+  const opsPort = await freePort()
   const started = spawnApiServer(t, { WARM_UP_S: '3', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' })
   const ops = `http://127.0.0.1:${opsPort}`
   let live = 0
@@ -63,7 +64,7 @@ t.test('the operations port answers /health/live during the warm-up and /health/
 t.test('each cluster worker warms itself up before the primary reports ready', async (t) => {
   // The primary's readiness (on OPS_PORT) needs every worker's: the public port answers as soon as one worker
   // listens, so it is the operations port that must wait for both warm-ups.
-  const opsPort = await pickFreePort()
+  const opsPort = await freePort()
   const api = await spawnApiServer(t, { WARM_UP_S: '1', WORKERS: '2', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
   const warmUps = () => api.output().split('\n').filter((line) => line.includes('"msg":"warmed up"'))
   let ready = false

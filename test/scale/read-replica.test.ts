@@ -11,7 +11,7 @@ import type { RedisClient } from '../../plugins/redis/index.ts'
 import { FEED_JOB } from '../../routes/social/feed-jobs.ts'
 import { createClient, createUser, dbSpans, drainJobs, fund, hasLocalStack, injectTraced, ownerSql, testConfig, type TestClient, type TestUser } from '../helper.ts'
 import { parseEnvLines, runStack, withDatabase, withUserOf } from '../../scripts/local-stack.ts'
-import { pickFreePort } from './support.ts'
+import { freePort } from '../free-port.ts'
 
 const primaryUrl = process.env.DATABASE_URL ?? ''
 const testDatabase = new URL(primaryUrl || 'postgres://x/ledger_test').pathname.slice(1)
@@ -185,7 +185,7 @@ t.test('the feed: the cached first page always loads from the primary, other pag
 })
 
 t.test('an unreachable replica: reads fall back to the primary and the failure is counted', async (t) => {
-  const closedPort = await pickFreePort()
+  const closedPort = await freePort()
   const app = await buildApp(testConfig({ DATABASE_REPLICA_URL: `postgres://ledger@127.0.0.1:${closedPort}/${testDatabase}`, DATABASE_CONNECT_TIMEOUT_S: '1' }))
   apps.push(app)
   const erin = await createUser(app)

@@ -3,26 +3,15 @@
 // Everything binds 127.0.0.1 and is bounded in time.
 import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { createServer as createNetServer } from 'node:net'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { API_NODE_FLAGS } from '../../plugins/http/config.ts'
+import { freePort } from '../free-port.ts'
 import { SUITE_LIMITS } from '../suite-limits.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
 const serverScript = fileURLToPath(new URL('../../server.ts', import.meta.url))
-
-/** A TCP port that was free a moment ago on 127.0.0.1. */
-export function pickFreePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createNetServer().listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')))
-    })
-    server.on('error', reject)
-  })
-}
 
 /** The backlog of each socket listening on `port`, one entry per socket: ss shows it as Send-Q for a listening socket. */
 export function listenBacklogs (port: number): number[] {
@@ -51,7 +40,7 @@ export interface ApiProcess {
  * waits until /health/ready answers 200, and stops it when the test ends: SIGTERM, then SIGKILL after 15 s.
  */
 export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
-  const port = await pickFreePort()
+  const port = await freePort()
   const child = spawn(process.execPath, [...API_NODE_FLAGS, serverScript], {
     // The suite's limits, as in buildTestApp (test/helper.ts): the process shares the suite's Redis buckets.
     env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...SUITE_LIMITS, ...env, PORT: String(port) },

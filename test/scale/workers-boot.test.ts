@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { listenOn } from '../../plugins/http/public-port.ts'
 import { SUITE_LIMITS } from '../suite-limits.ts'
-import { pickFreePort } from './support.ts'
+import { freePort } from '../free-port.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -32,7 +32,7 @@ function squat (t: Teardown, port: number): Promise<Server> {
 }
 
 t.test('a public port that something else holds stops the primary at once, before any worker starts', { timeout: 60_000 }, async (t) => {
-  const port = await pickFreePort()
+  const port = await freePort()
   await squat(t, port)
   const cluster = startCluster(t, port)
   t.equal(await cluster.exited, 1, 'exit 1')
@@ -42,7 +42,7 @@ t.test('a public port that something else holds stops the primary at once, befor
 })
 
 t.test('workers that cannot start make the primary give up and exit 1 instead of restarting forever', { timeout: 110_000 }, async (t) => {
-  const port = await pickFreePort()
+  const port = await freePort()
   const cluster = startCluster(t, port)
   // Taken between the primary's check and the workers' listen (a worker needs seconds to boot), so every worker
   // fails before it listens.

@@ -4,10 +4,11 @@
 import { connect } from 'node:net'
 import t from 'tap'
 import { buildTestApp, createUser } from '../helper.ts'
-import { childPids, pickFreePort, spawnApiServer } from './support.ts'
+import { freePort } from '../free-port.ts'
+import { childPids, spawnApiServer } from './support.ts'
 
 const app = await buildTestApp(t)
-const metricsPort = await pickFreePort()
+const metricsPort = await freePort()
 const server = await spawnApiServer(t, {
   WORKERS: '2',
   METRICS_PORT: String(metricsPort),

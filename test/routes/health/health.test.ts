@@ -1,6 +1,7 @@
 import t from 'tap'
 import { buildTestApp } from '../../helper.ts'
-import { spawnApiServer, pickFreePort } from '../../scale/support.ts'
+import { freePort } from '../../free-port.ts'
+import { spawnApiServer } from '../../scale/support.ts'
 import { SUITE_LIMITS } from '../../suite-limits.ts'
 
 t.test('live is always 200 and public', async (t) => {
@@ -47,7 +48,7 @@ t.test('the OpenAPI document is generated and public', async (t) => {
 })
 
 t.test('OPS_PORT: a second listener with health and metrics; /metrics leaves the public port; SIGTERM closes both', async (t) => {
-  const opsPort = await pickFreePort()
+  const opsPort = await freePort()
   const server = await spawnApiServer(t, { NODE_ENV: 'production', OPS_PORT: String(opsPort) })
   const ops = `http://127.0.0.1:${opsPort}`
   const live = await fetch(`${ops}/health/live`)
