@@ -35,12 +35,13 @@ export interface ApiProcess {
   exited: Promise<number | null>
 }
 
+type ServerProcess = Pick<ApiProcess, 'child' | 'output' | 'exited'> & { running: () => boolean }
+
 /**
- * Starts `server.ts` as its own process (with WORKERS > 1 that is the cluster primary) against the test stack,
- * waits until /health/ready answers 200, and stops it when the test ends: SIGTERM, then SIGKILL after 15 s.
+ * Starts `server.ts` on `port` as its own process (with WORKERS > 1 that is the cluster primary) against the test
+ * stack, without waiting for it, and stops it when the test ends: SIGTERM, then SIGKILL after 15 s.
  */
-export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
-  const port = await freePort()
+export function startServer (t: Teardown, port: number, env: Record<string, string> = {}): ServerProcess {
   const child = spawn(process.execPath, [...API_NODE_FLAGS, serverScript], {
     // The suite's limits, as in buildTestApp (test/helper.ts): the process shares the suite's Redis buckets.
     env: { ...process.env, NODE_ENV: 'test', HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...SUITE_LIMITS, ...env, PORT: String(port) },
@@ -58,15 +59,22 @@ export async function spawnApiServer (t: Teardown, env: Record<string, string> =
     await exited
     clearTimeout(timer)
   })
+  return { child, output: () => output, exited, running }
+}
+
+/** startServer on a free port, resolved once /health/ready answers 200. */
+export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
+  const port = await freePort()
+  const { child, output, exited, running } = startServer(t, port, env)
   const url = `http://127.0.0.1:${port}`
   const deadline = Date.now() + (options.timeoutMs ?? 30_000)
   while (Date.now() < deadline && running()) {
     const status = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(2000) }).then((r) => r.status, () => 0)
-    if (status === 200) return { port, url, child, output: () => output, exited }
+    if (status === 200) return { port, url, child, output, exited }
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
   if (running()) child.kill('SIGKILL')
-  throw new Error(`server.ts did not become ready on port ${port}: ${output.slice(-2000)}`)
+  throw new Error(`server.ts did not become ready on port ${port}: ${output().slice(-2000)}`)
 }
 
 /** Pids of the live processes whose parent is `pid` (Linux /proc), such as a cluster primary's workers. */

@@ -1,29 +1,15 @@
 // A cluster that cannot serve must say so with exit 1, so whatever supervises it (systemd, Kubernetes) sees it:
 // a public port that something else holds stops the primary before it forks a worker, and workers that keep failing
 // to boot make it give up instead of restarting them forever.
-import { spawn } from 'node:child_process'
 import { createServer, type Server } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { listenOn } from '../../plugins/http/public-port.ts'
-import { SUITE_LIMITS } from '../suite-limits.ts'
 import { freePort } from '../free-port.ts'
+import { startServer } from './support.ts'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
-function startCluster (t: Teardown, port: number) {
-  const child = spawn(process.execPath, [fileURLToPath(new URL('../../server.ts', import.meta.url))], {
-    env: { ...process.env, ...SUITE_LIMITS, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), WORKERS: '2', LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let output = ''
-  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  const killer = setTimeout(() => child.kill('SIGKILL'), 100_000)
-  t.teardown(() => { clearTimeout(killer); child.kill('SIGKILL') })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)))
-  return { output: () => output, exited }
-}
+const startCluster = (t: Teardown, port: number) => startServer(t, port, { WORKERS: '2', LOG_LEVEL: 'info' })
 
 function squat (t: Teardown, port: number): Promise<Server> {
   const squatter = createServer()

@@ -1,16 +1,13 @@
 // The public port's sockets share it with SO_REUSEPORT (plugins/http/public-port.ts, LISTEN_SOCKETS). Sharing must
 // stay inside the process: another instance started on the same port, or any other program, must fail to bind it
 // rather than take a share of the connections (and of the requests, tokens and bodies they carry).
-import { spawn } from 'node:child_process'
 import { createServer } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { API_NODE_FLAGS, DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
+import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
 import { listenOn } from '../../plugins/http/public-port.ts'
 import { freePort } from '../free-port.ts'
 import { buildTestApp } from '../helper.ts'
-import { listenBacklogs, spawnApiServer } from '../scale/support.ts'
-import { SUITE_LIMITS } from '../suite-limits.ts'
+import { listenBacklogs, spawnApiServer, startServer } from '../scale/support.ts'
 
 function bindError (listen: () => Promise<unknown>): Promise<string> {
   return listen().then(() => 'bound', (error: NodeJS.ErrnoException) => error.code ?? String(error))
@@ -44,27 +41,17 @@ t.test('a port that another program holds is not joined: the API fails to start'
 })
 
 t.test('while a node:cluster\'s workers hold the port, neither another program nor a second cluster can join it', { timeout: 120_000 }, async (t) => {
-  const api = await spawnApiServer(t, { WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
-  const deadline = Date.now() + 30_000
-  while (listenBacklogs(api.port).length < 2 * DEFAULT_LISTEN_SOCKETS && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+  const api = await spawnApiServer(t, { WORKERS: '2' }, { timeoutMs: 60_000 })
   t.equal(listenBacklogs(api.port).length, 2 * DEFAULT_LISTEN_SOCKETS, 'both workers listen')
 
   const other = createServer()
   t.teardown(() => { other.close() })
   t.equal(await bindError(() => listenOn(other, { host: '127.0.0.1', port: api.port })), 'EADDRINUSE', 'a plain listen on the port is refused')
 
-  const second = spawn(process.execPath, [...API_NODE_FLAGS, fileURLToPath(new URL('../../server.ts', import.meta.url))], {
-    env: { ...process.env, ...SUITE_LIMITS, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(api.port), WORKERS: '2', LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let output = ''
-  second.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  second.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  const killer = setTimeout(() => second.kill('SIGKILL'), 60_000)
-  t.teardown(() => { clearTimeout(killer); second.kill('SIGKILL') })
-  t.equal(await new Promise((resolve) => second.once('exit', resolve)), 1, 'a second cluster on the port exits 1')
-  t.match(output, /"msg":"the public port is not free; stopping"/)
-  t.notMatch(output, /"msg":"starting workers"/, 'before it forks a worker')
+  const second = startServer(t, api.port, { WORKERS: '2', LOG_LEVEL: 'info' })
+  t.equal(await second.exited, 1, 'a second cluster on the port exits 1')
+  t.match(second.output(), /"msg":"the public port is not free; stopping"/)
+  t.notMatch(second.output(), /"msg":"starting workers"/, 'before it forks a worker')
   t.equal(listenBacklogs(api.port).length, 2 * DEFAULT_LISTEN_SOCKETS, 'the port still has the first cluster\'s sockets and no more')
   t.equal((await fetch(`${api.url}/health/ready`)).status, 200, 'and the first cluster still serves')
 })
