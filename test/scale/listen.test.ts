@@ -20,8 +20,10 @@ t.test('LISTEN_BACKLOG and LISTEN_SOCKETS set them', async (t) => {
 })
 
 t.test('each node:cluster worker listens on 8 sockets of its own; the primary holds none', async (t) => {
-  // Ready only once both workers have booted and listen.
-  const api = await spawnApiServer(t, { WORKERS: '2' }, { timeoutMs: 60_000 })
+  // spawnApiServer returns once one worker answers ready on the public port; the primary logs each worker's listen.
+  const api = await spawnApiServer(t, { WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
+  const deadline = Date.now() + 30_000
+  while ((api.output().match(/"msg":"worker listening"/g) ?? []).length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
   const workers = childPids(api.child.pid!).sort()
   t.equal(workers.length, 2)
   t.same(listenBacklogs(api.port), Array(2 * DEFAULT_LISTEN_SOCKETS).fill(Math.min(4096, somaxconn)))
