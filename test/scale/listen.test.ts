@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { DEFAULT_LISTEN_SOCKETS } from '../../plugins/http/config.ts'
 import { freePort } from '../free-port.ts'
-import { childPids, listenBacklogs, listenerPids, spawnApiServer } from './support.ts'
+import { childPids, listenBacklogs, listenerPids, spawnApiServer, startServer } from './support.ts'
 
 const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'))
 
@@ -20,10 +20,7 @@ t.test('LISTEN_BACKLOG and LISTEN_SOCKETS set them', async (t) => {
 })
 
 t.test('each node:cluster worker listens on 8 sockets of its own; the primary holds none', async (t) => {
-  // spawnApiServer returns once one worker answers ready on the public port; the primary logs each worker's listen.
-  const api = await spawnApiServer(t, { WORKERS: '2', LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
-  const deadline = Date.now() + 30_000
-  while ((api.output().match(/"msg":"worker listening"/g) ?? []).length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+  const api = await spawnApiServer(t, { WORKERS: '2' }, { timeoutMs: 60_000 })
   const workers = childPids(api.child.pid!).sort()
   t.equal(workers.length, 2)
   t.same(listenBacklogs(api.port), Array(2 * DEFAULT_LISTEN_SOCKETS).fill(Math.min(4096, somaxconn)))
@@ -63,12 +60,13 @@ t.test('the operations port answers /health/live during the warm-up and /health/
 
 t.test('each cluster worker warms itself up before the primary reports ready', async (t) => {
   // The primary's readiness (on OPS_PORT) needs every worker's: the public port answers as soon as one worker
-  // listens, so it is the operations port that must wait for both warm-ups.
+  // listens, so it is the operations port that must wait for both warm-ups. Polled from the start, not after a
+  // worker's own readiness.
   const opsPort = await freePort()
-  const api = await spawnApiServer(t, { WARM_UP_S: '1', WORKERS: '2', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' }, { timeoutMs: 60_000 })
+  const api = startServer(t, await freePort(), { WARM_UP_S: '1', WORKERS: '2', OPS_PORT: String(opsPort), LOG_LEVEL: 'info' })
   const warmUps = () => api.output().split('\n').filter((line) => line.includes('"msg":"warmed up"'))
   let ready = false
-  const deadline = Date.now() + 30_000
+  const deadline = Date.now() + 60_000
   while (!ready && Date.now() < deadline) {
     ready = await fetch(`http://127.0.0.1:${opsPort}/health/ready`).then((r) => r.status === 200, () => false)
     if (!ready) await new Promise((resolve) => setTimeout(resolve, 50))

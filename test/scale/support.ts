@@ -62,15 +62,20 @@ export function startServer (t: Teardown, port: number, env: Record<string, stri
   return { child, output: () => output, exited, running }
 }
 
-/** startServer on a free port, resolved once /health/ready answers 200. */
+/**
+ * startServer on a free port, resolved once /health/ready answers 200 and, with WORKERS > 1, every worker listens:
+ * on the public port the first worker to listen answers readiness for itself alone (the primary's readiness of all
+ * of them is on the operations port).
+ */
 export async function spawnApiServer (t: Teardown, env: Record<string, string> = {}, options: { timeoutMs?: number } = {}): Promise<ApiProcess> {
   const port = await freePort()
+  const workers = Number(env.WORKERS) || 1
   const { child, output, exited, running } = startServer(t, port, env)
   const url = `http://127.0.0.1:${port}`
   const deadline = Date.now() + (options.timeoutMs ?? 30_000)
   while (Date.now() < deadline && running()) {
     const status = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(2000) }).then((r) => r.status, () => 0)
-    if (status === 200) return { port, url, child, output, exited }
+    if (status === 200 && (workers === 1 || new Set(listenerPids(port)).size >= workers)) return { port, url, child, output, exited }
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
   if (running()) child.kill('SIGKILL')

@@ -36,7 +36,7 @@ const servedBy = (reqIdPrefix: string) => new Set(server.output().split('\n')
 const workersListened = () => (server.output().match(/"msg":"worker listening"/g) ?? []).length
 
 t.test('two workers share one port and one token bucket', async (t) => {
-  // spawnApiServer returns once one worker answers ready on the public port; the primary logs each worker's listen.
+  // Both workers listen (spawnApiServer); the primary's log lines of it may still be in the pipe.
   await waitFor('two listening workers', () => workersListened() >= 2)
   t.equal(childPids(primary).length, 2, 'two workers')
   const user = await createUser(app)
